@@ -1,0 +1,112 @@
+# shellcheck shell=bash
+# Shared helpers for scripts/infra and its components (sourced, never run).
+#
+# Layout under $UMP_INFRA_HOME:
+#   cache/<component>/   downloads and builds (kept across runs and clones)
+#   bin/                 built binaries (kube-apiserver, etcd, helm, ...)
+#   run/<component>/     pid file, log, data directory
+#   run/infra.env        settings for the tests
+
+export UMP_INFRA_HOME=${UMP_INFRA_HOME:-$HOME/.cache/ump-infra}
+UMP_INFRA_CACHE=$UMP_INFRA_HOME/cache
+UMP_INFRA_BIN=$UMP_INFRA_HOME/bin
+UMP_INFRA_RUN=$UMP_INFRA_HOME/run
+UMP_INFRA_ENV=$UMP_INFRA_RUN/infra.env
+mkdir -p "$UMP_INFRA_CACHE" "$UMP_INFRA_BIN" "$UMP_INFRA_RUN"
+
+log() { printf '[infra %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { printf '[infra] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# run_dir NAME -> prints (and creates) the runtime folder of a component.
+run_dir() { mkdir -p "$UMP_INFRA_RUN/$1" && echo "$UMP_INFRA_RUN/$1"; }
+
+# pid_alive NAME: true when the pid file of NAME names a live process that is still ours
+# (the pid's command line mentions the marker recorded beside it).
+pid_alive() {
+  local dir=$UMP_INFRA_RUN/$1 pid marker
+  [ -f "$dir/pid" ] || return 1
+  pid=$(cat "$dir/pid")
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  marker=$(cat "$dir/marker" 2>/dev/null || true)
+  [ -z "$marker" ] && return 0
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker"
+}
+
+# start_daemon NAME MARKER CMD...: start CMD detached, output to run/NAME/log, pid to run/NAME/pid.
+# MARKER is a string of the command line used to recognise the process later.
+start_daemon() {
+  local name=$1 marker=$2 dir
+  shift 2
+  dir=$(run_dir "$name")
+  echo "$marker" >"$dir/marker"
+  : >"$dir/log"
+  setsid nohup "$@" >>"$dir/log" 2>&1 </dev/null &
+  echo $! >"$dir/pid"
+}
+
+# stop_daemon NAME: TERM the process from the pid file, KILL after 30 s; no-op when not running.
+stop_daemon() {
+  local name=$1 dir=$UMP_INFRA_RUN/$1 pid i
+  if ! pid_alive "$name"; then rm -f "$dir/pid"; return 0; fi
+  pid=$(cat "$dir/pid")
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 300; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name: still running after 30 s, sending KILL"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$dir/pid"
+}
+
+# port_open PORT: true when something accepts TCP connections on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_port NAME PORT [TIMEOUT_S]: wait until 127.0.0.1:PORT accepts; fail with the log tail if the
+# daemon dies or the time runs out.
+wait_port() {
+  local name=$1 port=$2 timeout=${3:-120} i
+  for ((i = 0; i < timeout * 5; i++)); do
+    port_open "$port" && return 0
+    if [ -f "$UMP_INFRA_RUN/$name/pid" ] && ! pid_alive "$name"; then
+      tail -n 40 "$UMP_INFRA_RUN/$name/log" >&2 || true
+      die "$name exited before 127.0.0.1:$port opened (log: $UMP_INFRA_RUN/$name/log)"
+    fi
+    sleep 0.2
+  done
+  tail -n 40 "$UMP_INFRA_RUN/$name/log" >&2 || true
+  die "$name: 127.0.0.1:$port not open after ${timeout}s (log: $UMP_INFRA_RUN/$name/log)"
+}
+
+# ensure_port_free NAME PORT: refuse to start when a process that is not ours holds the port.
+ensure_port_free() {
+  if port_open "$2"; then
+    die "$1: 127.0.0.1:$2 is already taken by a process scripts/infra did not start; stop it or free the port"
+  fi
+}
+
+# apt_install PKG...: install the Debian packages that are missing, without starting their services.
+apt_install() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "apt: installing ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  # Packages must not start daemons (there is no systemd here, and we start our own on 127.0.0.1).
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+  fi
+  if [ ! -f "$UMP_INFRA_CACHE/.apt-updated" ] || [ -n "$(find "$UMP_INFRA_CACHE/.apt-updated" -mmin +720)" ]; then
+    $sudo apt-get update -qq
+    touch "$UMP_INFRA_CACHE/.apt-updated"
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } \
+    || die "apt-get install ${missing[*]} failed"
+}

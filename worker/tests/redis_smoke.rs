@@ -1,0 +1,54 @@
+//! Smoke test: the real Redis from `scripts/infra up` honours `SET NX EX`, the primitive the
+//! dedupe store is built on.
+
+use ump_core::testing::{infra, unique_name};
+
+#[tokio::test]
+async fn set_nx_ex_claims_a_key_once_with_a_ttl() {
+    let url = infra().redis_url();
+    let client = redis::Client::open(url.as_str()).expect("Redis: client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("Redis: connect: {e}"));
+    let key = unique_name("ump-smoke");
+
+    let claim = |owner: &'static str| {
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(owner)
+            .arg("NX")
+            .arg("EX")
+            .arg(60)
+            .clone()
+    };
+    let first: Option<String> = claim("worker-a")
+        .query_async(&mut conn)
+        .await
+        .expect("Redis: SET NX EX");
+    assert_eq!(first.as_deref(), Some("OK"), "first claim wins");
+    let second: Option<String> = claim("worker-b")
+        .query_async(&mut conn)
+        .await
+        .expect("Redis: SET NX EX");
+    assert_eq!(second, None, "second claim loses");
+
+    let owner: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("Redis: GET");
+    assert_eq!(owner, "worker-a");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("Redis: TTL");
+    assert!((1..=60).contains(&ttl), "TTL {ttl} out of range");
+
+    let _: i64 = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("Redis: DEL");
+}
