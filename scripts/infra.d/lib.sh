@@ -110,3 +110,30 @@ apt_install() {
     || { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } \
     || die "apt-get install ${missing[*]} failed"
 }
+
+# java17: the JVM every Java component runs on (the machine's Java 17).
+java17() {
+  if [ -x /usr/lib/jvm/java-17-openjdk-amd64/bin/java ]; then echo /usr/lib/jvm/java-17-openjdk-amd64/bin/java; else echo java; fi
+}
+
+# maven_fetch NAME POM LIBS: copy POM's runtime dependencies into the cached folder LIBS. A stamp holds
+# the pom's checksum, so an edited pom (new pin, extra jar) refreshes the folder while an unchanged one
+# costs nothing.
+maven_fetch() {
+  local name=$1 pom=$2 libs=$3 want tmp
+  want=$(sha256sum "$pom" | cut -d' ' -f1)
+  [ "$(cat "$libs/.stamp" 2>/dev/null || true)" = "$want" ] && return 0
+  command -v mvn >/dev/null || apt_install maven
+  [ -x "$(java17)" ] || command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  log "$name: fetching jars through Maven ($pom)"
+  tmp="$libs.tmp.$$"
+  rm -rf "$tmp"
+  mkdir -p "$(dirname "$libs")"
+  # mvn prints colour codes even with -q; keep its output out of the way unless it fails.
+  mvn -B -q -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$tmp" >"$libs.mvn.log" 2>&1 \
+    || { cat "$libs.mvn.log" >&2; die "$name: mvn dependency:copy-dependencies failed"; }
+  echo "$want" >"$tmp/.stamp"
+  rm -rf "$libs"
+  mv "$tmp" "$libs"
+}
