@@ -1,7 +1,12 @@
 //! UMP's shared library: the pieces the api, worker and operator crates all use.
 //! Storage lives here because both the api (reads) and the worker (writes) need it.
 
+pub mod duration;
+pub mod model;
+pub mod provider;
+pub mod resources;
 pub mod store;
+pub mod template;
 
 #[cfg(feature = "testing")]
 pub mod testing;

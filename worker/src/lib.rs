@@ -1,2 +1,4 @@
 //! UMP's delivery worker: consumers (Kafka for bulk, AMQP 1.0 for realtime), the delivery
-//! pipeline and the providers. The pipeline itself arrives with the send-pipeline work.
+//! pipeline and the providers.
+
+pub mod providers;

@@ -59,7 +59,10 @@ async fn starttls_authenticated_mail_arrives_intact() {
         .from("UMP <noreply@ump.test>".parse::<Mailbox>().expect("from"))
         .to("김민수 <minsu@ump.test>".parse::<Mailbox>().expect("to"))
         .subject(subject.clone())
-        .multipart(MultiPart::alternative_plain_html(text.to_owned(), html.to_owned()))
+        .multipart(MultiPart::alternative_plain_html(
+            text.to_owned(),
+            html.to_owned(),
+        ))
         .expect("build email");
     let response = transport
         .send(email)
@@ -103,9 +106,10 @@ async fn starttls_authenticated_mail_arrives_intact() {
     assert_eq!(message["To"][0]["Name"].as_str(), Some("김민수"));
     assert_eq!(message["Text"].as_str().map(str::trim), Some(text));
     assert!(
-        message["HTML"].as_str().is_some_and(|h| h.contains("<b>김민수</b>")),
+        message["HTML"]
+            .as_str()
+            .is_some_and(|h| h.contains("<b>김민수</b>")),
         "HTML part: {}",
         message["HTML"]
     );
-
 }

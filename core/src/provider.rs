@@ -1,0 +1,48 @@
+//! The provider port: what the worker hands a provider (an email server, an SMS API, FCM, APNs,
+//! Kakao AlimTalk, a webhook, the sandbox) and how the provider answers.
+
+use crate::model::MessageId;
+use crate::resources::ChannelType;
+use serde_json::{Map, Value};
+use std::time::Duration;
+
+/// A message ready to go out: recipient validated, content rendered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outgoing {
+    pub id: MessageId,
+    pub tenant: String,
+    pub channel: String,
+    pub channel_type: ChannelType,
+    pub to: String,
+    pub subject: Option<String>,
+    pub text: String,
+    pub html: Option<String>,
+    /// The stored template the message was rendered from, if any (AlimTalk needs its code).
+    pub template: Option<String>,
+    /// The send's template variables (AlimTalk template parameters, push data).
+    pub data: Map<String, Value>,
+    pub metadata: Map<String, Value>,
+    /// Which attempt this is (1 on the first try).
+    pub attempt: u32,
+}
+
+/// How a provider answered. Every response maps to exactly one of these.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The provider took the message.
+    Sent { provider_message_id: Option<String> },
+    /// Try again later (429, 5xx, timeouts, connection errors).
+    Retryable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Never going to work (bad number, unregistered device, rejected template).
+    Permanent { reason: String },
+}
+
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync {
+    /// The provider's name from the channel spec (metrics, logs, the message's `provider`).
+    fn name(&self) -> &str;
+    async fn send(&self, message: &Outgoing) -> Outcome;
+}
