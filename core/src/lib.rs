@@ -1,7 +1,10 @@
 //! UMP's shared library: the pieces the api, worker and operator crates all use.
 //! Storage lives here because both the api (reads) and the worker (writes) need it.
 
+pub mod config;
 pub mod duration;
+pub mod history;
+pub mod keys;
 pub mod model;
 pub mod provider;
 pub mod resources;

@@ -1,11 +1,22 @@
-//! Message history storage: connecting to MySQL/MariaDB and keeping its schema current.
+//! MySQL/MariaDB storage of the cluster mode: message history, parked messages and API keys.
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use crate::history::{
+    BatchRecord, Deferred, HistoryError, HistoryStore, MessageFilter, MessagePage, MessageView,
+    Transition, encode_cursor,
+};
+use crate::model::{Event, MessageId, Priority};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
+use sqlx::{MySql, QueryBuilder, Row};
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 /// The MySQL schema, embedded from `migrations/mysql` at compile time.
 pub static MYSQL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/mysql");
+
+/// Rows per multi-row statement: well under MySQL's 65,535 placeholders per statement.
+const ROWS_PER_STATEMENT: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -23,9 +34,11 @@ pub enum StoreError {
 }
 
 /// Opens a pool to the history database. The URL may carry credentials, so errors name only the
-/// host and port, never the URL itself.
+/// host and port, never the URL itself. Sessions run in UTC: every DATETIME column holds UTC.
 pub async fn connect_mysql(url: &str, max_connections: u32) -> Result<MySqlPool, StoreError> {
-    let options = MySqlConnectOptions::from_str(url).map_err(StoreError::InvalidUrl)?;
+    let options = MySqlConnectOptions::from_str(url)
+        .map_err(StoreError::InvalidUrl)?
+        .timezone(Some(String::from("+00:00")));
     let (host, port) = (options.get_host().to_owned(), options.get_port());
     MySqlPoolOptions::new()
         .max_connections(max_connections)
@@ -39,4 +52,320 @@ pub async fn connect_mysql(url: &str, max_connections: u32) -> Result<MySqlPool,
 pub async fn migrate_mysql(pool: &MySqlPool) -> Result<(), StoreError> {
     MYSQL_MIGRATIONS.run(pool).await?;
     Ok(())
+}
+
+fn naive(at: DateTime<Utc>) -> NaiveDateTime {
+    at.naive_utc()
+}
+
+/// History in MySQL.
+#[derive(Clone, Debug)]
+pub struct MySqlHistory {
+    pool: MySqlPool,
+}
+
+impl MySqlHistory {
+    pub fn new(pool: MySqlPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+}
+
+/// The newest transition of each message in the batch, in id order: rows are always written in
+/// the same order, so concurrent batches never deadlock on each other's row locks.
+fn latest_per_message(transitions: &[Transition]) -> Vec<&Transition> {
+    let mut latest: BTreeMap<MessageId, &Transition> = BTreeMap::new();
+    for t in transitions {
+        latest
+            .entry(t.id)
+            .and_modify(|cur| {
+                if (t.at, t.attempt) >= (cur.at, cur.attempt) {
+                    *cur = t;
+                }
+            })
+            .or_insert(t);
+    }
+    latest.into_values().collect()
+}
+
+fn parse_row(row: &MySqlRow) -> Result<MessageView, HistoryError> {
+    let corrupt =
+        |what: &str, e: &dyn std::fmt::Display| HistoryError::Corrupt(format!("{what}: {e}"));
+    let id: Vec<u8> = row.try_get("id")?;
+    let id = uuid::Uuid::from_slice(&id).map_err(|e| corrupt("id", &e))?;
+    let status: String = row.try_get("status")?;
+    let priority: String = row.try_get("priority")?;
+    Ok(MessageView {
+        id: MessageId(id),
+        channel: row.try_get("channel")?,
+        to: row.try_get("recipient")?,
+        status: status.parse().map_err(|e: String| corrupt("status", &e))?,
+        priority: if priority == "realtime" {
+            Priority::Realtime
+        } else {
+            Priority::Bulk
+        },
+        attempts: row.try_get("attempts")?,
+        provider: row.try_get("provider")?,
+        provider_message_id: row.try_get("provider_message_id")?,
+        created_at: row.try_get::<NaiveDateTime, _>("created_at")?.and_utc(),
+        updated_at: row.try_get::<NaiveDateTime, _>("updated_at")?.and_utc(),
+        events: None,
+    })
+}
+
+const MESSAGE_COLUMNS: &str = "id, channel, recipient, status, priority, attempts, provider, \
+                               provider_message_id, created_at, updated_at";
+
+#[async_trait::async_trait]
+impl HistoryStore for MySqlHistory {
+    async fn record(&self, batch: &BatchRecord) -> Result<(), HistoryError> {
+        if batch.transitions.is_empty() && batch.deferred.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+
+        for chunk in latest_per_message(&batch.transitions).chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<MySql> = QueryBuilder::new(
+                "INSERT INTO messages (id, tenant_id, channel, recipient, status, priority, attempts, \
+                 provider, provider_message_id, idempotency_key, send_at, created_at, updated_at) ",
+            );
+            q.push_values(chunk, |mut b, t| {
+                b.push_bind(t.id.as_bytes().as_slice())
+                    .push_bind(&t.tenant)
+                    .push_bind(&t.channel)
+                    .push_bind(&t.to)
+                    .push_bind(t.status.as_str())
+                    .push_bind(t.priority.as_str())
+                    .push_bind(t.attempt)
+                    .push_bind(&t.provider)
+                    .push_bind(&t.provider_message_id)
+                    .push_bind(&t.idempotency_key)
+                    .push_bind(t.send_at.map(naive))
+                    .push_bind(naive(t.accepted_at))
+                    .push_bind(naive(t.at));
+            });
+            // Assignments run left to right and see earlier ones, so every comparison with the
+            // stored updated_at comes before updated_at itself changes. An older transition
+            // (a batch recorded again after a crash) never overwrites a newer state.
+            q.push(
+                " ON DUPLICATE KEY UPDATE \
+                 status = IF(VALUES(updated_at) >= updated_at, VALUES(status), status), \
+                 provider = IF(VALUES(updated_at) >= updated_at, COALESCE(VALUES(provider), provider), provider), \
+                 provider_message_id = IF(VALUES(updated_at) >= updated_at, \
+                     COALESCE(VALUES(provider_message_id), provider_message_id), provider_message_id), \
+                 attempts = GREATEST(attempts, VALUES(attempts)), \
+                 updated_at = GREATEST(updated_at, VALUES(updated_at))",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+
+        let mut events: Vec<&Transition> = batch.transitions.iter().collect();
+        events.sort_by_key(|t| (t.id, t.attempt, t.status.as_str()));
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<MySql> = QueryBuilder::new(
+                "INSERT IGNORE INTO message_events (message_id, attempt, status, at, detail) ",
+            );
+            q.push_values(chunk, |mut b, t| {
+                b.push_bind(t.id.as_bytes().as_slice())
+                    .push_bind(t.attempt)
+                    .push_bind(t.status.as_str())
+                    .push_bind(naive(t.at))
+                    .push_bind(t.detail.as_deref().map(|d| truncate(d, 1024)));
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+
+        let mut deferred: Vec<&Deferred> = batch.deferred.iter().collect();
+        deferred.sort_by_key(|d| d.envelope.id);
+        for chunk in deferred.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<MySql> =
+                QueryBuilder::new("INSERT INTO deferred_messages (id, channel, due_at, envelope) ");
+            let mut encoded = Vec::with_capacity(chunk.len());
+            for d in chunk {
+                encoded.push(
+                    serde_json::to_vec(&d.envelope)
+                        .map_err(|e| HistoryError::Corrupt(e.to_string()))?,
+                );
+            }
+            q.push_values(chunk.iter().zip(&encoded), |mut b, (d, body)| {
+                b.push_bind(d.envelope.id.as_bytes().as_slice())
+                    .push_bind(&d.envelope.channel)
+                    .push_bind(naive(d.due_at))
+                    .push_bind(body.as_slice());
+            });
+            // Parked again (e.g. the next retry): the new due time and envelope win, the claim ends.
+            q.push(
+                " ON DUPLICATE KEY UPDATE due_at = VALUES(due_at), envelope = VALUES(envelope), \
+                 claimed_by = NULL, claimed_until = NULL",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get(&self, tenant: &str, id: MessageId) -> Result<Option<MessageView>, HistoryError> {
+        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND tenant_id = ?");
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_bytes().as_slice())
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut view = parse_row(&row)?;
+        let events = sqlx::query(
+            "SELECT status, at, detail FROM message_events WHERE message_id = ? ORDER BY at, attempt",
+        )
+        .bind(id.as_bytes().as_slice())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            let status: String = row.try_get("status")?;
+            Ok(Event {
+                status: status.parse().map_err(HistoryError::Corrupt)?,
+                at: row.try_get::<NaiveDateTime, _>("at")?.and_utc(),
+                detail: row.try_get("detail")?,
+            })
+        })
+        .collect::<Result<Vec<_>, HistoryError>>()?;
+        view.events = Some(events);
+        Ok(Some(view))
+    }
+
+    async fn list(
+        &self,
+        tenant: &str,
+        filter: &MessageFilter,
+    ) -> Result<MessagePage, HistoryError> {
+        let mut q: QueryBuilder<MySql> = QueryBuilder::new(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = "
+        ));
+        q.push_bind(tenant);
+        if let Some(to) = &filter.to {
+            q.push(" AND recipient = ").push_bind(to);
+        }
+        if let Some(channel) = &filter.channel {
+            q.push(" AND channel = ").push_bind(channel);
+        }
+        if let Some(status) = filter.status {
+            q.push(" AND status = ").push_bind(status.as_str());
+        }
+        // Ids are UUIDv7: a time range is an id range, served by the same indexes as the filters.
+        if let Some(since) = filter.since {
+            let bound = MessageId::lower_bound(since.timestamp_millis().max(0) as u64);
+            q.push(" AND id >= ").push_bind(bound.as_bytes().to_vec());
+        }
+        if let Some(until) = filter.until {
+            let bound = MessageId::lower_bound(until.timestamp_millis().max(0) as u64);
+            q.push(" AND id < ").push_bind(bound.as_bytes().to_vec());
+        }
+        if let Some(before) = filter.before {
+            q.push(" AND id < ").push_bind(before.as_bytes().to_vec());
+        }
+        let limit = filter.limit.clamp(1, 1000);
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(limit + 1);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        let mut items = rows.iter().map(parse_row).collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|m| encode_cursor(m.id))
+        } else {
+            None
+        };
+        Ok(MessagePage { items, next_cursor })
+    }
+
+    async fn claim_due(
+        &self,
+        channels: &[String],
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<Deferred>, HistoryError> {
+        if channels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let token = uuid::Uuid::new_v4();
+        let until =
+            now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+        let mut q: QueryBuilder<MySql> =
+            QueryBuilder::new("UPDATE deferred_messages SET claimed_by = ");
+        q.push_bind(token.as_bytes().as_slice())
+            .push(", claimed_until = ")
+            .push_bind(naive(until))
+            .push(" WHERE channel IN (");
+        let mut list = q.separated(", ");
+        for channel in channels {
+            list.push_bind(channel);
+        }
+        q.push(") AND due_at <= ")
+            .push_bind(naive(now))
+            .push(" AND (claimed_until IS NULL OR claimed_until < ")
+            .push_bind(naive(now))
+            .push(") ORDER BY due_at LIMIT ")
+            .push_bind(limit);
+        q.build().execute(&self.pool).await?;
+
+        let rows =
+            sqlx::query("SELECT envelope, due_at FROM deferred_messages WHERE claimed_by = ?")
+                .bind(token.as_bytes().as_slice())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                let body: Vec<u8> = row.try_get("envelope")?;
+                Ok(Deferred {
+                    envelope: serde_json::from_slice(&body)
+                        .map_err(|e| HistoryError::Corrupt(format!("deferred envelope: {e}")))?,
+                    due_at: row.try_get::<NaiveDateTime, _>("due_at")?.and_utc(),
+                })
+            })
+            .collect()
+    }
+
+    async fn release(&self, ids: &[MessageId]) -> Result<(), HistoryError> {
+        let mut sorted: Vec<&MessageId> = ids.iter().collect();
+        sorted.sort();
+        for chunk in sorted.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<MySql> =
+                QueryBuilder::new("DELETE FROM deferred_messages WHERE id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_bytes().to_vec());
+            }
+            q.push(")");
+            q.build().execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+}
+
+fn truncate(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("안녕하세요", 4), "안");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
 }

@@ -178,3 +178,53 @@ mod tests {
         );
     }
 }
+
+/// A migrated MySQL database of its own for one test, dropped by `drop_database`.
+pub struct TestDatabase {
+    pub pool: sqlx::MySqlPool,
+    pub url: String,
+    name: String,
+    admin: sqlx::MySqlPool,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let admin_url = infra().mysql_url();
+        let admin = crate::store::connect_mysql(&admin_url, 2)
+            .await
+            .unwrap_or_else(|e| panic!("MariaDB: {e}"));
+        let name = unique_name("ump_test").replace('-', "_");
+        // `name` is our own hex name, not input.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+            .execute(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("MariaDB: CREATE DATABASE: {e}"));
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(base, _)| base);
+        let url = format!("{base}/{name}");
+        let pool = crate::store::connect_mysql(&url, 8)
+            .await
+            .unwrap_or_else(|e| panic!("MariaDB: {e}"));
+        crate::store::migrate_mysql(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("MariaDB: {e}"));
+        Self {
+            pool,
+            url,
+            name,
+            admin,
+        }
+    }
+
+    pub async fn drop_database(self) {
+        self.pool.close().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE `{}`",
+            self.name
+        )))
+        .execute(&self.admin)
+        .await
+        .unwrap_or_else(|e| panic!("MariaDB: DROP DATABASE: {e}"));
+    }
+}

@@ -42,12 +42,29 @@ CREATE TABLE messages (
     KEY messages_by_status (tenant_id, status, id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
+-- The timeline. (message_id, attempt, status) is unique so a batch recorded twice (a worker that
+-- died after writing but before committing its offsets) adds nothing the second time.
 CREATE TABLE message_events (
-    id          BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
-    message_id  BINARY(16)      NOT NULL,
-    status      VARCHAR(16)     NOT NULL,
-    at          DATETIME(6)     NOT NULL,
-    detail      VARCHAR(1024)   NULL,
+    message_id  BINARY(16)    NOT NULL,
+    attempt     INT UNSIGNED  NOT NULL,
+    status      VARCHAR(16)   NOT NULL,
+    at          DATETIME(6)   NOT NULL,
+    detail      VARCHAR(1024) NULL,
+    PRIMARY KEY (message_id, attempt, status)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- Messages waiting for a later time (send_at, quiet hours, retry backoff). Parking them here lets the
+-- worker commit its Kafka offsets instead of holding a partition; a scheduler re-publishes them when
+-- due. A scheduler claims due rows with a lease (claimed_by/claimed_until), so any number of workers
+-- share the table and a scheduler that dies only delays its rows by the lease.
+CREATE TABLE deferred_messages (
+    id             BINARY(16)   NOT NULL,
+    channel        VARCHAR(127) NOT NULL,
+    due_at         DATETIME(6)  NOT NULL,
+    envelope       LONGBLOB     NOT NULL,
+    claimed_by     BINARY(16)   NULL,
+    claimed_until  DATETIME(6)  NULL,
     PRIMARY KEY (id),
-    KEY message_events_by_message (message_id, id)
+    KEY deferred_by_due (channel, due_at),
+    KEY deferred_by_claim (claimed_by)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

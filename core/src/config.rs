@@ -1,0 +1,252 @@
+//! The channel registry: `MessageChannel` and `DeliveryPolicy` documents (from a folder of YAML in
+//! the embedded mode and for a worker's mounted ConfigMap; from the cluster in cluster mode)
+//! resolved into what the api and the worker use: each channel with its effective policy and its
+//! compiled templates.
+
+use crate::resources::{ChannelType, DeliveryPolicy, DeliveryPolicySpec, MessageChannel};
+use crate::template::{TemplateError, TemplateSet};
+use kube::ResourceExt;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: document {index}: {detail}")]
+    Parse {
+        path: PathBuf,
+        index: usize,
+        detail: String,
+    },
+    #[error("channel {channel}: {source}")]
+    Template {
+        channel: String,
+        #[source]
+        source: TemplateError,
+    },
+    #[error("channel {0} has no providers")]
+    NoProvider(String),
+    #[error("channel {0} is defined twice")]
+    DuplicateChannel(String),
+}
+
+/// A channel ready for use.
+#[derive(Debug)]
+pub struct ResolvedChannel {
+    pub resource: MessageChannel,
+    /// The referenced policy's spec, or the defaults when it has none.
+    pub policy: DeliveryPolicySpec,
+    /// Set when the channel names a policy that does not exist (the defaults apply meanwhile).
+    pub missing_policy: Option<String>,
+    pub templates: TemplateSet,
+}
+
+impl ResolvedChannel {
+    pub fn name(&self) -> String {
+        self.resource.name_any()
+    }
+    pub fn channel_type(&self) -> ChannelType {
+        self.resource.spec.channel_type
+    }
+}
+
+/// Every channel UMP knows, by name.
+#[derive(Debug, Default)]
+pub struct ChannelRegistry {
+    channels: BTreeMap<String, Arc<ResolvedChannel>>,
+}
+
+impl ChannelRegistry {
+    pub fn resolve(
+        channels: Vec<MessageChannel>,
+        policies: Vec<DeliveryPolicy>,
+    ) -> Result<Self, ConfigError> {
+        let policies: BTreeMap<(String, String), DeliveryPolicySpec> = policies
+            .into_iter()
+            .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p.spec))
+            .collect();
+        let mut resolved = BTreeMap::new();
+        for channel in channels {
+            let name = channel.name_any();
+            if channel.spec.providers.is_empty() {
+                return Err(ConfigError::NoProvider(name));
+            }
+            let templates = TemplateSet::compile(&channel.spec.templates).map_err(|source| {
+                ConfigError::Template {
+                    channel: name.clone(),
+                    source,
+                }
+            })?;
+            let (policy, missing_policy) = match &channel.spec.policy_ref {
+                None => (DeliveryPolicySpec::default(), None),
+                Some(policy_name) => {
+                    let key = (channel.namespace().unwrap_or_default(), policy_name.clone());
+                    match policies.get(&key) {
+                        Some(spec) => (spec.clone(), None),
+                        None => (DeliveryPolicySpec::default(), Some(policy_name.clone())),
+                    }
+                }
+            };
+            let entry = Arc::new(ResolvedChannel {
+                resource: channel,
+                policy,
+                missing_policy,
+                templates,
+            });
+            if resolved.insert(name.clone(), entry).is_some() {
+                return Err(ConfigError::DuplicateChannel(name));
+            }
+        }
+        Ok(Self { channels: resolved })
+    }
+
+    /// Reads every `*.yaml` / `*.yml` file of `dir` (multi-document files allowed); documents of
+    /// other kinds are ignored, so a folder of mixed manifests works.
+    pub fn load_dir(dir: &Path) -> Result<Self, ConfigError> {
+        let read_err = |path: &Path, source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| read_err(dir, e))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|ext| ext == "yaml" || ext == "yml")
+            })
+            .collect();
+        files.sort();
+        let (mut channels, mut policies) = (Vec::new(), Vec::new());
+        for path in files {
+            let text = std::fs::read_to_string(&path).map_err(|e| read_err(&path, e))?;
+            parse_documents(&path, &text, &mut channels, &mut policies)?;
+        }
+        Self::resolve(channels, policies)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<ResolvedChannel>> {
+        self.channels.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.channels.keys().map(String::as_str)
+    }
+
+    pub fn channels(&self) -> impl Iterator<Item = &Arc<ResolvedChannel>> {
+        self.channels.values()
+    }
+}
+
+fn parse_documents(
+    path: &Path,
+    text: &str,
+    channels: &mut Vec<MessageChannel>,
+    policies: &mut Vec<DeliveryPolicy>,
+) -> Result<(), ConfigError> {
+    #[derive(Deserialize)]
+    struct Head {
+        kind: Option<String>,
+    }
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let parse_err = |detail: String| ConfigError::Parse {
+            path: path.to_owned(),
+            index,
+            detail,
+        };
+        let value =
+            serde_yaml_ng::Value::deserialize(document).map_err(|e| parse_err(e.to_string()))?;
+        if value.is_null() {
+            continue;
+        }
+        let head: Head =
+            serde_yaml_ng::from_value(value.clone()).map_err(|e| parse_err(e.to_string()))?;
+        match head.kind.as_deref() {
+            Some("MessageChannel") => channels
+                .push(serde_yaml_ng::from_value(value).map_err(|e| parse_err(e.to_string()))?),
+            Some("DeliveryPolicy") => policies
+                .push(serde_yaml_ng::from_value(value).map_err(|e| parse_err(e.to_string()))?),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOCS: &str = r#"
+apiVersion: ump.dev/v1alpha1
+kind: DeliveryPolicy
+metadata: {name: standard}
+spec:
+  rateLimit: {perSecond: 100}
+  dedupe: {window: 5m}
+  quietHours: {start: "21:00", end: "08:00", timezone: Asia/Seoul}
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: sms}
+spec:
+  type: sms
+  policyRef: standard
+  providers: [{name: sandbox, type: sandbox}]
+  templates:
+    - name: otp
+      text: "인증번호는 {{ code }} 입니다"
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: email}
+spec:
+  type: email
+  policyRef: missing
+  providers: [{name: sandbox, type: sandbox}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: ignored}
+"#;
+
+    #[test]
+    fn resolves_policies_and_templates() {
+        let (mut channels, mut policies) = (Vec::new(), Vec::new());
+        parse_documents(Path::new("t.yaml"), DOCS, &mut channels, &mut policies).expect("parse");
+        let registry = ChannelRegistry::resolve(channels, policies).expect("resolve");
+        assert_eq!(registry.names().collect::<Vec<_>>(), ["email", "sms"]);
+        let sms = registry.get("sms").expect("sms");
+        assert_eq!(sms.channel_type(), ChannelType::Sms);
+        assert_eq!(sms.policy.dedupe.window.as_std().as_secs(), 300);
+        assert_eq!(
+            sms.policy.rate_limit.as_ref().map(|r| r.per_second),
+            Some(100)
+        );
+        assert!(sms.templates.contains("otp"));
+        let email = registry.get("email").expect("email");
+        assert_eq!(email.missing_policy.as_deref(), Some("missing"));
+        assert_eq!(email.policy, DeliveryPolicySpec::default());
+    }
+
+    #[test]
+    fn parse_errors_name_file_and_document() {
+        let (mut channels, mut policies) = (Vec::new(), Vec::new());
+        let err = parse_documents(
+            Path::new("bad.yaml"),
+            "kind: MessageChannel\nmetadata: {name: x}\nspec: {type: fax, providers: []}\n",
+            &mut channels,
+            &mut policies,
+        )
+        .expect_err("fax is not a channel type");
+        assert!(
+            err.to_string().starts_with("bad.yaml: document 0:"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! Message history: the port the api (reads) and the worker (writes) use, and its data types. The
+//! cluster mode stores it in MySQL (`store`), the embedded mode in SQLite.
+
+use crate::model::{Envelope, Event, MessageId, Priority, Status};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// One status change of one message, with what the history needs to create the message's row
+/// when it is the first one seen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    pub id: MessageId,
+    pub tenant: String,
+    pub channel: String,
+    pub to: String,
+    pub priority: Priority,
+    pub idempotency_key: Option<String>,
+    pub send_at: Option<DateTime<Utc>>,
+    pub accepted_at: DateTime<Utc>,
+    pub status: Status,
+    /// The attempt the change belongs to (0 for acceptance and scheduling before the first try).
+    pub attempt: u32,
+    pub provider: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub at: DateTime<Utc>,
+    pub detail: Option<String>,
+}
+
+impl Transition {
+    pub fn of(envelope: &Envelope, status: Status, at: DateTime<Utc>) -> Self {
+        Self {
+            id: envelope.id,
+            tenant: envelope.tenant.clone(),
+            channel: envelope.channel.clone(),
+            to: envelope.to.clone(),
+            priority: envelope.priority,
+            idempotency_key: envelope.idempotency_key.clone(),
+            send_at: envelope.send_at,
+            accepted_at: envelope.accepted_at,
+            status,
+            attempt: envelope.attempts,
+            provider: None,
+            provider_message_id: None,
+            at,
+            detail: None,
+        }
+    }
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+    pub fn provider(mut self, provider: &str, provider_message_id: Option<String>) -> Self {
+        self.provider = Some(provider.to_owned());
+        self.provider_message_id = provider_message_id;
+        self
+    }
+}
+
+/// A message parked until `due_at` (send_at, quiet hours, retry backoff).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Deferred {
+    pub envelope: Envelope,
+    pub due_at: DateTime<Utc>,
+}
+
+/// What the worker writes after a batch, atomically: nothing of it is visible unless all is.
+#[derive(Clone, Debug, Default)]
+pub struct BatchRecord {
+    pub transitions: Vec<Transition>,
+    pub deferred: Vec<Deferred>,
+}
+
+/// A message as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MessageView {
+    pub id: MessageId,
+    pub channel: String,
+    pub to: String,
+    pub status: Status,
+    pub priority: Priority,
+    pub attempts: u32,
+    pub provider: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<Event>>,
+}
+
+/// Filters of `GET /v1/messages`; every one is served by an index.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MessageFilter {
+    pub to: Option<String>,
+    pub channel: Option<String>,
+    pub status: Option<Status>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Keyset cursor: only messages older than this id.
+    pub before: Option<MessageId>,
+    pub limit: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MessagePage {
+    pub items: Vec<MessageView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("history store: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("history store: corrupt row: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait::async_trait]
+pub trait HistoryStore: Send + Sync {
+    /// Writes a batch: transitions (idempotently: recording the same batch twice changes nothing)
+    /// and parked messages.
+    async fn record(&self, batch: &BatchRecord) -> Result<(), HistoryError>;
+    async fn get(&self, tenant: &str, id: MessageId) -> Result<Option<MessageView>, HistoryError>;
+    async fn list(&self, tenant: &str, filter: &MessageFilter)
+    -> Result<MessagePage, HistoryError>;
+    /// Claims up to `limit` parked messages of `channels` that are due, for `lease`: no other caller gets them
+    /// until the lease runs out. They leave the store only through `release`, after they were
+    /// re-published; a caller that dies in between lets the lease expire and another one publishes
+    /// them again (the worker's dedupe absorbs the second copy).
+    async fn claim_due(
+        &self,
+        channels: &[String],
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<Deferred>, HistoryError>;
+    async fn release(&self, ids: &[MessageId]) -> Result<(), HistoryError>;
+}
+
+/// Opaque cursor of a page: the last id shown.
+pub fn encode_cursor(id: MessageId) -> String {
+    id.0.simple().to_string()
+}
+
+pub fn decode_cursor(cursor: &str) -> Option<MessageId> {
+    if cursor.len() != 32 {
+        return None;
+    }
+    uuid::Uuid::try_parse(cursor).ok().map(MessageId)
+}
