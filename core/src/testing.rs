@@ -153,32 +153,6 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", &id[..12])
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn settings_skip_comments_and_blank_lines() {
-        let parsed = parse_settings("# header\n\nA=1\n B = two=2 \n");
-        assert_eq!(parsed.get("A").map(String::as_str), Some("1"));
-        assert_eq!(parsed.get("B").map(String::as_str), Some("two=2"));
-        assert_eq!(parsed.len(), 2);
-    }
-
-    #[test]
-    fn host_port_strips_scheme_credentials_and_path() {
-        assert_eq!(
-            host_port("mysql://u:p@127.0.0.1:3306/ump", 1),
-            "127.0.0.1:3306"
-        );
-        assert_eq!(host_port("redis://127.0.0.1", 6379), "127.0.0.1:6379");
-        assert_eq!(
-            host_port("amqp://a:b@127.0.0.1:5672?x=1", 1),
-            "127.0.0.1:5672"
-        );
-    }
-}
-
 /// A migrated MySQL database of its own for one test, dropped by `drop_database`.
 pub struct TestDatabase {
     pub pool: sqlx::MySqlPool,
@@ -226,5 +200,31 @@ impl TestDatabase {
         .execute(&self.admin)
         .await
         .unwrap_or_else(|e| panic!("MariaDB: DROP DATABASE: {e}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_skip_comments_and_blank_lines() {
+        let parsed = parse_settings("# header\n\nA=1\n B = two=2 \n");
+        assert_eq!(parsed.get("A").map(String::as_str), Some("1"));
+        assert_eq!(parsed.get("B").map(String::as_str), Some("two=2"));
+        assert_eq!(parsed.len(), 2);
+    }
+
+    #[test]
+    fn host_port_strips_scheme_credentials_and_path() {
+        assert_eq!(
+            host_port("mysql://u:p@127.0.0.1:3306/ump", 1),
+            "127.0.0.1:3306"
+        );
+        assert_eq!(host_port("redis://127.0.0.1", 6379), "127.0.0.1:6379");
+        assert_eq!(
+            host_port("amqp://a:b@127.0.0.1:5672?x=1", 1),
+            "127.0.0.1:5672"
+        );
     }
 }
