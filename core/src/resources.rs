@@ -351,3 +351,37 @@ pub struct Fallback {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
 }
+
+impl MessageChannel {
+    fn namespace_or_default(&self) -> String {
+        kube::ResourceExt::namespace(self).unwrap_or_else(|| "default".to_owned())
+    }
+
+    /// Kafka topic of the channel's bulk traffic: `spec.topic.name`, else `ump.<namespace>.<name>`.
+    pub fn topic_name(&self) -> String {
+        self.spec.topic.name.clone().unwrap_or_else(|| {
+            format!("ump.{}.{}", self.namespace_or_default(), kube::ResourceExt::name_any(self))
+        })
+    }
+
+    /// Topic of messages that exhausted their attempts.
+    pub fn dead_letter_topic(&self) -> String {
+        format!("{}.dlq", self.topic_name())
+    }
+
+    /// Consumer group shared by the channel's workers.
+    pub fn consumer_group(&self) -> String {
+        format!("ump-worker.{}.{}", self.namespace_or_default(), kube::ResourceExt::name_any(self))
+    }
+
+    /// ActiveMQ queue of the channel's realtime traffic.
+    pub fn realtime_queue(&self) -> String {
+        self.spec.realtime.queue.clone().unwrap_or_else(|| {
+            format!(
+                "ump.realtime.{}.{}",
+                self.namespace_or_default(),
+                kube::ResourceExt::name_any(self)
+            )
+        })
+    }
+}
