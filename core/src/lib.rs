@@ -7,9 +7,11 @@ pub mod history;
 pub mod keys;
 pub mod model;
 pub mod provider;
+pub mod queue;
 pub mod resources;
 pub mod store;
 pub mod template;
+pub mod tls;
 
 #[cfg(feature = "testing")]
 pub mod testing;

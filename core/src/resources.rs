@@ -360,7 +360,11 @@ impl MessageChannel {
     /// Kafka topic of the channel's bulk traffic: `spec.topic.name`, else `ump.<namespace>.<name>`.
     pub fn topic_name(&self) -> String {
         self.spec.topic.name.clone().unwrap_or_else(|| {
-            format!("ump.{}.{}", self.namespace_or_default(), kube::ResourceExt::name_any(self))
+            format!(
+                "ump.{}.{}",
+                self.namespace_or_default(),
+                kube::ResourceExt::name_any(self)
+            )
         })
     }
 
@@ -371,7 +375,11 @@ impl MessageChannel {
 
     /// Consumer group shared by the channel's workers.
     pub fn consumer_group(&self) -> String {
-        format!("ump-worker.{}.{}", self.namespace_or_default(), kube::ResourceExt::name_any(self))
+        format!(
+            "ump-worker.{}.{}",
+            self.namespace_or_default(),
+            kube::ResourceExt::name_any(self)
+        )
     }
 
     /// ActiveMQ queue of the channel's realtime traffic.

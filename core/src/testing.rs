@@ -36,6 +36,7 @@ pub fn settings_path() -> PathBuf {
 pub fn infra() -> &'static Infra {
     static INFRA: OnceLock<Infra> = OnceLock::new();
     INFRA.get_or_init(|| {
+        crate::tls::install_crypto_provider();
         let source = settings_path();
         let text = std::fs::read_to_string(&source).unwrap_or_default();
         Infra {

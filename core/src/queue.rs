@@ -1,0 +1,150 @@
+//! The queue port: how an accepted message becomes durable. `202 Accepted` is answered only after
+//! `enqueue` returns `Ok`, i.e. the broker has the message (Kafka: acknowledged by all in-sync
+//! replicas through an idempotent producer). The embedded mode implements it with SQLite.
+
+use crate::model::Envelope;
+use crate::resources::MessageChannel;
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    /// The broker cannot take the message now: the client should retry (503 + Retry-After).
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    /// The message itself cannot be queued (e.g. larger than the broker accepts).
+    #[error("message rejected by the queue: {0}")]
+    Rejected(String),
+}
+
+#[async_trait::async_trait]
+pub trait MessageQueue: Send + Sync {
+    /// Makes `envelope` durable on `channel`'s queue.
+    async fn enqueue(
+        &self,
+        channel: &MessageChannel,
+        envelope: &Envelope,
+    ) -> Result<(), EnqueueError>;
+    /// Whether the queue can take messages now (for `/readyz`).
+    async fn ready(&self) -> Result<(), String>;
+}
+
+/// Kafka connection settings: the bootstrap servers plus any librdkafka property (TLS, SASL) from
+/// `UMP_KAFKA_CONFIG_<PROPERTY>` variables, e.g. `UMP_KAFKA_CONFIG_SECURITY_PROTOCOL=SASL_SSL` →
+/// `security.protocol`.
+#[derive(Clone, Default)]
+pub struct KafkaSettings {
+    pub bootstrap: String,
+    pub properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Properties may hold SASL passwords: show only their names.
+        f.debug_struct("KafkaSettings")
+            .field("bootstrap", &self.bootstrap)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl KafkaSettings {
+    pub fn from_env(bootstrap: String) -> Self {
+        let properties = std::env::vars()
+            .filter_map(|(key, value)| {
+                let name = key.strip_prefix("UMP_KAFKA_CONFIG_")?;
+                Some((name.to_lowercase().replace('_', "."), value))
+            })
+            .collect();
+        Self {
+            bootstrap,
+            properties,
+        }
+    }
+
+    /// A client config with the connection settings applied.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+/// The bulk queue: one Kafka topic per channel, keyed by recipient so a recipient's messages stay
+/// in order on one partition.
+pub struct KafkaQueue {
+    producer: FutureProducer,
+    timeout: Duration,
+}
+
+impl KafkaQueue {
+    /// `timeout` bounds how long an accept waits for Kafka before answering 503.
+    pub fn new(settings: &KafkaSettings, timeout: Duration) -> Result<Self, KafkaError> {
+        let producer: FutureProducer = settings
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("socket.nagle.disable", "true")
+            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .create()?;
+        Ok(Self { producer, timeout })
+    }
+
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+}
+
+/// Kafka errors that are about the message, not about the broker being unavailable.
+fn is_message_error(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+    )
+}
+
+#[async_trait::async_trait]
+impl MessageQueue for KafkaQueue {
+    async fn enqueue(
+        &self,
+        channel: &MessageChannel,
+        envelope: &Envelope,
+    ) -> Result<(), EnqueueError> {
+        let payload =
+            serde_json::to_vec(envelope).map_err(|e| EnqueueError::Rejected(e.to_string()))?;
+        let topic = channel.topic_name();
+        let record = FutureRecord::to(&topic)
+            .key(envelope.to.as_bytes())
+            .payload(&payload);
+        match self.producer.send(record, self.timeout).await {
+            Ok(_) => Ok(()),
+            Err((KafkaError::MessageProduction(code), _)) if is_message_error(code) => {
+                Err(EnqueueError::Rejected(code.to_string()))
+            }
+            Err((e, _)) => Err(EnqueueError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(|_| ())
+                .map_err(|e| format!("Kafka: {e}"))
+        })
+        .await
+        .map_err(|e| format!("Kafka: {e}"))?
+    }
+}
