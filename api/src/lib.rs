@@ -1,80 +1,120 @@
-//! UMP's HTTP surface: the REST API, probes and metrics, and (later) the admin dashboard.
+//! UMP's HTTP surface: the REST API (`/v1/messages`), probes, metrics and OpenAPI. The same
+//! router serves the cluster mode (Kafka, Redis, MySQL) and the embedded mode (SQLite): only the
+//! ports in `AppState` differ.
 
+// `Problem` (the error response, ~150 bytes) travels in `Result`s only on the error path, where its
+// size costs nothing worth boxing for.
+#![allow(clippy::result_large_err)]
+
+pub mod auth;
+pub mod cluster;
+pub mod idempotency;
+pub mod messages;
+pub mod metrics;
+pub mod problem;
+pub mod request;
+
+use arc_swap::ArcSwap;
 use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use prometheus::{Encoder, Registry, TextEncoder};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::future::BoxFuture;
+use prometheus::{Encoder, TextEncoder};
+use std::sync::Arc;
+use ump_core::config::ChannelRegistry;
+use ump_core::history::HistoryStore;
+use ump_core::queue::MessageQueue;
+use utoipa::OpenApi;
+
+/// A dependency `/readyz` checks.
+pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    pub registry: Registry,
+    pub registry: Arc<ArcSwap<ChannelRegistry>>,
+    pub bulk: Arc<dyn MessageQueue>,
+    pub realtime: Option<Arc<dyn MessageQueue>>,
+    pub history: Arc<dyn HistoryStore>,
+    pub keys: Arc<auth::KeyCache>,
+    pub idempotency: Arc<dyn idempotency::IdempotencyStore>,
+    pub metrics: metrics::ApiMetrics,
+    pub readiness: Vec<(&'static str, ReadinessCheck)>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "UMP — Unified Messaging Platform", description = "One API for email, SMS, push and Kakao AlimTalk."),
+    paths(messages::send_message, messages::send_batch, messages::get_message, messages::list_messages),
+    components(schemas(
+        request::SendMessageRequest, messages::Accepted, messages::BatchRequest, messages::BatchResponse,
+        messages::BatchResult, problem::Problem, problem::FieldError,
+        ump_core::history::MessageView, ump_core::history::MessagePage, ump_core::model::Event,
+        ump_core::model::Status, ump_core::model::Priority
+    )),
+    modifiers(&BearerAuth),
+    tags((name = "messages", description = "Send messages and read their history"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "api_key",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+    }
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route(
+            "/v1/messages",
+            post(messages::send_message).get(messages::list_messages),
+        )
+        .route("/v1/messages/batch", post(messages::send_batch))
+        .route("/v1/messages/{id}", get(messages::get_message))
+        .route(
+            "/openapi.json",
+            get(|| async { axum::Json(ApiDoc::openapi()) }),
+        )
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        // The send handlers read their bodies with their own limits (413 as problem+json).
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
-async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {
-    let mut body = Vec::new();
-    match TextEncoder::new().encode(&state.registry.gather(), &mut body) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-            body,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+async fn readyz(State(state): State<AppState>) -> Response {
+    let checks = futures::future::join_all(state.readiness.iter().map(|(name, check)| {
+        let check = Arc::clone(check);
+        async move { (*name, check().await) }
+    }))
+    .await;
+    let failures: Vec<String> = checks
+        .into_iter()
+        .filter_map(|(name, result)| result.err().map(|e| format!("{name}: {e}")))
+        .collect();
+    if failures.is_empty() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, failures.join("\n")).into_response()
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
-
-    #[tokio::test]
-    async fn healthz_answers_ok() {
-        let app = router(AppState {
-            registry: Registry::new(),
-        });
-        let response = app
-            .oneshot(
-                Request::get("/healthz")
-                    .body(Body::empty())
-                    .expect("request"),
-            )
-            .await
-            .expect("response");
-        assert_eq!(response.status(), StatusCode::OK);
-    }
-
-    #[tokio::test]
-    async fn metrics_use_the_prometheus_text_format() {
-        let registry = Registry::new();
-        let counter = prometheus::IntCounter::new("ump_test_total", "test").expect("counter");
-        registry
-            .register(Box::new(counter.clone()))
-            .expect("register");
-        counter.inc();
-        let response = router(AppState { registry })
-            .oneshot(
-                Request::get("/metrics")
-                    .body(Body::empty())
-                    .expect("request"),
-            )
-            .await
-            .expect("response");
-        assert_eq!(response.status(), StatusCode::OK);
-        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .expect("body");
-        assert!(String::from_utf8_lossy(&body).contains("ump_test_total 1"));
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut body = Vec::new();
+    match TextEncoder::new().encode(&state.metrics.registry.gather(), &mut body) {
+        Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

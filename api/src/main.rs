@@ -1,11 +1,56 @@
-//! `ump`: UMP's API server (and, as the send pipeline lands, the all-in-one process).
+//! `ump`: UMP's API server and its admin commands.
 
 use anyhow::Context;
+use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
-use ump_api::{AppState, router};
+use std::sync::Arc;
+use ump_api::cluster::{self, ClusterSettings};
+use ump_core::keys::{ApiKeyStore, MySqlKeys, generate_key};
+
+#[derive(Parser)]
+#[command(name = "ump", version, about = "UMP, the Unified Messaging Platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API of the cluster mode (Kafka, Redis, MySQL).
+    Api {
+        /// Address to listen on.
+        #[arg(long, env = "UMP_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        settings: ClusterSettings,
+    },
+    /// Manage API keys (cluster mode: in MySQL).
+    Keys {
+        #[arg(long, env = "UMP_MYSQL_URL", hide_env_values = true)]
+        mysql_url: String,
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Create a key for a tenant; the key is printed once and never stored.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Revoke a key by its id (the part after `ump_`).
+    Revoke { key_id: String },
+    /// List active keys (ids and tenants, never secrets).
+    List,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    ump_core::tls::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -13,18 +58,54 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
-    let listen: SocketAddr = std::env::var("UMP_LISTEN")
-        .unwrap_or_else(|_| "127.0.0.1:8080".to_owned())
-        .parse()
-        .context("UMP_LISTEN must be host:port, e.g. 0.0.0.0:8080")?;
-    let state = AppState {
-        registry: prometheus::Registry::new(),
-    };
+    match Cli::parse().command {
+        Command::Api { listen, settings } => {
+            let state = cluster::state(&settings, prometheus::Registry::new()).await?;
+            serve(listen, ump_api::router(state)).await
+        }
+        Command::Keys { mysql_url, action } => {
+            let pool = ump_core::store::connect_mysql(&mysql_url, 2).await?;
+            ump_core::store::migrate_mysql(&pool).await?;
+            let keys: Arc<dyn ApiKeyStore> = Arc::new(MySqlKeys::new(pool));
+            match action {
+                KeyAction::Create {
+                    tenant,
+                    description,
+                } => {
+                    let (key_id, key) = generate_key();
+                    keys.put(&key_id, &tenant, &key, &description).await?;
+                    println!("{key}");
+                    eprintln!(
+                        "key id {key_id} for tenant {tenant}: store the key now, it is not shown again"
+                    );
+                }
+                KeyAction::Revoke { key_id } => {
+                    keys.revoke(&key_id).await?;
+                    eprintln!("revoked {key_id}");
+                }
+                KeyAction::List => {
+                    for key in keys.active().await? {
+                        println!(
+                            "{}\t{}\t{}\t{}",
+                            key.key_id,
+                            key.tenant,
+                            key.created_at.to_rfc3339(),
+                            key.description
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(listen: SocketAddr, app: axum::Router) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(%listen, "UMP listening");
-    axum::serve(listener, router(state))
+    tracing::info!(%listen, "UMP API listening");
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     Ok(())
@@ -33,7 +114,6 @@ async fn main() -> anyhow::Result<()> {
 /// Resolves on SIGINT or SIGTERM (what Kubernetes sends), so in-flight requests finish.
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -42,8 +122,6 @@ async fn shutdown_signal() {
             Err(_) => std::future::pending::<()>().await,
         }
     };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
     tokio::select! {
         _ = interrupt => {},
         _ = terminate => {},

@@ -71,7 +71,7 @@ pub struct BatchRecord {
 }
 
 /// A message as the API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MessageView {
     pub id: MessageId,
     pub channel: String,
@@ -83,6 +83,7 @@ pub struct MessageView {
     pub provider_message_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The timeline (in `GET /v1/messages/{id}` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<Event>>,
 }
@@ -100,7 +101,7 @@ pub struct MessageFilter {
     pub limit: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MessagePage {
     pub items: Vec<MessageView>,
     pub next_cursor: Option<String>,

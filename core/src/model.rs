@@ -10,8 +10,21 @@ use std::str::FromStr;
 use uuid::Uuid;
 
 /// A message id: a UUIDv7, so ids sort by acceptance time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(transparent)]
+#[schema(value_type = String, format = Uuid)]
 pub struct MessageId(pub Uuid);
 
 impl MessageId {
@@ -56,7 +69,7 @@ impl FromStr for MessageId {
 }
 
 /// Where a message is in its life. The names are part of the public API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Accepted,
@@ -125,7 +138,9 @@ impl FromStr for Status {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     /// Through Kafka: throughput first.
@@ -203,7 +218,7 @@ impl Envelope {
 }
 
 /// One status change in a message's history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub status: Status,
     pub at: DateTime<Utc>,

@@ -1,0 +1,138 @@
+//! Wiring of the cluster mode: the API on Kafka, Redis and MySQL.
+
+use crate::auth::KeyCache;
+use crate::idempotency::RedisIdempotency;
+use crate::metrics::ApiMetrics;
+use crate::{AppState, ReadinessCheck};
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use ump_core::config::ChannelRegistry;
+use ump_core::keys::{ApiKeyStore, BOOTSTRAP_KEY_ID, DEFAULT_TENANT, MySqlKeys};
+use ump_core::queue::{KafkaQueue, KafkaSettings, MessageQueue};
+use ump_core::store::{MySqlHistory, connect_mysql, migrate_mysql};
+
+/// Settings of the cluster-mode API (environment variables of the same names, upper-cased).
+#[derive(Clone, clap::Args)]
+pub struct ClusterSettings {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "UMP_KAFKA_BOOTSTRAP")]
+    pub kafka_bootstrap: String,
+    /// Redis URL (`redis://` or `rediss://` for TLS).
+    #[arg(long, env = "UMP_REDIS_URL")]
+    pub redis_url: String,
+    /// MySQL URL of the history database.
+    #[arg(long, env = "UMP_MYSQL_URL", hide_env_values = true)]
+    pub mysql_url: String,
+    /// Folder of MessageChannel / DeliveryPolicy YAML.
+    #[arg(long, env = "UMP_CONFIG_DIR")]
+    pub config_dir: PathBuf,
+    /// How long an accept waits for the broker before answering 503.
+    #[arg(long, env = "UMP_ACCEPT_TIMEOUT", default_value = "5s")]
+    pub accept_timeout: ump_core::duration::Duration,
+}
+
+impl std::fmt::Debug for ClusterSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // URLs may carry passwords: never print them.
+        f.debug_struct("ClusterSettings")
+            .field("kafka_bootstrap", &self.kafka_bootstrap)
+            .field("config_dir", &self.config_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stores `UMP_BOOTSTRAP_API_KEY` (when set) as the default tenant's key.
+pub async fn bootstrap_key(keys: &dyn ApiKeyStore) -> anyhow::Result<()> {
+    if let Ok(key) = std::env::var("UMP_BOOTSTRAP_API_KEY")
+        && !key.trim().is_empty()
+    {
+        keys.put(
+            BOOTSTRAP_KEY_ID,
+            DEFAULT_TENANT,
+            key.trim(),
+            "UMP_BOOTSTRAP_API_KEY",
+        )
+        .await
+        .context("storing the bootstrap API key")?;
+    }
+    Ok(())
+}
+
+pub async fn state(
+    settings: &ClusterSettings,
+    registry: prometheus::Registry,
+) -> anyhow::Result<AppState> {
+    let channels = ChannelRegistry::load_dir(&settings.config_dir)
+        .with_context(|| format!("loading channels from {}", settings.config_dir.display()))?;
+
+    let pool = connect_mysql(&settings.mysql_url, 16).await?;
+    migrate_mysql(&pool).await?;
+    let keys = Arc::new(MySqlKeys::new(pool.clone()));
+    bootstrap_key(keys.as_ref()).await?;
+    let key_cache = KeyCache::new(keys);
+    key_cache.refresh().await.context("loading API keys")?;
+    key_cache.spawn_refresh(Duration::from_secs(5));
+
+    let redis_client =
+        redis::Client::open(settings.redis_url.as_str()).context("invalid UMP_REDIS_URL")?;
+    let redis = redis::aio::ConnectionManager::new(redis_client)
+        .await
+        .context("connecting to Redis")?;
+    let kafka = Arc::new(
+        KafkaQueue::new(
+            &KafkaSettings::from_env(settings.kafka_bootstrap.clone()),
+            settings.accept_timeout.as_std(),
+        )
+        .context("creating the Kafka producer")?,
+    );
+
+    let readiness: Vec<(&'static str, ReadinessCheck)> = vec![
+        ("kafka", {
+            let kafka = Arc::clone(&kafka);
+            Arc::new(move || {
+                let kafka = Arc::clone(&kafka);
+                Box::pin(async move { kafka.ready().await })
+            })
+        }),
+        ("redis", {
+            let redis = redis.clone();
+            Arc::new(move || {
+                let mut redis = redis.clone();
+                Box::pin(async move {
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut redis)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            })
+        }),
+        ("mysql", {
+            let pool = pool.clone();
+            Arc::new(move || {
+                let pool = pool.clone();
+                Box::pin(async move {
+                    sqlx::query("SELECT 1")
+                        .execute(&pool)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            })
+        }),
+    ];
+
+    Ok(AppState {
+        registry: Arc::new(ArcSwap::from_pointee(channels)),
+        bulk: kafka as Arc<dyn MessageQueue>,
+        realtime: None,
+        history: Arc::new(MySqlHistory::new(pool)),
+        keys: key_cache,
+        idempotency: Arc::new(RedisIdempotency::new(redis)),
+        metrics: ApiMetrics::new(registry)?,
+        readiness,
+    })
+}

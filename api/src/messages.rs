@@ -1,0 +1,565 @@
+//! `/v1/messages`: send one, send a batch, read one with its timeline, list with filters.
+
+use crate::AppState;
+use crate::auth::Tenant;
+use crate::idempotency::{Begin, body_hash};
+use crate::problem::{FieldError, Problem};
+use crate::request::{SendMessageRequest, ValidSend, validate};
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::Instant;
+use ump_core::history::{MessageFilter, MessagePage, MessageView, decode_cursor};
+use ump_core::model::{Envelope, MessageId, Priority};
+use ump_core::queue::EnqueueError;
+use utoipa::ToSchema;
+
+/// Largest body of `POST /v1/messages`.
+pub const SINGLE_LIMIT: usize = 256 * 1024;
+/// Largest body of `POST /v1/messages/batch`.
+pub const BATCH_LIMIT: usize = 16 * 1024 * 1024;
+pub const MAX_BATCH: usize = 1000;
+/// What a 503 asks the client to wait, in seconds.
+const RETRY_AFTER_SECONDS: u64 = 5;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    pub id: MessageId,
+    /// Always `accepted`.
+    #[schema(example = "accepted")]
+    pub status: &'static str,
+}
+
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[allow(dead_code)] // documents the contract (OpenAPI)
+pub struct BatchRequest {
+    /// 1 to 1000 messages.
+    pub messages: Vec<SendMessageRequest>,
+}
+
+/// One result of a batch, in the order of the request: the accepted message or its problem.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum BatchResult {
+    Accepted(Accepted),
+    Error { error: Problem },
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResponse {
+    pub results: Vec<BatchResult>,
+}
+
+async fn read_json(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<(Bytes, Value), Problem> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+        .unwrap_or(false);
+    if !is_json {
+        return Err(Problem::unsupported_media_type());
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Problem::too_large(limit))?;
+    let value =
+        serde_json::from_slice(&bytes).map_err(|e| Problem::malformed_json(e.to_string()))?;
+    Ok((bytes, value))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match raw.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= 255 => Ok(Some(key.to_owned())),
+        _ => {
+            let mut problem = Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-idempotency-key",
+                "The Idempotency-Key header is invalid",
+                "1 to 255 visible ASCII characters",
+            );
+            problem.field = Some("Idempotency-Key".into());
+            Err(problem)
+        }
+    }
+}
+
+fn envelope(
+    tenant: &Tenant,
+    valid: ValidSend,
+    idempotency_key: Option<String>,
+    now: DateTime<Utc>,
+) -> (Envelope, std::sync::Arc<ump_core::config::ResolvedChannel>) {
+    let envelope = Envelope {
+        id: MessageId::new(),
+        tenant: tenant.0.clone(),
+        channel: valid.channel.name(),
+        to: valid.to,
+        content: valid.content,
+        priority: valid.priority,
+        send_at: valid.send_at,
+        tags: valid.tags,
+        metadata: valid.metadata,
+        idempotency_key,
+        accepted_at: now,
+        attempts: 0,
+    };
+    (envelope, valid.channel)
+}
+
+impl AppState {
+    async fn enqueue(
+        &self,
+        channel: &ump_core::config::ResolvedChannel,
+        envelope: &Envelope,
+    ) -> Result<(), Problem> {
+        let queue = match envelope.priority {
+            Priority::Bulk => &self.bulk,
+            Priority::Realtime => match &self.realtime {
+                Some(queue) => queue,
+                None => {
+                    return Err(Problem::unavailable(
+                        "realtime delivery is not configured on this server",
+                        RETRY_AFTER_SECONDS,
+                    ));
+                }
+            },
+        };
+        match queue.enqueue(&channel.resource, envelope).await {
+            Ok(()) => {
+                self.metrics
+                    .accepted
+                    .with_label_values(&[envelope.channel.as_str(), envelope.priority.as_str()])
+                    .inc();
+                Ok(())
+            }
+            Err(EnqueueError::Unavailable(detail)) => {
+                tracing::warn!(channel = %envelope.channel, error = %detail, "queue unavailable");
+                self.metrics
+                    .rejected
+                    .with_label_values(&["unavailable"])
+                    .inc();
+                Err(Problem::unavailable(
+                    "the message broker is unavailable",
+                    RETRY_AFTER_SECONDS,
+                ))
+            }
+            Err(EnqueueError::Rejected(detail)) => {
+                let mut problem = Problem::validation(vec![FieldError::new(
+                    "body",
+                    format!("the broker refused the message: {detail}"),
+                )]);
+                problem.detail = "the message broker refused the message".into();
+                Err(problem)
+            }
+        }
+    }
+
+    /// Runs `work` under the request's Idempotency-Key (if any): replays, conflicts, and
+    /// remembering the answer.
+    async fn idempotent<F, Fut>(
+        &self,
+        tenant: &Tenant,
+        key: Option<&str>,
+        body: &[u8],
+        work: F,
+    ) -> Result<(StatusCode, String), Problem>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(StatusCode, String), Problem>>,
+    {
+        let Some(key) = key else { return work().await };
+        let hash = body_hash(body);
+        let unavailable = |e: crate::idempotency::StoreUnavailable| {
+            tracing::warn!(error = %e, "idempotency store unavailable");
+            Problem::unavailable("the idempotency store is unavailable", RETRY_AFTER_SECONDS)
+        };
+        match self
+            .idempotency
+            .begin(&tenant.0, key, &hash)
+            .await
+            .map_err(unavailable)?
+        {
+            Begin::New => {}
+            Begin::Replay(response) => return Ok((StatusCode::ACCEPTED, response)),
+            Begin::InFlight => {
+                self.metrics.rejected.with_label_values(&["conflict"]).inc();
+                return Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "idempotency-in-flight",
+                    "A request with this Idempotency-Key is still in progress",
+                    "retry once it has completed",
+                ));
+            }
+            Begin::Mismatch => {
+                self.metrics.rejected.with_label_values(&["conflict"]).inc();
+                let mut problem = Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency-key-reused",
+                    "This Idempotency-Key was used with a different body",
+                    "use a new key for a different request",
+                );
+                problem.field = Some("Idempotency-Key".into());
+                return Err(problem);
+            }
+        }
+        match work().await {
+            Ok((status, response)) if status == StatusCode::ACCEPTED => {
+                // The messages are durable already; failing to remember the answer only loses
+                // replay protection for this key, so it must not turn the 202 into an error.
+                if let Err(e) = self
+                    .idempotency
+                    .complete(&tenant.0, key, &hash, &response)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not remember an idempotent response");
+                }
+                Ok((status, response))
+            }
+            other => {
+                if let Err(e) = self.idempotency.abandon(&tenant.0, key).await {
+                    tracing::warn!(error = %e, "could not release an Idempotency-Key");
+                }
+                other
+            }
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: String, location: Option<&str>) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(location) = location.and_then(|l| HeaderValue::from_str(l).ok()) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+fn rejected(app: &AppState, problem: Problem) -> Response {
+    let reason = match problem.status {
+        400 | 415 => "malformed",
+        401 => "unauthorized",
+        413 => "too_large",
+        422 => "validation",
+        503 => "unavailable",
+        _ => "other",
+    };
+    app.metrics.rejected.with_label_values(&[reason]).inc();
+    problem.into_response()
+}
+
+/// Send one message.
+#[utoipa::path(post, path = "/v1/messages", tag = "messages",
+    request_body = SendMessageRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key + same body within 24 h: same answer, nothing sent twice")),
+    responses(
+        (status = 202, description = "Durable in the broker", body = Accepted, headers(("Location" = String))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or bad API key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Same Idempotency-Key still in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The broker cannot take the message now", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
+    ),
+    security(("api_key" = [])))]
+pub async fn send_message(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let tenant = match app.keys.authenticate(&headers).await {
+        Ok(tenant) => tenant,
+        Err(problem) => return rejected(&app, problem),
+    };
+    let result = async {
+        let key = idempotency_key(&headers)?;
+        let (bytes, value) = read_json(&headers, body, SINGLE_LIMIT).await?;
+        let now = Utc::now();
+        let registry = app.registry.load();
+        let valid = validate(&value, &registry, "", now).map_err(Problem::validation)?;
+        app.idempotent(&tenant, key.as_deref(), &bytes, || async {
+            let (envelope, channel) = envelope(&tenant, valid, key.clone(), now);
+            app.enqueue(&channel, &envelope).await?;
+            let accepted = Accepted {
+                id: envelope.id,
+                status: "accepted",
+            };
+            Ok((
+                StatusCode::ACCEPTED,
+                serde_json::to_string(&accepted).map_err(|e| Problem::internal(e.to_string()))?,
+            ))
+        })
+        .await
+    }
+    .await;
+    match result {
+        Ok((status, body)) => {
+            app.metrics
+                .accept_seconds
+                .with_label_values(&["single"])
+                .observe(started.elapsed().as_secs_f64());
+            let location = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v["id"].as_str().map(|id| format!("/v1/messages/{id}")));
+            json_response(status, body, location.as_deref())
+        }
+        Err(problem) => rejected(&app, problem),
+    }
+}
+
+/// Send up to 1000 messages; results come back in the same order.
+#[utoipa::path(post, path = "/v1/messages/batch", tag = "messages",
+    request_body = BatchRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Covers the whole batch")),
+    responses(
+        (status = 202, description = "Per-message results in request order", body = BatchResponse),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or bad API key", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`messages` missing, empty or over 1000", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The broker took none of the messages", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
+    ),
+    security(("api_key" = [])))]
+pub async fn send_batch(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let tenant = match app.keys.authenticate(&headers).await {
+        Ok(tenant) => tenant,
+        Err(problem) => return rejected(&app, problem),
+    };
+    let result = async {
+        let key = idempotency_key(&headers)?;
+        let (bytes, value) = read_json(&headers, body, BATCH_LIMIT).await?;
+        let items = batch_items(&value)?;
+        app.metrics.batch_size.observe(items.len() as f64);
+        let now = Utc::now();
+        let registry = app.registry.load();
+        app.idempotent(&tenant, key.as_deref(), &bytes, || async {
+            let mut results: Vec<Option<BatchResult>> = Vec::with_capacity(items.len());
+            let mut pending = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                match validate(item, &registry, &format!("messages[{i}]."), now) {
+                    Ok(valid) => {
+                        let item_key = key.as_ref().map(|k| format!("{k}#{i}"));
+                        pending.push((i, envelope(&tenant, valid, item_key, now)));
+                        results.push(None);
+                    }
+                    Err(errors) => {
+                        app.metrics
+                            .rejected
+                            .with_label_values(&["validation"])
+                            .inc();
+                        results.push(Some(BatchResult::Error {
+                            error: Problem::validation(errors),
+                        }));
+                    }
+                }
+            }
+            let outcomes = futures::future::join_all(
+                pending
+                    .iter()
+                    .map(|(_, (envelope, channel))| app.enqueue(channel, envelope)),
+            )
+            .await;
+            let (mut accepted, mut unavailable) = (0usize, 0usize);
+            for ((i, (envelope, _)), outcome) in pending.iter().zip(outcomes) {
+                results[*i] = Some(match outcome {
+                    Ok(()) => {
+                        accepted += 1;
+                        BatchResult::Accepted(Accepted {
+                            id: envelope.id,
+                            status: "accepted",
+                        })
+                    }
+                    Err(problem) => {
+                        if problem.status == 503 {
+                            unavailable += 1;
+                        }
+                        BatchResult::Error { error: problem }
+                    }
+                });
+            }
+            if accepted == 0 && unavailable > 0 {
+                return Err(Problem::unavailable(
+                    "the message broker is unavailable",
+                    RETRY_AFTER_SECONDS,
+                ));
+            }
+            let response = BatchResponse {
+                results: results.into_iter().flatten().collect(),
+            };
+            Ok((
+                StatusCode::ACCEPTED,
+                serde_json::to_string(&response).map_err(|e| Problem::internal(e.to_string()))?,
+            ))
+        })
+        .await
+    }
+    .await;
+    match result {
+        Ok((status, body)) => {
+            app.metrics
+                .accept_seconds
+                .with_label_values(&["batch"])
+                .observe(started.elapsed().as_secs_f64());
+            json_response(status, body, None)
+        }
+        Err(problem) => rejected(&app, problem),
+    }
+}
+
+fn batch_items(value: &Value) -> Result<&Vec<Value>, Problem> {
+    let invalid =
+        |field: &str, detail: &str| Problem::validation(vec![FieldError::new(field, detail)]);
+    let object = value
+        .as_object()
+        .ok_or_else(|| invalid("$", "must be a JSON object"))?;
+    if let Some(unknown) = object.keys().find(|k| k.as_str() != "messages") {
+        return Err(invalid(unknown, "unknown field"));
+    }
+    let items = object
+        .get("messages")
+        .ok_or_else(|| invalid("messages", "is required"))?
+        .as_array()
+        .ok_or_else(|| invalid("messages", "must be an array"))?;
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(invalid(
+            "messages",
+            &format!("must hold 1 to {MAX_BATCH} messages"),
+        ));
+    }
+    Ok(items)
+}
+
+/// One message with its timeline.
+#[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages",
+    params(("id" = String, Path, description = "Message id")),
+    responses(
+        (status = 200, body = MessageView),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown, or another tenant's", body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn get_message(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let tenant = match app.keys.authenticate(&headers).await {
+        Ok(tenant) => tenant,
+        Err(problem) => return problem.into_response(),
+    };
+    let Ok(id) = id.parse::<MessageId>() else {
+        return Problem::not_found().into_response();
+    };
+    match app.history.get(&tenant.0, id).await {
+        Ok(Some(view)) => Json(view).into_response(),
+        Ok(None) => Problem::not_found().into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "history read failed");
+            Problem::unavailable("the history store is unavailable", RETRY_AFTER_SECONDS)
+                .into_response()
+        }
+    }
+}
+
+/// Messages, newest first, filtered; keyset pagination through `next_cursor`.
+#[utoipa::path(get, path = "/v1/messages", tag = "messages",
+    params(
+        ("to" = Option<String>, Query), ("channel" = Option<String>, Query),
+        ("status" = Option<String>, Query, description = "accepted, scheduled, sending, sent, delivered, failed, duplicate, dead_lettered"),
+        ("since" = Option<String>, Query, description = "RFC 3339"), ("until" = Option<String>, Query, description = "RFC 3339"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000, default 50"), ("cursor" = Option<String>, Query),
+    ),
+    responses(
+        (status = 200, body = MessagePage),
+        (status = 400, description = "A bad query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn list_messages(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let tenant = match app.keys.authenticate(&headers).await {
+        Ok(tenant) => tenant,
+        Err(problem) => return problem.into_response(),
+    };
+    let filter = match parse_filter(&query) {
+        Ok(filter) => filter,
+        Err(problem) => return problem.into_response(),
+    };
+    match app.history.list(&tenant.0, &filter).await {
+        Ok(page) => Json(page).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "history read failed");
+            Problem::unavailable("the history store is unavailable", RETRY_AFTER_SECONDS)
+                .into_response()
+        }
+    }
+}
+
+fn parse_filter(query: &HashMap<String, String>) -> Result<MessageFilter, Problem> {
+    let time = |name: &str| -> Result<Option<DateTime<Utc>>, Problem> {
+        query
+            .get(name)
+            .map(|v| {
+                DateTime::parse_from_rfc3339(v)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| Problem::bad_query(name, "must be an RFC 3339 time"))
+            })
+            .transpose()
+    };
+    let limit = match query.get("limit") {
+        None => 50,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| Problem::bad_query("limit", "must be an integer from 1 to 1000"))?,
+    };
+    let status = query
+        .get("status")
+        .map(|v| {
+            v.parse()
+                .map_err(|e: String| Problem::bad_query("status", e))
+        })
+        .transpose()?;
+    let before = query
+        .get("cursor")
+        .map(|c| {
+            decode_cursor(c)
+                .ok_or_else(|| Problem::bad_query("cursor", "is not a cursor this API returned"))
+        })
+        .transpose()?;
+    Ok(MessageFilter {
+        to: query.get("to").cloned(),
+        channel: query.get("channel").cloned(),
+        status,
+        since: time("since")?,
+        until: time("until")?,
+        before,
+        limit,
+    })
+}

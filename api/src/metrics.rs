@@ -1,0 +1,57 @@
+//! The API's Prometheus metrics. Names are part of the operations contract (dashboards, alerts).
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+#[derive(Clone)]
+pub struct ApiMetrics {
+    pub registry: Registry,
+    /// Messages accepted (durable in the broker), by channel and priority.
+    pub accepted: IntCounterVec,
+    /// Requests refused, by reason (validation, unauthorized, unavailable, conflict, ...).
+    pub rejected: IntCounterVec,
+    /// Time from request to 202, by endpoint.
+    pub accept_seconds: HistogramVec,
+    /// Messages per batch request.
+    pub batch_size: prometheus::Histogram,
+}
+
+impl ApiMetrics {
+    pub fn new(registry: Registry) -> Result<Self, prometheus::Error> {
+        let accepted = IntCounterVec::new(
+            Opts::new(
+                "ump_messages_accepted_total",
+                "Messages accepted (durable in the broker)",
+            ),
+            &["channel", "priority"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new("ump_api_rejected_total", "Send requests refused, by reason"),
+            &["reason"],
+        )?;
+        let accept_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "ump_accept_duration_seconds",
+                "Time from request to 202 Accepted",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["endpoint"],
+        )?;
+        let batch_size = prometheus::Histogram::with_opts(
+            HistogramOpts::new("ump_batch_size", "Messages per batch request")
+                .buckets(vec![1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0]),
+        )?;
+        registry.register(Box::new(accepted.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(accept_seconds.clone()))?;
+        registry.register(Box::new(batch_size.clone()))?;
+        Ok(Self {
+            registry,
+            accepted,
+            rejected,
+            accept_seconds,
+            batch_size,
+        })
+    }
+}

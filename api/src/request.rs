@@ -1,0 +1,578 @@
+//! Parsing and validating a send request. Every rule names the field at fault; nothing that fails
+//! here is ever enqueued. Pure functions: the handlers add authentication and I/O around them.
+
+use crate::problem::FieldError;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use ump_core::config::{ChannelRegistry, ResolvedChannel};
+use ump_core::model::{Content, Priority};
+use ump_core::resources::ChannelType;
+use utoipa::ToSchema;
+
+/// `POST /v1/messages` body. Give either `body` (with `subject` for email) or `template` + `data`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)] // documents the contract (OpenAPI); parsing goes field by field below
+pub struct SendMessageRequest {
+    /// A `MessageChannel` name.
+    #[schema(example = "sms")]
+    pub channel: String,
+    /// E.164 phone number (sms, alimtalk), email address (email), device token (push), or a
+    /// recipient id (webhook).
+    #[schema(example = "+821012345678")]
+    pub to: String,
+    pub subject: Option<String>,
+    pub body: Option<String>,
+    /// A stored template of the channel.
+    pub template: Option<String>,
+    /// The template's variables.
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Map<String, Value>>,
+    /// `bulk` (Kafka, default) or `realtime` (ActiveMQ).
+    #[schema(example = "bulk")]
+    pub priority: Option<String>,
+    /// RFC 3339 time to send at (at most a year ahead).
+    #[schema(example = "2026-12-01T09:00:00+09:00")]
+    pub send_at: Option<String>,
+    pub tags: Option<Vec<String>>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+const FIELDS: &[&str] = &[
+    "channel", "to", "subject", "body", "template", "data", "priority", "send_at", "tags",
+    "metadata",
+];
+const MAX_BODY_CHARS: usize = 65_536;
+const MAX_SUBJECT_CHARS: usize = 998;
+const MAX_TAGS: usize = 20;
+const MAX_TAG_CHARS: usize = 64;
+const MAX_METADATA_BYTES: usize = 4096;
+
+/// A request that passed validation: everything an envelope needs but its id, tenant and time.
+#[derive(Debug)]
+pub struct ValidSend {
+    pub channel: Arc<ResolvedChannel>,
+    pub to: String,
+    pub content: Content,
+    pub priority: Priority,
+    pub send_at: Option<DateTime<Utc>>,
+    pub tags: Vec<String>,
+    pub metadata: Map<String, Value>,
+}
+
+/// Validates one send request; `prefix` is prepended to field names (`messages[3].`).
+pub fn validate(
+    value: &Value,
+    registry: &ChannelRegistry,
+    prefix: &str,
+    now: DateTime<Utc>,
+) -> Result<ValidSend, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let field = |name: &str| format!("{prefix}{name}");
+    let Some(object) = value.as_object() else {
+        let name = prefix.trim_end_matches('.');
+        return Err(vec![FieldError::new(
+            if name.is_empty() { "$" } else { name },
+            "must be a JSON object",
+        )]);
+    };
+    for key in object.keys() {
+        if !FIELDS.contains(&key.as_str()) {
+            errors.push(FieldError::new(field(key), "unknown field"));
+        }
+    }
+
+    let string = |name: &str, required: bool, errors: &mut Vec<FieldError>| -> Option<String> {
+        match object.get(name) {
+            None | Some(Value::Null) if required => {
+                errors.push(FieldError::new(field(name), "is required"));
+                None
+            }
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                errors.push(FieldError::new(field(name), "must be a string"));
+                None
+            }
+        }
+    };
+    let channel_name = string("channel", true, &mut errors);
+    let to = string("to", true, &mut errors);
+    let subject = string("subject", false, &mut errors);
+    let body = string("body", false, &mut errors);
+    let template = string("template", false, &mut errors);
+    let priority = string("priority", false, &mut errors);
+    let send_at = string("send_at", false, &mut errors);
+
+    let object_field = |name: &str, errors: &mut Vec<FieldError>| -> Map<String, Value> {
+        match object.get(name) {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(map)) => map.clone(),
+            Some(_) => {
+                errors.push(FieldError::new(field(name), "must be a JSON object"));
+                Map::new()
+            }
+        }
+    };
+    let data = object_field("data", &mut errors);
+    let metadata = object_field("metadata", &mut errors);
+    if serde_json::to_vec(&metadata).map_or(0, |v| v.len()) > MAX_METADATA_BYTES {
+        errors.push(FieldError::new(
+            field("metadata"),
+            format!("must be at most {MAX_METADATA_BYTES} bytes"),
+        ));
+    }
+
+    let tags = match object.get("tags") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => {
+            if items.len() > MAX_TAGS {
+                errors.push(FieldError::new(
+                    field("tags"),
+                    format!("at most {MAX_TAGS} tags"),
+                ));
+            }
+            items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, tag)| match tag.as_str() {
+                    Some(t)
+                        if !t.is_empty()
+                            && t.chars().count() <= MAX_TAG_CHARS
+                            && !has_control(t) =>
+                    {
+                        Some(t.to_owned())
+                    }
+                    _ => {
+                        errors.push(FieldError::new(
+                            field(&format!("tags[{i}]")),
+                            format!(
+                                "must be a string of 1 to {MAX_TAG_CHARS} printable characters"
+                            ),
+                        ));
+                        None
+                    }
+                })
+                .collect()
+        }
+        Some(_) => {
+            errors.push(FieldError::new(
+                field("tags"),
+                "must be an array of strings",
+            ));
+            Vec::new()
+        }
+    };
+
+    let channel = channel_name
+        .as_deref()
+        .and_then(|name| match registry.get(name) {
+            Some(channel) => Some(channel.clone()),
+            None => {
+                let known: Vec<&str> = registry.names().collect();
+                errors.push(FieldError::new(
+                    field("channel"),
+                    format!("unknown channel {name:?} (known: {})", known.join(", ")),
+                ));
+                None
+            }
+        });
+
+    let priority = match priority.as_deref() {
+        None | Some("bulk") => Priority::Bulk,
+        Some("realtime") => {
+            if let Some(channel) = &channel
+                && !channel.resource.spec.realtime.enabled
+            {
+                errors.push(FieldError::new(
+                    field("priority"),
+                    format!(
+                        "realtime delivery is not enabled on channel {:?}",
+                        channel.name()
+                    ),
+                ));
+            }
+            Priority::Realtime
+        }
+        Some(other) => {
+            errors.push(FieldError::new(
+                field("priority"),
+                format!("must be \"bulk\" or \"realtime\", not {other:?}"),
+            ));
+            Priority::Bulk
+        }
+    };
+
+    let send_at = send_at.and_then(|text| match DateTime::parse_from_rfc3339(&text) {
+        Ok(at) if at.with_timezone(&Utc) > now + chrono::Duration::days(366) => {
+            errors.push(FieldError::new(
+                field("send_at"),
+                "must be at most a year ahead",
+            ));
+            None
+        }
+        Ok(at) => Some(at.with_timezone(&Utc)),
+        Err(_) => {
+            errors.push(FieldError::new(
+                field("send_at"),
+                "must be an RFC 3339 time with an offset, e.g. 2026-12-01T09:00:00+09:00",
+            ));
+            None
+        }
+    });
+
+    if let Some(subject) = &subject {
+        if has_line_break(subject) {
+            errors.push(FieldError::new(
+                field("subject"),
+                "must not contain line breaks",
+            ));
+        } else if subject.chars().count() > MAX_SUBJECT_CHARS {
+            errors.push(FieldError::new(
+                field("subject"),
+                format!("at most {MAX_SUBJECT_CHARS} characters"),
+            ));
+        }
+    }
+    if let Some(body) = &body
+        && body.chars().count() > MAX_BODY_CHARS
+    {
+        errors.push(FieldError::new(
+            field("body"),
+            format!("at most {MAX_BODY_CHARS} characters"),
+        ));
+    }
+
+    if let Some(channel) = &channel {
+        if let Some(to) = &to
+            && let Err(detail) = check_recipient(channel.channel_type(), to)
+        {
+            errors.push(FieldError::new(field("to"), detail));
+        }
+        check_content(
+            channel,
+            &subject,
+            &body,
+            &template,
+            &data,
+            &field,
+            &mut errors,
+        );
+    }
+
+    match (channel, to) {
+        (Some(channel), Some(to)) if errors.is_empty() => Ok(ValidSend {
+            channel,
+            to,
+            content: Content {
+                subject,
+                body,
+                template,
+                data,
+            },
+            priority,
+            send_at,
+            tags,
+            metadata,
+        }),
+        _ => Err(errors),
+    }
+}
+
+fn check_content(
+    channel: &ResolvedChannel,
+    subject: &Option<String>,
+    body: &Option<String>,
+    template: &Option<String>,
+    data: &Map<String, Value>,
+    field: &dyn Fn(&str) -> String,
+    errors: &mut Vec<FieldError>,
+) {
+    match (body, template) {
+        (Some(_), Some(_)) => errors.push(FieldError::new(
+            field("template"),
+            "give either body or template, not both",
+        )),
+        (None, None) => errors.push(FieldError::new(
+            field("body"),
+            "is required (or give a template)",
+        )),
+        (Some(body), None) => {
+            if body.trim().is_empty() {
+                errors.push(FieldError::new(field("body"), "must not be empty"));
+            }
+            if channel.channel_type() == ChannelType::Email
+                && subject.as_deref().is_none_or(|s| s.trim().is_empty())
+            {
+                errors.push(FieldError::new(field("subject"), "is required for email"));
+            }
+        }
+        (None, Some(name)) => match channel.templates.check(name, data) {
+            Ok(()) => {}
+            Err(ump_core::template::TemplateError::MissingVariable(var)) => {
+                errors.push(FieldError::new(
+                    field(&format!("data.{var}")),
+                    "is used by the template but missing",
+                ))
+            }
+            Err(_) => errors.push(FieldError::new(
+                field("template"),
+                format!("unknown template {name:?} on channel {:?}", channel.name()),
+            )),
+        },
+    }
+}
+
+fn has_control(text: &str) -> bool {
+    text.chars().any(char::is_control)
+}
+
+fn has_line_break(text: &str) -> bool {
+    text.contains(['\r', '\n', '\u{2028}', '\u{2029}', '\u{85}'])
+}
+
+/// Checks `to` for the channel's kind of recipient.
+pub fn check_recipient(channel_type: ChannelType, to: &str) -> Result<(), String> {
+    match channel_type {
+        ChannelType::Sms | ChannelType::Alimtalk => is_e164(to)
+            .then_some(())
+            .ok_or_else(|| "must be an E.164 phone number, e.g. +821012345678".to_owned()),
+        ChannelType::Email => is_email(to)
+            .then_some(())
+            .ok_or_else(|| "must be an email address, e.g. kim@example.com".to_owned()),
+        ChannelType::Push => is_device_token(to)
+            .then_some(())
+            .ok_or_else(|| "must be a device token (8 to 4096 of A-Z a-z 0-9 : _ - .)".to_owned()),
+        ChannelType::Webhook => (!to.is_empty() && to.chars().count() <= 256 && !has_control(to))
+            .then_some(())
+            .ok_or_else(|| "must be 1 to 256 printable characters".to_owned()),
+    }
+}
+
+/// `+` and 7 to 15 digits, the first not 0 (ITU-T E.164).
+pub fn is_e164(to: &str) -> bool {
+    let Some(digits) = to.strip_prefix('+') else {
+        return false;
+    };
+    (7..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
+/// A deliverable address (`local@domain`): RFC 5321 lengths, dot-atom local part, a domain of
+/// at least two labels. Never whitespace or control characters: an address ends up in a header.
+pub fn is_email(to: &str) -> bool {
+    if to.len() > 254 || to.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    let Some((local, domain)) = to.rsplit_once('@') else {
+        return false;
+    };
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local
+            .chars()
+            .all(|c| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = labels.len() >= 2
+        && labels.iter().all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+        });
+    local_ok && domain_ok
+}
+
+fn is_device_token(to: &str) -> bool {
+    (8..=4096).contains(&to.len())
+        && to
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":_-.".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use ump_core::resources::{MessageChannel, MessageChannelSpec, RealtimeSpec, TemplateSpec};
+
+    fn registry() -> ChannelRegistry {
+        let channel = |name: &str, channel_type, realtime| {
+            let mut spec: MessageChannelSpec = serde_json::from_value(json!({
+                "type": channel_type, "providers": [{"name": "sandbox", "type": "sandbox"}]
+            }))
+            .expect("spec");
+            spec.realtime = RealtimeSpec {
+                enabled: realtime,
+                queue: None,
+            };
+            spec.templates = vec![TemplateSpec {
+                name: "otp".into(),
+                subject: None,
+                text: "code {{ code }}".into(),
+                html: None,
+            }];
+            MessageChannel::new(name, spec)
+        };
+        ChannelRegistry::resolve(
+            vec![
+                channel("sms", "sms", true),
+                channel("email", "email", false),
+                channel("push", "push", false),
+            ],
+            vec![],
+        )
+        .expect("registry")
+    }
+
+    fn check(value: Value) -> Result<ValidSend, Vec<FieldError>> {
+        validate(&value, &registry(), "", Utc::now())
+    }
+
+    fn fields(value: Value) -> Vec<String> {
+        check(value)
+            .expect_err("invalid")
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn a_valid_sms_passes() {
+        let valid = check(
+            json!({"channel": "sms", "to": "+821012345678", "body": "안녕하세요", "tags": ["otp"]}),
+        )
+        .expect("valid");
+        assert_eq!(valid.to, "+821012345678");
+        assert_eq!(valid.priority, Priority::Bulk);
+        assert_eq!(valid.tags, ["otp"]);
+    }
+
+    #[test]
+    fn each_bad_input_names_its_field() {
+        let table = [
+            (json!({"to": "+821012345678", "body": "x"}), "channel"),
+            (
+                json!({"channel": "fax", "to": "+821012345678", "body": "x"}),
+                "channel",
+            ),
+            (json!({"channel": "sms", "body": "x"}), "to"),
+            (
+                json!({"channel": "sms", "to": "010-1234-5678", "body": "x"}),
+                "to",
+            ),
+            (
+                json!({"channel": "sms", "to": "+0123456789", "body": "x"}),
+                "to",
+            ),
+            (
+                json!({"channel": "email", "to": "kim@", "subject": "s", "body": "x"}),
+                "to",
+            ),
+            (
+                json!({"channel": "email", "to": "kim@example.com\r\nBcc: x@y.z", "subject": "s", "body": "x"}),
+                "to",
+            ),
+            (
+                json!({"channel": "email", "to": "kim@example.com", "subject": "a\r\nBcc: x@y.z", "body": "x"}),
+                "subject",
+            ),
+            (
+                json!({"channel": "email", "to": "kim@example.com", "body": "x"}),
+                "subject",
+            ),
+            (json!({"channel": "push", "to": "short", "body": "x"}), "to"),
+            (json!({"channel": "sms", "to": "+821012345678"}), "body"),
+            (
+                json!({"channel": "sms", "to": "+821012345678", "body": "   "}),
+                "body",
+            ),
+            (
+                json!({"channel": "sms", "to": "+821012345678", "template": "otp"}),
+                "data.code",
+            ),
+            (
+                json!({"channel": "sms", "to": "+821012345678", "template": "nope"}),
+                "template",
+            ),
+            (
+                json!({"channel": "sms", "to": "+821012345678", "body": "x", "template": "otp", "data": {"code": 1}}),
+                "template",
+            ),
+            (
+                json!({"channel": "sms", "to": "+821012345678", "body": "x", "send_at": "tomorrow"}),
+                "send_at",
+            ),
+            (
+                json!({"channel": "sms", "to": "+821012345678", "body": "x", "send_at": "2026-12-01T09:00:00"}),
+                "send_at",
+            ),
+            (
+                json!({"channel": "sms", "to": "+821012345678", "body": "x", "send_at": "2099-01-01T00:00:00Z"}),
+                "send_at",
+            ),
+            (
+                json!({"channel": "sms", "to": "+821012345678", "body": "x", "priority": "urgent"}),
+                "priority",
+            ),
+            (
+                json!({"channel": "email", "to": "kim@example.com", "subject": "s", "body": "x", "priority": "realtime"}),
+                "priority",
+            ),
+            (
+                json!({"channel": "sms", "to": "+821012345678", "body": "x", "tags": "otp"}),
+                "tags",
+            ),
+            (
+                json!({"channel": "sms", "to": "+821012345678", "body": "x", "tags": [""]}),
+                "tags[0]",
+            ),
+            (
+                json!({"channel": "sms", "to": "+821012345678", "body": "x", "metadata": []}),
+                "metadata",
+            ),
+            (
+                json!({"channel": "sms", "to": "+821012345678", "body": "x", "colour": "red"}),
+                "colour",
+            ),
+            (
+                json!({"channel": 7, "to": "+821012345678", "body": "x"}),
+                "channel",
+            ),
+        ];
+        for (input, field) in table {
+            let got = fields(input.clone());
+            assert!(
+                got.contains(&field.to_owned()),
+                "{input} → {got:?}, expected {field}"
+            );
+        }
+    }
+
+    #[test]
+    fn not_an_object_is_named_by_its_path() {
+        assert_eq!(fields(json!([1])), ["$"]);
+        let errors =
+            validate(&json!("x"), &registry(), "messages[2].", Utc::now()).expect_err("invalid");
+        assert_eq!(errors[0].field, "messages[2]");
+    }
+
+    #[test]
+    fn recipients_by_kind() {
+        assert!(is_e164("+821012345678"));
+        assert!(!is_e164("+82 10 1234 5678"));
+        assert!(!is_e164("821012345678"));
+        assert!(is_email("kim.minsu+tag@example.co.kr"));
+        assert!(is_email("민수@예시.한국"));
+        assert!(!is_email("kim@localhost"));
+        assert!(!is_email("a..b@example.com"));
+        assert!(!is_email("kim @example.com"));
+    }
+}
