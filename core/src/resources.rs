@@ -26,15 +26,25 @@ pub const GROUP: &str = "ump.dev";
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.replicas"}"#,
     printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.consumerLag"}"#,
+    printcolumn = r#"{"name":"Topic","type":"string","jsonPath":".status.topic","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+// A transition rule (it sees `oldSelf`): the topic a channel writes to must never move under it,
+// because the operator would otherwise orphan the old topic and its unconsumed messages.
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.topic) && has(self.topic.name) ? self.topic.name : '') == (has(oldSelf.topic) && has(oldSelf.topic.name) ? oldSelf.topic.name : '')",
+    "message": "spec.topic.name is immutable: it names the channel's Kafka topic (create a new MessageChannel to use another topic)",
+    "reason": "FieldValueForbidden",
+    "fieldPath": ".topic.name"
+}]))]
 pub struct MessageChannelSpec {
     /// What the channel delivers; decides how recipients are validated.
     #[serde(rename = "type")]
     pub channel_type: ChannelType,
     /// Providers in order of preference: the first is the primary, the next ones take over when it
     /// fails (failover).
+    #[schemars(length(min = 1))]
     pub providers: Vec<ProviderSpec>,
     /// The Kafka topic of the channel's bulk traffic.
     #[serde(default)]
@@ -123,11 +133,15 @@ pub struct SecretRef {
 pub struct TopicSpec {
     /// Topic name; defaults to `ump.<namespace>.<channel>` and cannot change once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"), length(max = 249))]
     pub name: Option<String>,
     /// Partitions; can grow, never shrink.
     #[serde(default = "default_partitions")]
+    #[schemars(range(min = 1))]
     pub partitions: i32,
+    /// Replicas of each partition; fixed once the topic exists (a change is reported, not applied).
     #[serde(default = "default_replication_factor")]
+    #[schemars(range(min = 1))]
     pub replication_factor: i32,
     /// Topic configuration (e.g. `retention.ms`), converged on the broker.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -158,20 +172,30 @@ pub struct RealtimeSpec {
     /// Accept `"priority": "realtime"` sends on this channel (through ActiveMQ).
     #[serde(default)]
     pub enabled: bool,
-    /// Queue name; defaults to `ump.realtime.<channel>`.
+    /// Queue name; defaults to `ump.realtime.<namespace>.<channel>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+    "message": "scaling.minReplicas must be less than or equal to scaling.maxReplicas",
+    "fieldPath": ".minReplicas"
+}]))]
 pub struct ScalingSpec {
+    /// Fewest workers, whatever the lag (0 lets an idle channel run none).
     #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 0))]
     pub min_replicas: i32,
+    /// Most workers; the partition count caps it too (an extra consumer would sit idle).
     #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1))]
     pub max_replicas: i32,
     /// Consumer lag one worker is expected to absorb.
     #[serde(default = "default_lag_per_replica")]
+    #[schemars(range(min = 1))]
     pub lag_per_replica: i64,
     /// How long a lower replica count must hold before workers are removed.
     #[serde(default = "default_scale_down_stabilization")]
@@ -217,7 +241,10 @@ pub enum DeletionPolicy {
 pub struct MessageChannelStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Ready`, `TopicReady` and `WorkersReady`; one entry per type (a list-map, so server-side
+    /// apply merges entries by `type`).
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
@@ -227,6 +254,18 @@ pub struct MessageChannelStatus {
     pub consumer_lag: Option<i64>,
 }
 
+/// Observed state of a `DeliveryPolicy`, written by the operator: whether the policy is usable
+/// (`Valid`: a time zone or backoff the schema cannot check is reported here).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryPolicyStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+}
+
 /// How messages of the channels that reference this policy are delivered.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
@@ -234,7 +273,10 @@ pub struct MessageChannelStatus {
     version = "v1alpha1",
     kind = "DeliveryPolicy",
     namespaced,
-    shortname = "dp"
+    shortname = "dp",
+    status = "DeliveryPolicyStatus",
+    printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"Valid\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryPolicySpec {
@@ -259,6 +301,7 @@ pub struct DeliveryPolicySpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
+    #[schemars(range(min = 1))]
     pub per_second: u32,
     /// Sends allowed at once above the steady rate; defaults to `perSecond`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -270,6 +313,7 @@ pub struct RateLimit {
 pub struct RetryPolicy {
     /// Delivery attempts before the message is dead-lettered (first try included).
     #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1))]
     pub max_attempts: u32,
     #[serde(default = "default_initial_backoff")]
     pub initial_backoff: Duration,
@@ -335,8 +379,10 @@ pub enum DedupeKey {
 #[serde(rename_all = "camelCase")]
 pub struct QuietHours {
     /// Start of the quiet window, `HH:MM` local time.
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
     pub start: String,
     /// End of the quiet window, `HH:MM` local time (may be earlier than `start`: overnight).
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
     pub end: String,
     /// IANA time zone, e.g. `Asia/Seoul`.
     pub timezone: String,

@@ -1,2 +1,12 @@
-//! UMP's operator: `MessageChannel` and `DeliveryPolicy` custom resources reconciled into worker
-//! Deployments and Kafka topics. The resources and reconcilers arrive with the operator work.
+//! UMP's operator: `MessageChannel` and `DeliveryPolicy` custom resources reconciled into Kafka
+//! topics, worker ConfigMaps and lag-scaled worker Deployments.
+
+pub mod builders;
+pub mod conditions;
+pub mod crd;
+pub mod error;
+pub mod kafka;
+pub mod scaling;
+pub mod settings;
+pub mod topic;
+pub mod validate;
