@@ -56,10 +56,12 @@ impl Transition {
     }
 }
 
-/// A message parked until `due_at` (send_at, quiet hours, retry backoff).
+/// A message parked until `due_at` (send_at, quiet hours, retry backoff), to be published again
+/// to `queue` (its channel's topic, unique across namespaces).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Deferred {
     pub envelope: Envelope,
+    pub queue: String,
     pub due_at: DateTime<Utc>,
 }
 
@@ -123,13 +125,13 @@ pub trait HistoryStore: Send + Sync {
     async fn get(&self, tenant: &str, id: MessageId) -> Result<Option<MessageView>, HistoryError>;
     async fn list(&self, tenant: &str, filter: &MessageFilter)
     -> Result<MessagePage, HistoryError>;
-    /// Claims up to `limit` parked messages of `channels` that are due, for `lease`: no other caller gets them
+    /// Claims up to `limit` parked messages of `queues` that are due, for `lease`: no other caller gets them
     /// until the lease runs out. They leave the store only through `release`, after they were
     /// re-published; a caller that dies in between lets the lease expire and another one publishes
     /// them again (the worker's dedupe absorbs the second copy).
     async fn claim_due(
         &self,
-        channels: &[String],
+        queues: &[String],
         now: DateTime<Utc>,
         lease: std::time::Duration,
         limit: u32,

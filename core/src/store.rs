@@ -183,7 +183,7 @@ impl HistoryStore for MySqlHistory {
         deferred.sort_by_key(|d| d.envelope.id);
         for chunk in deferred.chunks(ROWS_PER_STATEMENT) {
             let mut q: QueryBuilder<MySql> =
-                QueryBuilder::new("INSERT INTO deferred_messages (id, channel, due_at, envelope) ");
+                QueryBuilder::new("INSERT INTO deferred_messages (id, queue, due_at, envelope) ");
             let mut encoded = Vec::with_capacity(chunk.len());
             for d in chunk {
                 encoded.push(
@@ -193,7 +193,7 @@ impl HistoryStore for MySqlHistory {
             }
             q.push_values(chunk.iter().zip(&encoded), |mut b, (d, body)| {
                 b.push_bind(d.envelope.id.as_bytes().as_slice())
-                    .push_bind(&d.envelope.channel)
+                    .push_bind(&d.queue)
                     .push_bind(naive(d.due_at))
                     .push_bind(body.as_slice());
             });
@@ -285,12 +285,12 @@ impl HistoryStore for MySqlHistory {
 
     async fn claim_due(
         &self,
-        channels: &[String],
+        queues: &[String],
         now: DateTime<Utc>,
         lease: std::time::Duration,
         limit: u32,
     ) -> Result<Vec<Deferred>, HistoryError> {
-        if channels.is_empty() {
+        if queues.is_empty() {
             return Ok(Vec::new());
         }
         let token = uuid::Uuid::new_v4();
@@ -301,10 +301,10 @@ impl HistoryStore for MySqlHistory {
         q.push_bind(token.as_bytes().as_slice())
             .push(", claimed_until = ")
             .push_bind(naive(until))
-            .push(" WHERE channel IN (");
+            .push(" WHERE queue IN (");
         let mut list = q.separated(", ");
-        for channel in channels {
-            list.push_bind(channel);
+        for queue in queues {
+            list.push_bind(queue);
         }
         q.push(") AND due_at <= ")
             .push_bind(naive(now))
@@ -314,17 +314,19 @@ impl HistoryStore for MySqlHistory {
             .push_bind(limit);
         q.build().execute(&self.pool).await?;
 
-        let rows =
-            sqlx::query("SELECT envelope, due_at FROM deferred_messages WHERE claimed_by = ?")
-                .bind(token.as_bytes().as_slice())
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT envelope, queue, due_at FROM deferred_messages WHERE claimed_by = ?",
+        )
+        .bind(token.as_bytes().as_slice())
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|row| {
                 let body: Vec<u8> = row.try_get("envelope")?;
                 Ok(Deferred {
                     envelope: serde_json::from_slice(&body)
                         .map_err(|e| HistoryError::Corrupt(format!("deferred envelope: {e}")))?,
+                    queue: row.try_get("queue")?,
                     due_at: row.try_get::<NaiveDateTime, _>("due_at")?.and_utc(),
                 })
             })

@@ -177,17 +177,19 @@ async fn parked_messages_are_claimed_once_per_lease_and_released() {
             deferred: vec![
                 Deferred {
                     envelope: due.clone(),
+                    queue: "ump.default.sms".into(),
                     due_at: now - ChronoDuration::seconds(1),
                 },
                 Deferred {
                     envelope: later.clone(),
+                    queue: "ump.default.sms".into(),
                     due_at: now + ChronoDuration::hours(1),
                 },
             ],
         })
         .await
         .expect("park");
-    let channels = vec!["sms".to_owned()];
+    let channels = vec!["ump.default.sms".to_owned()];
     let lease = Duration::from_secs(30);
 
     let claimed = history

@@ -53,18 +53,18 @@ CREATE TABLE message_events (
     PRIMARY KEY (message_id, attempt, status)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
--- Messages waiting for a later time (send_at, quiet hours, retry backoff). Parking them here lets the
--- worker commit its Kafka offsets instead of holding a partition; a scheduler re-publishes them when
--- due. A scheduler claims due rows with a lease (claimed_by/claimed_until), so any number of workers
+-- Messages waiting for a later time (send_at, quiet hours, retry backoff), by the queue (topic) they
+-- go back to. Parking them here lets the worker commit its Kafka offsets instead of holding a
+-- partition; a scheduler re-publishes them when due. A scheduler claims due rows with a lease (claimed_by/claimed_until), so any number of workers
 -- share the table and a scheduler that dies only delays its rows by the lease.
 CREATE TABLE deferred_messages (
     id             BINARY(16)   NOT NULL,
-    channel        VARCHAR(127) NOT NULL,
+    queue          VARCHAR(249) NOT NULL,
     due_at         DATETIME(6)  NOT NULL,
     envelope       LONGBLOB     NOT NULL,
     claimed_by     BINARY(16)   NULL,
     claimed_until  DATETIME(6)  NULL,
     PRIMARY KEY (id),
-    KEY deferred_by_due (channel, due_at),
+    KEY deferred_by_due (queue, due_at),
     KEY deferred_by_claim (claimed_by)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

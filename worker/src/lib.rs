@@ -1,4 +1,12 @@
 //! UMP's delivery worker: consumers (Kafka for bulk, AMQP 1.0 for realtime), the delivery
 //! pipeline and the providers.
 
+pub mod consumer;
+pub mod dedupe;
+pub mod metrics;
+pub mod pause;
+pub mod pipeline;
+pub mod policy;
 pub mod providers;
+pub mod ratelimit;
+pub mod service;

@@ -1,8 +1,37 @@
-//! `ump-worker`: the delivery worker process.
+//! `ump-worker`: delivers the messages of one or more channels.
 
-fn main() -> anyhow::Result<()> {
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use ump_worker::service::{WorkerSettings, run};
+
+#[derive(Parser)]
+#[command(name = "ump-worker", version, about = "UMP delivery worker")]
+struct Cli {
+    #[command(flatten)]
+    settings: WorkerSettings,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    ump_core::tls::install_crypto_provider();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .init();
-    anyhow::bail!("ump-worker has no delivery pipeline yet; run `ump` (the all-in-one) instead")
+    let settings = Cli::parse().settings;
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = async { match terminate.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending::<()>().await } } => {},
+        }
+        tracing::info!("shutting down: finishing the batches in hand");
+        signal.cancel();
+    });
+    run(settings, shutdown).await
 }

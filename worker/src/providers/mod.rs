@@ -32,10 +32,7 @@ pub fn build(
     ctx: &ProviderContext<'_>,
 ) -> Result<Arc<dyn Provider>, BuildError> {
     match spec.provider_type {
-        ProviderType::Sandbox => Ok(Arc::new(sandbox::SandboxProvider::open(
-            &spec.name,
-            ctx.sandbox_outbox,
-        )?)),
+        ProviderType::Sandbox => Ok(Arc::new(sandbox::SandboxProvider::build(spec, ctx)?)),
         other => Err(BuildError::Unsupported {
             name: spec.name.clone(),
             provider_type: other,

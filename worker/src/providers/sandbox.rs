@@ -1,19 +1,31 @@
 //! The sandbox provider: records what would have been sent, one JSON line per message, instead of
 //! sending it. Each line is written with a single `write(2)` on an append-only file before the
 //! provider answers `Sent`, so a killed worker never loses a line it reported.
+//!
+//! Settings (all optional) make it behave like a troubled provider, to try retries, dead letters
+//! and failures end to end:
+//! - `failAttempts: "2"`: the first 2 attempts of every message fail (retryable);
+//! - `rejectTo: "+821000000000,bad@example.com"`: these recipients fail permanently;
+//! - `latency: "5ms"`: each call takes this long.
 
-use super::BuildError;
+use super::{BuildError, ProviderContext};
 use serde_json::json;
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 use ump_core::provider::{Outcome, Outgoing, Provider};
+use ump_core::resources::ProviderSpec;
 
 pub struct SandboxProvider {
     name: String,
     path: PathBuf,
     file: Mutex<File>,
+    fail_attempts: u32,
+    reject: HashSet<String>,
+    latency: Option<Duration>,
 }
 
 impl SandboxProvider {
@@ -34,7 +46,36 @@ impl SandboxProvider {
             name: name.to_owned(),
             path: path.to_owned(),
             file: Mutex::new(file),
+            fail_attempts: 0,
+            reject: HashSet::new(),
+            latency: None,
         })
+    }
+
+    pub fn build(spec: &ProviderSpec, ctx: &ProviderContext<'_>) -> Result<Self, BuildError> {
+        let mut provider = Self::open(&spec.name, ctx.sandbox_outbox)?;
+        let invalid = |key: &str, detail: String| BuildError::Invalid {
+            name: spec.name.clone(),
+            detail: format!("setting {key}: {detail}"),
+        };
+        if let Some(value) = spec.settings.get("failAttempts") {
+            provider.fail_attempts = value
+                .parse()
+                .map_err(|_| invalid("failAttempts", format!("{value:?} is not a number")))?;
+        }
+        if let Some(value) = spec.settings.get("rejectTo") {
+            provider.reject = value
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        if let Some(value) = spec.settings.get("latency") {
+            let latency: ump_core::duration::Duration =
+                value.parse().map_err(|e| invalid("latency", e))?;
+            provider.latency = Some(latency.as_std());
+        }
+        Ok(provider)
     }
 }
 
@@ -45,6 +86,20 @@ impl Provider for SandboxProvider {
     }
 
     async fn send(&self, message: &Outgoing) -> Outcome {
+        if let Some(latency) = self.latency {
+            tokio::time::sleep(latency).await;
+        }
+        if message.attempt <= self.fail_attempts {
+            return Outcome::Retryable {
+                reason: format!("sandbox: simulated failure of attempt {}", message.attempt),
+                retry_after: None,
+            };
+        }
+        if self.reject.contains(&message.to) {
+            return Outcome::Permanent {
+                reason: "sandbox: recipient rejected".to_owned(),
+            };
+        }
         let record = json!({
             "id": message.id,
             "tenant": message.tenant,

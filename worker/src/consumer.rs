@@ -1,0 +1,306 @@
+//! The bulk path of one channel: consume the channel's Kafka topic in batches, run the pipeline,
+//! make the outcome durable (history + parked messages in one MySQL transaction, dead letters in
+//! Kafka), and only then commit the offsets. A crash anywhere before the commit means the batch is
+//! consumed again, which the pipeline's dedupe keys and the history's idempotent writes absorb.
+//!
+//! Beside it runs the scheduler: parked messages that are due go back onto the topic.
+
+use crate::metrics::WorkerMetrics;
+use crate::pause::until_available;
+use crate::pipeline::{Aborted, DeliveryPipeline};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use ump_core::history::HistoryStore;
+use ump_core::model::Envelope;
+use ump_core::queue::KafkaSettings;
+
+/// How a consumer batches.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchSettings {
+    pub max_messages: usize,
+    pub max_wait: Duration,
+}
+
+pub struct ChannelConsumer {
+    pipeline: Arc<DeliveryPipeline>,
+    consumer: Arc<StreamConsumer>,
+    producer: FutureProducer,
+    history: Arc<dyn HistoryStore>,
+    metrics: WorkerMetrics,
+    batch: BatchSettings,
+    topic: String,
+    dead_letter_topic: String,
+}
+
+impl ChannelConsumer {
+    pub fn new(
+        pipeline: Arc<DeliveryPipeline>,
+        kafka: &KafkaSettings,
+        producer: FutureProducer,
+        history: Arc<dyn HistoryStore>,
+        metrics: WorkerMetrics,
+        batch: BatchSettings,
+    ) -> anyhow::Result<Self> {
+        let resource = &pipeline.channel.resource;
+        let topic = resource.topic_name();
+        let consumer: StreamConsumer = kafka
+            .client_config()
+            .set("group.id", resource.consumer_group())
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "2000")
+            .set("fetch.wait.max.ms", "10")
+            .set("socket.nagle.disable", "true")
+            .create()?;
+        consumer.subscribe(&[&topic])?;
+        Ok(Self {
+            dead_letter_topic: resource.dead_letter_topic(),
+            pipeline,
+            consumer: Arc::new(consumer),
+            producer,
+            history,
+            metrics,
+            batch,
+            topic,
+        })
+    }
+
+    /// Consumes until `cancel` fires; the batch in hand is finished (recorded and committed)
+    /// first, unless a dependency it waits for is down.
+    pub async fn run(self, cancel: CancellationToken) {
+        let lag = tokio::spawn(report_lag(
+            Arc::clone(&self.consumer),
+            self.metrics.clone(),
+            self.pipeline.channel.name(),
+            cancel.clone(),
+        ));
+        tracing::info!(topic = %self.topic, "consuming");
+        loop {
+            let first = tokio::select! {
+                _ = cancel.cancelled() => break,
+                message = self.consumer.recv() => message,
+            };
+            let mut messages = match first {
+                Ok(message) => vec![message.detach()],
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = %self.topic, "Kafka consume error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let deadline = tokio::time::Instant::now() + self.batch.max_wait;
+            while messages.len() < self.batch.max_messages {
+                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                    Ok(Ok(message)) => messages.push(message.detach()),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "Kafka consume error"),
+                    Err(_) => break,
+                }
+            }
+            if let Err(aborted) = self.handle(messages, &cancel).await {
+                tracing::warn!(%aborted, "batch left uncommitted; it will be consumed again");
+                break;
+            }
+        }
+        lag.abort();
+        tracing::info!(topic = %self.topic, "consumer stopped");
+    }
+
+    async fn handle(
+        &self,
+        messages: Vec<OwnedMessage>,
+        cancel: &CancellationToken,
+    ) -> Result<(), Aborted> {
+        self.metrics.batch_size.observe(messages.len() as f64);
+        let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut envelopes = Vec::with_capacity(messages.len());
+        let mut undecodable = Vec::new();
+        for message in &messages {
+            let slot = next_offsets
+                .entry((message.topic().to_owned(), message.partition()))
+                .or_insert(0);
+            *slot = (*slot).max(message.offset() + 1);
+            match message.payload().map(serde_json::from_slice::<Envelope>) {
+                Some(Ok(envelope)) => envelopes.push(envelope),
+                other => {
+                    let error = match other {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "empty payload".to_owned(),
+                    };
+                    tracing::error!(partition = message.partition(), offset = message.offset(), %error, "undecodable message: dead-lettered");
+                    undecodable.push(message);
+                }
+            }
+        }
+
+        let outcome = self.pipeline.process(envelopes, cancel).await?;
+
+        let started = Instant::now();
+        until_available("mysql", &self.metrics, cancel, || {
+            self.history.record(&outcome.record)
+        })
+        .await?;
+        self.metrics
+            .history_write_seconds
+            .observe(started.elapsed().as_secs_f64());
+
+        for envelope in &outcome.dead_letters {
+            let payload = serde_json::to_vec(envelope).unwrap_or_default();
+            until_available("kafka", &self.metrics, cancel, || {
+                self.publish(&self.dead_letter_topic, &envelope.to, &payload)
+            })
+            .await?;
+        }
+        for message in undecodable {
+            let key = message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default();
+            let payload = message.payload().unwrap_or_default();
+            until_available("kafka", &self.metrics, cancel, || {
+                self.publish(&self.dead_letter_topic, &key, payload)
+            })
+            .await?;
+        }
+
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in next_offsets {
+            if let Err(e) = offsets.add_partition_offset(&topic, partition, Offset::Offset(offset))
+            {
+                tracing::error!(error = %e, "building the offset commit");
+            }
+        }
+        if let Err(e) = self.consumer.commit(&offsets, CommitMode::Sync) {
+            // Usually a rebalance took the partitions: their new owner consumes the batch again
+            // and the dedupe keys turn it into "already sent".
+            tracing::warn!(error = %e, "offset commit failed; the batch will be consumed again");
+        }
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        self.producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+}
+
+/// Publishes consumer lag (high watermark minus committed offset, over assigned partitions).
+async fn report_lag(
+    consumer: Arc<StreamConsumer>,
+    metrics: WorkerMetrics,
+    channel: String,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+        let consumer = Arc::clone(&consumer);
+        let lag = tokio::task::spawn_blocking(move || -> Option<i64> {
+            let assignment = consumer.assignment().ok()?;
+            let committed = consumer
+                .committed_offsets(assignment, Duration::from_secs(5))
+                .ok()?;
+            let mut total = 0;
+            for element in committed.elements() {
+                let (low, high) = consumer
+                    .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(5))
+                    .ok()?;
+                let position = match element.offset() {
+                    Offset::Offset(offset) => offset,
+                    _ => low,
+                };
+                total += (high - position).max(0);
+            }
+            Some(total)
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(lag) = lag {
+            metrics
+                .consumer_lag
+                .with_label_values(&[channel.as_str()])
+                .set(lag);
+        }
+    }
+}
+
+/// Publishes parked messages that are due back onto their topics.
+pub struct Scheduler {
+    pub history: Arc<dyn HistoryStore>,
+    pub producer: FutureProducer,
+    pub queues: Vec<String>,
+    pub metrics: WorkerMetrics,
+}
+
+impl Scheduler {
+    pub async fn run(self, cancel: CancellationToken) {
+        const LEASE: Duration = Duration::from_secs(30);
+        loop {
+            let claimed = match self
+                .history
+                .claim_due(&self.queues, chrono::Utc::now(), LEASE, 500)
+                .await
+            {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading parked messages failed");
+                    Vec::new()
+                }
+            };
+            if !claimed.is_empty() {
+                let sends = claimed.iter().map(|deferred| {
+                    let payload = serde_json::to_vec(&deferred.envelope).unwrap_or_default();
+                    let producer = self.producer.clone();
+                    async move {
+                        producer
+                            .send(
+                                FutureRecord::to(&deferred.queue)
+                                    .key(&deferred.envelope.to)
+                                    .payload(&payload),
+                                Duration::from_secs(10),
+                            )
+                            .await
+                            .map(|_| deferred.envelope.id)
+                    }
+                });
+                let published: Vec<_> = futures::future::join_all(sends)
+                    .await
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .collect();
+                // What failed to publish stays parked and is claimed again after the lease.
+                if let Err(e) = self.history.release(&published).await {
+                    tracing::warn!(error = %e, "releasing published messages failed; they will be published again");
+                }
+                if claimed.len() >= 500 {
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Deduplication and the "already sent" memory, in one key per message. The key is the dedupe key
+//! (Idempotency-Key or content hash, per the policy) or, when the policy does not dedupe, the
+//! message id. Its value says who owns it and how far it got:
+//!
+//! `<message id>|sending|<worker instance>|<ms>` → `<message id>|sent|...`
+//!
+//! A message is never a duplicate of itself: a redelivered message (its worker died, its
+//! partition moved) finds its own id. Found `sent`, it is recorded as sent without a second
+//! provider call. Found `sending` by another live worker (within the lease), it waits, because
+//! that worker may be calling the provider right now. Found `sending` by a worker that is gone
+//! (lease over), the call's fate is unknown and the message is sent again: the one window in which
+//! a message can go out twice.
+
+use std::time::Duration;
+
+#[derive(Debug, PartialEq)]
+pub enum Claim {
+    /// Go ahead and send.
+    Claimed,
+    /// This message was sent already (by an earlier delivery of it).
+    AlreadySent,
+    /// Another worker is delivering it right now: try again after a while.
+    Busy,
+    /// Another message with the same dedupe key owns it.
+    Duplicate { of: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("dedupe store unavailable: {0}")]
+pub struct DedupeUnavailable(pub String);
+
+#[async_trait::async_trait]
+pub trait DedupeStore: Send + Sync {
+    /// `ttl`: how long the key lives (the dedupe window, or a day for per-message keys).
+    async fn claim(&self, key: &str, id: &str, ttl: Duration) -> Result<Claim, DedupeUnavailable>;
+    async fn mark_sent(&self, key: &str, id: &str, ttl: Duration) -> Result<(), DedupeUnavailable>;
+    /// Gives the key up (the message failed for good), so a later identical send can go out.
+    async fn release(&self, key: &str, id: &str) -> Result<(), DedupeUnavailable>;
+}
+
+/// How long another worker's `sending` mark is trusted to be alive, by default.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+const CLAIM: &str = r#"
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local v = redis.call('GET', KEYS[1])
+if v then
+  local id, state, inst, ts = string.match(v, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  if id ~= ARGV[1] then return 'duplicate|' .. (id or '') end
+  if state == 'sent' then return 'sent' end
+  if inst ~= ARGV[2] and (ms - tonumber(ts)) < tonumber(ARGV[3]) then return 'busy' end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|sending|' .. ARGV[2] .. '|' .. ms, 'EX', ARGV[4])
+return 'claimed'
+"#;
+
+const MARK_SENT: &str = r#"
+local v = redis.call('GET', KEYS[1])
+local prefix = ARGV[1] .. '|'
+if v and string.sub(v, 1, string.len(prefix)) ~= prefix then return 0 end
+local now = redis.call('TIME')
+local value = ARGV[1] .. '|sent|' .. ARGV[2] .. '|' .. now[1]
+if v then redis.call('SET', KEYS[1], value, 'KEEPTTL') else redis.call('SET', KEYS[1], value, 'EX', ARGV[3]) end
+return 1
+"#;
+
+const RELEASE: &str = r#"
+local v = redis.call('GET', KEYS[1])
+local prefix = ARGV[1] .. '|'
+if v and string.sub(v, 1, string.len(prefix)) == prefix then redis.call('DEL', KEYS[1]) return 1 end
+return 0
+"#;
+
+pub struct RedisDedupe {
+    conn: redis::aio::ConnectionManager,
+    instance: String,
+    lease: Duration,
+    claim: redis::Script,
+    mark_sent: redis::Script,
+    release: redis::Script,
+}
+
+impl RedisDedupe {
+    /// `instance` identifies this worker process (a new one per start); `lease` is how long its
+    /// `sending` marks hold off other workers.
+    pub fn new(conn: redis::aio::ConnectionManager, instance: String, lease: Duration) -> Self {
+        Self {
+            conn,
+            instance,
+            lease,
+            claim: redis::Script::new(CLAIM),
+            mark_sent: redis::Script::new(MARK_SENT),
+            release: redis::Script::new(RELEASE),
+        }
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> DedupeUnavailable {
+    DedupeUnavailable(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl DedupeStore for RedisDedupe {
+    async fn claim(&self, key: &str, id: &str, ttl: Duration) -> Result<Claim, DedupeUnavailable> {
+        let mut conn = self.conn.clone();
+        let answer: String = self
+            .claim
+            .key(key)
+            .arg(id)
+            .arg(&self.instance)
+            .arg(self.lease.as_millis() as u64)
+            .arg(ttl.as_secs().max(1))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(match answer.as_str() {
+            "claimed" => Claim::Claimed,
+            "sent" => Claim::AlreadySent,
+            "busy" => Claim::Busy,
+            other => Claim::Duplicate {
+                of: other.strip_prefix("duplicate|").unwrap_or(other).to_owned(),
+            },
+        })
+    }
+
+    async fn mark_sent(&self, key: &str, id: &str, ttl: Duration) -> Result<(), DedupeUnavailable> {
+        let mut conn = self.conn.clone();
+        self.mark_sent
+            .key(key)
+            .arg(id)
+            .arg(&self.instance)
+            .arg(ttl.as_secs().max(1))
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn release(&self, key: &str, id: &str) -> Result<(), DedupeUnavailable> {
+        let mut conn = self.conn.clone();
+        self.release
+            .key(key)
+            .arg(id)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}

@@ -1,0 +1,103 @@
+//! The worker's Prometheus metrics. Names are part of the operations contract (dashboards, alerts).
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    pub registry: Registry,
+    /// Outcomes, by channel, provider and outcome (sent, retried, failed, duplicate,
+    /// dead_lettered, expired, scheduled).
+    pub outcomes: IntCounterVec,
+    /// Provider call duration, by channel and provider.
+    pub provider_seconds: HistogramVec,
+    /// Acceptance to sent, by channel.
+    pub end_to_end_seconds: HistogramVec,
+    pub batch_size: Histogram,
+    pub history_write_seconds: Histogram,
+    /// Messages behind the end of each partition, by channel.
+    pub consumer_lag: IntGaugeVec,
+    /// Time spent waiting on a dependency that is down (redis, mysql, kafka), by dependency.
+    pub paused_seconds: IntCounterVec,
+}
+
+impl WorkerMetrics {
+    pub fn new(registry: Registry) -> Result<Self, prometheus::Error> {
+        let outcomes = IntCounterVec::new(
+            Opts::new("ump_messages_total", "Delivery outcomes"),
+            &["channel", "provider", "outcome"],
+        )?;
+        let provider_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "ump_provider_request_duration_seconds",
+                "Provider call duration",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["channel", "provider"],
+        )?;
+        let end_to_end_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "ump_end_to_end_duration_seconds",
+                "From acceptance to the provider taking the message",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["channel"],
+        )?;
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("ump_worker_batch_size", "Messages per consumed batch")
+                .buckets(vec![1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0]),
+        )?;
+        let history_write_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "ump_history_write_duration_seconds",
+                "Time to record a batch in the history",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
+        )?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new("ump_consumer_lag", "Messages not yet consumed"),
+            &["channel"],
+        )?;
+        let paused_seconds = IntCounterVec::new(
+            Opts::new(
+                "ump_worker_paused_seconds_total",
+                "Seconds spent waiting for a dependency to come back",
+            ),
+            &["dependency"],
+        )?;
+        for metric in [
+            Box::new(outcomes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(provider_seconds.clone()),
+            Box::new(end_to_end_seconds.clone()),
+            Box::new(batch_size.clone()),
+            Box::new(history_write_seconds.clone()),
+            Box::new(consumer_lag.clone()),
+            Box::new(paused_seconds.clone()),
+        ] {
+            registry.register(metric)?;
+        }
+        Ok(Self {
+            registry,
+            outcomes,
+            provider_seconds,
+            end_to_end_seconds,
+            batch_size,
+            history_write_seconds,
+            consumer_lag,
+            paused_seconds,
+        })
+    }
+
+    pub fn outcome(&self, channel: &str, provider: &str, outcome: &str) {
+        self.outcomes
+            .with_label_values(&[channel, provider, outcome])
+            .inc();
+    }
+}

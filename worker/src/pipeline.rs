@@ -1,0 +1,401 @@
+//! The delivery pipeline of one channel: TTL → schedule (send_at, quiet hours) → dedupe → rate
+//! limit → render → provider → outcome. It turns a batch of envelopes into what must be recorded,
+//! parked and dead-lettered; the consumer makes that durable before it commits its offsets.
+//!
+//! Messages to the same recipient stay in order: a batch is split into lanes by recipient, each
+//! lane delivered one message at a time, the lanes in parallel.
+
+use crate::dedupe::{Claim, DedupeStore};
+use crate::metrics::WorkerMetrics;
+use crate::pause::until_available;
+use crate::policy::{QuietWindow, backoff, jitter};
+use crate::ratelimit::RateLimiter;
+use chrono::{DateTime, Utc};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use ump_core::config::ResolvedChannel;
+use ump_core::history::{BatchRecord, Deferred, Transition};
+use ump_core::model::{Envelope, Status};
+use ump_core::provider::{Outcome, Outgoing, Provider};
+use ump_core::resources::DedupeKey;
+
+/// How long a per-message key (no dedupe) remembers that the message was sent.
+const SENT_MEMORY: Duration = Duration::from_secs(24 * 3600);
+
+/// Everything a batch leaves behind.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    pub record: BatchRecord,
+    /// Messages that exhausted their attempts, for the dead-letter topic.
+    pub dead_letters: Vec<Envelope>,
+}
+
+/// The batch was abandoned (shutdown while a dependency was down): record and commit nothing, the
+/// messages come back on restart.
+#[derive(Debug, thiserror::Error)]
+#[error("batch abandoned: shutting down while waiting for {0}")]
+pub struct Aborted(pub &'static str);
+
+pub struct DeliveryPipeline {
+    pub channel: Arc<ResolvedChannel>,
+    provider: Arc<dyn Provider>,
+    dedupe: Arc<dyn DedupeStore>,
+    limiter: Arc<dyn RateLimiter>,
+    quiet: Option<QuietWindow>,
+    metrics: WorkerMetrics,
+    lanes: usize,
+    rate_key: String,
+    /// Where parked messages of this channel go back to.
+    queue: String,
+    /// How long a message waits when another worker is delivering it.
+    busy_retry: Duration,
+}
+
+impl DeliveryPipeline {
+    pub fn new(
+        channel: Arc<ResolvedChannel>,
+        provider: Arc<dyn Provider>,
+        dedupe: Arc<dyn DedupeStore>,
+        limiter: Arc<dyn RateLimiter>,
+        metrics: WorkerMetrics,
+        lanes: usize,
+        busy_retry: Duration,
+    ) -> Result<Self, crate::policy::QuietHoursError> {
+        let quiet = channel
+            .policy
+            .quiet_hours
+            .as_ref()
+            .map(QuietWindow::parse)
+            .transpose()?;
+        let queue = channel.resource.topic_name();
+        let rate_key = format!("ump:rate:{queue}");
+        Ok(Self {
+            channel,
+            provider,
+            dedupe,
+            limiter,
+            quiet,
+            metrics,
+            lanes: lanes.max(1),
+            rate_key,
+            queue,
+            busy_retry,
+        })
+    }
+
+    pub async fn process(
+        &self,
+        batch: Vec<Envelope>,
+        cancel: &CancellationToken,
+    ) -> Result<BatchOutcome, Aborted> {
+        let mut lanes: Vec<Vec<Envelope>> = vec![Vec::new(); self.lanes.min(batch.len().max(1))];
+        let count = lanes.len();
+        for envelope in batch {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            envelope.to.hash(&mut hasher);
+            lanes[(hasher.finish() % count as u64) as usize].push(envelope);
+        }
+        let results = futures::future::join_all(lanes.into_iter().map(|lane| async move {
+            let mut steps = Vec::with_capacity(lane.len());
+            for envelope in lane {
+                steps.push(self.deliver(envelope, cancel).await?);
+            }
+            Ok::<_, Aborted>(steps)
+        }))
+        .await;
+        let mut outcome = BatchOutcome::default();
+        for lane in results {
+            for step in lane? {
+                outcome.record.transitions.extend(step.transitions);
+                outcome.record.deferred.extend(step.deferred);
+                outcome.dead_letters.extend(step.dead_letter);
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn dedupe_key(&self, envelope: &Envelope) -> (String, Duration) {
+        let policy = &self.channel.policy.dedupe;
+        let scope = format!(
+            "ump:dedupe:{}:{}",
+            envelope.tenant,
+            self.channel.resource.topic_name()
+        );
+        let window = policy.window.as_std();
+        match (policy.key, &envelope.idempotency_key) {
+            (DedupeKey::IdempotencyKeyOrContent | DedupeKey::IdempotencyKey, Some(key)) => {
+                (format!("{scope}:key:{key}"), window)
+            }
+            (DedupeKey::IdempotencyKeyOrContent, None) => {
+                (format!("{scope}:hash:{}", envelope.content_hash()), window)
+            }
+            _ => (format!("ump:sent:{}", envelope.id), SENT_MEMORY),
+        }
+    }
+
+    async fn deliver(
+        &self,
+        mut envelope: Envelope,
+        cancel: &CancellationToken,
+    ) -> Result<Step, Aborted> {
+        let now = Utc::now();
+        let channel = envelope.channel.clone();
+        let provider = self.provider.name().to_owned();
+        let mut step = Step::default();
+        if envelope.attempts == 0 {
+            // Recorded idempotently: a message parked and consumed again adds nothing here.
+            step.transitions.push(Transition::of(
+                &envelope,
+                Status::Accepted,
+                envelope.accepted_at,
+            ));
+        }
+
+        if let Some(ttl) = self.channel.policy.message_ttl {
+            let start = envelope
+                .send_at
+                .map_or(envelope.accepted_at, |at| at.max(envelope.accepted_at));
+            if now
+                > start + chrono::Duration::from_std(ttl.as_std()).unwrap_or(chrono::Duration::MAX)
+            {
+                self.metrics.outcome(&channel, &provider, "expired");
+                step.transitions.push(
+                    Transition::of(&envelope, Status::Failed, now)
+                        .detail(format!("expired: not sent within {ttl}")),
+                );
+                return Ok(step);
+            }
+        }
+        if let Some(send_at) = envelope.send_at.filter(|at| *at > now) {
+            return Ok(self.park(
+                step,
+                envelope,
+                send_at,
+                now,
+                format!("send_at {}", send_at.to_rfc3339()),
+            ));
+        }
+        if let Some(end) = self.quiet.as_ref().and_then(|q| q.ends_after(now)) {
+            return Ok(self.park(
+                step,
+                envelope,
+                end,
+                now,
+                format!("quiet hours until {}", end.to_rfc3339()),
+            ));
+        }
+
+        let id = envelope.id.to_string();
+        let (key, ttl) = self.dedupe_key(&envelope);
+        let claim = until_available("redis", &self.metrics, cancel, || {
+            self.dedupe.claim(&key, &id, ttl)
+        })
+        .await?;
+        match claim {
+            Claim::Claimed => {}
+            Claim::AlreadySent => {
+                step.transitions.push(
+                    Transition::of(&envelope, Status::Sent, now)
+                        .provider(&provider, None)
+                        .detail("sent before a restart"),
+                );
+                return Ok(step);
+            }
+            Claim::Busy => {
+                let due = now + chrono::Duration::from_std(self.busy_retry).unwrap_or_default();
+                step.deferred = Some(Deferred {
+                    envelope,
+                    queue: self.queue.clone(),
+                    due_at: due,
+                });
+                return Ok(step);
+            }
+            Claim::Duplicate { of } => {
+                self.metrics.outcome(&channel, &provider, "duplicate");
+                step.transitions.push(
+                    Transition::of(&envelope, Status::Duplicate, now)
+                        .detail(format!("duplicate of {of}")),
+                );
+                return Ok(step);
+            }
+        }
+
+        if let Some(rate) = &self.channel.policy.rate_limit {
+            let burst = rate.burst.unwrap_or(rate.per_second);
+            loop {
+                let wait = until_available("redis", &self.metrics, cancel, || {
+                    self.limiter
+                        .try_acquire(&self.rate_key, rate.per_second, burst)
+                })
+                .await?;
+                match wait {
+                    None => break,
+                    Some(wait) => tokio::select! {
+                        _ = cancel.cancelled() => return Err(Aborted("rate limit")),
+                        _ = tokio::time::sleep(wait) => {}
+                    },
+                }
+            }
+        }
+
+        let outgoing = match self.render(&envelope) {
+            Ok(outgoing) => outgoing,
+            Err(reason) => {
+                self.release(&key, &id).await;
+                self.metrics.outcome(&channel, &provider, "failed");
+                step.transitions
+                    .push(Transition::of(&envelope, Status::Failed, now).detail(reason));
+                return Ok(step);
+            }
+        };
+
+        let started = Instant::now();
+        let outcome = self.provider.send(&outgoing).await;
+        self.metrics
+            .provider_seconds
+            .with_label_values(&[channel.as_str(), provider.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        let done = Utc::now();
+        envelope.attempts += 1;
+        match outcome {
+            Outcome::Sent {
+                provider_message_id,
+            } => {
+                if let Err(e) = self.dedupe.mark_sent(&key, &id, ttl).await {
+                    // The message is out; a missing mark only weakens protection against a
+                    // redelivery of this batch, so it must not hold the batch up.
+                    tracing::warn!(error = %e, "could not mark a message as sent");
+                }
+                self.metrics.outcome(&channel, &provider, "sent");
+                let latency = (done - envelope.accepted_at).to_std().unwrap_or_default();
+                self.metrics
+                    .end_to_end_seconds
+                    .with_label_values(&[channel.as_str()])
+                    .observe(latency.as_secs_f64());
+                step.transitions.push(
+                    Transition::of(&envelope, Status::Sent, done)
+                        .provider(&provider, provider_message_id),
+                );
+            }
+            Outcome::Retryable {
+                reason,
+                retry_after,
+            } => {
+                let policy = &self.channel.policy.retry;
+                if envelope.attempts >= policy.max_attempts {
+                    self.release(&key, &id).await;
+                    self.metrics.outcome(&channel, &provider, "dead_lettered");
+                    step.transitions.push(
+                        Transition::of(&envelope, Status::DeadLettered, done)
+                            .provider(&provider, None)
+                            .detail(format!(
+                                "gave up after {} attempts: {reason}",
+                                envelope.attempts
+                            )),
+                    );
+                    step.dead_letter = Some(envelope);
+                } else {
+                    let wait = backoff(policy, envelope.attempts, retry_after, jitter());
+                    let due = done + chrono::Duration::from_std(wait).unwrap_or_default();
+                    self.metrics.outcome(&channel, &provider, "retried");
+                    step.transitions.push(
+                        Transition::of(&envelope, Status::Scheduled, done)
+                            .provider(&provider, None)
+                            .detail(format!(
+                                "attempt {} failed ({reason}); retry at {}",
+                                envelope.attempts,
+                                due.to_rfc3339()
+                            )),
+                    );
+                    step.deferred = Some(Deferred {
+                        envelope,
+                        queue: self.queue.clone(),
+                        due_at: due,
+                    });
+                }
+            }
+            Outcome::Permanent { reason } => {
+                self.release(&key, &id).await;
+                self.metrics.outcome(&channel, &provider, "failed");
+                step.transitions.push(
+                    Transition::of(&envelope, Status::Failed, done)
+                        .provider(&provider, None)
+                        .detail(reason),
+                );
+            }
+        }
+        Ok(step)
+    }
+
+    fn park(
+        &self,
+        mut step: Step,
+        envelope: Envelope,
+        due_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+        why: String,
+    ) -> Step {
+        self.metrics
+            .outcome(&envelope.channel, self.provider.name(), "scheduled");
+        step.transitions
+            .push(Transition::of(&envelope, Status::Scheduled, now).detail(why));
+        step.deferred = Some(Deferred {
+            envelope,
+            queue: self.queue.clone(),
+            due_at,
+        });
+        step
+    }
+
+    async fn release(&self, key: &str, id: &str) {
+        if let Err(e) = self.dedupe.release(key, id).await {
+            tracing::warn!(error = %e, "could not release a dedupe key");
+        }
+    }
+
+    fn render(&self, envelope: &Envelope) -> Result<Outgoing, String> {
+        let content = &envelope.content;
+        let (subject, text, html) = match &content.template {
+            Some(name) => {
+                let rendered = self
+                    .channel
+                    .templates
+                    .render(name, &content.data)
+                    .map_err(|e| e.to_string())?;
+                (
+                    rendered.subject.or_else(|| content.subject.clone()),
+                    rendered.text,
+                    rendered.html,
+                )
+            }
+            None => (
+                content.subject.clone(),
+                content.body.clone().unwrap_or_default(),
+                None,
+            ),
+        };
+        Ok(Outgoing {
+            id: envelope.id,
+            tenant: envelope.tenant.clone(),
+            channel: envelope.channel.clone(),
+            channel_type: self.channel.channel_type(),
+            to: envelope.to.clone(),
+            subject,
+            text,
+            html,
+            template: content.template.clone(),
+            data: content.data.clone(),
+            metadata: envelope.metadata.clone(),
+            attempt: envelope.attempts + 1,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Step {
+    transitions: Vec<Transition>,
+    deferred: Option<Deferred>,
+    dead_letter: Option<Envelope>,
+}

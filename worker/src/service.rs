@@ -1,0 +1,296 @@
+//! Wiring of a worker process: its channels' consumers, the scheduler, and `/healthz`, `/readyz`,
+//! `/metrics`.
+
+use crate::consumer::{BatchSettings, ChannelConsumer, Scheduler};
+use crate::dedupe::RedisDedupe;
+use crate::metrics::WorkerMetrics;
+use crate::pipeline::DeliveryPipeline;
+use crate::providers::{ProviderContext, build};
+use crate::ratelimit::RedisRateLimiter;
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus::{Encoder, TextEncoder};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use ump_core::config::{ChannelRegistry, ResolvedChannel};
+use ump_core::history::HistoryStore;
+use ump_core::queue::KafkaSettings;
+use ump_core::store::{MySqlHistory, connect_mysql, migrate_mysql};
+
+#[derive(Clone, clap::Args)]
+pub struct WorkerSettings {
+    /// Folder of MessageChannel / DeliveryPolicy YAML (the operator mounts a ConfigMap here).
+    #[arg(long, env = "UMP_CONFIG_DIR")]
+    pub config_dir: PathBuf,
+    /// Channels to deliver (repeatable); all channels of the folder when absent.
+    #[arg(long = "channel", env = "UMP_CHANNEL", value_delimiter = ',')]
+    pub channels: Vec<String>,
+    #[arg(long, env = "UMP_KAFKA_BOOTSTRAP")]
+    pub kafka_bootstrap: String,
+    #[arg(long, env = "UMP_REDIS_URL", hide_env_values = true)]
+    pub redis_url: String,
+    #[arg(long, env = "UMP_MYSQL_URL", hide_env_values = true)]
+    pub mysql_url: String,
+    /// Where `/healthz`, `/readyz` and `/metrics` listen.
+    #[arg(long, env = "UMP_WORKER_LISTEN", default_value = "127.0.0.1:9090")]
+    pub listen: SocketAddr,
+    /// Where provider Secrets are mounted (`<dir>/<secret name>/<key>`).
+    #[arg(long, env = "UMP_SECRETS_DIR", default_value = "/etc/ump/secrets")]
+    pub secrets_dir: PathBuf,
+    /// Where the sandbox provider records what it would have sent.
+    #[arg(
+        long,
+        env = "UMP_SANDBOX_OUTBOX",
+        default_value = "ump-sandbox-outbox.jsonl"
+    )]
+    pub sandbox_outbox: PathBuf,
+    /// Recipients delivered in parallel per batch.
+    #[arg(long, env = "UMP_WORKER_LANES", default_value_t = 64)]
+    pub lanes: usize,
+    /// Largest batch consumed at once.
+    #[arg(long, env = "UMP_WORKER_BATCH", default_value_t = 1000)]
+    pub batch: usize,
+    /// How long a worker's in-progress mark on a message holds off other workers; after a crash,
+    /// the messages it was sending go out again once this has passed.
+    #[arg(long, env = "UMP_WORKER_CLAIM_LEASE", default_value = "60s")]
+    pub claim_lease: ump_core::duration::Duration,
+    /// Longest wait to fill a batch.
+    #[arg(long, env = "UMP_WORKER_BATCH_WAIT", default_value = "20ms")]
+    pub batch_wait: ump_core::duration::Duration,
+}
+
+impl std::fmt::Debug for WorkerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerSettings")
+            .field("config_dir", &self.config_dir)
+            .field("channels", &self.channels)
+            .field("kafka_bootstrap", &self.kafka_bootstrap)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+struct Probes {
+    metrics: WorkerMetrics,
+    redis: redis::aio::ConnectionManager,
+    mysql: sqlx::MySqlPool,
+    producer: FutureProducer,
+}
+
+/// Runs the worker until `shutdown` fires, then drains: the batches in hand are recorded and
+/// committed before this returns.
+pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let registry = ChannelRegistry::load_dir(&settings.config_dir)
+        .with_context(|| format!("loading channels from {}", settings.config_dir.display()))?;
+    let channels: Vec<Arc<ResolvedChannel>> = if settings.channels.is_empty() {
+        registry.channels().cloned().collect()
+    } else {
+        settings
+            .channels
+            .iter()
+            .map(|name| {
+                registry
+                    .get(name)
+                    .cloned()
+                    .with_context(|| format!("channel {name} is not in the config folder"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    for channel in &channels {
+        if let Some(policy) = &channel.missing_policy {
+            tracing::warn!(channel = %channel.name(), %policy, "DeliveryPolicy not found; using defaults");
+        }
+    }
+
+    let pool = connect_mysql(&settings.mysql_url, 8).await?;
+    migrate_mysql(&pool).await?;
+    let history: Arc<dyn HistoryStore> = Arc::new(MySqlHistory::new(pool.clone()));
+    let redis_client =
+        redis::Client::open(settings.redis_url.as_str()).context("invalid UMP_REDIS_URL")?;
+    let redis = redis::aio::ConnectionManager::new(redis_client)
+        .await
+        .context("connecting to Redis")?;
+    let kafka = KafkaSettings::from_env(settings.kafka_bootstrap.clone());
+    let producer: FutureProducer = kafka
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .context("creating the Kafka producer")?;
+    ensure_topics(&kafka, &channels).await;
+
+    let metrics = WorkerMetrics::new(prometheus::Registry::new())?;
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    let dedupe = Arc::new(RedisDedupe::new(
+        redis.clone(),
+        instance,
+        settings.claim_lease.as_std(),
+    ));
+    let limiter = Arc::new(RedisRateLimiter::new(redis.clone()));
+    let context = ProviderContext {
+        secrets_dir: &settings.secrets_dir,
+        sandbox_outbox: &settings.sandbox_outbox,
+    };
+    let batch = BatchSettings {
+        max_messages: settings.batch.max(1),
+        max_wait: settings.batch_wait.as_std(),
+    };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for channel in &channels {
+        let spec = channel
+            .resource
+            .spec
+            .providers
+            .first()
+            .context("channel without providers")?;
+        let provider = build(spec, &context)?;
+        let pipeline = DeliveryPipeline::new(
+            Arc::clone(channel),
+            provider,
+            dedupe.clone(),
+            limiter.clone(),
+            metrics.clone(),
+            settings.lanes,
+            settings.claim_lease.as_std() / 2,
+        )?;
+        let consumer = ChannelConsumer::new(
+            Arc::new(pipeline),
+            &kafka,
+            producer.clone(),
+            Arc::clone(&history),
+            metrics.clone(),
+            batch,
+        )?;
+        tasks.spawn(consumer.run(shutdown.clone()));
+    }
+    let scheduler = Scheduler {
+        history: Arc::clone(&history),
+        producer: producer.clone(),
+        queues: channels.iter().map(|c| c.resource.topic_name()).collect(),
+        metrics: metrics.clone(),
+    };
+    tasks.spawn(scheduler.run(shutdown.clone()));
+
+    let probes = Probes {
+        metrics,
+        redis,
+        mysql: pool,
+        producer,
+    };
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(probes);
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    tracing::info!(listen = %settings.listen, channels = channels.len(), "worker running");
+    let server_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(server_shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "probe server failed");
+        }
+    });
+
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Creates missing topics (the operator normally has, so this only matters without it); a failure
+/// is logged, not fatal: the operator or an administrator may own topic creation.
+async fn ensure_topics(kafka: &KafkaSettings, channels: &[Arc<ResolvedChannel>]) {
+    let admin: AdminClient<DefaultClientContext> = match kafka.client_config().create() {
+        Ok(admin) => admin,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot create a Kafka admin client");
+            return;
+        }
+    };
+    let mut names = Vec::new();
+    for channel in channels {
+        let spec = &channel.resource.spec.topic;
+        names.push((
+            channel.resource.topic_name(),
+            spec.partitions,
+            spec.replication_factor,
+        ));
+        names.push((
+            channel.resource.dead_letter_topic(),
+            1,
+            spec.replication_factor,
+        ));
+    }
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|(name, partitions, replication)| {
+            NewTopic::new(name, *partitions, TopicReplication::Fixed(*replication))
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    match admin.create_topics(&topics, &options).await {
+        Ok(results) => {
+            for result in results {
+                match result {
+                    Ok(name) => tracing::info!(topic = %name, "created topic"),
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((name, code)) => {
+                        tracing::warn!(topic = %name, %code, "could not create topic")
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not create topics"),
+    }
+}
+
+async fn readyz(State(probes): State<Probes>) -> Response {
+    let mut failures = Vec::new();
+    let mut redis = probes.redis.clone();
+    if let Err(e) = redis::cmd("PING").query_async::<String>(&mut redis).await {
+        failures.push(format!("redis: {e}"));
+    }
+    if let Err(e) = sqlx::query("SELECT 1").execute(&probes.mysql).await {
+        failures.push(format!("mysql: {e}"));
+    }
+    let producer = probes.producer.clone();
+    let kafka = tokio::task::spawn_blocking(move || {
+        use rdkafka::producer::Producer;
+        producer
+            .client()
+            .fetch_metadata(None, Duration::from_secs(2))
+            .map(|_| ())
+    })
+    .await;
+    if !matches!(kafka, Ok(Ok(()))) {
+        failures.push("kafka: metadata request failed".to_owned());
+    }
+    if failures.is_empty() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, failures.join("\n")).into_response()
+    }
+}
+
+async fn metrics_text(State(probes): State<Probes>) -> Response {
+    let mut body = Vec::new();
+    match TextEncoder::new().encode(&probes.metrics.registry.gather(), &mut body) {
+        Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}

@@ -1,0 +1,354 @@
+//! The bulk path end to end on the real Kafka, Redis and MariaDB: API → Kafka → worker → Redis
+//! dedupe → sandbox provider → MySQL history.
+
+mod stack;
+
+use serde_json::json;
+use stack::{DEFAULT_CHANNELS, Stack};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_are_each_sent_once_and_recorded() {
+    let stack = Stack::start(DEFAULT_CHANNELS).await;
+    let ids = stack.send_many(10_000, |i| format!("메시지 {i}")).await;
+    assert_eq!(ids.len(), 10_000);
+
+    stack
+        .wait_for("10,000 sent", Duration::from_secs(240), |c| {
+            c.get("sent").copied().unwrap_or(0) == 10_000
+        })
+        .await;
+    let outbox = stack.outbox();
+    assert_eq!(outbox.len(), 10_000, "every message reached the provider");
+    assert!(
+        outbox.values().all(|&n| n == 1),
+        "no message reached the provider twice"
+    );
+    assert!(
+        ids.iter().all(|id| outbox.contains_key(id)),
+        "the accepted ids are the sent ids"
+    );
+
+    // One of them, through the API: status, provider and its timeline.
+    let (status, message) = stack.get(&format!("/v1/messages/{}", ids[1234])).await;
+    assert_eq!(status, 200, "{message}");
+    assert_eq!(message["status"], "sent");
+    assert_eq!(message["provider"], "sandbox");
+    assert_eq!(message["attempts"], 1);
+    let events: Vec<&str> = message["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["status"].as_str())
+        .collect();
+    assert_eq!(events, ["accepted", "sent"]);
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_replays_conflicts_and_content_duplicates() {
+    let channels = DEFAULT_CHANNELS.to_owned()
+        + r#"
+---
+apiVersion: ump.dev/v1alpha1
+kind: DeliveryPolicy
+metadata: {name: short-window, namespace: NAMESPACE}
+spec:
+  dedupe: {window: 3s}
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: alerts, namespace: NAMESPACE}
+spec:
+  type: sms
+  policyRef: short-window
+  topic: {partitions: 2}
+  providers: [{name: sandbox, type: sandbox}]
+"#;
+    let stack = Stack::start(&channels).await;
+    let body = json!({"channel": "sms", "to": "+821011112222", "body": "주문이 접수되었습니다"});
+
+    // Same key, same body: same id, one send.
+    let key = [("Idempotency-Key", "order-1001")];
+    let (s1, first) = stack.post_with("/v1/messages", &body, &key).await;
+    let (s2, second) = stack.post_with("/v1/messages", &body, &key).await;
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(first["id"], second["id"]);
+    // Same key, another body: 422 naming the header.
+    let other = json!({"channel": "sms", "to": "+821011112222", "body": "다른 내용"});
+    let (s3, problem) = stack.post_with("/v1/messages", &other, &key).await;
+    assert_eq!(s3, 422, "{problem}");
+    assert_eq!(
+        problem["type"],
+        "https://ump.dev/problems/idempotency-key-reused"
+    );
+
+    // Same content without a key, inside the default 10 min window: the second is a duplicate.
+    let dup = json!({"channel": "sms", "to": "+821033334444", "body": "같은 내용"});
+    let (_, a) = stack.post("/v1/messages", &dup).await;
+    let (_, b) = stack.post("/v1/messages", &dup).await;
+    assert_ne!(a["id"], b["id"]);
+
+    // Outside the window (3 s on `alerts`): both go out.
+    let late = json!({"channel": "alerts", "to": "+821055556666", "body": "창 밖"});
+    let (_, c) = stack.post("/v1/messages", &late).await;
+    stack
+        .wait_for("the first alert", Duration::from_secs(60), |counts| {
+            counts.get("sent").copied().unwrap_or(0) >= 3
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, d) = stack.post("/v1/messages", &late).await;
+
+    stack
+        .wait_for(
+            "4 sent and 1 duplicate",
+            Duration::from_secs(60),
+            |counts| {
+                counts.get("sent").copied().unwrap_or(0) == 4
+                    && counts.get("duplicate").copied().unwrap_or(0) == 1
+            },
+        )
+        .await;
+    let outbox = stack.outbox();
+    for id in [&first["id"], &a["id"], &c["id"], &d["id"]] {
+        assert_eq!(
+            outbox.get(id.as_str().expect("id")),
+            Some(&1),
+            "{id} sent once"
+        );
+    }
+    assert!(
+        !outbox.contains_key(b["id"].as_str().expect("id")),
+        "the duplicate was not sent"
+    );
+    let (_, duplicate) = stack
+        .get(&format!("/v1/messages/{}", b["id"].as_str().expect("id")))
+        .await;
+    assert_eq!(duplicate["status"], "duplicate");
+    let detail = duplicate["events"][1]["detail"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        detail.contains(a["id"].as_str().expect("id")),
+        "names the original: {detail}"
+    );
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_problem_naming_the_field_and_nothing_is_enqueued() {
+    let stack = Stack::start(&format!(
+        "{DEFAULT_CHANNELS}\n---\n{}",
+        r#"
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: email, namespace: NAMESPACE}
+spec:
+  type: email
+  topic: {partitions: 1}
+  providers: [{name: sandbox, type: sandbox}]
+  templates:
+    - {name: welcome, subject: "{{ name }}님 환영합니다", text: "안녕하세요 {{ name }}님"}
+"#
+    ))
+    .await;
+    let before = stack.enqueued();
+    let url = format!("{}/v1/messages", stack.api);
+    let table: Vec<(&str, String, u16, &str, Option<&str>)> = vec![
+        ("missing channel", r#"{"to":"+821012345678","body":"x"}"#.into(), 422, "validation", Some("channel")),
+        ("unknown channel", r#"{"channel":"fax","to":"+821012345678","body":"x"}"#.into(), 422, "validation", Some("channel")),
+        ("malformed phone", r#"{"channel":"sms","to":"010-1234-5678","body":"x"}"#.into(), 422, "validation", Some("to")),
+        ("malformed email", r#"{"channel":"email","to":"kim@","subject":"s","body":"x"}"#.into(), 422, "validation", Some("to")),
+        ("header injection", r#"{"channel":"email","to":"kim@example.com","subject":"a\r\nBcc: x@evil.test","body":"x"}"#.into(), 422, "validation", Some("subject")),
+        ("empty content", r#"{"channel":"sms","to":"+821012345678","body":""}"#.into(), 422, "validation", Some("body")),
+        ("no content", r#"{"channel":"sms","to":"+821012345678"}"#.into(), 422, "validation", Some("body")),
+        ("unknown template variable", r#"{"channel":"email","to":"kim@example.com","template":"welcome","data":{}}"#.into(), 422, "validation", Some("data.name")),
+        ("unknown template", r#"{"channel":"email","to":"kim@example.com","template":"nope"}"#.into(), 422, "validation", Some("template")),
+        ("bad send_at", r#"{"channel":"sms","to":"+821012345678","body":"x","send_at":"next tuesday"}"#.into(), 422, "validation", Some("send_at")),
+        ("malformed JSON", r#"{"channel":"sms","#.into(), 400, "malformed-json", None),
+        ("deep JSON", format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)), 400, "malformed-json", None),
+        ("not an object", "[]".into(), 422, "validation", Some("$")),
+        ("oversized body", format!(r#"{{"channel":"sms","to":"+821012345678","body":"{}"}}"#, "x".repeat(300_000)), 413, "too-large", None),
+    ];
+    for (name, body, status, kind, field) in table {
+        let response = stack
+            .http
+            .post(&url)
+            .bearer_auth(&stack.key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(response.status().as_u16(), status, "{name}");
+        assert_eq!(
+            response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/problem+json"),
+            "{name}"
+        );
+        let problem: serde_json::Value = response.json().await.expect("problem JSON");
+        assert_eq!(
+            problem["type"],
+            format!("https://ump.dev/problems/{kind}"),
+            "{name}: {problem}"
+        );
+        assert_eq!(problem["status"], status, "{name}");
+        if let Some(field) = field {
+            assert_eq!(problem["field"], field, "{name}: {problem}");
+        }
+    }
+    // Not JSON at all: 415.
+    let response = stack
+        .http
+        .post(&url)
+        .bearer_auth(&stack.key)
+        .header("content-type", "text/plain")
+        .body("hi")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status().as_u16(), 415);
+    // No key, a bad key: 401, before anything else is looked at.
+    let response = stack
+        .http
+        .post(&url)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status().as_u16(), 401);
+    let response = stack
+        .http
+        .post(&url)
+        .bearer_auth("ump_nope_nope")
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status().as_u16(), 401);
+    // A batch mixing good and bad: per-item results in order, only the good one enqueued.
+    let (status, answer) = stack
+        .post(
+            "/v1/messages/batch",
+            &json!({"messages": [
+                {"channel": "sms", "to": "+821012345678", "body": "좋아요"},
+                {"channel": "sms", "to": "nope", "body": "x"},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert!(answer["results"][0]["id"].is_string());
+    assert_eq!(answer["results"][1]["error"]["field"], "messages[1].to");
+    let (status, _) = stack
+        .post("/v1/messages/batch", &json!({"messages": []}))
+        .await;
+    assert_eq!(status, 422);
+
+    assert_eq!(
+        stack.enqueued(),
+        before + 1,
+        "only the one valid message was enqueued"
+    );
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_never_see_each_others_messages() {
+    let stack = Stack::start(DEFAULT_CHANNELS).await;
+    let (_, sent) = stack
+        .post(
+            "/v1/messages",
+            &json!({"channel": "sms", "to": "+821077778888", "body": "비밀"}),
+        )
+        .await;
+    let id = sent["id"].as_str().expect("id").to_owned();
+    stack
+        .wait_for("sent", Duration::from_secs(60), |c| {
+            c.get("sent") == Some(&1)
+        })
+        .await;
+
+    let other_key = "ump_tenantb_secret-of-b";
+    ump_core::keys::ApiKeyStore::put(
+        &ump_core::keys::MySqlKeys::new(stack.db.pool.clone()),
+        "tenantb",
+        "tenant-b",
+        other_key,
+        "",
+    )
+    .await
+    .expect("key b");
+    let as_b = |path: String| {
+        let http = stack.http.clone();
+        let url = format!("{}{path}", stack.api);
+        async move {
+            let response = http
+                .get(url)
+                .bearer_auth(other_key)
+                .send()
+                .await
+                .expect("GET");
+            (
+                response.status().as_u16(),
+                response
+                    .json::<serde_json::Value>()
+                    .await
+                    .unwrap_or_default(),
+            )
+        }
+    };
+    let (status, _) = as_b(format!("/v1/messages/{id}")).await;
+    assert_eq!(
+        status, 404,
+        "another tenant's message is not found, not forbidden"
+    );
+    let (status, page) = as_b("/v1/messages?to=%2B821077778888".into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(0));
+    let (status, page) = stack.get("/v1/messages?to=%2B821077778888").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["items"][0]["id"], id.as_str());
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_unreachable_is_a_503_with_retry_after_never_a_false_202() {
+    let stack = Stack::start(DEFAULT_CHANNELS).await;
+    // An API whose Kafka is a closed port on 127.0.0.1.
+    let api = stack::spawn_api(
+        "127.0.0.1:1",
+        &stack.db.url,
+        &stack.dir.join("config"),
+        "2s",
+    )
+    .await;
+    let response = stack
+        .http
+        .post(format!("{api}/v1/messages"))
+        .bearer_auth(&stack.key)
+        .json(&json!({"channel": "sms", "to": "+821012345678", "body": "x"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
+    let response = stack
+        .http
+        .get(format!("{api}/readyz"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.text().await.unwrap_or_default().contains("kafka"));
+    stack.finish().await;
+}

@@ -1,0 +1,351 @@
+//! A whole UMP cluster-mode stack for end-to-end tests, on the real Kafka, Redis and MariaDB from
+//! `scripts/infra up`: the API in-process, the worker as a child process (so it can be killed),
+//! channels in a namespace of their own, a database of their own, a sandbox outbox of their own.
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use ump_api::cluster::ClusterSettings;
+use ump_core::keys::{ApiKeyStore, MySqlKeys};
+use ump_core::testing::{TestDatabase, infra, unique_name};
+
+pub struct Stack {
+    pub db: TestDatabase,
+    pub namespace: String,
+    pub dir: PathBuf,
+    pub outbox: PathBuf,
+    pub api: String,
+    pub key: String,
+    pub http: reqwest::Client,
+    pub kafka: String,
+    pub claim_lease: &'static str,
+    worker: Option<WorkerProcess>,
+    worker_runs: usize,
+}
+
+/// Channels of a stack: YAML documents where `NAMESPACE` stands for the stack's namespace.
+pub const DEFAULT_CHANNELS: &str = r#"
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: sms, namespace: NAMESPACE}
+spec:
+  type: sms
+  topic: {partitions: 4}
+  providers: [{name: sandbox, type: sandbox}]
+"#;
+
+impl Stack {
+    pub async fn start(channels: &str) -> Self {
+        Self::start_with(channels, "3s").await
+    }
+
+    pub async fn start_with(channels: &str, claim_lease: &'static str) -> Self {
+        let kafka = infra().kafka_bootstrap();
+        infra().redis_url();
+        let db = TestDatabase::create().await;
+        let namespace = unique_name("e2e");
+        let dir = std::env::temp_dir().join(&namespace);
+        std::fs::create_dir_all(dir.join("config")).expect("test dir");
+        let yaml = channels.replace("NAMESPACE", &namespace);
+        std::fs::write(dir.join("config/channels.yaml"), &yaml).expect("write channels");
+        let registry =
+            ump_core::config::ChannelRegistry::load_dir(&dir.join("config")).expect("channels");
+        create_topics(
+            &kafka,
+            registry.channels().flat_map(|c| {
+                let r = &c.resource;
+                [
+                    (r.topic_name(), r.spec.topic.partitions),
+                    (r.dead_letter_topic(), 1),
+                ]
+            }),
+        )
+        .await;
+
+        let key = format!("ump_{}_secret", unique_name("k").replace('-', ""));
+        MySqlKeys::new(db.pool.clone())
+            .put(
+                &ump_core::keys::PresentedKey::parse(&key).key_id,
+                "tenant-a",
+                &key,
+                "e2e",
+            )
+            .await
+            .expect("store key");
+        let api = spawn_api(&kafka, &db.url, &dir.join("config"), "5s").await;
+        let mut stack = Self {
+            db,
+            namespace,
+            outbox: dir.join("outbox.jsonl"),
+            dir,
+            api,
+            key,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http"),
+            kafka,
+            claim_lease,
+            worker: None,
+            worker_runs: 0,
+        };
+        stack.start_worker();
+        stack
+    }
+
+    pub fn start_worker(&mut self) {
+        assert!(self.worker.is_none(), "worker already running");
+        self.worker_runs += 1;
+        let log = std::fs::File::create(self.dir.join(format!("worker-{}.log", self.worker_runs)))
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_ump-worker"))
+            .env("UMP_CONFIG_DIR", self.dir.join("config"))
+            .env("UMP_KAFKA_BOOTSTRAP", &self.kafka)
+            .env("UMP_REDIS_URL", infra().redis_url())
+            .env("UMP_MYSQL_URL", &self.db.url)
+            .env("UMP_WORKER_LISTEN", "127.0.0.1:0")
+            .env("UMP_SANDBOX_OUTBOX", &self.outbox)
+            .env("UMP_WORKER_CLAIM_LEASE", self.claim_lease)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start ump-worker");
+        self.worker = Some(WorkerProcess(child));
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill_worker(&mut self) {
+        if let Some(mut worker) = self.worker.take() {
+            worker.0.kill().expect("kill -9 worker");
+            worker.0.wait().expect("reap worker");
+        }
+    }
+
+    /// SIGTERM: the worker finishes the batch in hand and exits.
+    pub fn stop_worker(&mut self) {
+        if let Some(mut worker) = self.worker.take() {
+            Command::new("kill")
+                .arg("-TERM")
+                .arg(worker.0.id().to_string())
+                .status()
+                .expect("kill -TERM");
+            worker.0.wait().expect("reap worker");
+        }
+    }
+
+    pub fn worker_log(&self) -> String {
+        (1..=self.worker_runs)
+            .map(|run| {
+                std::fs::read_to_string(self.dir.join(format!("worker-{run}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n---- restart ----\n")
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_with(path, body, &[]).await
+    }
+
+    pub async fn post_with(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.api))
+            .bearer_auth(&self.key)
+            .json(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("POST");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.api))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends `count` SMS in batches of 1000; returns the accepted ids.
+    pub async fn send_many(&self, count: usize, body: impl Fn(usize) -> String) -> Vec<String> {
+        let mut ids = Vec::with_capacity(count);
+        for start in (0..count).step_by(1000) {
+            let messages: Vec<Value> = (start..(start + 1000).min(count))
+                .map(|i| serde_json::json!({"channel": "sms", "to": format!("+8210{:08}", i % 5000), "body": body(i)}))
+                .collect();
+            let (status, answer) = self
+                .post(
+                    "/v1/messages/batch",
+                    &serde_json::json!({"messages": messages}),
+                )
+                .await;
+            assert_eq!(status, 202, "{answer}");
+            for result in answer["results"].as_array().expect("results") {
+                ids.push(
+                    result["id"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("rejected: {result}"))
+                        .to_owned(),
+                );
+            }
+        }
+        ids
+    }
+
+    /// Lines of the sandbox outbox, counted per message id.
+    pub fn outbox(&self) -> HashMap<String, usize> {
+        let text = std::fs::read_to_string(&self.outbox).unwrap_or_default();
+        let mut counts = HashMap::new();
+        for line in text.lines() {
+            let value: Value = serde_json::from_str(line).expect("outbox line is JSON");
+            *counts
+                .entry(value["id"].as_str().expect("id").to_owned())
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+
+    pub async fn status_counts(&self) -> HashMap<String, i64> {
+        sqlx::query_as::<_, (String, i64)>("SELECT status, COUNT(*) FROM messages GROUP BY status")
+            .fetch_all(&self.db.pool)
+            .await
+            .expect("count statuses")
+            .into_iter()
+            .collect()
+    }
+
+    /// Waits until `done(statuses)` holds, failing with the worker's log after `timeout`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&HashMap<String, i64>) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let counts = self.status_counts().await;
+            if done(&counts) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let log = self.worker_log();
+                let tail: String = log
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                panic!(
+                    "timed out waiting for {what}; statuses {counts:?}\nworker log tail:\n{tail}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Sum of the end offsets of the stack's topics: what has ever been enqueued.
+    pub fn enqueued(&self) -> i64 {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka)
+            .create()
+            .expect("consumer");
+        let registry = ump_core::config::ChannelRegistry::load_dir(&self.dir.join("config"))
+            .expect("channels");
+        let mut total = 0;
+        for channel in registry.channels() {
+            let topic = channel.resource.topic_name();
+            for partition in 0..channel.resource.spec.topic.partitions {
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+                    .expect("Kafka: watermarks");
+                total += high;
+            }
+        }
+        total
+    }
+
+    pub async fn finish(mut self) {
+        self.stop_worker();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.db.drop_database().await;
+    }
+}
+
+/// A worker child process, killed when dropped (a failing test leaves none behind).
+struct WorkerProcess(Child);
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub async fn create_topics(kafka: &str, topics: impl Iterator<Item = (String, i32)>) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .create()
+        .expect("Kafka: admin");
+    let topics: Vec<(String, i32)> = topics.collect();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
+    for result in admin
+        .create_topics(&new, &options)
+        .await
+        .expect("Kafka: create topics")
+    {
+        result.unwrap_or_else(|(name, code)| panic!("Kafka: create topic {name}: {code}"));
+    }
+}
+
+/// Serves the cluster-mode API on 127.0.0.1 (a free port); returns its base URL.
+pub async fn spawn_api(
+    kafka: &str,
+    mysql_url: &str,
+    config_dir: &std::path::Path,
+    accept_timeout: &str,
+) -> String {
+    let settings = ClusterSettings {
+        kafka_bootstrap: kafka.to_owned(),
+        redis_url: infra().redis_url(),
+        mysql_url: mysql_url.to_owned(),
+        config_dir: config_dir.to_owned(),
+        accept_timeout: accept_timeout.parse().expect("duration"),
+    };
+    let state = ump_api::cluster::state(&settings, prometheus::Registry::new())
+        .await
+        .expect("API state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind API");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, ump_api::router(state)).await });
+    format!("http://{addr}")
+}
