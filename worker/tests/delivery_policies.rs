@@ -1,0 +1,288 @@
+//! DeliveryPolicy end to end on the real stack: send_at, quiet hours, retries with backoff, dead
+//! letters, permanent failures, message TTL and the shared rate limit.
+
+mod stack;
+
+use chrono::{Duration as ChronoDuration, Utc};
+use serde_json::{Value, json};
+use stack::Stack;
+use std::time::Duration;
+
+const CHANNELS: &str = r#"
+apiVersion: ump.dev/v1alpha1
+kind: DeliveryPolicy
+metadata: {name: flaky, namespace: NAMESPACE}
+spec:
+  retry: {maxAttempts: 4, initialBackoff: 200ms, maxBackoff: 1s}
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: sms, namespace: NAMESPACE}
+spec:
+  type: sms
+  topic: {partitions: 2}
+  policyRef: flaky
+  providers:
+    - name: sandbox
+      type: sandbox
+      settings: {failAttempts: "2", rejectTo: "+821000000000"}
+---
+apiVersion: ump.dev/v1alpha1
+kind: DeliveryPolicy
+metadata: {name: hopeless, namespace: NAMESPACE}
+spec:
+  retry: {maxAttempts: 3, initialBackoff: 100ms, maxBackoff: 200ms}
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: down, namespace: NAMESPACE}
+spec:
+  type: sms
+  topic: {partitions: 1}
+  policyRef: hopeless
+  providers: [{name: sandbox, type: sandbox, settings: {failAttempts: "99"}}]
+---
+apiVersion: ump.dev/v1alpha1
+kind: DeliveryPolicy
+metadata: {name: short-lived, namespace: NAMESPACE}
+spec:
+  messageTtl: 1s
+  retry: {maxAttempts: 10, initialBackoff: 2s, maxBackoff: 2s}
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: otp, namespace: NAMESPACE}
+spec:
+  type: sms
+  topic: {partitions: 1}
+  policyRef: short-lived
+  providers: [{name: sandbox, type: sandbox, settings: {failAttempts: "99"}}]
+---
+apiVersion: ump.dev/v1alpha1
+kind: DeliveryPolicy
+metadata: {name: night, namespace: NAMESPACE}
+spec:
+  quietHours: {start: "QUIET_START", end: "QUIET_END", timezone: Asia/Seoul}
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: marketing, namespace: NAMESPACE}
+spec:
+  type: sms
+  topic: {partitions: 1}
+  policyRef: night
+  providers: [{name: sandbox, type: sandbox}]
+---
+apiVersion: ump.dev/v1alpha1
+kind: DeliveryPolicy
+metadata: {name: slow, namespace: NAMESPACE}
+spec:
+  rateLimit: {perSecond: 20, burst: 1}
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: limited, namespace: NAMESPACE}
+spec:
+  type: sms
+  topic: {partitions: 2}
+  policyRef: slow
+  providers: [{name: sandbox, type: sandbox}]
+"#;
+
+async fn send(stack: &Stack, channel: &str, to: &str, extra: Value) -> Value {
+    let mut body = json!({"channel": channel, "to": to, "body": format!("{channel} 테스트")});
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    let (status, answer) = stack.post("/v1/messages", &body).await;
+    assert_eq!(status, 202, "{answer}");
+    answer["id"].clone()
+}
+
+async fn message(stack: &Stack, id: &Value) -> Value {
+    stack
+        .get(&format!("/v1/messages/{}", id.as_str().expect("id")))
+        .await
+        .1
+}
+
+fn statuses(message: &Value) -> Vec<String> {
+    message["events"]
+        .as_array()
+        .map_or_else(Vec::new, |events| {
+            events
+                .iter()
+                .filter_map(|e| e["status"].as_str().map(str::to_owned))
+                .collect()
+        })
+}
+
+async fn wait_status(stack: &Stack, id: &Value, status: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let current = message(stack, id).await;
+        if current["status"] == status {
+            return current;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} never became {status}: {current}\n{}",
+            stack.worker_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_shape_delivery() {
+    // A quiet window around now in Seoul, so marketing messages wait.
+    let seoul = Utc::now() + ChronoDuration::hours(9);
+    let channels = CHANNELS
+        .replace(
+            "QUIET_START",
+            &(seoul - ChronoDuration::hours(1))
+                .format("%H:%M")
+                .to_string(),
+        )
+        .replace(
+            "QUIET_END",
+            &(seoul + ChronoDuration::hours(1))
+                .format("%H:%M")
+                .to_string(),
+        );
+    let stack = Stack::start(&channels).await;
+    // Retryable failures twice, then sent on the third attempt.
+    let retried = send(&stack, "sms", "+821012340001", json!({})).await;
+    // Rejected by the provider: failed at once, no retry.
+    let rejected = send(&stack, "sms", "+821000000000", json!({})).await;
+    // Never succeeds: dead-lettered after maxAttempts (3).
+    let hopeless = send(&stack, "down", "+821012340002", json!({})).await;
+    // Fails, waits 2 s to retry, but its TTL is 1 s: failed as expired.
+    let expiring = send(&stack, "otp", "+821012340003", json!({})).await;
+    // send_at 3 s ahead: scheduled, then sent.
+    let later = (Utc::now() + ChronoDuration::seconds(3)).to_rfc3339();
+    let scheduled = send(&stack, "sms", "+821012340004", json!({"send_at": later})).await;
+    // Quiet hours: waits until the window ends (an hour from now).
+    let quiet = send(&stack, "marketing", "+821012340005", json!({})).await;
+
+    let m = wait_status(&stack, &retried, "sent").await;
+    assert_eq!(m["attempts"], 3, "{m}");
+    assert_eq!(
+        statuses(&m),
+        ["accepted", "scheduled", "scheduled", "sent"],
+        "{m}"
+    );
+
+    let m = wait_status(&stack, &rejected, "failed").await;
+    assert_eq!(
+        m["attempts"], 3,
+        "two simulated retryable failures, then the rejection: {m}"
+    );
+    assert!(
+        m["events"]
+            .as_array()
+            .and_then(|e| e.last())
+            .and_then(|e| e["detail"].as_str())
+            .unwrap_or_default()
+            .contains("rejected")
+    );
+
+    let m = wait_status(&stack, &hopeless, "dead_lettered").await;
+    assert_eq!(m["attempts"], 3, "{m}");
+    let m = wait_status(&stack, &expiring, "failed").await;
+    let detail = m["events"]
+        .as_array()
+        .and_then(|e| e.last())
+        .and_then(|e| e["detail"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.starts_with("expired"), "{m}");
+
+    let m = message(&stack, &scheduled).await;
+    assert!(m["status"] == "scheduled" || m["status"] == "sent", "{m}");
+    let m = wait_status(&stack, &scheduled, "sent").await;
+    // Scheduled for send_at, then the channel's two simulated failures, then sent.
+    assert_eq!(
+        statuses(&m),
+        ["accepted", "scheduled", "scheduled", "scheduled", "sent"],
+        "{m}"
+    );
+    assert!(
+        m["events"][1]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("send_at"),
+        "{m}"
+    );
+
+    let m = wait_status(&stack, &quiet, "scheduled").await;
+    assert!(
+        m["events"][1]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("quiet hours until"),
+        "{m}"
+    );
+
+    // Nothing that failed or waits reached the provider; the dead letter is in its topic.
+    let outbox = stack.outbox();
+    for id in [&rejected, &hopeless, &expiring, &quiet] {
+        assert!(
+            !outbox.contains_key(id.as_str().expect("id")),
+            "{id} must not be sent"
+        );
+    }
+    assert_eq!(outbox.get(retried.as_str().expect("id")), Some(&1));
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_spaces_sends() {
+    let seoul = Utc::now() + ChronoDuration::hours(9);
+    let channels = CHANNELS
+        .replace(
+            "QUIET_START",
+            &(seoul - ChronoDuration::hours(1))
+                .format("%H:%M")
+                .to_string(),
+        )
+        .replace(
+            "QUIET_END",
+            &(seoul + ChronoDuration::hours(1))
+                .format("%H:%M")
+                .to_string(),
+        );
+    let stack = Stack::start(&channels).await;
+    let messages: Vec<Value> = (0..21)
+        .map(|i| json!({"channel": "limited", "to": format!("+82101111{i:04}"), "body": "천천히"}))
+        .collect();
+    let (status, _) = stack
+        .post("/v1/messages/batch", &json!({"messages": messages}))
+        .await;
+    assert_eq!(status, 202);
+    stack
+        .wait_for("21 sent", Duration::from_secs(60), |c| {
+            c.get("sent") == Some(&21)
+        })
+        .await;
+
+    // 20 per second with no burst: 21 sends span at least one second of provider time.
+    let text = std::fs::read_to_string(&stack.outbox).expect("outbox");
+    let mut times: Vec<chrono::DateTime<Utc>> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("json")["at"]
+                .as_str()
+                .expect("at")
+                .parse()
+                .expect("time")
+        })
+        .collect();
+    times.sort();
+    let spread = *times.last().expect("last") - times[0];
+    assert!(
+        spread >= ChronoDuration::milliseconds(950),
+        "21 sends at 20/s took only {spread}"
+    );
+    stack.finish().await;
+}
