@@ -61,31 +61,30 @@ impl KafkaAdmin {
         let metadata = self.metadata.clone();
         let name = topic.to_owned();
         let shape = blocking(move || {
-            let metadata = metadata
-                .fetch_metadata(Some(&name), TIMEOUT)
-                .map_err(|e| Error::kafka(format!("metadata of {name}"), e))?;
-            let Some(found) = metadata.topics().iter().find(|t| t.name() == name) else {
-                return Ok(None);
-            };
-            match found.error() {
-                None => {}
-                Some(code) => {
-                    let code = RDKafkaErrorCode::from(code);
-                    if code == RDKafkaErrorCode::UnknownTopicOrPartition {
-                        return Ok(None);
+            with_retries(|| {
+                let metadata = metadata
+                    .fetch_metadata(Some(&name), TIMEOUT)
+                    .map_err(|e| Error::kafka(format!("metadata of {name}"), e))?;
+                let Some(found) = metadata.topics().iter().find(|t| t.name() == name) else {
+                    return Ok(None);
+                };
+                match found.error().map(RDKafkaErrorCode::from) {
+                    None => {}
+                    Some(RDKafkaErrorCode::UnknownTopicOrPartition) => return Ok(None),
+                    Some(code) => {
+                        return Err(Error::kafka(
+                            format!("metadata of {name}"),
+                            KafkaError::MetadataFetch(code),
+                        ));
                     }
-                    return Err(Error::kafka(
-                        format!("metadata of {name}"),
-                        KafkaError::MetadataFetch(code),
-                    ));
                 }
-            }
-            let partitions = found.partitions();
-            let replication = partitions.first().map_or(0, |p| p.replicas().len());
-            Ok(Some((
-                i32::try_from(partitions.len()).unwrap_or(i32::MAX),
-                i32::try_from(replication).unwrap_or(i32::MAX),
-            )))
+                let partitions = found.partitions();
+                let replication = partitions.first().map_or(0, |p| p.replicas().len());
+                Ok(Some((
+                    i32::try_from(partitions.len()).unwrap_or(i32::MAX),
+                    i32::try_from(replication).unwrap_or(i32::MAX),
+                )))
+            })
         })
         .await?;
         let Some((partitions, replication_factor)) = shape else {
@@ -225,9 +224,11 @@ impl KafkaAdmin {
                     tpl.add_partition_offset(&name, partition, at)
                         .map_err(|e| Error::kafka(format!("offsets of {name}"), e))?;
                 }
-                let found = metadata
-                    .offsets_for_times(tpl, TIMEOUT)
-                    .map_err(|e| Error::kafka(format!("offsets of {name}"), e))?;
+                let found = with_retries(|| {
+                    metadata
+                        .offsets_for_times(tpl.clone(), TIMEOUT)
+                        .map_err(|e| Error::kafka(format!("offsets of {name}"), e))
+                })?;
                 Ok::<_, Error>(offsets_by_partition(&found))
             };
             Ok((query(Offset::Beginning)?, query(Offset::End)?))
@@ -273,6 +274,37 @@ fn base_config(bootstrap: &str) -> ClientConfig {
         .set("client.id", "ump-operator")
         .set("log_level", "4");
     config
+}
+
+/// Runs `attempt` again (a few times, briefly) while Kafka answers that a leader is being elected:
+/// what it says for a moment after a topic is created or grows.
+fn with_retries<T>(mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut tries = 0;
+    loop {
+        match attempt() {
+            Err(Error::Kafka { source, .. }) if tries < 10 && is_leader_election(&source) => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_leader_election(error: &KafkaError) -> bool {
+    let code = match error {
+        KafkaError::MetadataFetch(code) | KafkaError::AdminOp(code) => Some(*code),
+        other => other.rdkafka_error_code(),
+    };
+    matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::UnknownLeaderEpoch
+                | RDKafkaErrorCode::FencedLeaderEpoch
+        )
+    )
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

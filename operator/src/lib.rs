@@ -2,11 +2,17 @@
 //! topics, worker ConfigMaps and lag-scaled worker Deployments.
 
 pub mod builders;
+pub mod channel;
 pub mod conditions;
+pub mod controller;
 pub mod crd;
 pub mod error;
 pub mod kafka;
+pub mod leader;
+pub mod metrics;
+pub mod policy;
 pub mod scaling;
 pub mod settings;
+pub mod status;
 pub mod topic;
 pub mod validate;
