@@ -1,7 +1,22 @@
-//! Providers: one module per protocol, all behind `ump_core::provider::Provider`.
+//! Providers: one module per protocol, all behind `ump_core::provider::Provider`. `build` makes
+//! one provider from its spec; `build_channel` makes a channel's providers, behind failover when
+//! there are several.
 
+pub mod apns;
+pub mod failover;
+pub mod fcm;
+mod http;
+mod limits;
+pub mod nhn_alimtalk;
+pub mod nhn_sms;
 pub mod sandbox;
+pub mod secret;
+mod settings;
+pub mod smtp;
+pub mod twilio;
+pub mod webhook;
 
+use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
 use ump_core::provider::Provider;
@@ -31,11 +46,54 @@ pub fn build(
     spec: &ProviderSpec,
     ctx: &ProviderContext<'_>,
 ) -> Result<Arc<dyn Provider>, BuildError> {
-    match spec.provider_type {
-        ProviderType::Sandbox => Ok(Arc::new(sandbox::SandboxProvider::build(spec, ctx)?)),
-        other => Err(BuildError::Unsupported {
-            name: spec.name.clone(),
-            provider_type: other,
+    Ok(match spec.provider_type {
+        ProviderType::Sandbox => Arc::new(sandbox::SandboxProvider::open(
+            &spec.name,
+            ctx.sandbox_outbox,
+        )?),
+        ProviderType::Smtp => Arc::new(smtp::SmtpProvider::build(spec, ctx)?),
+        ProviderType::Twilio => Arc::new(twilio::TwilioProvider::build(spec, ctx)?),
+        ProviderType::NhnSms => Arc::new(nhn_sms::NhnSmsProvider::build(spec, ctx)?),
+        ProviderType::Fcm => Arc::new(fcm::FcmProvider::build(spec, ctx)?),
+        ProviderType::Apns => Arc::new(apns::ApnsProvider::build(spec, ctx)?),
+        ProviderType::NhnAlimtalk => Arc::new(nhn_alimtalk::NhnAlimtalkProvider::build(spec, ctx)?),
+        ProviderType::Webhook => Arc::new(webhook::WebhookProvider::build(spec, ctx)?),
+    })
+}
+
+/// The provider of a channel: its only provider, or failover across `specs` (primary first)
+/// with the circuit settings of the primary. `channel` names the failover provider.
+pub fn build_channel(
+    channel: &str,
+    specs: &[ProviderSpec],
+    ctx: &ProviderContext<'_>,
+) -> Result<Arc<dyn Provider>, BuildError> {
+    match specs {
+        [] => Err(BuildError::Invalid {
+            name: channel.to_owned(),
+            detail: "the channel has no providers".into(),
         }),
+        [only] => build(only, ctx),
+        [primary, ..] => {
+            let providers = specs
+                .iter()
+                .map(|spec| build(spec, ctx))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Arc::new(failover::FailoverProvider::new(
+                channel,
+                primary,
+                providers,
+                Arc::new(failover::SystemClock),
+            )?))
+        }
+    }
+}
+
+/// A JSON value as text, for APIs whose maps take strings only (FCM data, AlimTalk template
+/// parameters): strings as they are, anything else as its JSON.
+fn text_of(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
