@@ -69,24 +69,29 @@ pub fn build_channel(
     ctx: &ProviderContext<'_>,
 ) -> Result<Arc<dyn Provider>, BuildError> {
     match specs {
-        [] => Err(BuildError::Invalid {
+        [only] => build(only, ctx),
+        _ => Ok(Arc::new(build_failover(channel, specs, ctx)?)),
+    }
+}
+
+/// Failover across `specs` (primary first), as a concrete type for whoever reports its circuits
+/// (`FailoverProvider::circuits`, e.g. as a metric).
+pub fn build_failover(
+    channel: &str,
+    specs: &[ProviderSpec],
+    ctx: &ProviderContext<'_>,
+) -> Result<failover::FailoverProvider, BuildError> {
+    let Some(primary) = specs.first() else {
+        return Err(BuildError::Invalid {
             name: channel.to_owned(),
             detail: "the channel has no providers".into(),
-        }),
-        [only] => build(only, ctx),
-        [primary, ..] => {
-            let providers = specs
-                .iter()
-                .map(|spec| build(spec, ctx))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Arc::new(failover::FailoverProvider::new(
-                channel,
-                primary,
-                providers,
-                Arc::new(failover::SystemClock),
-            )?))
-        }
-    }
+        });
+    };
+    let providers = specs
+        .iter()
+        .map(|spec| build(spec, ctx))
+        .collect::<Result<Vec<_>, _>>()?;
+    failover::FailoverProvider::new(channel, primary, providers, Arc::new(failover::SystemClock))
 }
 
 /// A JSON value as text, for APIs whose maps take strings only (FCM data, AlimTalk template

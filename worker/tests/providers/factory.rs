@@ -4,9 +4,10 @@ use super::fakes::nhn_sms::{self, FakeNhnSms};
 use super::fakes::twilio::{self, FakeTwilio};
 use super::fakes::{Canned, SecretsDir, message, spec};
 use std::time::Duration;
-use ump_core::provider::Outcome;
+use ump_core::provider::{Outcome, Provider};
 use ump_core::resources::{ChannelType, ProviderType};
-use ump_worker::providers::{build, build_channel};
+use ump_worker::providers::failover::CircuitState;
+use ump_worker::providers::{build, build_channel, build_failover};
 
 #[tokio::test]
 async fn every_provider_type_builds_from_its_spec() {
@@ -178,8 +179,20 @@ async fn a_channel_with_two_providers_fails_over_and_back() {
             &[("endpoint", &nhn_endpoint), ("sendNo", "0212345678")],
         ),
     ];
-    let channel = build_channel("sms", &specs, &secrets.ctx()).expect("build channel");
-    assert_eq!(channel.name(), "sms");
+    assert_eq!(
+        build_channel("sms", &specs, &secrets.ctx())
+            .expect("build channel")
+            .name(),
+        "sms"
+    );
+    let channel = build_failover("sms", &specs, &secrets.ctx()).expect("build failover");
+    let states = |channel: &ump_worker::providers::failover::FailoverProvider| {
+        channel
+            .circuits()
+            .into_iter()
+            .map(|(_, state)| state)
+            .collect::<Vec<_>>()
+    };
     let sms = message(ChannelType::Sms, "+821012345678", "hi");
 
     for _ in 0..2 {
@@ -200,6 +213,7 @@ async fn a_channel_with_two_providers_fails_over_and_back() {
         (twilio_fake.sent().len(), nhn_fake.accepted().len()),
         (0, 3)
     );
+    assert_eq!(states(&channel), [CircuitState::Open, CircuitState::Closed]);
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for _ in 0..2 {
@@ -208,5 +222,9 @@ async fn a_channel_with_two_providers_fails_over_and_back() {
     assert_eq!(
         (twilio_fake.sent().len(), nhn_fake.accepted().len()),
         (2, 3)
+    );
+    assert_eq!(
+        states(&channel),
+        [CircuitState::Closed, CircuitState::Closed]
     );
 }
