@@ -79,12 +79,6 @@ fn metadata(channel: &MessageChannel) -> Result<ObjectMeta> {
 /// `channel.yaml` and `policy.yaml` as the worker reads them: the objects with only their name and
 /// namespace (no status, no server fields), so the file changes only when the configuration does.
 pub fn config_map(channel: &MessageChannel, policy: Option<&DeliveryPolicy>) -> Result<ConfigMap> {
-    let yaml = |value: &dyn erased::Yaml, what| {
-        value.to_yaml().map_err(|e| Error::Serialize {
-            what,
-            detail: e.to_string(),
-        })
-    };
     let mut clean_channel = MessageChannel::new(&channel.name_any(), channel.spec.clone());
     clean_channel.metadata.namespace = channel.namespace();
     let mut data = BTreeMap::from([(
@@ -106,15 +100,11 @@ pub fn config_map(channel: &MessageChannel, policy: Option<&DeliveryPolicy>) -> 
     })
 }
 
-mod erased {
-    pub trait Yaml {
-        fn to_yaml(&self) -> Result<String, serde_yaml_ng::Error>;
-    }
-    impl<T: serde::Serialize> Yaml for T {
-        fn to_yaml(&self) -> Result<String, serde_yaml_ng::Error> {
-            serde_yaml_ng::to_string(self)
-        }
-    }
+fn yaml<T: serde::Serialize>(value: &T, what: &'static str) -> Result<String> {
+    serde_yaml_ng::to_string(value).map_err(|e| Error::Serialize {
+        what,
+        detail: e.to_string(),
+    })
 }
 
 /// A short, stable digest of the ConfigMap's data.
