@@ -118,3 +118,26 @@ async fn metrics(State(state): State<AppState>) -> Response {
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_documents_every_route_and_the_problem_type() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("OpenAPI serializes");
+        for path in ["/v1/messages", "/v1/messages/batch", "/v1/messages/{id}"] {
+            assert!(doc["paths"][path].is_object(), "{path} missing");
+        }
+        let send = &doc["paths"]["/v1/messages"]["post"];
+        for status in ["202", "400", "401", "409", "413", "415", "422", "503"] {
+            assert!(
+                send["responses"][status].is_object(),
+                "POST /v1/messages lacks {status}"
+            );
+        }
+        assert!(send["responses"]["422"]["content"]["application/problem+json"].is_object());
+        assert!(doc["components"]["schemas"]["Problem"].is_object());
+        assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+    }
+}

@@ -31,6 +31,14 @@ enum Command {
         #[command(subcommand)]
         action: KeyAction,
     },
+    /// Delete message history older than a cutoff (run it from a CronJob to keep a retention).
+    Prune {
+        #[arg(long, env = "UMP_MYSQL_URL", hide_env_values = true)]
+        mysql_url: String,
+        /// Age of the oldest history kept, e.g. 90d.
+        #[arg(long)]
+        older_than: ump_core::duration::Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -95,6 +103,21 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
             }
+            Ok(())
+        }
+        Command::Prune {
+            mysql_url,
+            older_than,
+        } => {
+            let pool = ump_core::store::connect_mysql(&mysql_url, 2).await?;
+            let cutoff = chrono::Utc::now() - chrono::Duration::from_std(older_than.as_std())?;
+            let deleted = ump_core::store::MySqlHistory::new(pool)
+                .prune(cutoff, 5000)
+                .await?;
+            eprintln!(
+                "deleted the history of {deleted} messages accepted before {}",
+                cutoff.to_rfc3339()
+            );
             Ok(())
         }
     }

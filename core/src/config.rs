@@ -235,6 +235,17 @@ metadata: {name: ignored}
     }
 
     #[test]
+    fn the_example_channels_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/channels");
+        let registry = ChannelRegistry::load_dir(&dir).expect("examples/channels loads");
+        assert_eq!(
+            registry.names().collect::<Vec<_>>(),
+            ["alimtalk", "email", "push", "sms"]
+        );
+        assert!(registry.channels().all(|c| c.missing_policy.is_none()));
+    }
+
+    #[test]
     fn parse_errors_name_file_and_document() {
         let (mut channels, mut policies) = (Vec::new(), Vec::new());
         let err = parse_documents(

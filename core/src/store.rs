@@ -72,6 +72,36 @@ impl MySqlHistory {
     pub fn pool(&self) -> &MySqlPool {
         &self.pool
     }
+
+    /// Deletes the history of messages accepted before `cutoff` (ids are time-ordered, so this is
+    /// a primary-key range), in chunks so no statement holds locks for long. Returns the number of
+    /// messages deleted.
+    pub async fn prune(&self, cutoff: DateTime<Utc>, chunk: u32) -> Result<u64, HistoryError> {
+        let bound = MessageId::lower_bound(cutoff.timestamp_millis().max(0) as u64);
+        let bound = bound.as_bytes().as_slice();
+        loop {
+            let done = sqlx::query("DELETE FROM message_events WHERE message_id < ? LIMIT ?")
+                .bind(bound)
+                .bind(chunk)
+                .execute(&self.pool)
+                .await?;
+            if done.rows_affected() == 0 {
+                break;
+            }
+        }
+        let mut deleted = 0;
+        loop {
+            let done = sqlx::query("DELETE FROM messages WHERE id < ? LIMIT ?")
+                .bind(bound)
+                .bind(chunk)
+                .execute(&self.pool)
+                .await?;
+            deleted += done.rows_affected();
+            if done.rows_affected() == 0 {
+                return Ok(deleted);
+            }
+        }
+    }
 }
 
 /// The newest transition of each message in the batch, in id order: rows are always written in

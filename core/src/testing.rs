@@ -107,6 +107,23 @@ impl Infra {
         path
     }
 
+    /// The real SMTP server (Mailpit) and its read-back API.
+    pub fn smtp(&self) -> SmtpServer {
+        let server = SmtpServer {
+            host: self.require("SMTP", "UMP_SMTP_HOST"),
+            port: self
+                .require("SMTP", "UMP_SMTP_PORT")
+                .parse()
+                .expect("SMTP: UMP_SMTP_PORT is a port number"),
+            api: self.require("SMTP", "UMP_SMTP_API"),
+            user: self.require("SMTP", "UMP_SMTP_USER"),
+            password: self.require("SMTP", "UMP_SMTP_PASSWORD"),
+            tls_cert: self.require("SMTP", "UMP_SMTP_TLS_CERT"),
+        };
+        require_tcp("SMTP", &format!("{}:{}", server.host, server.port));
+        server
+    }
+
     pub fn helm(&self) -> PathBuf {
         let path = PathBuf::from(self.require("Helm", "UMP_HELM"));
         assert!(
@@ -116,6 +133,19 @@ impl Infra {
         );
         path
     }
+}
+
+/// Where the test SMTP server listens and how to read back what it received.
+#[derive(Clone, Debug)]
+pub struct SmtpServer {
+    pub host: String,
+    pub port: u16,
+    /// Base URL of the server's HTTP API (`/api/v1/search`, `/api/v1/message/{id}`).
+    pub api: String,
+    pub user: String,
+    pub password: String,
+    /// PEM file of the CA that signed the server's certificate.
+    pub tls_cert: String,
 }
 
 /// `scheme://[user:pass@]host:port/...` → `host:port` (default port when absent). Credentials

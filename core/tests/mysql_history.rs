@@ -232,3 +232,54 @@ async fn parked_messages_are_claimed_once_per_lease_and_released() {
     );
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn prune_deletes_only_history_older_than_the_cutoff() {
+    let db = TestDatabase::create().await;
+    let history = MySqlHistory::new(db.pool.clone());
+    let old_millis = (Utc::now() - ChronoDuration::days(100)).timestamp_millis() as u64;
+    let mut transitions = Vec::new();
+    let mut old_ids = Vec::new();
+    for i in 0..30u128 {
+        let mut e = envelope("t1", "+821000000000");
+        if i < 20 {
+            // An id minted 100 days ago.
+            e.id = MessageId(uuid::Uuid::from_u128(
+                MessageId::lower_bound(old_millis).0.as_u128() | (i + 1),
+            ));
+            old_ids.push(e.id);
+        }
+        transitions.push(Transition::of(&e, Status::Accepted, e.accepted_at));
+        transitions.push(Transition::of(&e, Status::Sent, e.accepted_at));
+    }
+    history
+        .record(&BatchRecord {
+            transitions,
+            deferred: vec![],
+        })
+        .await
+        .expect("record");
+    let deleted = history
+        .prune(Utc::now() - ChronoDuration::days(90), 7)
+        .await
+        .expect("prune");
+    assert_eq!(deleted, 20);
+    assert!(history.get("t1", old_ids[0]).await.expect("get").is_none());
+    let left = history
+        .list(
+            "t1",
+            &MessageFilter {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(left.items.len(), 10);
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM message_events")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(events, 20, "the events of the 10 recent messages remain");
+    db.drop_database().await;
+}

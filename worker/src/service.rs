@@ -5,7 +5,7 @@ use crate::consumer::{BatchSettings, ChannelConsumer, Scheduler};
 use crate::dedupe::RedisDedupe;
 use crate::metrics::WorkerMetrics;
 use crate::pipeline::DeliveryPipeline;
-use crate::providers::{ProviderContext, build};
+use crate::providers::{ProviderContext, build_channel};
 use crate::ratelimit::RedisRateLimiter;
 use anyhow::Context;
 use axum::extract::State;
@@ -149,13 +149,8 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
 
     let mut tasks = tokio::task::JoinSet::new();
     for channel in &channels {
-        let spec = channel
-            .resource
-            .spec
-            .providers
-            .first()
-            .context("channel without providers")?;
-        let provider = build(spec, &context)?;
+        // Its only provider, or failover across its providers (primary first).
+        let provider = build_channel(&channel.name(), &channel.resource.spec.providers, &context)?;
         let pipeline = DeliveryPipeline::new(
             Arc::clone(channel),
             provider,

@@ -89,6 +89,24 @@ spec:
   providers: [{name: sandbox, type: sandbox}]
 "#;
 
+/// The channels, with a quiet window around now in Seoul (so `marketing` messages wait).
+fn channels() -> String {
+    let seoul = Utc::now() + ChronoDuration::hours(9);
+    CHANNELS
+        .replace(
+            "QUIET_START",
+            &(seoul - ChronoDuration::hours(1))
+                .format("%H:%M")
+                .to_string(),
+        )
+        .replace(
+            "QUIET_END",
+            &(seoul + ChronoDuration::hours(1))
+                .format("%H:%M")
+                .to_string(),
+        )
+}
+
 async fn send(stack: &Stack, channel: &str, to: &str, extra: Value) -> Value {
     let mut body = json!({"channel": channel, "to": to, "body": format!("{channel} 테스트")});
     if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
@@ -135,22 +153,7 @@ async fn wait_status(stack: &Stack, id: &Value, status: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_shape_delivery() {
-    // A quiet window around now in Seoul, so marketing messages wait.
-    let seoul = Utc::now() + ChronoDuration::hours(9);
-    let channels = CHANNELS
-        .replace(
-            "QUIET_START",
-            &(seoul - ChronoDuration::hours(1))
-                .format("%H:%M")
-                .to_string(),
-        )
-        .replace(
-            "QUIET_END",
-            &(seoul + ChronoDuration::hours(1))
-                .format("%H:%M")
-                .to_string(),
-        );
-    let stack = Stack::start(&channels).await;
+    let stack = Stack::start(&channels()).await;
     // Retryable failures twice, then sent on the third attempt.
     let retried = send(&stack, "sms", "+821012340001", json!({})).await;
     // Rejected by the provider: failed at once, no retry.
@@ -238,21 +241,7 @@ async fn policies_shape_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_limit_spaces_sends() {
-    let seoul = Utc::now() + ChronoDuration::hours(9);
-    let channels = CHANNELS
-        .replace(
-            "QUIET_START",
-            &(seoul - ChronoDuration::hours(1))
-                .format("%H:%M")
-                .to_string(),
-        )
-        .replace(
-            "QUIET_END",
-            &(seoul + ChronoDuration::hours(1))
-                .format("%H:%M")
-                .to_string(),
-        );
-    let stack = Stack::start(&channels).await;
+    let stack = Stack::start(&channels()).await;
     let messages: Vec<Value> = (0..21)
         .map(|i| json!({"channel": "limited", "to": format!("+82101111{i:04}"), "body": "천천히"}))
         .collect();

@@ -9,36 +9,14 @@ use serde_json::Value;
 use std::time::Duration;
 use ump_core::provider::{Outcome, Provider};
 use ump_core::resources::{ChannelType, ProviderType};
-use ump_core::testing::{infra, require_tcp, unique_name};
+use ump_core::testing::{SmtpServer, infra, unique_name};
 use ump_worker::providers::smtp::SmtpProvider;
 
-struct Mailpit {
-    host: String,
-    port: u16,
-    api: String,
-    user: String,
-    password: String,
-    ca_file: String,
+fn mailpit() -> SmtpServer {
+    infra().smtp()
 }
 
-fn mailpit() -> Mailpit {
-    let infra = infra();
-    let mailpit = Mailpit {
-        host: infra.require("SMTP", "UMP_SMTP_HOST"),
-        port: infra
-            .require("SMTP", "UMP_SMTP_PORT")
-            .parse()
-            .expect("SMTP: UMP_SMTP_PORT is a port number"),
-        api: infra.require("SMTP", "UMP_SMTP_API"),
-        user: infra.require("SMTP", "UMP_SMTP_USER"),
-        password: infra.require("SMTP", "UMP_SMTP_PASSWORD"),
-        ca_file: infra.require("SMTP", "UMP_SMTP_TLS_CERT"),
-    };
-    require_tcp("SMTP", &format!("{}:{}", mailpit.host, mailpit.port));
-    mailpit
-}
-
-fn provider(mailpit: &Mailpit, secrets: &SecretsDir, settings: &[(&str, &str)]) -> SmtpProvider {
+fn provider(mailpit: &SmtpServer, secrets: &SecretsDir, settings: &[(&str, &str)]) -> SmtpProvider {
     secrets.secret(
         "smtp",
         &[("username", &mailpit.user), ("password", &mailpit.password)],
@@ -48,7 +26,7 @@ fn provider(mailpit: &Mailpit, secrets: &SecretsDir, settings: &[(&str, &str)]) 
         ("host", mailpit.host.as_str()),
         ("port", port.as_str()),
         ("from", "유엠피 알림 <noreply@ump.test>"),
-        ("caFile", mailpit.ca_file.as_str()),
+        ("caFile", mailpit.tls_cert.as_str()),
     ];
     all.extend_from_slice(settings);
     let with_secret = !settings.iter().any(|(k, v)| *k == "tls" && *v == "none");
@@ -66,7 +44,7 @@ fn provider(mailpit: &Mailpit, secrets: &SecretsDir, settings: &[(&str, &str)]) 
 
 /// The message whose subject holds `token`, as Mailpit parsed it, with its summary (which names
 /// the authenticated user) and its raw headers.
-async fn read_back(mailpit: &Mailpit, token: &str) -> (Value, Value, Value) {
+async fn read_back(mailpit: &SmtpServer, token: &str) -> (Value, Value, Value) {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

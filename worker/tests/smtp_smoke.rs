@@ -7,37 +7,11 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use std::time::Duration;
-use ump_core::testing::{infra, require_tcp, unique_name};
-
-struct Smtp {
-    host: String,
-    port: u16,
-    api: String,
-    user: String,
-    password: String,
-    tls_cert: String,
-}
-
-fn smtp() -> Smtp {
-    let infra = infra();
-    let smtp = Smtp {
-        host: infra.require("SMTP", "UMP_SMTP_HOST"),
-        port: infra
-            .require("SMTP", "UMP_SMTP_PORT")
-            .parse()
-            .expect("SMTP: UMP_SMTP_PORT is a port number"),
-        api: infra.require("SMTP", "UMP_SMTP_API"),
-        user: infra.require("SMTP", "UMP_SMTP_USER"),
-        password: infra.require("SMTP", "UMP_SMTP_PASSWORD"),
-        tls_cert: infra.require("SMTP", "UMP_SMTP_TLS_CERT"),
-    };
-    require_tcp("SMTP", &format!("{}:{}", smtp.host, smtp.port));
-    smtp
-}
+use ump_core::testing::{infra, unique_name};
 
 #[tokio::test]
 async fn starttls_authenticated_mail_arrives_intact() {
-    let smtp = smtp();
+    let smtp = infra().smtp();
     let pem = std::fs::read(&smtp.tls_cert)
         .unwrap_or_else(|e| panic!("SMTP: TLS certificate {}: {e}", smtp.tls_cert));
     let tls = TlsParameters::builder(smtp.host.clone())

@@ -47,10 +47,7 @@ pub fn build(
     ctx: &ProviderContext<'_>,
 ) -> Result<Arc<dyn Provider>, BuildError> {
     Ok(match spec.provider_type {
-        ProviderType::Sandbox => Arc::new(sandbox::SandboxProvider::open(
-            &spec.name,
-            ctx.sandbox_outbox,
-        )?),
+        ProviderType::Sandbox => Arc::new(sandbox::SandboxProvider::build(spec, ctx)?),
         ProviderType::Smtp => Arc::new(smtp::SmtpProvider::build(spec, ctx)?),
         ProviderType::Twilio => Arc::new(twilio::TwilioProvider::build(spec, ctx)?),
         ProviderType::NhnSms => Arc::new(nhn_sms::NhnSmsProvider::build(spec, ctx)?),
