@@ -67,7 +67,16 @@ impl KafkaSettings {
 
     /// A client config with the connection settings applied.
     pub fn client_config(&self) -> ClientConfig {
+        self.client_config_with(&[])
+    }
+
+    /// A client config with UMP's `defaults` for this client, then the connection settings and
+    /// the operator's properties, which win over the defaults.
+    pub fn client_config_with(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
+        for (key, value) in defaults {
+            config.set(*key, *value);
+        }
         config.set("bootstrap.servers", &self.bootstrap);
         for (key, value) in &self.properties {
             config.set(key, value);
@@ -86,13 +95,18 @@ pub struct KafkaQueue {
 impl KafkaQueue {
     /// `timeout` bounds how long an accept waits for Kafka before answering 503.
     pub fn new(settings: &KafkaSettings, timeout: Duration) -> Result<Self, KafkaError> {
+        let timeout_ms = timeout.as_millis().to_string();
         let producer: FutureProducer = settings
-            .client_config()
+            .client_config_with(&[
+                // No linger: an accept waits for its ack, so lingering is pure latency. Under load
+                // messages still batch while earlier requests are in flight.
+                ("linger.ms", "0"),
+                ("socket.nagle.disable", "true"),
+            ])
+            // The durability `202` promises is not a setting.
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("socket.nagle.disable", "true")
-            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .set("message.timeout.ms", timeout_ms)
             .create()?;
         Ok(Self { producer, timeout })
     }

@@ -3,11 +3,14 @@
 //! Kafka), and only then commit the offsets. A crash anywhere before the commit means the batch is
 //! consumed again, which the pipeline's dedupe keys and the history's idempotent writes absorb.
 //!
+//! A batch is made durable while the next one is delivered, so the history write overlaps the
+//! provider calls; commits still go in batch order.
+//!
 //! Beside it runs the scheduler: parked messages that are due go back onto the topic.
 
 use crate::metrics::WorkerMetrics;
 use crate::pause::until_available;
-use crate::pipeline::{Aborted, DeliveryPipeline};
+use crate::pipeline::{Aborted, BatchOutcome, DeliveryPipeline};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -15,6 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use ump_core::history::HistoryStore;
 use ump_core::model::Envelope;
@@ -30,11 +34,26 @@ pub struct BatchSettings {
 pub struct ChannelConsumer {
     pipeline: Arc<DeliveryPipeline>,
     consumer: Arc<StreamConsumer>,
-    producer: FutureProducer,
-    history: Arc<dyn HistoryStore>,
+    persister: Persister,
     metrics: WorkerMetrics,
     batch: BatchSettings,
     topic: String,
+}
+
+/// What a delivered batch leaves to make durable before its offsets are committed.
+struct Delivered {
+    outcome: BatchOutcome,
+    next_offsets: BTreeMap<(String, i32), i64>,
+    undecodable: Vec<OwnedMessage>,
+}
+
+/// Makes a delivered batch durable, then commits its offsets.
+#[derive(Clone)]
+struct Persister {
+    consumer: Arc<StreamConsumer>,
+    producer: FutureProducer,
+    history: Arc<dyn HistoryStore>,
+    metrics: WorkerMetrics,
     dead_letter_topic: String,
 }
 
@@ -50,31 +69,39 @@ impl ChannelConsumer {
         let resource = &pipeline.channel.resource;
         let topic = resource.topic_name();
         let consumer: StreamConsumer = kafka
-            .client_config()
+            .client_config_with(&[
+                ("auto.offset.reset", "earliest"),
+                ("partition.assignment.strategy", "cooperative-sticky"),
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "2000"),
+                ("fetch.wait.max.ms", "10"),
+                ("socket.nagle.disable", "true"),
+            ])
+            // Offsets are committed by hand, after the outcome is recorded.
             .set("group.id", resource.consumer_group())
             .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "2000")
-            .set("fetch.wait.max.ms", "10")
-            .set("socket.nagle.disable", "true")
             .create()?;
         consumer.subscribe(&[&topic])?;
-        Ok(Self {
-            dead_letter_topic: resource.dead_letter_topic(),
-            pipeline,
-            consumer: Arc::new(consumer),
+        let consumer = Arc::new(consumer);
+        let persister = Persister {
+            consumer: Arc::clone(&consumer),
             producer,
             history,
+            metrics: metrics.clone(),
+            dead_letter_topic: resource.dead_letter_topic(),
+        };
+        Ok(Self {
+            pipeline,
+            consumer,
+            persister,
             metrics,
             batch,
             topic,
         })
     }
 
-    /// Consumes until `cancel` fires; the batch in hand is finished (recorded and committed)
-    /// first, unless a dependency it waits for is down.
+    /// Consumes until `cancel` fires; the batches in hand are finished (recorded and committed)
+    /// first, unless a dependency they wait for is down.
     pub async fn run(self, cancel: CancellationToken) {
         let lag = tokio::spawn(report_lag(
             Arc::clone(&self.consumer),
@@ -83,6 +110,7 @@ impl ChannelConsumer {
             cancel.clone(),
         ));
         tracing::info!(topic = %self.topic, "consuming");
+        let mut persisting: Option<JoinHandle<Result<(), Aborted>>> = None;
         loop {
             let first = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -104,25 +132,40 @@ impl ChannelConsumer {
                     Err(_) => break,
                 }
             }
-            if let Err(aborted) = self.handle(messages, &cancel).await {
-                tracing::warn!(%aborted, "batch left uncommitted; it will be consumed again");
+            let delivered = match self.deliver(messages, &cancel).await {
+                Ok(delivered) => delivered,
+                Err(aborted) => {
+                    tracing::warn!(%aborted, "batch left uncommitted; it will be consumed again");
+                    break;
+                }
+            };
+            // The previous batch is durable and committed before this one starts persisting.
+            if let Some(previous) = persisting.take()
+                && !finished(previous.await)
+            {
                 break;
             }
+            persisting = Some(tokio::spawn(
+                self.persister.clone().persist(delivered, cancel.clone()),
+            ));
+        }
+        if let Some(previous) = persisting.take() {
+            finished(previous.await);
         }
         lag.abort();
         tracing::info!(topic = %self.topic, "consumer stopped");
     }
 
-    async fn handle(
+    async fn deliver(
         &self,
         messages: Vec<OwnedMessage>,
         cancel: &CancellationToken,
-    ) -> Result<(), Aborted> {
+    ) -> Result<Delivered, Aborted> {
         self.metrics.batch_size.observe(messages.len() as f64);
         let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut envelopes = Vec::with_capacity(messages.len());
         let mut undecodable = Vec::new();
-        for message in &messages {
+        for message in messages {
             let slot = next_offsets
                 .entry((message.topic().to_owned(), message.partition()))
                 .or_insert(0);
@@ -139,9 +182,38 @@ impl ChannelConsumer {
                 }
             }
         }
-
         let outcome = self.pipeline.process(envelopes, cancel).await?;
+        Ok(Delivered {
+            outcome,
+            next_offsets,
+            undecodable,
+        })
+    }
+}
 
+/// Logs how a persist task ended; true when its batch is durable and committed.
+fn finished(result: Result<Result<(), Aborted>, JoinError>) -> bool {
+    match result {
+        Ok(Ok(())) => true,
+        Ok(Err(aborted)) => {
+            tracing::warn!(%aborted, "batch left uncommitted; it will be consumed again");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "persisting a batch failed; it will be consumed again");
+            false
+        }
+    }
+}
+
+impl Persister {
+    async fn persist(self, delivered: Delivered, cancel: CancellationToken) -> Result<(), Aborted> {
+        let Delivered {
+            outcome,
+            next_offsets,
+            undecodable,
+        } = delivered;
+        let cancel = &cancel;
         let started = Instant::now();
         until_available("mysql", &self.metrics, cancel, || {
             self.history.record(&outcome.record)
@@ -154,18 +226,18 @@ impl ChannelConsumer {
         for envelope in &outcome.dead_letters {
             let payload = serde_json::to_vec(envelope).unwrap_or_default();
             until_available("kafka", &self.metrics, cancel, || {
-                self.publish(&self.dead_letter_topic, &envelope.to, &payload)
+                self.publish(&envelope.to, &payload)
             })
             .await?;
         }
-        for message in undecodable {
+        for message in &undecodable {
             let key = message
                 .key()
                 .map(|k| String::from_utf8_lossy(k).into_owned())
                 .unwrap_or_default();
             let payload = message.payload().unwrap_or_default();
             until_available("kafka", &self.metrics, cancel, || {
-                self.publish(&self.dead_letter_topic, &key, payload)
+                self.publish(&key, payload)
             })
             .await?;
         }
@@ -177,23 +249,29 @@ impl ChannelConsumer {
                 tracing::error!(error = %e, "building the offset commit");
             }
         }
-        if let Err(e) = self.consumer.commit(&offsets, CommitMode::Sync) {
+        // A synchronous commit blocks its thread: keep it off the async workers.
+        let consumer = Arc::clone(&self.consumer);
+        match tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync)).await
+        {
+            Ok(Ok(())) => {}
             // Usually a rebalance took the partitions: their new owner consumes the batch again
             // and the dedupe keys turn it into "already sent".
-            tracing::warn!(error = %e, "offset commit failed; the batch will be consumed again");
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "offset commit failed; the batch will be consumed again")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "offset commit task failed; the batch will be consumed again")
+            }
         }
         Ok(())
     }
 
-    async fn publish(
-        &self,
-        topic: &str,
-        key: &str,
-        payload: &[u8],
-    ) -> Result<(), rdkafka::error::KafkaError> {
+    async fn publish(&self, key: &str, payload: &[u8]) -> Result<(), rdkafka::error::KafkaError> {
         self.producer
             .send(
-                FutureRecord::to(topic).key(key).payload(payload),
+                FutureRecord::to(&self.dead_letter_topic)
+                    .key(key)
+                    .payload(payload),
                 Duration::from_secs(10),
             )
             .await

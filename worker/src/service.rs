@@ -55,7 +55,7 @@ pub struct WorkerSettings {
     )]
     pub sandbox_outbox: PathBuf,
     /// Recipients delivered in parallel per batch.
-    #[arg(long, env = "UMP_WORKER_LANES", default_value_t = 64)]
+    #[arg(long, env = "UMP_WORKER_LANES", default_value_t = 256)]
     pub lanes: usize,
     /// Largest batch consumed at once.
     #[arg(long, env = "UMP_WORKER_BATCH", default_value_t = 1000)]
@@ -122,10 +122,9 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         .context("connecting to Redis")?;
     let kafka = KafkaSettings::from_env(settings.kafka_bootstrap.clone());
     let producer: FutureProducer = kafka
-        .client_config()
+        .client_config_with(&[("linger.ms", "5")])
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
         .create()
         .context("creating the Kafka producer")?;
     ensure_topics(&kafka, &channels).await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 const MESSAGES: usize = 20_000;
 const KILLS: usize = 3;
-const LANES: usize = 64;
+const LANES: usize = 256; // UMP_WORKER_LANES default
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_run_loses_nothing() {

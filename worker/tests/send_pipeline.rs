@@ -91,7 +91,8 @@ spec:
 
     // Outside the window (3 s on `alerts`): both go out.
     let late = json!({"channel": "alerts", "to": "+821055556666", "body": "창 밖"});
-    let (_, c) = stack.post("/v1/messages", &late).await;
+    let (status, c) = stack.post("/v1/messages", &late).await;
+    assert_eq!(status, 202, "{c}");
     stack
         .wait_for("the first alert", Duration::from_secs(60), |counts| {
             counts.get("sent").copied().unwrap_or(0) >= 3
@@ -272,11 +273,11 @@ async fn tenants_never_see_each_others_messages() {
         })
         .await;
 
-    let other_key = "ump_tenantb_secret-of-b";
+    let other_key = &format!("ump_{}_secret-of-b", stack.namespace.replace('-', ""));
     ump_core::keys::ApiKeyStore::put(
         &ump_core::keys::MySqlKeys::new(stack.db.pool.clone()),
-        "tenantb",
-        "tenant-b",
+        &ump_core::keys::PresentedKey::parse(other_key).key_id,
+        &format!("{}-b", stack.tenant),
         other_key,
         "",
     )

@@ -24,6 +24,8 @@ pub struct Stack {
     pub outbox: PathBuf,
     pub api: String,
     pub key: String,
+    /// The stack's own tenant: Redis (idempotency keys, dedupe keys) outlives a test run.
+    pub tenant: String,
     pub http: reqwest::Client,
     pub kafka: String,
     pub claim_lease: &'static str,
@@ -71,10 +73,11 @@ impl Stack {
         .await;
 
         let key = format!("ump_{}_secret", unique_name("k").replace('-', ""));
+        let tenant = format!("tenant-{namespace}");
         MySqlKeys::new(db.pool.clone())
             .put(
                 &ump_core::keys::PresentedKey::parse(&key).key_id,
-                "tenant-a",
+                &tenant,
                 &key,
                 "e2e",
             )
@@ -88,6 +91,7 @@ impl Stack {
             dir,
             api,
             key,
+            tenant,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
