@@ -8,6 +8,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use ump_core::config::ChannelRegistry;
 use ump_core::keys::{ApiKeyStore, BOOTSTRAP_KEY_ID, DEFAULT_TENANT, MySqlKeys};
@@ -26,9 +27,12 @@ pub struct ClusterSettings {
     /// MySQL URL of the history database.
     #[arg(long, env = "UMP_MYSQL_URL", hide_env_values = true)]
     pub mysql_url: String,
-    /// Folder of MessageChannel / DeliveryPolicy YAML.
+    /// Folder of MessageChannel / DeliveryPolicy YAML (or watch the cluster: UMP_WATCH_NAMESPACE).
     #[arg(long, env = "UMP_CONFIG_DIR")]
-    pub config_dir: PathBuf,
+    pub config_dir: Option<PathBuf>,
+    /// Namespace whose MessageChannel / DeliveryPolicy objects the API follows, live.
+    #[arg(long, env = "UMP_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
     /// How long an accept waits for the broker before answering 503.
     #[arg(long, env = "UMP_ACCEPT_TIMEOUT", default_value = "5s")]
     pub accept_timeout: ump_core::duration::Duration,
@@ -40,7 +44,39 @@ impl std::fmt::Debug for ClusterSettings {
         f.debug_struct("ClusterSettings")
             .field("kafka_bootstrap", &self.kafka_bootstrap)
             .field("config_dir", &self.config_dir)
+            .field("watch_namespace", &self.watch_namespace)
             .finish_non_exhaustive()
+    }
+}
+
+/// Where the API learns its channels.
+pub enum ChannelSource {
+    /// A folder of YAML, read at start.
+    Folder(PathBuf),
+    /// The cluster: the objects of a namespace, followed as they change.
+    Cluster {
+        client: kube::Client,
+        namespace: String,
+    },
+}
+
+impl ClusterSettings {
+    /// The configured source; a kube client comes from the in-cluster service account or
+    /// `KUBECONFIG`.
+    pub async fn channel_source(&self) -> anyhow::Result<ChannelSource> {
+        match (&self.config_dir, &self.watch_namespace) {
+            (Some(dir), None) => Ok(ChannelSource::Folder(dir.clone())),
+            (None, Some(namespace)) => Ok(ChannelSource::Cluster {
+                client: kube::Client::try_default()
+                    .await
+                    .context("connecting to Kubernetes")?,
+                namespace: namespace.clone(),
+            }),
+            _ => anyhow::bail!(
+                "set exactly one of UMP_CONFIG_DIR (a folder of channels) and UMP_WATCH_NAMESPACE \
+                 (follow the cluster's MessageChannel objects)"
+            ),
+        }
     }
 }
 
@@ -63,10 +99,27 @@ pub async fn bootstrap_key(keys: &dyn ApiKeyStore) -> anyhow::Result<()> {
 
 pub async fn state(
     settings: &ClusterSettings,
+    source: ChannelSource,
     registry: prometheus::Registry,
 ) -> anyhow::Result<AppState> {
-    let channels = ChannelRegistry::load_dir(&settings.config_dir)
-        .with_context(|| format!("loading channels from {}", settings.config_dir.display()))?;
+    let channels = Arc::new(ArcSwap::from_pointee(ChannelRegistry::default()));
+    let synced = Arc::new(AtomicBool::new(false));
+    match source {
+        ChannelSource::Folder(dir) => {
+            let loaded = ChannelRegistry::load_dir(&dir)
+                .with_context(|| format!("loading channels from {}", dir.display()))?;
+            channels.store(Arc::new(loaded));
+            synced.store(true, Ordering::Release);
+        }
+        ChannelSource::Cluster { client, namespace } => {
+            tokio::spawn(crate::watch::keep_registry_in_step(
+                client,
+                namespace,
+                Arc::clone(&channels),
+                Arc::clone(&synced),
+            ));
+        }
+    }
 
     let pool = connect_mysql(&settings.mysql_url, 16).await?;
     migrate_mysql(&pool).await?;
@@ -90,6 +143,19 @@ pub async fn state(
     );
 
     let readiness: Vec<(&'static str, ReadinessCheck)> = vec![
+        ("channels", {
+            let synced = Arc::clone(&synced);
+            Arc::new(move || {
+                let synced = synced.load(Ordering::Acquire);
+                Box::pin(async move {
+                    if synced {
+                        Ok(())
+                    } else {
+                        Err("MessageChannels not listed yet".to_owned())
+                    }
+                })
+            })
+        }),
         ("kafka", {
             let kafka = Arc::clone(&kafka);
             Arc::new(move || {
@@ -126,7 +192,7 @@ pub async fn state(
     ];
 
     Ok(AppState {
-        registry: Arc::new(ArcSwap::from_pointee(channels)),
+        registry: channels,
         bulk: kafka as Arc<dyn MessageQueue>,
         realtime: None,
         history: Arc::new(MySqlHistory::new(pool)),

@@ -13,6 +13,7 @@ pub mod messages;
 pub mod metrics;
 pub mod problem;
 pub mod request;
+pub mod watch;
 
 use arc_swap::ArcSwap;
 use axum::Router;

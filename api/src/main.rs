@@ -68,7 +68,8 @@ async fn main() -> anyhow::Result<()> {
 
     match Cli::parse().command {
         Command::Api { listen, settings } => {
-            let state = cluster::state(&settings, prometheus::Registry::new()).await?;
+            let source = settings.channel_source().await?;
+            let state = cluster::state(&settings, source, prometheus::Registry::new()).await?;
             serve(listen, ump_api::router(state)).await
         }
         Command::Keys { mysql_url, action } => {

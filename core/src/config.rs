@@ -64,26 +64,47 @@ pub struct ChannelRegistry {
 }
 
 impl ChannelRegistry {
+    /// Resolves every channel; the first invalid one fails the whole registry (a config folder is
+    /// fixed by its author before anything starts).
     pub fn resolve(
         channels: Vec<MessageChannel>,
         policies: Vec<DeliveryPolicy>,
     ) -> Result<Self, ConfigError> {
+        let (registry, mut errors) = Self::resolve_valid(channels, policies);
+        match errors.is_empty() {
+            true => Ok(registry),
+            false => Err(errors.remove(0)),
+        }
+    }
+
+    /// Resolves the valid channels and reports the others: one broken object in a cluster must
+    /// not take the other channels away.
+    pub fn resolve_valid(
+        channels: Vec<MessageChannel>,
+        policies: Vec<DeliveryPolicy>,
+    ) -> (Self, Vec<ConfigError>) {
         let policies: BTreeMap<(String, String), DeliveryPolicySpec> = policies
             .into_iter()
             .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p.spec))
             .collect();
         let mut resolved = BTreeMap::new();
+        let mut errors = Vec::new();
         for channel in channels {
             let name = channel.name_any();
             if channel.spec.providers.is_empty() {
-                return Err(ConfigError::NoProvider(name));
+                errors.push(ConfigError::NoProvider(name));
+                continue;
             }
-            let templates = TemplateSet::compile(&channel.spec.templates).map_err(|source| {
-                ConfigError::Template {
-                    channel: name.clone(),
-                    source,
+            let templates = match TemplateSet::compile(&channel.spec.templates) {
+                Ok(templates) => templates,
+                Err(source) => {
+                    errors.push(ConfigError::Template {
+                        channel: name,
+                        source,
+                    });
+                    continue;
                 }
-            })?;
+            };
             let (policy, missing_policy) = match &channel.spec.policy_ref {
                 None => (DeliveryPolicySpec::default(), None),
                 Some(policy_name) => {
@@ -101,10 +122,10 @@ impl ChannelRegistry {
                 templates,
             });
             if resolved.insert(name.clone(), entry).is_some() {
-                return Err(ConfigError::DuplicateChannel(name));
+                errors.push(ConfigError::DuplicateChannel(name));
             }
         }
-        Ok(Self { channels: resolved })
+        (Self { channels: resolved }, errors)
     }
 
     /// Reads every `*.yaml` / `*.yml` file of `dir` (multi-document files allowed); documents of

@@ -340,10 +340,12 @@ pub async fn spawn_api(
         kafka_bootstrap: kafka.to_owned(),
         redis_url: infra().redis_url(),
         mysql_url: mysql_url.to_owned(),
-        config_dir: config_dir.to_owned(),
+        config_dir: Some(config_dir.to_owned()),
+        watch_namespace: None,
         accept_timeout: accept_timeout.parse().expect("duration"),
     };
-    let state = ump_api::cluster::state(&settings, prometheus::Registry::new())
+    let source = ump_api::cluster::ChannelSource::Folder(config_dir.to_owned());
+    let state = ump_api::cluster::state(&settings, source, prometheus::Registry::new())
         .await
         .expect("API state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

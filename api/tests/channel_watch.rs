@@ -1,0 +1,202 @@
+//! The cluster-mode API follows the cluster, on the real kube-apiserver: a `MessageChannel`
+//! created with the API running becomes usable without a restart, and a change to it (a new
+//! template) takes effect at once. The CRDs applied are the checked-in `crds/` files.
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{await_condition, conditions};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use serde_json::{Value, json};
+use std::time::Duration;
+use ump_api::cluster::{ChannelSource, ClusterSettings};
+use ump_core::keys::{ApiKeyStore, MySqlKeys, PresentedKey};
+use ump_core::resources::MessageChannel;
+use ump_core::testing::{TestDatabase, infra, unique_name};
+
+async fn kube_client() -> kube::Client {
+    let path = infra().kubeconfig();
+    let kubeconfig = Kubeconfig::read_from(&path).expect("Kubernetes: kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("Kubernetes: kubeconfig");
+    kube::Client::try_from(config).expect("Kubernetes: client")
+}
+
+async fn apply_checked_in_crds(client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    for name in ["messagechannels.ump.dev", "deliverypolicies.ump.dev"] {
+        let text = std::fs::read_to_string(dir.join(format!("{name}.yaml"))).expect("crds/ file");
+        let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&text).expect("CRD YAML");
+        crds.patch(
+            name,
+            &PatchParams::apply("ump-api-test").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("Kubernetes: apply {name}: {e}"));
+        let established = await_condition(crds.clone(), name, conditions::is_crd_established());
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .expect("CRD established in time")
+            .expect("watch CRD");
+    }
+}
+
+/// POSTs `body` to `/v1/messages` with `key`.
+async fn send(http: &reqwest::Client, base: &str, key: &str, body: &Value) -> (u16, Value) {
+    let response = http
+        .post(format!("{base}/v1/messages"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .expect("POST");
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or_default(),
+    )
+}
+
+/// Repeats the send until it is accepted (the watch takes a moment), failing after 20 s.
+async fn accepted_eventually(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    what: &str,
+    body: &Value,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, answer) = send(http, base, key, body).await;
+        if status == 202 {
+            return answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: still {status} {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_created_in_the_cluster_is_usable_without_a_restart() {
+    let kafka = infra().kafka_bootstrap();
+    let client = kube_client().await;
+    apply_checked_in_crds(&client).await;
+    let namespace = unique_name("api-watch");
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(namespace.clone());
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("Kubernetes: namespace");
+
+    // The topic the operator would make.
+    let topic = format!("ump.{namespace}.sms");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &kafka)
+        .create()
+        .expect("Kafka: admin");
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("Kafka: create topic");
+    for result in created {
+        result.unwrap_or_else(|(name, code)| panic!("Kafka: create {name}: {code}"));
+    }
+
+    let db = TestDatabase::create().await;
+    let key = format!("ump_{}_secret", namespace.replace('-', ""));
+    MySqlKeys::new(db.pool.clone())
+        .put(
+            &PresentedKey::parse(&key).key_id,
+            &format!("tenant-{namespace}"),
+            &key,
+            "test",
+        )
+        .await
+        .expect("key");
+    let settings = ClusterSettings {
+        kafka_bootstrap: kafka,
+        redis_url: infra().redis_url(),
+        mysql_url: db.url.clone(),
+        config_dir: None,
+        watch_namespace: Some(namespace.clone()),
+        accept_timeout: "5s".parse().expect("duration"),
+    };
+    let source = ChannelSource::Cluster {
+        client: client.clone(),
+        namespace: namespace.clone(),
+    };
+    let state = ump_api::cluster::state(&settings, source, prometheus::Registry::new())
+        .await
+        .expect("API state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, ump_api::router(state)).await });
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http");
+
+    // Ready once the namespace's (empty) lists are known; no channel yet.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        if ready.ok() == Some(200) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "API never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sms = json!({"channel": "sms", "to": "+821012345678", "body": "클러스터에서 온 채널"});
+    let (status, problem) = send(&http, &base, &key, &sms).await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (422, Some("channel")),
+        "{problem}"
+    );
+
+    // kubectl apply of a channel: usable without restarting anything.
+    let channels: Api<MessageChannel> = Api::namespaced(client.clone(), &namespace);
+    let channel: MessageChannel = serde_json::from_value(json!({
+        "apiVersion": "ump.dev/v1alpha1", "kind": "MessageChannel",
+        "metadata": {"name": "sms", "namespace": namespace},
+        "spec": {"type": "sms", "topic": {"partitions": 1}, "providers": [{"name": "sandbox", "type": "sandbox"}]}
+    }))
+    .expect("channel");
+    channels
+        .create(&PostParams::default(), &channel)
+        .await
+        .expect("create MessageChannel");
+    let accepted = accepted_eventually(&http, &base, &key, "the new channel", &sms).await;
+    assert!(accepted["id"].is_string(), "{accepted}");
+
+    // A template added to the channel is usable at once too.
+    let otp = json!({"channel": "sms", "to": "+821012345678", "template": "otp", "data": {"code": "1234"}});
+    let (status, _) = send(&http, &base, &key, &otp).await;
+    assert_eq!(status, 422, "no template yet");
+    let patch = json!({"spec": {"templates": [{"name": "otp", "text": "인증번호 {{ code }}"}]}});
+    channels
+        .patch("sms", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch MessageChannel");
+    accepted_eventually(&http, &base, &key, "the new template", &otp).await;
+
+    db.drop_database().await;
+}
