@@ -7,6 +7,7 @@ pub mod failover;
 pub mod fcm;
 mod http;
 mod limits;
+mod nhn;
 pub mod nhn_alimtalk;
 pub mod nhn_sms;
 pub mod sandbox;

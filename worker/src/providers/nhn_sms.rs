@@ -22,6 +22,7 @@
 
 use super::http::{classify_status, client, retry_after, snippet, transport_failure};
 use super::limits::CallLimits;
+use super::nhn::RecipientResult;
 use super::secret::{Secret, SecretFiles, redact_outcome};
 use super::settings::Settings;
 use super::{BuildError, ProviderContext};
@@ -147,29 +148,13 @@ struct Data {
     send_result_list: Vec<RecipientResult>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RecipientResult {
-    result_code: i64,
-    #[serde(default)]
-    result_message: String,
-}
-
 impl NhnSmsProvider {
     pub fn build(spec: &ProviderSpec, ctx: &ProviderContext<'_>) -> Result<Self, BuildError> {
         let settings = Settings::of(spec);
         let secrets = SecretFiles::of(spec, ctx);
         let limits = CallLimits::from_settings(&settings)?;
         let endpoint = settings.endpoint("endpoint", DEFAULT_ENDPOINT)?;
-        let app_key = secrets.require("appKey")?;
-        // The app key goes into the URL path: refuse anything that would change the path.
-        if !app_key
-            .expose()
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(settings.invalid("secret key \"appKey\" is not an NHN app key".into()));
-        }
+        let app_key = super::nhn::app_key(&settings, &secrets)?;
         let client = client(&settings, &limits, None, |b| b)?;
         Ok(Self {
             name: spec.name.clone(),
