@@ -41,7 +41,15 @@ start_daemon() {
   echo "$marker" >"$dir/marker"
   : >"$dir/log"
   setsid nohup "$@" >>"$dir/log" 2>&1 </dev/null &
-  echo $! >"$dir/pid"
+  local pid=$! i
+  echo "$pid" >"$dir/pid"
+  # Until the child has exec'd, its command line is this script's and pid_alive would call it a
+  # stranger: return only once the daemon is really running (or already gone).
+  for ((i = 0; i < 100; i++)); do
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker" && return 0
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.05
+  done
 }
 
 # stop_daemon NAME: TERM the process from the pid file, KILL after 30 s; no-op when not running.
