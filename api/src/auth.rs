@@ -72,21 +72,25 @@ impl KeyCache {
             .ok_or_else(Problem::unauthorized)?;
         let presented = PresentedKey::parse(key);
 
+        // The usual case, answered under the read lock without copying the key record.
+        let verdict = |stored: &StoredKey| {
+            (stored.revoked_at.is_none() && presented.matches(&stored.hash))
+                .then(|| Tenant(stored.tenant.clone()))
+        };
         let cached = self
             .active
             .read()
             .ok()
-            .and_then(|m| m.get(&presented.key_id).cloned());
-        let stored = match cached {
-            Some(stored) => Some(stored),
-            None => self.lookup(&presented.key_id).await?,
+            .and_then(|m| m.get(&presented.key_id).map(verdict));
+        let tenant = match cached {
+            Some(tenant) => tenant,
+            None => self
+                .lookup(&presented.key_id)
+                .await?
+                .as_ref()
+                .and_then(verdict),
         };
-        match stored {
-            Some(stored) if stored.revoked_at.is_none() && presented.matches(&stored.hash) => {
-                Ok(Tenant(stored.tenant))
-            }
-            _ => Err(Problem::unauthorized()),
-        }
+        tenant.ok_or_else(Problem::unauthorized)
     }
 
     async fn lookup(&self, key_id: &str) -> Result<Option<StoredKey>, Problem> {

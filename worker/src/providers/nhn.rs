@@ -2,9 +2,13 @@
 //! per-recipient result of a send.
 
 use super::BuildError;
+use super::http::transport_failure;
 use super::secret::{Secret, SecretFiles};
 use super::settings::Settings;
-use serde::Deserialize;
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde::{Deserialize, Serialize};
+use ump_core::provider::Outcome;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -29,4 +33,30 @@ pub(super) fn app_key(
         return Err(settings.invalid("secret key \"appKey\" is not an NHN app key".into()));
     }
     Ok(app_key)
+}
+
+/// POSTs `request` to an NHN Cloud API with its `X-Secret-Key` and lets `classify` read the answer.
+pub(super) async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    secret_key: &Secret,
+    request: &impl Serialize,
+    classify: fn(StatusCode, &HeaderMap, &str) -> Outcome,
+) -> Outcome {
+    let response = match client
+        .post(url)
+        .header("X-Secret-Key", secret_key.expose())
+        .json(request)
+        .send()
+        .await
+    {
+        Ok(response) => response,
+        Err(e) => return transport_failure(e),
+    };
+    let status = response.status();
+    let headers = response.headers().clone();
+    match response.text().await {
+        Ok(body) => classify(status, &headers, &body),
+        Err(e) => transport_failure(e),
+    }
 }

@@ -33,7 +33,7 @@
 //! | HTTP 429, 5xx, 408 | | retryable (`Retry-After` honoured) |
 //! | any other code | | permanent |
 
-use super::http::{classify_status, client, retry_after, snippet, transport_failure};
+use super::http::{classify_status, client, retry_after, snippet};
 use super::limits::CallLimits;
 use super::nhn::RecipientResult;
 use super::nhn_sms::{KoreanNumber, korean_number, resend_type};
@@ -236,23 +236,14 @@ impl NhnAlimtalkProvider {
             "templateCode": template,
             "recipientList": [self.recipient(message, recipient_no)],
         });
-        let response = match self
-            .client
-            .post(&self.messages_url)
-            .header("X-Secret-Key", self.secret_key.expose())
-            .json(&request)
-            .send()
-            .await
-        {
-            Ok(response) => response,
-            Err(e) => return transport_failure(e),
-        };
-        let status = response.status();
-        let headers = response.headers().clone();
-        match response.text().await {
-            Ok(body) => classify(status, &headers, &body),
-            Err(e) => transport_failure(e),
-        }
+        super::nhn::post(
+            &self.client,
+            &self.messages_url,
+            &self.secret_key,
+            &request,
+            classify,
+        )
+        .await
     }
 }
 

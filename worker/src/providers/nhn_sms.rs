@@ -20,7 +20,7 @@
 //! | HTTP 401, or account codes -1000 (appKey), -1001/-1002 (service missing/disabled), -1004 (secretKey), -1005 (service blocked) | retryable: the account is at fault, not the message |
 //! | any other `resultCode` (e.g. -5000 invalid parameter, a recipient's non-zero code) | permanent |
 
-use super::http::{classify_status, client, retry_after, snippet, transport_failure};
+use super::http::{classify_status, client, retry_after, snippet};
 use super::limits::CallLimits;
 use super::nhn::RecipientResult;
 use super::secret::{Secret, SecretFiles, redact_outcome};
@@ -197,23 +197,14 @@ impl NhnSmsProvider {
                 };
             }
         };
-        let response = match self
-            .client
-            .post(format!("{}/{path}", self.sender_url))
-            .header("X-Secret-Key", self.secret_key.expose())
-            .json(&request)
-            .send()
-            .await
-        {
-            Ok(response) => response,
-            Err(e) => return transport_failure(e),
-        };
-        let status = response.status();
-        let headers = response.headers().clone();
-        match response.text().await {
-            Ok(body) => classify(status, &headers, &body),
-            Err(e) => transport_failure(e),
-        }
+        super::nhn::post(
+            &self.client,
+            &format!("{}/{path}", self.sender_url),
+            &self.secret_key,
+            &request,
+            classify,
+        )
+        .await
     }
 }
 
