@@ -29,7 +29,15 @@ pid_alive() {
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
   marker=$(cat "$dir/marker" 2>/dev/null || true)
   [ -z "$marker" ] && return 0
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker"
+  cmdline_has "$pid" "$marker"
+}
+
+# cmdline_has PID TEXT: whether the command line of PID contains TEXT. No pipe into `grep -q`:
+# under pipefail, grep quitting early SIGPIPEs the writer and a match would read as a miss.
+cmdline_has() {
+  local cmdline
+  cmdline=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+  [[ $cmdline == *"$2"* ]]
 }
 
 # start_daemon NAME MARKER CMD...: start CMD detached, output to run/NAME/log, pid to run/NAME/pid.
@@ -46,7 +54,7 @@ start_daemon() {
   # Until the child has exec'd, its command line is this script's and pid_alive would call it a
   # stranger: return only once the daemon is really running (or already gone).
   for ((i = 0; i < 100; i++)); do
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker" && return 0
+    cmdline_has "$pid" "$marker" && return 0
     kill -0 "$pid" 2>/dev/null || return 0
     sleep 0.05
   done
