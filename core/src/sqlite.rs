@@ -1,0 +1,837 @@
+//! SQLite storage of the embedded mode: one file holds the message history, the durable queue
+//! (what Kafka holds in the cluster mode), API keys, and the dedupe and Idempotency-Key memory
+//! (what Redis holds). The same ports as MySQL (`HistoryStore`, `ApiKeyStore`) plus the queue.
+//!
+//! Durability: the file is in WAL mode. Writes that carry a promise (an accepted message, a batch
+//! outcome, a key) go through a pool with `synchronous=FULL`, so a `202` survives a power cut; the
+//! short-lived keys go through a second pool with `synchronous=NORMAL`, which survives a process
+//! crash (kill -9) but may lose the last moments on a power cut, like Redis' `appendfsync
+//! everysec`. Only one process may use a file at a time (`EmbeddedLock`).
+
+use crate::history::{
+    BatchRecord, Deferred, HistoryError, HistoryStore, MessageFilter, MessagePage, MessageView,
+    Transition, encode_cursor,
+};
+use crate::keys::{ApiKeyStore, KeyError, StoredKey, hash_key};
+use crate::model::{Envelope, Event, MessageId, Priority};
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The SQLite schema, embedded from `migrations/sqlite` at compile time.
+pub static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// Rows per multi-row statement (SQLite allows 32,766 placeholders per statement).
+const ROWS_PER_STATEMENT: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create the data folder {path}: {source}")]
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another UMP process is using {0}: stop it, or give this one its own UMP_DATA_DIR")]
+    Locked(PathBuf),
+    #[error("cannot open {path}: {source}")]
+    Open { path: PathBuf, source: sqlx::Error },
+    #[error("migrating the SQLite schema failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Held for the life of the process: a second process on the same data folder would consume the
+/// same queue and send messages twice.
+#[derive(Debug)]
+pub struct EmbeddedLock {
+    _file: std::fs::File,
+}
+
+impl EmbeddedLock {
+    pub fn acquire(dir: &Path) -> Result<Self, OpenError> {
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::Folder {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join("ump.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| OpenError::Folder {
+                path: path.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::Locked(dir.to_owned())),
+            Err(std::fs::TryLockError::Error(source)) => Err(OpenError::Folder { path, source }),
+        }
+    }
+}
+
+/// Microseconds since the epoch, the unit of every time column.
+pub fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn from_micros(us: i64) -> Result<DateTime<Utc>, HistoryError> {
+    DateTime::from_timestamp_micros(us).ok_or_else(|| HistoryError::Corrupt(format!("time {us}")))
+}
+
+/// A message in the queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Queued {
+    pub seq: i64,
+    pub envelope: Envelope,
+}
+
+/// The embedded store. Cheap to clone (pools are handles).
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    durable: SqlitePool,
+    fast: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it if needed) the database file and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self, OpenError> {
+        let open_error = |source| OpenError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("temp_store", "memory");
+        let durable = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.clone().synchronous(SqliteSynchronous::Full))
+            .await
+            .map_err(open_error)?;
+        SQLITE_MIGRATIONS.run(&durable).await?;
+        let fast = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options.synchronous(SqliteSynchronous::Normal))
+            .await
+            .map_err(open_error)?;
+        Ok(Self { durable, fast })
+    }
+
+    /// The pool for short-lived keys (dedupe, idempotency).
+    pub fn fast_pool(&self) -> &SqlitePool {
+        &self.fast
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.durable
+    }
+
+    /// Makes `envelope` durable on `queue`, due at `due_at`.
+    pub async fn enqueue(
+        &self,
+        queue: &str,
+        envelope: &Envelope,
+        due_at: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        let body = serde_json::to_string(envelope).map_err(|e| sqlx::Error::Encode(e.into()))?;
+        sqlx::query("INSERT INTO queue (queue, message_id, envelope, due_at) VALUES (?, ?, ?, ?)")
+            .bind(queue)
+            .bind(envelope.id.as_bytes().as_slice())
+            .bind(body)
+            .bind(micros(due_at))
+            .execute(&self.durable)
+            .await?;
+        Ok(())
+    }
+
+    /// The next `limit` messages of `queue` due by `now`, oldest first. They stay in the queue
+    /// until `settle` removes them.
+    pub async fn due(
+        &self,
+        queue: &str,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Queued>, HistoryError> {
+        let rows = sqlx::query(
+            "SELECT seq, envelope FROM queue WHERE queue = ? AND due_at <= ? \
+             ORDER BY due_at, seq LIMIT ?",
+        )
+        .bind(queue)
+        .bind(micros(now))
+        .bind(limit)
+        .fetch_all(&self.durable)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let body: String = row.try_get("envelope")?;
+                Ok(Queued {
+                    seq: row.try_get("seq")?,
+                    envelope: serde_json::from_str(&body)
+                        .map_err(|e| HistoryError::Corrupt(format!("queued envelope: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
+    /// When the next message of `queues` falls due, if any is waiting.
+    pub async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>, HistoryError> {
+        let next: Option<i64> = sqlx::query_scalar("SELECT MIN(due_at) FROM queue WHERE queue = ?")
+            .bind(queue)
+            .fetch_one(&self.durable)
+            .await?;
+        next.map(from_micros).transpose()
+    }
+
+    /// Records a batch's outcome and removes the consumed messages from the queue in one
+    /// transaction: parked messages become new queue rows, dead letters move to their table.
+    pub async fn settle(
+        &self,
+        consumed: &[i64],
+        batch: &BatchRecord,
+        dead_letters: &[(String, Envelope)],
+    ) -> Result<(), HistoryError> {
+        if consumed.is_empty() && batch.transitions.is_empty() && batch.deferred.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.durable.begin().await?;
+        for chunk in consumed.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("DELETE FROM queue WHERE seq IN (");
+            let mut list = q.separated(", ");
+            for seq in chunk {
+                list.push_bind(*seq);
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
+        write_transitions(&mut tx, &batch.transitions).await?;
+        for chunk in batch.deferred.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO queue (queue, message_id, envelope, due_at) ");
+            let encoded = chunk
+                .iter()
+                .map(|d| serde_json::to_string(&d.envelope))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| HistoryError::Corrupt(e.to_string()))?;
+            q.push_values(chunk.iter().zip(encoded), |mut b, (d, body)| {
+                b.push_bind(d.queue.clone())
+                    .push_bind(d.envelope.id.as_bytes().to_vec())
+                    .push_bind(body)
+                    .push_bind(micros(d.due_at));
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        let now = micros(Utc::now());
+        for (queue, envelope) in dead_letters {
+            let body = serde_json::to_string(envelope)
+                .map_err(|e| HistoryError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO dead_letters (queue, message_id, envelope, at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(queue)
+            .bind(envelope.id.as_bytes().as_slice())
+            .bind(body)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// How many messages exhausted their attempts on `queue`.
+    pub async fn dead_letter_count(&self, queue: &str) -> Result<i64, HistoryError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE queue = ?")
+                .bind(queue)
+                .fetch_one(&self.durable)
+                .await?,
+        )
+    }
+
+    /// Deletes expired short-lived keys; returns how many.
+    pub async fn sweep_expired(&self, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+        Ok(
+            sqlx::query("DELETE FROM expiring_keys WHERE expires_at < ?")
+                .bind(micros(now))
+                .execute(&self.fast)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// A short-lived key's value, unless it expired.
+    pub async fn get_expiring(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT value FROM expiring_keys WHERE key = ? AND expires_at >= ?")
+            .bind(key)
+            .bind(micros(now))
+            .fetch_optional(&self.fast)
+            .await
+    }
+
+    pub async fn put_expiring(
+        &self,
+        key: &str,
+        value: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO expiring_keys (key, value, expires_at) VALUES (?, ?, ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(micros(expires_at))
+        .execute(&self.fast)
+        .await?;
+        Ok(())
+    }
+
+    /// Changes a key's value, keeping its expiry (Redis' `KEEPTTL`); false when it is gone.
+    pub async fn replace_expiring(&self, key: &str, value: &str) -> Result<bool, sqlx::Error> {
+        Ok(
+            sqlx::query("UPDATE expiring_keys SET value = ? WHERE key = ?")
+                .bind(value)
+                .bind(key)
+                .execute(&self.fast)
+                .await?
+                .rows_affected()
+                > 0,
+        )
+    }
+
+    pub async fn delete_expiring(&self, key: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM expiring_keys WHERE key = ?")
+            .bind(key)
+            .execute(&self.fast)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The newest transition of each message, in id order (as the MySQL store).
+fn latest_per_message(transitions: &[Transition]) -> Vec<&Transition> {
+    let mut latest: BTreeMap<MessageId, &Transition> = BTreeMap::new();
+    for t in transitions {
+        latest
+            .entry(t.id)
+            .and_modify(|cur| {
+                if (t.at, t.attempt) >= (cur.at, cur.attempt) {
+                    *cur = t;
+                }
+            })
+            .or_insert(t);
+    }
+    latest.into_values().collect()
+}
+
+async fn write_transitions(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    transitions: &[Transition],
+) -> Result<(), HistoryError> {
+    for chunk in latest_per_message(transitions).chunks(ROWS_PER_STATEMENT) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO messages (id, tenant_id, channel, recipient, status, priority, attempts, \
+             provider, provider_message_id, idempotency_key, send_at, created_at, updated_at) ",
+        );
+        q.push_values(chunk, |mut b, t| {
+            b.push_bind(t.id.as_bytes().to_vec())
+                .push_bind(t.tenant.clone())
+                .push_bind(t.channel.clone())
+                .push_bind(t.to.clone())
+                .push_bind(t.status.as_str())
+                .push_bind(t.priority.as_str())
+                .push_bind(t.attempt)
+                .push_bind(t.provider.clone())
+                .push_bind(t.provider_message_id.clone())
+                .push_bind(t.idempotency_key.clone())
+                .push_bind(t.send_at.map(micros))
+                .push_bind(micros(t.accepted_at))
+                .push_bind(micros(t.at));
+        });
+        // Every expression sees the row as it was: an older transition (a batch recorded again
+        // after a crash) never overwrites a newer state.
+        q.push(
+            " ON CONFLICT (id) DO UPDATE SET \
+             status = CASE WHEN excluded.updated_at >= messages.updated_at \
+                 THEN excluded.status ELSE messages.status END, \
+             provider = CASE WHEN excluded.updated_at >= messages.updated_at \
+                 THEN COALESCE(excluded.provider, messages.provider) ELSE messages.provider END, \
+             provider_message_id = CASE WHEN excluded.updated_at >= messages.updated_at \
+                 THEN COALESCE(excluded.provider_message_id, messages.provider_message_id) \
+                 ELSE messages.provider_message_id END, \
+             attempts = MAX(messages.attempts, excluded.attempts), \
+             updated_at = MAX(messages.updated_at, excluded.updated_at)",
+        );
+        q.build().execute(&mut **tx).await?;
+    }
+    for chunk in transitions.chunks(ROWS_PER_STATEMENT) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT OR IGNORE INTO message_events (message_id, attempt, status, at, detail) ",
+        );
+        q.push_values(chunk, |mut b, t| {
+            b.push_bind(t.id.as_bytes().to_vec())
+                .push_bind(t.attempt)
+                .push_bind(t.status.as_str())
+                .push_bind(micros(t.at))
+                .push_bind(t.detail.clone());
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+fn parse_row(row: &SqliteRow) -> Result<MessageView, HistoryError> {
+    let corrupt =
+        |what: &str, e: &dyn std::fmt::Display| HistoryError::Corrupt(format!("{what}: {e}"));
+    let id: Vec<u8> = row.try_get("id")?;
+    let id = uuid::Uuid::from_slice(&id).map_err(|e| corrupt("id", &e))?;
+    let status: String = row.try_get("status")?;
+    let priority: String = row.try_get("priority")?;
+    Ok(MessageView {
+        id: MessageId(id),
+        channel: row.try_get("channel")?,
+        to: row.try_get("recipient")?,
+        status: status.parse().map_err(|e: String| corrupt("status", &e))?,
+        priority: if priority == "realtime" {
+            Priority::Realtime
+        } else {
+            Priority::Bulk
+        },
+        attempts: row.try_get("attempts")?,
+        provider: row.try_get("provider")?,
+        provider_message_id: row.try_get("provider_message_id")?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+        updated_at: from_micros(row.try_get("updated_at")?)?,
+        events: None,
+    })
+}
+
+const MESSAGE_COLUMNS: &str = "id, channel, recipient, status, priority, attempts, provider, \
+                               provider_message_id, created_at, updated_at";
+
+#[async_trait::async_trait]
+impl HistoryStore for SqliteStore {
+    async fn record(&self, batch: &BatchRecord) -> Result<(), HistoryError> {
+        self.settle(&[], batch, &[]).await
+    }
+
+    async fn get(&self, tenant: &str, id: MessageId) -> Result<Option<MessageView>, HistoryError> {
+        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND tenant_id = ?");
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_bytes().as_slice())
+            .bind(tenant)
+            .fetch_optional(&self.durable)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut view = parse_row(&row)?;
+        let events = sqlx::query(
+            "SELECT status, at, detail FROM message_events WHERE message_id = ? ORDER BY at, attempt",
+        )
+        .bind(id.as_bytes().as_slice())
+        .fetch_all(&self.durable)
+        .await?
+        .iter()
+        .map(|row| {
+            let status: String = row.try_get("status")?;
+            Ok(Event {
+                status: status.parse().map_err(HistoryError::Corrupt)?,
+                at: from_micros(row.try_get("at")?)?,
+                detail: row.try_get("detail")?,
+            })
+        })
+        .collect::<Result<Vec<_>, HistoryError>>()?;
+        view.events = Some(events);
+        Ok(Some(view))
+    }
+
+    async fn list(
+        &self,
+        tenant: &str,
+        filter: &MessageFilter,
+    ) -> Result<MessagePage, HistoryError> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = "
+        ));
+        q.push_bind(tenant.to_owned());
+        if let Some(to) = &filter.to {
+            q.push(" AND recipient = ").push_bind(to.clone());
+        }
+        if let Some(channel) = &filter.channel {
+            q.push(" AND channel = ").push_bind(channel.clone());
+        }
+        if let Some(status) = filter.status {
+            q.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(since) = filter.since {
+            let bound = MessageId::lower_bound(since.timestamp_millis().max(0) as u64);
+            q.push(" AND id >= ").push_bind(bound.as_bytes().to_vec());
+        }
+        if let Some(until) = filter.until {
+            let bound = MessageId::lower_bound(until.timestamp_millis().max(0) as u64);
+            q.push(" AND id < ").push_bind(bound.as_bytes().to_vec());
+        }
+        if let Some(before) = filter.before {
+            q.push(" AND id < ").push_bind(before.as_bytes().to_vec());
+        }
+        let limit = filter.limit.clamp(1, 1000);
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(limit + 1);
+        let rows = q.build().fetch_all(&self.durable).await?;
+        let mut items = rows.iter().map(parse_row).collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|m| encode_cursor(m.id))
+        } else {
+            None
+        };
+        Ok(MessagePage { items, next_cursor })
+    }
+
+    async fn claim_due(
+        &self,
+        queues: &[String],
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<Deferred>, HistoryError> {
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let until =
+            now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE queue SET claimed_until = ");
+        q.push_bind(micros(until))
+            .push(" WHERE seq IN (SELECT seq FROM queue WHERE queue IN (");
+        let mut list = q.separated(", ");
+        for queue in queues {
+            list.push_bind(queue.clone());
+        }
+        q.push(") AND due_at <= ")
+            .push_bind(micros(now))
+            .push(" AND claimed_until < ")
+            .push_bind(micros(now))
+            .push(" ORDER BY due_at LIMIT ")
+            .push_bind(limit)
+            .push(") RETURNING envelope, queue, due_at");
+        let rows = q.build().fetch_all(&self.durable).await?;
+        rows.iter()
+            .map(|row| {
+                let body: String = row.try_get("envelope")?;
+                Ok(Deferred {
+                    envelope: serde_json::from_str(&body)
+                        .map_err(|e| HistoryError::Corrupt(format!("deferred envelope: {e}")))?,
+                    queue: row.try_get("queue")?,
+                    due_at: from_micros(row.try_get("due_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn release(&self, ids: &[MessageId]) -> Result<(), HistoryError> {
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("DELETE FROM queue WHERE claimed_until > 0 AND message_id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_bytes().to_vec());
+            }
+            q.push(")");
+            q.build().execute(&self.durable).await?;
+        }
+        Ok(())
+    }
+}
+
+fn stored_key(row: &SqliteRow) -> Result<StoredKey, KeyError> {
+    let time = |us: i64| {
+        DateTime::from_timestamp_micros(us)
+            .ok_or_else(|| KeyError::Database(sqlx::Error::Decode(format!("time {us}").into())))
+    };
+    Ok(StoredKey {
+        key_id: row.try_get("key_id")?,
+        tenant: row.try_get("tenant_id")?,
+        hash: row.try_get("secret_hash")?,
+        description: row.try_get("description")?,
+        created_at: time(row.try_get("created_at")?)?,
+        revoked_at: row
+            .try_get::<Option<i64>, _>("revoked_at")?
+            .map(time)
+            .transpose()?,
+    })
+}
+
+#[async_trait::async_trait]
+impl ApiKeyStore for SqliteStore {
+    async fn put(
+        &self,
+        key_id: &str,
+        tenant: &str,
+        key: &str,
+        description: &str,
+    ) -> Result<(), KeyError> {
+        sqlx::query(
+            "INSERT INTO api_keys (key_id, tenant_id, secret_hash, description, created_at) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id) DO UPDATE SET \
+             tenant_id = excluded.tenant_id, secret_hash = excluded.secret_hash, \
+             description = excluded.description, revoked_at = NULL",
+        )
+        .bind(key_id)
+        .bind(tenant)
+        .bind(hash_key(key).as_slice())
+        .bind(description)
+        .bind(micros(Utc::now()))
+        .execute(&self.durable)
+        .await?;
+        Ok(())
+    }
+
+    async fn revoke(&self, key_id: &str) -> Result<(), KeyError> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+        )
+        .bind(micros(Utc::now()))
+        .bind(key_id)
+        .execute(&self.durable)
+        .await?;
+        if done.rows_affected() == 0 && self.find(key_id).await?.is_none() {
+            return Err(KeyError::NotFound(key_id.to_owned()));
+        }
+        Ok(())
+    }
+
+    async fn find(&self, key_id: &str) -> Result<Option<StoredKey>, KeyError> {
+        let row = sqlx::query("SELECT * FROM api_keys WHERE key_id = ?")
+            .bind(key_id)
+            .fetch_optional(&self.durable)
+            .await?;
+        row.as_ref().map(stored_key).transpose()
+    }
+
+    async fn active(&self) -> Result<Vec<StoredKey>, KeyError> {
+        let rows = sqlx::query("SELECT * FROM api_keys WHERE revoked_at IS NULL")
+            .fetch_all(&self.durable)
+            .await?;
+        rows.iter().map(stored_key).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Content, Status};
+
+    fn envelope(to: &str) -> Envelope {
+        Envelope {
+            id: MessageId::new(),
+            tenant: "default".into(),
+            channel: "sms".into(),
+            to: to.into(),
+            content: Content {
+                body: Some("hello".into()),
+                ..Default::default()
+            },
+            priority: Priority::Bulk,
+            send_at: None,
+            tags: Vec::new(),
+            metadata: Default::default(),
+            idempotency_key: None,
+            accepted_at: Utc::now(),
+            attempts: 0,
+        }
+    }
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("ump.db"))
+            .await
+            .expect("open");
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_settled_batch_leaves_the_queue_and_lands_in_history_at_once() {
+        let (_dir, store) = store().await;
+        let first = envelope("+821011112222");
+        let second = envelope("+821033334444");
+        let now = Utc::now();
+        store.enqueue("q", &first, now).await.unwrap();
+        store.enqueue("q", &second, now).await.unwrap();
+        let due = store.due("q", Utc::now(), 10).await.unwrap();
+        assert_eq!(due.len(), 2);
+        assert_eq!(due[0].envelope, first);
+
+        let batch = BatchRecord {
+            transitions: vec![
+                Transition::of(&first, Status::Accepted, first.accepted_at),
+                Transition::of(&first, Status::Sent, Utc::now()),
+            ],
+            deferred: vec![Deferred {
+                envelope: second.clone(),
+                queue: "q".into(),
+                due_at: Utc::now() + chrono::Duration::hours(1),
+            }],
+        };
+        let seqs: Vec<i64> = due.iter().map(|q| q.seq).collect();
+        store.settle(&seqs, &batch, &[]).await.unwrap();
+        // Recording the same batch again (a crash before the offsets moved) changes nothing.
+        store.record(&batch).await.unwrap();
+
+        assert!(store.due("q", Utc::now(), 10).await.unwrap().is_empty());
+        let parked = store.next_due("q").await.unwrap().expect("parked");
+        assert!(parked > Utc::now());
+        let view = store.get("default", first.id).await.unwrap().unwrap();
+        assert_eq!(view.status, Status::Sent);
+        assert_eq!(view.events.unwrap().len(), 2);
+        assert!(store.get("other", first.id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_older_transition_never_overwrites_a_newer_state() {
+        let (_dir, store) = store().await;
+        let e = envelope("+821055556666");
+        let sent = Transition::of(&e, Status::Sent, Utc::now());
+        let older = Transition::of(
+            &e,
+            Status::Sending,
+            Utc::now() - chrono::Duration::seconds(5),
+        );
+        store
+            .record(&BatchRecord {
+                transitions: vec![sent],
+                deferred: vec![],
+            })
+            .await
+            .unwrap();
+        store
+            .record(&BatchRecord {
+                transitions: vec![older],
+                deferred: vec![],
+            })
+            .await
+            .unwrap();
+        let view = store.get("default", e.id).await.unwrap().unwrap();
+        assert_eq!(view.status, Status::Sent);
+    }
+
+    #[tokio::test]
+    async fn list_pages_newest_first_within_a_tenant() {
+        let (_dir, store) = store().await;
+        let mut transitions = Vec::new();
+        for i in 0..5 {
+            let e = envelope(&format!("+8210000000{i:02}"));
+            transitions.push(Transition::of(&e, Status::Accepted, e.accepted_at));
+        }
+        store
+            .record(&BatchRecord {
+                transitions: transitions.clone(),
+                deferred: vec![],
+            })
+            .await
+            .unwrap();
+        let page = store
+            .list(
+                "default",
+                &MessageFilter {
+                    limit: 3,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), 3);
+        assert_eq!(page.items[0].id, transitions[4].id);
+        let next = crate::history::decode_cursor(page.next_cursor.as_deref().unwrap());
+        let rest = store
+            .list(
+                "default",
+                &MessageFilter {
+                    limit: 3,
+                    before: next,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(rest.items.len(), 2);
+        assert!(rest.next_cursor.is_none());
+        let to = store
+            .list(
+                "default",
+                &MessageFilter {
+                    to: Some(transitions[1].to.clone()),
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(to.items.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn keys_are_stored_hashed_and_revocable() {
+        let (_dir, store) = store().await;
+        store
+            .put("k1", "acme", "ump_k1_secret", "test")
+            .await
+            .unwrap();
+        let stored = store.find("k1").await.unwrap().unwrap();
+        assert_eq!(stored.tenant, "acme");
+        assert_ne!(stored.hash, b"ump_k1_secret".to_vec());
+        assert_eq!(store.active().await.unwrap().len(), 1);
+        store.revoke("k1").await.unwrap();
+        assert!(store.active().await.unwrap().is_empty());
+        assert!(matches!(
+            store.revoke("nope").await,
+            Err(KeyError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_second_process_cannot_take_the_same_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = EmbeddedLock::acquire(dir.path()).unwrap();
+        // Another open file description of the same lock file conflicts, as another process would.
+        assert!(matches!(
+            EmbeddedLock::acquire(dir.path()),
+            Err(OpenError::Locked(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn expiring_keys_vanish_after_their_time() {
+        let (_dir, store) = store().await;
+        let now = Utc::now();
+        store
+            .put_expiring("a", "1", now + chrono::Duration::seconds(60))
+            .await
+            .unwrap();
+        store
+            .put_expiring("b", "2", now - chrono::Duration::seconds(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_expiring("a", now).await.unwrap().as_deref(),
+            Some("1")
+        );
+        assert_eq!(store.get_expiring("b", now).await.unwrap(), None);
+        assert!(store.replace_expiring("a", "3").await.unwrap());
+        assert_eq!(store.sweep_expired(now).await.unwrap(), 1);
+        store.delete_expiring("a").await.unwrap();
+        assert_eq!(store.get_expiring("a", now).await.unwrap(), None);
+    }
+}
