@@ -321,6 +321,69 @@ impl SqliteStore {
     }
 }
 
+/// Wakes a queue's consumer when a message arrives, so it need not poll for new work.
+#[derive(Clone, Debug, Default)]
+pub struct Wakers {
+    queues: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Notify>>>,
+    >,
+}
+
+impl Wakers {
+    /// The waker of `queue` (the same one for every caller).
+    pub fn of(&self, queue: &str) -> std::sync::Arc<tokio::sync::Notify> {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        std::sync::Arc::clone(queues.entry(queue.to_owned()).or_default())
+    }
+}
+
+/// The embedded mode's queue: `202` once the message is in the SQLite file. Bulk and realtime
+/// messages go to separate queues of the channel, so a bulk backlog never delays realtime ones.
+#[derive(Clone, Debug)]
+pub struct SqliteQueue {
+    store: SqliteStore,
+    wakers: Wakers,
+}
+
+impl SqliteQueue {
+    pub fn new(store: SqliteStore, wakers: Wakers) -> Self {
+        Self { store, wakers }
+    }
+
+    /// The queue a message of `channel` with `priority` goes to.
+    pub fn queue_name(channel: &crate::resources::MessageChannel, priority: Priority) -> String {
+        match priority {
+            Priority::Bulk => channel.topic_name(),
+            Priority::Realtime => channel.realtime_queue(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::queue::MessageQueue for SqliteQueue {
+    async fn enqueue(
+        &self,
+        channel: &crate::resources::MessageChannel,
+        envelope: &Envelope,
+    ) -> Result<(), crate::queue::EnqueueError> {
+        let queue = Self::queue_name(channel, envelope.priority);
+        self.store
+            .enqueue(&queue, envelope, envelope.accepted_at)
+            .await
+            .map_err(|e| crate::queue::EnqueueError::Unavailable(e.to_string()))?;
+        self.wakers.of(&queue).notify_one();
+        Ok(())
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        sqlx::query("SELECT 1")
+            .execute(&self.store.durable)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("SQLite: {e}"))
+    }
+}
+
 /// The newest transition of each message, in id order (as the MySQL store).
 fn latest_per_message(transitions: &[Transition]) -> Vec<&Transition> {
     let mut latest: BTreeMap<MessageId, &Transition> = BTreeMap::new();

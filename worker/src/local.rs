@@ -1,0 +1,328 @@
+//! The worker of the embedded mode: the same pipeline as the cluster mode, fed from the SQLite
+//! queue instead of Kafka, with dedupe in the SQLite file and the rate limit in process.
+//!
+//! A consumed message leaves the queue only in the transaction that records its outcome (and
+//! parks its retry, or dead-letters it), so a crash at any point leaves it queued: after a
+//! restart it is delivered again, and its dedupe key (kept in the same file) turns an
+//! already-sent message into "sent" without a second provider call. The crash window is the
+//! cluster mode's: between the provider's answer and the `sent` mark.
+
+use crate::dedupe::{Claim, DedupeStore, DedupeUnavailable};
+use crate::metrics::WorkerMetrics;
+use crate::pause::until_available;
+use crate::pipeline::DeliveryPipeline;
+use crate::ratelimit::{LimiterUnavailable, RateLimiter};
+use chrono::Utc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use ump_core::sqlite::SqliteStore;
+
+/// Dedupe keys in the SQLite file, with the Redis store's semantics (see `dedupe`): the value is
+/// `<message id>|sending|<instance>|<ms>` and then `<message id>|sent|<instance>|<s>`.
+pub struct SqliteDedupe {
+    store: SqliteStore,
+    instance: String,
+    lease: Duration,
+    /// One process owns the file; this makes each read-modify-write atomic within it.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl SqliteDedupe {
+    pub fn new(store: SqliteStore, instance: String, lease: Duration) -> Self {
+        Self {
+            store,
+            instance,
+            lease,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn key(key: &str) -> String {
+        format!("dedupe:{key}")
+    }
+}
+
+fn unavailable(e: sqlx::Error) -> DedupeUnavailable {
+    DedupeUnavailable(e.to_string())
+}
+
+fn ttl_from(now: chrono::DateTime<Utc>, ttl: Duration) -> chrono::DateTime<Utc> {
+    now + chrono::Duration::from_std(ttl.max(Duration::from_secs(1)))
+        .unwrap_or(chrono::Duration::days(1))
+}
+
+#[async_trait::async_trait]
+impl DedupeStore for SqliteDedupe {
+    async fn claim(&self, key: &str, id: &str, ttl: Duration) -> Result<Claim, DedupeUnavailable> {
+        let key = Self::key(key);
+        let _guard = self.lock.lock().await;
+        let now = Utc::now();
+        let now_ms = now.timestamp_millis();
+        if let Some(value) = self
+            .store
+            .get_expiring(&key, now)
+            .await
+            .map_err(unavailable)?
+        {
+            let mut parts = value.splitn(4, '|');
+            let (owner, state, instance, at) = (
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+            );
+            if owner != id {
+                return Ok(Claim::Duplicate {
+                    of: owner.to_owned(),
+                });
+            }
+            if state == "sent" {
+                return Ok(Claim::AlreadySent);
+            }
+            let since = now_ms - at.parse::<i64>().unwrap_or(0);
+            if instance != self.instance && since < self.lease.as_millis() as i64 {
+                return Ok(Claim::Busy);
+            }
+        }
+        self.store
+            .put_expiring(
+                &key,
+                &format!("{id}|sending|{}|{now_ms}", self.instance),
+                ttl_from(now, ttl),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(Claim::Claimed)
+    }
+
+    async fn mark_sent(&self, key: &str, id: &str, ttl: Duration) -> Result<(), DedupeUnavailable> {
+        let key = Self::key(key);
+        let _guard = self.lock.lock().await;
+        let now = Utc::now();
+        let value = format!("{id}|sent|{}|{}", self.instance, now.timestamp());
+        match self
+            .store
+            .get_expiring(&key, now)
+            .await
+            .map_err(unavailable)?
+        {
+            // Someone else's key (it expired and was taken over): leave it alone.
+            Some(current) if !current.starts_with(&format!("{id}|")) => Ok(()),
+            Some(_) => self
+                .store
+                .replace_expiring(&key, &value)
+                .await
+                .map(|_| ())
+                .map_err(unavailable),
+            None => self
+                .store
+                .put_expiring(&key, &value, ttl_from(now, ttl))
+                .await
+                .map_err(unavailable),
+        }
+    }
+
+    async fn release(&self, key: &str, id: &str) -> Result<(), DedupeUnavailable> {
+        let key = Self::key(key);
+        let _guard = self.lock.lock().await;
+        let now = Utc::now();
+        match self
+            .store
+            .get_expiring(&key, now)
+            .await
+            .map_err(unavailable)?
+        {
+            Some(current) if current.starts_with(&format!("{id}|")) => {
+                self.store.delete_expiring(&key).await.map_err(unavailable)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// GCRA in process: the same rule as the Redis limiter, for one process.
+#[derive(Default)]
+pub struct LocalRateLimiter {
+    started: Option<Instant>,
+    /// Theoretical arrival time of the next send, in ms since `started`, by key.
+    tat: Mutex<HashMap<String, f64>>,
+}
+
+impl LocalRateLimiter {
+    pub fn new() -> Self {
+        Self {
+            started: Some(Instant::now()),
+            tat: Mutex::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RateLimiter for LocalRateLimiter {
+    async fn try_acquire(
+        &self,
+        key: &str,
+        per_second: u32,
+        burst: u32,
+    ) -> Result<Option<Duration>, LimiterUnavailable> {
+        let interval = 1000.0 / f64::from(per_second.max(1));
+        let tolerance = interval * f64::from(burst.max(1) - 1);
+        let now = self
+            .started
+            .map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0);
+        let mut tat = self.tat.lock().unwrap_or_else(|e| e.into_inner());
+        let current = tat.get(key).copied().unwrap_or(now).max(now);
+        if now < current - tolerance {
+            return Ok(Some(Duration::from_millis(
+                (current - tolerance - now).ceil() as u64,
+            )));
+        }
+        tat.insert(key.to_owned(), current + interval);
+        Ok(None)
+    }
+}
+
+/// Consumes one queue of the SQLite file through a channel's pipeline.
+pub struct LocalConsumer {
+    pub pipeline: Arc<DeliveryPipeline>,
+    pub store: SqliteStore,
+    /// The queue consumed; parked messages (retries, send_at) come back to it.
+    pub queue: String,
+    pub wake: Arc<Notify>,
+    pub batch: u32,
+    pub metrics: WorkerMetrics,
+}
+
+impl LocalConsumer {
+    pub async fn run(self, cancel: CancellationToken) {
+        let dead_letter_queue = format!("{}.dlq", self.queue);
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let due = match self.store.due(&self.queue, Utc::now(), self.batch).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, error = %e, "reading the queue failed");
+                    Vec::new()
+                }
+            };
+            if due.is_empty() {
+                self.idle(&cancel).await;
+                continue;
+            }
+            self.metrics.batch_size.observe(due.len() as f64);
+            let seqs: Vec<i64> = due.iter().map(|q| q.seq).collect();
+            let envelopes = due.into_iter().map(|q| q.envelope).collect();
+            let Ok(mut outcome) = self.pipeline.process(envelopes, &cancel).await else {
+                // Shutting down mid-batch: nothing recorded, the messages stay queued.
+                return;
+            };
+            for deferred in &mut outcome.record.deferred {
+                deferred.queue.clone_from(&self.queue);
+            }
+            let dead: Vec<(String, _)> = outcome
+                .dead_letters
+                .into_iter()
+                .map(|e| (dead_letter_queue.clone(), e))
+                .collect();
+            let started = Instant::now();
+            let settled = until_available("sqlite", &self.metrics, &cancel, || {
+                self.store.settle(&seqs, &outcome.record, &dead)
+            })
+            .await;
+            self.metrics
+                .history_write_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if settled.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Sleeps until a message arrives, a parked one falls due, or shutdown.
+    async fn idle(&self, cancel: &CancellationToken) {
+        let next = self.store.next_due(&self.queue).await.ok().flatten();
+        let wait = next
+            .map(|at| (at - Utc::now()).to_std().unwrap_or_default())
+            .unwrap_or(Duration::from_secs(1))
+            .clamp(Duration::from_millis(5), Duration::from_secs(1));
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = self.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("ump.db"))
+            .await
+            .expect("open");
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn dedupe_has_the_redis_semantics() {
+        let (_dir, store) = store().await;
+        let lease = Duration::from_secs(60);
+        let one = SqliteDedupe::new(store.clone(), "one".into(), lease);
+        let two = SqliteDedupe::new(store.clone(), "two".into(), lease);
+        let ttl = Duration::from_secs(600);
+        assert_eq!(one.claim("k", "m1", ttl).await.unwrap(), Claim::Claimed);
+        // Another message with the same key is a duplicate of the first.
+        assert_eq!(
+            two.claim("k", "m2", ttl).await.unwrap(),
+            Claim::Duplicate { of: "m1".into() }
+        );
+        // The same message seen by another live instance waits; by its own owner, goes ahead.
+        assert_eq!(two.claim("k", "m1", ttl).await.unwrap(), Claim::Busy);
+        assert_eq!(one.claim("k", "m1", ttl).await.unwrap(), Claim::Claimed);
+        one.mark_sent("k", "m1", ttl).await.unwrap();
+        assert_eq!(two.claim("k", "m1", ttl).await.unwrap(), Claim::AlreadySent);
+        // Released keys free the content for a later send.
+        one.release("k", "m2").await.unwrap();
+        assert_eq!(
+            two.claim("k", "m2", ttl).await.unwrap(),
+            Claim::Duplicate { of: "m1".into() }
+        );
+        one.release("k", "m1").await.unwrap();
+        assert_eq!(two.claim("k", "m2", ttl).await.unwrap(), Claim::Claimed);
+    }
+
+    #[tokio::test]
+    async fn a_dead_instances_claim_lapses_after_the_lease() {
+        let (_dir, store) = store().await;
+        let gone = SqliteDedupe::new(store.clone(), "gone".into(), Duration::from_millis(50));
+        let next = SqliteDedupe::new(store.clone(), "next".into(), Duration::from_millis(50));
+        let ttl = Duration::from_secs(600);
+        assert_eq!(gone.claim("k", "m", ttl).await.unwrap(), Claim::Claimed);
+        assert_eq!(next.claim("k", "m", ttl).await.unwrap(), Claim::Busy);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(next.claim("k", "m", ttl).await.unwrap(), Claim::Claimed);
+    }
+
+    #[tokio::test]
+    async fn the_local_limiter_allows_the_burst_then_spaces_sends() {
+        let limiter = LocalRateLimiter::new();
+        for _ in 0..5 {
+            assert_eq!(limiter.try_acquire("k", 10, 5).await.unwrap(), None);
+        }
+        let wait = limiter
+            .try_acquire("k", 10, 5)
+            .await
+            .unwrap()
+            .expect("over the burst");
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        // Other keys have their own budget.
+        assert_eq!(limiter.try_acquire("other", 10, 1).await.unwrap(), None);
+    }
+}
