@@ -142,3 +142,116 @@ impl IdempotencyStore for RedisIdempotency {
             .map_err(unavailable)
     }
 }
+
+/// The embedded mode's store: the same states, in the SQLite file (`expiring_keys`).
+pub struct SqliteIdempotency {
+    store: ump_core::sqlite::SqliteStore,
+    /// One process owns the file; this makes `begin`'s read-then-write atomic within it.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl SqliteIdempotency {
+    pub fn new(store: ump_core::sqlite::SqliteStore) -> Self {
+        Self {
+            store,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+fn sqlite_unavailable(e: sqlx::Error) -> StoreUnavailable {
+    StoreUnavailable(e.to_string())
+}
+
+fn expiry(after: Duration) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::days(1))
+}
+
+#[async_trait::async_trait]
+impl IdempotencyStore for SqliteIdempotency {
+    async fn begin(
+        &self,
+        scope: &str,
+        key: &str,
+        body_hash: &str,
+    ) -> Result<Begin, StoreUnavailable> {
+        let key = redis_key(scope, key);
+        let _guard = self.lock.lock().await;
+        let stored = self
+            .store
+            .get_expiring(&key, chrono::Utc::now())
+            .await
+            .map_err(sqlite_unavailable)?;
+        let Some(value) = stored else {
+            self.store
+                .put_expiring(&key, &format!("p:{body_hash}"), expiry(IN_FLIGHT))
+                .await
+                .map_err(sqlite_unavailable)?;
+            return Ok(Begin::New);
+        };
+        let (state, rest) = value.split_at(2.min(value.len()));
+        let Some(rest) = rest.strip_prefix(body_hash) else {
+            return Ok(Begin::Mismatch);
+        };
+        Ok(match state {
+            "p:" => Begin::InFlight,
+            _ => Begin::Replay(rest.strip_prefix(':').unwrap_or(rest).to_owned()),
+        })
+    }
+
+    async fn complete(
+        &self,
+        scope: &str,
+        key: &str,
+        body_hash: &str,
+        response: &str,
+    ) -> Result<(), StoreUnavailable> {
+        self.store
+            .put_expiring(
+                &redis_key(scope, key),
+                &format!("d:{body_hash}:{response}"),
+                expiry(REMEMBER),
+            )
+            .await
+            .map_err(sqlite_unavailable)
+    }
+
+    async fn abandon(&self, scope: &str, key: &str) -> Result<(), StoreUnavailable> {
+        self.store
+            .delete_expiring(&redis_key(scope, key))
+            .await
+            .map_err(sqlite_unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_sqlite_store_walks_the_same_states_as_redis() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ump_core::sqlite::SqliteStore::open(&dir.path().join("ump.db"))
+            .await
+            .unwrap();
+        let idem = SqliteIdempotency::new(store);
+        let hash = body_hash(b"{}");
+        assert_eq!(idem.begin("t", "k", &hash).await.unwrap(), Begin::New);
+        assert_eq!(idem.begin("t", "k", &hash).await.unwrap(), Begin::InFlight);
+        assert_eq!(
+            idem.begin("t", "k", &body_hash(b"[]")).await.unwrap(),
+            Begin::Mismatch
+        );
+        idem.complete("t", "k", &hash, r#"{"id":"x"}"#)
+            .await
+            .unwrap();
+        assert_eq!(
+            idem.begin("t", "k", &hash).await.unwrap(),
+            Begin::Replay(r#"{"id":"x"}"#.to_owned())
+        );
+        // Scopes (tenants) never see each other's keys.
+        assert_eq!(idem.begin("u", "k", &hash).await.unwrap(), Begin::New);
+        idem.abandon("u", "k").await.unwrap();
+        assert_eq!(idem.begin("u", "k", &hash).await.unwrap(), Begin::New);
+    }
+}

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod embedded;
 pub mod idempotency;
 pub mod messages;
 pub mod metrics;

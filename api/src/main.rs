@@ -3,19 +3,29 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 use ump_api::cluster::{self, ClusterSettings};
+use ump_api::embedded::EmbeddedSettings;
 use ump_core::keys::{ApiKeyStore, MySqlKeys, generate_key};
 
 #[derive(Parser)]
-#[command(name = "ump", version, about = "UMP, the Unified Messaging Platform")]
+#[command(
+    name = "ump",
+    version,
+    about = "UMP, the Unified Messaging Platform",
+    after_help = "Without a command, UMP runs all-in-one (`ump all-in-one`)."
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the API, the worker and the dashboard in one process on one SQLite file (the default).
+    AllInOne(EmbeddedSettings),
     /// Run the API of the cluster mode (Kafka, Redis, MySQL).
     Api {
         /// Address to listen on.
@@ -24,10 +34,14 @@ enum Command {
         #[command(flatten)]
         settings: ClusterSettings,
     },
-    /// Manage API keys (cluster mode: in MySQL).
+    /// Manage API keys: in MySQL with UMP_MYSQL_URL (cluster mode), else in the all-in-one
+    /// mode's data folder.
     Keys {
         #[arg(long, env = "UMP_MYSQL_URL", hide_env_values = true)]
-        mysql_url: String,
+        mysql_url: Option<String>,
+        /// The all-in-one mode's data folder (when no MySQL URL is given).
+        #[arg(long, env = "UMP_DATA_DIR", default_value = "ump-data")]
+        data_dir: PathBuf,
         #[command(subcommand)]
         action: KeyAction,
     },
@@ -66,16 +80,42 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
-    match Cli::parse().command {
+    let command = match Cli::parse().command {
+        Some(command) => command,
+        None => Cli::parse_from(["ump", "all-in-one"])
+            .command
+            .context("all-in-one is a command")?,
+    };
+    match command {
+        Command::AllInOne(settings) => {
+            let shutdown = CancellationToken::new();
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                signal.cancel();
+            });
+            ump_api::embedded::run(settings, shutdown).await
+        }
         Command::Api { listen, settings } => {
             let source = settings.channel_source().await?;
             let state = cluster::state(&settings, source, prometheus::Registry::new()).await?;
             serve(listen, ump_api::router(state)).await
         }
-        Command::Keys { mysql_url, action } => {
-            let pool = ump_core::store::connect_mysql(&mysql_url, 2).await?;
-            ump_core::store::migrate_mysql(&pool).await?;
-            let keys: Arc<dyn ApiKeyStore> = Arc::new(MySqlKeys::new(pool));
+        Command::Keys {
+            mysql_url,
+            data_dir,
+            action,
+        } => {
+            let keys: Arc<dyn ApiKeyStore> = match mysql_url {
+                Some(url) => {
+                    let pool = ump_core::store::connect_mysql(&url, 2).await?;
+                    ump_core::store::migrate_mysql(&pool).await?;
+                    Arc::new(MySqlKeys::new(pool))
+                }
+                None => {
+                    Arc::new(ump_core::sqlite::SqliteStore::open(&data_dir.join("ump.db")).await?)
+                }
+            };
             match action {
                 KeyAction::Create {
                     tenant,

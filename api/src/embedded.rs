@@ -1,0 +1,383 @@
+//! The embedded (all-in-one) mode: the API and the worker in one process on one SQLite file, no
+//! Kafka, Redis, MySQL or Kubernetes. The API contract, validation and statuses are the cluster
+//! mode's (the same router and handlers); only the ports differ:
+//!
+//! | port | cluster mode | embedded mode |
+//! |---|---|---|
+//! | queue | Kafka topic / ActiveMQ queue per channel | SQLite `queue` table (bulk and realtime queues per channel) |
+//! | history, keys | MySQL | SQLite |
+//! | dedupe, Idempotency-Key | Redis | SQLite `expiring_keys` |
+//! | rate limit | Redis GCRA | in-process GCRA |
+
+use crate::auth::KeyCache;
+use crate::cluster::bootstrap_key;
+use crate::idempotency::SqliteIdempotency;
+use crate::metrics::ApiMetrics;
+use crate::problem::Problem;
+use crate::{AppState, ReadinessCheck};
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Seek, SeekFrom};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use ump_core::config::ChannelRegistry;
+use ump_core::keys::{ApiKeyStore, DEFAULT_TENANT, generate_key};
+use ump_core::queue::MessageQueue;
+use ump_core::sqlite::{EmbeddedLock, SqliteQueue, SqliteStore, Wakers};
+use ump_worker::local::{LocalConsumer, LocalRateLimiter, SqliteDedupe};
+use ump_worker::metrics::WorkerMetrics;
+use ump_worker::pipeline::DeliveryPipeline;
+use ump_worker::providers::{ProviderContext, build_channel};
+
+/// The example channels (email, sms, push, alimtalk on the sandbox provider), used when no
+/// channel folder is configured and `examples/channels` is not at hand.
+const EXAMPLE_CHANNELS: &str = include_str!("../../examples/channels/channels.yaml");
+
+/// Settings of the all-in-one mode (environment variables of the same names, upper-cased).
+#[derive(Clone, Debug, clap::Args)]
+pub struct EmbeddedSettings {
+    /// Address of the API and dashboard.
+    #[arg(long, env = "UMP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Folder of the SQLite file (`ump.db`) and the sandbox outbox (`outbox.jsonl`).
+    #[arg(long, env = "UMP_DATA_DIR", default_value = "ump-data")]
+    pub data_dir: PathBuf,
+    /// Folder of MessageChannel / DeliveryPolicy YAML. Default: `examples/channels` when it
+    /// exists (a clone of the repository), else the same examples written to `<data dir>/channels`.
+    #[arg(long, env = "UMP_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Where provider credentials live: `<dir>/<secretRef.name>/<key>`.
+    #[arg(long, env = "UMP_SECRETS_DIR", default_value = "secrets")]
+    pub secrets_dir: PathBuf,
+    /// Messages taken from a queue at a time.
+    #[arg(long, env = "UMP_WORKER_BATCH", default_value_t = 256)]
+    pub batch: u32,
+    /// Recipients delivered in parallel within a batch.
+    #[arg(long, env = "UMP_WORKER_LANES", default_value_t = 64)]
+    pub lanes: usize,
+}
+
+impl EmbeddedSettings {
+    pub fn database(&self) -> PathBuf {
+        self.data_dir.join("ump.db")
+    }
+
+    pub fn outbox(&self) -> PathBuf {
+        self.data_dir.join("outbox.jsonl")
+    }
+
+    /// The channel folder to read, materialising the built-in examples when needed.
+    fn channel_folder(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.config_dir {
+            return Ok(dir.clone());
+        }
+        let examples = PathBuf::from("examples/channels");
+        if examples.is_dir() {
+            return Ok(examples);
+        }
+        let dir = self.data_dir.join("channels");
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::write(dir.join("channels.yaml"), EXAMPLE_CHANNELS)
+                .with_context(|| format!("writing the example channels to {}", dir.display()))?;
+        }
+        Ok(dir)
+    }
+}
+
+/// Makes sure a key exists: `UMP_BOOTSTRAP_API_KEY` when set; otherwise, on a first start (no
+/// active key), a generated key for the default tenant, returned so it can be shown once.
+async fn first_key(store: &SqliteStore) -> anyhow::Result<Option<String>> {
+    bootstrap_key(store).await?;
+    if !store.active().await.context("reading API keys")?.is_empty() {
+        return Ok(None);
+    }
+    let (key_id, key) = generate_key();
+    store
+        .put(&key_id, DEFAULT_TENANT, &key, "generated on first start")
+        .await
+        .context("storing the generated API key")?;
+    Ok(Some(key))
+}
+
+/// Runs UMP all-in-one until `shutdown` fires; the batches in hand are recorded before it returns.
+pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let _lock = EmbeddedLock::acquire(&settings.data_dir)?;
+    let store = SqliteStore::open(&settings.database()).await?;
+    let folder = settings.channel_folder()?;
+    let channels = Arc::new(
+        ChannelRegistry::load_dir(&folder)
+            .with_context(|| format!("loading channels from {}", folder.display()))?,
+    );
+    let generated = first_key(&store).await?;
+
+    let registry = prometheus::Registry::new();
+    let worker_metrics = WorkerMetrics::new(registry.clone())?;
+    let wakers = Wakers::default();
+    let queue: Arc<dyn MessageQueue> = Arc::new(SqliteQueue::new(store.clone(), wakers.clone()));
+    let keys = KeyCache::new(Arc::new(store.clone()));
+    keys.refresh().await.context("loading API keys")?;
+    keys.spawn_refresh(Duration::from_secs(5));
+    let readiness: Vec<(&'static str, ReadinessCheck)> = vec![("sqlite", {
+        let queue = Arc::clone(&queue);
+        Arc::new(move || {
+            let queue = Arc::clone(&queue);
+            Box::pin(async move { queue.ready().await })
+        })
+    })];
+    let state = AppState {
+        registry: Arc::new(ArcSwap::new(Arc::clone(&channels))),
+        bulk: Arc::clone(&queue),
+        realtime: Some(queue),
+        history: Arc::new(store.clone()),
+        keys: Arc::clone(&keys),
+        idempotency: Arc::new(SqliteIdempotency::new(store.clone())),
+        metrics: ApiMetrics::new(registry)?,
+        readiness,
+    };
+
+    let workers = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    // One process owns the file (the lock above): a `sending` mark left by an earlier process is
+    // from a process that is gone, so it never needs to be waited out.
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    let dedupe = Arc::new(SqliteDedupe::new(store.clone(), instance, Duration::ZERO));
+    let limiter = Arc::new(LocalRateLimiter::new());
+    let outbox = settings.outbox();
+    let context = ProviderContext {
+        secrets_dir: &settings.secrets_dir,
+        sandbox_outbox: &outbox,
+    };
+    for channel in channels.channels() {
+        let name = channel.name();
+        if let Some(policy) = &channel.missing_policy {
+            tracing::warn!(channel = %name, %policy, "DeliveryPolicy not found; using defaults");
+        }
+        let provider = build_channel(&name, &channel.resource.spec.providers, &context)
+            .with_context(|| format!("channel {name}"))?;
+        let pipeline = Arc::new(DeliveryPipeline::new(
+            Arc::clone(channel),
+            provider,
+            dedupe.clone(),
+            limiter.clone(),
+            worker_metrics.clone(),
+            settings.lanes,
+            Duration::from_secs(1),
+        )?);
+        for queue in [
+            channel.resource.topic_name(),
+            channel.resource.realtime_queue(),
+        ] {
+            let consumer = LocalConsumer {
+                pipeline: Arc::clone(&pipeline),
+                store: store.clone(),
+                wake: wakers.of(&queue),
+                queue,
+                batch: settings.batch.max(1),
+                metrics: worker_metrics.clone(),
+            };
+            tasks.spawn(consumer.run(workers.clone()));
+        }
+    }
+    tasks.spawn(sweep_expired_keys(store.clone(), workers.clone()));
+
+    let app = crate::router(state).merge(outbox_routes(Arc::clone(&keys), outbox));
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    announce(
+        &settings,
+        &folder,
+        channels.channels().count(),
+        generated.as_deref(),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    workers.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Tells the user where UMP is and, on a first start, the key it generated. The key goes to
+/// stdout once, never into the logs.
+fn announce(settings: &EmbeddedSettings, folder: &Path, channels: usize, key: Option<&str>) {
+    let host = if settings.listen.ip().is_unspecified() || settings.listen.ip().is_loopback() {
+        format!("localhost:{}", settings.listen.port())
+    } else {
+        settings.listen.to_string()
+    };
+    tracing::info!(listen = %settings.listen, data = %settings.data_dir.display(),
+        channels, folder = %folder.display(), "UMP all-in-one running");
+    let mut banner = format!(
+        "\nUMP all-in-one is running.\n  API and dashboard: http://{host}/\n  \
+         data: {}   channels: {} ({channels})\n",
+        settings.data_dir.display(),
+        folder.display()
+    );
+    match key {
+        Some(key) => banner.push_str(&format!(
+            "\n  Your API key (shown once; only its hash is stored): {key}\n  \
+             Dashboard, signed in: http://{host}/#key={key}\n  \
+             Send a message:\n    curl -s http://{host}/v1/messages \\\n      \
+             -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n      \
+             -d '{{\"channel\":\"sms\",\"to\":\"+821012345678\",\"body\":\"Hello from UMP\"}}'\n"
+        )),
+        None => banner.push_str(
+            "  API keys: the one printed on the first start, UMP_BOOTSTRAP_API_KEY, or\n  \
+             `ump keys create --tenant default` (run beside this data folder).\n",
+        ),
+    }
+    println!("{banner}");
+}
+
+/// Removes expired dedupe and Idempotency-Key records now and then.
+async fn sweep_expired_keys(store: SqliteStore, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        if let Err(e) = store.sweep_expired(chrono::Utc::now()).await {
+            tracing::warn!(error = %e, "sweeping expired keys failed");
+        }
+    }
+}
+
+#[derive(Clone)]
+struct OutboxState {
+    keys: Arc<KeyCache>,
+    path: PathBuf,
+}
+
+/// What the sandbox provider recorded, as `GET /v1/outbox` shows it.
+#[derive(Debug, Deserialize, Serialize, PartialEq)]
+pub struct OutboxItem {
+    pub id: String,
+    pub channel: String,
+    pub to: String,
+    pub subject: Option<String>,
+    pub text: String,
+    pub html: Option<String>,
+    pub provider: String,
+    pub at: String,
+    #[serde(skip_serializing)]
+    pub tenant: String,
+}
+
+#[derive(Debug, Serialize)]
+struct OutboxPage {
+    items: Vec<OutboxItem>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OutboxQuery {
+    limit: Option<String>,
+}
+
+fn outbox_routes(keys: Arc<KeyCache>, path: PathBuf) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/outbox", get(outbox))
+        .with_state(OutboxState { keys, path })
+}
+
+/// How much of the end of the outbox file is read: the newest messages are at the end.
+const OUTBOX_TAIL_BYTES: u64 = 8 * 1024 * 1024;
+
+/// `GET /v1/outbox?limit=N`: the newest messages the sandbox provider captured for the caller's
+/// tenant (embedded mode only), rendered as they would have been sent.
+async fn outbox(
+    State(state): State<OutboxState>,
+    headers: HeaderMap,
+    Query(query): Query<OutboxQuery>,
+) -> Response {
+    let tenant = match state.keys.authenticate(&headers).await {
+        Ok(tenant) => tenant,
+        Err(problem) => return problem.into_response(),
+    };
+    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
+        None => 50,
+        Some(Ok(n @ 1..=500)) => n,
+        Some(_) => {
+            return Problem::bad_query("limit", "must be an integer from 1 to 500").into_response();
+        }
+    };
+    let path = state.path.clone();
+    let read = tokio::task::spawn_blocking(move || read_outbox(&path, &tenant.0, limit)).await;
+    match read {
+        Ok(Ok(items)) => Json(OutboxPage { items }).into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "reading the sandbox outbox failed");
+            Problem::unavailable("the sandbox outbox is unreadable", 5).into_response()
+        }
+        Err(e) => Problem::internal(e.to_string()).into_response(),
+    }
+}
+
+fn read_outbox(path: &Path, tenant: &str, limit: usize) -> std::io::Result<Vec<OutboxItem>> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(OUTBOX_TAIL_BYTES);
+    file.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    let mut lines: Vec<&[u8]> = tail.split(|b| *b == b'\n').collect();
+    if start > 0 && !lines.is_empty() {
+        // The first line is cut.
+        lines.remove(0);
+    }
+    Ok(lines
+        .into_iter()
+        .rev()
+        .filter_map(|line| serde_json::from_slice::<OutboxItem>(line).ok())
+        .filter(|item| item.tenant == tenant)
+        .take(limit)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outbox_shows_the_newest_lines_of_the_tenant_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.jsonl");
+        let line = |id: &str, tenant: &str| {
+            serde_json::json!({"id": id, "tenant": tenant, "channel": "sms", "provider": "sandbox",
+                "to": "+821012345678", "subject": null, "text": "hi", "html": null, "attempt": 1,
+                "at": "2026-11-24T00:00:00Z"})
+            .to_string()
+        };
+        let text = [
+            line("1", "a"),
+            line("2", "b"),
+            line("3", "a"),
+            "{torn".into(),
+        ]
+        .join("\n");
+        std::fs::write(&path, text).unwrap();
+        let items = read_outbox(&path, "a", 10).unwrap();
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["3", "1"]);
+        assert_eq!(read_outbox(&path, "a", 1).unwrap().len(), 1);
+        assert!(
+            read_outbox(&dir.path().join("none"), "a", 1)
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
