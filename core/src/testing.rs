@@ -259,3 +259,60 @@ mod tests {
         );
     }
 }
+
+/// One row of the bad-input table both modes must answer alike (cluster and embedded tests run
+/// the same rows): the body of a `POST /v1/messages`, and the status, problem type and field.
+#[derive(Clone, Debug)]
+pub struct BadInput {
+    pub name: &'static str,
+    pub body: String,
+    pub status: u16,
+    /// The problem type's slug (`https://ump.dev/problems/<kind>`).
+    pub kind: &'static str,
+    pub field: Option<&'static str>,
+}
+
+/// The bad-input table. It assumes the channels `sms` and `email`, the latter with a template
+/// `welcome` that uses `{{ name }}` (as in `examples/channels`).
+#[rustfmt::skip]
+pub fn bad_inputs() -> Vec<BadInput> {
+    let row = |name, body: &str, status, kind, field| BadInput {
+        name,
+        body: body.to_owned(),
+        status,
+        kind,
+        field,
+    };
+    vec![
+        row("missing channel", r#"{"to":"+821012345678","body":"x"}"#, 422, "validation", Some("channel")),
+        row("unknown channel", r#"{"channel":"fax","to":"+821012345678","body":"x"}"#, 422, "validation", Some("channel")),
+        row("malformed phone", r#"{"channel":"sms","to":"010-1234-5678","body":"x"}"#, 422, "validation", Some("to")),
+        row("malformed email", r#"{"channel":"email","to":"kim@","subject":"s","body":"x"}"#, 422, "validation", Some("to")),
+        row("header injection", r#"{"channel":"email","to":"kim@example.com","subject":"a\r\nBcc: x@evil.test","body":"x"}"#, 422, "validation", Some("subject")),
+        row("empty content", r#"{"channel":"sms","to":"+821012345678","body":""}"#, 422, "validation", Some("body")),
+        row("no content", r#"{"channel":"sms","to":"+821012345678"}"#, 422, "validation", Some("body")),
+        row("unknown template variable", r#"{"channel":"email","to":"kim@example.com","template":"welcome","data":{}}"#, 422, "validation", Some("data.name")),
+        row("unknown template", r#"{"channel":"email","to":"kim@example.com","template":"nope"}"#, 422, "validation", Some("template")),
+        row("bad send_at", r#"{"channel":"sms","to":"+821012345678","body":"x","send_at":"next tuesday"}"#, 422, "validation", Some("send_at")),
+        row("bad priority", r#"{"channel":"sms","to":"+821012345678","body":"x","priority":"urgent"}"#, 422, "validation", Some("priority")),
+        row("malformed JSON", r#"{"channel":"sms","#, 400, "malformed-json", None),
+        BadInput {
+            name: "deep JSON",
+            body: format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)),
+            status: 400,
+            kind: "malformed-json",
+            field: None,
+        },
+        row("not an object", "[]", 422, "validation", Some("$")),
+        BadInput {
+            name: "oversized body",
+            body: format!(
+                r#"{{"channel":"sms","to":"+821012345678","body":"{}"}}"#,
+                "x".repeat(300_000)
+            ),
+            status: 413,
+            kind: "too-large",
+            field: None,
+        },
+    ]
+}

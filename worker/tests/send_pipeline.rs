@@ -156,23 +156,14 @@ spec:
     .await;
     let before = stack.enqueued();
     let url = format!("{}/v1/messages", stack.api);
-    let table: Vec<(&str, String, u16, &str, Option<&str>)> = vec![
-        ("missing channel", r#"{"to":"+821012345678","body":"x"}"#.into(), 422, "validation", Some("channel")),
-        ("unknown channel", r#"{"channel":"fax","to":"+821012345678","body":"x"}"#.into(), 422, "validation", Some("channel")),
-        ("malformed phone", r#"{"channel":"sms","to":"010-1234-5678","body":"x"}"#.into(), 422, "validation", Some("to")),
-        ("malformed email", r#"{"channel":"email","to":"kim@","subject":"s","body":"x"}"#.into(), 422, "validation", Some("to")),
-        ("header injection", r#"{"channel":"email","to":"kim@example.com","subject":"a\r\nBcc: x@evil.test","body":"x"}"#.into(), 422, "validation", Some("subject")),
-        ("empty content", r#"{"channel":"sms","to":"+821012345678","body":""}"#.into(), 422, "validation", Some("body")),
-        ("no content", r#"{"channel":"sms","to":"+821012345678"}"#.into(), 422, "validation", Some("body")),
-        ("unknown template variable", r#"{"channel":"email","to":"kim@example.com","template":"welcome","data":{}}"#.into(), 422, "validation", Some("data.name")),
-        ("unknown template", r#"{"channel":"email","to":"kim@example.com","template":"nope"}"#.into(), 422, "validation", Some("template")),
-        ("bad send_at", r#"{"channel":"sms","to":"+821012345678","body":"x","send_at":"next tuesday"}"#.into(), 422, "validation", Some("send_at")),
-        ("malformed JSON", r#"{"channel":"sms","#.into(), 400, "malformed-json", None),
-        ("deep JSON", format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)), 400, "malformed-json", None),
-        ("not an object", "[]".into(), 422, "validation", Some("$")),
-        ("oversized body", format!(r#"{{"channel":"sms","to":"+821012345678","body":"{}"}}"#, "x".repeat(300_000)), 413, "too-large", None),
-    ];
-    for (name, body, status, kind, field) in table {
+    for ump_core::testing::BadInput {
+        name,
+        body,
+        status,
+        kind,
+        field,
+    } in ump_core::testing::bad_inputs()
+    {
         let response = stack
             .http
             .post(&url)

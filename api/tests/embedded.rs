@@ -1,0 +1,465 @@
+//! The all-in-one mode end to end: the real `ump` binary on a fresh data folder, no other service.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "embedded-test-key";
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/channels")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// One `ump` process on a data folder.
+struct Ump {
+    child: Child,
+    url: String,
+    stdout: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Ump {
+    /// Starts `ump` (no command: all-in-one) and waits until it is ready.
+    async fn start(data: &Path, channels: &Path, env: &[(&str, &str)]) -> Self {
+        ump_core::tls::install_crypto_provider();
+        let port = free_port();
+        let stdout = data.with_extension(format!("{port}.out"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ump"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("UMP_DATA_DIR", data)
+            .env("UMP_CONFIG_DIR", channels)
+            .env("UMP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("start ump");
+        let ump = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            stdout,
+            http: reqwest::Client::new(),
+        };
+        ump.wait_ready().await;
+        ump
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.url)).send().await
+                && r.status() == StatusCode::OK
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ump did not become ready; its output: {}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    async fn post(&self, key: &str, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, key: &str, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Statuses of the messages in history, through the API (every page).
+    async fn statuses(&self) -> HashMap<String, String> {
+        let mut statuses = HashMap::new();
+        let mut cursor = String::new();
+        loop {
+            let (status, page) = self
+                .get(KEY, &format!("/v1/messages?limit=1000{cursor}"))
+                .await;
+            assert_eq!(status, 200, "{page}");
+            for item in page["items"].as_array().expect("items") {
+                statuses.insert(
+                    item["id"].as_str().unwrap().to_owned(),
+                    item["status"].as_str().unwrap().to_owned(),
+                );
+            }
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => return statuses,
+            }
+        }
+    }
+
+    /// Waits until every one of `ids` is `sent`.
+    async fn wait_all_sent(&self, ids: &[String], within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let statuses = self.statuses().await;
+            let pending: Vec<&String> = ids
+                .iter()
+                .filter(|id| statuses.get(*id).map(String::as_str) != Some("sent"))
+                .collect();
+            if pending.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} messages not sent in time, e.g. {:?} is {:?}",
+                pending.len(),
+                ids.len(),
+                pending[0],
+                statuses.get(pending[0])
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Ump {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How many times the sandbox provider sent each message id.
+fn outbox_counts(data: &Path) -> HashMap<String, usize> {
+    let text = std::fs::read_to_string(data.join("outbox.jsonl")).unwrap_or_default();
+    let mut counts = HashMap::new();
+    for line in text.lines() {
+        let record: Value = serde_json::from_str(line).expect("outbox lines are JSON");
+        *counts
+            .entry(record["id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_messages_are_all_sent_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ump = Ump::start(&data, &examples(), &[("UMP_BOOTSTRAP_API_KEY", KEY)]).await;
+
+    let mut ids = Vec::new();
+    for chunk in 0..10 {
+        let messages: Vec<Value> = (0..100)
+            .map(|i| {
+                let n = chunk * 100 + i;
+                match n % 4 {
+                    0 => json!({"channel": "sms", "to": format!("+8210{n:08}"), "body": format!("안녕하세요 {n}")}),
+                    1 => json!({"channel": "email", "to": format!("user{n}@example.com"),
+                                "template": "welcome", "data": {"name": format!("김{n}")}}),
+                    2 => json!({"channel": "push", "to": format!("device-token-{n}"), "body": "ping"}),
+                    _ => json!({"channel": "sms", "to": format!("+8210{n:08}"), "body": "otp",
+                                "priority": "realtime"}),
+                }
+            })
+            .collect();
+        let (status, answer) = ump
+            .post(KEY, "/v1/messages/batch", &json!({"messages": messages}))
+            .await;
+        assert_eq!(status, 202, "{answer}");
+        for result in answer["results"].as_array().unwrap() {
+            ids.push(
+                result["id"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{result}"))
+                    .to_owned(),
+            );
+        }
+    }
+    assert_eq!(ids.len(), 1000);
+    ump.wait_all_sent(&ids, Duration::from_secs(60)).await;
+
+    let counts = outbox_counts(&data);
+    for id in &ids {
+        assert_eq!(counts.get(id), Some(&1), "{id} sent once");
+    }
+    // The timeline and the rendered template are there.
+    let (status, message) = ump.get(KEY, &format!("/v1/messages/{}", ids[1])).await;
+    assert_eq!(status, 200);
+    let events: Vec<&str> = message["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["accepted", "sent"], "{message}");
+    let (status, outbox) = ump.get(KEY, "/v1/outbox?limit=500").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        outbox["items"].as_array().unwrap().len(),
+        500,
+        "a page of the newest"
+    );
+    let text = std::fs::read_to_string(data.join("outbox.jsonl")).unwrap();
+    let email: Value = text
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .find(|item| item["id"] == ids[1].as_str())
+        .expect("the email is in the outbox");
+    assert_eq!(email["subject"], "김1님, 가입을 환영합니다");
+    assert!(email["html"].as_str().unwrap().contains("<b>김1</b>"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_loses_nothing_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A slow provider, so the kill lands in the middle of deliveries.
+    let channels = dir.path().join("channels");
+    std::fs::create_dir_all(&channels).unwrap();
+    std::fs::write(
+        channels.join("sms.yaml"),
+        "apiVersion: ump.dev/v1alpha1\nkind: MessageChannel\nmetadata: {name: sms}\n\
+         spec:\n  type: sms\n  providers: [{name: sandbox, type: sandbox, settings: {latency: 10ms}}]\n",
+    )
+    .unwrap();
+    let env = [("UMP_BOOTSTRAP_API_KEY", KEY), ("UMP_WORKER_LANES", "16")];
+    let mut ump = Ump::start(&data, &channels, &env).await;
+
+    // Senders keep sending while the process is killed; only answered 202s count as accepted.
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut senders = tokio::task::JoinSet::new();
+    for sender in 0..4 {
+        let (http, url, accepted) = (
+            ump.http.clone(),
+            ump.url.clone(),
+            std::sync::Arc::clone(&accepted),
+        );
+        senders.spawn(async move {
+            for i in 0..500 {
+                let sent = http
+                    .post(format!("{url}/v1/messages"))
+                    .bearer_auth(KEY)
+                    .json(&json!({"channel": "sms", "to": format!("+82101{sender}{i:06}"), "body": "x"}))
+                    .send()
+                    .await;
+                let Ok(response) = sent else { return };
+                if response.status() != StatusCode::ACCEPTED {
+                    return;
+                }
+                let body: Value = response.json().await.expect("202 body");
+                accepted
+                    .lock()
+                    .unwrap()
+                    .push(body["id"].as_str().unwrap().to_owned());
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ump.kill();
+    while senders.join_next().await.is_some() {}
+    let accepted = accepted.lock().unwrap().clone();
+    let before_restart = outbox_counts(&data).len();
+    assert!(
+        !accepted.is_empty() && before_restart < accepted.len(),
+        "the kill landed mid-run: {} accepted, {before_restart} sent before it",
+        accepted.len()
+    );
+
+    let ump = Ump::start(&data, &channels, &env).await;
+    ump.wait_all_sent(&accepted, Duration::from_secs(120)).await;
+    let counts = outbox_counts(&data);
+    let lost: Vec<&String> = accepted
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
+    assert!(lost.is_empty(), "lost {} accepted messages", lost.len());
+    // The crash window: a message whose provider call was under way (at most one per lane) may
+    // go out again; everything marked sent before the kill is not sent twice.
+    let duplicated = counts.values().filter(|n| **n > 1).count();
+    assert!(
+        duplicated <= 16,
+        "{duplicated} messages sent twice; at most the 16 in flight may be"
+    );
+    eprintln!(
+        "kill -9: {} accepted, {before_restart} sent before the kill, 0 lost, {duplicated} duplicated",
+        accepted.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_same_answers_as_the_cluster_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ump = Ump::start(&data, &examples(), &[("UMP_BOOTSTRAP_API_KEY", KEY)]).await;
+    let url = format!("{}/v1/messages", ump.url);
+    for row in ump_core::testing::bad_inputs() {
+        let response = ump
+            .http
+            .post(&url)
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(row.body.clone())
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(response.status().as_u16(), row.status, "{}", row.name);
+        assert_eq!(
+            response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/problem+json"),
+            "{}",
+            row.name
+        );
+        let problem: Value = response.json().await.expect("problem JSON");
+        assert_eq!(
+            problem["type"],
+            format!("https://ump.dev/problems/{}", row.kind),
+            "{}: {problem}",
+            row.name
+        );
+        if let Some(field) = row.field {
+            assert_eq!(problem["field"], field, "{}: {problem}", row.name);
+        }
+    }
+    let (status, _) = ump.post("wrong-key", "/v1/messages", &json!({})).await;
+    assert_eq!(status, 401);
+    // Nothing of it reached the queue or the history.
+    assert!(ump.statuses().await.is_empty());
+    let queued: i64 = {
+        drop(ump);
+        let store = ump_core::sqlite::SqliteStore::open(&data.join("ump.db"))
+            .await
+            .unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM queue")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    assert_eq!(queued, 0, "nothing enqueued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_prints_a_working_key_and_idempotency_holds_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut ump = Ump::start(&data, &examples(), &[]).await;
+    let output = ump.output();
+    let key = output
+        .split_whitespace()
+        .find(|word| word.starts_with("ump_") && word.len() > 40)
+        .unwrap_or_else(|| panic!("no key printed: {output}"))
+        .trim_matches('\'')
+        .to_owned();
+    assert!(output.contains(&format!("#key={key}")), "{output}");
+
+    let body = json!({"channel": "sms", "to": "+821012345678", "body": "once"});
+    let send = |ump: &Ump| {
+        let request = ump
+            .http
+            .post(format!("{}/v1/messages", ump.url))
+            .bearer_auth(&key)
+            .header("Idempotency-Key", "order-42")
+            .json(&body);
+        async move {
+            let response = request.send().await.expect("POST");
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, first) = send(&ump).await;
+    assert_eq!(status, 202, "{first}");
+
+    // A second process on the same folder is refused: it would deliver the same queue.
+    let second = Command::new(env!("CARGO_BIN_EXE_ump"))
+        .env("UMP_DATA_DIR", &data)
+        .env("UMP_CONFIG_DIR", examples())
+        .env("UMP_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .output()
+        .expect("run a second ump");
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("another UMP process is using"), "{said}");
+
+    ump.kill();
+    let ump = Ump::start(&data, &examples(), &[]).await;
+    assert!(
+        !ump.output().contains("ump_"),
+        "the key is shown on the first start only"
+    );
+    let (status, replay) = send(&ump).await;
+    assert_eq!(status, 202);
+    assert_eq!(replay["id"], first["id"], "the replay answers the same id");
+    let id = first["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while outbox_counts(&data).get(&id).is_none() {
+        assert!(Instant::now() < deadline, "not sent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(outbox_counts(&data).len(), 1, "sent once");
+
+    // A key created with `ump keys create` beside the running process works within seconds.
+    let created = Command::new(env!("CARGO_BIN_EXE_ump"))
+        .args(["keys", "create", "--tenant", "acme"])
+        .env_remove("UMP_MYSQL_URL")
+        .env("UMP_DATA_DIR", &data)
+        .output()
+        .expect("ump keys create");
+    assert!(created.status.success(), "{created:?}");
+    let acme = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, page) = ump.get(&acme, "/v1/messages").await;
+        if status == 200 {
+            assert_eq!(
+                page["items"],
+                json!([]),
+                "acme sees nothing of the default tenant"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new key never worked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _) = ump.get(&acme, &format!("/v1/messages/{id}")).await;
+    assert_eq!(status, 404, "another tenant's message is not found");
+}
