@@ -9,6 +9,7 @@ pub mod model;
 pub mod provider;
 pub mod queue;
 pub mod resources;
+pub mod stats;
 pub mod store;
 pub mod template;
 pub mod tls;
