@@ -286,7 +286,7 @@
     }
     if (location.hash.slice(1) !== view) history.replaceState(null, '', `#${view}`);
     for (const name of ['overview', 'activity', 'outbox']) if (name !== view) stopPoll(name);
-    if (view === 'overview') poll('overview', loadOverview, 10000);
+    if (view === 'overview') pollOverview();
     if (view === 'activity') startActivity();
     if (view === 'failures') once(() => loadFailures(false));
     if (view === 'search') $('search-q').focus();
@@ -294,6 +294,11 @@
   }
 
   // ---------------------------------------------------------------- overview
+
+  /** The day's figures cost a scan of the day's messages and move slowly: fetched less often. */
+  function pollOverview() {
+    poll('overview', loadOverview, state.window === '24h' ? 60000 : 10000);
+  }
 
   async function loadOverview() {
     const stats = await api(`/v1/stats?${query({ window: state.window })}`);
@@ -596,7 +601,7 @@
       if (!button) return;
       state.window = button.dataset.window;
       for (const b of $('window-picker').querySelectorAll('button')) b.setAttribute('aria-pressed', String(b === button));
-      poll('overview', loadOverview, 10000);
+      pollOverview();
     });
     $('failure-picker').addEventListener('click', (e) => {
       const button = e.target.closest('button[data-status]');
