@@ -29,8 +29,9 @@ browser__playwright_ok() {
 
 browser_up() {
   local dir profile dom
-  # Without a font package (recommends are not installed) every glyph renders as a box.
-  apt_install chromium fonts-liberation
+  # Without font packages (recommends are not installed) every glyph renders as a box; Nanum
+  # covers Hangul (recipients' messages, AlimTalk templates) in the screenshots.
+  apt_install chromium fonts-liberation fonts-nanum
   browser__node_ok || apt_install nodejs npm
   browser__node_ok || die "browser: Node.js 18 or newer is required (found $(node --version 2>/dev/null || echo none))"
   dir=$(browser__dir)

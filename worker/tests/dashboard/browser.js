@@ -62,11 +62,18 @@ async function main() {
   const page = context.pages()[0] || (await context.newPage());
   page.setDefaultTimeout(TIMEOUT);
   let probed404 = false;
+  let simulating = false;
+  let scriptBlocked = false;
   page.on('console', (msg) => {
     // The page asks /v1/outbox whether this is the embedded mode; the cluster mode's designed
     // answer is 404, which Chromium logs like any failed load. That one line is expected.
     if (outbox === 'absent' && msg.location().url === probe && /status of 404/.test(msg.text())) {
       probed404 = true;
+      return;
+    }
+    // The simulated outbox below holds a script in its HTML; that it is refused is the point.
+    if (simulating && /about:srcdoc/.test(msg.text()) && /sandboxed|Content Security Policy/.test(msg.text())) {
+      scriptBlocked = true;
       return;
     }
     if (msg.type() === 'error' || msg.type() === 'warning') {
@@ -87,6 +94,43 @@ async function main() {
     await page.screenshot({ path: file, fullPage: true });
     steps.push(`screenshot ${file}`);
   };
+
+  /** The outbox tab as the embedded mode fills it, answered here by the browser itself (this
+   *  server has no outbox): text shown as text, HTML rendered in a frame where nothing runs. */
+  async function simulatedOutbox() {
+    const hostile = '<h1 style="color:#2f5bea;font-family:sans-serif">Thanks for your order</h1>' +
+      '<p id="order" style="font-family:sans-serif">Order <b>1001</b> ships today.</p>' +
+      '<script>parent.document.title = "pwned"; document.getElementById("order").textContent = "script ran";</script>';
+    const items = [
+      { id: sentId, channel: 'email', to: 'someone@example.com', subject: 'Your receipt <img src=x onerror=alert(1)>',
+        text: 'Thanks for your order.', html: hostile, provider: 'sandbox', at: new Date().toISOString() },
+      { id: failedId, channel: 'sms', to: sentTo, subject: null, text: '[UMP] 인증번호는 123456 입니다',
+        html: null, provider: 'sandbox', at: new Date(Date.now() - 60000).toISOString() },
+    ];
+    await page.route('**/v1/outbox*', (route) => route.fulfill({ status: 200, json: { items } }));
+    simulating = true;
+    await page.reload();
+    await page.locator('#tab-outbox').waitFor({ state: 'visible' });
+    await page.locator('#tab-outbox').click();
+    await page.locator('#outbox tbody tr[data-id]').nth(1).waitFor();
+    await page.locator(`#outbox tr[data-id="${sentId}"]`).click();
+    const preview = page.locator('#outbox-preview');
+    await preview.waitFor({ state: 'visible' });
+    check((await preview.locator('h2').innerText()) === items[0].subject, 'the subject is not shown as plain text');
+    check((await preview.locator('img').count()) === 0, 'markup in the subject became an element');
+    check((await preview.locator('iframe').getAttribute('sandbox')) === '', 'the HTML frame is not fully sandboxed');
+    const frame = page.frameLocator('#outbox-preview iframe');
+    check((await frame.locator('h1').innerText()) === 'Thanks for your order', 'the HTML is not rendered');
+    await page.waitForTimeout(300);
+    check((await frame.locator('#order').innerText()) === 'Order 1001 ships today.', 'a script in the HTML ran');
+    check((await page.title()) === 'UMP dashboard', 'a script in the HTML reached the page');
+    check(scriptBlocked, 'no sign that the HTML\'s script was refused');
+    await shot('8-outbox-simulated');
+    await preview.locator('button').click();
+    await page.locator('#timeline li[data-status="sent"]').waitFor();
+    await page.locator('#detail-close').click();
+    steps.push('outbox tab (simulated): subject as text, HTML rendered sandboxed, its script refused, link to the timeline');
+  }
 
   try {
     // Signed in by the link the embedded mode prints: the key leaves the address bar at once.
@@ -182,6 +226,7 @@ async function main() {
       check(probed404, 'the page never asked /v1/outbox');
       check(await page.locator('#tab-outbox').isHidden(), 'the outbox tab shows in cluster mode');
       steps.push('no outbox tab (the cluster mode has no sandbox outbox)');
+      await simulatedOutbox();
     } else {
       await page.locator('#tab-outbox').click();
       const captured = page.locator(`#outbox tr[data-id="${sentId}"]`);
@@ -193,6 +238,7 @@ async function main() {
     }
 
     // A reload keeps the session (sessionStorage), and signing out forgets the key.
+    await page.unroute('**/v1/outbox*');
     await page.reload();
     await page.locator('#tabs').waitFor({ state: 'visible' });
     await page.locator('#sign-out').click();
