@@ -67,6 +67,11 @@ fn etag(body: &[u8]) -> String {
     format!("\"{}\"", hex::encode(&Sha256::digest(body)[..12]))
 }
 
+/// The entity tags of the page and of each asset (in the order of `ASSETS`), computed once.
+static INDEX_ETAG: LazyLock<String> = LazyLock::new(|| etag(INDEX.as_bytes()));
+static ASSET_ETAGS: LazyLock<Vec<String>> =
+    LazyLock::new(|| ASSETS.iter().map(|a| etag(a.body)).collect());
+
 /// The routes of the dashboard, merged into the API's router.
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -81,8 +86,8 @@ fn static_response(
     content_type: &'static str,
     cache_control: &'static str,
     body: &'static [u8],
+    tag: &str,
 ) -> Response {
-    let tag = etag(body);
     let fresh = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -98,7 +103,7 @@ fn static_response(
         header::CACHE_CONTROL,
         HeaderValue::from_static(cache_control),
     );
-    if let Ok(tag) = HeaderValue::from_str(&tag) {
+    if let Ok(tag) = HeaderValue::from_str(tag) {
         headers.insert(header::ETAG, tag);
     }
     headers.insert(
@@ -124,6 +129,7 @@ async fn index(headers: HeaderMap) -> Response {
         "text/html; charset=utf-8",
         "no-cache",
         INDEX.as_bytes(),
+        &INDEX_ETAG,
     )
 }
 
@@ -132,7 +138,11 @@ async fn asset(
     Path(file): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(asset) = ASSETS.iter().find(|a| a.name == file) else {
+    let Some((asset, tag)) = ASSETS
+        .iter()
+        .zip(ASSET_ETAGS.iter())
+        .find(|(a, _)| a.name == file)
+    else {
         return Problem::new(
             StatusCode::NOT_FOUND,
             "not-found",
@@ -146,7 +156,7 @@ async fn asset(
     } else {
         "no-cache"
     };
-    static_response(&headers, asset.content_type, cache, asset.body)
+    static_response(&headers, asset.content_type, cache, asset.body, tag)
 }
 
 /// A window `GET /v1/stats` offers: how far back, and the width of the series' buckets.

@@ -154,6 +154,10 @@ mod tests {
                 "GET /v1/stats lacks {status}"
             );
         }
+        let schemas = &doc["components"]["schemas"];
+        assert!(schemas["Stats"]["properties"]["series"].is_object());
+        assert!(schemas["StatusCounts"]["properties"]["dead_lettered"].is_object());
+        assert!(schemas["MessageView"]["properties"]["detail"].is_object());
         assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
     }
 }

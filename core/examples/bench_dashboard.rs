@@ -146,9 +146,8 @@ async fn write_rate(history: &MySqlHistory, messages: usize) -> Result<f64, Erro
             transitions.push(Transition::of(&e, Status::Accepted, e.accepted_at));
             let mut sent = e.clone();
             sent.attempts = 1;
-            transitions.push(
-                Transition::of(&sent, Status::Sent, Utc::now()).provider("sandbox", None),
-            );
+            transitions
+                .push(Transition::of(&sent, Status::Sent, Utc::now()).provider("sandbox", None));
         }
         history
             .record(&BatchRecord {
@@ -240,14 +239,21 @@ async fn main() -> Result<(), Error> {
             "`GET /v1/messages?limit=50` (live activity, with each latest detail)",
             &newest,
         ),
-        ("`GET /v1/messages?status=failed&limit=50` (failures)", &failed),
+        (
+            "`GET /v1/messages?status=failed&limit=50` (failures)",
+            &failed,
+        ),
         (
             "`GET /v1/messages?to=<recipient>` (search by recipient)",
             &recipient,
         ),
     ] {
         let (first, median, slowest, page) =
-            time(runs, || async move { Ok(history.list(TENANT, filter).await?) }).await?;
+            time(
+                runs,
+                || async move { Ok(history.list(TENANT, filter).await?) },
+            )
+            .await?;
         println!(
             "READ|{label}|{} messages returned|{first:.1}|{median:.1}|{slowest:.1}",
             page.items.len()
