@@ -238,6 +238,7 @@
 
   function showLogin(message) {
     state.key = null;
+    state.seen = null;
     for (const name of [...state.polls.keys()]) stopPoll(name);
     for (const id of VIEWS) $(`view-${id}`).hidden = true;
     closeDetail();
