@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod dashboard;
 pub mod embedded;
 pub mod idempotency;
 pub mod messages;
@@ -49,15 +50,17 @@ pub struct AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "UMP — Unified Messaging Platform", description = "One API for email, SMS, push and Kakao AlimTalk."),
-    paths(messages::send_message, messages::send_batch, messages::get_message, messages::list_messages),
+    paths(messages::send_message, messages::send_batch, messages::get_message, messages::list_messages, dashboard::stats),
     components(schemas(
         request::SendMessageRequest, messages::Accepted, messages::BatchRequest, messages::BatchResponse,
         messages::BatchResult, problem::Problem, problem::FieldError,
         ump_core::history::MessageView, ump_core::history::MessagePage, ump_core::model::Event,
-        ump_core::model::Status, ump_core::model::Priority
+        ump_core::model::Status, ump_core::model::Priority, ump_core::stats::Stats,
+        ump_core::stats::StatusCounts, ump_core::stats::ChannelStats, ump_core::stats::StatsBucket
     )),
     modifiers(&BearerAuth),
-    tags((name = "messages", description = "Send messages and read their history"))
+    tags((name = "messages", description = "Send messages and read their history"),
+         (name = "dashboard", description = "Figures for the admin dashboard (served at `/`)"))
 )]
 pub struct ApiDoc;
 
@@ -91,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(dashboard::routes())
         // The send handlers read their bodies with their own limits (413 as problem+json).
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -128,7 +132,12 @@ mod tests {
     #[test]
     fn openapi_documents_every_route_and_the_problem_type() {
         let doc = serde_json::to_value(ApiDoc::openapi()).expect("OpenAPI serializes");
-        for path in ["/v1/messages", "/v1/messages/batch", "/v1/messages/{id}"] {
+        for path in [
+            "/v1/messages",
+            "/v1/messages/batch",
+            "/v1/messages/{id}",
+            "/v1/stats",
+        ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }
         let send = &doc["paths"]["/v1/messages"]["post"];
@@ -140,6 +149,16 @@ mod tests {
         }
         assert!(send["responses"]["422"]["content"]["application/problem+json"].is_object());
         assert!(doc["components"]["schemas"]["Problem"].is_object());
+        for status in ["200", "400", "401"] {
+            assert!(
+                doc["paths"]["/v1/stats"]["get"]["responses"][status].is_object(),
+                "GET /v1/stats lacks {status}"
+            );
+        }
+        let schemas = &doc["components"]["schemas"];
+        assert!(schemas["Stats"]["properties"]["series"].is_object());
+        assert!(schemas["StatusCounts"]["properties"]["dead_lettered"].is_object());
+        assert!(schemas["MessageView"]["properties"]["detail"].is_object());
         assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
     }
 }

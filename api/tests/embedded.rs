@@ -431,7 +431,7 @@ async fn first_start_prints_a_working_key_and_idempotency_holds_across_restarts(
     assert_eq!(replay["id"], first["id"], "the replay answers the same id");
     let id = first["id"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while outbox_counts(&data).get(&id).is_none() {
+    while !outbox_counts(&data).contains_key(&id) {
         assert!(Instant::now() < deadline, "not sent");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -462,4 +462,105 @@ async fn first_start_prints_a_working_key_and_idempotency_holds_across_restarts(
     }
     let (status, _) = ump.get(&acme, &format!("/v1/messages/{id}")).await;
     assert_eq!(status, 404, "another tenant's message is not found");
+}
+
+/// The dashboard of the all-in-one mode in real headless Chromium, with the sandbox outbox (the
+/// same browser script as the cluster mode's test, told the outbox is there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_works_in_chromium_with_the_sandbox_outbox() {
+    let infra = ump_core::testing::infra();
+    let chromium = infra.require("Browser", "UMP_CHROMIUM");
+    let playwright = infra.require("Browser", "UMP_PLAYWRIGHT");
+    let node = infra.require("Browser", "UMP_NODE");
+    assert!(
+        Path::new(&chromium).is_file(),
+        "Chromium: {chromium} does not exist (run `scripts/infra up browser`)"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let channels = dir.path().join("channels");
+    std::fs::create_dir_all(&channels).unwrap();
+    std::fs::write(
+        channels.join("channels.yaml"),
+        r#"apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: sms}
+spec:
+  type: sms
+  providers: [{name: sandbox, type: sandbox, settings: {rejectTo: "+821000000000"}}]
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: email}
+spec:
+  type: email
+  providers: [{name: sandbox, type: sandbox}]
+"#,
+    )
+    .unwrap();
+    let ump = Ump::start(&data, &channels, &[("UMP_BOOTSTRAP_API_KEY", KEY)]).await;
+    let send = |body: Value| {
+        let ump = &ump;
+        async move {
+            let (status, answer) = ump.post(KEY, "/v1/messages", &body).await;
+            assert_eq!(status, 202, "{answer}");
+            answer["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let sent_to = "+821055550001";
+    let sent =
+        send(json!({"channel": "sms", "to": sent_to, "body": "대시보드 확인용 메시지"})).await;
+    let failed = send(json!({"channel": "sms", "to": "+821000000000", "body": "rejected"})).await;
+    let mut ids = vec![sent.clone()];
+    for i in 0..3 {
+        ids.push(
+            send(
+                json!({"channel": "email", "to": format!("user{i}@example.com"),
+                        "subject": "Welcome", "body": "Hello"}),
+            )
+            .await,
+        );
+    }
+    ump.wait_all_sent(&ids, Duration::from_secs(30)).await;
+
+    let shots = PathBuf::from(env!("CARGO_BIN_EXE_ump"))
+        .parent()
+        .and_then(Path::parent)
+        .expect("<target>/<profile>/ump")
+        .join("test-output/dashboard-all-in-one");
+    let _ = std::fs::remove_dir_all(&shots);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../worker/tests/dashboard/browser.js");
+    let run = tokio::process::Command::new(&node)
+        .arg(&script)
+        .env("UMP_PLAYWRIGHT", &playwright)
+        .env("UMP_CHROMIUM", &chromium)
+        .env("DASHBOARD_URL", &ump.url)
+        .env("DASHBOARD_KEY", KEY)
+        .env("SENT_ID", &sent)
+        .env("SENT_TO", sent_to)
+        .env("SENT_CHANNEL", "sms")
+        .env("FAILED_ID", &failed)
+        .env("FAILED_REASON", "sandbox: recipient rejected")
+        .env("CHANNELS", "email,sms")
+        .env("SCREENSHOTS", &shots)
+        .env("OUTBOX", "present")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the browser run finished within 180 s")
+        .unwrap_or_else(|e| panic!("cannot run {node}: {e}"));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{report}");
+    assert!(
+        output.status.success(),
+        "the dashboard failed in Chromium (screenshots in {}):\n{report}",
+        shots.display()
+    );
 }

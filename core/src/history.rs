@@ -85,6 +85,8 @@ pub struct MessageView {
     pub provider_message_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The detail of the latest event, e.g. why the message failed or was deferred.
+    pub detail: Option<String>,
     /// The timeline (in `GET /v1/messages/{id}` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<Event>>,
@@ -137,6 +139,15 @@ pub trait HistoryStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<Deferred>, HistoryError>;
     async fn release(&self, ids: &[MessageId]) -> Result<(), HistoryError>;
+    /// The tenant's messages accepted since `since`, counted by channel and current status, with
+    /// a series in buckets of `bucket` (the dashboard's overview). Served by an index: ids are
+    /// time-ordered, so the window is an id range.
+    async fn stats(
+        &self,
+        tenant: &str,
+        since: DateTime<Utc>,
+        bucket: std::time::Duration,
+    ) -> Result<crate::stats::Stats, HistoryError>;
 }
 
 /// Opaque cursor of a page: the last id shown.

@@ -10,6 +10,7 @@ pub mod provider;
 pub mod queue;
 pub mod resources;
 pub mod sqlite;
+pub mod stats;
 pub mod store;
 pub mod template;
 pub mod tls;

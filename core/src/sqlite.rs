@@ -13,7 +13,8 @@ use crate::history::{
     Transition, encode_cursor,
 };
 use crate::keys::{ApiKeyStore, KeyError, StoredKey, hash_key};
-use crate::model::{Envelope, Event, MessageId, Priority};
+use crate::model::{Envelope, Event, MessageId, Priority, Status};
+use crate::stats::{Stats, StatsCount, bucket_millis};
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -478,12 +479,16 @@ fn parse_row(row: &SqliteRow) -> Result<MessageView, HistoryError> {
         provider_message_id: row.try_get("provider_message_id")?,
         created_at: from_micros(row.try_get("created_at")?)?,
         updated_at: from_micros(row.try_get("updated_at")?)?,
+        detail: row.try_get("detail")?,
         events: None,
     })
 }
 
+/// The latest event's detail comes from the timeline's primary key, for the page's messages only.
 const MESSAGE_COLUMNS: &str = "id, channel, recipient, status, priority, attempts, provider, \
-                               provider_message_id, created_at, updated_at";
+                               provider_message_id, created_at, updated_at, \
+                               (SELECT e.detail FROM message_events e WHERE e.message_id = messages.id \
+                                ORDER BY e.at DESC, e.attempt DESC LIMIT 1) AS detail";
 
 #[async_trait::async_trait]
 impl HistoryStore for SqliteStore {
@@ -562,6 +567,43 @@ impl HistoryStore for SqliteStore {
             None
         };
         Ok(MessagePage { items, next_cursor })
+    }
+
+    async fn stats(
+        &self,
+        tenant: &str,
+        since: DateTime<Utc>,
+        bucket: Duration,
+    ) -> Result<Stats, HistoryError> {
+        let until = Utc::now();
+        let width = bucket_millis(bucket);
+        let bound = MessageId::lower_bound(since.timestamp_millis().max(0) as u64);
+        // Read from messages_by_time alone (a covering range scan); created_at is in µs.
+        let rows = sqlx::query(
+            "SELECT channel, status, (created_at / 1000) / ? AS bucket, COUNT(*) AS n \
+             FROM messages INDEXED BY messages_by_time \
+             WHERE tenant_id = ? AND id >= ? GROUP BY channel, status, bucket",
+        )
+        .bind(width)
+        .bind(tenant)
+        .bind(bound.as_bytes().as_slice())
+        .fetch_all(&self.durable)
+        .await?;
+        let counts = rows
+            .iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                let bucket: i64 = row.try_get("bucket")?;
+                let count: i64 = row.try_get("n")?;
+                Ok(StatsCount {
+                    channel: row.try_get("channel")?,
+                    status: status.parse::<Status>().map_err(HistoryError::Corrupt)?,
+                    bucket_start_ms: bucket.saturating_mul(width),
+                    count: u64::try_from(count).unwrap_or(0),
+                })
+            })
+            .collect::<Result<Vec<_>, HistoryError>>()?;
+        Ok(Stats::from_counts(since, until, bucket, counts))
     }
 
     async fn claim_due(
@@ -695,7 +737,7 @@ impl ApiKeyStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Content, Status};
+    use crate::model::Content;
 
     fn envelope(to: &str) -> Envelope {
         Envelope {
@@ -843,6 +885,47 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(to.items.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn stats_count_the_window_by_channel_and_status() {
+        let (_dir, store) = store().await;
+        let sent = envelope("+821000000001");
+        let failed = envelope("+821000000002");
+        store
+            .record(&BatchRecord {
+                transitions: vec![
+                    Transition::of(&sent, Status::Sent, Utc::now()),
+                    Transition::of(&failed, Status::Failed, Utc::now()).detail("bad number"),
+                ],
+                deferred: vec![],
+            })
+            .await
+            .unwrap();
+        let stats = store
+            .stats(
+                "default",
+                Utc::now() - chrono::Duration::hours(1),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert_eq!(stats.totals.total, 2);
+        assert_eq!(stats.totals.sent, 1);
+        assert_eq!(stats.totals.failed, 1);
+        assert_eq!(stats.success_rate, Some(0.5));
+        assert_eq!(stats.channels.len(), 1);
+        let other = store
+            .stats(
+                "other",
+                Utc::now() - chrono::Duration::hours(1),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert_eq!(other.totals.total, 0);
+        let failed_view = store.get("default", failed.id).await.unwrap().unwrap();
+        assert_eq!(failed_view.detail.as_deref(), Some("bad number"));
     }
 
     #[tokio::test]

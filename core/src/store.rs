@@ -4,7 +4,8 @@ use crate::history::{
     BatchRecord, Deferred, HistoryError, HistoryStore, MessageFilter, MessagePage, MessageView,
     Transition, encode_cursor,
 };
-use crate::model::{Event, MessageId, Priority};
+use crate::model::{Event, MessageId, Priority, Status};
+use crate::stats::{Stats, StatsCount, bucket_millis};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{MySql, QueryBuilder, Row};
@@ -143,12 +144,17 @@ fn parse_row(row: &MySqlRow) -> Result<MessageView, HistoryError> {
         provider_message_id: row.try_get("provider_message_id")?,
         created_at: row.try_get::<NaiveDateTime, _>("created_at")?.and_utc(),
         updated_at: row.try_get::<NaiveDateTime, _>("updated_at")?.and_utc(),
+        detail: row.try_get("detail")?,
         events: None,
     })
 }
 
+/// The latest event's detail comes from the timeline's primary key (message_id, ...): a few rows
+/// per message, read only for the messages of the page.
 const MESSAGE_COLUMNS: &str = "id, channel, recipient, status, priority, attempts, provider, \
-                               provider_message_id, created_at, updated_at";
+                               provider_message_id, created_at, updated_at, \
+                               (SELECT e.detail FROM message_events e WHERE e.message_id = messages.id \
+                                ORDER BY e.at DESC, e.attempt DESC LIMIT 1) AS detail";
 
 #[async_trait::async_trait]
 impl HistoryStore for MySqlHistory {
@@ -361,6 +367,47 @@ impl HistoryStore for MySqlHistory {
                 })
             })
             .collect()
+    }
+
+    async fn stats(
+        &self,
+        tenant: &str,
+        since: DateTime<Utc>,
+        bucket: std::time::Duration,
+    ) -> Result<Stats, HistoryError> {
+        let until = Utc::now();
+        let width = bucket_millis(bucket);
+        let bound = MessageId::lower_bound(since.timestamp_millis().max(0) as u64);
+        // The bucket comes from the id's first 48 bits (its millisecond timestamp), so the count
+        // reads messages_by_time (tenant_id, id, channel, status) alone: a covering range scan.
+        let rows = sqlx::query(
+            "SELECT channel, status, \
+                    CAST(CONV(HEX(LEFT(id, 6)), 16, 10) AS SIGNED) DIV ? AS bucket, \
+                    COUNT(*) AS n \
+             FROM messages FORCE INDEX (messages_by_time) \
+             WHERE tenant_id = ? AND id >= ? \
+             GROUP BY channel, status, bucket",
+        )
+        .bind(width)
+        .bind(tenant)
+        .bind(bound.as_bytes().as_slice())
+        .fetch_all(&self.pool)
+        .await?;
+        let counts = rows
+            .iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                let bucket: i64 = row.try_get("bucket")?;
+                let count: i64 = row.try_get("n")?;
+                Ok(StatsCount {
+                    channel: row.try_get("channel")?,
+                    status: status.parse::<Status>().map_err(HistoryError::Corrupt)?,
+                    bucket_start_ms: bucket.saturating_mul(width),
+                    count: u64::try_from(count).unwrap_or(0),
+                })
+            })
+            .collect::<Result<Vec<_>, HistoryError>>()?;
+        Ok(Stats::from_counts(since, until, bucket, counts))
     }
 
     async fn release(&self, ids: &[MessageId]) -> Result<(), HistoryError> {

@@ -26,7 +26,9 @@ CREATE TABLE messages (
     created_at           INTEGER NOT NULL,
     updated_at           INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX messages_by_tenant    ON messages (tenant_id, id);
+-- The dashboard's overview counts a window (an id range) by channel and status from this index
+-- alone; it also serves the plain (tenant_id, id) listing as its prefix.
+CREATE INDEX messages_by_time      ON messages (tenant_id, id, channel, status, created_at);
 CREATE INDEX messages_by_recipient ON messages (tenant_id, recipient, id);
 CREATE INDEX messages_by_channel   ON messages (tenant_id, channel, id);
 CREATE INDEX messages_by_status    ON messages (tenant_id, status, id);

@@ -1,0 +1,294 @@
+//! The admin dashboard on the cluster-mode stack (real Kafka, Redis, MariaDB, a worker process):
+//! the page and its assets as served (types, caching, a strict Content-Security-Policy), the page
+//! in real headless Chromium (signs in, shows messages sent through the API with their status,
+//! finds them, shows their timeline; screenshots under `<target>/test-output/dashboard/`), and
+//! `/v1/stats` scoped to the key's tenant.
+
+mod stack;
+
+use serde_json::{Value, json};
+use stack::Stack;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use ump_core::keys::{ApiKeyStore, MySqlKeys, PresentedKey};
+use ump_core::testing::{infra, unique_name};
+
+/// `sms` rejects one number for good (a failure with a reason); `email` sends everything.
+const CHANNELS: &str = r#"
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: sms, namespace: NAMESPACE}
+spec:
+  type: sms
+  topic: {partitions: 2}
+  providers: [{name: sandbox, type: sandbox, settings: {rejectTo: "+821000000000"}}]
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: email, namespace: NAMESPACE}
+spec:
+  type: email
+  topic: {partitions: 1}
+  providers: [{name: sandbox, type: sandbox}]
+"#;
+
+const REJECTED: &str = "+821000000000";
+const REJECT_REASON: &str = "sandbox: recipient rejected";
+
+/// Where screenshots go: `<target dir>/test-output/dashboard/`, next to the binaries.
+fn screenshots() -> PathBuf {
+    let worker = PathBuf::from(env!("CARGO_BIN_EXE_ump-worker"));
+    let target = worker
+        .parent()
+        .and_then(|profile| profile.parent())
+        .expect("the worker binary lives in <target>/<profile>/");
+    target.join("test-output").join("dashboard")
+}
+
+async fn send(stack: &Stack, body: Value) -> String {
+    let (status, answer) = stack.post("/v1/messages", &body).await;
+    assert_eq!(status, 202, "{answer}");
+    answer["id"].as_str().expect("id").to_owned()
+}
+
+async fn get_with(stack: &Stack, path: &str, key: Option<&str>) -> reqwest::Response {
+    let mut request = stack.http.get(format!("{}{path}", stack.api));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    request.send().await.expect("GET")
+}
+
+/// A key of another tenant, stored in the stack's database.
+async fn other_tenant_key(stack: &Stack) -> (String, String) {
+    let tenant = unique_name("tenant-b");
+    let key = format!("ump_{}_secret", unique_name("kb").replace('-', ""));
+    MySqlKeys::new(stack.db.pool.clone())
+        .put(&PresentedKey::parse(&key).key_id, &tenant, &key, "tenant b")
+        .await
+        .expect("store key");
+    (tenant, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_sent_and_failed_messages_in_chromium() {
+    // Fail before anything starts when the browser is not set up.
+    let chromium = infra().require("Browser", "UMP_CHROMIUM");
+    let playwright = infra().require("Browser", "UMP_PLAYWRIGHT");
+    let node = infra().require("Browser", "UMP_NODE");
+    assert!(
+        std::path::Path::new(&chromium).is_file(),
+        "Chromium: {chromium} does not exist (run `scripts/infra up browser`)"
+    );
+    assert!(
+        std::path::Path::new(&playwright)
+            .join("package.json")
+            .is_file(),
+        "playwright-core is not installed at {playwright} (run `scripts/infra up browser`)"
+    );
+
+    let stack = Stack::start(CHANNELS).await;
+    let sent_to = "+821055550001";
+    let sent = send(
+        &stack,
+        json!({"channel": "sms", "to": sent_to, "body": "대시보드 확인용 메시지"}),
+    )
+    .await;
+    let failed = send(
+        &stack,
+        json!({"channel": "sms", "to": REJECTED, "body": "this one is rejected"}),
+    )
+    .await;
+    for i in 0..3 {
+        send(
+            &stack,
+            json!({"channel": "email", "to": format!("user{i}@example.com"), "subject": "Welcome", "body": "Hello"}),
+        )
+        .await;
+    }
+    stack
+        .wait_for("4 sent and 1 failed", Duration::from_secs(60), |c| {
+            c.get("sent").copied().unwrap_or(0) == 4 && c.get("failed").copied().unwrap_or(0) == 1
+        })
+        .await;
+
+    // The page and its assets, as a browser gets them.
+    let page = get_with(&stack, "/", None).await;
+    assert_eq!(page.status(), 200);
+    let headers = page.headers().clone();
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let csp = headers["content-security-policy"].to_str().expect("CSP");
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self';"));
+    assert!(
+        !csp.contains("http"),
+        "the policy names another origin: {csp}"
+    );
+    let html = page.text().await.expect("page");
+    let script = html
+        .split("src=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a script link");
+    assert!(script.starts_with("/assets/app.js?v="), "{script}");
+    let js = get_with(&stack, script, None).await;
+    assert_eq!(js.status(), 200);
+    assert_eq!(
+        js.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(
+        js.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    let etag = js.headers()["etag"].clone();
+    let again = stack
+        .http
+        .get(format!("{}{script}", stack.api))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(again.status(), 304);
+    let css = get_with(&stack, "/assets/app.css", None).await;
+    assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
+    assert_eq!(
+        css.headers()["cache-control"],
+        "no-cache",
+        "unversioned link"
+    );
+    assert_eq!(
+        get_with(&stack, "/assets/nope.js", None).await.status(),
+        404
+    );
+
+    // The page itself, in Chromium.
+    let shots = screenshots();
+    let _ = std::fs::remove_dir_all(&shots);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard/browser.js");
+    let run = tokio::process::Command::new(&node)
+        .arg(&script)
+        .env("UMP_PLAYWRIGHT", &playwright)
+        .env("UMP_CHROMIUM", &chromium)
+        .env("DASHBOARD_URL", &stack.api)
+        .env("DASHBOARD_KEY", &stack.key)
+        .env("SENT_ID", &sent)
+        .env("SENT_TO", sent_to)
+        .env("SENT_CHANNEL", "sms")
+        .env("FAILED_ID", &failed)
+        .env("FAILED_REASON", REJECT_REASON)
+        .env("CHANNELS", "email,sms")
+        .env("SCREENSHOTS", &shots)
+        .env("OUTBOX", "absent")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the browser run finished within 180 s")
+        .unwrap_or_else(|e| panic!("cannot run {node}: {e}"));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{report}");
+    assert!(
+        output.status.success(),
+        "the dashboard failed in Chromium (screenshots in {}):\n{report}",
+        shots.display()
+    );
+    assert!(shots.join("5-search-by-id-timeline.png").is_file());
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_show_a_key_only_its_own_tenants_messages() {
+    let stack = Stack::start(CHANNELS).await;
+    let (_, other_key) = other_tenant_key(&stack).await;
+    for to in ["+821055550002", "+821055550003", REJECTED] {
+        send(&stack, json!({"channel": "sms", "to": to, "body": "a"})).await;
+    }
+    stack
+        .wait_for("2 sent and 1 failed", Duration::from_secs(60), |c| {
+            c.get("sent").copied().unwrap_or(0) == 2 && c.get("failed").copied().unwrap_or(0) == 1
+        })
+        .await;
+
+    let (status, mine) = stack.get("/v1/stats?window=1h").await;
+    assert_eq!(status, 200, "{mine}");
+    assert_eq!(mine["totals"]["total"], 3, "{mine}");
+    assert_eq!(mine["totals"]["sent"], 2);
+    assert_eq!(mine["totals"]["failed"], 1);
+    assert_eq!(mine["channels"][0]["channel"], "sms");
+    let rate = mine["success_rate"].as_f64().expect("a success rate");
+    assert!((rate - 2.0 / 3.0).abs() < 1e-9, "{rate}");
+    assert_eq!(mine["bucket_seconds"], 60);
+    let series = mine["series"].as_array().expect("series");
+    let in_series: u64 = series
+        .iter()
+        .map(|b| b["counts"]["total"].as_u64().expect("count"))
+        .sum();
+    assert_eq!(in_series, 3);
+    let (status, day) = stack.get("/v1/stats?window=24h").await;
+    assert_eq!(status, 200);
+    assert_eq!(day["bucket_seconds"], 900);
+    assert_eq!(day["totals"]["total"], 3);
+
+    // Tenant B sees none of it, nor any of A's messages.
+    let theirs: Value = get_with(&stack, "/v1/stats?window=24h", Some(&other_key))
+        .await
+        .json()
+        .await
+        .expect("stats");
+    assert_eq!(theirs["totals"]["total"], 0, "{theirs}");
+    assert_eq!(theirs["channels"], json!([]));
+    assert_eq!(theirs["success_rate"], Value::Null);
+    let listed: Value = get_with(&stack, "/v1/messages", Some(&other_key))
+        .await
+        .json()
+        .await
+        .expect("list");
+    assert_eq!(listed["items"], json!([]));
+
+    // B's own message counts for B only.
+    let response = stack
+        .http
+        .post(format!("{}/v1/messages", stack.api))
+        .bearer_auth(&other_key)
+        .json(&json!({"channel": "sms", "to": "+821055550009", "body": "b"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 202);
+    stack
+        .wait_for("B's message sent", Duration::from_secs(60), |c| {
+            c.get("sent").copied().unwrap_or(0) == 3
+        })
+        .await;
+    let theirs: Value = get_with(&stack, "/v1/stats", Some(&other_key))
+        .await
+        .json()
+        .await
+        .expect("stats");
+    assert_eq!(theirs["totals"]["total"], 1, "{theirs}");
+    assert_eq!(theirs["totals"]["sent"], 1);
+    let (_, mine) = stack.get("/v1/stats").await;
+    assert_eq!(mine["totals"]["total"], 3, "A's figures do not include B's");
+
+    // Problems: a window it does not offer, no key, a bad key.
+    let (status, problem) = stack.get("/v1/stats?window=7d").await;
+    assert_eq!(status, 400);
+    assert_eq!(problem["field"], "window");
+    let response = get_with(&stack, "/v1/stats", None).await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let response = get_with(&stack, "/v1/stats", Some("ump_nosuchkey_secret")).await;
+    assert_eq!(response.status(), 401);
+    stack.finish().await;
+}

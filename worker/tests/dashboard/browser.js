@@ -1,0 +1,268 @@
+// Drives the admin dashboard in real headless Chromium (Debian's, through playwright-core), as an
+// operator would, and fails on the first thing that is not as expected. Run by
+// worker/tests/dashboard.rs, which starts the stack and sends the messages; settings come from
+// the environment:
+//   UMP_PLAYWRIGHT, UMP_CHROMIUM        from scripts/infra up browser
+//   DASHBOARD_URL, DASHBOARD_KEY        the API and an API key of the tenant
+//   SENT_ID, SENT_TO, SENT_CHANNEL      a message that was sent (the test sends another like it)
+//   FAILED_ID, FAILED_REASON            a message that failed, and the reason it did
+//   CHANNELS                            comma-separated channels the overview must list
+//   SCREENSHOTS                         folder for the screenshots
+//   OUTBOX                              "absent" (cluster mode: /v1/outbox answers 404, no tab)
+//                                       or "present" (embedded mode: the tab shows SENT_ID)
+'use strict';
+
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+const { chromium } = require(process.env.UMP_PLAYWRIGHT);
+
+function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+};
+const base = env('DASHBOARD_URL');
+const key = env('DASHBOARD_KEY');
+const sentId = env('SENT_ID');
+const sentTo = env('SENT_TO');
+const sentChannel = env('SENT_CHANNEL');
+const failedId = env('FAILED_ID');
+const failedReason = env('FAILED_REASON');
+const channels = env('CHANNELS').split(',');
+const shots = env('SCREENSHOTS');
+const outbox = env('OUTBOX');
+check(outbox === 'absent' || outbox === 'present', `OUTBOX is ${outbox}`);
+const probe = `${base}/v1/outbox?limit=1`;
+const TIMEOUT = 15000;
+
+// Flags beyond Playwright's own: without the network ones Chromium keeps calling Google's services.
+const FLAGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+];
+
+async function main() {
+  fs.mkdirSync(shots, { recursive: true });
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'ump-chromium-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: env('UMP_CHROMIUM'),
+    headless: true,
+    args: FLAGS,
+    viewport: { width: 1360, height: 900 },
+    timezoneId: 'Asia/Seoul',
+    locale: 'en-GB',
+  });
+  const problems = [];
+  const steps = [];
+  const page = context.pages()[0] || (await context.newPage());
+  page.setDefaultTimeout(TIMEOUT);
+  let probed404 = false;
+  let simulating = false;
+  let scriptBlocked = false;
+  page.on('console', (msg) => {
+    // The page asks /v1/outbox whether this is the embedded mode; the cluster mode's designed
+    // answer is 404, which Chromium logs like any failed load. That one line is expected.
+    if (outbox === 'absent' && msg.location().url === probe && /status of 404/.test(msg.text())) {
+      probed404 = true;
+      return;
+    }
+    // The simulated outbox below holds a script in its HTML; that it is refused is the point.
+    if (simulating && /about:srcdoc/.test(msg.text()) && /sandboxed|Content Security Policy/.test(msg.text())) {
+      scriptBlocked = true;
+      return;
+    }
+    if (msg.type() === 'error' || msg.type() === 'warning') {
+      problems.push(`console ${msg.type()}: ${msg.text()} (${msg.location().url || 'no url'})`);
+    }
+  });
+  page.on('pageerror', (error) => problems.push(`uncaught: ${error.message}`));
+  page.on('requestfailed', (request) => problems.push(`request failed: ${request.url()} ${request.failure().errorText}`));
+  // Everything the page loads must come from the API itself: nothing from a CDN.
+  page.on('request', (request) => {
+    const url = request.url();
+    if (!url.startsWith(base) && !url.startsWith('data:') && !url.startsWith('about:')) {
+      problems.push(`request to another origin: ${url}`);
+    }
+  });
+  const shot = async (name) => {
+    const file = path.join(shots, `${name}.png`);
+    await page.screenshot({ path: file, fullPage: true });
+    steps.push(`screenshot ${file}`);
+  };
+
+  /** The outbox tab as the embedded mode fills it, answered here by the browser itself (this
+   *  server has no outbox): text shown as text, HTML rendered in a frame where nothing runs. */
+  async function simulatedOutbox() {
+    const hostile = '<h1 style="color:#2f5bea;font-family:sans-serif">Thanks for your order</h1>' +
+      '<p id="order" style="font-family:sans-serif">Order <b>1001</b> ships today.</p>' +
+      '<script>parent.document.title = "pwned"; document.getElementById("order").textContent = "script ran";</script>';
+    const items = [
+      { id: sentId, channel: 'email', to: 'someone@example.com', subject: 'Your receipt <img src=x onerror=alert(1)>',
+        text: 'Thanks for your order.', html: hostile, provider: 'sandbox', at: new Date().toISOString() },
+      { id: failedId, channel: 'sms', to: sentTo, subject: null, text: '[UMP] 인증번호는 123456 입니다',
+        html: null, provider: 'sandbox', at: new Date(Date.now() - 60000).toISOString() },
+    ];
+    await page.route('**/v1/outbox*', (route) => route.fulfill({ status: 200, json: { items } }));
+    simulating = true;
+    await page.reload();
+    await page.locator('#tab-outbox').waitFor({ state: 'visible' });
+    await page.locator('#tab-outbox').click();
+    await page.locator('#outbox tbody tr[data-id]').nth(1).waitFor();
+    await page.locator(`#outbox tr[data-id="${sentId}"]`).click();
+    const preview = page.locator('#outbox-preview');
+    await preview.waitFor({ state: 'visible' });
+    check((await preview.locator('h2').innerText()) === items[0].subject, 'the subject is not shown as plain text');
+    check((await preview.locator('img').count()) === 0, 'markup in the subject became an element');
+    check((await preview.locator('iframe').getAttribute('sandbox')) === '', 'the HTML frame is not fully sandboxed');
+    const frame = page.frameLocator('#outbox-preview iframe');
+    check((await frame.locator('h1').innerText()) === 'Thanks for your order', 'the HTML is not rendered');
+    await page.waitForTimeout(300);
+    check((await frame.locator('#order').innerText()) === 'Order 1001 ships today.', 'a script in the HTML ran');
+    check((await page.title()) === 'UMP dashboard', 'a script in the HTML reached the page');
+    check(scriptBlocked, 'no sign that the HTML\'s script was refused');
+    await shot('8-outbox-simulated');
+    await preview.locator('button').click();
+    await page.locator('#timeline li[data-status="sent"]').waitFor();
+    await page.locator('#detail-close').click();
+    steps.push('outbox tab (simulated): subject as text, HTML rendered sandboxed, its script refused, link to the timeline');
+  }
+
+  try {
+    // Signed in by the link the embedded mode prints: the key leaves the address bar at once.
+    await page.goto(`${base}/#key=${encodeURIComponent(key)}`);
+    await page.locator('#tabs').waitFor({ state: 'visible' });
+    const url = page.url();
+    check(!url.includes(encodeURIComponent(key)) && !url.includes('key='), `the key is still in the URL: ${url}`);
+    const stored = await page.evaluate(() => sessionStorage.getItem('ump.dashboard.key'));
+    check(stored === key, 'the key is not in sessionStorage');
+    steps.push('signed in from #key=, fragment cleared');
+
+    // Overview: counts, success rate, a chart with bars, every channel.
+    await page.locator('#cards [data-stat="total"] .value').waitFor();
+    const total = Number((await page.locator('#cards [data-stat="total"] .value').innerText()).replace(/\D/g, ''));
+    check(total >= 2, `overview total is ${total}`);
+    const failedCard = await page.locator('#cards [data-stat="failed"] .value').innerText();
+    check(Number(failedCard.replace(/\D/g, '')) >= 1, `overview failed is ${failedCard}`);
+    check(/%/.test(await page.locator('#cards [data-stat="success"] .value').innerText()), 'no success rate');
+    check((await page.locator('#chart svg rect.ok').count()) >= 1, 'the chart has no sent bar');
+    check((await page.locator('#chart svg rect.bad').count()) >= 1, 'the chart has no failed bar');
+    for (const channel of channels) {
+      await page.locator(`#channels tr[data-channel="${channel}"]`).waitFor();
+    }
+    steps.push(`overview: ${total} messages, channels ${channels.join(', ')}`);
+    await shot('1-overview-1h');
+    await page.locator('#window-picker button[data-window="24h"]').click();
+    await page.waitForFunction(() => document.querySelectorAll('#chart svg g').length >= 90);
+    await shot('2-overview-24h');
+
+    // Live activity: the sent message with its status, then one sent through the API while the
+    // page is open shows up by itself, sent.
+    await page.locator('#tabs button[data-view="activity"]').click();
+    const liveRow = page.locator(`#activity tr[data-id="${sentId}"]`);
+    await liveRow.waitFor();
+    check((await liveRow.getAttribute('data-status')) === 'sent', `live activity shows ${await liveRow.getAttribute('data-status')}`);
+    check((await liveRow.innerText()).includes(sentTo), 'live activity does not show the recipient');
+    const response = await fetch(`${base}/v1/messages`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ channel: sentChannel, to: sentTo, body: 'sent while the dashboard is open' }),
+    });
+    check(response.status === 202, `POST /v1/messages answered ${response.status}`);
+    const { id: liveId } = await response.json();
+    await page.locator(`#activity tr[data-id="${liveId}"][data-status="sent"]`).waitFor();
+    steps.push('live activity: the message is there, sent; one sent meanwhile appeared by itself, sent');
+    await shot('3-activity');
+
+    // Failures, with the reason.
+    await page.locator('#tabs button[data-view="failures"]').click();
+    const failedRow = page.locator(`#failures tr[data-id="${failedId}"]`);
+    await failedRow.waitFor();
+    check((await failedRow.locator('td.detail').innerText()).includes(failedReason), 'the failure has no reason');
+    steps.push('failures: the failed message with its reason');
+    await shot('4-failures');
+
+    // Search by id: the message, and its timeline opens.
+    await page.locator('#tabs button[data-view="search"]').click();
+    await page.locator('#search-q').fill(sentId);
+    await page.locator('#search-form button[type="submit"]').click();
+    await page.locator(`#results tr[data-id="${sentId}"]`).waitFor();
+    await page.locator('#detail').waitFor({ state: 'visible' });
+    await page.locator('#timeline li[data-status="sent"]').waitFor();
+    const events = await page.locator('#timeline li').evaluateAll((items) => items.map((li) => li.dataset.status));
+    check(JSON.stringify(events) === JSON.stringify(['accepted', 'sent']), `timeline is ${events}`);
+    check((await page.locator('#detail-fields').innerText()).includes(sentId), 'the detail does not show the id');
+    steps.push(`search by id: found, timeline ${events.join(' → ')}`);
+    await shot('5-search-by-id-timeline');
+    await page.locator('#detail-close').click();
+    await page.locator('#detail').waitFor({ state: 'hidden' });
+
+    // Search by recipient, then the timeline from the result row.
+    await page.locator('#search-q').fill(sentTo);
+    await page.locator('#search-form button[type="submit"]').click();
+    const byTo = page.locator(`#results tr[data-id="${sentId}"]`);
+    await byTo.waitFor();
+    const rows = await page.locator('#results tbody tr[data-id]').evaluateAll((trs) => trs.map((tr) => tr.dataset.id));
+    check(rows.length >= 1 && rows.includes(sentId), `search by recipient found ${rows}`);
+    await byTo.click();
+    await page.locator('#timeline li[data-status="sent"]').waitFor();
+    steps.push(`search by recipient: ${rows.length} message(s), timeline opened from the row`);
+    await shot('6-search-by-recipient-timeline');
+
+    // The failed message's timeline carries its reason.
+    await page.locator('#tabs button[data-view="failures"]').click();
+    await page.locator(`#failures tr[data-id="${failedId}"]`).click();
+    await page.locator('#timeline li[data-status="failed"]').waitFor();
+    check((await page.locator('#timeline li[data-status="failed"]').innerText()).includes(failedReason), 'the failed event has no reason');
+    await shot('7-failed-timeline');
+    await page.locator('#detail-close').click();
+
+    if (outbox === 'absent') {
+      // Cluster mode: no sandbox outbox, so no tab for it.
+      check(probed404, 'the page never asked /v1/outbox');
+      check(await page.locator('#tab-outbox').isHidden(), 'the outbox tab shows in cluster mode');
+      steps.push('no outbox tab (the cluster mode has no sandbox outbox)');
+      await simulatedOutbox();
+    } else {
+      await page.locator('#tab-outbox').click();
+      const captured = page.locator(`#outbox tr[data-id="${sentId}"]`);
+      await captured.waitFor();
+      await captured.click();
+      await page.locator('#outbox-preview').waitFor({ state: 'visible' });
+      steps.push('sandbox outbox: the sent message, rendered');
+      await shot('8-outbox');
+    }
+
+    // A reload keeps the session (sessionStorage), and signing out forgets the key.
+    await page.unroute('**/v1/outbox*');
+    await page.reload();
+    await page.locator('#tabs').waitFor({ state: 'visible' });
+    await page.locator('#sign-out').click();
+    await page.locator('#login').waitFor({ state: 'visible' });
+    check((await page.evaluate(() => sessionStorage.getItem('ump.dashboard.key'))) === null, 'the key survived sign-out');
+    steps.push('reload keeps the session; sign-out forgets the key');
+    await shot('9-signed-out');
+  } catch (error) {
+    await page.screenshot({ path: path.join(shots, 'failure.png'), fullPage: true }).catch(() => {});
+    problems.push(`step failed: ${error.message}`);
+  } finally {
+    await context.close();
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+
+  for (const step of steps) console.log(`ok: ${step}`);
+  if (problems.length) {
+    for (const problem of problems) console.log(`PROBLEM: ${problem}`);
+    process.exit(1);
+  }
+  console.log('dashboard: all checks passed');
+}
+
+main().catch((error) => {
+  console.log(`PROBLEM: ${error.stack || error}`);
+  process.exit(1);
+});
