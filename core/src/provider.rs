@@ -17,7 +17,8 @@ pub struct Outgoing {
     pub subject: Option<String>,
     pub text: String,
     pub html: Option<String>,
-    /// The stored template the message was rendered from, if any (AlimTalk needs its code).
+    /// The provider's id of the stored template the message was rendered from (its `code`, else
+    /// its name; AlimTalk sends it as the template code), if any.
     pub template: Option<String>,
     /// The send's template variables (AlimTalk template parameters, push data).
     pub data: Map<String, Value>,

@@ -28,6 +28,7 @@ fn envelope(tenant: &str, to: &str) -> Envelope {
         idempotency_key: None,
         accepted_at: Utc::now(),
         attempts: 0,
+        fallback: None,
     }
 }
 

@@ -357,22 +357,25 @@ impl DeliveryPipeline {
 
     fn render(&self, envelope: &Envelope) -> Result<Outgoing, String> {
         let content = &envelope.content;
-        let (subject, text, html) = match &content.template {
+        let (subject, text, html, template) = match &content.template {
             Some(name) => {
                 let rendered = self
                     .channel
                     .templates
-                    .render(name, &content.data)
+                    .render(name, content.locale.as_deref(), &content.data)
                     .map_err(|e| e.to_string())?;
                 (
                     rendered.subject.or_else(|| content.subject.clone()),
                     rendered.text,
                     rendered.html,
+                    // What the provider knows the template by (AlimTalk: the variant's code).
+                    Some(rendered.code),
                 )
             }
             None => (
                 content.subject.clone(),
                 content.body.clone().unwrap_or_default(),
+                None,
                 None,
             ),
         };
@@ -385,7 +388,7 @@ impl DeliveryPipeline {
             subject,
             text,
             html,
-            template: content.template.clone(),
+            template,
             data: content.data.clone(),
             metadata: envelope.metadata.clone(),
             attempt: envelope.attempts + 1,
