@@ -12,6 +12,7 @@ pub mod idempotency;
 pub mod messages;
 pub mod metrics;
 pub mod problem;
+pub mod receipts;
 pub mod request;
 pub mod watch;
 
@@ -43,20 +44,24 @@ pub struct AppState {
     pub idempotency: Arc<dyn idempotency::IdempotencyStore>,
     pub metrics: metrics::ApiMetrics,
     pub readiness: Vec<(&'static str, ReadinessCheck)>,
+    /// Where provider Secrets are mounted (`<dir>/<secret>/<key>`): the delivery-receipt
+    /// endpoints read the providers' callback secrets from there.
+    pub secrets_dir: std::path::PathBuf,
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "UMP — Unified Messaging Platform", description = "One API for email, SMS, push and Kakao AlimTalk."),
-    paths(messages::send_message, messages::send_batch, messages::get_message, messages::list_messages),
+    paths(messages::send_message, messages::send_batch, messages::get_message, messages::list_messages, receipts::receive),
     components(schemas(
         request::SendMessageRequest, messages::Accepted, messages::BatchRequest, messages::BatchResponse,
-        messages::BatchResult, problem::Problem, problem::FieldError,
+        messages::BatchResult, problem::Problem, problem::FieldError, receipts::ReceiptReport,
         ump_core::history::MessageView, ump_core::history::MessagePage, ump_core::model::Event,
         ump_core::model::Status, ump_core::model::Priority
     )),
     modifiers(&BearerAuth),
-    tags((name = "messages", description = "Send messages and read their history"))
+    tags((name = "messages", description = "Send messages and read their history"),
+         (name = "receipts", description = "Delivery receipts from providers"))
 )]
 pub struct ApiDoc;
 
@@ -83,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/messages/batch", post(messages::send_batch))
         .route("/v1/messages/{id}", get(messages::get_message))
+        .route("/v1/receipts/{channel}/{provider}", post(receipts::receive))
         .route(
             "/openapi.json",
             get(|| async { axum::Json(ApiDoc::openapi()) }),
@@ -127,7 +133,12 @@ mod tests {
     #[test]
     fn openapi_documents_every_route_and_the_problem_type() {
         let doc = serde_json::to_value(ApiDoc::openapi()).expect("OpenAPI serializes");
-        for path in ["/v1/messages", "/v1/messages/batch", "/v1/messages/{id}"] {
+        for path in [
+            "/v1/messages",
+            "/v1/messages/batch",
+            "/v1/messages/{id}",
+            "/v1/receipts/{channel}/{provider}",
+        ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }
         let send = &doc["paths"]["/v1/messages"]["post"];
