@@ -357,8 +357,8 @@ fn nhn(
     Ok(verdicts)
 }
 
+/// Fields beyond these are allowed (a receiver may say more than UMP reads).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct WebhookAck {
     id: String,
     status: String,

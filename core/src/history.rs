@@ -175,8 +175,8 @@ pub trait HistoryStore: Send + Sync {
     /// `receipt.status` (`delivered` or `failed`) and gets an event (at `receipt.at`, of its
     /// current attempt) in its timeline; a message in any other state is left alone, so a
     /// repeated or late receipt changes nothing. Messages are found across tenants: the caller
-    /// has authenticated the provider, and a receipt names no tenant. After a receipt, the
-    /// batch writes of `record` never move a `delivered` message back to `sent`.
+    /// has authenticated the provider, and a receipt names no tenant. `delivered` is final:
+    /// `record` never changes the status of a `delivered` message.
     async fn apply_receipt(&self, receipt: &Receipt) -> Result<ReceiptOutcome, HistoryError>;
 }
 

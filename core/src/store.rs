@@ -180,12 +180,13 @@ impl HistoryStore for MySqlHistory {
             });
             // Assignments run left to right and see earlier ones, so every comparison with the
             // stored updated_at comes before updated_at itself changes. An older transition
-            // (a batch recorded again after a crash) never overwrites a newer state, and a
-            // `sent` recorded again never undoes the delivery receipt that followed it.
+            // (a batch recorded again after a crash) never overwrites a newer state, and
+            // `delivered` (set by a receipt) is final: a batch consumed again after it, whatever
+            // its times, never undoes it.
             q.push(
                 " ON DUPLICATE KEY UPDATE \
-                 status = IF(VALUES(updated_at) >= updated_at \
-                     AND NOT (status = 'delivered' AND VALUES(status) = 'sent'), VALUES(status), status), \
+                 status = IF(VALUES(updated_at) >= updated_at AND status <> 'delivered', \
+                     VALUES(status), status), \
                  provider = IF(VALUES(updated_at) >= updated_at, COALESCE(VALUES(provider), provider), provider), \
                  provider_message_id = IF(VALUES(updated_at) >= updated_at, \
                      COALESCE(VALUES(provider_message_id), provider_message_id), provider_message_id), \

@@ -312,7 +312,9 @@ impl DeliveryPipeline {
             } => {
                 let policy = &self.channel.policy.retry;
                 // A fallback channel's retry budget starts when the message arrives there.
-                let made = envelope.attempts - envelope.fallback.as_ref().map_or(0, |f| f.attempts);
+                let made = envelope
+                    .attempts
+                    .saturating_sub(envelope.fallback.as_ref().map_or(0, |f| f.attempts));
                 if made >= policy.max_attempts {
                     self.release(&key, &id).await;
                     self.metrics.outcome(&channel, &provider, "dead_lettered");
