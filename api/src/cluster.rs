@@ -36,6 +36,11 @@ pub struct ClusterSettings {
     /// How long an accept waits for the broker before answering 503.
     #[arg(long, env = "UMP_ACCEPT_TIMEOUT", default_value = "5s")]
     pub accept_timeout: ump_core::duration::Duration,
+    /// Where provider Secrets are mounted (`<dir>/<secret name>/<key>`); the delivery-receipt
+    /// endpoints read callback secrets (Twilio's authToken, NHN's webhookSignature, a webhook's
+    /// signingSecret) from there.
+    #[arg(long, env = "UMP_SECRETS_DIR", default_value = "/etc/ump/secrets")]
+    pub secrets_dir: PathBuf,
 }
 
 impl std::fmt::Debug for ClusterSettings {
@@ -200,5 +205,6 @@ pub async fn state(
         idempotency: Arc::new(RedisIdempotency::new(redis)),
         metrics: ApiMetrics::new(registry)?,
         readiness,
+        secrets_dir: settings.secrets_dir.clone(),
     })
 }

@@ -33,6 +33,7 @@ use ump_core::config::ChannelRegistry;
 use ump_core::keys::{ApiKeyStore, DEFAULT_TENANT, generate_key};
 use ump_core::queue::MessageQueue;
 use ump_core::sqlite::{EmbeddedLock, SqliteQueue, SqliteStore, Wakers};
+use ump_worker::fallback::FallbackRoute;
 use ump_worker::local::{LocalConsumer, LocalRateLimiter, SqliteDedupe};
 use ump_worker::metrics::WorkerMetrics;
 use ump_worker::pipeline::DeliveryPipeline;
@@ -143,6 +144,7 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         idempotency: Arc::new(SqliteIdempotency::new(store.clone())),
         metrics: ApiMetrics::new(registry)?,
         readiness,
+        secrets_dir: settings.secrets_dir.clone(),
     };
 
     let workers = CancellationToken::new();
@@ -164,15 +166,19 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         }
         let provider = build_channel(&name, &channel.resource.spec.providers, &context)
             .with_context(|| format!("channel {name}"))?;
-        let pipeline = Arc::new(DeliveryPipeline::new(
-            Arc::clone(channel),
-            provider,
-            dedupe.clone(),
-            limiter.clone(),
-            worker_metrics.clone(),
-            settings.lanes,
-            Duration::from_secs(1),
-        )?);
+        let pipeline = Arc::new(
+            DeliveryPipeline::new(
+                Arc::clone(channel),
+                provider,
+                dedupe.clone(),
+                limiter.clone(),
+                worker_metrics.clone(),
+                settings.lanes,
+                Duration::from_secs(1),
+            )?
+            // The fallback channel's bulk queue is its topic name, as in the cluster mode.
+            .with_fallback(FallbackRoute::of(channel, &channels)),
+        );
         for queue in [
             channel.resource.topic_name(),
             channel.resource.realtime_queue(),

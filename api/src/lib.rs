@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod messages;
 pub mod metrics;
 pub mod problem;
+pub mod receipts;
 pub mod request;
 pub mod watch;
 
@@ -45,22 +46,26 @@ pub struct AppState {
     pub idempotency: Arc<dyn idempotency::IdempotencyStore>,
     pub metrics: metrics::ApiMetrics,
     pub readiness: Vec<(&'static str, ReadinessCheck)>,
+    /// Where provider Secrets are mounted (`<dir>/<secret>/<key>`): the delivery-receipt
+    /// endpoints read the providers' callback secrets from there.
+    pub secrets_dir: std::path::PathBuf,
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "UMP — Unified Messaging Platform", description = "One API for email, SMS, push and Kakao AlimTalk."),
-    paths(messages::send_message, messages::send_batch, messages::get_message, messages::list_messages, dashboard::stats),
+    paths(messages::send_message, messages::send_batch, messages::get_message, messages::list_messages, dashboard::stats, receipts::receive),
     components(schemas(
         request::SendMessageRequest, messages::Accepted, messages::BatchRequest, messages::BatchResponse,
-        messages::BatchResult, problem::Problem, problem::FieldError,
+        messages::BatchResult, problem::Problem, problem::FieldError, receipts::ReceiptReport,
         ump_core::history::MessageView, ump_core::history::MessagePage, ump_core::model::Event,
         ump_core::model::Status, ump_core::model::Priority, ump_core::stats::Stats,
         ump_core::stats::StatusCounts, ump_core::stats::ChannelStats, ump_core::stats::StatsBucket
     )),
     modifiers(&BearerAuth),
     tags((name = "messages", description = "Send messages and read their history"),
-         (name = "dashboard", description = "Figures for the admin dashboard (served at `/`)"))
+         (name = "dashboard", description = "Figures for the admin dashboard (served at `/`)"),
+         (name = "receipts", description = "Delivery receipts from providers"))
 )]
 pub struct ApiDoc;
 
@@ -87,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/messages/batch", post(messages::send_batch))
         .route("/v1/messages/{id}", get(messages::get_message))
+        .route("/v1/receipts/{channel}/{provider}", post(receipts::receive))
         .route(
             "/openapi.json",
             get(|| async { axum::Json(ApiDoc::openapi()) }),
@@ -137,6 +143,7 @@ mod tests {
             "/v1/messages/batch",
             "/v1/messages/{id}",
             "/v1/stats",
+            "/v1/receipts/{channel}/{provider}",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }

@@ -120,6 +120,7 @@ fn envelope(
         idempotency_key,
         accepted_at: now,
         attempts: 0,
+        fallback: None,
     };
     (envelope, valid.channel)
 }

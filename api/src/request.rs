@@ -9,6 +9,7 @@ use std::sync::Arc;
 use ump_core::config::{ChannelRegistry, ResolvedChannel};
 use ump_core::model::{Content, Priority};
 use ump_core::resources::ChannelType;
+use ump_core::template::TemplateError;
 use utoipa::ToSchema;
 
 /// `POST /v1/messages` body. Give either `body` (with `subject` for email) or `template` + `data`.
@@ -29,6 +30,10 @@ pub struct SendMessageRequest {
     /// The template's variables.
     #[schema(value_type = Option<Object>)]
     pub data: Option<Map<String, Value>>,
+    /// The template's locale variant to use (BCP 47, e.g. `en-US`); without a matching variant,
+    /// the channel's `fallbackLocale`, else the template's default parts.
+    #[schema(example = "ko")]
+    pub locale: Option<String>,
     /// `bulk` (Kafka, default) or `realtime` (ActiveMQ).
     #[schema(example = "bulk")]
     pub priority: Option<String>,
@@ -41,8 +46,8 @@ pub struct SendMessageRequest {
 }
 
 const FIELDS: &[&str] = &[
-    "channel", "to", "subject", "body", "template", "data", "priority", "send_at", "tags",
-    "metadata",
+    "channel", "to", "subject", "body", "template", "data", "locale", "priority", "send_at",
+    "tags", "metadata",
 ];
 const MAX_BODY_CHARS: usize = 65_536;
 const MAX_SUBJECT_CHARS: usize = 998;
@@ -105,6 +110,15 @@ pub fn validate(
     let template = string("template", false, &mut errors);
     let priority = string("priority", false, &mut errors);
     let send_at = string("send_at", false, &mut errors);
+    let locale = string("locale", false, &mut errors);
+    if let Some(tag) = &locale
+        && !ump_core::template::is_locale_tag(tag)
+    {
+        errors.push(FieldError::new(
+            field("locale"),
+            "must be a locale tag such as ko or en-US",
+        ));
+    }
 
     let object_field = |name: &str, errors: &mut Vec<FieldError>| -> Map<String, Value> {
         match object.get(name) {
@@ -256,6 +270,7 @@ pub fn validate(
             &subject,
             &body,
             &template,
+            locale.as_deref(),
             &data,
             &field,
             &mut errors,
@@ -271,6 +286,7 @@ pub fn validate(
                 body,
                 template,
                 data,
+                locale,
             },
             priority,
             send_at,
@@ -281,15 +297,28 @@ pub fn validate(
     }
 }
 
+#[allow(clippy::too_many_arguments)] // the parts of one request, checked together
 fn check_content(
     channel: &ResolvedChannel,
     subject: &Option<String>,
     body: &Option<String>,
     template: &Option<String>,
+    locale: Option<&str>,
     data: &Map<String, Value>,
     field: &dyn Fn(&str) -> String,
     errors: &mut Vec<FieldError>,
 ) {
+    // The policy's fallback text is rendered with the same data if the channel's provider
+    // refuses the message: a variable it lacks must fail now, not on the fallback channel.
+    if let Some(fallback) = &channel.fallback_text
+        && let Err(TemplateError::MissingVariable(var)) =
+            fallback.check(ump_core::config::FALLBACK_TEXT, None, data)
+    {
+        errors.push(FieldError::new(
+            field(&format!("data.{var}")),
+            "is used by the policy's fallback text but missing",
+        ));
+    }
     match (body, template) {
         (Some(_), Some(_)) => errors.push(FieldError::new(
             field("template"),
@@ -309,14 +338,15 @@ fn check_content(
                 errors.push(FieldError::new(field("subject"), "is required for email"));
             }
         }
-        (None, Some(name)) => match channel.templates.check(name, data) {
+        (None, Some(name)) => match channel.templates.check(name, locale, data) {
             Ok(()) => {}
-            Err(ump_core::template::TemplateError::MissingVariable(var)) => {
-                errors.push(FieldError::new(
-                    field(&format!("data.{var}")),
-                    "is used by the template but missing",
-                ))
-            }
+            Err(TemplateError::MissingVariable(var)) => errors.push(FieldError::new(
+                field(&format!("data.{var}")),
+                match locale {
+                    Some(tag) => format!("is used by the template (locale {tag}) but missing"),
+                    None => "is used by the template but missing".to_owned(),
+                },
+            )),
             Err(_) => errors.push(FieldError::new(
                 field("template"),
                 format!("unknown template {name:?} on channel {:?}", channel.name()),
@@ -401,7 +431,10 @@ fn is_device_token(to: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
-    use ump_core::resources::{MessageChannel, MessageChannelSpec, RealtimeSpec, TemplateSpec};
+    use ump_core::resources::{
+        DeliveryPolicy, MessageChannel, MessageChannelSpec, RealtimeSpec, TemplateSpec,
+        TemplateVariant,
+    };
 
     fn registry() -> ChannelRegistry {
         let channel = |name: &str, channel_type, realtime| {
@@ -413,21 +446,37 @@ mod tests {
                 enabled: realtime,
                 queue: None,
             };
-            spec.templates = vec![TemplateSpec {
+            let mut otp = TemplateSpec {
                 name: "otp".into(),
-                subject: None,
                 text: "code {{ code }}".into(),
-                html: None,
-            }];
+                ..Default::default()
+            };
+            otp.locales.insert(
+                "en".into(),
+                TemplateVariant {
+                    text: "{{ name }}, your code is {{ code }}".into(),
+                    ..Default::default()
+                },
+            );
+            spec.templates = vec![otp];
             MessageChannel::new(name, spec)
         };
+        let mut alimtalk = channel("alimtalk", "alimtalk", false);
+        alimtalk.spec.policy_ref = Some("with-fallback".into());
+        let policy: DeliveryPolicy = serde_json::from_value(json!({
+            "apiVersion": "ump.dev/v1alpha1", "kind": "DeliveryPolicy",
+            "metadata": {"name": "with-fallback"},
+            "spec": {"fallback": {"channel": "sms", "text": "{{ name }}님, 문자로 보냅니다"}}
+        }))
+        .expect("policy");
         ChannelRegistry::resolve(
             vec![
                 channel("sms", "sms", true),
                 channel("email", "email", false),
                 channel("push", "push", false),
+                alimtalk,
             ],
-            vec![],
+            vec![policy],
         )
         .expect("registry")
     }
@@ -546,6 +595,18 @@ mod tests {
                 json!({"channel": 7, "to": "+821012345678", "body": "x"}),
                 "channel",
             ),
+            (
+                json!({"channel": "sms", "to": "+821012345678", "template": "otp", "data": {"code": 1}, "locale": "english"}),
+                "locale",
+            ),
+            (
+                json!({"channel": "sms", "to": "+821012345678", "template": "otp", "data": {"code": 1}, "locale": "en-GB"}),
+                "data.name",
+            ),
+            (
+                json!({"channel": "alimtalk", "to": "+821012345678", "template": "otp", "data": {"code": 1}}),
+                "data.name",
+            ),
         ];
         for (input, field) in table {
             let got = fields(input.clone());
@@ -554,6 +615,24 @@ mod tests {
                 "{input} → {got:?}, expected {field}"
             );
         }
+    }
+
+    #[test]
+    fn the_locale_is_checked_against_its_own_variant() {
+        // The default variant needs only `code`; a locale without a variant falls back to it.
+        for locale in ["ko", "fr-CA"] {
+            let valid = check(
+                json!({"channel": "sms", "to": "+821012345678", "template": "otp",
+                "data": {"code": 1}, "locale": locale}),
+            )
+            .expect("valid");
+            assert_eq!(valid.content.locale.as_deref(), Some(locale));
+        }
+        check(
+            json!({"channel": "sms", "to": "+821012345678", "template": "otp",
+            "data": {"code": 1, "name": "Kim"}, "locale": "en"}),
+        )
+        .expect("valid with the English variant's variables");
     }
 
     #[test]

@@ -133,6 +133,7 @@ fn envelope(i: usize) -> Envelope {
         idempotency_key: None,
         accepted_at: Utc::now(),
         attempts: 0,
+        fallback: None,
     }
 }
 

@@ -3,7 +3,9 @@
 //! resolved into what the api and the worker use: each channel with its effective policy and its
 //! compiled templates.
 
-use crate::resources::{ChannelType, DeliveryPolicy, DeliveryPolicySpec, MessageChannel};
+use crate::resources::{
+    ChannelType, DeliveryPolicy, DeliveryPolicySpec, MessageChannel, TemplateSpec,
+};
 use crate::template::{TemplateError, TemplateSet};
 use kube::ResourceExt;
 use serde::Deserialize;
@@ -46,7 +48,13 @@ pub struct ResolvedChannel {
     /// Set when the channel names a policy that does not exist (the defaults apply meanwhile).
     pub missing_policy: Option<String>,
     pub templates: TemplateSet,
+    /// The policy's `fallback.text`, compiled (it is rendered with the send's `data`); `None`
+    /// when the policy has no fallback or no text for it.
+    pub fallback_text: Option<TemplateSet>,
 }
+
+/// Name of the one template in [`ResolvedChannel::fallback_text`].
+pub const FALLBACK_TEXT: &str = "fallback";
 
 impl ResolvedChannel {
     pub fn name(&self) -> String {
@@ -95,7 +103,10 @@ impl ChannelRegistry {
                 errors.push(ConfigError::NoProvider(name));
                 continue;
             }
-            let templates = match TemplateSet::compile(&channel.spec.templates) {
+            let templates = match TemplateSet::compile(
+                &channel.spec.templates,
+                channel.spec.fallback_locale.as_deref(),
+            ) {
                 Ok(templates) => templates,
                 Err(source) => {
                     errors.push(ConfigError::Template {
@@ -115,11 +126,32 @@ impl ChannelRegistry {
                     }
                 }
             };
+            let fallback_text = match policy.fallback.as_ref().and_then(|f| f.text.as_ref()) {
+                None => None,
+                Some(text) => {
+                    let spec = TemplateSpec {
+                        name: FALLBACK_TEXT.to_owned(),
+                        text: text.clone(),
+                        ..TemplateSpec::default()
+                    };
+                    match TemplateSet::compile(&[spec], None) {
+                        Ok(compiled) => Some(compiled),
+                        Err(source) => {
+                            errors.push(ConfigError::Template {
+                                channel: name,
+                                source,
+                            });
+                            continue;
+                        }
+                    }
+                }
+            };
             let entry = Arc::new(ResolvedChannel {
                 resource: channel,
                 policy,
                 missing_policy,
                 templates,
+                fallback_text,
             });
             if resolved.insert(name.clone(), entry).is_some() {
                 errors.push(ConfigError::DuplicateChannel(name));
@@ -253,6 +285,69 @@ metadata: {name: ignored}
         let email = registry.get("email").expect("email");
         assert_eq!(email.missing_policy.as_deref(), Some("missing"));
         assert_eq!(email.policy, DeliveryPolicySpec::default());
+    }
+
+    #[test]
+    fn locales_and_the_fallback_text_compile_from_yaml() {
+        let yaml = r#"
+kind: DeliveryPolicy
+metadata: {name: kakao}
+spec:
+  fallback: {channel: sms, text: "{{ name }}님, 알림톡 대신 문자로 보냅니다"}
+---
+kind: MessageChannel
+metadata: {name: alimtalk}
+spec:
+  type: alimtalk
+  policyRef: kakao
+  fallbackLocale: en
+  providers: [{name: sandbox, type: sandbox}]
+  templates:
+    - name: shipped
+      code: SHIPPED_KO
+      text: "{{ name }}님, 주문이 출발했습니다"
+      locales:
+        en: {code: SHIPPED_EN, text: "{{ name }}, your order has shipped"}
+---
+kind: MessageChannel
+metadata: {name: broken}
+spec:
+  type: sms
+  fallbackLocale: "not a locale"
+  providers: [{name: sandbox, type: sandbox}]
+"#;
+        let (mut channels, mut policies) = (Vec::new(), Vec::new());
+        parse_documents(Path::new("t.yaml"), yaml, &mut channels, &mut policies).expect("parse");
+        let (registry, errors) = ChannelRegistry::resolve_valid(channels, policies);
+        assert!(
+            matches!(&errors[..], [ConfigError::Template { channel, .. }] if channel == "broken"),
+            "{errors:?}"
+        );
+        let alimtalk = registry.get("alimtalk").expect("alimtalk");
+        let data = serde_json::json!({"name": "Kim"});
+        let data = data.as_object().expect("object");
+        // No locale: the channel's fallback locale (en) wins over the default parts.
+        let rendered = alimtalk
+            .templates
+            .render("shipped", None, data)
+            .expect("render");
+        assert_eq!(rendered.code, "SHIPPED_EN");
+        let rendered = alimtalk
+            .templates
+            .render("shipped", Some("ko-KR"), data)
+            .expect("render");
+        assert_eq!(
+            rendered.code, "SHIPPED_EN",
+            "no ko variant: the fallback locale"
+        );
+        let fallback = alimtalk.fallback_text.as_ref().expect("fallback text");
+        assert_eq!(
+            fallback
+                .render(FALLBACK_TEXT, None, data)
+                .expect("render")
+                .text,
+            "Kim님, 알림톡 대신 문자로 보냅니다"
+        );
     }
 
     #[test]

@@ -111,6 +111,40 @@ pub struct MessagePage {
     pub next_cursor: Option<String>,
 }
 
+/// Which message a delivery receipt is about.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReceiptFor {
+    /// The id the provider gave the message when it took it (Twilio's SID, NHN's requestId).
+    ProviderMessageId(String),
+    /// UMP's own id, for callbacks that carry it (the webhook channel's acknowledgements).
+    Message(MessageId),
+}
+
+/// A provider's word on a message it took: delivered after all, or failed after all.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Receipt {
+    /// The provider that sent the message (the message's `provider`). A receipt only ever
+    /// touches that provider's messages: whoever holds one provider's callback secret cannot
+    /// change the history of messages another provider sent.
+    pub provider: String,
+    pub message: ReceiptFor,
+    /// `Delivered` or `Failed`.
+    pub status: Status,
+    pub at: DateTime<Utc>,
+    pub detail: Option<String>,
+}
+
+/// What a receipt did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReceiptOutcome {
+    /// No message of that provider matches: nothing changed.
+    Unknown,
+    /// The message moved from `sent` to the receipt's status, with an event in its timeline.
+    Applied(MessageId),
+    /// The message is not `sent` (delivered or failed already, or not sent yet): nothing changed.
+    Unchanged { id: MessageId, status: Status },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error("history store: {0}")]
@@ -148,6 +182,14 @@ pub trait HistoryStore: Send + Sync {
         since: DateTime<Utc>,
         bucket: std::time::Duration,
     ) -> Result<crate::stats::Stats, HistoryError>;
+
+    /// Applies a delivery receipt, atomically: a `sent` message of `receipt.provider` moves to
+    /// `receipt.status` (`delivered` or `failed`) and gets an event (at `receipt.at`, of its
+    /// current attempt) in its timeline; a message in any other state is left alone, so a
+    /// repeated or late receipt changes nothing. Messages are found across tenants: the caller
+    /// has authenticated the provider, and a receipt names no tenant. `delivered` is final:
+    /// `record` never changes the status of a `delivered` message.
+    async fn apply_receipt(&self, receipt: &Receipt) -> Result<ReceiptOutcome, HistoryError>;
 }
 
 /// Opaque cursor of a page: the last id shown.

@@ -170,6 +170,18 @@ pub struct Content {
     pub template: Option<String>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub data: Map<String, Value>,
+    /// Which of the template's locale variants to render (BCP 47, e.g. `en-US`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+}
+
+/// Where a message delivered on a fallback channel came from (a DeliveryPolicy's `fallback`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FallbackOrigin {
+    /// The channel whose provider refused the message.
+    pub channel: String,
+    /// Attempts made there: the fallback channel's retry budget starts after them.
+    pub attempts: u32,
 }
 
 /// An accepted message on its way through the queues. Everything the worker needs is here, so
@@ -195,6 +207,9 @@ pub struct Envelope {
     /// Delivery attempts made so far (0 on the first try).
     #[serde(default)]
     pub attempts: u32,
+    /// Set when the message is on its way over a fallback channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<FallbackOrigin>,
 }
 
 impl Envelope {
@@ -268,6 +283,7 @@ mod tests {
             idempotency_key: None,
             accepted_at: Utc::now(),
             attempts: 0,
+            fallback: None,
         }
     }
 

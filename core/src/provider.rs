@@ -17,7 +17,8 @@ pub struct Outgoing {
     pub subject: Option<String>,
     pub text: String,
     pub html: Option<String>,
-    /// The stored template the message was rendered from, if any (AlimTalk needs its code).
+    /// The provider's id of the stored template the message was rendered from (its `code`, else
+    /// its name; AlimTalk sends it as the template code), if any.
     pub template: Option<String>,
     /// The send's template variables (AlimTalk template parameters, push data).
     pub data: Map<String, Value>,
@@ -40,9 +41,26 @@ pub enum Outcome {
     Permanent { reason: String },
 }
 
+/// An outcome and the provider that gave it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    /// The name of the provider that took the call (a failover channel's member).
+    pub provider: String,
+    pub outcome: Outcome,
+}
+
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
     /// The provider's name from the channel spec (metrics, logs, the message's `provider`).
     fn name(&self) -> &str;
     async fn send(&self, message: &Outgoing) -> Outcome;
+    /// Sends and names who answered: this provider, or for one that routes to others
+    /// (failover) the member that took the call. The pipeline records that name as the
+    /// message's `provider`, which is also what delivery receipts are matched against.
+    async fn send_named(&self, message: &Outgoing) -> Answer {
+        Answer {
+            provider: self.name().to_owned(),
+            outcome: self.send(message).await,
+        }
+    }
 }

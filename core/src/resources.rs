@@ -68,17 +68,49 @@ pub struct MessageChannelSpec {
     /// Stored templates a send can name instead of inline content.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub templates: Vec<TemplateSpec>,
+    /// Locale whose template variant is used when a send names no locale or one a template has
+    /// no variant for (e.g. `ko`); a template without that variant uses its default parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$"),
+        length(max = 35)
+    )]
+    pub fallback_locale: Option<String>,
 }
 
-/// A stored template, rendered with the send's `data` (Jinja syntax: `{{ name }}`).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// A stored template, rendered with the send's `data` (Jinja syntax: `{{ name }}`). Its own parts
+/// are the default; `locales` holds translations a send picks with its `locale`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateSpec {
     pub name: String,
+    /// The provider's id of the template (AlimTalk: the Kakao-approved template code); the
+    /// template's name when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
     pub text: String,
     /// HTML body (email); variables are HTML-escaped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    /// Variants by locale (a BCP 47 tag: `en`, `ja`, `zh-TW`). A variant is a whole translation:
+    /// the parts it leaves out are absent, not taken from the default (its `code` aside).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub locales: BTreeMap<String, TemplateVariant>,
+}
+
+/// One locale's version of a template.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateVariant {
+    /// The provider's id of this variant (e.g. the AlimTalk template approved in this language);
+    /// the template's `code` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    pub text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub html: Option<String>,
 }

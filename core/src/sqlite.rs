@@ -10,7 +10,7 @@
 
 use crate::history::{
     BatchRecord, Deferred, HistoryError, HistoryStore, MessageFilter, MessagePage, MessageView,
-    Transition, encode_cursor,
+    Receipt, ReceiptFor, ReceiptOutcome, Transition, encode_cursor,
 };
 use crate::keys::{ApiKeyStore, KeyError, StoredKey, hash_key};
 use crate::model::{Envelope, Event, MessageId, Priority, Status};
@@ -426,11 +426,12 @@ async fn write_transitions(
                 .push_bind(micros(t.at));
         });
         // Every expression sees the row as it was: an older transition (a batch recorded again
-        // after a crash) never overwrites a newer state.
+        // after a crash) never overwrites a newer state, and `delivered` (set by a receipt) is
+        // final.
         q.push(
             " ON CONFLICT (id) DO UPDATE SET \
              status = CASE WHEN excluded.updated_at >= messages.updated_at \
-                 THEN excluded.status ELSE messages.status END, \
+                 AND messages.status <> 'delivered' THEN excluded.status ELSE messages.status END, \
              provider = CASE WHEN excluded.updated_at >= messages.updated_at \
                  THEN COALESCE(excluded.provider, messages.provider) ELSE messages.provider END, \
              provider_message_id = CASE WHEN excluded.updated_at >= messages.updated_at \
@@ -455,6 +456,13 @@ async fn write_transitions(
         q.build().execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+fn message_id(row: &SqliteRow) -> Result<MessageId, HistoryError> {
+    let id: Vec<u8> = row.try_get("id")?;
+    uuid::Uuid::from_slice(&id)
+        .map(MessageId)
+        .map_err(|e| HistoryError::Corrupt(format!("id: {e}")))
 }
 
 fn parse_row(row: &SqliteRow) -> Result<MessageView, HistoryError> {
@@ -646,6 +654,71 @@ impl HistoryStore for SqliteStore {
             .collect()
     }
 
+    async fn apply_receipt(&self, receipt: &Receipt) -> Result<ReceiptOutcome, HistoryError> {
+        // One statement changes the row only when it is `sent`, so the transaction starts with a
+        // write: no other writer can slip in between a read and the write.
+        let filter = match &receipt.message {
+            ReceiptFor::ProviderMessageId(_) => "provider_message_id = ?",
+            ReceiptFor::Message(_) => "id = ?",
+        };
+        let mut tx = self.durable.begin().await?;
+        let update = format!(
+            "UPDATE messages SET status = ?, updated_at = MAX(updated_at, ?) \
+             WHERE id = (SELECT id FROM messages WHERE {filter} AND provider = ? LIMIT 1) \
+             AND status = 'sent' RETURNING id, attempts"
+        );
+        let q = sqlx::query(sqlx::AssertSqlSafe(update))
+            .bind(receipt.status.as_str())
+            .bind(micros(receipt.at));
+        let q = match &receipt.message {
+            ReceiptFor::ProviderMessageId(provider_id) => q.bind(provider_id.clone()),
+            ReceiptFor::Message(id) => q.bind(id.as_bytes().to_vec()),
+        };
+        let updated = q
+            .bind(receipt.provider.clone())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = updated else {
+            tx.rollback().await?;
+            let select =
+                format!("SELECT id, status FROM messages WHERE {filter} AND provider = ? LIMIT 1");
+            let q = sqlx::query(sqlx::AssertSqlSafe(select));
+            let q = match &receipt.message {
+                ReceiptFor::ProviderMessageId(provider_id) => q.bind(provider_id.clone()),
+                ReceiptFor::Message(id) => q.bind(id.as_bytes().to_vec()),
+            };
+            let found = q
+                .bind(receipt.provider.clone())
+                .fetch_optional(&self.durable)
+                .await?;
+            return match found {
+                None => Ok(ReceiptOutcome::Unknown),
+                Some(row) => {
+                    let status: String = row.try_get("status")?;
+                    Ok(ReceiptOutcome::Unchanged {
+                        id: message_id(&row)?,
+                        status: status.parse().map_err(HistoryError::Corrupt)?,
+                    })
+                }
+            };
+        };
+        let id = message_id(&row)?;
+        let attempt: i64 = row.try_get("attempts")?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO message_events (message_id, attempt, status, at, detail) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(id.as_bytes().as_slice())
+        .bind(attempt)
+        .bind(receipt.status.as_str())
+        .bind(micros(receipt.at))
+        .bind(receipt.detail.clone())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ReceiptOutcome::Applied(id))
+    }
+
     async fn release(&self, ids: &[MessageId]) -> Result<(), HistoryError> {
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
             let mut q: QueryBuilder<Sqlite> =
@@ -756,6 +829,7 @@ mod tests {
             idempotency_key: None,
             accepted_at: Utc::now(),
             attempts: 0,
+            fallback: None,
         }
     }
 
@@ -926,6 +1000,66 @@ mod tests {
         assert_eq!(other.totals.total, 0);
         let failed_view = store.get("default", failed.id).await.unwrap().unwrap();
         assert_eq!(failed_view.detail.as_deref(), Some("bad number"));
+    }
+
+    #[tokio::test]
+    async fn a_receipt_moves_a_sent_message_once_and_only_its_providers() {
+        let (_dir, store) = store().await;
+        let e = envelope("+821077778888");
+        store
+            .record(&BatchRecord {
+                transitions: vec![
+                    Transition::of(&e, Status::Sent, Utc::now())
+                        .provider("twilio", Some("SM123".into())),
+                ],
+                deferred: vec![],
+            })
+            .await
+            .unwrap();
+        let receipt = |provider: &str, message| Receipt {
+            provider: provider.into(),
+            message,
+            status: Status::Delivered,
+            at: Utc::now(),
+            detail: Some("delivered".into()),
+        };
+        let by_sid = ReceiptFor::ProviderMessageId("SM123".into());
+        assert_eq!(
+            store
+                .apply_receipt(&receipt("nhn", by_sid.clone()))
+                .await
+                .unwrap(),
+            ReceiptOutcome::Unknown,
+            "another provider's receipt"
+        );
+        assert_eq!(
+            store
+                .apply_receipt(&receipt("twilio", by_sid.clone()))
+                .await
+                .unwrap(),
+            ReceiptOutcome::Applied(e.id)
+        );
+        assert_eq!(
+            store
+                .apply_receipt(&receipt("twilio", ReceiptFor::Message(e.id)))
+                .await
+                .unwrap(),
+            ReceiptOutcome::Unchanged {
+                id: e.id,
+                status: Status::Delivered
+            }
+        );
+        // A batch recorded again after the receipt never undoes the delivery.
+        store
+            .record(&BatchRecord {
+                transitions: vec![Transition::of(&e, Status::Sent, Utc::now())],
+                deferred: vec![],
+            })
+            .await
+            .unwrap();
+        let view = store.get("default", e.id).await.unwrap().unwrap();
+        assert_eq!(view.status, Status::Delivered);
+        assert_eq!(view.events.unwrap().len(), 2);
     }
 
     #[tokio::test]

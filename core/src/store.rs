@@ -2,7 +2,7 @@
 
 use crate::history::{
     BatchRecord, Deferred, HistoryError, HistoryStore, MessageFilter, MessagePage, MessageView,
-    Transition, encode_cursor,
+    Receipt, ReceiptFor, ReceiptOutcome, Transition, encode_cursor,
 };
 use crate::model::{Event, MessageId, Priority, Status};
 use crate::stats::{Stats, StatsCount, bucket_millis};
@@ -186,10 +186,13 @@ impl HistoryStore for MySqlHistory {
             });
             // Assignments run left to right and see earlier ones, so every comparison with the
             // stored updated_at comes before updated_at itself changes. An older transition
-            // (a batch recorded again after a crash) never overwrites a newer state.
+            // (a batch recorded again after a crash) never overwrites a newer state, and
+            // `delivered` (set by a receipt) is final: a batch consumed again after it, whatever
+            // its times, never undoes it.
             q.push(
                 " ON DUPLICATE KEY UPDATE \
-                 status = IF(VALUES(updated_at) >= updated_at, VALUES(status), status), \
+                 status = IF(VALUES(updated_at) >= updated_at AND status <> 'delivered', \
+                     VALUES(status), status), \
                  provider = IF(VALUES(updated_at) >= updated_at, COALESCE(VALUES(provider), provider), provider), \
                  provider_message_id = IF(VALUES(updated_at) >= updated_at, \
                      COALESCE(VALUES(provider_message_id), provider_message_id), provider_message_id), \
@@ -408,6 +411,59 @@ impl HistoryStore for MySqlHistory {
             })
             .collect::<Result<Vec<_>, HistoryError>>()?;
         Ok(Stats::from_counts(since, until, bucket, counts))
+    }
+
+    async fn apply_receipt(&self, receipt: &Receipt) -> Result<ReceiptOutcome, HistoryError> {
+        let mut tx = self.pool.begin().await?;
+        // FOR UPDATE: a receipt and a batch write of the same message take turns.
+        let row = match &receipt.message {
+            ReceiptFor::ProviderMessageId(provider_id) => sqlx::query(
+                "SELECT id, status, attempts FROM messages \
+                 WHERE provider_message_id = ? AND provider = ? LIMIT 1 FOR UPDATE",
+            )
+            .bind(provider_id),
+            ReceiptFor::Message(id) => sqlx::query(
+                "SELECT id, status, attempts FROM messages WHERE id = ? AND provider = ? FOR UPDATE",
+            )
+            .bind(id.as_bytes().as_slice()),
+        }
+        .bind(&receipt.provider)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(ReceiptOutcome::Unknown);
+        };
+        let id: Vec<u8> = row.try_get("id")?;
+        let id = MessageId(
+            uuid::Uuid::from_slice(&id).map_err(|e| HistoryError::Corrupt(format!("id: {e}")))?,
+        );
+        let status: String = row.try_get("status")?;
+        let status: Status = status.parse().map_err(HistoryError::Corrupt)?;
+        if status != Status::Sent {
+            return Ok(ReceiptOutcome::Unchanged { id, status });
+        }
+        let attempt: u32 = row.try_get("attempts")?;
+        sqlx::query(
+            "UPDATE messages SET status = ?, updated_at = GREATEST(updated_at, ?) WHERE id = ?",
+        )
+        .bind(receipt.status.as_str())
+        .bind(naive(receipt.at))
+        .bind(id.as_bytes().as_slice())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT IGNORE INTO message_events (message_id, attempt, status, at, detail) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(id.as_bytes().as_slice())
+        .bind(attempt)
+        .bind(receipt.status.as_str())
+        .bind(naive(receipt.at))
+        .bind(receipt.detail.as_deref().map(|d| truncate(d, 1024)))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ReceiptOutcome::Applied(id))
     }
 
     async fn release(&self, ids: &[MessageId]) -> Result<(), HistoryError> {

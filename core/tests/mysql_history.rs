@@ -5,7 +5,8 @@ use chrono::{Duration as ChronoDuration, Utc};
 use serde_json::Map;
 use std::time::Duration;
 use ump_core::history::{
-    BatchRecord, Deferred, HistoryStore, MessageFilter, Transition, decode_cursor,
+    BatchRecord, Deferred, HistoryStore, MessageFilter, Receipt, ReceiptFor, ReceiptOutcome,
+    Transition, decode_cursor,
 };
 use ump_core::model::{Content, Envelope, MessageId, Priority, Status};
 use ump_core::store::MySqlHistory;
@@ -28,6 +29,7 @@ fn envelope(tenant: &str, to: &str) -> Envelope {
         idempotency_key: None,
         accepted_at: Utc::now(),
         attempts: 0,
+        fallback: None,
     }
 }
 
@@ -281,5 +283,129 @@ async fn prune_deletes_only_history_older_than_the_cutoff() {
         .await
         .expect("count");
     assert_eq!(events, 20, "the events of the 10 recent messages remain");
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn receipts_move_sent_messages_once_and_only_their_providers() {
+    let db = TestDatabase::create().await;
+    let history = MySqlHistory::new(db.pool.clone());
+    let mut sent = Vec::new();
+    for (provider, provider_id) in [("twilio", "SM1"), ("twilio", "SM2"), ("nhn", "SM1")] {
+        let mut e = envelope("t1", "+821011112222");
+        e.attempts = 1;
+        let at = e.accepted_at + ChronoDuration::milliseconds(5);
+        history
+            .record(&BatchRecord {
+                transitions: vec![
+                    Transition::of(&e, Status::Sent, at)
+                        .provider(provider, Some(provider_id.into())),
+                ],
+                deferred: vec![],
+            })
+            .await
+            .expect("record sent");
+        sent.push(e);
+    }
+    let receipt = |provider: &str, message: ReceiptFor, status| Receipt {
+        provider: provider.into(),
+        message,
+        status,
+        at: Utc::now(),
+        detail: Some("carrier says so".into()),
+    };
+
+    // Found by the provider's id, and only among that provider's messages.
+    let delivered = receipt(
+        "twilio",
+        ReceiptFor::ProviderMessageId("SM1".into()),
+        Status::Delivered,
+    );
+    assert_eq!(
+        history.apply_receipt(&delivered).await.expect("apply"),
+        ReceiptOutcome::Applied(sent[0].id)
+    );
+    let view = history
+        .get("t1", sent[0].id)
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(view.status, Status::Delivered);
+    let events = view.events.expect("events");
+    assert!(
+        events.iter().any(
+            |e| e.status == Status::Delivered && e.detail.as_deref() == Some("carrier says so")
+        ),
+        "{events:?}"
+    );
+    let other = history
+        .get("t1", sent[2].id)
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(other.status, Status::Sent, "nhn's SM1 is another message");
+
+    // Again, or a late failure: nothing changes.
+    assert_eq!(
+        history.apply_receipt(&delivered).await.expect("apply"),
+        ReceiptOutcome::Unchanged {
+            id: sent[0].id,
+            status: Status::Delivered
+        }
+    );
+    let late = receipt(
+        "twilio",
+        ReceiptFor::ProviderMessageId("SM1".into()),
+        Status::Failed,
+    );
+    assert!(matches!(
+        history.apply_receipt(&late).await.expect("apply"),
+        ReceiptOutcome::Unchanged { .. }
+    ));
+
+    // Unknown ids, and UMP ids under the wrong provider, are unknown.
+    for unknown in [
+        receipt(
+            "twilio",
+            ReceiptFor::ProviderMessageId("SM9".into()),
+            Status::Delivered,
+        ),
+        receipt("nhn", ReceiptFor::Message(sent[1].id), Status::Delivered),
+    ] {
+        assert_eq!(
+            history.apply_receipt(&unknown).await.expect("apply"),
+            ReceiptOutcome::Unknown
+        );
+    }
+    // By UMP's id under its own provider: applied.
+    assert_eq!(
+        history
+            .apply_receipt(&receipt(
+                "twilio",
+                ReceiptFor::Message(sent[1].id),
+                Status::Failed
+            ))
+            .await
+            .expect("apply"),
+        ReceiptOutcome::Applied(sent[1].id)
+    );
+
+    // The worker recording the same `sent` again (a batch consumed twice) does not undo the
+    // delivery.
+    let mut again = sent[0].clone();
+    again.attempts = 1;
+    history
+        .record(&BatchRecord {
+            transitions: vec![Transition::of(&again, Status::Sent, Utc::now())],
+            deferred: vec![],
+        })
+        .await
+        .expect("record again");
+    let view = history
+        .get("t1", sent[0].id)
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(view.status, Status::Delivered);
     db.drop_database().await;
 }

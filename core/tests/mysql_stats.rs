@@ -35,6 +35,7 @@ fn envelope(tenant: &str, channel: &str, at: DateTime<Utc>) -> Envelope {
         idempotency_key: None,
         accepted_at: at,
         attempts: 0,
+        fallback: None,
     }
 }
 

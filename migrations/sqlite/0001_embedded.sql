@@ -32,6 +32,8 @@ CREATE INDEX messages_by_time      ON messages (tenant_id, id, channel, status, 
 CREATE INDEX messages_by_recipient ON messages (tenant_id, recipient, id);
 CREATE INDEX messages_by_channel   ON messages (tenant_id, channel, id);
 CREATE INDEX messages_by_status    ON messages (tenant_id, status, id);
+-- Delivery receipts find a message by the id its provider gave it, with the provider's name.
+CREATE INDEX messages_by_provider_message_id ON messages (provider_message_id, provider);
 
 -- The timeline; (message_id, attempt, status) is unique so recording a batch twice adds nothing.
 CREATE TABLE message_events (

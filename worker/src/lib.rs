@@ -3,6 +3,7 @@
 
 pub mod consumer;
 pub mod dedupe;
+pub mod fallback;
 pub mod local;
 pub mod metrics;
 pub mod pause;

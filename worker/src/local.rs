@@ -221,8 +221,13 @@ impl LocalConsumer {
                 // Shutting down mid-batch: nothing recorded, the messages stay queued.
                 return;
             };
+            // Parked retries and schedules come back to the queue they came from (the pipeline
+            // names the channel's topic, which is the bulk queue); fallback copies keep theirs.
+            let topic = self.pipeline.channel.resource.topic_name();
             for deferred in &mut outcome.record.deferred {
-                deferred.queue.clone_from(&self.queue);
+                if deferred.queue == topic {
+                    deferred.queue.clone_from(&self.queue);
+                }
             }
             let dead: Vec<(String, _)> = outcome
                 .dead_letters

@@ -8,7 +8,7 @@ use prometheus::{
 pub struct WorkerMetrics {
     pub registry: Registry,
     /// Outcomes, by channel, provider and outcome (sent, retried, failed, duplicate,
-    /// dead_lettered, expired, scheduled).
+    /// dead_lettered, expired, scheduled, fallback).
     pub outcomes: IntCounterVec,
     /// Provider call duration, by channel and provider.
     pub provider_seconds: HistogramVec,

@@ -6,6 +6,7 @@
 //! lane delivered one message at a time, the lanes in parallel.
 
 use crate::dedupe::{Claim, DedupeStore};
+use crate::fallback::{FallbackRoute, fallback_envelope};
 use crate::metrics::WorkerMetrics;
 use crate::pause::until_available;
 use crate::policy::{QuietWindow, backoff, jitter};
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use ump_core::config::ResolvedChannel;
 use ump_core::history::{BatchRecord, Deferred, Transition};
 use ump_core::model::{Envelope, Status};
-use ump_core::provider::{Outcome, Outgoing, Provider};
+use ump_core::provider::{Answer, Outcome, Outgoing, Provider};
 use ump_core::resources::DedupeKey;
 
 /// How long a per-message key (no dedupe) remembers that the message was sent.
@@ -51,6 +52,8 @@ pub struct DeliveryPipeline {
     queue: String,
     /// How long a message waits when another worker is delivering it.
     busy_retry: Duration,
+    /// Where messages the provider refuses for good go (the policy's `fallback`).
+    fallback: Option<FallbackRoute>,
 }
 
 impl DeliveryPipeline {
@@ -82,7 +85,14 @@ impl DeliveryPipeline {
             rate_key,
             queue,
             busy_retry,
+            fallback: None,
         })
+    }
+
+    /// Hands messages the provider refuses for good on to `route` (see `crate::fallback`).
+    pub fn with_fallback(mut self, route: Option<FallbackRoute>) -> Self {
+        self.fallback = route;
+        self
     }
 
     pub async fn process(
@@ -124,6 +134,14 @@ impl DeliveryPipeline {
             self.channel.resource.topic_name()
         );
         let window = policy.window.as_std();
+        if envelope.fallback.is_some() {
+            // Deduplicated on its own channel already; here only its own redelivery must be
+            // recognised (see `crate::fallback`).
+            return (
+                format!("ump:sent:{}:{}", self.queue, envelope.id),
+                SENT_MEMORY,
+            );
+        }
         match (policy.key, &envelope.idempotency_key) {
             (DedupeKey::IdempotencyKeyOrContent | DedupeKey::IdempotencyKey, Some(key)) => {
                 (format!("{scope}:key:{key}"), window)
@@ -196,11 +214,14 @@ impl DeliveryPipeline {
         match claim {
             Claim::Claimed => {}
             Claim::AlreadySent => {
-                step.transitions.push(
-                    Transition::of(&envelope, Status::Sent, now)
-                        .provider(&provider, None)
-                        .detail("sent before a restart"),
-                );
+                let mut sent =
+                    Transition::of(&envelope, Status::Sent, now).detail("sent before a restart");
+                // Which member of a failover channel sent it is not known here: the first
+                // record of the send (when it was written) keeps naming it.
+                if let [only] = &self.channel.resource.spec.providers[..] {
+                    sent = sent.provider(&only.name, None);
+                }
+                step.transitions.push(sent);
                 return Ok(step);
             }
             Claim::Busy => {
@@ -252,7 +273,8 @@ impl DeliveryPipeline {
         };
 
         let started = Instant::now();
-        let outcome = self.provider.send(&outgoing).await;
+        // On a failover channel, the member that took the call: what the history records.
+        let Answer { provider, outcome } = self.provider.send_named(&outgoing).await;
         self.metrics
             .provider_seconds
             .with_label_values(&[channel.as_str(), provider.as_str()])
@@ -274,17 +296,26 @@ impl DeliveryPipeline {
                     .end_to_end_seconds
                     .with_label_values(&[channel.as_str()])
                     .observe(latency.as_secs_f64());
-                step.transitions.push(
-                    Transition::of(&envelope, Status::Sent, done)
-                        .provider(&provider, provider_message_id),
-                );
+                let mut sent = Transition::of(&envelope, Status::Sent, done)
+                    .provider(&provider, provider_message_id);
+                if let Some(origin) = &envelope.fallback {
+                    sent = sent.detail(format!(
+                        "sent on fallback channel {channel} (from {})",
+                        origin.channel
+                    ));
+                }
+                step.transitions.push(sent);
             }
             Outcome::Retryable {
                 reason,
                 retry_after,
             } => {
                 let policy = &self.channel.policy.retry;
-                if envelope.attempts >= policy.max_attempts {
+                // A fallback channel's retry budget starts when the message arrives there.
+                let made = envelope
+                    .attempts
+                    .saturating_sub(envelope.fallback.as_ref().map_or(0, |f| f.attempts));
+                if made >= policy.max_attempts {
                     self.release(&key, &id).await;
                     self.metrics.outcome(&channel, &provider, "dead_lettered");
                     step.transitions.push(
@@ -297,7 +328,7 @@ impl DeliveryPipeline {
                     );
                     step.dead_letter = Some(envelope);
                 } else {
-                    let wait = backoff(policy, envelope.attempts, retry_after, jitter());
+                    let wait = backoff(policy, made, retry_after, jitter());
                     let due = done + chrono::Duration::from_std(wait).unwrap_or_default();
                     self.metrics.outcome(&channel, &provider, "retried");
                     step.transitions.push(
@@ -317,13 +348,47 @@ impl DeliveryPipeline {
                 }
             }
             Outcome::Permanent { reason } => {
-                self.release(&key, &id).await;
-                self.metrics.outcome(&channel, &provider, "failed");
-                step.transitions.push(
-                    Transition::of(&envelope, Status::Failed, done)
-                        .provider(&provider, None)
-                        .detail(reason),
-                );
+                let handed_on = match (&self.fallback, &envelope.fallback) {
+                    (Some(route), None) => Some(
+                        fallback_envelope(&envelope, &outgoing, &self.channel, route)
+                            .map(|copy| (route, copy)),
+                    ),
+                    // Refused on the fallback channel too, or no fallback: final.
+                    _ => None,
+                };
+                match handed_on {
+                    Some(Ok((route, copy))) => {
+                        // The dedupe key stays claimed by this message: it was delivered (over
+                        // the fallback), so an identical send in the window is a duplicate.
+                        self.metrics.outcome(&channel, &provider, "fallback");
+                        step.transitions.push(
+                            Transition::of(&envelope, Status::Scheduled, done)
+                                .provider(&provider, None)
+                                .detail(format!(
+                                    "attempt {} failed for good ({reason}); falling back to channel {}",
+                                    envelope.attempts, route.channel
+                                )),
+                        );
+                        step.deferred = Some(Deferred {
+                            envelope: copy,
+                            queue: route.queue.clone(),
+                            due_at: done,
+                        });
+                    }
+                    other => {
+                        self.release(&key, &id).await;
+                        self.metrics.outcome(&channel, &provider, "failed");
+                        let detail = match other {
+                            Some(Err(why)) => format!("{reason}; no fallback: {why}"),
+                            _ => reason,
+                        };
+                        step.transitions.push(
+                            Transition::of(&envelope, Status::Failed, done)
+                                .provider(&provider, None)
+                                .detail(detail),
+                        );
+                    }
+                }
             }
         }
         Ok(step)
@@ -357,22 +422,25 @@ impl DeliveryPipeline {
 
     fn render(&self, envelope: &Envelope) -> Result<Outgoing, String> {
         let content = &envelope.content;
-        let (subject, text, html) = match &content.template {
+        let (subject, text, html, template) = match &content.template {
             Some(name) => {
                 let rendered = self
                     .channel
                     .templates
-                    .render(name, &content.data)
+                    .render(name, content.locale.as_deref(), &content.data)
                     .map_err(|e| e.to_string())?;
                 (
                     rendered.subject.or_else(|| content.subject.clone()),
                     rendered.text,
                     rendered.html,
+                    // What the provider knows the template by (AlimTalk: the variant's code).
+                    Some(rendered.code),
                 )
             }
             None => (
                 content.subject.clone(),
                 content.body.clone().unwrap_or_default(),
+                None,
                 None,
             ),
         };
@@ -385,7 +453,7 @@ impl DeliveryPipeline {
             subject,
             text,
             html,
-            template: content.template.clone(),
+            template,
             data: content.data.clone(),
             metadata: envelope.metadata.clone(),
             attempt: envelope.attempts + 1,

@@ -3,6 +3,7 @@
 
 use crate::consumer::{BatchSettings, ChannelConsumer, Scheduler};
 use crate::dedupe::RedisDedupe;
+use crate::fallback::FallbackRoute;
 use crate::metrics::WorkerMetrics;
 use crate::pipeline::DeliveryPipeline;
 use crate::providers::{ProviderContext, build_channel};
@@ -147,9 +148,12 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
     };
 
     let mut tasks = tokio::task::JoinSet::new();
+    let mut fallback_queues = Vec::new();
     for channel in &channels {
         // Its only provider, or failover across its providers (primary first).
         let provider = build_channel(&channel.name(), &channel.resource.spec.providers, &context)?;
+        let route = FallbackRoute::of(channel, &registry);
+        fallback_queues.extend(route.as_ref().map(|r| r.queue.clone()));
         let pipeline = DeliveryPipeline::new(
             Arc::clone(channel),
             provider,
@@ -158,7 +162,8 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
             metrics.clone(),
             settings.lanes,
             settings.claim_lease.as_std() / 2,
-        )?;
+        )?
+        .with_fallback(route);
         let consumer = ChannelConsumer::new(
             Arc::new(pipeline),
             &kafka,
@@ -172,7 +177,9 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
     let scheduler = Scheduler {
         history: Arc::clone(&history),
         producer: producer.clone(),
-        queues: channels.iter().map(|c| c.resource.topic_name()).collect(),
+        // Fallback copies too: this worker hands them on even when no worker of their channel
+        // runs here.
+        queues: scheduled_queues(&channels, fallback_queues),
         metrics: metrics.clone(),
     };
     tasks.spawn(scheduler.run(shutdown.clone()));
@@ -204,6 +211,16 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
 
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The topics whose parked messages this worker's scheduler publishes: its channels' and those of
+/// their fallback channels.
+fn scheduled_queues(channels: &[Arc<ResolvedChannel>], fallback: Vec<String>) -> Vec<String> {
+    let mut queues: Vec<String> = channels.iter().map(|c| c.resource.topic_name()).collect();
+    queues.extend(fallback);
+    queues.sort();
+    queues.dedup();
+    queues
 }
 
 /// Creates missing topics (the operator normally has, so this only matters without it); a failure

@@ -15,7 +15,7 @@ use super::BuildError;
 use super::settings::Settings;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use ump_core::provider::{Outcome, Outgoing, Provider};
+use ump_core::provider::{Answer, Outcome, Outgoing, Provider};
 use ump_core::resources::ProviderSpec;
 
 const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
@@ -211,6 +211,12 @@ impl Provider for FailoverProvider {
     }
 
     async fn send(&self, message: &Outgoing) -> Outcome {
+        self.send_named(message).await.outcome
+    }
+
+    /// The member the circuits let through answers, under its own name; with every circuit
+    /// open, the failover itself answers (retry after the nearest cool-down).
+    async fn send_named(&self, message: &Outgoing) -> Answer {
         let now = self.clock.now();
         let Some(member) = self
             .members
@@ -222,18 +228,21 @@ impl Provider for FailoverProvider {
                 .iter()
                 .map(|m| lock(&m.circuit).admits_in(now))
                 .min();
-            return Outcome::Retryable {
-                reason: "every provider's circuit is open".into(),
-                retry_after: wait,
+            return Answer {
+                provider: self.name.clone(),
+                outcome: Outcome::Retryable {
+                    reason: "every provider's circuit is open".into(),
+                    retry_after: wait,
+                },
             };
         };
-        let outcome = member.provider.send(message).await;
+        let answer = member.provider.send_named(message).await;
         let mut circuit = lock(&member.circuit);
-        match outcome {
+        match answer.outcome {
             Outcome::Retryable { .. } => circuit.record_failure(self.clock.now()),
             Outcome::Sent { .. } | Outcome::Permanent { .. } => circuit.record_success(),
         }
-        outcome
+        answer
     }
 }
 
@@ -449,6 +458,38 @@ mod tests {
         assert_eq!(failover.circuits()[0].1, CircuitState::Closed);
         failover.send(&message()).await;
         assert_eq!((primary.calls(), secondary.calls()), (6, 6));
+    }
+
+    #[tokio::test]
+    async fn the_answer_names_the_member_that_took_the_call() {
+        let clock = FakeClock::new();
+        let primary = Scripted::new("primary");
+        let secondary = Scripted::new("secondary");
+        let failover = FailoverProvider::with_breakers(
+            "sms",
+            vec![primary.clone(), secondary.clone()],
+            CircuitBreaker::new(1, COOL_DOWN),
+            clock.clone(),
+        );
+        assert_eq!(failover.send_named(&message()).await.provider, "primary");
+        primary.then(retryable(), 1);
+        let failed = failover.send_named(&message()).await;
+        assert_eq!(failed.provider, "primary");
+        assert!(matches!(failed.outcome, Outcome::Retryable { .. }));
+        let answer = failover.send_named(&message()).await;
+        assert_eq!(
+            answer,
+            Answer {
+                provider: "secondary".into(),
+                outcome: Outcome::Sent {
+                    provider_message_id: Some("secondary".into())
+                },
+            }
+        );
+        secondary.then(retryable(), 1);
+        failover.send_named(&message()).await;
+        // Both circuits open: the failover answers under the channel's name.
+        assert_eq!(failover.send_named(&message()).await.provider, "sms");
     }
 
     #[tokio::test]

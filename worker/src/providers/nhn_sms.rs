@@ -5,7 +5,8 @@
 //!
 //! Settings: `sendNo` (the registered sender number, required); `endpoint` (default
 //! `https://api-sms.cloud.toast.com`); `timeout`; `maxConcurrency`. Secret keys: `appKey`,
-//! `secretKey`.
+//! `secretKey`; `webhookSignature` (optional: the signature string of NHN Cloud's webhook, which
+//! the API's delivery-receipt endpoint checks).
 //!
 //! Recipients: `+82 10-1234-5678` and `010-1234-5678` become `01012345678`; other `+` numbers go
 //! out as `internationalRecipientNo`.

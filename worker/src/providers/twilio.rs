@@ -3,8 +3,9 @@
 //! message id.
 //!
 //! Settings: `from` (a Twilio number) or `messagingServiceSid`; `statusCallback` (URL for delivery
-//! receipts); `endpoint` (default `https://api.twilio.com`); `timeout`; `maxConcurrency`.
-//! Secret keys: `accountSid`, `authToken`.
+//! receipts: the API's `/v1/receipts/{channel}/{provider}` as Twilio reaches it; the API checks
+//! Twilio's signature against this exact URL); `endpoint` (default `https://api.twilio.com`);
+//! `timeout`; `maxConcurrency`. Secret keys: `accountSid`, `authToken`.
 //!
 //! Classification of an error answer (`{"code", "message", "status"}`):
 //!

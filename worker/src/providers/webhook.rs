@@ -10,6 +10,10 @@
 //!
 //! Classification: 2xx → sent; 408, 429 → retryable; any other 4xx → permanent; anything else
 //! (3xx, 5xx, no answer) → retryable. A 2xx JSON answer's `id` becomes the provider message id.
+//!
+//! The receiver can later acknowledge what became of a message (delivered, failed) at the API's
+//! `POST /v1/receipts/{channel}/{provider}`: `{"id": "<message id>", "status", "detail"?}`,
+//! signed the same way with the same secret.
 
 use super::http::{client, retry_after, snippet, transport_failure};
 use super::limits::CallLimits;

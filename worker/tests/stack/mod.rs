@@ -29,8 +29,32 @@ pub struct Stack {
     pub http: reqwest::Client,
     pub kafka: String,
     pub claim_lease: &'static str,
+    /// Provider Secrets of the worker and the API (`UMP_SECRETS_DIR`).
+    pub secrets_dir: PathBuf,
+    /// `RUST_LOG` of the worker.
+    pub worker_log_level: &'static str,
     worker: Option<WorkerProcess>,
     worker_runs: usize,
+}
+
+/// How a stack runs, beyond its channels.
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    pub claim_lease: &'static str,
+    /// Where provider Secrets are mounted for the worker and the API; a folder of the stack's own
+    /// (empty) when absent.
+    pub secrets_dir: Option<PathBuf>,
+    pub worker_log_level: &'static str,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            claim_lease: "3s",
+            secrets_dir: None,
+            worker_log_level: "info",
+        }
+    }
 }
 
 /// Channels of a stack: YAML documents where `NAMESPACE` stands for the stack's namespace.
@@ -50,6 +74,17 @@ impl Stack {
     }
 
     pub async fn start_with(channels: &str, claim_lease: &'static str) -> Self {
+        Self::start_opts(
+            channels,
+            StackOptions {
+                claim_lease,
+                ..StackOptions::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn start_opts(channels: &str, options: StackOptions) -> Self {
         let kafka = infra().kafka_bootstrap();
         infra().redis_url();
         let db = TestDatabase::create().await;
@@ -83,7 +118,12 @@ impl Stack {
             )
             .await
             .expect("store key");
-        let api = spawn_api(&kafka, &db.url, &dir.join("config"), "5s").await;
+        let secrets_dir = options
+            .secrets_dir
+            .clone()
+            .unwrap_or_else(|| dir.join("secrets"));
+        let api =
+            spawn_api_with_secrets(&kafka, &db.url, &dir.join("config"), "5s", &secrets_dir).await;
         let mut stack = Self {
             db,
             namespace,
@@ -97,7 +137,9 @@ impl Stack {
                 .build()
                 .expect("http"),
             kafka,
-            claim_lease,
+            claim_lease: options.claim_lease,
+            secrets_dir,
+            worker_log_level: options.worker_log_level,
             worker: None,
             worker_runs: 0,
         };
@@ -118,7 +160,8 @@ impl Stack {
             .env("UMP_WORKER_LISTEN", "127.0.0.1:0")
             .env("UMP_SANDBOX_OUTBOX", &self.outbox)
             .env("UMP_WORKER_CLAIM_LEASE", self.claim_lease)
-            .env("RUST_LOG", "info")
+            .env("UMP_SECRETS_DIR", &self.secrets_dir)
+            .env("RUST_LOG", self.worker_log_level)
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))
             .spawn()
@@ -336,6 +379,18 @@ pub async fn spawn_api(
     config_dir: &std::path::Path,
     accept_timeout: &str,
 ) -> String {
+    let no_secrets = std::env::temp_dir().join("ump-no-secrets");
+    spawn_api_with_secrets(kafka, mysql_url, config_dir, accept_timeout, &no_secrets).await
+}
+
+/// `spawn_api` with provider Secrets (for the delivery-receipt endpoints) in `secrets_dir`.
+pub async fn spawn_api_with_secrets(
+    kafka: &str,
+    mysql_url: &str,
+    config_dir: &std::path::Path,
+    accept_timeout: &str,
+    secrets_dir: &std::path::Path,
+) -> String {
     let settings = ClusterSettings {
         kafka_bootstrap: kafka.to_owned(),
         redis_url: infra().redis_url(),
@@ -343,6 +398,7 @@ pub async fn spawn_api(
         config_dir: Some(config_dir.to_owned()),
         watch_namespace: None,
         accept_timeout: accept_timeout.parse().expect("duration"),
+        secrets_dir: secrets_dir.to_owned(),
     };
     let source = ump_api::cluster::ChannelSource::Folder(config_dir.to_owned());
     let state = ump_api::cluster::state(&settings, source, prometheus::Registry::new())
