@@ -564,3 +564,74 @@ spec:
         shots.display()
     );
 }
+
+/// AlimTalk → SMS fallback in the all-in-one mode: the refused message goes out on the SMS
+/// channel's queue with the policy's text, and its timeline shows both attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_alimtalk_falls_back_to_sms_with_both_attempts_in_the_timeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let channels = dir.path().join("channels");
+    std::fs::create_dir_all(&channels).unwrap();
+    std::fs::write(
+        channels.join("channels.yaml"),
+        r#"apiVersion: ump.dev/v1alpha1
+kind: DeliveryPolicy
+metadata: {name: kakao}
+spec:
+  fallback: {channel: sms, text: "[UMP] {{ name }}님, 상품이 출발했습니다"}
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: alimtalk}
+spec:
+  type: alimtalk
+  policyRef: kakao
+  providers: [{name: kakao-sandbox, type: sandbox, settings: {rejectTo: "+821099998888"}}]
+  templates:
+    - {name: shipped, code: SHIPPED, text: "{{ name }}님, 주문하신 상품이 출발했습니다."}
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: sms}
+spec:
+  type: sms
+  providers: [{name: sms-sandbox, type: sandbox}]
+"#,
+    )
+    .unwrap();
+    let ump = Ump::start(&data, &channels, &[("UMP_BOOTSTRAP_API_KEY", KEY)]).await;
+    let (status, answer) = ump
+        .post(
+            KEY,
+            "/v1/messages",
+            &json!({"channel": "alimtalk", "to": "+821099998888", "template": "shipped",
+                    "data": {"name": "김민지"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["id"].as_str().unwrap().to_owned();
+    ump.wait_all_sent(std::slice::from_ref(&id), Duration::from_secs(30))
+        .await;
+
+    let (_, message) = ump.get(KEY, &format!("/v1/messages/{id}")).await;
+    assert_eq!(message["provider"], "sms-sandbox", "{message}");
+    let events: Vec<&str> = message["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert!(
+        events.contains(&"scheduled") && events.last() == Some(&"sent"),
+        "the refusal and the SMS are both in the timeline: {message}"
+    );
+    let text = std::fs::read_to_string(data.join("outbox.jsonl")).unwrap();
+    let sent: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(sent.len(), 1, "one SMS, no AlimTalk: {sent:?}");
+    assert_eq!(sent[0]["provider"], "sms-sandbox");
+    assert_eq!(sent[0]["text"], "[UMP] 김민지님, 상품이 출발했습니다");
+}
