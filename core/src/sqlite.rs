@@ -340,15 +340,33 @@ impl Wakers {
 
 /// The embedded mode's queue: `202` once the message is in the SQLite file. Bulk and realtime
 /// messages go to separate queues of the channel, so a bulk backlog never delays realtime ones.
+///
+/// Group commit: one writer task takes every enqueue waiting at that moment (up to
+/// `GROUP_COMMIT_MAX`) into one transaction, so concurrent accepts share one fsync instead of
+/// each paying its own; a lone request still commits at once.
 #[derive(Clone, Debug)]
 pub struct SqliteQueue {
     store: SqliteStore,
-    wakers: Wakers,
+    writer: tokio::sync::mpsc::Sender<PendingEnqueue>,
+}
+
+const GROUP_COMMIT_MAX: usize = 2000;
+
+#[derive(Debug)]
+struct PendingEnqueue {
+    queue: String,
+    id: MessageId,
+    body: String,
+    due_at: i64,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
 impl SqliteQueue {
+    /// Starts the writer task (on the current tokio runtime).
     pub fn new(store: SqliteStore, wakers: Wakers) -> Self {
-        Self { store, wakers }
+        let (writer, requests) = tokio::sync::mpsc::channel(GROUP_COMMIT_MAX * 4);
+        tokio::spawn(write_groups(store.clone(), wakers, requests));
+        Self { store, writer }
     }
 
     /// The queue a message of `channel` with `priority` goes to.
@@ -360,6 +378,46 @@ impl SqliteQueue {
     }
 }
 
+async fn write_groups(
+    store: SqliteStore,
+    wakers: Wakers,
+    mut requests: tokio::sync::mpsc::Receiver<PendingEnqueue>,
+) {
+    let mut group = Vec::with_capacity(GROUP_COMMIT_MAX);
+    while requests.recv_many(&mut group, GROUP_COMMIT_MAX).await > 0 {
+        let written = insert_group(&store, &group)
+            .await
+            .map_err(|e| e.to_string());
+        let mut queues: Vec<&str> = group.iter().map(|p| p.queue.as_str()).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        if written.is_ok() {
+            for queue in queues {
+                wakers.of(queue).notify_one();
+            }
+        }
+        for pending in group.drain(..) {
+            let _ = pending.done.send(written.clone());
+        }
+    }
+}
+
+async fn insert_group(store: &SqliteStore, group: &[PendingEnqueue]) -> Result<(), sqlx::Error> {
+    let mut tx = store.durable.begin().await?;
+    for chunk in group.chunks(ROWS_PER_STATEMENT) {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO queue (queue, message_id, envelope, due_at) ");
+        q.push_values(chunk, |mut b, p| {
+            b.push_bind(p.queue.clone())
+                .push_bind(p.id.as_bytes().to_vec())
+                .push_bind(p.body.clone())
+                .push_bind(p.due_at);
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await
+}
+
 #[async_trait::async_trait]
 impl crate::queue::MessageQueue for SqliteQueue {
     async fn enqueue(
@@ -367,13 +425,28 @@ impl crate::queue::MessageQueue for SqliteQueue {
         channel: &crate::resources::MessageChannel,
         envelope: &Envelope,
     ) -> Result<(), crate::queue::EnqueueError> {
-        let queue = Self::queue_name(channel, envelope.priority);
-        self.store
-            .enqueue(&queue, envelope, envelope.accepted_at)
+        use crate::queue::EnqueueError;
+        let body =
+            serde_json::to_string(envelope).map_err(|e| EnqueueError::Rejected(e.to_string()))?;
+        let (done, written) = tokio::sync::oneshot::channel();
+        let pending = PendingEnqueue {
+            queue: Self::queue_name(channel, envelope.priority),
+            id: envelope.id,
+            body,
+            due_at: micros(envelope.accepted_at),
+            done,
+        };
+        self.writer
+            .send(pending)
             .await
-            .map_err(|e| crate::queue::EnqueueError::Unavailable(e.to_string()))?;
-        self.wakers.of(&queue).notify_one();
-        Ok(())
+            .map_err(|_| EnqueueError::Unavailable("the SQLite writer stopped".into()))?;
+        match written.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(EnqueueError::Unavailable(e)),
+            Err(_) => Err(EnqueueError::Unavailable(
+                "the SQLite writer stopped".into(),
+            )),
+        }
     }
 
     async fn ready(&self) -> Result<(), String> {
