@@ -83,6 +83,10 @@ impl WorkerMetrics {
             ),
             &["channel", "provider"],
         )?;
+        // Known from the start, so that rate() over them works before the first pause.
+        for dependency in ["redis", "mysql", "kafka"] {
+            paused_seconds.with_label_values(&[dependency]);
+        }
         for metric in [
             Box::new(outcomes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(provider_seconds.clone()),
