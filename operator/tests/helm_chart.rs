@@ -441,7 +441,7 @@ fn the_dockerfile_builds_with_the_release_script_and_runs_as_non_root() {
     let user = runtime
         .lines()
         .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .next_back()
         .expect("a USER in the final stage");
     assert_eq!(user.trim(), "65532:65532", "numeric non-root user");
     // Every binary the chart and the operator run is in the image, on PATH.
