@@ -116,7 +116,7 @@ async fn the_chart_installs_and_the_operator_runs_with_its_rbac() {
     // The CRDs as the chart would install them, and the Tilt dependencies: server-side dry runs.
     let crd_set = chart::render(
         &release_ns,
-        &[production.clone()],
+        std::slice::from_ref(&production),
         &["crds.install=true", &channels_set],
     );
     let crds: Vec<&Value> = crd_set
