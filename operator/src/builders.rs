@@ -21,6 +21,8 @@ use ump_core::resources::{DeliveryPolicy, MessageChannel};
 
 pub const CONFIG_DIR: &str = "/etc/ump/config";
 pub const SECRETS_DIR: &str = "/etc/ump/secrets";
+/// Where `UMP_WORKER_TLS_SECRET` is mounted (CA bundles that URLs and Kafka properties name).
+pub const TLS_DIR: &str = "/etc/ump/tls";
 pub const WORKER_PORT: i32 = 9090;
 /// Label on every object the operator makes, and the selector of its ConfigMap/Deployment caches.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "ump-operator");
@@ -206,6 +208,7 @@ pub fn deployment(
             ));
         }
     }
+    env_vars.extend(settings.worker_env.iter().cloned());
 
     let mut volumes = vec![
         Volume {
@@ -236,6 +239,22 @@ pub fn deployment(
             ..VolumeMount::default()
         },
     ];
+    if let Some(tls) = &settings.worker_tls_secret {
+        volumes.push(Volume {
+            name: "tls".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "tls".to_owned(),
+            mount_path: TLS_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     for secret in &secrets {
         volumes.push(Volume {
             name: secret_volume(secret),
@@ -564,6 +583,47 @@ spec:
                 .and_then(|m| m.annotations)
                 .expect("annotations")[CONFIG_HASH],
             "abc"
+        );
+    }
+
+    #[test]
+    fn workers_get_the_charts_env_and_tls_secret() {
+        let mut settings = settings();
+        settings.worker_env = serde_json::from_str(
+            r#"[{"name": "UMP_KAFKA_CONFIG_SASL_PASSWORD",
+                 "valueFrom": {"secretKeyRef": {"name": "msk", "key": "password"}}}]"#,
+        )
+        .expect("env");
+        settings.worker_tls_secret = Some("ump-tls".into());
+        let d = deployment(&channel(), &settings, 1, "abc").expect("deployment");
+        let pod = d.spec.expect("spec").template.spec.expect("pod");
+        let c = &pod.containers[0];
+        let env = c.env.as_ref().expect("env");
+        assert_eq!(
+            env.last().map(|e| e.name.as_str()),
+            Some("UMP_KAFKA_CONFIG_SASL_PASSWORD")
+        );
+        let names: BTreeSet<&str> = env.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names.len(), env.len(), "no name twice");
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == TLS_DIR)
+            .expect("tls mount");
+        assert_eq!(mount.read_only, Some(true));
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .expect("tls volume");
+        assert_eq!(
+            volume
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref()),
+            Some("ump-tls")
         );
     }
 

@@ -292,6 +292,8 @@ async fn apply(channel: &MessageChannel, ctx: &Context) -> Result<Action> {
         replicas: Some(replicas),
         lag: lag.or(previous.consumer_lag),
     };
+    ctx.metrics
+        .channel_observed(&namespace, &name, replicas, lag);
     write_status(channel, &previous, outcome, ctx).await?;
 
     if let Some(error) = topic_error.or(worker_error) {
@@ -635,14 +637,12 @@ async fn cleanup(channel: &MessageChannel, ctx: &Context) -> Result<Action> {
             .await;
         }
     }
+    let namespace = channel.namespace().unwrap_or_default();
     ctx.stabilizer
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .forget(&format!(
-            "{}/{}",
-            channel.namespace().unwrap_or_default(),
-            channel.name_any()
-        ));
+        .forget(&format!("{namespace}/{}", channel.name_any()));
+    ctx.metrics.channel_deleted(&namespace, &channel.name_any());
     Ok(Action::await_change())
 }
 

@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use ump_core::queue::KafkaSettings;
 use ump_core::resources::{DeliveryPolicy, MessageChannel};
 
 fn api<K>(client: &Client, settings: &Settings) -> Api<K>
@@ -63,7 +64,7 @@ pub async fn run(
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let kafka = KafkaAdmin::new(&settings.kafka_bootstrap)?;
+    let kafka = KafkaAdmin::new(&KafkaSettings::from_env(settings.kafka_bootstrap.clone()))?;
     let reporter = Reporter {
         controller: FIELD_MANAGER.to_owned(),
         instance: std::env::var("POD_NAME").ok(),

@@ -29,3 +29,9 @@ pub fn render(crd: &CustomResourceDefinition) -> Result<String, serde_yaml_ng::E
 pub fn crds_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds")
 }
+
+/// The Helm chart's copy, which it installs and upgrades as templates (Helm reads no file outside
+/// the chart, and never upgrades a chart's `crds/`).
+pub fn chart_crds_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/ump/files/crds")
+}

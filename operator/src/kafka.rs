@@ -19,12 +19,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use ump_core::queue::KafkaSettings;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct KafkaAdmin {
-    bootstrap: String,
+    kafka: KafkaSettings,
     admin: Arc<AdminClient<DefaultClientContext>>,
     metadata: Arc<BaseConsumer>,
     /// Bounds the short-lived group consumers alive at once (each has its own threads and sockets).
@@ -32,18 +33,20 @@ pub struct KafkaAdmin {
 }
 
 impl KafkaAdmin {
-    pub fn new(bootstrap: &str) -> Result<Self> {
-        let admin = base_config(bootstrap)
+    /// Clients for `kafka`: its bootstrap servers and its `UMP_KAFKA_CONFIG_*` properties (TLS,
+    /// SASL), the same ones the API and the workers use.
+    pub fn new(kafka: &KafkaSettings) -> Result<Self> {
+        let admin = base_config(kafka)
             .create()
             .map_err(|e| Error::kafka("creating the admin client", e))?;
-        let metadata = base_config(bootstrap)
+        let metadata = base_config(kafka)
             // The brokers may auto-create topics; a metadata lookup must never be what creates one.
             .set("allow.auto.create.topics", "false")
             .set("enable.auto.commit", "false")
             .create()
             .map_err(|e| Error::kafka("creating the metadata client", e))?;
         Ok(Self {
-            bootstrap: bootstrap.to_owned(),
+            kafka: kafka.clone(),
             admin: Arc::new(admin),
             metadata: Arc::new(metadata),
             group_readers: Arc::new(Semaphore::new(2)),
@@ -243,11 +246,11 @@ impl KafkaAdmin {
             .acquire()
             .await
             .map_err(|e| Error::KafkaTask(e.to_string()))?;
-        let bootstrap = self.bootstrap.clone();
+        let kafka = self.kafka.clone();
         let group = group.to_owned();
         let name = topic.to_owned();
         let committed = blocking(move || {
-            let consumer: BaseConsumer = base_config(&bootstrap)
+            let consumer: BaseConsumer = base_config(&kafka)
                 .set("group.id", &group)
                 .set("enable.auto.commit", "false")
                 .set("allow.auto.create.topics", "false")
@@ -267,13 +270,8 @@ impl KafkaAdmin {
     }
 }
 
-fn base_config(bootstrap: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("client.id", "ump-operator")
-        .set("log_level", "4");
-    config
+fn base_config(kafka: &KafkaSettings) -> ClientConfig {
+    kafka.client_config_with(&[("client.id", "ump-operator"), ("log_level", "4")])
 }
 
 /// Runs `attempt` again (a few times, briefly) while Kafka answers that a leader is being elected:

@@ -9,7 +9,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,6 +28,11 @@ pub struct Metrics {
     pub api_writes: IntCounterVec,
     pub kafka_actions: IntCounterVec,
     pub leader: IntGauge,
+    /// Worker replicas each channel was given, by namespace and channel.
+    pub channel_replicas: IntGaugeVec,
+    /// Consumer lag of each channel's group as the operator last read it (whole topic, even with
+    /// no worker running), by namespace and channel.
+    pub channel_lag: IntGaugeVec,
     ready: Arc<AtomicBool>,
 }
 
@@ -79,6 +85,22 @@ impl Metrics {
         .expect("valid metric");
         let leader = IntGauge::new("leader", "1 while this replica holds the leader lease")
             .expect("valid metric");
+        let channel_replicas = IntGaugeVec::new(
+            Opts::new(
+                "channel_replicas",
+                "Worker replicas the operator gave each channel",
+            ),
+            &["namespace", "channel"],
+        )
+        .expect("valid metric");
+        let channel_lag = IntGaugeVec::new(
+            Opts::new(
+                "channel_consumer_lag",
+                "Messages of each channel's topic its workers have not consumed yet",
+            ),
+            &["namespace", "channel"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(reconciliations.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(errors.clone()),
@@ -86,6 +108,8 @@ impl Metrics {
             Box::new(api_writes.clone()),
             Box::new(kafka_actions.clone()),
             Box::new(leader.clone()),
+            Box::new(channel_replicas.clone()),
+            Box::new(channel_lag.clone()),
         ] {
             registry
                 .register(collector)
@@ -99,6 +123,8 @@ impl Metrics {
             api_writes,
             kafka_actions,
             leader,
+            channel_replicas,
+            channel_lag,
             ready: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -127,6 +153,32 @@ impl Metrics {
             .flat_map(|family| family.get_metric().iter())
             .map(|m| m.get_counter().get_value() as u64)
             .sum()
+    }
+
+    /// Records what a reconcile decided for a channel (lag only when it could be read).
+    pub fn channel_observed(
+        &self,
+        namespace: &str,
+        channel: &str,
+        replicas: i32,
+        lag: Option<i64>,
+    ) {
+        self.channel_replicas
+            .with_label_values(&[namespace, channel])
+            .set(i64::from(replicas));
+        if let Some(lag) = lag {
+            self.channel_lag
+                .with_label_values(&[namespace, channel])
+                .set(lag);
+        }
+    }
+
+    /// Drops a deleted channel's series, so dashboards do not show it forever.
+    pub fn channel_deleted(&self, namespace: &str, channel: &str) {
+        let _ = self
+            .channel_replicas
+            .remove_label_values(&[namespace, channel]);
+        let _ = self.channel_lag.remove_label_values(&[namespace, channel]);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -224,7 +276,18 @@ mod tests {
         m.reconcile_failed("channel", "kafka");
         m.api_write("Deployment", "apply");
         m.api_write("Deployment", "apply");
+        m.channel_observed("shop", "sms", 3, Some(1200));
+        m.channel_observed("shop", "email", 1, None);
         let text = m.render();
+        assert!(
+            text.contains("ump_operator_channel_replicas{channel=\"sms\",namespace=\"shop\"} 3")
+        );
+        assert!(text.contains(
+            "ump_operator_channel_consumer_lag{channel=\"sms\",namespace=\"shop\"} 1200"
+        ));
+        assert!(!text.contains("ump_operator_channel_consumer_lag{channel=\"email\""));
+        m.channel_deleted("shop", "sms");
+        assert!(!m.render().contains("channel=\"sms\""));
         assert!(text.contains("ump_operator_reconciliations_total{controller=\"channel\"} 1"));
         assert!(text.contains(
             "ump_operator_reconcile_errors_total{controller=\"channel\",reason=\"kafka\"} 1"

@@ -1,6 +1,7 @@
 //! The operator's own settings, read from `UMP_*` environment variables: what it needs to talk to
 //! Kafka and the cluster, and what it passes on to the workers it deploys.
 
+use k8s_openapi::api::core::v1::EnvVar;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ pub struct LeaderElection {
     pub renew_interval: Duration,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     /// Kafka bootstrap servers, used by the operator and handed to the workers.
     pub kafka_bootstrap: String,
@@ -45,6 +46,12 @@ pub struct Settings {
     pub mysql_url_secret: Option<SecretKey>,
     /// Secret key the workers read `UMP_AMQP_URL` from.
     pub amqp_url_secret: Option<SecretKey>,
+    /// More environment for the workers (`UMP_WORKER_ENV`, a JSON list of Kubernetes `EnvVar`s):
+    /// how the Helm chart hands them the connection settings it gives the API, secrets as
+    /// `secretKeyRef`s (Kafka SASL, Redis and MySQL URLs, ...).
+    pub worker_env: Vec<EnvVar>,
+    /// A Secret mounted read-only at `/etc/ump/tls` in every worker (CA bundles such as RDS's).
+    pub worker_tls_secret: Option<String>,
     /// Reconcile only this namespace (all namespaces when unset).
     pub watch_namespace: Option<String>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
@@ -89,6 +96,10 @@ impl Settings {
             })?,
             None => 8,
         };
+        let worker_env = match get("UMP_WORKER_ENV") {
+            Some(json) => worker_env(&json)?,
+            None => Vec::new(),
+        };
         let leader_election = match get("UMP_LEADER_ELECTION").as_deref() {
             Some("false" | "0" | "off") => None,
             _ => {
@@ -107,22 +118,79 @@ impl Settings {
                 })
             }
         };
-        Ok(Self {
+        let settings = Self {
             kafka_bootstrap,
             worker_image: get("UMP_WORKER_IMAGE")
-                .unwrap_or_else(|| format!("ghcr.io/ump/ump-worker:{}", env!("CARGO_PKG_VERSION"))),
+                .unwrap_or_else(|| format!("ghcr.io/ump/ump:{}", env!("CARGO_PKG_VERSION"))),
             worker_image_pull_policy: get("UMP_WORKER_IMAGE_PULL_POLICY"),
             worker_service_account: get("UMP_WORKER_SERVICE_ACCOUNT"),
             redis_url: get("UMP_REDIS_URL"),
             mysql_url_secret: secret("UMP_MYSQL_URL_SECRET", "UMP_MYSQL_URL_SECRET_KEY"),
             amqp_url_secret: secret("UMP_AMQP_URL_SECRET", "UMP_AMQP_URL_SECRET_KEY"),
+            worker_env,
+            worker_tls_secret: get("UMP_WORKER_TLS_SECRET"),
             watch_namespace: get("UMP_WATCH_NAMESPACE"),
             listen,
             resync,
             concurrency,
             leader_election,
-        })
+        };
+        // A name set twice would make every worker Deployment fail server-side apply.
+        for (setting, name) in [
+            (settings.redis_url.is_some(), "UMP_REDIS_URL"),
+            (settings.mysql_url_secret.is_some(), "UMP_MYSQL_URL"),
+            (settings.amqp_url_secret.is_some(), "UMP_AMQP_URL"),
+        ] {
+            if setting && settings.worker_env.iter().any(|e| e.name == name) {
+                return Err(SettingsError::Invalid {
+                    key: "UMP_WORKER_ENV",
+                    detail: format!("{name} is already given by its own setting; set it once"),
+                });
+            }
+        }
+        Ok(settings)
     }
+}
+
+/// Variables the operator sets on every worker itself (the probes and the Kafka it reconciles
+/// must be the ones the workers use).
+pub const RESERVED_WORKER_ENV: [&str; 4] = [
+    "UMP_KAFKA_BOOTSTRAP",
+    "UMP_WORKER_LISTEN",
+    "POD_NAME",
+    "UMP_CONFIG_DIR",
+];
+
+fn worker_env(json: &str) -> Result<Vec<EnvVar>, SettingsError> {
+    let invalid = |detail: String| SettingsError::Invalid {
+        key: "UMP_WORKER_ENV",
+        detail,
+    };
+    // The error names the position, never the text: a value may be a password.
+    let env: Vec<EnvVar> = serde_json::from_str(json).map_err(|e| {
+        invalid(format!(
+            "not a JSON list of Kubernetes EnvVar objects (line {}, column {}): {:?}",
+            e.line(),
+            e.column(),
+            e.classify()
+        ))
+    })?;
+    let mut seen = std::collections::BTreeSet::new();
+    for var in &env {
+        if var.name.trim().is_empty() {
+            return Err(invalid("an entry has no name".to_owned()));
+        }
+        if RESERVED_WORKER_ENV.contains(&var.name.as_str()) {
+            return Err(invalid(format!(
+                "{} is set by the operator itself and cannot be overridden",
+                var.name
+            )));
+        }
+        if !seen.insert(var.name.as_str()) {
+            return Err(invalid(format!("{} appears twice", var.name)));
+        }
+    }
+    Ok(env)
 }
 
 fn duration(
@@ -185,6 +253,73 @@ mod tests {
         assert_eq!(settings.amqp_url_secret.expect("amqp").key, "amqp-url");
         assert!(settings.leader_election.is_none());
         assert_eq!(settings.resync, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn worker_env_is_a_list_of_env_vars() {
+        let json = r#"[
+            {"name": "UMP_KAFKA_CONFIG_SECURITY_PROTOCOL", "value": "SASL_SSL"},
+            {"name": "UMP_KAFKA_CONFIG_SASL_PASSWORD",
+             "valueFrom": {"secretKeyRef": {"name": "msk", "key": "password"}}}
+        ]"#;
+        let settings = from(&[
+            ("UMP_KAFKA_BOOTSTRAP", "k:9092"),
+            ("UMP_WORKER_ENV", json),
+            ("UMP_WORKER_TLS_SECRET", "ump-tls"),
+        ])
+        .expect("settings");
+        assert_eq!(settings.worker_env.len(), 2);
+        let password = &settings.worker_env[1];
+        assert_eq!(
+            password
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+                .map(|s| (s.name.as_str(), s.key.as_str())),
+            Some(("msk", "password"))
+        );
+        assert_eq!(settings.worker_tls_secret.as_deref(), Some("ump-tls"));
+    }
+
+    #[test]
+    fn worker_env_refuses_what_would_break_the_workers() {
+        let cases = [
+            (r#"{"name": "A"}"#, "not a JSON list"),
+            (r#"[{"value": "x"}]"#, "has no name"),
+            (r#"[{"name": " ", "value": "x"}]"#, "has no name"),
+            (
+                r#"[{"name": "UMP_WORKER_LISTEN", "value": "0.0.0.0:1"}]"#,
+                "UMP_WORKER_LISTEN is set by the operator",
+            ),
+            (
+                r#"[{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]"#,
+                "A appears twice",
+            ),
+        ];
+        for (json, expected) in cases {
+            let err = from(&[("UMP_KAFKA_BOOTSTRAP", "k"), ("UMP_WORKER_ENV", json)])
+                .expect_err(json)
+                .to_string();
+            assert!(err.starts_with("UMP_WORKER_ENV: "), "{err}");
+            assert!(err.contains(expected), "{json}: {err}");
+        }
+        let err = from(&[
+            ("UMP_KAFKA_BOOTSTRAP", "k"),
+            ("UMP_REDIS_URL", "redis://r"),
+            (
+                "UMP_WORKER_ENV",
+                r#"[{"name": "UMP_REDIS_URL", "value": "redis://s"}]"#,
+            ),
+        ])
+        .expect_err("twice");
+        assert!(err.to_string().contains("set it once"), "{err}");
+        // A password in a malformed list never reaches the message.
+        let err = from(&[
+            ("UMP_KAFKA_BOOTSTRAP", "k"),
+            ("UMP_WORKER_ENV", r#"[{"name": "P", "value": "hunter2"#),
+        ])
+        .expect_err("truncated");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -1,10 +1,16 @@
-//! The CRDs checked in under `crds/` are exactly what the Rust types generate.
+//! The CRDs checked in under `crds/` and in the Helm chart are exactly what the Rust types
+//! generate.
 
 use ump_operator::crd;
 
 #[test]
 fn checked_in_crds_match_the_code() {
-    let dir = crd::crds_dir();
+    for dir in [crd::crds_dir(), crd::chart_crds_dir()] {
+        check(&dir);
+    }
+}
+
+fn check(dir: &std::path::Path) {
     for definition in crd::crds() {
         let path = dir.join(crd::file_name(&definition));
         let generated = crd::render(&definition).expect("render CRD");

@@ -1,57 +1,516 @@
-//! Smoke test: the chart in `charts/ump` lints and renders with the real helm from
-//! `scripts/infra up`.
+//! The Helm chart in `charts/ump`, with the real helm from `scripts/infra up`: it lints, renders a
+//! hardened install from its defaults, refuses bad values with a clear message, and its alerting
+//! rules pass `promtool` (and fire when they should). `chart_install.rs` installs it for real.
 
-use std::path::PathBuf;
+mod chart;
+
+use chart::{REQUIRED, find, kind, name, render, try_helm, values_file};
+use serde_yaml_ng::Value;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
-use ump_core::testing::infra;
+use ump_core::resources::MessageChannel;
+use ump_core::testing::{infra, unique_name};
+use ump_operator::settings::Settings;
 
-fn chart_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/ump")
-}
-
-fn helm(args: &[&str]) -> String {
-    let helm = infra().helm();
-    let output = Command::new(&helm)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("Helm: cannot run {}: {e}", helm.display()));
-    assert!(
-        output.status.success(),
-        "Helm: `helm {}` failed:\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("helm prints UTF-8")
+#[test]
+fn chart_lints_with_each_values_file() {
+    let chart = chart::chart();
+    let mut required = Vec::new();
+    for set in REQUIRED {
+        required.extend(["--set", set]);
+    }
+    let mut defaults = vec!["lint", "--strict", chart.as_str()];
+    defaults.extend(&required);
+    chart::helm(&defaults);
+    for file in ["dev-values.yaml", "production-values.yaml"] {
+        let file = values_file(file);
+        chart::helm(&["lint", "--strict", chart.as_str(), "--values", &file]);
+    }
 }
 
 #[test]
-fn chart_lints_and_renders() {
-    let chart = chart_dir();
-    let chart = chart.to_str().expect("UTF-8 path");
-    helm(&["lint", "--strict", chart]);
-
-    let rendered = helm(&["template", "ump", chart, "--namespace", "ump-system"]);
-    let mut kinds = Vec::new();
-    for document in serde_yaml_ng::Deserializer::from_str(&rendered) {
-        let value = <serde_yaml_ng::Value as serde::Deserialize>::deserialize(document)
-            .expect("helm template emits valid YAML");
-        if value.is_null() {
-            continue;
-        }
-        assert_eq!(
-            value["metadata"]["namespace"].as_str(),
-            Some("ump-system"),
-            "every namespaced object lands in the release namespace: {value:?}"
-        );
-        assert_eq!(
-            value["metadata"]["labels"]["app.kubernetes.io/managed-by"].as_str(),
-            Some("Helm")
-        );
-        kinds.push(value["kind"].as_str().unwrap_or_default().to_owned());
-    }
-    assert!(
-        kinds.iter().any(|k| k == "ServiceAccount"),
-        "rendered kinds: {kinds:?}"
+fn defaults_render_a_hardened_install() {
+    let objects = render("ump-system", &[], &REQUIRED);
+    let kinds: BTreeMap<&str, usize> = objects.iter().fold(BTreeMap::new(), |mut m, o| {
+        *m.entry(kind(o)).or_default() += 1;
+        m
+    });
+    assert_eq!(
+        kinds,
+        BTreeMap::from([
+            ("CustomResourceDefinition", 2),
+            ("Deployment", 2),
+            ("PodDisruptionBudget", 1),
+            ("Role", 3),
+            ("RoleBinding", 3),
+            ("Secret", 1),
+            ("Service", 2),
+            ("ServiceAccount", 3),
+        ]),
+        "monitoring objects, Ingress and HPA are opt-in; no ClusterRole at all"
     );
+    for object in &objects {
+        assert_eq!(
+            object["metadata"]["labels"]["app.kubernetes.io/managed-by"].as_str(),
+            Some("Helm"),
+            "{}/{}",
+            kind(object),
+            name(object)
+        );
+        if kind(object) != "CustomResourceDefinition" {
+            assert_eq!(
+                object["metadata"]["namespace"].as_str(),
+                Some("ump-system"),
+                "{}/{} lands in the release namespace",
+                kind(object),
+                name(object)
+            );
+        }
+    }
+    for crd in objects
+        .iter()
+        .filter(|o| kind(o) == "CustomResourceDefinition")
+    {
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"].as_str(),
+            Some("keep"),
+            "uninstalling must not delete every channel"
+        );
+    }
+
+    let api = pod_spec(find(&objects, "Deployment", "ump-api"));
+    let operator = pod_spec(find(&objects, "Deployment", "ump-operator"));
+    for (pod, command) in [(api, vec!["ump", "api"]), (operator, vec!["ump-operator"])] {
+        assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+        assert_eq!(pod["securityContext"]["runAsUser"].as_i64(), Some(65532));
+        let container = &pod["containers"][0];
+        assert_eq!(container["image"].as_str(), Some("ghcr.io/ump/ump:0.1.0"));
+        let actual: Vec<&str> = container["command"]
+            .as_sequence()
+            .expect("command")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(actual, command);
+        let security = &container["securityContext"];
+        assert_eq!(security["readOnlyRootFilesystem"].as_bool(), Some(true));
+        assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
+        assert_eq!(security["capabilities"]["drop"][0].as_str(), Some("ALL"));
+        // No credential inline: URLs, passwords and keys come from Secrets.
+        for var in container["env"].as_sequence().expect("env") {
+            let var_name = var["name"].as_str().expect("name");
+            if ["_URL", "PASSWORD", "USERNAME", "API_KEY"]
+                .iter()
+                .any(|s| var_name.ends_with(s))
+            {
+                assert!(
+                    var["valueFrom"]["secretKeyRef"].is_mapping(),
+                    "{var_name} must come from a Secret"
+                );
+            }
+        }
+    }
+    let api_env = env_values(api);
+    assert_eq!(api_env["UMP_LISTEN"], "0.0.0.0:8080");
+    assert_eq!(api_env["UMP_WATCH_NAMESPACE"], "ump-system");
+    assert_eq!(api_env["UMP_KAFKA_BOOTSTRAP"], "kafka:9092");
+    let secret = find(&objects, "Secret", "ump-connections");
+    assert_eq!(
+        secret["stringData"]["mysql-url"].as_str(),
+        Some("mysql://ump:secret@mysql:3306/ump")
+    );
+}
+
+#[test]
+fn the_operator_accepts_the_settings_the_chart_gives_it() {
+    let objects = render("ump", &[values_file("production-values.yaml")], &[]);
+    let operator = pod_spec(find(&objects, "Deployment", "ump-operator"));
+    let env = env_values(operator);
+    // The operator's own parser, on exactly what the chart renders.
+    let settings = Settings::from_lookup(|key| env.get(key).cloned()).expect("settings parse");
+    assert_eq!(settings.watch_namespace.as_deref(), Some("messaging"));
+    assert_eq!(
+        settings.worker_image,
+        "123456789012.dkr.ecr.ap-northeast-2.amazonaws.com/ump:0.1.0"
+    );
+    assert_eq!(
+        settings.worker_tls_secret.as_deref(),
+        Some("ump-ca-bundles")
+    );
+    assert_eq!(
+        settings.worker_service_account.as_deref(),
+        Some("ump-worker")
+    );
+    let election = settings.leader_election.as_ref().expect("leader election");
+    assert_eq!(election.lease_name, "ump-operator");
+
+    // ... and the worker Deployment it builds from them: Kafka SASL/TLS and every URL from the
+    // Secrets the values name, the CA bundles mounted.
+    let channel: MessageChannel = serde_yaml_ng::from_str(
+        "apiVersion: ump.dev/v1alpha1\nkind: MessageChannel\n\
+         metadata: {name: sms, namespace: messaging, uid: 4f7e6c1a-0000-4000-8000-000000000009}\n\
+         spec: {type: sms, providers: [{name: sandbox, type: sandbox}]}\n",
+    )
+    .expect("channel");
+    let deployment =
+        ump_operator::builders::deployment(&channel, &settings, 1, "h").expect("deployment");
+    let pod = deployment.spec.expect("spec").template.spec.expect("pod");
+    let container = &pod.containers[0];
+    let worker_env: BTreeMap<&str, &k8s_openapi::api::core::v1::EnvVar> = container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.as_str(), e))
+        .collect();
+    let secret_of = |var: &str| {
+        worker_env[var]
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .map(|s| (s.name.as_str(), s.key.as_str()))
+    };
+    assert_eq!(
+        worker_env["UMP_KAFKA_CONFIG_SECURITY_PROTOCOL"]
+            .value
+            .as_deref(),
+        Some("SASL_SSL")
+    );
+    assert_eq!(
+        secret_of("UMP_KAFKA_CONFIG_SASL_PASSWORD"),
+        Some(("ump-msk", "password"))
+    );
+    assert_eq!(secret_of("UMP_REDIS_URL"), Some(("ump-redis", "url")));
+    assert_eq!(secret_of("UMP_MYSQL_URL"), Some(("ump-mysql", "url")));
+    assert_eq!(secret_of("UMP_AMQP_URL"), Some(("ump-amqp", "url")));
+    assert_eq!(worker_env["UMP_WORKER_LANES"].value.as_deref(), Some("512"));
+    assert!(
+        container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_path == "/etc/ump/tls")
+    );
+}
+
+#[test]
+fn every_rbac_rule_says_why() {
+    let text = std::fs::read_to_string(chart::chart_dir().join("templates/operator-rbac.yaml"))
+        .expect("operator-rbac.yaml");
+    let lines: Vec<&str> = text.lines().collect();
+    let mut rules = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim_start().starts_with("- apiGroups:") {
+            rules += 1;
+            assert!(
+                i > 0 && lines[i - 1].trim_start().starts_with('#'),
+                "rule at line {} has no comment saying why it is needed",
+                i + 1
+            );
+        }
+    }
+    assert!(rules >= 8, "found {rules} rules");
+}
+
+#[test]
+fn bad_values_fail_with_a_clear_message() {
+    let chart = chart::chart();
+    let cases: [(&[&str], &str); 8] = [
+        (&[], "kafka.bootstrap is required"),
+        (
+            &[REQUIRED[0]],
+            "Redis is required: set redis.existingSecret",
+        ),
+        (&[REQUIRED[0], REQUIRED[1]], "MySQL is required"),
+        (
+            &["api.replica=2"],
+            "additional properties 'replica' not allowed",
+        ),
+        (
+            &["api.replicas=0"],
+            "at '/api/replicas': minimum: got 0, want 1",
+        ),
+        (
+            &["kafka.sasl.mechanism=SCRAM"],
+            "at '/kafka/sasl/mechanism': value must be one of",
+        ),
+        (
+            &["kafka.sasl.mechanism=SCRAM-SHA-512"],
+            "kafka.sasl.existingSecret: name the Secret",
+        ),
+        (
+            &["operator.replicas=2", "operator.leaderElection=false"],
+            "at '/operator/leaderElection': value must be true",
+        ),
+    ];
+    for (sets, expected) in cases {
+        let mut args = vec!["template", "ump", chart.as_str()];
+        // The required values first, so each case fails for its own reason.
+        let all: Vec<&str> = if sets.len() < 3 && sets.iter().all(|s| REQUIRED.contains(s)) {
+            sets.to_vec()
+        } else {
+            REQUIRED
+                .iter()
+                .copied()
+                .chain(sets.iter().copied())
+                .collect()
+        };
+        for set in &all {
+            args.extend(["--set", set]);
+        }
+        let error = try_helm(&args).expect_err("bad values must fail");
+        assert!(
+            error.contains(expected),
+            "--set {all:?}: expected {expected:?} in:\n{error}"
+        );
+    }
+}
+
+#[test]
+fn alerting_rules_pass_promtool_and_fire_when_they_should() {
+    let objects = render("ump", &[values_file("production-values.yaml")], &[]);
+    let rule = find(&objects, "PrometheusRule", "ump-alerts");
+    let dir = std::env::temp_dir().join(unique_name("ump-rules"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let rules = dir.join("rules.yaml");
+    let groups = serde_yaml_ng::to_string(&serde_yaml_ng::Mapping::from_iter([(
+        Value::from("groups"),
+        rule["spec"]["groups"].clone(),
+    )]))
+    .expect("rules YAML");
+    std::fs::write(&rules, groups).expect("write rules");
+    let promtool = infra().require("Monitoring", "UMP_PROMTOOL");
+    let run = |args: &[&str]| {
+        let output = Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("promtool: cannot run {promtool} (scripts/infra up monitoring): {e}")
+            });
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success(),
+            "promtool {}:\n{text}",
+            args.join(" ")
+        );
+        text
+    };
+    let checked = run(&["check", "rules", "rules.yaml"]);
+    assert!(checked.contains("SUCCESS: 8 rules found"), "{checked}");
+
+    // Unit tests of the alerts on synthetic series shaped like the real ones.
+    std::fs::write(dir.join("alerts-test.yaml"), ALERT_TESTS).expect("write tests");
+    run(&["test", "rules", "alerts-test.yaml"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// promtool rule tests: each alert fires on the series of a real incident and stays quiet on a
+/// healthy one. Thresholds are those of production-values.yaml (the chart's defaults).
+const ALERT_TESTS: &str = r#"
+rule_files: [rules.yaml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      # sms: 10 % failed, then dead letters too (alert); email: 1 % failed (quiet).
+      - series: 'ump_messages_total{namespace="messaging", channel="sms", provider="nhn", outcome="sent"}'
+        values: '0+90x40'
+      - series: 'ump_messages_total{namespace="messaging", channel="sms", provider="nhn", outcome="failed"}'
+        values: '0+10x40'
+      - series: 'ump_messages_total{namespace="messaging", channel="email", provider="smtp", outcome="sent"}'
+        values: '0+99x40'
+      - series: 'ump_messages_total{namespace="messaging", channel="email", provider="smtp", outcome="failed"}'
+        values: '0+1x40'
+      - series: 'ump_messages_total{namespace="messaging", channel="sms", provider="nhn", outcome="dead_lettered"}'
+        values: '0x20 1+1x20'
+      - series: 'ump_operator_channel_consumer_lag{namespace="messaging", channel="sms"}'
+        values: '500+100x40'
+      - series: 'ump_operator_channel_consumer_lag{namespace="messaging", channel="email"}'
+        values: '5000x40'
+      - series: 'ump_provider_circuit_open{namespace="messaging", channel="sms", provider="nhn", pod="w-1"}'
+        values: '0x10 1x30'
+      - series: 'ump_operator_reconcile_errors_total{namespace="ump", controller="channel", reason="kafka"}'
+        values: '0+1x40'
+      - series: 'ump_operator_leader{namespace="ump", pod="op-0"}'
+        values: '1x40'
+      - series: 'ump_worker_paused_seconds_total{namespace="messaging", dependency="redis", pod="w-1"}'
+        values: '0x10 0+60x30'
+      - series: 'ump_api_rejected_total{namespace="ump", reason="unavailable"}'
+        values: '0x40'
+    alert_rule_test:
+      - eval_time: 30m
+        alertname: UMPDeliveryFailureRatioHigh
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: messaging, channel: sms}
+            exp_annotations:
+              summary: "Channel sms fails more messages than usual"
+              description: "10.89% of the messages of channel messaging/sms finished as failed, dead-lettered or expired over 10 minutes. Check the provider (ump_messages_total by provider) and the failed messages' reasons in the history."
+      - eval_time: 30m
+        alertname: UMPDeadLettersGrowing
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: messaging, channel: sms}
+            exp_annotations:
+              summary: "Channel sms is dead-lettering messages"
+              description: "10 messages of channel messaging/sms ran out of retries in 15 minutes; they wait in the channel's <topic>.dlq topic."
+      - eval_time: 10m
+        alertname: UMPDeadLettersGrowing
+        exp_alerts: []
+      - eval_time: 35m
+        alertname: UMPConsumerLagGrowing
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: messaging, channel: sms}
+            exp_annotations:
+              summary: "Channel sms falls behind"
+              description: "Channel messaging/sms has 4k messages waiting and the backlog kept growing for 15 minutes. Its workers may be at maxReplicas or the partition count, rate limited, or paused on a dependency."
+      - eval_time: 20m
+        alertname: UMPProviderCircuitOpen
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: messaging, channel: sms, provider: nhn}
+            exp_annotations:
+              summary: "Provider nhn of channel sms is cut off"
+              description: "The circuit breaker of provider nhn (channel messaging/sms) has kept traffic away for 5 minutes: the provider keeps failing with retryable errors, and its traffic goes to the next provider, if any."
+      - eval_time: 12m
+        alertname: UMPProviderCircuitOpen
+        exp_alerts: []
+      - eval_time: 30m
+        alertname: UMPOperatorReconcileErrors
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: ump, controller: channel, reason: kafka}
+            exp_annotations:
+              summary: "The UMP operator keeps failing to reconcile (kafka)"
+              description: "The channel controller has failed with kafka errors for 15 minutes; see the operator's log and the channels' conditions (kubectl get messagechannels)."
+      - eval_time: 30m
+        alertname: UMPOperatorNoLeader
+        exp_alerts: []
+      - eval_time: 30m
+        alertname: UMPWorkersPaused
+        exp_alerts:
+          - exp_labels: {severity: critical, namespace: messaging, dependency: redis}
+            exp_annotations:
+              summary: "UMP workers wait on redis"
+              description: "Workers in messaging have been pausing for redis for 5 minutes: nothing is lost, but nothing is delivered until it answers again."
+      - eval_time: 30m
+        alertname: UMPBrokerUnavailable
+        exp_alerts: []
+"#;
+
+fn pod_spec(deployment: &Value) -> &Value {
+    &deployment["spec"]["template"]["spec"]
+}
+
+/// The plain (`value`) environment of a pod's first container.
+fn env_values(pod: &Value) -> BTreeMap<String, String> {
+    pod["containers"][0]["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .filter_map(|v| {
+            Some((
+                v["name"].as_str()?.to_owned(),
+                v["value"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn the_dockerfile_builds_with_the_release_script_and_runs_as_non_root() {
+    let root = chart::chart_dir().join("../..");
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("Dockerfile");
+    let stages: Vec<&str> = dockerfile
+        .split("\nFROM ")
+        .skip(1)
+        .map(|s| s.lines().next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        stages.len(),
+        2,
+        "a build stage and a runtime stage: {stages:?}"
+    );
+    let build = dockerfile.split("\nFROM ").nth(1).expect("build stage");
+    assert!(
+        build.contains("scripts/build-release /out"),
+        "the build stage runs the script CI checks"
+    );
+    let runtime = dockerfile.split("\nFROM ").last().expect("runtime stage");
+    assert!(stages[1].starts_with("gcr.io/distroless/"), "{}", stages[1]);
+    let user = runtime
+        .lines()
+        .filter_map(|l| l.strip_prefix("USER "))
+        .next_back()
+        .expect("a USER in the final stage");
+    assert_eq!(user.trim(), "65532:65532", "numeric non-root user");
+    // Every binary the chart and the operator run is in the image, on PATH.
+    for binary in ["ump", "ump-worker", "ump-operator"] {
+        assert!(
+            runtime.lines().any(|l| l.starts_with("COPY --from=build")
+                && l.contains(&format!("/out/bin/{binary} "))
+                && l.trim_end().ends_with("/usr/local/bin/")),
+            "{binary} is not copied to /usr/local/bin"
+        );
+    }
+    let objects = render("ump", &[], &REQUIRED);
+    let commands: BTreeSet<String> = objects
+        .iter()
+        .filter(|o| kind(o) == "Deployment")
+        .map(|d| {
+            pod_spec(d)["containers"][0]["command"][0]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        commands,
+        BTreeSet::from(["ump".to_owned(), "ump-operator".to_owned()])
+    );
+
+    // The build script: valid bash, and its staging (what the image copies) works on the binaries
+    // this test run built, without a release build.
+    let script = root.join("scripts/build-release");
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .expect("bash");
+    assert!(syntax.success(), "bash -n scripts/build-release");
+    let target = std::env::current_exe()
+        .expect("test binary path")
+        .parent()
+        .and_then(|deps| deps.parent())
+        .and_then(|debug| debug.parent())
+        .expect("target dir")
+        .to_owned();
+    let out = std::env::temp_dir().join(unique_name("ump-stage"));
+    let staged = Command::new(&script)
+        .arg(&out)
+        .env("UMP_SKIP_BUILD", "1")
+        .env("UMP_BUILD_PROFILE", "dev")
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("run build-release");
+    let log = String::from_utf8_lossy(&staged.stderr).into_owned()
+        + &String::from_utf8_lossy(&staged.stdout);
+    assert!(
+        staged.status.success(),
+        "build-release could not stage the debug binaries in {} (they are built by `cargo test \
+         --workspace`, or `cargo build --bins`):\n{log}",
+        target.display()
+    );
+    for binary in ["ump", "ump-worker", "ump-operator"] {
+        assert!(
+            out.join("bin").join(binary).is_file(),
+            "{binary} staged: {log}"
+        );
+    }
+    // librdkafka links zlib, which distroless cc lacks: it must be staged, at its own path.
+    assert!(
+        log.contains("libz.so"),
+        "zlib is staged for the image: {log}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
 }

@@ -1,5 +1,6 @@
 //! The worker's Prometheus metrics. Names are part of the operations contract (dashboards, alerts).
 
+use crate::providers::failover::CircuitState;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
@@ -20,6 +21,9 @@ pub struct WorkerMetrics {
     pub consumer_lag: IntGaugeVec,
     /// Time spent waiting on a dependency that is down (redis, mysql, kafka), by dependency.
     pub paused_seconds: IntCounterVec,
+    /// 1 while a provider's circuit keeps traffic away (open, or half-open awaiting its probe), by
+    /// channel and provider; channels with failover only.
+    pub circuit_open: IntGaugeVec,
 }
 
 impl WorkerMetrics {
@@ -72,6 +76,17 @@ impl WorkerMetrics {
             ),
             &["dependency"],
         )?;
+        let circuit_open = IntGaugeVec::new(
+            Opts::new(
+                "ump_provider_circuit_open",
+                "1 while the provider's circuit breaker keeps traffic away from it",
+            ),
+            &["channel", "provider"],
+        )?;
+        // Known from the start, so that rate() over them works before the first pause.
+        for dependency in ["redis", "mysql", "kafka"] {
+            paused_seconds.with_label_values(&[dependency]);
+        }
         for metric in [
             Box::new(outcomes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(provider_seconds.clone()),
@@ -80,6 +95,7 @@ impl WorkerMetrics {
             Box::new(history_write_seconds.clone()),
             Box::new(consumer_lag.clone()),
             Box::new(paused_seconds.clone()),
+            Box::new(circuit_open.clone()),
         ] {
             registry.register(metric)?;
         }
@@ -92,12 +108,51 @@ impl WorkerMetrics {
             history_write_seconds,
             consumer_lag,
             paused_seconds,
+            circuit_open,
         })
+    }
+
+    /// Publishes a failover channel's circuits (primary first), as `FailoverProvider::circuits`
+    /// reports them.
+    pub fn circuits(&self, channel: &str, circuits: &[(String, CircuitState)]) {
+        for (provider, state) in circuits {
+            self.circuit_open
+                .with_label_values(&[channel, provider])
+                .set(i64::from(*state != CircuitState::Closed));
+        }
     }
 
     pub fn outcome(&self, channel: &str, provider: &str, outcome: &str) {
         self.outcomes
             .with_label_values(&[channel, provider, outcome])
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn circuits_show_as_open_until_closed() {
+        let metrics = WorkerMetrics::new(Registry::new()).expect("metrics");
+        metrics.circuits(
+            "sms",
+            &[
+                ("nhn".to_owned(), CircuitState::Open),
+                ("twilio".to_owned(), CircuitState::Closed),
+            ],
+        );
+        let open = |provider: &str| {
+            metrics
+                .circuit_open
+                .with_label_values(&["sms", provider])
+                .get()
+        };
+        assert_eq!((open("nhn"), open("twilio")), (1, 0));
+        metrics.circuits("sms", &[("nhn".to_owned(), CircuitState::HalfOpen)]);
+        assert_eq!(open("nhn"), 1, "half-open still keeps traffic away");
+        metrics.circuits("sms", &[("nhn".to_owned(), CircuitState::Closed)]);
+        assert_eq!(open("nhn"), 0);
     }
 }

@@ -6,7 +6,8 @@ use crate::dedupe::RedisDedupe;
 use crate::fallback::FallbackRoute;
 use crate::metrics::WorkerMetrics;
 use crate::pipeline::DeliveryPipeline;
-use crate::providers::{ProviderContext, build_channel};
+use crate::providers::failover::FailoverProvider;
+use crate::providers::{ProviderContext, build_channel, build_failover};
 use crate::ratelimit::RedisRateLimiter;
 use anyhow::Context;
 use axum::extract::State;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use ump_core::config::{ChannelRegistry, ResolvedChannel};
 use ump_core::history::HistoryStore;
+use ump_core::provider::Provider;
 use ump_core::queue::KafkaSettings;
 use ump_core::store::{MySqlHistory, connect_mysql, migrate_mysql};
 
@@ -83,6 +85,7 @@ impl std::fmt::Debug for WorkerSettings {
 #[derive(Clone)]
 struct Probes {
     metrics: WorkerMetrics,
+    circuits: Vec<(String, Arc<FailoverProvider>)>,
     redis: redis::aio::ConnectionManager,
     mysql: sqlx::MySqlPool,
     producer: FutureProducer,
@@ -148,10 +151,20 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
     };
 
     let mut tasks = tokio::task::JoinSet::new();
+    let mut circuits = Vec::new();
     let mut fallback_queues = Vec::new();
     for channel in &channels {
-        // Its only provider, or failover across its providers (primary first).
-        let provider = build_channel(&channel.name(), &channel.resource.spec.providers, &context)?;
+        // Its only provider, or failover across its providers (primary first), whose circuits
+        // `/metrics` reports.
+        let specs = &channel.resource.spec.providers;
+        let provider: Arc<dyn Provider> = if specs.len() > 1 {
+            let failover = Arc::new(build_failover(&channel.name(), specs, &context)?);
+            metrics.circuits(&channel.name(), &failover.circuits());
+            circuits.push((channel.name(), Arc::clone(&failover)));
+            failover
+        } else {
+            build_channel(&channel.name(), specs, &context)?
+        };
         let route = FallbackRoute::of(channel, &registry);
         fallback_queues.extend(route.as_ref().map(|r| r.queue.clone()));
         let pipeline = DeliveryPipeline::new(
@@ -186,6 +199,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
 
     let probes = Probes {
         metrics,
+        circuits,
         redis,
         mysql: pool,
         producer,
@@ -299,6 +313,9 @@ async fn readyz(State(probes): State<Probes>) -> Response {
 }
 
 async fn metrics_text(State(probes): State<Probes>) -> Response {
+    for (channel, failover) in &probes.circuits {
+        probes.metrics.circuits(channel, &failover.circuits());
+    }
     let mut body = Vec::new();
     match TextEncoder::new().encode(&probes.metrics.registry.gather(), &mut body) {
         Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
