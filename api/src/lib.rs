@@ -160,7 +160,9 @@ mod tests {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }
         let send = &doc["paths"]["/v1/messages"]["post"];
-        for status in ["202", "400", "401", "409", "413", "415", "422", "429", "503"] {
+        for status in [
+            "202", "400", "401", "409", "413", "415", "422", "429", "503",
+        ] {
             assert!(
                 send["responses"][status].is_object(),
                 "POST /v1/messages lacks {status}"

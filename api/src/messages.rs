@@ -77,12 +77,39 @@ async fn read_json(
     if !is_json {
         return Err(Problem::unsupported_media_type());
     }
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| Problem::too_large(limit))?;
+    let bytes = read_body(headers, body, limit).await?;
     let value =
         serde_json::from_slice(&bytes).map_err(|e| Problem::malformed_json(e.to_string()))?;
     Ok((bytes, value))
+}
+
+/// How long a request body may take to arrive: a client trickling bytes must not hold a handler.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads a request body of at most `limit` bytes. A larger announced `Content-Length` is refused
+/// before a byte is read; a body streamed past the limit, once it passes it.
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, Problem> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > limit as u64) {
+        return Err(Problem::too_large(limit));
+    }
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(Problem::too_large(limit)),
+        Err(_) => Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "The body did not arrive in time",
+            format!("send the whole body within {} s", BODY_TIMEOUT.as_secs()),
+        )),
+    }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
@@ -286,6 +313,7 @@ fn rejected(app: &AppState, problem: Problem) -> Response {
         (status = 202, description = "Durable in the broker", body = Accepted, headers(("Location" = String))),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or bad API key", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within 30 s", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Same Idempotency-Key still in flight", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
@@ -344,6 +372,8 @@ pub async fn send_message(State(app): State<AppState>, headers: HeaderMap, body:
         (status = 202, description = "Per-message results in request order", body = BatchResponse),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or bad API key", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within 30 s", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Same Idempotency-Key still in flight", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`messages` missing, empty or over 1000", body = Problem, content_type = "application/problem+json"),
