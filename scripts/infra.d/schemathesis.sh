@@ -6,8 +6,12 @@
 #   UMP_SCHEMATHESIS   the `st` command
 
 SCHEMATHESIS_VERSION=4.32.5
+# Its dependencies, pinned too: a new release of one of them cannot change a run.
+SCHEMATHESIS_CONSTRAINTS="$(dirname "${BASH_SOURCE[0]}")/schemathesis-constraints.txt"
 
 schemathesis__venv() { echo "$UMP_INFRA_CACHE/schemathesis/venv-$SCHEMATHESIS_VERSION"; }
+
+schemathesis__stamp() { sha256sum "$SCHEMATHESIS_CONSTRAINTS" | cut -d' ' -f1; }
 
 schemathesis__python() {
   # Debian's interpreter first: it is the one apt's python3-venv completes.
@@ -27,8 +31,9 @@ schemathesis_up() {
   mkdir -p "$(dirname "$venv")"
   "$python" -m venv "$venv" || die "schemathesis: $python -m venv failed"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "schemathesis==$SCHEMATHESIS_VERSION" >"$venv.pip.log" 2>&1 \
+    -c "$SCHEMATHESIS_CONSTRAINTS" "schemathesis==$SCHEMATHESIS_VERSION" >"$venv.pip.log" 2>&1 \
     || { cat "$venv.pip.log" >&2; rm -rf "$venv"; die "schemathesis: pip install schemathesis==$SCHEMATHESIS_VERSION failed"; }
+  schemathesis__stamp >"$venv/.constraints"
   schemathesis_status || die "schemathesis: $venv/bin/st does not report version $SCHEMATHESIS_VERSION"
 }
 
@@ -37,7 +42,8 @@ schemathesis_down() { :; }
 schemathesis_status() {
   local st
   st="$(schemathesis__venv)/bin/st"
-  [ -x "$st" ] && [[ "$("$st" --version 2>/dev/null || true)" == *"$SCHEMATHESIS_VERSION"* ]]
+  [ -x "$st" ] && [[ "$("$st" --version 2>/dev/null || true)" == *"$SCHEMATHESIS_VERSION"* ]] &&
+    [ "$(cat "$(schemathesis__venv)/.constraints" 2>/dev/null || true)" = "$(schemathesis__stamp)" ]
 }
 
 schemathesis_env() { echo "UMP_SCHEMATHESIS=$(schemathesis__venv)/bin/st"; }
