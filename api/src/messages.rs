@@ -86,8 +86,11 @@ async fn read_json(
 /// How long a request body may take to arrive: a client trickling bytes must not hold a handler.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Reads a request body of at most `limit` bytes. A larger announced `Content-Length` is refused
-/// before a byte is read; a body streamed past the limit, once it passes it.
+/// Reads a request body of at most `limit` bytes; a body past it is refused once it passes it.
+/// One announced (`Content-Length`) at over twice the limit is refused before a byte is read: the
+/// client is sending something else entirely, and must not hold the handler while it does. (One
+/// just over the limit is read up to it first, so that a client still writing gets its `413`
+/// rather than a connection closed under it.)
 pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
@@ -97,7 +100,7 @@ pub(crate) async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > limit as u64) {
+    if announced.is_some_and(|length| length > 2 * limit as u64) {
         return Err(Problem::too_large(limit));
     }
     match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
