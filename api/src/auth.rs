@@ -1,23 +1,60 @@
 //! Authentication: `Authorization: Bearer <api key>` → the key's tenant. Active keys are cached in
 //! memory and refreshed in the background, so accepting a message never waits on the database; a
 //! key the cache does not know is looked up once and, when unknown, remembered as such briefly.
+//!
+//! Revocation is bounded by the refresh: a key revoked in the store (`ump keys revoke`, from any
+//! process) stops working in every API process at its next refresh, within `REFRESH_EVERY` plus the
+//! time of one query. While the store is unreachable the cached keys stay in force.
+//!
+//! Each authenticated request also takes one unit of its key's rate (GCRA per key id, in this
+//! process): over it, `429` with `Retry-After`.
 
 use crate::problem::Problem;
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use ump_core::keys::{ApiKeyStore, PresentedKey, StoredKey};
+use ump_worker::local::LocalRateLimiter;
+use ump_worker::ratelimit::RateLimiter;
 
 /// How long an unknown key id is answered from memory.
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 const MAX_NEGATIVE_ENTRIES: usize = 10_000;
+/// How often the API reloads the active keys: the bound on a revocation taking effect.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
+
+/// The request rate each API key gets from one API process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
+pub struct KeyRateSettings {
+    /// Requests per second each API key may make to this API process; 0 turns the limit off.
+    /// A batch is one request.
+    #[arg(long, env = "UMP_KEY_RATE_PER_SECOND", default_value_t = 1000)]
+    pub key_rate_per_second: u32,
+    /// Requests a key may make at once before its rate applies.
+    #[arg(long, env = "UMP_KEY_RATE_BURST", default_value_t = 2000)]
+    pub key_rate_burst: u32,
+}
+
+impl Default for KeyRateSettings {
+    fn default() -> Self {
+        Self {
+            key_rate_per_second: 1000,
+            key_rate_burst: 2000,
+        }
+    }
+}
 
 pub struct KeyCache {
     store: Arc<dyn ApiKeyStore>,
     active: RwLock<HashMap<String, StoredKey>>,
     unknown: RwLock<HashMap<String, Instant>>,
+    /// Theoretical arrival times by key id; a process serves few keys, so it stays small.
+    limiter: LocalRateLimiter,
+    per_second: AtomicU32,
+    burst: AtomicU32,
 }
 
 /// Who a request is from.
@@ -26,11 +63,22 @@ pub struct Tenant(pub String);
 
 impl KeyCache {
     pub fn new(store: Arc<dyn ApiKeyStore>) -> Arc<Self> {
+        let rate = KeyRateSettings::default();
         Arc::new(Self {
             store,
             active: RwLock::default(),
             unknown: RwLock::default(),
+            limiter: LocalRateLimiter::new(),
+            per_second: AtomicU32::new(rate.key_rate_per_second),
+            burst: AtomicU32::new(rate.key_rate_burst),
         })
+    }
+
+    /// Sets the rate every key gets (the default is `KeyRateSettings::default()`).
+    pub fn limit_rate(&self, rate: KeyRateSettings) {
+        self.per_second
+            .store(rate.key_rate_per_second, Ordering::Relaxed);
+        self.burst.store(rate.key_rate_burst, Ordering::Relaxed);
     }
 
     /// Reloads every active key (revocations take effect here).
@@ -90,7 +138,23 @@ impl KeyCache {
                 .as_ref()
                 .and_then(verdict),
         };
-        tenant.ok_or_else(Problem::unauthorized)
+        let tenant = tenant.ok_or_else(Problem::unauthorized)?;
+        self.take_rate(&presented.key_id).await?;
+        Ok(tenant)
+    }
+
+    /// Takes one request from `key_id`'s rate, or says how long to wait.
+    async fn take_rate(&self, key_id: &str) -> Result<(), Problem> {
+        let per_second = self.per_second.load(Ordering::Relaxed);
+        if per_second == 0 {
+            return Ok(());
+        }
+        let burst = self.burst.load(Ordering::Relaxed).max(1);
+        match self.limiter.try_acquire(key_id, per_second, burst).await {
+            Ok(Some(wait)) => Err(Problem::rate_limited(per_second, burst, wait)),
+            // The in-process limiter cannot fail; were it to, the request is let through.
+            Ok(None) | Err(_) => Ok(()),
+        }
     }
 
     async fn lookup(&self, key_id: &str) -> Result<Option<StoredKey>, Problem> {

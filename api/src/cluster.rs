@@ -9,7 +9,6 @@ use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 use ump_core::config::ChannelRegistry;
 use ump_core::keys::{ApiKeyStore, BOOTSTRAP_KEY_ID, DEFAULT_TENANT, MySqlKeys};
 use ump_core::queue::{KafkaQueue, KafkaSettings, MessageQueue};
@@ -132,7 +131,7 @@ pub async fn state(
     bootstrap_key(keys.as_ref()).await?;
     let key_cache = KeyCache::new(keys);
     key_cache.refresh().await.context("loading API keys")?;
-    key_cache.spawn_refresh(Duration::from_secs(5));
+    key_cache.spawn_refresh(crate::auth::REFRESH_EVERY);
 
     let redis_client =
         redis::Client::open(settings.redis_url.as_str()).context("invalid UMP_REDIS_URL")?;

@@ -159,6 +159,16 @@ async fn asset(
     static_response(&headers, asset.content_type, cache, asset.body, tag)
 }
 
+/// The windows `GET /v1/stats` offers (the `window` parameter's schema).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // documents the contract (OpenAPI); `window` parses the name
+pub enum StatsWindow {
+    #[serde(rename = "1h")]
+    OneHour,
+    #[serde(rename = "24h")]
+    OneDay,
+}
+
 /// A window `GET /v1/stats` offers: how far back, and the width of the series' buckets.
 fn window(name: &str) -> Option<(chrono::Duration, Duration)> {
     match name {
@@ -171,11 +181,12 @@ fn window(name: &str) -> Option<(chrono::Duration, Duration)> {
 /// Messages accepted in the window, by channel and current status, with the success rate and a
 /// throughput series (per minute over 1 h, per 15 minutes over 24 h). Only the key's tenant.
 #[utoipa::path(get, path = "/v1/stats", tag = "dashboard",
-    params(("window" = Option<String>, Query, description = "`1h` (default; one-minute buckets) or `24h` (15-minute buckets)")),
+    params(("window" = Option<StatsWindow>, Query, description = "`1h` (default; one-minute buckets) or `24h` (15-minute buckets)")),
     responses(
         (status = 200, body = Stats),
         (status = 400, description = "`window` is not 1h or 24h", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or bad API key", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The API key is over its request rate", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
         (status = 503, description = "The history store is unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("api_key" = [])))]

@@ -18,6 +18,7 @@ use crate::{AppState, ReadinessCheck};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -65,6 +66,8 @@ pub struct EmbeddedSettings {
     /// Recipients delivered in parallel within a batch.
     #[arg(long, env = "UMP_WORKER_LANES", default_value_t = 64)]
     pub lanes: usize,
+    #[command(flatten)]
+    pub key_rate: crate::auth::KeyRateSettings,
 }
 
 impl EmbeddedSettings {
@@ -127,7 +130,8 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
     let queue: Arc<dyn MessageQueue> = Arc::new(SqliteQueue::new(store.clone(), wakers.clone()));
     let keys = KeyCache::new(Arc::new(store.clone()));
     keys.refresh().await.context("loading API keys")?;
-    keys.spawn_refresh(Duration::from_secs(5));
+    keys.limit_rate(settings.key_rate);
+    keys.spawn_refresh(crate::auth::REFRESH_EVERY);
     let readiness: Vec<(&'static str, ReadinessCheck)> = vec![("sqlite", {
         let queue = Arc::clone(&queue);
         Arc::new(move || {
@@ -304,11 +308,15 @@ const OUTBOX_TAIL_BYTES: u64 = 8 * 1024 * 1024;
 async fn outbox(
     State(state): State<OutboxState>,
     headers: HeaderMap,
-    Query(query): Query<OutboxQuery>,
+    query: Result<Query<OutboxQuery>, QueryRejection>,
 ) -> Response {
     let tenant = match state.keys.authenticate(&headers).await {
         Ok(tenant) => tenant,
         Err(problem) => return problem.into_response(),
+    };
+    let Ok(Query(query)) = query else {
+        return Problem::bad_query("limit", "give it once, as an integer from 1 to 500")
+            .into_response();
     };
     let limit = match query.limit.as_deref().map(str::parse::<usize>) {
         None => 50,

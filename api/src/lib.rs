@@ -60,7 +60,8 @@ pub struct AppState {
         messages::BatchResult, problem::Problem, problem::FieldError, receipts::ReceiptReport,
         ump_core::history::MessageView, ump_core::history::MessagePage, ump_core::model::Event,
         ump_core::model::Status, ump_core::model::Priority, ump_core::stats::Stats,
-        ump_core::stats::StatusCounts, ump_core::stats::ChannelStats, ump_core::stats::StatsBucket
+        ump_core::stats::StatusCounts, ump_core::stats::ChannelStats, ump_core::stats::StatsBucket,
+        request::Tag, dashboard::StatsWindow
     )),
     modifiers(&BearerAuth),
     tags((name = "messages", description = "Send messages and read their history"),
@@ -101,9 +102,20 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(dashboard::routes())
+        .fallback(no_route)
         // The send handlers read their bodies with their own limits (413 as problem+json).
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// Any path the API does not serve: a problem like every other error.
+async fn no_route() -> problem::Problem {
+    problem::Problem::new(
+        StatusCode::NOT_FOUND,
+        "no-route",
+        "No such endpoint",
+        "see /openapi.json for the API's endpoints",
+    )
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -148,7 +160,9 @@ mod tests {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }
         let send = &doc["paths"]["/v1/messages"]["post"];
-        for status in ["202", "400", "401", "409", "413", "415", "422", "503"] {
+        for status in [
+            "202", "400", "401", "409", "413", "415", "422", "429", "503",
+        ] {
             assert!(
                 send["responses"][status].is_object(),
                 "POST /v1/messages lacks {status}"
@@ -156,7 +170,7 @@ mod tests {
         }
         assert!(send["responses"]["422"]["content"]["application/problem+json"].is_object());
         assert!(doc["components"]["schemas"]["Problem"].is_object());
-        for status in ["200", "400", "401"] {
+        for status in ["200", "400", "401", "429"] {
             assert!(
                 doc["paths"]["/v1/stats"]["get"]["responses"][status].is_object(),
                 "GET /v1/stats lacks {status}"

@@ -33,6 +33,8 @@ enum Command {
         listen: SocketAddr,
         #[command(flatten)]
         settings: ClusterSettings,
+        #[command(flatten)]
+        key_rate: ump_api::auth::KeyRateSettings,
     },
     /// Manage API keys: in MySQL with UMP_MYSQL_URL (cluster mode), else in the all-in-one
     /// mode's data folder.
@@ -96,9 +98,14 @@ async fn main() -> anyhow::Result<()> {
             });
             ump_api::embedded::run(settings, shutdown).await
         }
-        Command::Api { listen, settings } => {
+        Command::Api {
+            listen,
+            settings,
+            key_rate,
+        } => {
             let source = settings.channel_source().await?;
             let state = cluster::state(&settings, source, prometheus::Registry::new()).await?;
+            state.keys.limit_rate(key_rate);
             serve(listen, ump_api::router(state)).await
         }
         Command::Keys {

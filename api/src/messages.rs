@@ -7,6 +7,7 @@ use crate::problem::{FieldError, Problem};
 use crate::request::{SendMessageRequest, ValidSend, validate};
 use axum::Json;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +17,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Instant;
 use ump_core::history::{MessageFilter, MessagePage, MessageView, decode_cursor};
-use ump_core::model::{Envelope, MessageId, Priority};
+use ump_core::model::{Envelope, MessageId, Priority, Status};
 use ump_core::queue::EnqueueError;
 use utoipa::ToSchema;
 
@@ -37,9 +38,11 @@ pub struct Accepted {
 }
 
 #[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)] // documents the contract (OpenAPI)
 pub struct BatchRequest {
     /// 1 to 1000 messages.
+    #[schema(min_items = 1, max_items = 1000)]
     pub messages: Vec<SendMessageRequest>,
 }
 
@@ -74,12 +77,42 @@ async fn read_json(
     if !is_json {
         return Err(Problem::unsupported_media_type());
     }
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| Problem::too_large(limit))?;
+    let bytes = read_body(headers, body, limit).await?;
     let value =
         serde_json::from_slice(&bytes).map_err(|e| Problem::malformed_json(e.to_string()))?;
     Ok((bytes, value))
+}
+
+/// How long a request body may take to arrive: a client trickling bytes must not hold a handler.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads a request body of at most `limit` bytes; a body past it is refused once it passes it.
+/// One announced (`Content-Length`) at over twice the limit is refused before a byte is read: the
+/// client is sending something else entirely, and must not hold the handler while it does. (One
+/// just over the limit is read up to it first, so that a client still writing gets its `413`
+/// rather than a connection closed under it.)
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, Problem> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > 2 * limit as u64) {
+        return Err(Problem::too_large(limit));
+    }
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(Problem::too_large(limit)),
+        Err(_) => Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "The body did not arrive in time",
+            format!("send the whole body within {} s", BODY_TIMEOUT.as_secs()),
+        )),
+    }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
@@ -87,7 +120,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
         return Ok(None);
     };
     match raw.to_str() {
-        Ok(key) if !key.is_empty() && key.len() <= 255 => Ok(Some(key.to_owned())),
+        Ok(key) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key.to_owned()))
+        }
         _ => {
             let mut problem = Problem::new(
                 StatusCode::BAD_REQUEST,
@@ -145,6 +180,8 @@ impl AppState {
         };
         match queue.enqueue(&channel.resource, envelope).await {
             Ok(()) => {
+                tracing::debug!(id = %envelope.id, channel = %envelope.channel,
+                    to = %ump_core::pii::Masked(&envelope.to), "accepted");
                 self.metrics
                     .accepted
                     .with_label_values(&[envelope.channel.as_str(), envelope.priority.as_str()])
@@ -262,6 +299,7 @@ fn rejected(app: &AppState, problem: Problem) -> Response {
         401 => "unauthorized",
         413 => "too_large",
         422 => "validation",
+        429 => "rate_limited",
         503 => "unavailable",
         _ => "other",
     };
@@ -272,15 +310,17 @@ fn rejected(app: &AppState, problem: Problem) -> Response {
 /// Send one message.
 #[utoipa::path(post, path = "/v1/messages", tag = "messages",
     request_body = SendMessageRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same key + same body within 24 h: same answer, nothing sent twice")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Same key + same body within 24 h: same answer, nothing sent twice")),
     responses(
         (status = 202, description = "Durable in the broker", body = Accepted, headers(("Location" = String))),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or bad API key", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within 30 s", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Same Idempotency-Key still in flight", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The API key is over its request rate", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
         (status = 503, description = "The broker cannot take the message now", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
     ),
     security(("api_key" = [])))]
@@ -329,14 +369,17 @@ pub async fn send_message(State(app): State<AppState>, headers: HeaderMap, body:
 /// Send up to 1000 messages; results come back in the same order.
 #[utoipa::path(post, path = "/v1/messages/batch", tag = "messages",
     request_body = BatchRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Covers the whole batch")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Covers the whole batch")),
     responses(
         (status = 202, description = "Per-message results in request order", body = BatchResponse),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or bad API key", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within 30 s", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Same Idempotency-Key still in flight", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`messages` missing, empty or over 1000", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The API key is over its request rate", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
         (status = 503, description = "The broker took none of the messages", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
     ),
     security(("api_key" = [])))]
@@ -457,19 +500,21 @@ fn batch_items(value: &Value) -> Result<&Vec<Value>, Problem> {
         (status = 200, body = MessageView),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown, or another tenant's", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The API key is over its request rate", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ),
     security(("api_key" = [])))]
 pub async fn get_message(
     State(app): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Response {
     let tenant = match app.keys.authenticate(&headers).await {
         Ok(tenant) => tenant,
         Err(problem) => return problem.into_response(),
     };
-    let Ok(id) = id.parse::<MessageId>() else {
+    // Not even text (invalid UTF-8 in the path): no message has that id either.
+    let Some(Ok(id)) = id.ok().map(|Path(id)| id.parse::<MessageId>()) else {
         return Problem::not_found().into_response();
     };
     match app.history.get(&tenant.0, id).await {
@@ -486,15 +531,18 @@ pub async fn get_message(
 /// Messages, newest first, filtered; keyset pagination through `next_cursor`.
 #[utoipa::path(get, path = "/v1/messages", tag = "messages",
     params(
-        ("to" = Option<String>, Query), ("channel" = Option<String>, Query),
-        ("status" = Option<String>, Query, description = "accepted, scheduled, sending, sent, delivered, failed, duplicate, dead_lettered"),
-        ("since" = Option<String>, Query, description = "RFC 3339"), ("until" = Option<String>, Query, description = "RFC 3339"),
-        ("limit" = Option<u32>, Query, description = "1 to 1000, default 50"), ("cursor" = Option<String>, Query),
+        ("to" = Option<String>, Query, description = "The recipient, exactly"), ("channel" = Option<String>, Query),
+        ("status" = Option<Status>, Query),
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339"),
+        ("until" = Option<String>, Query, format = DateTime, description = "RFC 3339"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Default 50"),
+        ("cursor" = Option<String>, Query, pattern = "^[0-9a-fA-F]{32}$", description = "The `next_cursor` of the previous page"),
     ),
     responses(
         (status = 200, body = MessagePage),
         (status = 400, description = "A bad query parameter", body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The API key is over its request rate", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ),
     security(("api_key" = [])))]

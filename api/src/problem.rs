@@ -131,6 +131,21 @@ impl Problem {
         )
     }
 
+    /// 429: the API key is over its request rate; `wait` until the next request is allowed.
+    pub fn rate_limited(per_second: u32, burst: u32, wait: std::time::Duration) -> Self {
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut problem = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "This API key is over its request rate",
+            format!(
+                "the limit is {per_second} requests per second (bursts of {burst}); retry in {seconds} s"
+            ),
+        );
+        problem.retry_after = Some(seconds);
+        problem
+    }
+
     /// 503: the broker cannot take the message durably now.
     pub fn unavailable(detail: impl Into<String>, retry_after: u64) -> Self {
         let mut problem = Self::new(

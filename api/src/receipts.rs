@@ -24,6 +24,7 @@
 use crate::AppState;
 use crate::problem::{FieldError, Problem};
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -77,14 +78,20 @@ struct Verdict {
         (status = 401, description = "No signature header", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A wrong signature", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No receipts here, or no message of this provider with that id", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within 30 s", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A webhook acknowledgement with invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The history store is unavailable", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
     ))]
 pub async fn receive(
     State(app): State<AppState>,
-    Path((channel, provider)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let Ok(Path((channel, provider))) = path else {
+        return no_endpoint("the channel and provider must be text".into()).into_response();
+    };
     match handle(&app, &channel, &provider, &headers, body).await {
         Ok(report) => (StatusCode::OK, axum::Json(report)).into_response(),
         Err(problem) => problem.into_response(),
@@ -110,9 +117,7 @@ async fn handle(
         })
         .ok_or_else(|| no_endpoint(format!("no provider {provider:?} on channel {channel:?}")))?
         .clone();
-    let body = axum::body::to_bytes(body, RECEIPT_LIMIT)
-        .await
-        .map_err(|_| Problem::too_large(RECEIPT_LIMIT))?;
+    let body = crate::messages::read_body(headers, body, RECEIPT_LIMIT).await?;
     let verdicts = match spec.provider_type {
         ProviderType::Twilio => twilio(&spec, &app.secrets_dir, headers, &body)?
             .into_iter()

@@ -14,36 +14,55 @@ use utoipa::ToSchema;
 
 /// `POST /v1/messages` body. Give either `body` (with `subject` for email) or `template` + `data`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)] // documents the contract (OpenAPI); parsing goes field by field below
 pub struct SendMessageRequest {
     /// A `MessageChannel` name.
-    #[schema(example = "sms")]
+    #[schema(example = "sms", min_length = 1)]
     pub channel: String,
     /// E.164 phone number (sms, alimtalk), email address (email), device token (push), or a
     /// recipient id (webhook).
-    #[schema(example = "+821012345678")]
+    #[schema(example = "+821012345678", min_length = 1)]
     pub to: String,
+    /// One line: no line breaks or other control characters.
+    #[schema(
+        max_length = 998,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"
+    )]
     pub subject: Option<String>,
+    #[schema(max_length = 65536)]
     pub body: Option<String>,
     /// A stored template of the channel.
     pub template: Option<String>,
-    /// The template's variables.
+    /// The template's variables. Their values are inserted as text, never run as template code.
     #[schema(value_type = Option<Object>)]
     pub data: Option<Map<String, Value>>,
     /// The template's locale variant to use (BCP 47, e.g. `en-US`); without a matching variant,
     /// the channel's `fallbackLocale`, else the template's default parts.
-    #[schema(example = "ko")]
+    #[schema(
+        example = "ko",
+        max_length = 35,
+        pattern = "^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$"
+    )]
     pub locale: Option<String>,
     /// `bulk` (Kafka, default) or `realtime` (ActiveMQ).
-    #[schema(example = "bulk")]
+    #[schema(value_type = Option<Priority>, example = "bulk")]
     pub priority: Option<String>,
     /// RFC 3339 time to send at (at most a year ahead).
-    #[schema(example = "2026-12-01T09:00:00+09:00")]
+    #[schema(format = DateTime, example = "2026-12-01T09:00:00+09:00")]
     pub send_at: Option<String>,
+    #[schema(value_type = Option<Vec<Tag>>, max_items = 20)]
     pub tags: Option<Vec<String>>,
+    /// At most 4096 bytes as JSON.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
 }
+
+/// A tag: 1 to 64 characters, no control characters.
+#[derive(ToSchema)]
+#[schema(value_type = String, min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
+#[allow(dead_code)] // documents the contract (OpenAPI)
+pub struct Tag(String);
 
 const FIELDS: &[&str] = &[
     "channel", "to", "subject", "body", "template", "data", "locale", "priority", "send_at",
@@ -54,6 +73,10 @@ const MAX_SUBJECT_CHARS: usize = 998;
 const MAX_TAGS: usize = 20;
 const MAX_TAG_CHARS: usize = 64;
 const MAX_METADATA_BYTES: usize = 4096;
+const MAX_DATA_BYTES: usize = 65_536;
+/// Deepest nesting of `data` and `metadata` (objects and arrays, the field itself included). The
+/// queued envelope nests them further, and every JSON reader on the way stops at 128 levels.
+const MAX_DEPTH: usize = 32;
 
 /// A request that passed validation: everything an envelope needs but its id, tenant and time.
 #[derive(Debug)]
@@ -132,11 +155,21 @@ pub fn validate(
     };
     let data = object_field("data", &mut errors);
     let metadata = object_field("metadata", &mut errors);
-    if serde_json::to_vec(&metadata).map_or(0, |v| v.len()) > MAX_METADATA_BYTES {
-        errors.push(FieldError::new(
-            field("metadata"),
-            format!("must be at most {MAX_METADATA_BYTES} bytes"),
-        ));
+    for (name, map, max_bytes) in [
+        ("data", &data, MAX_DATA_BYTES),
+        ("metadata", &metadata, MAX_METADATA_BYTES),
+    ] {
+        if 1 + map.values().map(depth).max().unwrap_or(0) > MAX_DEPTH {
+            errors.push(FieldError::new(
+                field(name),
+                format!("must nest at most {MAX_DEPTH} levels deep"),
+            ));
+        } else if serde_json::to_vec(map).map_or(0, |v| v.len()) > max_bytes {
+            errors.push(FieldError::new(
+                field(name),
+                format!("must be at most {max_bytes} bytes"),
+            ));
+        }
     }
 
     let tags = match object.get("tags") {
@@ -238,10 +271,12 @@ pub fn validate(
     });
 
     if let Some(subject) = &subject {
-        if has_line_break(subject) {
+        // A subject becomes a mail header: one line, and no control character a header could
+        // be cut or smuggled with.
+        if has_line_break(subject) || has_control(subject) {
             errors.push(FieldError::new(
                 field("subject"),
-                "must not contain line breaks",
+                "must be one line without control characters",
             ));
         } else if subject.chars().count() > MAX_SUBJECT_CHARS {
             errors.push(FieldError::new(
@@ -352,6 +387,15 @@ fn check_content(
                 format!("unknown template {name:?} on channel {:?}", channel.name()),
             )),
         },
+    }
+}
+
+/// Levels of arrays and objects in `value` (0 for a scalar). The parser bounds the recursion.
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -600,6 +644,22 @@ mod tests {
                 "locale",
             ),
             (
+                json!({"channel": "email", "to": "kim@example.com", "subject": "a\u{0}b", "body": "x"}),
+                "subject",
+            ),
+            (
+                json!({"channel": "sms", "to": "+821012345678", "body": "x", "data": {"a": nested(40)}}),
+                "data",
+            ),
+            (
+                json!({"channel": "sms", "to": "+821012345678", "body": "x", "metadata": {"a": nested(40)}}),
+                "metadata",
+            ),
+            (
+                json!({"channel": "sms", "to": "+821012345678", "body": "x", "data": {"a": "x".repeat(70_000)}}),
+                "data",
+            ),
+            (
                 json!({"channel": "sms", "to": "+821012345678", "template": "otp", "data": {"code": 1}, "locale": "en-GB"}),
                 "data.name",
             ),
@@ -615,6 +675,32 @@ mod tests {
                 "{input} → {got:?}, expected {field}"
             );
         }
+    }
+
+    /// `levels` arrays, one inside the other.
+    fn nested(levels: usize) -> Value {
+        (0..levels).fold(json!(1), |inner, _| json!([inner]))
+    }
+
+    #[test]
+    fn data_may_nest_up_to_the_limit() {
+        // `data` itself is the first level.
+        let valid = check(
+            json!({"channel": "sms", "to": "+821012345678", "template": "otp",
+            "data": {"code": nested(MAX_DEPTH - 1)}}),
+        )
+        .expect("valid at the limit");
+        assert_eq!(
+            1 + valid.content.data.values().map(depth).max().unwrap_or(0),
+            MAX_DEPTH
+        );
+        assert_eq!(
+            fields(
+                json!({"channel": "sms", "to": "+821012345678", "template": "otp",
+                "data": {"code": nested(MAX_DEPTH)}})
+            ),
+            ["data"]
+        );
     }
 
     #[test]

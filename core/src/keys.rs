@@ -56,15 +56,20 @@ pub fn hash_key(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// A new random key: its id and the full key (shown once, never stored).
+/// A new random key: its id and the full key (shown once, never stored). The secret is 256 bits
+/// from the operating system's CSPRNG (through ring, already linked for TLS), as 64 hex digits.
 pub fn generate_key() -> (String, String) {
-    let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
-    let secret = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let key = format!("ump_{id}_{secret}");
+    let mut id = [0u8; 8];
+    let mut secret = [0u8; 32];
+    let random = rustls::crypto::ring::default_provider().secure_random;
+    for buf in [&mut id[..], &mut secret[..]] {
+        // Only a broken kernel RNG fails here; a key must never come from anything weaker.
+        random
+            .fill(buf)
+            .expect("the operating system's random number generator failed");
+    }
+    let id = hex::encode(id);
+    let key = format!("ump_{id}_{}", hex::encode(secret));
     (id, key)
 }
 
@@ -203,6 +208,9 @@ mod tests {
         assert!(presented.matches(&hash_key(&key)));
         assert!(!presented.matches(&hash_key("other")));
         assert!(!presented.matches(&[0u8; 3]));
+        let secret = key.rsplit('_').next().unwrap_or_default();
+        assert_eq!(secret.len(), 64, "256 bits as hex: {key}");
+        assert_ne!(generate_key().1, key);
     }
 
     #[test]

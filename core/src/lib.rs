@@ -6,6 +6,7 @@ pub mod duration;
 pub mod history;
 pub mod keys;
 pub mod model;
+pub mod pii;
 pub mod provider;
 pub mod queue;
 pub mod resources;

@@ -289,6 +289,9 @@ pub fn bad_inputs() -> Vec<BadInput> {
         row("malformed phone", r#"{"channel":"sms","to":"010-1234-5678","body":"x"}"#, 422, "validation", Some("to")),
         row("malformed email", r#"{"channel":"email","to":"kim@","subject":"s","body":"x"}"#, 422, "validation", Some("to")),
         row("header injection", r#"{"channel":"email","to":"kim@example.com","subject":"a\r\nBcc: x@evil.test","body":"x"}"#, 422, "validation", Some("subject")),
+        row("header injection in the address", r#"{"channel":"email","to":"kim@example.com\r\nBcc: x@evil.test","subject":"s","body":"x"}"#, 422, "validation", Some("to")),
+        row("control character in the subject", r#"{"channel":"email","to":"kim@example.com","subject":"a\u0000b","body":"x"}"#, 422, "validation", Some("subject")),
+        row("lone surrogate", r#"{"channel":"sms","to":"+821012345678","body":"\ud800"}"#, 400, "malformed-json", None),
         row("empty content", r#"{"channel":"sms","to":"+821012345678","body":""}"#, 422, "validation", Some("body")),
         row("no content", r#"{"channel":"sms","to":"+821012345678"}"#, 422, "validation", Some("body")),
         row("unknown template variable", r#"{"channel":"email","to":"kim@example.com","template":"welcome","data":{}}"#, 422, "validation", Some("data.name")),
@@ -304,6 +307,17 @@ pub fn bad_inputs() -> Vec<BadInput> {
             field: None,
         },
         row("not an object", "[]", 422, "validation", Some("$")),
+        BadInput {
+            name: "data nested too deep",
+            body: format!(
+                r#"{{"channel":"sms","to":"+821012345678","body":"x","data":{{"a":{}1{}}}}}"#,
+                "[".repeat(40),
+                "]".repeat(40)
+            ),
+            status: 422,
+            kind: "validation",
+            field: Some("data"),
+        },
         BadInput {
             name: "oversized body",
             body: format!(

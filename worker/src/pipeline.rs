@@ -281,6 +281,14 @@ impl DeliveryPipeline {
             .observe(started.elapsed().as_secs_f64());
         let done = Utc::now();
         envelope.attempts += 1;
+        // Not the provider's reason: providers quote the recipient back in their errors.
+        let kind = match &outcome {
+            Outcome::Sent { .. } => "sent",
+            Outcome::Retryable { .. } => "retryable",
+            Outcome::Permanent { .. } => "permanent",
+        };
+        tracing::debug!(%id, %channel, %provider, to = %ump_core::pii::Masked(&envelope.to),
+            attempt = envelope.attempts, outcome = kind, "provider answered");
         match outcome {
             Outcome::Sent {
                 provider_message_id,

@@ -5,7 +5,7 @@
 //! credentials, AlimTalk → SMS fallback, forged and genuine delivery receipts). Then every
 //! configured secret, in the forms it travels in (raw, Basic-auth and SMTP AUTH base64, PEM key
 //! lines, the access and provider tokens minted from the keys), is looked for in both logs and in
-//! every message's timeline.
+//! every message's timeline; and every recipient, which the logs may only name masked.
 
 mod fakes;
 mod stack;
@@ -494,6 +494,17 @@ async fn no_credential_appears_in_any_log_line() {
         // FCM access tokens are minted by the fake with this prefix.
         if let Some(line) = text.lines().find(|line| line.contains("ya29.fake-")) {
             panic!("an FCM access token appears in the {what}: {line}");
+        }
+    }
+    // No recipient either: both logs name them masked (`+8210****5678`), never whole.
+    for (body, _) in &sends {
+        let to = body["to"].as_str().expect("to");
+        for (what, text) in [("worker log", &worker_log), ("API log", &api_log)] {
+            if let Some(line) = text.lines().find(|line| line.contains(to)) {
+                panic!("recipient {to} appears in the {what}: {line}");
+            }
+            let masked = ump_core::pii::Masked(to).to_string();
+            assert!(text.contains(&masked), "the {what} names {to} as {masked}");
         }
     }
     stack.finish().await;

@@ -1,0 +1,209 @@
+//! The real `ump` binary all-in-one on a data folder of its own, for the hostile-input, security
+//! and fuzzing suites: started, waited for, talked to with any key, killed when dropped.
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The key of the default tenant (`UMP_BOOTSTRAP_API_KEY`).
+pub const KEY: &str = "all-in-one-security-key";
+
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/channels")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+pub struct AllInOne {
+    child: Child,
+    pub url: String,
+    pub data: PathBuf,
+    /// Everything the process wrote (its log lines and the banner).
+    pub log: PathBuf,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl AllInOne {
+    /// Starts `ump` on a fresh data folder with the example channels, `RUST_LOG=log_level` and
+    /// `env`, and waits until it is ready.
+    pub async fn start(log_level: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_with_channels(&examples(), log_level, env).await
+    }
+
+    pub async fn start_with_channels(
+        channels: &Path,
+        log_level: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        ump_core::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let log = dir.path().join("ump.log");
+        let port = free_port();
+        let output = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ump"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("UMP_DATA_DIR", &data)
+            .env("UMP_CONFIG_DIR", channels)
+            .env("UMP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("UMP_BOOTSTRAP_API_KEY", KEY)
+            .env("RUST_LOG", log_level)
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().expect("log file"))
+            .stderr(output);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("start ump");
+        let ump = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            data,
+            log,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            _dir: dir,
+        };
+        ump.wait_ready().await;
+        ump
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.url)).send().await
+                && r.status() == StatusCode::OK
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ump did not become ready; its output: {}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process is still running (a panic that killed it would show here).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub async fn post(&self, key: &str, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, key: &str, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends `body` as `key`; panics unless it is accepted. Returns the message id.
+    pub async fn send(&self, key: &str, body: &Value) -> String {
+        let (status, answer) = self.post(key, "/v1/messages", body).await;
+        assert_eq!(status, 202, "{body} → {answer}");
+        answer["id"].as_str().expect("an id").to_owned()
+    }
+
+    /// Waits until message `id` (of `key`'s tenant) has status `status`; returns its view.
+    pub async fn wait_status(&self, key: &str, id: &str, status: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, view) = self.get(key, &format!("/v1/messages/{id}")).await;
+            if code == 200 && view["status"] == status {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "message {id} never became {status}: {code} {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The sandbox outbox: every message the sandbox provider "sent", as recorded.
+    pub fn outbox(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.data.join("outbox.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("outbox lines are JSON"))
+            .collect()
+    }
+
+    /// Runs `ump <args>` (an admin command) beside the running process, on its data folder.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_ump"))
+            .args(args)
+            .env_remove("UMP_MYSQL_URL")
+            .env("UMP_DATA_DIR", &self.data)
+            .output()
+            .expect("run ump");
+        assert!(
+            output.status.success(),
+            "ump {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("UTF-8 output")
+    }
+
+    /// A new key for `tenant` (`ump keys create`): the key and its id.
+    pub fn create_key(&self, tenant: &str) -> (String, String) {
+        let key = self
+            .admin(&["keys", "create", "--tenant", tenant])
+            .trim()
+            .to_owned();
+        let id = ump_core::keys::PresentedKey::parse(&key).key_id;
+        (key, id)
+    }
+
+    /// Waits (up to the key cache's refresh and a little more) until `key` is accepted.
+    pub async fn wait_key_works(&self, key: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.get(key, "/v1/messages?limit=1").await.0 != 200 {
+            assert!(Instant::now() < deadline, "the new key never worked");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for AllInOne {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
