@@ -4,6 +4,7 @@
 use crate::model::{Envelope, Event, MessageId, Priority, Status};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// One status change of one message, with what the history needs to create the message's row
 /// when it is the first one seen.
@@ -190,6 +191,23 @@ pub trait HistoryStore: Send + Sync {
     /// has authenticated the provider, and a receipt names no tenant. `delivered` is final:
     /// `record` never changes the status of a `delivered` message.
     async fn apply_receipt(&self, receipt: &Receipt) -> Result<ReceiptOutcome, HistoryError>;
+}
+
+/// The newest transition of each message in the batch, in id order: rows are always written in
+/// the same order, so concurrent batches never deadlock on each other's row locks.
+pub(crate) fn latest_per_message(transitions: &[Transition]) -> Vec<&Transition> {
+    let mut latest: BTreeMap<MessageId, &Transition> = BTreeMap::new();
+    for t in transitions {
+        latest
+            .entry(t.id)
+            .and_modify(|cur| {
+                if (t.at, t.attempt) >= (cur.at, cur.attempt) {
+                    *cur = t;
+                }
+            })
+            .or_insert(t);
+    }
+    latest.into_values().collect()
 }
 
 /// Opaque cursor of a page: the last id shown.

@@ -10,7 +10,7 @@
 
 use crate::history::{
     BatchRecord, Deferred, HistoryError, HistoryStore, MessageFilter, MessagePage, MessageView,
-    Receipt, ReceiptFor, ReceiptOutcome, Transition, encode_cursor,
+    Receipt, ReceiptFor, ReceiptOutcome, Transition, encode_cursor, latest_per_message,
 };
 use crate::keys::{ApiKeyStore, KeyError, StoredKey, hash_key};
 use crate::model::{Envelope, Event, MessageId, Priority, Status};
@@ -21,7 +21,6 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -456,22 +455,6 @@ impl crate::queue::MessageQueue for SqliteQueue {
             .map(|_| ())
             .map_err(|e| format!("SQLite: {e}"))
     }
-}
-
-/// The newest transition of each message, in id order (as the MySQL store).
-fn latest_per_message(transitions: &[Transition]) -> Vec<&Transition> {
-    let mut latest: BTreeMap<MessageId, &Transition> = BTreeMap::new();
-    for t in transitions {
-        latest
-            .entry(t.id)
-            .and_modify(|cur| {
-                if (t.at, t.attempt) >= (cur.at, cur.attempt) {
-                    *cur = t;
-                }
-            })
-            .or_insert(t);
-    }
-    latest.into_values().collect()
 }
 
 async fn write_transitions(

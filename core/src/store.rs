@@ -2,14 +2,13 @@
 
 use crate::history::{
     BatchRecord, Deferred, HistoryError, HistoryStore, MessageFilter, MessagePage, MessageView,
-    Receipt, ReceiptFor, ReceiptOutcome, Transition, encode_cursor,
+    Receipt, ReceiptFor, ReceiptOutcome, Transition, encode_cursor, latest_per_message,
 };
 use crate::model::{Event, MessageId, Priority, Status};
 use crate::stats::{Stats, StatsCount, bucket_millis};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{MySql, QueryBuilder, Row};
-use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -103,23 +102,6 @@ impl MySqlHistory {
             }
         }
     }
-}
-
-/// The newest transition of each message in the batch, in id order: rows are always written in
-/// the same order, so concurrent batches never deadlock on each other's row locks.
-fn latest_per_message(transitions: &[Transition]) -> Vec<&Transition> {
-    let mut latest: BTreeMap<MessageId, &Transition> = BTreeMap::new();
-    for t in transitions {
-        latest
-            .entry(t.id)
-            .and_modify(|cur| {
-                if (t.at, t.attempt) >= (cur.at, cur.attempt) {
-                    *cur = t;
-                }
-            })
-            .or_insert(t);
-    }
-    latest.into_values().collect()
 }
 
 fn parse_row(row: &MySqlRow) -> Result<MessageView, HistoryError> {
