@@ -342,6 +342,7 @@ pub async fn spawn_api(
         mysql_url: mysql_url.to_owned(),
         config_dir: Some(config_dir.to_owned()),
         watch_namespace: None,
+        amqp_url: None,
         accept_timeout: accept_timeout.parse().expect("duration"),
     };
     let source = ump_api::cluster::ChannelSource::Folder(config_dir.to_owned());
