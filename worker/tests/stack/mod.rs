@@ -28,6 +28,8 @@ pub struct Stack {
     pub tenant: String,
     pub http: reqwest::Client,
     pub kafka: String,
+    /// ActiveMQ, when a channel of the stack enables realtime delivery.
+    pub amqp: Option<String>,
     pub claim_lease: &'static str,
     worker: Option<WorkerProcess>,
     worker_runs: usize,
@@ -83,7 +85,11 @@ impl Stack {
             )
             .await
             .expect("store key");
-        let api = spawn_api(&kafka, &db.url, &dir.join("config"), "5s").await;
+        let amqp = registry
+            .channels()
+            .any(|c| c.resource.spec.realtime.enabled)
+            .then(|| infra().amqp_url());
+        let api = spawn_api_with(&kafka, &db.url, &dir.join("config"), "5s", amqp.as_deref()).await;
         let mut stack = Self {
             db,
             namespace,
@@ -97,6 +103,7 @@ impl Stack {
                 .build()
                 .expect("http"),
             kafka,
+            amqp,
             claim_lease,
             worker: None,
             worker_runs: 0,
@@ -110,7 +117,11 @@ impl Stack {
         self.worker_runs += 1;
         let log = std::fs::File::create(self.dir.join(format!("worker-{}.log", self.worker_runs)))
             .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_ump-worker"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ump-worker"));
+        if let Some(amqp) = &self.amqp {
+            command.env("UMP_AMQP_URL", amqp);
+        }
+        let child = command
             .env("UMP_CONFIG_DIR", self.dir.join("config"))
             .env("UMP_KAFKA_BOOTSTRAP", &self.kafka)
             .env("UMP_REDIS_URL", infra().redis_url())
@@ -329,6 +340,23 @@ pub async fn create_topics(kafka: &str, topics: impl Iterator<Item = (String, i3
     }
 }
 
+/// Deletes topics: a test that filled one with a big backlog gives the disk back.
+pub async fn delete_topics(kafka: &str, topics: &[String]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .create()
+        .expect("Kafka: admin");
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
+    for result in admin
+        .delete_topics(&names, &options)
+        .await
+        .expect("Kafka: delete topics")
+    {
+        result.unwrap_or_else(|(name, code)| panic!("Kafka: delete topic {name}: {code}"));
+    }
+}
+
 /// Serves the cluster-mode API on 127.0.0.1 (a free port); returns its base URL.
 pub async fn spawn_api(
     kafka: &str,
@@ -336,13 +364,24 @@ pub async fn spawn_api(
     config_dir: &std::path::Path,
     accept_timeout: &str,
 ) -> String {
+    spawn_api_with(kafka, mysql_url, config_dir, accept_timeout, None).await
+}
+
+/// `spawn_api`, with realtime sends going to the ActiveMQ at `amqp_url`.
+pub async fn spawn_api_with(
+    kafka: &str,
+    mysql_url: &str,
+    config_dir: &std::path::Path,
+    accept_timeout: &str,
+    amqp_url: Option<&str>,
+) -> String {
     let settings = ClusterSettings {
         kafka_bootstrap: kafka.to_owned(),
         redis_url: infra().redis_url(),
         mysql_url: mysql_url.to_owned(),
         config_dir: Some(config_dir.to_owned()),
         watch_namespace: None,
-        amqp_url: None,
+        amqp_url: amqp_url.map(str::to_owned),
         accept_timeout: accept_timeout.parse().expect("duration"),
     };
     let source = ump_api::cluster::ChannelSource::Folder(config_dir.to_owned());
