@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use ump_core::amqp::{AmqpQueue, AmqpSettings};
 use ump_core::config::ChannelRegistry;
 use ump_core::keys::{ApiKeyStore, BOOTSTRAP_KEY_ID, DEFAULT_TENANT, MySqlKeys};
 use ump_core::queue::{KafkaQueue, KafkaSettings, MessageQueue};
@@ -32,6 +33,10 @@ pub struct ClusterSettings {
     /// Namespace whose MessageChannel / DeliveryPolicy objects the API follows, live.
     #[arg(long, env = "UMP_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+    /// ActiveMQ (AMQP 1.0) for `"priority": "realtime"` sends: `amqp[s]://user:password@host:port`.
+    /// Without it, realtime sends are answered 503.
+    #[arg(long, env = "UMP_AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
     /// How long an accept waits for the broker before answering 503.
     #[arg(long, env = "UMP_ACCEPT_TIMEOUT", default_value = "5s")]
     pub accept_timeout: ump_core::duration::Duration,
@@ -146,6 +151,20 @@ pub async fn state(
         .context("creating the Kafka producer")?,
     );
 
+    // Realtime sends fail on their own (503) while ActiveMQ is away, so it is not a readiness
+    // check: an API that cannot reach it still takes bulk traffic.
+    let realtime = match &settings.amqp_url {
+        Some(url) => {
+            let amqp = AmqpSettings::parse(url)?;
+            tracing::info!(broker = %amqp.endpoint(), "realtime sends go to ActiveMQ");
+            Some(
+                Arc::new(AmqpQueue::new(amqp, settings.accept_timeout.as_std()))
+                    as Arc<dyn MessageQueue>,
+            )
+        }
+        None => None,
+    };
+
     let readiness: Vec<(&'static str, ReadinessCheck)> = vec![
         ("channels", {
             let synced = Arc::clone(&synced);
@@ -198,7 +217,7 @@ pub async fn state(
     Ok(AppState {
         registry: channels,
         bulk: kafka as Arc<dyn MessageQueue>,
-        realtime: None,
+        realtime,
         history: Arc::new(MySqlHistory::new(pool)),
         keys: key_cache,
         idempotency: Arc::new(RedisIdempotency::new(redis)),

@@ -131,6 +131,7 @@ async fn a_channel_created_in_the_cluster_is_usable_without_a_restart() {
         mysql_url: db.url.clone(),
         config_dir: None,
         watch_namespace: Some(namespace.clone()),
+        amqp_url: None,
         accept_timeout: "5s".parse().expect("duration"),
         secrets_dir: std::env::temp_dir().join("ump-no-secrets"),
     };

@@ -79,6 +79,7 @@ async fn start() -> Api {
         mysql_url: db.url.clone(),
         config_dir: Some(dir.join("config")),
         watch_namespace: None,
+        amqp_url: None,
         accept_timeout: "5s".parse().expect("duration"),
         secrets_dir: dir.join("secrets"),
     };

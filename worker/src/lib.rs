@@ -11,4 +11,5 @@ pub mod pipeline;
 pub mod policy;
 pub mod providers;
 pub mod ratelimit;
+pub mod realtime;
 pub mod service;

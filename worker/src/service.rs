@@ -70,6 +70,13 @@ pub struct WorkerSettings {
     /// Longest wait to fill a batch.
     #[arg(long, env = "UMP_WORKER_BATCH_WAIT", default_value = "20ms")]
     pub batch_wait: ump_core::duration::Duration,
+    /// ActiveMQ (AMQP 1.0) holding the realtime queues: `amqp[s]://user:password@host:port`.
+    /// Required when a channel enables realtime delivery.
+    #[arg(long, env = "UMP_AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
+    /// Realtime messages a worker holds unsettled per queue (AMQP link credit).
+    #[arg(long, env = "UMP_REALTIME_CREDIT", default_value_t = 256)]
+    pub realtime_credit: u32,
 }
 
 impl std::fmt::Debug for WorkerSettings {
@@ -140,7 +147,8 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         instance,
         settings.claim_lease.as_std(),
     ));
-    let limiter = Arc::new(RedisRateLimiter::new(redis.clone()));
+    let limiter: Arc<dyn crate::ratelimit::RateLimiter> =
+        Arc::new(RedisRateLimiter::new(redis.clone()));
     let context = ProviderContext {
         secrets_dir: &settings.secrets_dir,
         sandbox_outbox: &settings.sandbox_outbox,
@@ -171,7 +179,11 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
             Arc::clone(channel),
             provider,
             dedupe.clone(),
-            limiter.clone(),
+            if channel.resource.spec.realtime.enabled {
+                Arc::new(crate::realtime::BulkShare(limiter.clone()))
+            } else {
+                limiter.clone()
+            },
             metrics.clone(),
             settings.lanes,
             settings.claim_lease.as_std() / 2,
@@ -186,6 +198,17 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
             batch,
         )?;
         tasks.spawn(consumer.run(shutdown.clone()));
+    }
+    let realtime: Vec<Arc<ResolvedChannel>> = channels
+        .iter()
+        .filter(|c| c.resource.spec.realtime.enabled)
+        .cloned()
+        .collect();
+    if !realtime.is_empty() {
+        let settings = crate::realtime::RealtimeSettings::from_worker(&settings)?;
+        let handle =
+            crate::realtime::start(settings, realtime, metrics.clone(), shutdown.clone()).await?;
+        tasks.spawn(handle.stopped());
     }
     let scheduler = Scheduler {
         history: Arc::clone(&history),

@@ -28,6 +28,8 @@ pub struct Stack {
     pub tenant: String,
     pub http: reqwest::Client,
     pub kafka: String,
+    /// ActiveMQ, when a channel of the stack enables realtime delivery.
+    pub amqp: Option<String>,
     pub claim_lease: &'static str,
     /// Provider Secrets of the worker and the API (`UMP_SECRETS_DIR`).
     pub secrets_dir: PathBuf,
@@ -122,8 +124,19 @@ impl Stack {
             .secrets_dir
             .clone()
             .unwrap_or_else(|| dir.join("secrets"));
-        let api =
-            spawn_api_with_secrets(&kafka, &db.url, &dir.join("config"), "5s", &secrets_dir).await;
+        let amqp = registry
+            .channels()
+            .any(|c| c.resource.spec.realtime.enabled)
+            .then(|| infra().amqp_url());
+        let api = spawn_api_with(
+            &kafka,
+            &db.url,
+            &dir.join("config"),
+            "5s",
+            &secrets_dir,
+            amqp.as_deref(),
+        )
+        .await;
         let mut stack = Self {
             db,
             namespace,
@@ -137,6 +150,7 @@ impl Stack {
                 .build()
                 .expect("http"),
             kafka,
+            amqp,
             claim_lease: options.claim_lease,
             secrets_dir,
             worker_log_level: options.worker_log_level,
@@ -152,7 +166,11 @@ impl Stack {
         self.worker_runs += 1;
         let log = std::fs::File::create(self.dir.join(format!("worker-{}.log", self.worker_runs)))
             .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_ump-worker"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ump-worker"));
+        if let Some(amqp) = &self.amqp {
+            command.env("UMP_AMQP_URL", amqp);
+        }
+        let child = command
             .env("UMP_CONFIG_DIR", self.dir.join("config"))
             .env("UMP_KAFKA_BOOTSTRAP", &self.kafka)
             .env("UMP_REDIS_URL", infra().redis_url())
@@ -372,6 +390,23 @@ pub async fn create_topics(kafka: &str, topics: impl Iterator<Item = (String, i3
     }
 }
 
+/// Deletes topics: a test that filled one with a big backlog gives the disk back.
+pub async fn delete_topics(kafka: &str, topics: &[String]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .create()
+        .expect("Kafka: admin");
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
+    for result in admin
+        .delete_topics(&names, &options)
+        .await
+        .expect("Kafka: delete topics")
+    {
+        result.unwrap_or_else(|(name, code)| panic!("Kafka: delete topic {name}: {code}"));
+    }
+}
+
 /// Serves the cluster-mode API on 127.0.0.1 (a free port); returns its base URL.
 pub async fn spawn_api(
     kafka: &str,
@@ -380,7 +415,15 @@ pub async fn spawn_api(
     accept_timeout: &str,
 ) -> String {
     let no_secrets = std::env::temp_dir().join("ump-no-secrets");
-    spawn_api_with_secrets(kafka, mysql_url, config_dir, accept_timeout, &no_secrets).await
+    spawn_api_with(
+        kafka,
+        mysql_url,
+        config_dir,
+        accept_timeout,
+        &no_secrets,
+        None,
+    )
+    .await
 }
 
 /// `spawn_api` with provider Secrets (for the delivery-receipt endpoints) in `secrets_dir`.
@@ -391,12 +434,34 @@ pub async fn spawn_api_with_secrets(
     accept_timeout: &str,
     secrets_dir: &std::path::Path,
 ) -> String {
+    spawn_api_with(
+        kafka,
+        mysql_url,
+        config_dir,
+        accept_timeout,
+        secrets_dir,
+        None,
+    )
+    .await
+}
+
+/// `spawn_api` with provider Secrets in `secrets_dir` and, when `amqp_url` is given, realtime
+/// sends going to that ActiveMQ.
+pub async fn spawn_api_with(
+    kafka: &str,
+    mysql_url: &str,
+    config_dir: &std::path::Path,
+    accept_timeout: &str,
+    secrets_dir: &std::path::Path,
+    amqp_url: Option<&str>,
+) -> String {
     let settings = ClusterSettings {
         kafka_bootstrap: kafka.to_owned(),
         redis_url: infra().redis_url(),
         mysql_url: mysql_url.to_owned(),
         config_dir: Some(config_dir.to_owned()),
         watch_namespace: None,
+        amqp_url: amqp_url.map(str::to_owned),
         accept_timeout: accept_timeout.parse().expect("duration"),
         secrets_dir: secrets_dir.to_owned(),
     };

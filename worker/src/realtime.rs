@@ -1,0 +1,746 @@
+//! The realtime path of a worker: the ActiveMQ queue of each realtime channel, consumed over AMQP
+//! 1.0 beside the Kafka partitions, through the same delivery pipeline.
+//!
+//! **Never behind the bulk backlog.** The realtime consumers run on a thread and tokio runtime of
+//! their own, with their own Redis, MySQL and provider connections: bulk work, however much of it
+//! is queued, never sits in front of a realtime message in a run queue or on a connection. The two
+//! share only the OS scheduler (a mostly idle thread that wakes up is scheduled promptly) and the
+//! channel's rate limit, in which realtime keeps a reserve the bulk path cannot use
+//! ([`BulkShare`]).
+//!
+//! **Flow control** is AMQP link credit: the broker hands a consumer at most `credit` unsettled
+//! messages, and a message is settled only after its outcome is recorded in MySQL:
+//! - final (sent, failed, duplicate, expired) or parked in MySQL (send_at, quiet hours: the
+//!   scheduler brings it back through the channel's topic) → `accepted`;
+//! - a retryable provider failure → held for the policy's backoff, then `modified`
+//!   (delivery-failed): the broker redelivers it with its delivery-count raised by one;
+//! - given up after the policy's `maxAttempts` → `rejected`: the broker moves it to its dead-letter
+//!   queue (`DLQ.<queue>` with ActiveMQ's per-destination strategy, as `scripts/infra` configures);
+//! - another worker is sending the same message right now → held a while, then `released`.
+//!
+//! **Why redelivery and not parking retries in MySQL** (as the bulk path does): the broker keeps
+//! the message and its delivery-count until it is final, across worker crashes and restarts, so
+//! the attempt count needs no bookkeeping of ours and a retry never leaves the realtime queue
+//! (parked messages come back through Kafka, behind the bulk backlog). The price: a message in
+//! backoff holds one unit of credit, and ActiveMQ Classic sends a modified message back at once, so
+//! the backoff is a wait in the worker. A worker that dies during it hands the message back to the
+//! broker, which redelivers it with a raised count: the attempt budget counts deliveries, crashes
+//! included, and a message still gets a provider call on its last delivery.
+
+use crate::dedupe::RedisDedupe;
+use crate::metrics::WorkerMetrics;
+use crate::pause::until_available;
+use crate::pipeline::{BatchOutcome, DeliveryPipeline};
+use crate::providers::{ProviderContext, build_channel};
+use crate::ratelimit::{LimiterUnavailable, RateLimiter, RedisRateLimiter};
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use fe2o3_amqp::link::delivery::{Delivery, DeliveryInfo};
+use fe2o3_amqp::link::receiver::{CreditMode, TerminalDeliveryState};
+use fe2o3_amqp::types::definitions::{self, ErrorCondition};
+use fe2o3_amqp::types::messaging::{Accepted, AmqpValue, Body, Modified, Rejected, Released};
+use fe2o3_amqp::types::primitives::{Symbol, Value};
+use fe2o3_amqp::{Receiver, Session};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use ump_core::amqp::AmqpSettings;
+use ump_core::config::ResolvedChannel;
+use ump_core::history::{BatchRecord, HistoryStore, Transition};
+use ump_core::model::{Envelope, MessageId, Status};
+use ump_core::store::{MySqlHistory, connect_mysql};
+
+/// Most deliveries handed to the pipeline at once (whatever has arrived; never waited for).
+const MAX_BATCH: usize = 256;
+/// Share of a channel's rate-limit burst that only realtime sends may use.
+const REALTIME_RESERVE: f64 = 0.1;
+
+/// What the realtime consumers need, from the worker's settings.
+#[derive(Clone)]
+pub struct RealtimeSettings {
+    pub amqp: AmqpSettings,
+    /// Unsettled messages a consumer may hold per queue (AMQP link credit).
+    pub credit: u32,
+    pub redis_url: String,
+    pub mysql_url: String,
+    pub secrets_dir: PathBuf,
+    pub sandbox_outbox: PathBuf,
+    pub lanes: usize,
+    pub claim_lease: Duration,
+}
+
+impl RealtimeSettings {
+    pub fn from_worker(worker: &crate::service::WorkerSettings) -> anyhow::Result<Self> {
+        let url = worker.amqp_url.as_deref().context(
+            "a channel enables realtime delivery but UMP_AMQP_URL (the ActiveMQ to consume) is not set",
+        )?;
+        Ok(Self {
+            amqp: AmqpSettings::parse(url)?,
+            credit: worker.realtime_credit,
+            redis_url: worker.redis_url.clone(),
+            mysql_url: worker.mysql_url.clone(),
+            secrets_dir: worker.secrets_dir.clone(),
+            sandbox_outbox: worker.sandbox_outbox.clone(),
+            lanes: worker.lanes,
+            claim_lease: worker.claim_lease.as_std(),
+        })
+    }
+}
+
+/// The realtime consumers' thread; `stopped` resolves once they have finished (after shutdown:
+/// the messages in hand recorded and settled).
+pub struct RealtimeHandle {
+    done: oneshot::Receiver<()>,
+}
+
+impl RealtimeHandle {
+    pub async fn stopped(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Starts consuming the realtime queues of `channels` on a thread of their own. Returns once
+/// their connections to Redis and MySQL are up and their providers built.
+pub async fn start(
+    settings: RealtimeSettings,
+    channels: Vec<Arc<ResolvedChannel>>,
+    metrics: WorkerMetrics,
+    cancel: CancellationToken,
+) -> anyhow::Result<RealtimeHandle> {
+    let (ready_tx, ready_rx) = oneshot::channel::<anyhow::Result<()>>();
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("ump-realtime".to_owned())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e).context("starting the realtime runtime"));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let consumers = match consumers(&settings, channels, metrics).await {
+                    Ok(consumers) => consumers,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                futures::future::join_all(consumers.into_iter().map(|c| c.run(cancel.clone())))
+                    .await;
+            });
+            let _ = done_tx.send(());
+        })
+        .context("starting the realtime thread")?;
+    ready_rx
+        .await
+        .context("the realtime thread ended during start")??;
+    Ok(RealtimeHandle { done: done_rx })
+}
+
+/// Builds, on the realtime runtime, everything the consumers use: their I/O then lives there.
+async fn consumers(
+    settings: &RealtimeSettings,
+    channels: Vec<Arc<ResolvedChannel>>,
+    metrics: WorkerMetrics,
+) -> anyhow::Result<Vec<RealtimeConsumer>> {
+    let pool = connect_mysql(&settings.mysql_url, 4).await?;
+    let history: Arc<dyn HistoryStore> = Arc::new(MySqlHistory::new(pool));
+    let redis_client =
+        redis::Client::open(settings.redis_url.as_str()).context("invalid UMP_REDIS_URL")?;
+    let redis = redis::aio::ConnectionManager::new(redis_client)
+        .await
+        .context("connecting to Redis")?;
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    let dedupe = Arc::new(RedisDedupe::new(
+        redis.clone(),
+        format!("{instance}-rt"),
+        settings.claim_lease,
+    ));
+    let limiter = Arc::new(RedisRateLimiter::new(redis));
+    let context = ProviderContext {
+        secrets_dir: &settings.secrets_dir,
+        sandbox_outbox: &settings.sandbox_outbox,
+    };
+    let mut consumers = Vec::with_capacity(channels.len());
+    for channel in channels {
+        // Providers of its own: their connection pools live on this runtime. A failover
+        // provider's circuit breakers are therefore separate from the bulk path's.
+        let provider = build_channel(&channel.name(), &channel.resource.spec.providers, &context)?;
+        let queue = channel.resource.realtime_queue();
+        let topic = channel.resource.topic_name();
+        let pipeline = DeliveryPipeline::new(
+            channel,
+            provider,
+            dedupe.clone(),
+            limiter.clone(),
+            metrics.clone(),
+            settings.lanes,
+            settings.claim_lease / 2,
+        )?;
+        consumers.push(RealtimeConsumer {
+            shared: Arc::new(Shared {
+                pipeline,
+                history: Arc::clone(&history),
+                metrics: metrics.clone(),
+                topic,
+            }),
+            amqp: settings.amqp.clone(),
+            link_name: format!("ump-worker-{instance}-{queue}"),
+            queue,
+            credit: settings.credit.max(1),
+        });
+    }
+    Ok(consumers)
+}
+
+/// What a consumer's batch tasks share.
+struct Shared {
+    pipeline: DeliveryPipeline,
+    history: Arc<dyn HistoryStore>,
+    metrics: WorkerMetrics,
+    /// The channel's Kafka topic: where the pipeline parks messages for later.
+    topic: String,
+}
+
+/// The consumer of one channel's realtime queue.
+struct RealtimeConsumer {
+    shared: Arc<Shared>,
+    amqp: AmqpSettings,
+    queue: String,
+    link_name: String,
+    credit: u32,
+}
+
+/// A settlement for the consumer loop to send (only it may use the receiver).
+struct Settlement {
+    info: DeliveryInfo,
+    state: TerminalDeliveryState,
+}
+
+/// A received message, decoded.
+struct Incoming {
+    info: DeliveryInfo,
+    /// How often the broker delivered it before (failed attempts, and deliveries lost to a crash).
+    delivery_count: u32,
+    envelope: Result<Envelope, String>,
+}
+
+impl Incoming {
+    fn new(delivery: Delivery<Body<Value>>) -> Self {
+        let info = DeliveryInfo::from(&delivery);
+        let delivery_count = delivery
+            .message()
+            .header
+            .as_ref()
+            .map_or(0, |h| h.delivery_count);
+        let envelope = match delivery.body() {
+            Body::Data(sections) => {
+                let bytes: Vec<u8> = sections
+                    .iter()
+                    .flat_map(|data| data.0.iter().copied())
+                    .collect();
+                serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+            }
+            // A broker that turned a JSON payload into a text message hands it back as a string.
+            Body::Value(AmqpValue(Value::String(text))) => {
+                serde_json::from_str(text).map_err(|e| e.to_string())
+            }
+            Body::Value(AmqpValue(Value::Binary(bytes))) => {
+                serde_json::from_slice(bytes).map_err(|e| e.to_string())
+            }
+            _ => Err("the message body is not an envelope (expected JSON data)".to_owned()),
+        };
+        Self {
+            info,
+            delivery_count,
+            envelope,
+        }
+    }
+}
+
+/// How a delivered message is settled once its outcome is recorded.
+#[derive(Clone, Debug, PartialEq)]
+enum Disposal {
+    /// Final, or parked in MySQL (it goes on from there).
+    Accept,
+    /// Out of attempts: to the broker's dead-letter queue.
+    DeadLetter(String),
+    /// A retryable failure: back to the broker at `at`, as a failed delivery.
+    Redeliver { at: DateTime<Utc> },
+    /// Another worker is sending it right now: back to the broker at `at`, not counted.
+    Release { at: DateTime<Utc> },
+}
+
+/// Splits a batch's outcome into what to record and how to settle each message.
+///
+/// The pipeline parks a message in three cases; the realtime path takes two of them back:
+/// a retry (the attempt count went up) and a message another worker is sending (parked without a
+/// `scheduled` transition) stay with the broker instead. What is parked for a later time (send_at,
+/// quiet hours) or for another queue stays parked. Were a case ever misread, the message would be
+/// parked in MySQL and delivered through Kafka: later, but never lost.
+fn plan(
+    outcome: BatchOutcome,
+    attempts_before: &HashMap<MessageId, u32>,
+    topic: &str,
+) -> (BatchRecord, HashMap<MessageId, Disposal>) {
+    let BatchOutcome {
+        mut record,
+        dead_letters,
+    } = outcome;
+    let mut disposals: HashMap<MessageId, Disposal> = attempts_before
+        .keys()
+        .map(|id| (*id, Disposal::Accept))
+        .collect();
+    for envelope in dead_letters {
+        let reason = record
+            .transitions
+            .iter()
+            .rev()
+            .find(|t| t.id == envelope.id && t.status == Status::DeadLettered)
+            .and_then(|t| t.detail.clone())
+            .unwrap_or_else(|| "out of attempts".to_owned());
+        disposals.insert(envelope.id, Disposal::DeadLetter(reason));
+    }
+    let scheduled: HashSet<MessageId> = record
+        .transitions
+        .iter()
+        .filter(|t| t.status == Status::Scheduled)
+        .map(|t| t.id)
+        .collect();
+    record.deferred.retain(|deferred| {
+        let id = deferred.envelope.id;
+        let Some(before) = attempts_before.get(&id) else {
+            return true;
+        };
+        if deferred.queue != topic {
+            return true;
+        }
+        if deferred.envelope.attempts > *before {
+            disposals.insert(
+                id,
+                Disposal::Redeliver {
+                    at: deferred.due_at,
+                },
+            );
+            false
+        } else if !scheduled.contains(&id) {
+            disposals.insert(
+                id,
+                Disposal::Release {
+                    at: deferred.due_at,
+                },
+            );
+            false
+        } else {
+            true
+        }
+    });
+    (record, disposals)
+}
+
+fn dead_letter_state(reason: &str) -> TerminalDeliveryState {
+    TerminalDeliveryState::Rejected(Rejected {
+        error: Some(definitions::Error::new(
+            ErrorCondition::Custom(Symbol::from("ump:dead-lettered")),
+            Some(reason.to_owned()),
+            None,
+        )),
+    })
+}
+
+fn redeliver_state() -> TerminalDeliveryState {
+    TerminalDeliveryState::Modified(Modified {
+        delivery_failed: Some(true),
+        undeliverable_here: Some(false),
+        message_annotations: None,
+    })
+}
+
+fn release_state() -> TerminalDeliveryState {
+    TerminalDeliveryState::Released(Released {})
+}
+
+impl RealtimeConsumer {
+    /// Consumes until `cancel` fires, reconnecting with backoff whenever the broker goes away.
+    async fn run(self, cancel: CancellationToken) {
+        let mut failures: u32 = 0;
+        while !cancel.is_cancelled() {
+            match self.consume(&cancel, &mut failures).await {
+                Ok(()) => break,
+                Err(e) => {
+                    failures += 1;
+                    let wait = Duration::from_millis(100)
+                        .saturating_mul(1 << failures.min(6))
+                        .min(Duration::from_secs(5));
+                    tracing::warn!(queue = %self.queue, broker = %self.amqp.endpoint(), error = %e, retry_in = ?wait, "realtime consumer disconnected");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+        tracing::info!(queue = %self.queue, "realtime consumer stopped");
+    }
+
+    /// One connection's worth of consuming: `Ok` after a shutdown, `Err` when the connection or
+    /// link failed.
+    async fn consume(&self, cancel: &CancellationToken, failures: &mut u32) -> anyhow::Result<()> {
+        let mut connection = self.amqp.connect(&self.link_name).await?;
+        let mut session = Session::begin(&mut connection)
+            .await
+            .context("beginning a session")?;
+        let mut receiver = Receiver::builder()
+            .name(self.link_name.as_str())
+            .source(self.queue.as_str())
+            .credit_mode(CreditMode::Auto(self.credit))
+            .attach(&mut session)
+            .await
+            .with_context(|| format!("attaching to {}", self.queue))?;
+        *failures = 0;
+        tracing::info!(queue = %self.queue, credit = self.credit, "consuming realtime queue");
+        let result = self.serve(&mut receiver, cancel).await;
+        // Whatever is still unsettled goes back to the broker with the link.
+        let close = async {
+            let _ = receiver.close().await;
+            let _ = session.end().await;
+            let _ = connection.close().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
+        result
+    }
+
+    async fn serve(
+        &self,
+        receiver: &mut Receiver,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<Settlement>();
+        // Ends the backoff waits of held messages: at shutdown and when the link is gone.
+        let flush = cancel.child_token();
+        let mut work: JoinSet<()> = JoinSet::new();
+        let mut link_ok = true;
+        let result = loop {
+            tokio::select! {
+                biased;
+                Some(settlement) = settle_rx.recv() => {
+                    if let Err(e) = receiver.dispose(settlement.info, settlement.state).await {
+                        link_ok = false;
+                        break Err(anyhow::anyhow!("settling a delivery: {e}"));
+                    }
+                }
+                Some(joined) = work.join_next() => {
+                    if let Err(e) = joined {
+                        tracing::error!(error = %e, "realtime batch task failed; its messages will be redelivered");
+                    }
+                }
+                _ = cancel.cancelled() => break Ok(()),
+                delivery = receiver.recv::<Body<Value>>() => {
+                    let first = match delivery {
+                        Ok(delivery) => delivery,
+                        Err(e) => {
+                            link_ok = false;
+                            break Err(anyhow::anyhow!("receiving: {e}"));
+                        }
+                    };
+                    // Whatever else has arrived goes along; nothing is waited for.
+                    let mut batch = vec![Incoming::new(first)];
+                    let mut failed = None;
+                    while batch.len() < MAX_BATCH {
+                        match tokio::time::timeout(Duration::ZERO, receiver.recv::<Body<Value>>()).await {
+                            Ok(Ok(delivery)) => batch.push(Incoming::new(delivery)),
+                            Ok(Err(e)) => {
+                                failed = Some(e);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.shared.metrics.batch_size.observe(batch.len() as f64);
+                    work.spawn(handle(
+                        Arc::clone(&self.shared),
+                        batch,
+                        settle_tx.clone(),
+                        cancel.clone(),
+                        flush.clone(),
+                    ));
+                    if let Some(e) = failed {
+                        link_ok = false;
+                        break Err(anyhow::anyhow!("receiving: {e}"));
+                    }
+                }
+            }
+        };
+        // Finish the batches in hand: their outcomes are recorded either way; on a live link they
+        // are settled too, on a dead one the broker redelivers them (found sent, recorded as such,
+        // not sent again). Held messages stop waiting.
+        flush.cancel();
+        drop(settle_tx);
+        loop {
+            tokio::select! {
+                settlement = settle_rx.recv() => match settlement {
+                    Some(settlement) => {
+                        if link_ok && receiver.dispose(settlement.info, settlement.state).await.is_err() {
+                            link_ok = false;
+                        }
+                    }
+                    // Every task has dropped its sender: all are done.
+                    None => break,
+                },
+                Some(joined) = work.join_next() => {
+                    if let Err(e) = joined {
+                        tracing::error!(error = %e, "realtime batch task failed; its messages will be redelivered");
+                    }
+                }
+            }
+        }
+        while work.join_next().await.is_some() {}
+        result
+    }
+}
+
+/// Delivers one batch, records it, then settles each message (or holds it, then settles it).
+async fn handle(
+    shared: Arc<Shared>,
+    batch: Vec<Incoming>,
+    settle: mpsc::UnboundedSender<Settlement>,
+    cancel: CancellationToken,
+    flush: CancellationToken,
+) {
+    let send = |info: DeliveryInfo, state: TerminalDeliveryState| {
+        // Only fails when the consumer loop is gone, and with it the link: the broker redelivers.
+        let _ = settle.send(Settlement { info, state });
+    };
+    let mut envelopes = Vec::with_capacity(batch.len());
+    let mut deliveries: HashMap<MessageId, Vec<DeliveryInfo>> = HashMap::new();
+    let mut attempts_before: HashMap<MessageId, u32> = HashMap::new();
+    let mut redelivered = Vec::new();
+    for incoming in batch {
+        let mut envelope = match incoming.envelope {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                tracing::error!(%error, "undecodable realtime message: dead-lettered");
+                send(
+                    incoming.info,
+                    dead_letter_state(&format!("undecodable: {error}")),
+                );
+                continue;
+            }
+        };
+        if let Some(infos) = deliveries.get_mut(&envelope.id) {
+            // The same message twice in one batch: one delivery, settled alike.
+            infos.push(incoming.info);
+            continue;
+        }
+        if incoming.delivery_count > 0 {
+            // The first delivery's outcome may never have been recorded (a crash before it was).
+            redelivered.push(Transition::of(
+                &envelope,
+                Status::Accepted,
+                envelope.accepted_at,
+            ));
+            // The broker's count is the attempt count: failed attempts and lost deliveries alike.
+            envelope.attempts = envelope.attempts.max(incoming.delivery_count);
+        }
+        attempts_before.insert(envelope.id, envelope.attempts);
+        deliveries.insert(envelope.id, vec![incoming.info]);
+        envelopes.push(envelope);
+    }
+    if envelopes.is_empty() {
+        return;
+    }
+
+    let outcome = match shared.pipeline.process(envelopes, &cancel).await {
+        Ok(outcome) => outcome,
+        Err(aborted) => {
+            tracing::warn!(%aborted, "realtime batch abandoned; released to the broker");
+            for info in deliveries.into_values().flatten() {
+                send(info, release_state());
+            }
+            return;
+        }
+    };
+    let (mut record, disposals) = plan(outcome, &attempts_before, &shared.topic);
+    record.transitions.extend(redelivered);
+    let recorded = until_available("mysql", &shared.metrics, &cancel, || {
+        shared.history.record(&record)
+    })
+    .await;
+    if let Err(aborted) = recorded {
+        tracing::warn!(%aborted, "realtime batch not recorded; released to the broker");
+        for info in deliveries.into_values().flatten() {
+            send(info, release_state());
+        }
+        return;
+    }
+
+    let mut held = Vec::new();
+    for (id, disposal) in disposals {
+        let Some(infos) = deliveries.remove(&id) else {
+            continue;
+        };
+        match disposal {
+            Disposal::Accept => {
+                for info in infos {
+                    send(info, TerminalDeliveryState::Accepted(Accepted {}));
+                }
+            }
+            Disposal::DeadLetter(reason) => {
+                for info in infos {
+                    send(info, dead_letter_state(&reason));
+                }
+            }
+            Disposal::Redeliver { at } => held.push((at, infos, redeliver_state())),
+            Disposal::Release { at } => held.push((at, infos, release_state())),
+        }
+    }
+    if held.is_empty() {
+        return;
+    }
+    futures::future::join_all(held.into_iter().map(|(at, infos, state)| {
+        let flush = &flush;
+        let send = &send;
+        async move {
+            let wait = (at - Utc::now()).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = flush.cancelled() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            for info in infos {
+                send(info, state.clone());
+            }
+        }
+    }))
+    .await;
+}
+
+/// The bulk path's view of a channel's rate limit: it may not use the last tenth of the burst,
+/// which is left to realtime sends, so a bulk backlog that keeps the limit saturated still lets a
+/// realtime message through at once. (Both take from the same budget: the limit holds.)
+pub struct BulkShare(pub Arc<dyn RateLimiter>);
+
+#[async_trait::async_trait]
+impl RateLimiter for BulkShare {
+    async fn try_acquire(
+        &self,
+        key: &str,
+        per_second: u32,
+        burst: u32,
+    ) -> Result<Option<Duration>, LimiterUnavailable> {
+        self.0.try_acquire(key, per_second, bulk_burst(burst)).await
+    }
+}
+
+/// The burst the bulk path may use: all but a reserve, when the burst is big enough to have one.
+fn bulk_burst(burst: u32) -> u32 {
+    let reserve = (f64::from(burst) * REALTIME_RESERVE).ceil() as u32;
+    if burst > reserve + 1 {
+        burst - reserve
+    } else {
+        burst
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ump_core::history::Deferred;
+    use ump_core::model::{Content, Priority};
+
+    fn envelope(attempts: u32) -> Envelope {
+        Envelope {
+            id: MessageId::new(),
+            tenant: "t".into(),
+            channel: "sms".into(),
+            to: "+821012345678".into(),
+            content: Content {
+                body: Some("hi".into()),
+                ..Default::default()
+            },
+            priority: Priority::Realtime,
+            send_at: None,
+            tags: vec![],
+            metadata: Default::default(),
+            idempotency_key: None,
+            accepted_at: Utc::now(),
+            attempts,
+            fallback: None,
+        }
+    }
+
+    fn deferred(envelope: &Envelope, queue: &str, due_at: DateTime<Utc>) -> Deferred {
+        Deferred {
+            envelope: envelope.clone(),
+            queue: queue.into(),
+            due_at,
+        }
+    }
+
+    #[test]
+    fn plan_keeps_retries_and_busy_messages_with_the_broker_and_parks_the_rest() {
+        let now = Utc::now();
+        let later = now + chrono::Duration::seconds(2);
+        let sent = envelope(0);
+        let mut retried = envelope(1);
+        let busy = envelope(0);
+        let quiet = envelope(0);
+        let fallback = envelope(0);
+        let dead = envelope(4);
+        let before: HashMap<MessageId, u32> = [
+            (sent.id, 0),
+            (retried.id, 1),
+            (busy.id, 0),
+            (quiet.id, 0),
+            (fallback.id, 0),
+            (dead.id, 4),
+        ]
+        .into();
+        retried.attempts = 2;
+        let outcome = BatchOutcome {
+            record: BatchRecord {
+                transitions: vec![
+                    Transition::of(&sent, Status::Sent, now),
+                    Transition::of(&retried, Status::Scheduled, now),
+                    Transition::of(&quiet, Status::Scheduled, now),
+                    Transition::of(&dead, Status::DeadLettered, now).detail("gave up"),
+                ],
+                deferred: vec![
+                    deferred(&retried, "ump.ns.sms", later),
+                    deferred(&busy, "ump.ns.sms", later),
+                    deferred(&quiet, "ump.ns.sms", later),
+                    deferred(&fallback, "ump.ns.other", now),
+                ],
+            },
+            dead_letters: vec![dead.clone()],
+        };
+        let (record, disposals) = plan(outcome, &before, "ump.ns.sms");
+        assert_eq!(disposals[&sent.id], Disposal::Accept);
+        assert_eq!(disposals[&retried.id], Disposal::Redeliver { at: later });
+        assert_eq!(disposals[&busy.id], Disposal::Release { at: later });
+        assert_eq!(disposals[&quiet.id], Disposal::Accept);
+        assert_eq!(disposals[&fallback.id], Disposal::Accept);
+        assert_eq!(disposals[&dead.id], Disposal::DeadLetter("gave up".into()));
+        let parked: Vec<MessageId> = record.deferred.iter().map(|d| d.envelope.id).collect();
+        assert_eq!(parked, vec![quiet.id, fallback.id]);
+        assert_eq!(record.transitions.len(), 4);
+    }
+
+    #[test]
+    fn bulk_leaves_a_reserve_of_the_burst_when_there_is_one() {
+        assert_eq!(bulk_burst(200), 180);
+        assert_eq!(bulk_burst(10), 9);
+        assert_eq!(bulk_burst(3), 2);
+        assert_eq!(bulk_burst(2), 2);
+        assert_eq!(bulk_burst(1), 1);
+    }
+}
