@@ -250,7 +250,14 @@ impl AmqpQueue {
                     at - Instant::now()
                 ));
             }
-            match self.open(&format!("{}-{index}", self.container_id)).await {
+            // A fresh container id per connection: the broker may not yet have noticed that the
+            // previous one is gone, and refuses a second connection with the same id.
+            let container_id = format!(
+                "{}-{index}-{}",
+                self.container_id,
+                uuid::Uuid::new_v4().simple()
+            );
+            match self.open(&container_id).await {
                 Ok((connection, session)) => {
                     state.generation += 1;
                     state.failures = 0;

@@ -490,7 +490,9 @@ impl RealtimeConsumer {
     /// One connection's worth of consuming: `Ok` after a shutdown, `Err` when the connection or
     /// link failed.
     async fn consume(&self, cancel: &CancellationToken, failures: &mut u32) -> anyhow::Result<()> {
-        let mut connection = self.amqp.connect(&self.link_name).await?;
+        // A fresh container id per connection: ActiveMQ refuses one it believes still connected.
+        let container_id = format!("{}-{}", self.link_name, uuid::Uuid::new_v4().simple());
+        let mut connection = self.amqp.connect(&container_id).await?;
         let mut session = Session::begin(&mut connection)
             .await
             .context("beginning a session")?;
