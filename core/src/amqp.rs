@@ -14,10 +14,16 @@ use fe2o3_amqp::types::primitives::Binary;
 use fe2o3_amqp::{Connection, Sender, Session};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
+/// Connections an `AmqpQueue` sends over, in turn. ActiveMQ works through a connection's commands
+/// one after the other and answers a persistent send once it is stored, so over one connection
+/// every send waits for the disk writes of the sends before it; over several, the broker stores
+/// them side by side and one journal write takes many.
+const CONNECTIONS: usize = 4;
 /// How long opening a connection (TCP, SASL, AMQP open) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A broker that sends nothing for this long is taken for dead (it heartbeats at half of it).
@@ -192,14 +198,15 @@ struct State {
     failures: u32,
 }
 
-/// The realtime `MessageQueue`: one connection and session, one sender link per channel queue.
-/// Sends are pipelined: a sender's lock is held only while the transfer is handed to the
-/// connection, not while the broker's disposition is awaited.
+/// The realtime `MessageQueue`: a few connections used in turn, each with one session and one
+/// sender link per channel queue. Sends are pipelined: a sender's lock is held only while the
+/// transfer is handed to the connection, not while the broker's disposition is awaited.
 pub struct AmqpQueue {
     settings: AmqpSettings,
     container_id: String,
     timeout: Duration,
-    state: Mutex<State>,
+    links: Vec<Mutex<State>>,
+    next: AtomicUsize,
 }
 
 /// Why a send failed: before the transfer left (safe to try again on a new connection) or after
@@ -216,13 +223,16 @@ impl AmqpQueue {
             settings,
             container_id: format!("ump-api-{}", uuid::Uuid::new_v4().simple()),
             timeout,
-            state: Mutex::new(State::default()),
+            links: (0..CONNECTIONS)
+                .map(|_| Mutex::new(State::default()))
+                .collect(),
+            next: AtomicUsize::new(0),
         }
     }
 
-    /// The sender of `queue` on the current connection, connecting first when there is none.
-    async fn sender(&self, queue: &str) -> Result<(u64, Arc<Mutex<Sender>>), String> {
-        let mut state = self.state.lock().await;
+    /// The sender of `queue` on connection `index`, connecting first when there is none.
+    async fn sender(&self, index: usize, queue: &str) -> Result<(u64, Arc<Mutex<Sender>>), String> {
+        let mut state = self.links[index].lock().await;
         if state
             .link
             .as_ref()
@@ -240,7 +250,14 @@ impl AmqpQueue {
                     at - Instant::now()
                 ));
             }
-            match self.open().await {
+            // A fresh container id per connection: the broker may not yet have noticed that the
+            // previous one is gone, and refuses a second connection with the same id.
+            let container_id = format!(
+                "{}-{index}-{}",
+                self.container_id,
+                uuid::Uuid::new_v4().simple()
+            );
+            match self.open(&container_id).await {
                 Ok((connection, session)) => {
                     state.generation += 1;
                     state.failures = 0;
@@ -269,7 +286,7 @@ impl AmqpQueue {
         if let Some(sender) = link.senders.get(queue) {
             return Ok((link.generation, Arc::clone(sender)));
         }
-        let name = format!("{}-{queue}", self.container_id);
+        let name = format!("{}-{index}-{queue}", self.container_id);
         match Sender::attach(&mut link.session, name, queue).await {
             Ok(sender) => {
                 let sender = Arc::new(Mutex::new(sender));
@@ -279,24 +296,28 @@ impl AmqpQueue {
             Err(e) => {
                 let generation = link.generation;
                 drop(state);
-                self.broken(generation).await;
+                self.broken(index, generation).await;
                 Err(format!("attaching a sender to {queue}: {e}"))
             }
         }
     }
 
-    async fn open(&self) -> Result<(ConnectionHandle<()>, SessionHandle<()>), AmqpError> {
-        let mut connection = self.settings.connect(&self.container_id).await?;
+    /// `container_id` must be unique: ActiveMQ refuses a second connection with the same one.
+    async fn open(
+        &self,
+        container_id: &str,
+    ) -> Result<(ConnectionHandle<()>, SessionHandle<()>), AmqpError> {
+        let mut connection = self.settings.connect(container_id).await?;
         let session = Session::begin(&mut connection)
             .await
             .map_err(|e| AmqpError::Protocol(format!("beginning a session: {e}")))?;
         Ok((connection, session))
     }
 
-    /// Drops the connection of `generation` (if it is still the current one): the next send
+    /// Drops connection `index` if it is still the one of `generation`: the next send over it
     /// opens a new one.
-    async fn broken(&self, generation: u64) {
-        let mut state = self.state.lock().await;
+    async fn broken(&self, index: usize, generation: u64) {
+        let mut state = self.links[index].lock().await;
         if state
             .link
             .as_ref()
@@ -311,10 +332,14 @@ impl AmqpQueue {
 
     async fn send_once(
         &self,
+        index: usize,
         queue: &str,
         message: Message<fe2o3_amqp::types::messaging::Data>,
     ) -> Result<(), SendFailure> {
-        let (generation, sender) = self.sender(queue).await.map_err(SendFailure::NotSent)?;
+        let (generation, sender) = self
+            .sender(index, queue)
+            .await
+            .map_err(SendFailure::NotSent)?;
         let pending = {
             let mut sender = sender.lock().await;
             sender.send_batchable(message).await
@@ -322,7 +347,7 @@ impl AmqpQueue {
         let outcome = match pending {
             Ok(pending) => pending.await,
             Err(e) => {
-                self.broken(generation).await;
+                self.broken(index, generation).await;
                 return Err(SendFailure::NotSent(e.to_string()));
             }
         };
@@ -332,7 +357,7 @@ impl AmqpQueue {
             // modified: it did not take it. None of these is about what the client sent.
             Ok(other) => Err(SendFailure::Unknown(format!("broker answered {other:?}"))),
             Err(e) => {
-                self.broken(generation).await;
+                self.broken(index, generation).await;
                 Err(SendFailure::Unknown(e.to_string()))
             }
         }
@@ -348,28 +373,38 @@ impl MessageQueue for AmqpQueue {
     ) -> Result<(), EnqueueError> {
         let queue = channel.realtime_queue();
         let message = envelope_message(envelope)?;
+        let first = self.next.fetch_add(1, Ordering::Relaxed) % self.links.len();
+        let mut used = first;
         let attempt = async {
-            match self.send_once(&queue, message.clone()).await {
+            match self.send_once(first, &queue, message.clone()).await {
                 // A connection found dead before the transfer went out (a broker restart since
-                // the last send) is replaced once: nothing was sent, so nothing can be doubled.
-                Err(SendFailure::NotSent(first)) => {
-                    tracing::debug!(error = %first, "AMQP send not attempted; reconnecting once");
-                    self.send_once(&queue, message).await
+                // its last send) is no reason to refuse: nothing was sent, so nothing can be
+                // doubled by sending over the next one.
+                Err(SendFailure::NotSent(error)) => {
+                    tracing::debug!(%error, "AMQP send not attempted; trying the next connection");
+                    used = (first + 1) % self.links.len();
+                    self.send_once(used, &queue, message).await
                 }
                 other => other,
             }
         };
-        match tokio::time::timeout(self.timeout, attempt).await {
+        let outcome = tokio::time::timeout(self.timeout, attempt).await;
+        match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(SendFailure::NotSent(e) | SendFailure::Unknown(e))) => {
                 Err(EnqueueError::Unavailable(e))
             }
             Err(_) => {
                 // The broker may be alive but stuck (producer flow control), or the connection
-                // half-dead: start over on the next send.
-                let generation = self.state.lock().await.link.as_ref().map(|l| l.generation);
+                // half-dead: start that one over.
+                let generation = self.links[used]
+                    .lock()
+                    .await
+                    .link
+                    .as_ref()
+                    .map(|l| l.generation);
                 if let Some(generation) = generation {
-                    self.broken(generation).await;
+                    self.broken(used, generation).await;
                 }
                 Err(EnqueueError::Unavailable(format!(
                     "no answer from the broker within {:?}",
@@ -380,17 +415,23 @@ impl MessageQueue for AmqpQueue {
     }
 
     async fn ready(&self) -> Result<(), String> {
-        let mut state = self.state.lock().await;
-        if state
-            .link
-            .as_ref()
-            .is_some_and(|l| !l.connection.is_closed())
-        {
-            return Ok(());
+        for link in &self.links {
+            if link
+                .lock()
+                .await
+                .link
+                .as_ref()
+                .is_some_and(|l| !l.connection.is_closed())
+            {
+                return Ok(());
+            }
         }
-        state.link = None;
-        drop(state);
-        let (mut connection, _) = self.open().await.map_err(|e| e.to_string())?;
+        let probe = format!(
+            "{}-probe-{}",
+            self.container_id,
+            uuid::Uuid::new_v4().simple()
+        );
+        let (mut connection, _) = self.open(&probe).await.map_err(|e| e.to_string())?;
         let _ = connection.close().await;
         Ok(())
     }

@@ -1,15 +1,16 @@
 //! The realtime path of a worker: the ActiveMQ queue of each realtime channel, consumed over AMQP
 //! 1.0 beside the Kafka partitions, through the same delivery pipeline.
 //!
-//! **Never behind the bulk backlog.** The realtime consumers run on a thread and tokio runtime of
+//! **Never behind the bulk backlog.** The realtime consumers run on threads and a tokio runtime of
 //! their own, with their own Redis, MySQL and provider connections: bulk work, however much of it
 //! is queued, never sits in front of a realtime message in a run queue or on a connection. The two
 //! share only the OS scheduler (a mostly idle thread that wakes up is scheduled promptly) and the
 //! channel's rate limit, in which realtime keeps a reserve the bulk path cannot use
 //! ([`BulkShare`]).
 //!
-//! **Flow control** is AMQP link credit: the broker hands a consumer at most `credit` unsettled
-//! messages, and a message is settled only after its outcome is recorded in MySQL:
+//! **Flow control** is AMQP link credit: the broker hands a worker at most `credit` unsettled
+//! messages per queue (split over its [`LINKS`] links), and a message is settled only after its
+//! outcome is recorded in MySQL:
 //! - final (sent, failed, duplicate, expired) or parked in MySQL (send_at, quiet hours: the
 //!   scheduler brings it back through the channel's topic) → `accepted`;
 //! - a retryable provider failure → held for the policy's backoff, then `modified`
@@ -56,6 +57,10 @@ use ump_core::store::{MySqlHistory, connect_mysql};
 
 /// Most deliveries handed to the pipeline at once (whatever has arrived; never waited for).
 const MAX_BATCH: usize = 256;
+/// Consumer links per queue, each on a connection of its own. ActiveMQ dispatches to and takes
+/// settlements from one connection on one thread, one message after the other; two connections
+/// halve that queue.
+const LINKS: usize = 2;
 /// Share of a channel's rate-limit burst that only realtime sends may use.
 const REALTIME_RESERVE: f64 = 0.1;
 
@@ -103,7 +108,7 @@ impl RealtimeHandle {
     }
 }
 
-/// Starts consuming the realtime queues of `channels` on a thread of their own. Returns once
+/// Starts consuming the realtime queues of `channels` on threads of their own. Returns once
 /// their connections to Redis and MySQL are up and their providers built.
 pub async fn start(
     settings: RealtimeSettings,
@@ -116,7 +121,11 @@ pub async fn start(
     std::thread::Builder::new()
         .name("ump-realtime".to_owned())
         .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
+            // Two threads: the AMQP connections, Redis, MySQL and the pipeline of a busy queue
+            // outgrow one when the cores are contended.
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("ump-realtime")
                 .enable_all()
                 .build()
             {
@@ -127,7 +136,8 @@ pub async fn start(
                 }
             };
             runtime.block_on(async move {
-                let consumers = match consumers(&settings, channels, metrics).await {
+                let consumers = match consumers(&settings, channels, metrics, cancel.clone()).await
+                {
                     Ok(consumers) => consumers,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -152,62 +162,146 @@ async fn consumers(
     settings: &RealtimeSettings,
     channels: Vec<Arc<ResolvedChannel>>,
     metrics: WorkerMetrics,
+    cancel: CancellationToken,
 ) -> anyhow::Result<Vec<RealtimeConsumer>> {
-    let pool = connect_mysql(&settings.mysql_url, 4).await?;
-    let history: Arc<dyn HistoryStore> = Arc::new(MySqlHistory::new(pool));
+    let pool = connect_mysql(&settings.mysql_url, Recorder::WRITERS as u32).await?;
+    let recorder = Recorder::start(Arc::new(MySqlHistory::new(pool)), metrics.clone(), cancel);
     let redis_client =
         redis::Client::open(settings.redis_url.as_str()).context("invalid UMP_REDIS_URL")?;
     let redis = redis::aio::ConnectionManager::new(redis_client)
         .await
         .context("connecting to Redis")?;
     let instance = uuid::Uuid::new_v4().simple().to_string();
-    let dedupe = Arc::new(RedisDedupe::new(
-        redis.clone(),
-        format!("{instance}-rt"),
-        settings.claim_lease,
-    ));
-    let limiter = Arc::new(RedisRateLimiter::new(redis));
+    let limiter = Arc::new(RedisRateLimiter::new(redis.clone()));
     let context = ProviderContext {
         secrets_dir: &settings.secrets_dir,
         sandbox_outbox: &settings.sandbox_outbox,
     };
-    let mut consumers = Vec::with_capacity(channels.len());
+    let mut consumers = Vec::with_capacity(channels.len() * LINKS);
     for channel in channels {
         // Providers of its own: their connection pools live on this runtime. A failover
         // provider's circuit breakers are therefore separate from the bulk path's.
         let provider = build_channel(&channel.name(), &channel.resource.spec.providers, &context)?;
         let queue = channel.resource.realtime_queue();
         let topic = channel.resource.topic_name();
-        let pipeline = DeliveryPipeline::new(
-            channel,
-            provider,
-            dedupe.clone(),
-            limiter.clone(),
-            metrics.clone(),
-            settings.lanes,
-            settings.claim_lease / 2,
-        )?;
-        consumers.push(RealtimeConsumer {
-            shared: Arc::new(Shared {
-                pipeline,
-                history: Arc::clone(&history),
-                metrics: metrics.clone(),
-                topic,
-            }),
-            amqp: settings.amqp.clone(),
-            link_name: format!("ump-worker-{instance}-{queue}"),
-            queue,
-            credit: settings.credit.max(1),
-        });
+        for link in 0..LINKS {
+            // Each link claims messages under an identity of its own: when one link's connection
+            // breaks, the broker hands its unsettled messages to the other at once, possibly
+            // while the first is still calling the provider for them; the other must then find
+            // them busy, not its own to send again.
+            let dedupe = Arc::new(RedisDedupe::new(
+                redis.clone(),
+                format!("{instance}-rt{link}"),
+                settings.claim_lease,
+            ));
+            let pipeline = DeliveryPipeline::new(
+                Arc::clone(&channel),
+                Arc::clone(&provider),
+                dedupe,
+                limiter.clone(),
+                metrics.clone(),
+                settings.lanes,
+                settings.claim_lease / 2,
+            )?;
+            consumers.push(RealtimeConsumer {
+                shared: Arc::new(Shared {
+                    pipeline,
+                    recorder: recorder.clone(),
+                    topic: topic.clone(),
+                }),
+                amqp: settings.amqp.clone(),
+                link_name: format!("ump-worker-{instance}-{link}-{queue}"),
+                queue: queue.clone(),
+                credit: (settings.credit / LINKS as u32).max(1),
+            });
+        }
     }
     Ok(consumers)
+}
+
+/// Records the outcomes of the realtime batches: whatever is waiting goes into one transaction.
+/// Messages arrive one or a few at a time, and a transaction each would make MySQL's commit rate
+/// the realtime path's throughput; merged, a busy moment costs one commit. (A message's provider
+/// call comes before its record, so this batching adds nothing to its latency.)
+#[derive(Clone)]
+struct Recorder(mpsc::UnboundedSender<(BatchRecord, oneshot::Sender<bool>)>);
+
+impl Recorder {
+    /// Most batch records merged into one transaction.
+    const MERGE: usize = 64;
+    /// Transactions under way at once (the MySQL pool's size).
+    const WRITERS: usize = 2;
+
+    fn start(
+        history: Arc<dyn HistoryStore>,
+        metrics: WorkerMetrics,
+        cancel: CancellationToken,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel::<(BatchRecord, oneshot::Sender<bool>)>();
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        // Two writers: one gathers the next group while the other commits.
+        for _ in 0..Self::WRITERS {
+            let (rx, history, metrics, cancel) = (
+                Arc::clone(&rx),
+                Arc::clone(&history),
+                metrics.clone(),
+                cancel.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let waiting = {
+                        let mut rx = rx.lock().await;
+                        let Some(first) = rx.recv().await else { break };
+                        let mut waiting = vec![first];
+                        while waiting.len() < Self::MERGE {
+                            match rx.try_recv() {
+                                Ok(next) => waiting.push(next),
+                                Err(_) => break,
+                            }
+                        }
+                        waiting
+                    };
+                    let mut merged = BatchRecord::default();
+                    let mut done = Vec::with_capacity(waiting.len());
+                    for (record, reply) in waiting {
+                        merged.transitions.extend(record.transitions);
+                        merged.deferred.extend(record.deferred);
+                        done.push(reply);
+                    }
+                    let started = std::time::Instant::now();
+                    let recorded =
+                        until_available("mysql", &metrics, &cancel, || history.record(&merged))
+                            .await
+                            .is_ok();
+                    tracing::debug!(
+                        batches = done.len(),
+                        transitions = merged.transitions.len(),
+                        ms = started.elapsed().as_secs_f64() * 1000.0,
+                        "realtime outcomes recorded"
+                    );
+                    for reply in done {
+                        let _ = reply.send(recorded);
+                    }
+                }
+            });
+        }
+        Self(tx)
+    }
+
+    /// True once `record` is durable; false when it was given up (shutdown while MySQL is away).
+    async fn record(&self, record: BatchRecord) -> bool {
+        let (reply, recorded) = oneshot::channel();
+        if self.0.send((record, reply)).is_err() {
+            return false;
+        }
+        recorded.await.unwrap_or(false)
+    }
 }
 
 /// What a consumer's batch tasks share.
 struct Shared {
     pipeline: DeliveryPipeline,
-    history: Arc<dyn HistoryStore>,
-    metrics: WorkerMetrics,
+    recorder: Recorder,
     /// The channel's Kafka topic: where the pipeline parks messages for later.
     topic: String,
 }
@@ -396,7 +490,9 @@ impl RealtimeConsumer {
     /// One connection's worth of consuming: `Ok` after a shutdown, `Err` when the connection or
     /// link failed.
     async fn consume(&self, cancel: &CancellationToken, failures: &mut u32) -> anyhow::Result<()> {
-        let mut connection = self.amqp.connect(&self.link_name).await?;
+        // A fresh container id per connection: ActiveMQ refuses one it believes still connected.
+        let container_id = format!("{}-{}", self.link_name, uuid::Uuid::new_v4().simple());
+        let mut connection = self.amqp.connect(&container_id).await?;
         let mut session = Session::begin(&mut connection)
             .await
             .context("beginning a session")?;
@@ -466,7 +562,6 @@ impl RealtimeConsumer {
                             Err(_) => break,
                         }
                     }
-                    self.shared.metrics.batch_size.observe(batch.len() as f64);
                     work.spawn(handle(
                         Arc::clone(&self.shared),
                         batch,
@@ -560,6 +655,8 @@ async fn handle(
         return;
     }
 
+    let count = envelopes.len();
+    let started = std::time::Instant::now();
     let outcome = match shared.pipeline.process(envelopes, &cancel).await {
         Ok(outcome) => outcome,
         Err(aborted) => {
@@ -570,20 +667,25 @@ async fn handle(
             return;
         }
     };
+    let delivered = started.elapsed();
     let (mut record, disposals) = plan(outcome, &attempts_before, &shared.topic);
     record.transitions.extend(redelivered);
-    let recorded = until_available("mysql", &shared.metrics, &cancel, || {
-        shared.history.record(&record)
-    })
-    .await;
-    if let Err(aborted) = recorded {
-        tracing::warn!(%aborted, "realtime batch not recorded; released to the broker");
+    if !shared.recorder.record(record).await {
+        tracing::warn!(
+            "realtime batch not recorded (shutting down while MySQL is away); released to the broker"
+        );
         for info in deliveries.into_values().flatten() {
             send(info, release_state());
         }
         return;
     }
 
+    tracing::debug!(
+        count,
+        delivered_ms = delivered.as_secs_f64() * 1000.0,
+        recorded_ms = (started.elapsed() - delivered).as_secs_f64() * 1000.0,
+        "realtime batch delivered and recorded"
+    );
     let mut held = Vec::new();
     for (id, disposal) in disposals {
         let Some(infos) = deliveries.remove(&id) else {
