@@ -657,6 +657,13 @@ async fn handle(
 
     let count = envelopes.len();
     let started = std::time::Instant::now();
+    // How long the oldest message of the batch took from acceptance to here (broker and queue).
+    let waited_ms = envelopes
+        .iter()
+        .map(|e| (Utc::now() - e.accepted_at).num_microseconds().unwrap_or(0))
+        .max()
+        .unwrap_or(0) as f64
+        / 1000.0;
     let outcome = match shared.pipeline.process(envelopes, &cancel).await {
         Ok(outcome) => outcome,
         Err(aborted) => {
@@ -682,6 +689,7 @@ async fn handle(
 
     tracing::debug!(
         count,
+        waited_ms,
         delivered_ms = delivered.as_secs_f64() * 1000.0,
         recorded_ms = (started.elapsed() - delivered).as_secs_f64() * 1000.0,
         "realtime batch delivered and recorded"
