@@ -330,3 +330,57 @@ pub fn bad_inputs() -> Vec<BadInput> {
         },
     ]
 }
+
+/// What a fault-injection test counted, for `RELIABILITY.md`: each test writes one to
+/// `<target dir>/test-output/reliability/<scenario>.json` and `scripts/reliability` puts them in a
+/// table.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Reliability {
+    /// A stable name, also the file name.
+    pub scenario: String,
+    /// What was broken, how, for how long.
+    pub fault: String,
+    /// Messages the API answered 202 for (each client retry counted once).
+    pub accepted: usize,
+    /// Accepted messages that reached the provider.
+    pub sent: usize,
+    /// Accepted messages that reached the provider more than once.
+    pub duplicated: usize,
+    /// Accepted messages that never reached the provider.
+    pub lost: usize,
+    /// What else the test saw (503 answers, pauses, kills).
+    pub notes: String,
+}
+
+impl Reliability {
+    /// Prints the figures and writes them where `scripts/reliability` looks.
+    pub fn record(&self) {
+        eprintln!(
+            "reliability {}: accepted {}, sent {}, duplicated {}, lost {} ({})",
+            self.scenario, self.accepted, self.sent, self.duplicated, self.lost, self.notes
+        );
+        let Some(dir) = reliability_dir() else {
+            return;
+        };
+        let written = std::fs::create_dir_all(&dir).and_then(|()| {
+            std::fs::write(
+                dir.join(format!("{}.json", self.scenario)),
+                serde_json::to_vec_pretty(self).unwrap_or_default(),
+            )
+        });
+        if let Err(e) = written {
+            eprintln!("could not write the reliability record: {e}");
+        }
+    }
+}
+
+/// `<target dir>/test-output/reliability`: the test binary runs from `<target>/<profile>/deps/`.
+pub fn reliability_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(
+        exe.ancestors()
+            .nth(3)?
+            .join("test-output")
+            .join("reliability"),
+    )
+}

@@ -48,7 +48,15 @@ start_daemon() {
   dir=$(run_dir "$name")
   echo "$marker" >"$dir/marker"
   : >"$dir/log"
-  setsid nohup "$@" >>"$dir/log" 2>&1 </dev/null &
+  # The daemon inherits no descriptor but its log: one opened by the caller (a `flock` held
+  # around `scripts/infra up`, a pipe a test reads to its end) would otherwise live as long as it.
+  (
+    for fd in /proc/"$BASHPID"/fd/*; do
+      fd=${fd##*/}
+      if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+    done
+    exec setsid nohup "$@" >>"$dir/log" 2>&1 </dev/null
+  ) &
   local pid=$! i
   echo "$pid" >"$dir/pid"
   # Until the child has exec'd, its command line is this script's and pid_alive would call it a

@@ -51,6 +51,9 @@ struct Delivered {
 #[derive(Clone)]
 struct Persister {
     consumer: Arc<StreamConsumer>,
+    /// The next offset of each partition, as last committed (asynchronously): committed once more,
+    /// synchronously, when the consumer stops.
+    committed: Arc<std::sync::Mutex<BTreeMap<(String, i32), i64>>>,
     producer: FutureProducer,
     history: Arc<dyn HistoryStore>,
     metrics: WorkerMetrics,
@@ -85,6 +88,7 @@ impl ChannelConsumer {
         let consumer = Arc::new(consumer);
         let persister = Persister {
             consumer: Arc::clone(&consumer),
+            committed: Arc::default(),
             producer,
             history,
             metrics: metrics.clone(),
@@ -152,6 +156,7 @@ impl ChannelConsumer {
         if let Some(previous) = persisting.take() {
             finished(previous.await);
         }
+        self.persister.flush_commits().await;
         lag.abort();
         tracing::info!(topic = %self.topic, "consumer stopped");
     }
@@ -189,6 +194,16 @@ impl ChannelConsumer {
             undecodable,
         })
     }
+}
+
+fn offset_list(next_offsets: &BTreeMap<(String, i32), i64>) -> TopicPartitionList {
+    let mut offsets = TopicPartitionList::new();
+    for ((topic, partition), offset) in next_offsets {
+        if let Err(e) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+            tracing::error!(error = %e, "building the offset commit");
+        }
+    }
+    offsets
 }
 
 /// Logs how a persist task ended; true when its batch is durable and committed.
@@ -242,28 +257,37 @@ impl Persister {
             .await?;
         }
 
-        let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), offset) in next_offsets {
-            if let Err(e) = offsets.add_partition_offset(&topic, partition, Offset::Offset(offset))
-            {
-                tracing::error!(error = %e, "building the offset commit");
-            }
+        // Asynchronous: a synchronous commit while the group coordinator is away waits until the
+        // group is back, and rejoining the group needs this consumer to be polled, which the
+        // consume loop does not do while it waits for this batch: after a Kafka restart the worker
+        // would stop for good. A commit that fails (a rebalance took the partition) only means
+        // the batch is consumed again, and its dedupe keys turn it into "already sent".
+        let offsets = offset_list(&next_offsets);
+        if let Err(e) = self.consumer.commit(&offsets, CommitMode::Async) {
+            tracing::warn!(error = %e, "offset commit failed; the batch will be consumed again");
         }
-        // A synchronous commit blocks its thread: keep it off the async workers.
-        let consumer = Arc::clone(&self.consumer);
-        match tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync)).await
-        {
-            Ok(Ok(())) => {}
-            // Usually a rebalance took the partitions: their new owner consumes the batch again
-            // and the dedupe keys turn it into "already sent".
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "offset commit failed; the batch will be consumed again")
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "offset commit task failed; the batch will be consumed again")
-            }
+        if let Ok(mut committed) = self.committed.lock() {
+            committed.extend(next_offsets);
         }
         Ok(())
+    }
+
+    /// Commits the last offsets again, synchronously (5 s at most), so a consumer that stops
+    /// leaves nothing it finished to be consumed again.
+    async fn flush_commits(&self) {
+        let offsets = match self.committed.lock() {
+            Ok(committed) if !committed.is_empty() => offset_list(&committed),
+            _ => return,
+        };
+        let consumer = Arc::clone(&self.consumer);
+        let commit =
+            tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync));
+        match tokio::time::timeout(Duration::from_secs(5), commit).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "final offset commit failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "final offset commit task failed"),
+            Err(_) => tracing::warn!("final offset commit took over 5 s; left to Kafka"),
+        }
     }
 
     async fn publish(&self, key: &str, payload: &[u8]) -> Result<(), rdkafka::error::KafkaError> {

@@ -272,12 +272,21 @@ async fn kill_9_of_the_worker_mid_run_loses_nothing() {
     let outbox = stack.outbox();
     let lost: Vec<&String> = ids.iter().filter(|id| !outbox.contains_key(*id)).collect();
     let duplicated = outbox.values().filter(|&&n| n > 1).count();
-    eprintln!(
-        "realtime crash test: accepted {}, sent {}, duplicated {duplicated}, lost {}, kills {KILLS}",
-        ids.len(),
-        outbox.len(),
-        lost.len()
-    );
+    ump_core::testing::Reliability {
+        scenario: "worker-kill-realtime".into(),
+        fault: format!(
+            "kill -9 of the worker {KILLS} times during a {MESSAGES}-message realtime (ActiveMQ) run"
+        ),
+        accepted: ids.len(),
+        sent: outbox.len(),
+        duplicated,
+        lost: lost.len(),
+        notes: format!(
+            "the guarantee allows a duplicate for each message whose provider call had ended \
+             but whose outcome was not yet recorded: at most {CREDIT} (the link credit) a kill"
+        ),
+    }
+    .record();
     assert!(
         lost.is_empty(),
         "{} lost, e.g. {:?}",

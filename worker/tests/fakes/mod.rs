@@ -92,17 +92,34 @@ impl Canned {
     }
 }
 
-/// Answers queued by a test, used before the fake's normal behaviour.
+/// Answers queued by a test, used before the fake's normal behaviour; or an outage: one answer
+/// to every request until a moment.
 #[derive(Clone, Default)]
-pub struct Script(Arc<Mutex<VecDeque<Canned>>>);
+pub struct Script(Arc<Mutex<ScriptState>>);
+
+#[derive(Default)]
+struct ScriptState {
+    queued: VecDeque<Canned>,
+    outage: Option<(std::time::Instant, Canned)>,
+}
 
 impl Script {
     pub fn push(&self, canned: Canned) {
-        lock(&self.0).push_back(canned);
+        lock(&self.0).queued.push_back(canned);
+    }
+
+    /// Every request gets `canned` for `lasting` from now (the service is down), then the queued
+    /// and normal answers resume.
+    pub fn outage(&self, canned: Canned, lasting: Duration) {
+        lock(&self.0).outage = Some((std::time::Instant::now() + lasting, canned));
     }
 
     pub fn next(&self) -> Option<Canned> {
-        lock(&self.0).pop_front()
+        let mut state = lock(&self.0);
+        match &state.outage {
+            Some((until, canned)) if std::time::Instant::now() < *until => Some(canned.clone()),
+            _ => state.queued.pop_front(),
+        }
     }
 }
 

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod load;
+
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -475,4 +477,60 @@ pub async fn spawn_api_with(
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, ump_api::router(state)).await });
     format!("http://{addr}")
+}
+
+/// `scripts/infra <command> <component>`, failing the test with the script's output. Blocking:
+/// call it from `spawn_blocking` or through [`Outage`].
+pub fn infra_script(command: &str, component: &str) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/infra");
+    let output = Command::new("bash")
+        .arg(&script)
+        .args([command, component])
+        .output()
+        .expect("run scripts/infra");
+    assert!(
+        output.status.success(),
+        "scripts/infra {command} {component} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A shared component taken down by a test (`scripts/infra down`): `end` brings it back up, and
+/// so does dropping it, so a failing test never leaves the component down for the next one.
+pub struct Outage {
+    component: &'static str,
+    started: std::time::Instant,
+    up: bool,
+}
+
+impl Outage {
+    pub async fn begin(component: &'static str) -> Self {
+        tokio::task::spawn_blocking(move || infra_script("down", component))
+            .await
+            .expect("scripts/infra down");
+        Self {
+            component,
+            started: std::time::Instant::now(),
+            up: false,
+        }
+    }
+
+    /// Starts the component again (waiting until it is ready); returns how long it was down.
+    pub async fn end(mut self) -> Duration {
+        let component = self.component;
+        tokio::task::spawn_blocking(move || infra_script("up", component))
+            .await
+            .expect("scripts/infra up");
+        self.up = true;
+        self.started.elapsed()
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        if !self.up {
+            infra_script("up", self.component);
+        }
+    }
 }

@@ -1,0 +1,430 @@
+//! Fault injection on the real stack: Kafka, Redis, MariaDB and ActiveMQ stopped and started again
+//! (`scripts/infra down/up`) in the middle of a run, and providers that fail for a minute. In each,
+//! a client keeps sending the way a careful user's does (503 retried with the same
+//! Idempotency-Key), and the test counts what was accepted, sent, sent twice and lost. The figures
+//! go to `RELIABILITY.md` (`scripts/reliability`).
+//!
+//! A test binary of its own, its tests one after the other: they take shared services away from
+//! whatever else would be running. (Cargo runs test binaries one at a time.)
+
+mod fakes;
+mod stack;
+
+use fakes::nhn_sms::{self, FakeNhnSms};
+use fakes::twilio::{self, FakeTwilio};
+use fakes::{Canned, SecretsDir};
+use serde_json::json;
+use stack::load::Load;
+use stack::{DEFAULT_CHANNELS, Outage, Stack, StackOptions};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// One fault at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Provider calls so far (lines of the sandbox outbox).
+fn provider_calls(stack: &Stack) -> usize {
+    stack.outbox_texts().values().sum()
+}
+
+/// Waits until the worker has called the provider `calls` times: the fault then lands mid-run.
+async fn wait_for_calls(stack: &Stack, calls: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while provider_calls(stack) < calls {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivery never got under way:\n{}",
+            stack.worker_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_restart_gets_503s_never_a_false_202_and_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let stack = Stack::start(DEFAULT_CHANNELS).await;
+    let client = stack.start_load(Load::default());
+    wait_for_calls(&stack, 200).await;
+
+    let outage = Outage::begin("kafka").await;
+    // Long enough for accepts to time out (the test API waits 5 s for Kafka) and be answered
+    // 503, and for the worker's group session (10 s) to expire.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let refused_while_down = client.unavailable();
+    let down = outage.end().await;
+
+    let sent = client.finish().await;
+    assert!(
+        refused_while_down > 0,
+        "no 503 while Kafka was down: was it really stopped?"
+    );
+    let tally = stack
+        .settle(&sent, Duration::from_secs(120), || stack.outbox_texts())
+        .await;
+    // A send answered 503 may still have reached Kafka: its retry is then recorded as its
+    // duplicate (same Idempotency-Key) and not sent again.
+    let caught = stack
+        .statuses()
+        .await
+        .values()
+        .filter(|s| *s == "duplicate")
+        .count();
+    tally.record(
+        "kafka-restart",
+        &format!(
+            "Kafka stopped mid-run and started again ({:.0} s without a broker)",
+            down.as_secs_f64()
+        ),
+        &format!(
+            "{} answers were 503, each retried with its Idempotency-Key; {caught} of the 503s \
+             had reached Kafka after all and their retries were recorded as duplicates, not \
+             sent; every 202 is in the history",
+            tally.unavailable
+        ),
+    );
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stop_pauses_delivery_and_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let stack = Stack::start(DEFAULT_CHANNELS).await;
+    // Two clients: one sends with an Idempotency-Key (kept in Redis), the other without.
+    let half = Load {
+        messages: 750,
+        per_second: 75,
+        ..Load::default()
+    };
+    let keyed = stack.start_load(Load {
+        name: "keyed",
+        ..half.clone()
+    });
+    let unkeyed = stack.start_load(Load {
+        name: "unkeyed",
+        keyed: |_| false,
+        ..half
+    });
+    wait_for_calls(&stack, 200).await;
+
+    let outage = Outage::begin("redis").await;
+    // Calls that had their dedupe claim before Redis went away finish; then delivery stops.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (calls_before, accepted_before) = (provider_calls(&stack), unkeyed.accepted());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (calls_after, accepted_after) = (provider_calls(&stack), unkeyed.accepted());
+    let refused = keyed.unavailable();
+    let down = outage.end().await;
+
+    assert_eq!(
+        calls_after, calls_before,
+        "the worker called the provider without Redis (no dedupe claim)"
+    );
+    assert!(
+        accepted_after > accepted_before,
+        "sends without an Idempotency-Key need no Redis, yet none was accepted while it was down"
+    );
+    assert!(
+        refused > 0,
+        "sends with an Idempotency-Key were accepted without Redis"
+    );
+    assert!(
+        stack
+            .worker_log()
+            .contains("dependency unavailable; pausing"),
+        "the worker never said it paused"
+    );
+    let (keyed, unkeyed) = (keyed.finish().await, unkeyed.finish().await);
+    let keyed = stack
+        .settle(&keyed, Duration::from_secs(120), || stack.outbox_texts())
+        .await;
+    let unkeyed = stack
+        .settle(&unkeyed, Duration::from_secs(120), || stack.outbox_texts())
+        .await;
+    let tally = keyed.plus(&unkeyed);
+    tally.record(
+        "redis-restart",
+        &format!(
+            "Redis stopped mid-run and started again ({:.0} s down)",
+            down.as_secs_f64()
+        ),
+        &format!(
+            "delivery paused (0 provider calls in 8 s); {} sends without an Idempotency-Key \
+             accepted meanwhile; {} answers were 503 (sends with one), each retried",
+            accepted_after - accepted_before,
+            tally.unavailable
+        ),
+    );
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_stop_holds_offsets_and_loses_no_history() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let stack = Stack::start(DEFAULT_CHANNELS).await;
+    let client = stack.start_load(Load::default());
+    wait_for_calls(&stack, 200).await;
+    let some_id = stack
+        .statuses()
+        .await
+        .into_keys()
+        .next()
+        .expect("a message in the history");
+
+    let outage = Outage::begin("mariadb").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let accepted_before = client.accepted();
+    // Reads need the history: a clear 503, not a 500.
+    let (status, answer) = stack.get(&format!("/v1/messages/{some_id}")).await;
+    assert_eq!(status, 503, "a read without MariaDB: {answer}");
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let accepted_after = client.accepted();
+    let down = outage.end().await;
+    // Accepting needs Kafka (and the cached API keys), not MariaDB.
+    assert!(
+        accepted_after > accepted_before,
+        "no send was accepted while MariaDB was down"
+    );
+    assert!(
+        stack
+            .worker_log()
+            .contains("dependency unavailable; pausing"),
+        "the worker never said it paused"
+    );
+
+    let sent = client.finish().await;
+    let tally = stack
+        .settle(&sent, Duration::from_secs(120), || stack.outbox_texts())
+        .await;
+    tally.record(
+        "mariadb-restart",
+        &format!(
+            "MariaDB stopped mid-run and started again ({:.0} s down)",
+            down.as_secs_f64()
+        ),
+        &format!(
+            "{} sends accepted while it was down; reads answered 503; the worker held its \
+             offsets and wrote every outcome once it was back",
+            accepted_after - accepted_before
+        ),
+    );
+    stack.finish().await;
+}
+
+const REALTIME_CHANNELS: &str = r#"
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: sms, namespace: NAMESPACE}
+spec:
+  type: sms
+  topic: {partitions: 1}
+  realtime: {enabled: true}
+  providers: [{name: sandbox, type: sandbox}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activemq_restart_mid_realtime_run_loses_nothing_and_sends_nothing_twice() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let stack = Stack::start(REALTIME_CHANNELS).await;
+    let client = stack.start_load(Load {
+        priority: "realtime",
+        per_second: 200,
+        ..Load::default()
+    });
+    wait_for_calls(&stack, 300).await;
+
+    // The API answers 503 + Retry-After while the broker is away; the worker reconnects with
+    // backoff once it is back.
+    let down = Outage::begin("activemq").await.end().await;
+    let sent = client.finish().await;
+    assert!(
+        sent.unavailable > 0,
+        "the restart never made the API answer 503: was the broker really down?"
+    );
+    let tally = stack
+        .settle(&sent, Duration::from_secs(120), || stack.outbox_texts())
+        .await;
+    tally.record(
+        "activemq-restart",
+        &format!(
+            "ActiveMQ stopped mid-run (realtime sends) and started again ({:.0} s without a broker)",
+            down.as_secs_f64()
+        ),
+        &format!(
+            "{} answers were 503, each retried with its Idempotency-Key; messages the broker \
+             held unsettled were redelivered and recognised as already sent",
+            tally.unavailable
+        ),
+    );
+    stack.finish().await;
+}
+
+const OUTAGE: Duration = Duration::from_secs(60);
+
+const PROVIDER_CHANNELS: &str = r#"
+apiVersion: ump.dev/v1alpha1
+kind: DeliveryPolicy
+metadata: {name: patient, namespace: NAMESPACE}
+spec:
+  retry: {maxAttempts: 25, initialBackoff: 500ms, maxBackoff: 5s}
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: sms, namespace: NAMESPACE}
+spec:
+  type: sms
+  topic: {partitions: 2}
+  policyRef: patient
+  providers:
+    - name: twilio
+      type: twilio
+      secretRef: {name: twilio}
+      settings: {endpoint: "TWILIO_URL", from: "+15005550006", circuitFailureThreshold: "5", circuitCoolDown: "10s"}
+    - name: nhn
+      type: nhn-sms
+      secretRef: {name: nhn-sms}
+      settings: {endpoint: "NHN_URL", sendNo: "0212345678"}
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: alerts, namespace: NAMESPACE}
+spec:
+  type: sms
+  topic: {partitions: 2}
+  policyRef: patient
+  providers:
+    - name: twilio
+      type: twilio
+      secretRef: {name: twilio}
+      settings: {endpoint: "STALLING_URL", from: "+15005550006", timeout: "1s"}
+"#;
+
+fn count<'a>(texts: impl Iterator<Item = &'a str>) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for text in texts {
+        *counts.entry(text.to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_failing_for_a_minute_lose_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // `sms`: Twilio answers 503 for a minute; NHN Cloud is the failover. `alerts`: its only
+    // provider accepts connections and answers nothing for a minute (every call times out).
+    let twilio = FakeTwilio::start().await;
+    let nhn = FakeNhnSms::start().await;
+    let stalling = FakeTwilio::start().await;
+    let secrets = SecretsDir::new();
+    secrets
+        .secret(
+            "twilio",
+            &[
+                ("accountSid", twilio::ACCOUNT_SID),
+                ("authToken", twilio::AUTH_TOKEN),
+            ],
+        )
+        .secret(
+            "nhn-sms",
+            &[
+                ("appKey", nhn_sms::APP_KEY),
+                ("secretKey", nhn_sms::SECRET_KEY),
+            ],
+        );
+    let channels = PROVIDER_CHANNELS
+        .replace("TWILIO_URL", &twilio.endpoint())
+        .replace("NHN_URL", &nhn.endpoint())
+        .replace("STALLING_URL", &stalling.endpoint());
+    let stack = Stack::start_opts(
+        &channels,
+        StackOptions {
+            secrets_dir: Some(secrets.path().to_owned()),
+            ..StackOptions::default()
+        },
+    )
+    .await;
+
+    let unavailable = Canned::json(
+        503,
+        json!({"code": 20503, "message": "Service Unavailable", "status": 503,
+               "more_info": "https://www.twilio.com/docs/errors/20503"}),
+    );
+    twilio.script.outage(unavailable, OUTAGE);
+    stalling
+        .script
+        .outage(Canned::Stall(Duration::from_secs(5)), OUTAGE);
+    let started = std::time::Instant::now();
+    // Ten a second on each channel, for 20 s past the outage: traffic goes back to the primary.
+    let load = Load {
+        messages: 800,
+        per_second: 10,
+        ..Load::default()
+    };
+    let sms = stack.start_load(Load {
+        name: "sms",
+        channel: "sms",
+        ..load.clone()
+    });
+    let alerts = stack.start_load(Load {
+        name: "alerts",
+        channel: "alerts",
+        ..load
+    });
+    let (sms, alerts) = (sms.finish().await, alerts.finish().await);
+    assert!(started.elapsed() >= OUTAGE - Duration::from_secs(5));
+
+    let failover_calls = || {
+        let twilio = twilio.sent();
+        let nhn = nhn.accepted();
+        count(
+            twilio
+                .iter()
+                .filter_map(|form| form.get("Body").map(String::as_str))
+                .chain(nhn.iter().filter_map(|a| a.body["body"].as_str())),
+        )
+    };
+    let stalled_calls = || {
+        let sent = stalling.sent();
+        count(
+            sent.iter()
+                .filter_map(|form| form.get("Body").map(String::as_str)),
+        )
+    };
+    let sms_tally = stack
+        .settle(&sms, Duration::from_secs(180), failover_calls)
+        .await;
+    let alerts_tally = stack
+        .settle(&alerts, Duration::from_secs(180), stalled_calls)
+        .await;
+    let (by_twilio, by_nhn) = (twilio.sent().len(), nhn.accepted().len());
+    assert!(
+        by_nhn > 0,
+        "nothing failed over to NHN Cloud while Twilio answered 503"
+    );
+    assert!(
+        by_twilio > 0,
+        "traffic never went back to Twilio once it answered again"
+    );
+    let (timeouts,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM message_events WHERE detail LIKE '%timed out%'")
+            .fetch_one(&stack.db.pool)
+            .await
+            .expect("count timeouts");
+    assert!(
+        timeouts > 0,
+        "no retry in the history says the stalling provider timed out"
+    );
+    sms_tally.plus(&alerts_tally).record(
+        "provider-outage",
+        "for 60 s, one channel's primary provider answers 503 (a failover provider behind it) \
+         and another channel's only provider answers nothing (1 s timeout)",
+        &format!(
+            "failover channel: {by_nhn} sent by the secondary, {by_twilio} by the primary; \
+             timing-out channel: every message retried until the provider came back, none \
+             dead-lettered"
+        ),
+    );
+    let statuses = stack.status_counts().await;
+    assert_eq!(statuses.get("dead_lettered"), None, "{statuses:?}");
+    stack.finish().await;
+}
