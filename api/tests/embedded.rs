@@ -1,187 +1,25 @@
 //! The all-in-one mode end to end: the real `ump` binary on a fresh data folder, no other service.
 
-use reqwest::StatusCode;
+mod common;
+
+use common::{AllInOne, KEY, examples, free_port, outbox_counts};
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const KEY: &str = "embedded-test-key";
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/channels")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
-}
-
-/// One `ump` process on a data folder.
-struct Ump {
-    child: Child,
-    url: String,
-    stdout: PathBuf,
-    http: reqwest::Client,
-}
-
-impl Ump {
-    /// Starts `ump` (no command: all-in-one) and waits until it is ready.
-    async fn start(data: &Path, channels: &Path, env: &[(&str, &str)]) -> Self {
-        ump_core::tls::install_crypto_provider();
-        let port = free_port();
-        let stdout = data.with_extension(format!("{port}.out"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ump"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("UMP_DATA_DIR", data)
-            .env("UMP_CONFIG_DIR", channels)
-            .env("UMP_LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
-            .stderr(Stdio::inherit());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let child = command.spawn().expect("start ump");
-        let ump = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            stdout,
-            http: reqwest::Client::new(),
-        };
-        ump.wait_ready().await;
-        ump
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = self.http.get(format!("{}/readyz", self.url)).send().await
-                && r.status() == StatusCode::OK
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ump did not become ready; its output: {}",
-                self.output()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reap");
-    }
-
-    async fn post(&self, key: &str, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .bearer_auth(key)
-            .json(body)
-            .send()
-            .await
-            .expect("POST");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, key: &str, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(key)
-            .send()
-            .await
-            .expect("GET");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    /// Statuses of the messages in history, through the API (every page).
-    async fn statuses(&self) -> HashMap<String, String> {
-        let mut statuses = HashMap::new();
-        let mut cursor = String::new();
-        loop {
-            let (status, page) = self
-                .get(KEY, &format!("/v1/messages?limit=1000{cursor}"))
-                .await;
-            assert_eq!(status, 200, "{page}");
-            for item in page["items"].as_array().expect("items") {
-                statuses.insert(
-                    item["id"].as_str().unwrap().to_owned(),
-                    item["status"].as_str().unwrap().to_owned(),
-                );
-            }
-            match page["next_cursor"].as_str() {
-                Some(next) => cursor = format!("&cursor={next}"),
-                None => return statuses,
-            }
-        }
-    }
-
-    /// Waits until every one of `ids` is `sent`.
-    async fn wait_all_sent(&self, ids: &[String], within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let statuses = self.statuses().await;
-            let pending: Vec<&String> = ids
-                .iter()
-                .filter(|id| statuses.get(*id).map(String::as_str) != Some("sent"))
-                .collect();
-            if pending.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {} messages not sent in time, e.g. {:?} is {:?}",
-                pending.len(),
-                ids.len(),
-                pending[0],
-                statuses.get(pending[0])
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-impl Drop for Ump {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// How many times the sandbox provider sent each message id.
-fn outbox_counts(data: &Path) -> HashMap<String, usize> {
-    let text = std::fs::read_to_string(data.join("outbox.jsonl")).unwrap_or_default();
-    let mut counts = HashMap::new();
-    for line in text.lines() {
-        let record: Value = serde_json::from_str(line).expect("outbox lines are JSON");
-        *counts
-            .entry(record["id"].as_str().unwrap().to_owned())
-            .or_default() += 1;
-    }
-    counts
+/// The API key printed on a first start, if `output` has one.
+fn printed_key(output: &str) -> Option<String> {
+    output
+        .split_whitespace()
+        .find(|word| word.trim_matches('\'').starts_with("ump_") && word.len() > 40)
+        .map(|word| word.trim_matches('\'').to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_messages_are_all_sent_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let ump = Ump::start(&data, &examples(), &[("UMP_BOOTSTRAP_API_KEY", KEY)]).await;
+    let ump = AllInOne::start("warn", &[]).await;
+    let data = ump.data.clone();
 
     let mut ids = Vec::new();
     for chunk in 0..10 {
@@ -212,7 +50,7 @@ async fn a_thousand_messages_are_all_sent_once() {
         }
     }
     assert_eq!(ids.len(), 1000);
-    ump.wait_all_sent(&ids, Duration::from_secs(60)).await;
+    ump.wait_all_sent(KEY, &ids, Duration::from_secs(60)).await;
 
     let counts = outbox_counts(&data);
     for id in &ids {
@@ -259,7 +97,7 @@ async fn kill_9_and_restart_loses_nothing_accepted() {
     )
     .unwrap();
     let env = [("UMP_BOOTSTRAP_API_KEY", KEY), ("UMP_WORKER_LANES", "16")];
-    let mut ump = Ump::start(&data, &channels, &env).await;
+    let mut ump = AllInOne::start_on(&data, &channels, "warn", &env).await;
 
     // Senders keep sending while the process is killed; only answered 202s count as accepted.
     let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -279,7 +117,7 @@ async fn kill_9_and_restart_loses_nothing_accepted() {
                     .send()
                     .await;
                 let Ok(response) = sent else { return };
-                if response.status() != StatusCode::ACCEPTED {
+                if response.status() != reqwest::StatusCode::ACCEPTED {
                     return;
                 }
                 let body: Value = response.json().await.expect("202 body");
@@ -301,8 +139,9 @@ async fn kill_9_and_restart_loses_nothing_accepted() {
         accepted.len()
     );
 
-    let ump = Ump::start(&data, &channels, &env).await;
-    ump.wait_all_sent(&accepted, Duration::from_secs(120)).await;
+    let ump = AllInOne::start_on(&data, &channels, "warn", &env).await;
+    ump.wait_all_sent(KEY, &accepted, Duration::from_secs(120))
+        .await;
     let counts = outbox_counts(&data);
     let lost: Vec<&String> = accepted
         .iter()
@@ -338,7 +177,13 @@ async fn kill_9_and_restart_loses_nothing_accepted() {
 async fn bad_input_gets_the_same_answers_as_the_cluster_mode() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let ump = Ump::start(&data, &examples(), &[("UMP_BOOTSTRAP_API_KEY", KEY)]).await;
+    let ump = AllInOne::start_on(
+        &data,
+        &examples(),
+        "warn",
+        &[("UMP_BOOTSTRAP_API_KEY", KEY)],
+    )
+    .await;
     let url = format!("{}/v1/messages", ump.url);
     for row in ump_core::testing::bad_inputs() {
         let response = ump
@@ -374,7 +219,7 @@ async fn bad_input_gets_the_same_answers_as_the_cluster_mode() {
     let (status, _) = ump.post("wrong-key", "/v1/messages", &json!({})).await;
     assert_eq!(status, 401);
     // Nothing of it reached the queue or the history.
-    assert!(ump.statuses().await.is_empty());
+    assert!(ump.statuses(KEY).await.is_empty());
     let queued: i64 = {
         drop(ump);
         let store = ump_core::sqlite::SqliteStore::open(&data.join("ump.db"))
@@ -392,18 +237,13 @@ async fn bad_input_gets_the_same_answers_as_the_cluster_mode() {
 async fn first_start_prints_a_working_key_and_idempotency_holds_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut ump = Ump::start(&data, &examples(), &[]).await;
+    let mut ump = AllInOne::start_on(&data, &examples(), "warn", &[]).await;
     let output = ump.output();
-    let key = output
-        .split_whitespace()
-        .find(|word| word.starts_with("ump_") && word.len() > 40)
-        .unwrap_or_else(|| panic!("no key printed: {output}"))
-        .trim_matches('\'')
-        .to_owned();
+    let key = printed_key(&output).unwrap_or_else(|| panic!("no key printed: {output}"));
     assert!(output.contains(&format!("#key={key}")), "{output}");
 
     let body = json!({"channel": "sms", "to": "+821012345678", "body": "once"});
-    let send = |ump: &Ump| {
+    let send = |ump: &AllInOne| {
         let request = ump
             .http
             .post(format!("{}/v1/messages", ump.url))
@@ -433,9 +273,10 @@ async fn first_start_prints_a_working_key_and_idempotency_holds_across_restarts(
     assert!(said.contains("another UMP process is using"), "{said}");
 
     ump.kill();
-    let ump = Ump::start(&data, &examples(), &[]).await;
-    assert!(
-        !ump.output().contains("ump_"),
+    let ump = AllInOne::start_on(&data, &examples(), "warn", &[]).await;
+    assert_eq!(
+        printed_key(&ump.output()),
+        None,
         "the key is shown on the first start only"
     );
     let (status, replay) = send(&ump).await;
@@ -480,17 +321,9 @@ async fn first_start_prints_a_working_key_and_idempotency_holds_across_restarts(
 /// same browser script as the cluster mode's test, told the outbox is there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_works_in_chromium_with_the_sandbox_outbox() {
-    let infra = ump_core::testing::infra();
-    let chromium = infra.require("Browser", "UMP_CHROMIUM");
-    let playwright = infra.require("Browser", "UMP_PLAYWRIGHT");
-    let node = infra.require("Browser", "UMP_NODE");
-    assert!(
-        Path::new(&chromium).is_file(),
-        "Chromium: {chromium} does not exist (run `scripts/infra up browser`)"
-    );
+    let browser = ump_core::testing::Browser::require();
 
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     let channels = dir.path().join("channels");
     std::fs::create_dir_all(&channels).unwrap();
     std::fs::write(
@@ -511,7 +344,7 @@ spec:
 "#,
     )
     .unwrap();
-    let ump = Ump::start(&data, &channels, &[("UMP_BOOTSTRAP_API_KEY", KEY)]).await;
+    let ump = AllInOne::start_with_channels(&channels, "warn", &[]).await;
     let send = |body: Value| {
         let ump = &ump;
         async move {
@@ -534,47 +367,27 @@ spec:
             .await,
         );
     }
-    ump.wait_all_sent(&ids, Duration::from_secs(30)).await;
+    ump.wait_all_sent(KEY, &ids, Duration::from_secs(30)).await;
 
     let shots = PathBuf::from(env!("CARGO_BIN_EXE_ump"))
         .parent()
         .and_then(Path::parent)
         .expect("<target>/<profile>/ump")
         .join("test-output/dashboard-all-in-one");
-    let _ = std::fs::remove_dir_all(&shots);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../worker/tests/dashboard/browser.js");
-    let run = tokio::process::Command::new(&node)
-        .arg(&script)
-        .env("UMP_PLAYWRIGHT", &playwright)
-        .env("UMP_CHROMIUM", &chromium)
-        .env("DASHBOARD_URL", &ump.url)
-        .env("DASHBOARD_KEY", KEY)
-        .env("SENT_ID", &sent)
-        .env("SENT_TO", sent_to)
-        .env("SENT_CHANNEL", "sms")
-        .env("FAILED_ID", &failed)
-        .env("FAILED_REASON", "sandbox: recipient rejected")
-        .env("CHANNELS", "email,sms")
-        .env("SCREENSHOTS", &shots)
-        .env("OUTBOX", "present")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(180), run)
-        .await
-        .expect("the browser run finished within 180 s")
-        .unwrap_or_else(|e| panic!("cannot run {node}: {e}"));
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    println!("{report}");
-    assert!(
-        output.status.success(),
-        "the dashboard failed in Chromium (screenshots in {}):\n{report}",
-        shots.display()
-    );
+    browser
+        .check_dashboard(&ump_core::testing::DashboardCheck {
+            url: &ump.url,
+            key: KEY,
+            sent_id: &sent,
+            sent_to,
+            sent_channel: "sms",
+            failed_id: &failed,
+            failed_reason: "sandbox: recipient rejected",
+            channels: "email,sms",
+            outbox: true,
+            screenshots: &shots,
+        })
+        .await;
 }
 
 /// AlimTalk → SMS fallback in the all-in-one mode: the refused message goes out on the SMS
@@ -582,7 +395,6 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_alimtalk_falls_back_to_sms_with_both_attempts_in_the_timeline() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     let channels = dir.path().join("channels");
     std::fs::create_dir_all(&channels).unwrap();
     std::fs::write(
@@ -612,7 +424,8 @@ spec:
 "#,
     )
     .unwrap();
-    let ump = Ump::start(&data, &channels, &[("UMP_BOOTSTRAP_API_KEY", KEY)]).await;
+    let ump = AllInOne::start_with_channels(&channels, "warn", &[]).await;
+    let data = ump.data.clone();
     let (status, answer) = ump
         .post(
             KEY,
@@ -623,7 +436,7 @@ spec:
         .await;
     assert_eq!(status, 202, "{answer}");
     let id = answer["id"].as_str().unwrap().to_owned();
-    ump.wait_all_sent(std::slice::from_ref(&id), Duration::from_secs(30))
+    ump.wait_all_sent(KEY, std::slice::from_ref(&id), Duration::from_secs(30))
         .await;
 
     let (_, message) = ump.get(KEY, &format!("/v1/messages/{id}")).await;

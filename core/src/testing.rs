@@ -384,3 +384,95 @@ pub fn reliability_dir() -> Option<PathBuf> {
             .join("reliability"),
     )
 }
+
+/// Headless Chromium and playwright-core from `scripts/infra up browser`, for the dashboard tests.
+pub struct Browser {
+    chromium: String,
+    playwright: String,
+    node: String,
+}
+
+/// What the dashboard's browser script (`worker/tests/dashboard/browser.js`) is told to find.
+pub struct DashboardCheck<'a> {
+    pub url: &'a str,
+    pub key: &'a str,
+    /// A message that was sent: searched for by id and by recipient.
+    pub sent_id: &'a str,
+    pub sent_to: &'a str,
+    pub sent_channel: &'a str,
+    /// A message that failed, and the reason the failures view must show.
+    pub failed_id: &'a str,
+    pub failed_reason: &'a str,
+    /// The channels the overview must list, comma-separated, sorted.
+    pub channels: &'a str,
+    /// Whether the sandbox outbox tab is there (all-in-one) or not (cluster mode).
+    pub outbox: bool,
+    /// Where screenshots go (emptied first).
+    pub screenshots: &'a std::path::Path,
+}
+
+impl Browser {
+    /// Fails the test at once, naming the setup step, when the browser is not installed.
+    pub fn require() -> Self {
+        let chromium = infra().require("Browser", "UMP_CHROMIUM");
+        let playwright = infra().require("Browser", "UMP_PLAYWRIGHT");
+        let node = infra().require("Browser", "UMP_NODE");
+        assert!(
+            std::path::Path::new(&chromium).is_file(),
+            "Chromium: {chromium} does not exist (run `scripts/infra up browser`)"
+        );
+        assert!(
+            std::path::Path::new(&playwright)
+                .join("package.json")
+                .is_file(),
+            "playwright-core is not installed at {playwright} (run `scripts/infra up browser`)"
+        );
+        Self {
+            chromium,
+            playwright,
+            node,
+        }
+    }
+
+    /// Runs the dashboard script against `check.url` (3 minutes at most) and fails the test with
+    /// its report when a check fails.
+    pub async fn check_dashboard(&self, check: &DashboardCheck<'_>) {
+        let _ = std::fs::remove_dir_all(check.screenshots);
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../worker/tests/dashboard/browser.js"
+        );
+        let run = tokio::process::Command::new(&self.node)
+            .arg(script)
+            .env("UMP_PLAYWRIGHT", &self.playwright)
+            .env("UMP_CHROMIUM", &self.chromium)
+            .env("DASHBOARD_URL", check.url)
+            .env("DASHBOARD_KEY", check.key)
+            .env("SENT_ID", check.sent_id)
+            .env("SENT_TO", check.sent_to)
+            .env("SENT_CHANNEL", check.sent_channel)
+            .env("FAILED_ID", check.failed_id)
+            .env("FAILED_REASON", check.failed_reason)
+            .env("CHANNELS", check.channels)
+            .env("SCREENSHOTS", check.screenshots)
+            .env("OUTBOX", if check.outbox { "present" } else { "absent" })
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(180), run)
+            .await
+            .expect("the browser run finished within 180 s")
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.node));
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        println!("{report}");
+        assert!(
+            output.status.success(),
+            "the dashboard failed in Chromium (screenshots in {}):\n{report}",
+            check.screenshots.display()
+        );
+    }
+}

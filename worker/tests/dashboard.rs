@@ -9,10 +9,9 @@ mod stack;
 use serde_json::{Value, json};
 use stack::Stack;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 use ump_core::keys::{ApiKeyStore, MySqlKeys, PresentedKey};
-use ump_core::testing::{infra, unique_name};
+use ump_core::testing::{Browser, DashboardCheck, unique_name};
 
 /// `sms` rejects one number for good (a failure with a reason); `email` sends everything.
 const CHANNELS: &str = r#"
@@ -74,19 +73,7 @@ async fn other_tenant_key(stack: &Stack) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_sent_and_failed_messages_in_chromium() {
     // Fail before anything starts when the browser is not set up.
-    let chromium = infra().require("Browser", "UMP_CHROMIUM");
-    let playwright = infra().require("Browser", "UMP_PLAYWRIGHT");
-    let node = infra().require("Browser", "UMP_NODE");
-    assert!(
-        std::path::Path::new(&chromium).is_file(),
-        "Chromium: {chromium} does not exist (run `scripts/infra up browser`)"
-    );
-    assert!(
-        std::path::Path::new(&playwright)
-            .join("package.json")
-            .is_file(),
-        "playwright-core is not installed at {playwright} (run `scripts/infra up browser`)"
-    );
+    let browser = Browser::require();
 
     let stack = Stack::start(CHANNELS).await;
     let sent_to = "+821055550001";
@@ -166,40 +153,20 @@ async fn the_dashboard_shows_sent_and_failed_messages_in_chromium() {
 
     // The page itself, in Chromium.
     let shots = screenshots();
-    let _ = std::fs::remove_dir_all(&shots);
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard/browser.js");
-    let run = tokio::process::Command::new(&node)
-        .arg(&script)
-        .env("UMP_PLAYWRIGHT", &playwright)
-        .env("UMP_CHROMIUM", &chromium)
-        .env("DASHBOARD_URL", &stack.api)
-        .env("DASHBOARD_KEY", &stack.key)
-        .env("SENT_ID", &sent)
-        .env("SENT_TO", sent_to)
-        .env("SENT_CHANNEL", "sms")
-        .env("FAILED_ID", &failed)
-        .env("FAILED_REASON", REJECT_REASON)
-        .env("CHANNELS", "email,sms")
-        .env("SCREENSHOTS", &shots)
-        .env("OUTBOX", "absent")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(180), run)
-        .await
-        .expect("the browser run finished within 180 s")
-        .unwrap_or_else(|e| panic!("cannot run {node}: {e}"));
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    println!("{report}");
-    assert!(
-        output.status.success(),
-        "the dashboard failed in Chromium (screenshots in {}):\n{report}",
-        shots.display()
-    );
+    browser
+        .check_dashboard(&DashboardCheck {
+            url: &stack.api,
+            key: &stack.key,
+            sent_id: &sent,
+            sent_to,
+            sent_channel: "sms",
+            failed_id: &failed,
+            failed_reason: REJECT_REASON,
+            channels: "email,sms",
+            outbox: false,
+            screenshots: &shots,
+        })
+        .await;
     assert!(shots.join("5-search-by-id-timeline.png").is_file());
     stack.finish().await;
 }

@@ -1,10 +1,12 @@
-//! The real `ump` binary all-in-one on a data folder of its own, for the hostile-input, security
-//! and fuzzing suites: started, waited for, talked to with any key, killed when dropped.
+//! The real `ump` binary all-in-one on a data folder of its own (or one that outlives it, for
+//! restarts), for the all-in-one, hostile-input, security and fuzzing suites: started, waited for,
+//! talked to with any key, killed when asked or dropped.
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,7 +32,7 @@ pub struct AllInOne {
     /// Everything the process wrote (its log lines and the banner).
     pub log: PathBuf,
     pub http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl AllInOne {
@@ -40,25 +42,41 @@ impl AllInOne {
         Self::start_with_channels(&examples(), log_level, env).await
     }
 
+    /// Like `start`, with the channels of the folder `channels`.
     pub async fn start_with_channels(
         channels: &Path,
         log_level: &str,
         env: &[(&str, &str)],
     ) -> Self {
-        ump_core::tls::install_crypto_provider();
         let dir = tempfile::tempdir().expect("temp dir");
-        let data = dir.path().join("data");
-        let log = dir.path().join("ump.log");
+        let mut with_key = vec![("UMP_BOOTSTRAP_API_KEY", KEY)];
+        with_key.extend_from_slice(env);
+        let mut ump =
+            Self::start_on(&dir.path().join("data"), channels, log_level, &with_key).await;
+        ump._dir = Some(dir);
+        ump
+    }
+
+    /// Starts `ump` on the data folder `data`, which outlives the process (a restart finds what
+    /// the last one left), with exactly `env` (no bootstrap key unless it is there). Its output
+    /// goes to a file of its own beside the folder.
+    pub async fn start_on(
+        data: &Path,
+        channels: &Path,
+        log_level: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        ump_core::tls::install_crypto_provider();
         let port = free_port();
+        let log = data.with_extension(format!("{port}.log"));
         let output = std::fs::File::create(&log).expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_ump"));
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("UMP_DATA_DIR", &data)
+            .env("UMP_DATA_DIR", data)
             .env("UMP_CONFIG_DIR", channels)
             .env("UMP_LISTEN", format!("127.0.0.1:{port}"))
-            .env("UMP_BOOTSTRAP_API_KEY", KEY)
             .env("RUST_LOG", log_level)
             .stdin(Stdio::null())
             .stdout(output.try_clone().expect("log file"))
@@ -70,16 +88,22 @@ impl AllInOne {
         let ump = Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
-            data,
+            data: data.to_owned(),
             log,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("http client"),
-            _dir: dir,
+            _dir: None,
         };
         ump.wait_ready().await;
         ump
+    }
+
+    /// SIGKILL: the process gets no chance to finish anything.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
     }
 
     async fn wait_ready(&self) {
@@ -156,6 +180,57 @@ impl AllInOne {
         }
     }
 
+    /// Statuses of `key`'s tenant's messages in the history, through the API (every page).
+    pub async fn statuses(&self, key: &str) -> HashMap<String, String> {
+        let mut statuses = HashMap::new();
+        let mut cursor = String::new();
+        loop {
+            let (status, page) = self
+                .get(key, &format!("/v1/messages?limit=1000{cursor}"))
+                .await;
+            assert_eq!(status, 200, "{page}");
+            for item in page["items"].as_array().expect("items") {
+                statuses.insert(
+                    item["id"].as_str().expect("id").to_owned(),
+                    item["status"].as_str().expect("status").to_owned(),
+                );
+            }
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => return statuses,
+            }
+        }
+    }
+
+    /// Waits until every one of `ids` (of `key`'s tenant) is `sent`.
+    pub async fn wait_all_sent(&self, key: &str, ids: &[String], within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let statuses = self.statuses(key).await;
+            let pending: Vec<&String> = ids
+                .iter()
+                .filter(|id| statuses.get(*id).map(String::as_str) != Some("sent"))
+                .collect();
+            if pending.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} messages not sent in time, e.g. {:?} is {:?}",
+                pending.len(),
+                ids.len(),
+                pending[0],
+                statuses.get(pending[0])
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// How many times the sandbox provider sent each message id.
+    pub fn outbox_counts(&self) -> HashMap<String, usize> {
+        outbox_counts(&self.data)
+    }
+
     /// The sandbox outbox: every message the sandbox provider "sent", as recorded.
     pub fn outbox(&self) -> Vec<Value> {
         std::fs::read_to_string(self.data.join("outbox.jsonl"))
@@ -199,6 +274,20 @@ impl AllInOne {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// How many times the sandbox provider sent each message id, from the outbox of data folder
+/// `data`.
+pub fn outbox_counts(data: &Path) -> HashMap<String, usize> {
+    let text = std::fs::read_to_string(data.join("outbox.jsonl")).unwrap_or_default();
+    let mut counts = HashMap::new();
+    for line in text.lines() {
+        let record: Value = serde_json::from_str(line).expect("outbox lines are JSON");
+        *counts
+            .entry(record["id"].as_str().expect("id").to_owned())
+            .or_default() += 1;
+    }
+    counts
 }
 
 impl Drop for AllInOne {

@@ -506,17 +506,19 @@ pub struct Outage {
 
 impl Outage {
     pub async fn begin(component: &'static str) -> Self {
+        let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || infra_script("down", component))
             .await
             .expect("scripts/infra down");
         Self {
             component,
-            started: std::time::Instant::now(),
+            started,
             up: false,
         }
     }
 
-    /// Starts the component again (waiting until it is ready); returns how long it was down.
+    /// Starts the component again (waiting until it is ready); returns how long it was out, from
+    /// the stop command to ready again.
     pub async fn end(mut self) -> Duration {
         let component = self.component;
         tokio::task::spawn_blocking(move || infra_script("up", component))
