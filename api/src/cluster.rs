@@ -224,5 +224,6 @@ pub async fn state(
         metrics: ApiMetrics::new(registry)?,
         readiness,
         secrets_dir: settings.secrets_dir.clone(),
+        body_timeout: crate::RequestSettings::default().body_timeout.as_std(),
     })
 }

@@ -68,6 +68,8 @@ pub struct EmbeddedSettings {
     pub lanes: usize,
     #[command(flatten)]
     pub key_rate: crate::auth::KeyRateSettings,
+    #[command(flatten)]
+    pub requests: crate::RequestSettings,
 }
 
 impl EmbeddedSettings {
@@ -149,6 +151,7 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         metrics: ApiMetrics::new(registry)?,
         readiness,
         secrets_dir: settings.secrets_dir.clone(),
+        body_timeout: settings.requests.body_timeout.as_std(),
     };
 
     let workers = CancellationToken::new();

@@ -49,6 +49,25 @@ pub struct AppState {
     /// Where provider Secrets are mounted (`<dir>/<secret>/<key>`): the delivery-receipt
     /// endpoints read the providers' callback secrets from there.
     pub secrets_dir: std::path::PathBuf,
+    /// How long a request body may take to arrive (`UMP_BODY_TIMEOUT`).
+    pub body_timeout: std::time::Duration,
+}
+
+/// Limits on how clients send requests, in both modes.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct RequestSettings {
+    /// How long a request body may take to arrive before the answer is 408: a client trickling
+    /// bytes must not hold a handler.
+    #[arg(long, env = "UMP_BODY_TIMEOUT", default_value = "30s")]
+    pub body_timeout: ump_core::duration::Duration,
+}
+
+impl Default for RequestSettings {
+    fn default() -> Self {
+        Self {
+            body_timeout: ump_core::duration::Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(OpenApi)]

@@ -35,6 +35,8 @@ enum Command {
         settings: ClusterSettings,
         #[command(flatten)]
         key_rate: ump_api::auth::KeyRateSettings,
+        #[command(flatten)]
+        requests: ump_api::RequestSettings,
     },
     /// Manage API keys: in MySQL with UMP_MYSQL_URL (cluster mode), else in the all-in-one
     /// mode's data folder.
@@ -102,10 +104,12 @@ async fn main() -> anyhow::Result<()> {
             listen,
             settings,
             key_rate,
+            requests,
         } => {
             let source = settings.channel_source().await?;
-            let state = cluster::state(&settings, source, prometheus::Registry::new()).await?;
+            let mut state = cluster::state(&settings, source, prometheus::Registry::new()).await?;
             state.keys.limit_rate(key_rate);
+            state.body_timeout = requests.body_timeout.as_std();
             serve(listen, ump_api::router(state)).await
         }
         Command::Keys {

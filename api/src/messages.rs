@@ -63,6 +63,7 @@ async fn read_json(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<(Bytes, Value), Problem> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -77,24 +78,23 @@ async fn read_json(
     if !is_json {
         return Err(Problem::unsupported_media_type());
     }
-    let bytes = read_body(headers, body, limit).await?;
+    let bytes = read_body(headers, body, limit, timeout).await?;
     let value =
         serde_json::from_slice(&bytes).map_err(|e| Problem::malformed_json(e.to_string()))?;
     Ok((bytes, value))
 }
-
-/// How long a request body may take to arrive: a client trickling bytes must not hold a handler.
-const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Reads a request body of at most `limit` bytes; a body past it is refused once it passes it.
 /// One announced (`Content-Length`) at over twice the limit is refused before a byte is read: the
 /// client is sending something else entirely, and must not hold the handler while it does. (One
 /// just over the limit is read up to it first, so that a client still writing gets its `413`
 /// rather than a connection closed under it.)
+/// `timeout` bounds how long the whole body may take to arrive (`408` after it).
 pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<Bytes, Problem> {
     let announced = headers
         .get(header::CONTENT_LENGTH)
@@ -103,14 +103,14 @@ pub(crate) async fn read_body(
     if announced.is_some_and(|length| length > 2 * limit as u64) {
         return Err(Problem::too_large(limit));
     }
-    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(_)) => Err(Problem::too_large(limit)),
         Err(_) => Err(Problem::new(
             StatusCode::REQUEST_TIMEOUT,
             "body-timeout",
             "The body did not arrive in time",
-            format!("send the whole body within {} s", BODY_TIMEOUT.as_secs()),
+            format!("send the whole body within {} s", timeout.as_secs_f64()),
         )),
     }
 }
@@ -332,7 +332,7 @@ pub async fn send_message(State(app): State<AppState>, headers: HeaderMap, body:
     };
     let result = async {
         let key = idempotency_key(&headers)?;
-        let (bytes, value) = read_json(&headers, body, SINGLE_LIMIT).await?;
+        let (bytes, value) = read_json(&headers, body, SINGLE_LIMIT, app.body_timeout).await?;
         let now = Utc::now();
         let registry = app.registry.load();
         let valid = validate(&value, &registry, "", now).map_err(Problem::validation)?;
@@ -391,7 +391,7 @@ pub async fn send_batch(State(app): State<AppState>, headers: HeaderMap, body: B
     };
     let result = async {
         let key = idempotency_key(&headers)?;
-        let (bytes, value) = read_json(&headers, body, BATCH_LIMIT).await?;
+        let (bytes, value) = read_json(&headers, body, BATCH_LIMIT, app.body_timeout).await?;
         let items = batch_items(&value)?;
         app.metrics.batch_size.observe(items.len() as f64);
         let now = Utc::now();

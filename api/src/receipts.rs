@@ -117,7 +117,7 @@ async fn handle(
         })
         .ok_or_else(|| no_endpoint(format!("no provider {provider:?} on channel {channel:?}")))?
         .clone();
-    let body = crate::messages::read_body(headers, body, RECEIPT_LIMIT).await?;
+    let body = crate::messages::read_body(headers, body, RECEIPT_LIMIT, app.body_timeout).await?;
     let verdicts = match spec.provider_type {
         ProviderType::Twilio => twilio(&spec, &app.secrets_dir, headers, &body)?
             .into_iter()

@@ -404,3 +404,23 @@ spec:
         "{subject:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_finishes_arriving_gets_408_after_the_body_timeout() {
+    let ump = AllInOne::start("warn", &[("UMP_BODY_TIMEOUT", "1s")]).await;
+    // 100 bytes announced, 11 sent, then nothing: the handler must not wait for the rest forever.
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    );
+    let started = std::time::Instant::now();
+    let (status, body) = raw(&ump, &head, br#"{"channel":"#).await;
+    assert_eq!(status, 408, "{body}");
+    assert_eq!(problem_type(&body), "https://ump.dev/problems/body-timeout");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "answered before the timeout"
+    );
+    assert!(ump.statuses(KEY).await.is_empty(), "nothing was enqueued");
+    assert!(!ump.output().contains("panicked"), "{}", ump.output());
+}
