@@ -476,3 +476,11 @@ impl Browser {
         );
     }
 }
+
+/// The complete lines of a JSON-lines file read while a process may still be appending to it: a
+/// last line without its newline is a write in progress (a reader can see part of a `write(2)`),
+/// not a record.
+pub fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split_inclusive('\n')
+        .filter_map(|line| line.strip_suffix('\n'))
+}

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use ump_core::testing::complete_lines;
 
 /// The key of the default tenant (`UMP_BOOTSTRAP_API_KEY`).
 pub const KEY: &str = "all-in-one-security-key";
@@ -233,9 +234,8 @@ impl AllInOne {
 
     /// The sandbox outbox: every message the sandbox provider "sent", as recorded.
     pub fn outbox(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.data.join("outbox.jsonl"))
-            .unwrap_or_default()
-            .lines()
+        let text = std::fs::read_to_string(self.data.join("outbox.jsonl")).unwrap_or_default();
+        complete_lines(&text)
             .map(|line| serde_json::from_str(line).expect("outbox lines are JSON"))
             .collect()
     }
@@ -281,7 +281,7 @@ impl AllInOne {
 pub fn outbox_counts(data: &Path) -> HashMap<String, usize> {
     let text = std::fs::read_to_string(data.join("outbox.jsonl")).unwrap_or_default();
     let mut counts = HashMap::new();
-    for line in text.lines() {
+    for line in complete_lines(&text) {
         let record: Value = serde_json::from_str(line).expect("outbox lines are JSON");
         *counts
             .entry(record["id"].as_str().expect("id").to_owned())

@@ -165,7 +165,7 @@ impl Stack {
     pub fn outbox_texts(&self) -> HashMap<String, usize> {
         let text = std::fs::read_to_string(&self.outbox).unwrap_or_default();
         let mut texts = HashMap::new();
-        for line in text.lines() {
+        for line in ump_core::testing::complete_lines(&text) {
             let line: Value = serde_json::from_str(line).expect("outbox line is JSON");
             *texts
                 .entry(line["text"].as_str().expect("text").to_owned())

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use ump_api::cluster::ClusterSettings;
 use ump_core::keys::{ApiKeyStore, MySqlKeys};
-use ump_core::testing::{TestDatabase, infra, unique_name};
+use ump_core::testing::{TestDatabase, complete_lines, infra, unique_name};
 
 pub struct Stack {
     pub db: TestDatabase,
@@ -284,7 +284,7 @@ impl Stack {
     pub fn outbox(&self) -> HashMap<String, usize> {
         let text = std::fs::read_to_string(&self.outbox).unwrap_or_default();
         let mut counts = HashMap::new();
-        for line in text.lines() {
+        for line in complete_lines(&text) {
             let value: Value = serde_json::from_str(line).expect("outbox line is JSON");
             *counts
                 .entry(value["id"].as_str().expect("id").to_owned())
