@@ -48,7 +48,16 @@ start_daemon() {
   dir=$(run_dir "$name")
   echo "$marker" >"$dir/marker"
   : >"$dir/log"
-  setsid nohup "$@" >>"$dir/log" 2>&1 </dev/null &
+  # The daemon inherits none of the caller's descriptors above 2: a component restarted by a test
+  # under `flock /tmp/ump-stack.lock ...` would otherwise hold that lock for as long as it runs,
+  # and every later flock would wait forever.
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    exec setsid nohup "$@" >>"$dir/log" 2>&1 </dev/null
+  ) &
   local pid=$! i
   echo "$pid" >"$dir/pid"
   # Until the child has exec'd, its command line is this script's and pid_alive would call it a
