@@ -52,7 +52,7 @@ start_daemon() {
   # under `flock /tmp/ump-stack.lock ...` would otherwise hold that lock for as long as it runs,
   # and every later flock would wait forever.
   (
-    for fd in /proc/$BASHPID/fd/*; do
+    for fd in "/proc/$BASHPID/fd"/*; do
       fd=${fd##*/}
       if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
     done
