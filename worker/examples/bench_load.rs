@@ -91,7 +91,9 @@ async fn drive(args: Arc<Args>, http: reqwest::Client, priority: &'static str, t
     while requests.join_next().await.is_some() {}
 }
 
-#[tokio::main]
+// One thread: the generator is not part of the system under test, and on two shared cores every
+// cross-thread wake-up it saves is CPU left to the services it measures.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     ump_core::tls::install_crypto_provider();
     let args = Arc::new(Args::parse());
