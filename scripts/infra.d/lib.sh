@@ -51,9 +51,9 @@ start_daemon() {
   # The daemon inherits no descriptor but its log: one opened by the caller (a `flock` held
   # around `scripts/infra up`, a pipe a test reads to its end) would otherwise live as long as it.
   (
-    for fd in /proc/"$BASHPID"/fd/*; do
+    for fd in "/proc/$BASHPID/fd"/*; do
       fd=${fd##*/}
-      if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+      if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
     done
     exec setsid nohup "$@" >>"$dir/log" 2>&1 </dev/null
   ) &

@@ -23,6 +23,10 @@ struct Args {
     rate: u32,
     #[arg(long, default_value_t = 30)]
     seconds: u64,
+    /// Seconds of the same load sent first, without a pause, tagged `warmup` and left out of the
+    /// figures printed: the measured seconds then find the services in their steady state.
+    #[arg(long, default_value_t = 0)]
+    lead_in: u64,
     /// Distinguishes the bodies of one run from another's (content dedupe).
     #[arg(long, default_value = "run")]
     tag: String,
@@ -52,7 +56,8 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 async fn drive(args: Arc<Args>, http: reqwest::Client, priority: &'static str, tally: Arc<Tally>) {
-    let total = u64::from(args.rate) * args.seconds;
+    let lead_in = u64::from(args.rate) * args.lead_in;
+    let total = lead_in + u64::from(args.rate) * args.seconds;
     let slots = Arc::new(tokio::sync::Semaphore::new(args.in_flight));
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -63,10 +68,16 @@ async fn drive(args: Arc<Args>, http: reqwest::Client, priority: &'static str, t
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             break;
         };
+        let measured = seq >= lead_in;
+        let tag = if measured {
+            args.tag.as_str()
+        } else {
+            "warmup"
+        };
         let body = serde_json::json!({
             "channel": args.channel,
             "to": format!("+8210{:08}", seq % 50_000),
-            "body": format!("[UMP] {priority} {} {seq:08}", args.tag),
+            "body": format!("[UMP] {priority} {tag} {seq:08}"),
             "priority": priority,
         });
         let request = http.post(&url).bearer_auth(&args.key).json(&body);
@@ -75,6 +86,10 @@ async fn drive(args: Arc<Args>, http: reqwest::Client, priority: &'static str, t
             let sent = std::time::Instant::now();
             match request.send().await {
                 Ok(response) if response.status().as_u16() == 202 => {
+                    if !measured {
+                        drop(slot);
+                        return;
+                    }
                     let took = sent.elapsed().as_micros() as u64;
                     if let Ok(mut answered) = tally.answered_us.lock() {
                         answered.push(took);
@@ -91,7 +106,9 @@ async fn drive(args: Arc<Args>, http: reqwest::Client, priority: &'static str, t
     while requests.join_next().await.is_some() {}
 }
 
-#[tokio::main]
+// One thread: the generator is not part of the system under test, and on two shared cores every
+// cross-thread wake-up it saves is CPU left to the services it measures.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     ump_core::tls::install_crypto_provider();
     let args = Arc::new(Args::parse());
@@ -128,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "LOAD priority={priority} accepted={accepted} refused={refused} failed={failed} rate={:.0} \
              accept_p50_ms={:.2} accept_p99_ms={:.2}",
-            accepted as f64 / elapsed,
+            accepted as f64 / (elapsed - args.lead_in as f64).max(1e-3),
             percentile(&answered, 0.5),
             percentile(&answered, 0.99)
         );
