@@ -60,6 +60,9 @@ struct Persister {
     dead_letter_topic: String,
 }
 
+/// The longest the consume loop waits for a message before polling the consumer again.
+const REPOLL: Duration = Duration::from_secs(1);
+
 impl ChannelConsumer {
     pub fn new(
         pipeline: Arc<DeliveryPipeline>,
@@ -118,7 +121,14 @@ impl ChannelConsumer {
         loop {
             let first = tokio::select! {
                 _ = cancel.cancelled() => break,
-                message = self.consumer.recv() => message,
+                message = tokio::time::timeout(REPOLL, self.consumer.recv()) => match message {
+                    Ok(message) => message,
+                    // Nothing for a while: poll again. A waiting `recv` is woken only when the
+                    // consumer's queue becomes non-empty, and group events (a rebalance after the
+                    // broker came back) are served only by a poll; in the Kafka-restart fault test
+                    // a worker sometimes sat waiting after its session expired and never rejoined.
+                    Err(_) => continue,
+                },
             };
             let mut messages = match first {
                 Ok(message) => vec![message.detach()],
@@ -258,11 +268,10 @@ impl Persister {
         }
 
         // Asynchronous: a synchronous commit has no timeout, and while the group coordinator is
-        // away it waits, with the consume loop waiting on it instead of polling, which the
-        // consumer needs in order to rejoin its group. (Once, in the Kafka-restart fault test, a
-        // worker never rejoined after the broker came back.) A commit that fails (a rebalance
-        // took the partition) only means the batch is consumed again, and its dedupe keys turn
-        // it into "already sent".
+        // away it would wait, with the consume loop waiting on it instead of polling, which the
+        // consumer needs in order to rejoin its group. A commit that fails (a rebalance took the
+        // partition) only means the batch is consumed again, and its dedupe keys turn it into
+        // "already sent".
         let offsets = offset_list(&next_offsets);
         if let Err(e) = self.consumer.commit(&offsets, CommitMode::Async) {
             tracing::warn!(error = %e, "offset commit failed; the batch will be consumed again");

@@ -46,32 +46,12 @@ async fn kill_9_mid_run_loses_nothing() {
             c.get("sent").copied().unwrap_or(0) == MESSAGES as i64
         })
         .await;
-    let outbox = stack.outbox();
-    let lost: Vec<&String> = ids.iter().filter(|id| !outbox.contains_key(*id)).collect();
-    let duplicated = outbox.values().filter(|&&n| n > 1).count();
-    ump_core::testing::Reliability {
-        scenario: "worker-kill-bulk".into(),
-        fault: format!("kill -9 of the worker {KILLS} times during a {MESSAGES}-message bulk run"),
-        accepted: ids.len(),
-        sent: outbox.len(),
-        duplicated,
-        lost: lost.len(),
-        notes: format!(
-            "the guarantee allows a duplicate for each message whose provider call had ended \
-             but whose sent mark was not yet written when the worker died: at most {LANES} \
-             (the lanes) a kill"
-        ),
-    }
-    .record();
-    assert!(
-        lost.is_empty(),
-        "{} messages lost, e.g. {:?}",
-        lost.len(),
-        lost.first()
-    );
-    assert!(
-        duplicated <= KILLS * LANES,
-        "{duplicated} duplicates exceed the guarantee"
+    stack.record_kill_run(
+        &ids,
+        "worker-kill-bulk",
+        format!("kill -9 of the worker {KILLS} times during a {MESSAGES}-message bulk run"),
+        KILLS * LANES,
+        "whose sent mark was not yet written (one per lane a kill)",
     );
     assert_eq!(
         stack.status_counts().await.get("sent").copied(),

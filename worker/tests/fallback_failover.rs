@@ -28,13 +28,7 @@ fn secrets() -> SecretsDir {
                 ("senderKey", alimtalk::SENDER_KEY),
             ],
         )
-        .secret(
-            "twilio",
-            &[
-                ("accountSid", twilio::ACCOUNT_SID),
-                ("authToken", twilio::AUTH_TOKEN),
-            ],
-        )
+        .secret("twilio", twilio::SECRET)
         .secret(
             "nhn-sms",
             &[

@@ -319,20 +319,8 @@ async fn providers_failing_for_a_minute_lose_nothing() {
     let stalling = FakeTwilio::start().await;
     let secrets = SecretsDir::new();
     secrets
-        .secret(
-            "twilio",
-            &[
-                ("accountSid", twilio::ACCOUNT_SID),
-                ("authToken", twilio::AUTH_TOKEN),
-            ],
-        )
-        .secret(
-            "nhn-sms",
-            &[
-                ("appKey", nhn_sms::APP_KEY),
-                ("secretKey", nhn_sms::SECRET_KEY),
-            ],
-        );
+        .secret("twilio", twilio::SECRET)
+        .secret("nhn-sms", nhn_sms::SECRET);
     let channels = PROVIDER_CHANNELS
         .replace("TWILIO_URL", &twilio.endpoint())
         .replace("NHN_URL", &nhn.endpoint())

@@ -231,13 +231,7 @@ async fn no_credential_appears_in_any_log_line() {
             "smtp",
             &[("username", &mailpit.user), ("password", &mailpit.password)],
         )
-        .secret(
-            "twilio",
-            &[
-                ("accountSid", twilio::ACCOUNT_SID),
-                ("authToken", twilio::AUTH_TOKEN),
-            ],
-        )
+        .secret("twilio", twilio::SECRET)
         .secret(
             "twilio-wrong",
             &[

@@ -269,33 +269,15 @@ async fn kill_9_of_the_worker_mid_run_loses_nothing() {
             count(c, "sent") == MESSAGES as i64
         })
         .await;
-    let outbox = stack.outbox();
-    let lost: Vec<&String> = ids.iter().filter(|id| !outbox.contains_key(*id)).collect();
-    let duplicated = outbox.values().filter(|&&n| n > 1).count();
-    ump_core::testing::Reliability {
-        scenario: "worker-kill-realtime".into(),
-        fault: format!(
+    stack.record_kill_run(
+        &ids,
+        "worker-kill-realtime",
+        format!(
             "kill -9 of the worker {KILLS} times during a {MESSAGES}-message realtime (ActiveMQ) run"
         ),
-        accepted: ids.len(),
-        sent: outbox.len(),
-        duplicated,
-        lost: lost.len(),
-        notes: format!(
-            "the guarantee allows a duplicate for each message whose provider call had ended \
-             but whose outcome was not yet recorded: at most {CREDIT} (the link credit) a kill"
-        ),
-    }
-    .record();
-    assert!(
-        lost.is_empty(),
-        "{} lost, e.g. {:?}",
-        lost.len(),
-        lost.first()
+        KILLS * CREDIT,
+        "whose outcome was not yet recorded (at most the link credit a kill)",
     );
-    // Only a message whose provider call had finished but whose "sent" mark was not yet written
-    // can go out twice: at most the messages a worker holds (its credit) per kill.
-    assert!(duplicated <= KILLS * CREDIT, "{duplicated} duplicates");
     stack.finish().await;
 }
 

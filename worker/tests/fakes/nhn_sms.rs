@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 
 pub const APP_KEY: &str = "nhnSmsAppKey123";
 pub const SECRET_KEY: &str = "nhn-sms-secret-key-5ecret";
+/// The files of a Secret the fake accepts (for `SecretsDir::secret`).
+pub const SECRET: &[(&str, &str)] = &[("appKey", APP_KEY), ("secretKey", SECRET_KEY)];
 
 /// A request the fake accepted: which product (`sms` or `mms`) and the JSON body.
 #[derive(Clone, Debug)]

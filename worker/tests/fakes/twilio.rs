@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 
 pub const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
 pub const AUTH_TOKEN: &str = "twilio-auth-token-5ecret";
+/// The files of a Secret the fake accepts (for `SecretsDir::secret`).
+pub const SECRET: &[(&str, &str)] = &[("accountSid", ACCOUNT_SID), ("authToken", AUTH_TOKEN)];
 
 pub struct FakeTwilio {
     pub addr: SocketAddr,

@@ -193,22 +193,35 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         };
-        self.wait_for(
-            "the history to say sent for every message",
-            deadline.saturating_duration_since(tokio::time::Instant::now())
-                + Duration::from_secs(5),
-            |c| c.get("sent").copied().unwrap_or(0) >= accepted.len() as i64,
-        )
-        .await;
         // Every 202 is in the history: sent, or (a client's retry of a send whose 503 came after
         // the broker had taken it) a duplicate that was not sent again.
-        let statuses = self.statuses().await;
-        for (i, id) in &sent.accepted {
-            let status = statuses.get(id).map(String::as_str);
+        let done = |status: Option<&String>| {
+            matches!(status.map(String::as_str), Some("sent" | "duplicate"))
+        };
+        let deadline = deadline + Duration::from_secs(5);
+        loop {
+            let statuses = self.statuses().await;
+            let pending: Vec<(&usize, &String)> = sent
+                .accepted
+                .iter()
+                .filter(|(_, id)| !done(statuses.get(*id)))
+                .collect();
+            let Some((i, id)) = pending.first() else {
+                break;
+            };
             assert!(
-                matches!(status, Some("sent" | "duplicate")),
-                "message {i} was accepted as {id} but is {status:?} in the history"
+                tokio::time::Instant::now() < deadline,
+                "{} accepted messages are not recorded sent, e.g. message {i} ({id}) is {:?}\n{}",
+                pending.len(),
+                statuses.get(*id),
+                self.worker_log()
+                    .lines()
+                    .rev()
+                    .take(30)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let tally = Tally {
             accepted: accepted.len(),

@@ -293,6 +293,48 @@ impl Stack {
         counts
     }
 
+    /// After a run in which the worker was killed: counts `ids` (accepted) against the sandbox
+    /// outbox, records the figures for RELIABILITY.md, and fails on any lost message or on more
+    /// than `allowed` duplicates (the crash window the guarantee names).
+    pub fn record_kill_run(
+        &self,
+        ids: &[String],
+        scenario: &str,
+        fault: String,
+        allowed: usize,
+        why: &str,
+    ) {
+        let outbox = self.outbox();
+        let lost: Vec<&String> = ids.iter().filter(|id| !outbox.contains_key(*id)).collect();
+        let duplicated = ids
+            .iter()
+            .filter(|id| outbox.get(*id).is_some_and(|&n| n > 1))
+            .count();
+        ump_core::testing::Reliability {
+            scenario: scenario.to_owned(),
+            fault,
+            accepted: ids.len(),
+            sent: ids.len() - lost.len(),
+            duplicated,
+            lost: lost.len(),
+            notes: format!(
+                "the guarantee allows a duplicate for each message whose provider call had ended \
+                 but {why} when the worker died: at most {allowed} in this run"
+            ),
+        }
+        .record();
+        assert!(
+            lost.is_empty(),
+            "{} messages lost, e.g. {:?}",
+            lost.len(),
+            lost.first()
+        );
+        assert!(
+            duplicated <= allowed,
+            "{duplicated} duplicates exceed the guarantee ({allowed})"
+        );
+    }
+
     pub async fn status_counts(&self) -> HashMap<String, i64> {
         sqlx::query_as::<_, (String, i64)>("SELECT status, COUNT(*) FROM messages GROUP BY status")
             .fetch_all(&self.db.pool)
