@@ -1,12 +1,11 @@
 //! The realtime path of a worker: the ActiveMQ queue of each realtime channel, consumed over AMQP
 //! 1.0 beside the Kafka partitions, through the same delivery pipeline.
 //!
-//! **Never behind the bulk backlog.** The realtime consumers run on threads and a tokio runtime of
-//! their own, with their own Redis, MySQL and provider connections: bulk work, however much of it
-//! is queued, never sits in front of a realtime message in a run queue or on a connection. The two
-//! share only the OS scheduler (a mostly idle thread that wakes up is scheduled promptly) and the
-//! channel's rate limit, in which realtime keeps a reserve the bulk path cannot use
-//! ([`BulkShare`]).
+//! **Never behind the bulk backlog.** The realtime consumers run on a thread and a tokio runtime
+//! of their own, with their own Redis, MySQL and provider connections: bulk work, however much of
+//! it is queued, never sits in front of a realtime message in a run queue or on a connection. The
+//! two share only the OS scheduler and the channel's rate limit, in which realtime keeps a reserve
+//! the bulk path cannot use ([`BulkShare`]).
 //!
 //! **Flow control** is AMQP link credit: the broker hands a worker at most `credit` unsettled
 //! messages per queue (split over its [`LINKS`] links), and a message is settled only after its
@@ -108,7 +107,7 @@ impl RealtimeHandle {
     }
 }
 
-/// Starts consuming the realtime queues of `channels` on threads of their own. Returns once
+/// Starts consuming the realtime queues of `channels` on a thread of their own. Returns once
 /// their connections to Redis and MySQL are up and their providers built.
 pub async fn start(
     settings: RealtimeSettings,
@@ -121,11 +120,12 @@ pub async fn start(
     std::thread::Builder::new()
         .name("ump-realtime".to_owned())
         .spawn(move || {
-            // Two threads: the AMQP connections, Redis, MySQL and the pipeline of a busy queue
-            // outgrow one when the cores are contended.
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("ump-realtime")
+            // One thread, which runs everything of the realtime path: the AMQP links, Redis,
+            // MySQL, the providers. A message then crosses no thread on its way through the
+            // worker — each crossing is a wake-up, a context switch and a wait for a core when
+            // the cores are busy. (At 1,000 realtime messages per second, two threads cost the
+            // worker about a fifth more CPU: scripts/bench-realtime.)
+            let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {
@@ -219,10 +219,11 @@ async fn consumers(
     Ok(consumers)
 }
 
-/// Records the outcomes of the realtime batches: whatever is waiting goes into one transaction.
-/// Messages arrive one or a few at a time, and a transaction each would make MySQL's commit rate
-/// the realtime path's throughput; merged, a busy moment costs one commit. (A message's provider
-/// call comes before its record, so this batching adds nothing to its latency.)
+/// Records the outcomes of the realtime batches: whatever is waiting, and whatever arrives in the
+/// next [`Recorder::GATHER`], goes into one transaction. Messages arrive one or a few at a time,
+/// and a transaction each would make MySQL's commit rate the realtime path's throughput (and its
+/// CPU a good part of the machine's); merged, a busy moment costs one commit. (A message's
+/// provider call comes before its record, so this batching adds nothing to its latency.)
 #[derive(Clone)]
 struct Recorder(mpsc::UnboundedSender<(BatchRecord, oneshot::Sender<bool>)>);
 
@@ -231,6 +232,10 @@ impl Recorder {
     const MERGE: usize = 64;
     /// Transactions under way at once (the MySQL pool's size).
     const WRITERS: usize = 2;
+    /// How long a transaction waits for more outcomes to merge. At 1,000 realtime messages per
+    /// second the batches come one or two messages at a time, and a commit each was ~900 MySQL
+    /// commits per second; this delays only the settlement, never the provider call.
+    const GATHER: Duration = Duration::from_millis(5);
 
     fn start(
         history: Arc<dyn HistoryStore>,
@@ -253,10 +258,11 @@ impl Recorder {
                         let mut rx = rx.lock().await;
                         let Some(first) = rx.recv().await else { break };
                         let mut waiting = vec![first];
+                        let until = tokio::time::Instant::now() + Self::GATHER;
                         while waiting.len() < Self::MERGE {
-                            match rx.try_recv() {
-                                Ok(next) => waiting.push(next),
-                                Err(_) => break,
+                            match tokio::time::timeout_at(until, rx.recv()).await {
+                                Ok(Some(next)) => waiting.push(next),
+                                Ok(None) | Err(_) => break,
                             }
                         }
                         waiting
