@@ -103,7 +103,7 @@ impl EmbeddedSettings {
 /// Makes sure a key exists: `UMP_BOOTSTRAP_API_KEY` when set; otherwise, on a first start (no
 /// active key), a generated key for the default tenant, returned so it can be shown once.
 async fn first_key(store: &SqliteStore) -> anyhow::Result<Option<String>> {
-    bootstrap_key(store).await?;
+    bootstrap_key(store, std::env::var_os("UMP_BOOTSTRAP_API_KEY")).await?;
     if !store.active().await.context("reading API keys")?.is_empty() {
         return Ok(None);
     }
@@ -202,6 +202,15 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         }
     }
     tasks.spawn(sweep_expired_keys(store.clone(), workers.clone()));
+    tasks.spawn(watch_parking(
+        store.clone(),
+        channels
+            .channels()
+            .flat_map(|c| [c.resource.topic_name(), c.resource.realtime_queue()])
+            .collect(),
+        worker_metrics.clone(),
+        workers.clone(),
+    ));
 
     let app = crate::router(state).merge(outbox_routes(Arc::clone(&keys), outbox));
     let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -262,6 +271,23 @@ async fn sweep_expired_keys(store: SqliteStore, cancel: CancellationToken) {
         }
         if let Err(e) = store.sweep_expired(chrono::Utc::now()).await {
             tracing::warn!(error = %e, "sweeping expired keys failed");
+        }
+    }
+}
+
+/// Keeps the parking metrics (`ump_parked_overdue_messages`) current, as the cluster mode's
+/// scheduler does.
+async fn watch_parking(
+    store: SqliteStore,
+    queues: Vec<String>,
+    metrics: WorkerMetrics,
+    cancel: CancellationToken,
+) {
+    loop {
+        ump_worker::consumer::sweep_parking(&store, &queues, &metrics).await;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(ump_worker::consumer::SWEEP_EVERY) => {}
         }
     }
 }

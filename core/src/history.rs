@@ -66,6 +66,39 @@ pub struct Deferred {
     pub due_at: DateTime<Utc>,
 }
 
+/// A parked message handed out by `HistoryStore::claim_due`, with the claim `release` needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Claimed {
+    pub deferred: Deferred,
+    pub claim: Claim,
+}
+
+/// Which parking of a message a claim took. `release` ends exactly that parking and never a newer
+/// one: between the claimer's publish and its release, the republished message may be consumed,
+/// fail again and be parked anew, and that parking must survive the release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Claim {
+    pub id: MessageId,
+    /// Store-specific: the claim's own token (MySQL), the row and its lease (SQLite).
+    pub(crate) token: u128,
+}
+
+/// What a sweep of the parked messages found and repaired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParkingHealth {
+    /// Parked messages due more than `OVERDUE_AFTER` ago and still waiting to be published (or,
+    /// all-in-one, consumed): a scheduler or consumer is not keeping up, or not running.
+    pub overdue: u64,
+    /// Messages still `scheduled` whose parking was published longer than the grace ago and never
+    /// came back (the republished copy was lost): parked again, due now.
+    pub reparked: u64,
+    /// Published parkings whose message moved on, removed.
+    pub collected: u64,
+}
+
+/// How long past its due time a parked message counts as overdue.
+pub const OVERDUE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What the worker writes after a batch, atomically: nothing of it is visible unless all is.
 #[derive(Clone, Debug, Default)]
 pub struct BatchRecord {
@@ -163,7 +196,7 @@ pub trait HistoryStore: Send + Sync {
     async fn list(&self, tenant: &str, filter: &MessageFilter)
     -> Result<MessagePage, HistoryError>;
     /// Claims up to `limit` parked messages of `queues` that are due, for `lease`: no other caller gets them
-    /// until the lease runs out. They leave the store only through `release`, after they were
+    /// until the lease runs out. They stop being parked only through `release`, after they were
     /// re-published; a caller that dies in between lets the lease expire and another one publishes
     /// them again (the worker's dedupe absorbs the second copy).
     async fn claim_due(
@@ -172,8 +205,20 @@ pub trait HistoryStore: Send + Sync {
         now: DateTime<Utc>,
         lease: std::time::Duration,
         limit: u32,
-    ) -> Result<Vec<Deferred>, HistoryError>;
-    async fn release(&self, ids: &[MessageId]) -> Result<(), HistoryError>;
+    ) -> Result<Vec<Claimed>, HistoryError>;
+    /// Ends the parkings these claims took, once their messages were published. A message parked
+    /// anew since its claim (its republished copy already failed again) keeps its new parking.
+    async fn release(&self, claims: &[Claim]) -> Result<(), HistoryError>;
+    /// Checks the parked messages of `queues` at `now`: counts the overdue ones, parks again a
+    /// `scheduled` message whose published parking is older than `grace` (its republished copy
+    /// never arrived), and removes published parkings whose message moved on. Safe to run from
+    /// every worker at once.
+    async fn sweep_parking(
+        &self,
+        queues: &[String],
+        now: DateTime<Utc>,
+        grace: std::time::Duration,
+    ) -> Result<ParkingHealth, HistoryError>;
     /// The tenant's messages accepted since `since`, counted by channel and current status, with
     /// a series in buckets of `bucket` (the dashboard's overview). Served by an index: ids are
     /// time-ordered, so the window is an id range.

@@ -9,8 +9,9 @@
 //! everysec`. Only one process may use a file at a time (`EmbeddedLock`).
 
 use crate::history::{
-    BatchRecord, Deferred, HistoryError, HistoryStore, MessageFilter, MessagePage, MessageView,
-    Receipt, ReceiptFor, ReceiptOutcome, Transition, encode_cursor, latest_per_message,
+    BatchRecord, Claim, Claimed, Deferred, HistoryError, HistoryStore, MessageFilter, MessagePage,
+    MessageView, OVERDUE_AFTER, ParkingHealth, Receipt, ReceiptFor, ReceiptOutcome, Transition,
+    encode_cursor, latest_per_message,
 };
 use crate::keys::{ApiKeyStore, KeyError, StoredKey, hash_key};
 use crate::model::{Envelope, Event, MessageId, Priority, Status};
@@ -667,7 +668,18 @@ impl HistoryStore for SqliteStore {
                 })
             })
             .collect::<Result<Vec<_>, HistoryError>>()?;
-        Ok(Stats::from_counts(since, until, bucket, counts))
+        // The queue holds only what is waiting, so the scan is short; capped all the same.
+        let overdue: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM queue \
+             WHERE due_at < ? AND json_extract(envelope, '$.tenant') = ? LIMIT 100000)",
+        )
+        .bind(micros(until - overdue_after()))
+        .bind(tenant)
+        .fetch_one(&self.durable)
+        .await?;
+        let mut stats = Stats::from_counts(since, until, bucket, counts);
+        stats.overdue = u64::try_from(overdue).unwrap_or(0);
+        Ok(stats)
     }
 
     async fn claim_due(
@@ -676,14 +688,15 @@ impl HistoryStore for SqliteStore {
         now: DateTime<Utc>,
         lease: Duration,
         limit: u32,
-    ) -> Result<Vec<Deferred>, HistoryError> {
+    ) -> Result<Vec<Claimed>, HistoryError> {
         if queues.is_empty() {
             return Ok(Vec::new());
         }
-        let until =
-            now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+        let until = micros(
+            now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30)),
+        );
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE queue SET claimed_until = ");
-        q.push_bind(micros(until))
+        q.push_bind(until)
             .push(" WHERE seq IN (SELECT seq FROM queue WHERE queue IN (");
         let mut list = q.separated(", ");
         for queue in queues {
@@ -695,19 +708,55 @@ impl HistoryStore for SqliteStore {
             .push_bind(micros(now))
             .push(" ORDER BY due_at LIMIT ")
             .push_bind(limit)
-            .push(") RETURNING envelope, queue, due_at");
+            .push(") RETURNING seq, envelope, queue, due_at");
         let rows = q.build().fetch_all(&self.durable).await?;
         rows.iter()
             .map(|row| {
                 let body: String = row.try_get("envelope")?;
-                Ok(Deferred {
-                    envelope: serde_json::from_str(&body)
-                        .map_err(|e| HistoryError::Corrupt(format!("deferred envelope: {e}")))?,
-                    queue: row.try_get("queue")?,
-                    due_at: from_micros(row.try_get("due_at")?)?,
+                let envelope: Envelope = serde_json::from_str(&body)
+                    .map_err(|e| HistoryError::Corrupt(format!("deferred envelope: {e}")))?;
+                let seq: i64 = row.try_get("seq")?;
+                Ok(Claimed {
+                    // The row (a re-park is a new row) and this lease (a later claim of the same
+                    // row after the lease ran out has another).
+                    claim: Claim {
+                        id: envelope.id,
+                        token: (u128::from(seq as u64) << 64) | u128::from(until as u64),
+                    },
+                    deferred: Deferred {
+                        envelope,
+                        queue: row.try_get("queue")?,
+                        due_at: from_micros(row.try_get("due_at")?)?,
+                    },
                 })
             })
             .collect()
+    }
+
+    async fn sweep_parking(
+        &self,
+        queues: &[String],
+        now: DateTime<Utc>,
+        _grace: Duration,
+    ) -> Result<ParkingHealth, HistoryError> {
+        // A re-park is a new row written in the same transaction that consumes the old one, so
+        // nothing is ever published without its row: there is nothing to repair or collect.
+        if queues.is_empty() {
+            return Ok(ParkingHealth::default());
+        }
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT COUNT(*) FROM queue WHERE queue IN (");
+        let mut list = q.separated(", ");
+        for queue in queues {
+            list.push_bind(queue.clone());
+        }
+        q.push(") AND due_at < ")
+            .push_bind(micros(now - overdue_after()));
+        let overdue: i64 = q.build_query_scalar().fetch_one(&self.durable).await?;
+        Ok(ParkingHealth {
+            overdue: u64::try_from(overdue).unwrap_or(0),
+            ..ParkingHealth::default()
+        })
     }
 
     async fn apply_receipt(&self, receipt: &Receipt) -> Result<ReceiptOutcome, HistoryError> {
@@ -775,19 +824,23 @@ impl HistoryStore for SqliteStore {
         Ok(ReceiptOutcome::Applied(id))
     }
 
-    async fn release(&self, ids: &[MessageId]) -> Result<(), HistoryError> {
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("DELETE FROM queue WHERE claimed_until > 0 AND message_id IN (");
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(id.as_bytes().to_vec());
-            }
-            q.push(")");
-            q.build().execute(&self.durable).await?;
+    async fn release(&self, claims: &[Claim]) -> Result<(), HistoryError> {
+        let mut tx = self.durable.begin().await?;
+        for claim in claims {
+            let (seq, until) = ((claim.token >> 64) as u64 as i64, claim.token as u64 as i64);
+            sqlx::query("DELETE FROM queue WHERE seq = ? AND claimed_until = ?")
+                .bind(seq)
+                .bind(until)
+                .execute(&mut *tx)
+                .await?;
         }
+        tx.commit().await?;
         Ok(())
     }
+}
+
+fn overdue_after() -> chrono::Duration {
+    chrono::Duration::from_std(OVERDUE_AFTER).unwrap_or(chrono::Duration::minutes(1))
 }
 
 fn stored_key(row: &SqliteRow) -> Result<StoredKey, KeyError> {
@@ -895,6 +948,17 @@ mod tests {
             .await
             .expect("open");
         (dir, store)
+    }
+
+    #[tokio::test]
+    async fn parked_messages_keep_the_contract() {
+        use crate::testing::parking;
+        let (_a, one) = store().await;
+        parking::claims_hold_for_their_lease(&one).await;
+        let (_b, two) = store().await;
+        parking::a_release_never_removes_a_newer_parking(&two).await;
+        let (_c, three) = store().await;
+        parking::overdue_parkings_are_counted(&three).await;
     }
 
     #[tokio::test]

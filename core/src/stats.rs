@@ -81,6 +81,10 @@ pub struct Stats {
     /// Every bucket from the one holding `since` to the one holding `until`, oldest first, empty
     /// buckets included (the throughput chart).
     pub series: Vec<StatsBucket>,
+    /// The tenant's parked messages (retries, `send_at`, quiet hours) due more than a minute ago
+    /// and still waiting, whenever they were accepted: should stay 0; more means the scheduler or
+    /// the consumer is not keeping up.
+    pub overdue: u64,
 }
 
 /// What a store counts: messages of `channel` in `status` accepted in the bucket starting at
@@ -160,6 +164,7 @@ impl Stats {
                     counts,
                 })
                 .collect(),
+            overdue: 0,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! MySQL/MariaDB storage of the cluster mode: message history, parked messages and API keys.
 
 use crate::history::{
-    BatchRecord, Deferred, HistoryError, HistoryStore, MessageFilter, MessagePage, MessageView,
-    Receipt, ReceiptFor, ReceiptOutcome, Transition, encode_cursor, latest_per_message,
+    BatchRecord, Claim, Claimed, Deferred, HistoryError, HistoryStore, MessageFilter, MessagePage,
+    MessageView, OVERDUE_AFTER, ParkingHealth, Receipt, ReceiptFor, ReceiptOutcome, Transition,
+    encode_cursor, latest_per_message,
 };
 use crate::model::{Event, MessageId, Priority, Status};
 use crate::stats::{Stats, StatsCount, bucket_millis};
@@ -31,6 +32,8 @@ pub enum StoreError {
     },
     #[error("migrating the MySQL schema failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("taking the MySQL schema migration lock failed: {0}")]
+    MigrationLock(#[source] sqlx::Error),
 }
 
 /// Opens a pool to the history database. The URL may carry credentials, so errors name only the
@@ -48,9 +51,48 @@ pub async fn connect_mysql(url: &str, max_connections: u32) -> Result<MySqlPool,
         .map_err(|source| StoreError::Connect { host, port, source })
 }
 
-/// Brings the schema up to date; safe to run from several processes at once (sqlx takes a lock).
+/// Brings the schema up to date; safe to run from several processes at once. They take turns
+/// under a named lock of the server (`GET_LOCK`) held by the migrating session: the first applies
+/// what is missing, the others then find nothing to do. sqlx's own lock is not enough here: it
+/// asks `GET_LOCK(name, -1)`, which MariaDB answers at once with NULL when the lock is taken (a
+/// negative timeout means "wait forever" only to MySQL), and goes ahead regardless.
 pub async fn migrate_mysql(pool: &MySqlPool) -> Result<(), StoreError> {
-    MYSQL_MIGRATIONS.run(pool).await?;
+    let mut conn = pool.acquire().await.map_err(StoreError::MigrationLock)?;
+    let database: Option<String> = sqlx::query_scalar("SELECT DATABASE()")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(StoreError::MigrationLock)?;
+    // Lock names are server-wide: one per database, within MySQL's 64 characters.
+    let name: String = format!("ump-migrate:{}", database.unwrap_or_default())
+        .chars()
+        .take(64)
+        .collect();
+    let waiting_since = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 5)")
+            .bind(&name)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(StoreError::MigrationLock)?;
+        if got == Some(1) {
+            break;
+        }
+        // A schema change of a large table may take long; the holder's session ending (it
+        // finished, or its process died) frees the lock at once.
+        if !said || waiting_since.elapsed().as_secs() % 60 < 5 {
+            tracing::info!(lock = %name, waited_s = waiting_since.elapsed().as_secs(),
+                "another process is migrating the schema; waiting for it");
+            said = true;
+        }
+    }
+    let migrated = MYSQL_MIGRATIONS.run(&mut *conn).await;
+    let released = sqlx::query("SELECT RELEASE_LOCK(?)")
+        .bind(&name)
+        .execute(&mut *conn)
+        .await;
+    migrated?;
+    released.map_err(StoreError::MigrationLock)?;
     Ok(())
 }
 
@@ -218,10 +260,11 @@ impl HistoryStore for MySqlHistory {
                     .push_bind(naive(d.due_at))
                     .push_bind(body.as_slice());
             });
-            // Parked again (e.g. the next retry): the new due time and envelope win, the claim ends.
+            // Parked again (e.g. the next retry): the new due time and envelope win, and any
+            // claim of the old parking ends, so its claimer's `release` no longer matches.
             q.push(
                 " ON DUPLICATE KEY UPDATE due_at = VALUES(due_at), envelope = VALUES(envelope), \
-                 claimed_by = NULL, claimed_until = NULL",
+                 queue = VALUES(queue), claimed_by = NULL, claimed_until = NULL, published_at = NULL",
             );
             q.build().execute(&mut *tx).await?;
         }
@@ -310,7 +353,7 @@ impl HistoryStore for MySqlHistory {
         now: DateTime<Utc>,
         lease: std::time::Duration,
         limit: u32,
-    ) -> Result<Vec<Deferred>, HistoryError> {
+    ) -> Result<Vec<Claimed>, HistoryError> {
         if queues.is_empty() {
             return Ok(Vec::new());
         }
@@ -327,7 +370,7 @@ impl HistoryStore for MySqlHistory {
         for queue in queues {
             list.push_bind(queue);
         }
-        q.push(") AND due_at <= ")
+        q.push(") AND published_at IS NULL AND due_at <= ")
             .push_bind(naive(now))
             .push(" AND (claimed_until IS NULL OR claimed_until < ")
             .push_bind(naive(now))
@@ -336,7 +379,8 @@ impl HistoryStore for MySqlHistory {
         q.build().execute(&self.pool).await?;
 
         let rows = sqlx::query(
-            "SELECT envelope, queue, due_at FROM deferred_messages WHERE claimed_by = ?",
+            "SELECT envelope, queue, due_at FROM deferred_messages \
+             WHERE claimed_by = ? AND published_at IS NULL",
         )
         .bind(token.as_bytes().as_slice())
         .fetch_all(&self.pool)
@@ -344,14 +388,99 @@ impl HistoryStore for MySqlHistory {
         rows.iter()
             .map(|row| {
                 let body: Vec<u8> = row.try_get("envelope")?;
-                Ok(Deferred {
-                    envelope: serde_json::from_slice(&body)
-                        .map_err(|e| HistoryError::Corrupt(format!("deferred envelope: {e}")))?,
-                    queue: row.try_get("queue")?,
-                    due_at: row.try_get::<NaiveDateTime, _>("due_at")?.and_utc(),
+                let envelope: crate::model::Envelope = serde_json::from_slice(&body)
+                    .map_err(|e| HistoryError::Corrupt(format!("deferred envelope: {e}")))?;
+                Ok(Claimed {
+                    claim: Claim {
+                        id: envelope.id,
+                        token: token.as_u128(),
+                    },
+                    deferred: Deferred {
+                        envelope,
+                        queue: row.try_get("queue")?,
+                        due_at: row.try_get::<NaiveDateTime, _>("due_at")?.and_utc(),
+                    },
                 })
             })
             .collect()
+    }
+
+    async fn sweep_parking(
+        &self,
+        queues: &[String],
+        now: DateTime<Utc>,
+        grace: std::time::Duration,
+    ) -> Result<ParkingHealth, HistoryError> {
+        let mut health = ParkingHealth::default();
+        if queues.is_empty() {
+            return Ok(health);
+        }
+        let ago = |d: std::time::Duration| {
+            naive(now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero()))
+        };
+        let mut q: QueryBuilder<MySql> =
+            QueryBuilder::new("SELECT COUNT(*) FROM deferred_messages WHERE queue IN (");
+        let mut list = q.separated(", ");
+        for queue in queues {
+            list.push_bind(queue);
+        }
+        q.push(") AND published_at IS NULL AND due_at < ")
+            .push_bind(ago(OVERDUE_AFTER));
+        let overdue: i64 = q.build_query_scalar().fetch_one(&self.pool).await?;
+        health.overdue = u64::try_from(overdue).unwrap_or(0);
+
+        // A published parking whose message has no outcome long after: the copy went missing.
+        // One statement, so two sweeping workers never park the same message twice.
+        let mut q: QueryBuilder<MySql> = QueryBuilder::new(
+            "UPDATE deferred_messages d JOIN messages m ON m.id = d.id \
+             SET d.published_at = NULL, d.claimed_by = NULL, d.claimed_until = NULL, d.due_at = ",
+        );
+        q.push_bind(naive(now)).push(" WHERE d.queue IN (");
+        let mut list = q.separated(", ");
+        for queue in queues {
+            list.push_bind(queue);
+        }
+        q.push(") AND d.published_at < ")
+            .push_bind(ago(grace))
+            .push(" AND m.status IN ('accepted', 'scheduled', 'sending')");
+        health.reparked = q.build().execute(&self.pool).await?.rows_affected();
+
+        // Published parkings of messages that reached an outcome (or whose history was pruned)
+        // have served their purpose.
+        loop {
+            let mut q: QueryBuilder<MySql> = QueryBuilder::new(
+                "SELECT d.id FROM deferred_messages d LEFT JOIN messages m ON m.id = d.id \
+                 WHERE d.published_at IS NOT NULL AND d.published_at < ",
+            );
+            q.push_bind(ago(OVERDUE_AFTER)).push(" AND d.queue IN (");
+            let mut list = q.separated(", ");
+            for queue in queues {
+                list.push_bind(queue);
+            }
+            q.push(
+                ") AND (m.id IS NULL OR m.status NOT IN ('accepted', 'scheduled', 'sending')) \
+                 LIMIT ",
+            )
+            .push_bind(ROWS_PER_STATEMENT as u32);
+            let done: Vec<Vec<u8>> = q.build_query_scalar().fetch_all(&self.pool).await?;
+            if done.is_empty() {
+                break;
+            }
+            let mut q: QueryBuilder<MySql> = QueryBuilder::new(
+                // Still published: a parking made since the SELECT is not touched.
+                "DELETE FROM deferred_messages WHERE published_at IS NOT NULL AND id IN (",
+            );
+            let mut list = q.separated(", ");
+            for id in &done {
+                list.push_bind(id.as_slice());
+            }
+            q.push(")");
+            health.collected += q.build().execute(&self.pool).await?.rows_affected();
+            if done.len() < ROWS_PER_STATEMENT {
+                break;
+            }
+        }
+        Ok(health)
     }
 
     async fn stats(
@@ -392,7 +521,17 @@ impl HistoryStore for MySqlHistory {
                 })
             })
             .collect::<Result<Vec<_>, HistoryError>>()?;
-        Ok(Stats::from_counts(since, until, bucket, counts))
+        let overdue: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deferred_messages d JOIN messages m ON m.id = d.id \
+             WHERE d.published_at IS NULL AND d.due_at < ? AND m.tenant_id = ?",
+        )
+        .bind(naive(until - overdue_after()))
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await?;
+        let mut stats = Stats::from_counts(since, until, bucket, counts);
+        stats.overdue = u64::try_from(overdue).unwrap_or(0);
+        Ok(stats)
     }
 
     async fn apply_receipt(&self, receipt: &Receipt) -> Result<ReceiptOutcome, HistoryError> {
@@ -448,21 +587,39 @@ impl HistoryStore for MySqlHistory {
         Ok(ReceiptOutcome::Applied(id))
     }
 
-    async fn release(&self, ids: &[MessageId]) -> Result<(), HistoryError> {
-        let mut sorted: Vec<&MessageId> = ids.iter().collect();
-        sorted.sort();
-        for chunk in sorted.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<MySql> =
-                QueryBuilder::new("DELETE FROM deferred_messages WHERE id IN (");
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(id.as_bytes().to_vec());
+    async fn release(&self, claims: &[Claim]) -> Result<(), HistoryError> {
+        let now = naive(Utc::now());
+        // One claim_due call hands out one token: group by it, then one statement per chunk.
+        let mut by_token: std::collections::BTreeMap<u128, Vec<MessageId>> = Default::default();
+        for claim in claims {
+            by_token.entry(claim.token).or_default().push(claim.id);
+        }
+        for (token, mut ids) in by_token {
+            ids.sort();
+            let token = uuid::Uuid::from_u128(token);
+            for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+                // Kept as a published parking (see sweep_parking), and only where the claim still
+                // holds: a message parked anew since has claimed_by NULL and keeps its parking.
+                let mut q: QueryBuilder<MySql> =
+                    QueryBuilder::new("UPDATE deferred_messages SET published_at = ");
+                q.push_bind(now)
+                    .push(" WHERE claimed_by = ")
+                    .push_bind(token.as_bytes().to_vec())
+                    .push(" AND published_at IS NULL AND id IN (");
+                let mut list = q.separated(", ");
+                for id in chunk {
+                    list.push_bind(id.as_bytes().to_vec());
+                }
+                q.push(")");
+                q.build().execute(&self.pool).await?;
             }
-            q.push(")");
-            q.build().execute(&self.pool).await?;
         }
         Ok(())
     }
+}
+
+fn overdue_after() -> chrono::Duration {
+    chrono::Duration::from_std(OVERDUE_AFTER).unwrap_or(chrono::Duration::minutes(1))
 }
 
 fn truncate(text: &str, max_bytes: usize) -> &str {

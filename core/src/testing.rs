@@ -194,6 +194,15 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     pub async fn create() -> Self {
+        let db = Self::create_empty().await;
+        crate::store::migrate_mysql(&db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("MariaDB: {e}"));
+        db
+    }
+
+    /// A database of its own with no schema at all (not migrated).
+    pub async fn create_empty() -> Self {
         let admin_url = infra().mysql_url();
         let admin = crate::store::connect_mysql(&admin_url, 2)
             .await
@@ -209,9 +218,6 @@ impl TestDatabase {
             .map_or(admin_url.as_str(), |(base, _)| base);
         let url = format!("{base}/{name}");
         let pool = crate::store::connect_mysql(&url, 8)
-            .await
-            .unwrap_or_else(|e| panic!("MariaDB: {e}"));
-        crate::store::migrate_mysql(&pool)
             .await
             .unwrap_or_else(|e| panic!("MariaDB: {e}"));
         Self {
@@ -484,3 +490,5 @@ pub fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
     text.split_inclusive('\n')
         .filter_map(|line| line.strip_suffix('\n'))
 }
+
+pub mod parking;

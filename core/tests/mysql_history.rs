@@ -5,12 +5,12 @@ use chrono::{Duration as ChronoDuration, Utc};
 use serde_json::Map;
 use std::time::Duration;
 use ump_core::history::{
-    BatchRecord, Deferred, HistoryStore, MessageFilter, Receipt, ReceiptFor, ReceiptOutcome,
-    Transition, decode_cursor,
+    BatchRecord, HistoryStore, MessageFilter, Receipt, ReceiptFor, ReceiptOutcome, Transition,
+    decode_cursor,
 };
 use ump_core::model::{Content, Envelope, MessageId, Priority, Status};
 use ump_core::store::MySqlHistory;
-use ump_core::testing::TestDatabase;
+use ump_core::testing::{TestDatabase, parking};
 
 fn envelope(tenant: &str, to: &str) -> Envelope {
     Envelope {
@@ -167,71 +167,83 @@ async fn list_pages_by_keyset_newest_first_with_filters() {
 }
 
 #[tokio::test]
-async fn parked_messages_are_claimed_once_per_lease_and_released() {
+async fn parked_messages_keep_the_contract() {
+    for scenario in 0..3 {
+        let db = TestDatabase::create().await;
+        let history = MySqlHistory::new(db.pool.clone());
+        match scenario {
+            0 => parking::claims_hold_for_their_lease(&history).await,
+            1 => parking::a_release_never_removes_a_newer_parking(&history).await,
+            _ => parking::overdue_parkings_are_counted(&history).await,
+        }
+        db.drop_database().await;
+    }
+}
+
+#[tokio::test]
+async fn the_sweep_parks_again_a_message_whose_copy_went_missing_and_collects_the_rest() {
     let db = TestDatabase::create().await;
     let history = MySqlHistory::new(db.pool.clone());
+    let queues = vec!["ump.default.sms".to_owned()];
+    let grace = Duration::from_secs(600);
     let now = Utc::now();
-    let due = envelope("t1", "+821000000001");
-    let later = envelope("t1", "+821000000002");
-    history
-        .record(&BatchRecord {
-            transitions: vec![],
-            deferred: vec![
-                Deferred {
-                    envelope: due.clone(),
-                    queue: "ump.default.sms".into(),
-                    due_at: now - ChronoDuration::seconds(1),
-                },
-                Deferred {
-                    envelope: later.clone(),
-                    queue: "ump.default.sms".into(),
-                    due_at: now + ChronoDuration::hours(1),
-                },
-            ],
-        })
-        .await
-        .expect("park");
-    let channels = vec!["ump.default.sms".to_owned()];
-    let lease = Duration::from_secs(30);
-
+    let lost = parking::envelope("t1", "+821000000010");
+    let delivered = parking::envelope("t1", "+821000000011");
+    parking::park(&history, &lost, now - ChronoDuration::seconds(1)).await;
+    parking::park(&history, &delivered, now - ChronoDuration::seconds(1)).await;
     let claimed = history
-        .claim_due(&channels, now, lease, 100)
+        .claim_due(&queues, now, Duration::from_secs(30), 100)
         .await
         .expect("claim");
-    assert_eq!(claimed.len(), 1);
-    assert_eq!(claimed[0].envelope, due);
+    assert_eq!(claimed.len(), 2);
+    let claims: Vec<_> = claimed.iter().map(|c| c.claim).collect();
+    history.release(&claims).await.expect("release");
+    // One copy arrives and is sent; the other never arrives.
+    let mut sent = delivered.clone();
+    sent.attempts = 1;
+    history
+        .record(&BatchRecord {
+            transitions: vec![Transition::of(&sent, Status::Sent, Utc::now())],
+            deferred: vec![],
+        })
+        .await
+        .expect("record sent");
+
+    // Within the grace nothing is repaired; published parkings of finished messages go.
+    let soon = Utc::now() + ChronoDuration::seconds(90);
+    let health = history
+        .sweep_parking(&queues, soon, grace)
+        .await
+        .expect("sweep");
+    assert_eq!((health.reparked, health.collected), (0, 1), "{health:?}");
     assert!(
         history
-            .claim_due(&channels, now, lease, 100)
+            .claim_due(&queues, soon, Duration::from_secs(30), 100)
             .await
             .expect("claim")
             .is_empty(),
-        "leased"
+        "a published parking is not handed out again"
     );
-    assert!(
-        history
-            .claim_due(&["email".to_owned()], now, lease, 100)
-            .await
-            .expect("claim")
-            .is_empty(),
-        "other channel"
-    );
-    // The claimer died: after the lease another one gets it.
-    let after_lease = now + ChronoDuration::seconds(31);
+
+    // Past the grace the lost one is parked again, due at once, and handed out.
+    let late = Utc::now() + ChronoDuration::seconds(601);
+    let health = history
+        .sweep_parking(&queues, late, grace)
+        .await
+        .expect("sweep");
+    assert_eq!((health.reparked, health.collected), (1, 0), "{health:?}");
     let again = history
-        .claim_due(&channels, after_lease, lease, 100)
+        .claim_due(&queues, late, Duration::from_secs(30), 100)
         .await
         .expect("claim");
     assert_eq!(again.len(), 1);
-    history.release(&[due.id]).await.expect("release");
-    let much_later = now + ChronoDuration::seconds(120);
-    assert!(
-        history
-            .claim_due(&channels, much_later, lease, 100)
-            .await
-            .expect("claim")
-            .is_empty()
-    );
+    assert_eq!(again[0].deferred.envelope, lost);
+    // A second sweep (another worker) finds nothing more to do.
+    let health = history
+        .sweep_parking(&queues, late, grace)
+        .await
+        .expect("sweep");
+    assert_eq!((health.reparked, health.collected), (0, 0), "{health:?}");
     db.drop_database().await;
 }
 

@@ -300,7 +300,7 @@ fn alerting_rules_pass_promtool_and_fire_when_they_should() {
         text
     };
     let checked = run(&["check", "rules", "rules.yaml"]);
-    assert!(checked.contains("SUCCESS: 8 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 10 rules found"), "{checked}");
 
     // Unit tests of the alerts on synthetic series shaped like the real ones.
     std::fs::write(dir.join("alerts-test.yaml"), ALERT_TESTS).expect("write tests");
@@ -341,7 +341,34 @@ tests:
         values: '0x10 0+60x30'
       - series: 'ump_api_rejected_total{namespace="ump", reason="unavailable"}'
         values: '0x40'
+      # Two workers see the same 3 overdue parkings from minute 10 (their scheduler is stuck).
+      - series: 'ump_parked_overdue_messages{namespace="messaging", pod="w-1"}'
+        values: '0x10 3x30'
+      - series: 'ump_parked_overdue_messages{namespace="messaging", pod="w-2"}'
+        values: '0x10 3x30'
+      - series: 'ump_parking_repairs_total{namespace="messaging", pod="w-1"}'
+        values: '0x20 2x20'
     alert_rule_test:
+      - eval_time: 12m
+        alertname: UMPParkedMessagesOverdue
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: UMPParkedMessagesOverdue
+        exp_alerts:
+          - exp_labels: {severity: critical, namespace: messaging}
+            exp_annotations:
+              summary: "Parked UMP messages are not coming back"
+              description: "3 parked messages (retries, send_at, quiet hours) in messaging have been due for over a minute and are still not republished: no worker's scheduler is running for their channels, or it cannot reach Kafka or MySQL."
+      - eval_time: 15m
+        alertname: UMPParkedMessagesRepaired
+        exp_alerts: []
+      - eval_time: 25m
+        alertname: UMPParkedMessagesRepaired
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: messaging}
+            exp_annotations:
+              summary: "UMP found messages whose republished copy went missing"
+              description: "The parking sweep in messaging parked 2 messages again that were republished over 10 minutes ago and never reached an outcome (ump_scheduled_unparked_messages). Nothing is lost, but something dropped messages between the scheduler and the workers: check Kafka (unclean leader elections, retention) and the workers' logs."
       - eval_time: 30m
         alertname: UMPDeliveryFailureRatioHigh
         exp_alerts:

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
-use ump_core::history::HistoryStore;
+use ump_core::history::{Claim, Claimed, HistoryStore};
 use ump_core::model::Envelope;
 use ump_core::queue::KafkaSettings;
 
@@ -380,7 +380,8 @@ async fn report_lag(
     }
 }
 
-/// Publishes parked messages that are due back onto their topics.
+/// Publishes parked messages that are due back onto their topics, and sweeps the parkings for
+/// ones whose republished copy went missing.
 pub struct Scheduler {
     pub history: Arc<dyn HistoryStore>,
     pub producer: FutureProducer,
@@ -388,54 +389,104 @@ pub struct Scheduler {
     pub metrics: WorkerMetrics,
 }
 
+/// How long a claim keeps other schedulers off a parked message.
+const LEASE: Duration = Duration::from_secs(30);
+/// How often the parkings are swept.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How long after its publication a parked message may go without an outcome before the sweep
+/// parks it again: well past any consumer lag a healthy channel has, since the copy it publishes
+/// then is a second one whenever the first was only slow (the dedupe absorbs it).
+pub const REPARK_AFTER: Duration = Duration::from_secs(600);
+
 impl Scheduler {
     pub async fn run(self, cancel: CancellationToken) {
-        const LEASE: Duration = Duration::from_secs(30);
+        let mut next_sweep = tokio::time::Instant::now();
         loop {
-            let claimed = match self
-                .history
-                .claim_due(&self.queues, chrono::Utc::now(), LEASE, 500)
-                .await
-            {
-                Ok(claimed) => claimed,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading parked messages failed");
-                    Vec::new()
-                }
-            };
-            if !claimed.is_empty() {
-                let sends = claimed.iter().map(|deferred| {
-                    let payload = serde_json::to_vec(&deferred.envelope).unwrap_or_default();
-                    let producer = self.producer.clone();
-                    async move {
-                        producer
-                            .send(
-                                FutureRecord::to(&deferred.queue)
-                                    .key(&deferred.envelope.to)
-                                    .payload(&payload),
-                                Duration::from_secs(10),
-                            )
-                            .await
-                            .map(|_| deferred.envelope.id)
-                    }
-                });
-                let published: Vec<_> = futures::future::join_all(sends)
-                    .await
-                    .into_iter()
-                    .filter_map(Result::ok)
-                    .collect();
-                // What failed to publish stays parked and is claimed again after the lease.
-                if let Err(e) = self.history.release(&published).await {
-                    tracing::warn!(error = %e, "releasing published messages failed; they will be published again");
-                }
-                if claimed.len() >= 500 {
-                    continue;
-                }
+            if tokio::time::Instant::now() >= next_sweep {
+                self.sweep().await;
+                next_sweep = tokio::time::Instant::now() + SWEEP_EVERY;
+            }
+            if self.publish_due().await >= 500 {
+                continue;
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             }
         }
+    }
+
+    /// Claims what is due, publishes it, and releases what was published; returns how many
+    /// messages it claimed.
+    async fn publish_due(&self) -> usize {
+        let claimed = match self
+            .history
+            .claim_due(&self.queues, chrono::Utc::now(), LEASE, 500)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading parked messages failed");
+                return 0;
+            }
+        };
+        if claimed.is_empty() {
+            return 0;
+        }
+        let sends = claimed.iter().map(|Claimed { deferred, claim }| {
+            let payload = serde_json::to_vec(&deferred.envelope).unwrap_or_default();
+            let producer = self.producer.clone();
+            async move {
+                producer
+                    .send(
+                        FutureRecord::to(&deferred.queue)
+                            .key(&deferred.envelope.to)
+                            .payload(&payload),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map(|_| *claim)
+            }
+        });
+        let published: Vec<Claim> = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect();
+        // What failed to publish stays parked and is claimed again after the lease.
+        if let Err(e) = self.history.release(&published).await {
+            tracing::warn!(error = %e, "releasing published messages failed; they will be published again");
+        }
+        claimed.len()
+    }
+
+    async fn sweep(&self) {
+        sweep_parking(self.history.as_ref(), &self.queues, &self.metrics).await;
+    }
+}
+
+/// Sweeps the parked messages of `queues` once (`HistoryStore::sweep_parking`) and reports what
+/// it found in the metrics and, for repairs, the log.
+pub async fn sweep_parking(history: &dyn HistoryStore, queues: &[String], metrics: &WorkerMetrics) {
+    match history
+        .sweep_parking(queues, chrono::Utc::now(), REPARK_AFTER)
+        .await
+    {
+        Ok(health) => {
+            metrics
+                .parked_overdue
+                .set(i64::try_from(health.overdue).unwrap_or(i64::MAX));
+            metrics
+                .scheduled_unparked
+                .set(i64::try_from(health.reparked).unwrap_or(i64::MAX));
+            metrics.parking_repairs.inc_by(health.reparked);
+            if health.reparked > 0 {
+                tracing::warn!(
+                    count = health.reparked,
+                    "parked messages whose republished copy never came back were parked again"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "sweeping parked messages failed"),
     }
 }

@@ -2,7 +2,8 @@
 
 use crate::providers::failover::CircuitState;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 #[derive(Clone)]
@@ -24,6 +25,13 @@ pub struct WorkerMetrics {
     /// 1 while a provider's circuit keeps traffic away (open, or half-open awaiting its probe), by
     /// channel and provider; channels with failover only.
     pub circuit_open: IntGaugeVec,
+    /// Parked messages of this worker's queues due more than a minute ago and still waiting.
+    pub parked_overdue: IntGauge,
+    /// Messages the last parking sweep found with no outcome and no live parking (their
+    /// republished copy went missing), before it parked them again.
+    pub scheduled_unparked: IntGauge,
+    /// Messages the parking sweep parked again, in all.
+    pub parking_repairs: IntCounter,
 }
 
 impl WorkerMetrics {
@@ -83,6 +91,18 @@ impl WorkerMetrics {
             ),
             &["channel", "provider"],
         )?;
+        let parked_overdue = IntGauge::new(
+            "ump_parked_overdue_messages",
+            "Parked messages due more than a minute ago and still waiting to be published",
+        )?;
+        let scheduled_unparked = IntGauge::new(
+            "ump_scheduled_unparked_messages",
+            "Messages without an outcome whose republished copy went missing, at the last sweep",
+        )?;
+        let parking_repairs = IntCounter::new(
+            "ump_parking_repairs_total",
+            "Messages parked again by the sweep because their republished copy went missing",
+        )?;
         // Known from the start, so that rate() over them works before the first pause.
         for dependency in ["redis", "mysql", "kafka"] {
             paused_seconds.with_label_values(&[dependency]);
@@ -96,6 +116,9 @@ impl WorkerMetrics {
             Box::new(consumer_lag.clone()),
             Box::new(paused_seconds.clone()),
             Box::new(circuit_open.clone()),
+            Box::new(parked_overdue.clone()),
+            Box::new(scheduled_unparked.clone()),
+            Box::new(parking_repairs.clone()),
         ] {
             registry.register(metric)?;
         }
@@ -109,6 +132,9 @@ impl WorkerMetrics {
             consumer_lag,
             paused_seconds,
             circuit_open,
+            parked_overdue,
+            scheduled_unparked,
+            parking_repairs,
         })
     }
 

@@ -319,7 +319,9 @@
       card('Failed', fmtNumber(t.failed + t.dead_lettered), t.failed + t.dead_lettered ? 'bad' : '', 'failed'),
       card('Duplicate', fmtNumber(t.duplicate), '', 'duplicate'),
       card('In progress', fmtNumber(t.accepted + t.scheduled + t.sending), '', 'pending'),
-      card('Success rate', fmtRate(stats.success_rate), '', 'success'));
+      card('Success rate', fmtRate(stats.success_rate), '', 'success'),
+      // Parked messages due over a minute ago and still waiting: 0 unless delivery is stuck.
+      card('Overdue', fmtNumber(stats.overdue), stats.overdue ? 'bad' : '', 'overdue'));
 
     const rows = stats.channels.map((c) => {
       const n = c.counts;

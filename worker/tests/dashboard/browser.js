@@ -149,6 +149,8 @@ async function main() {
     const failedCard = await page.locator('#cards [data-stat="failed"] .value').innerText();
     check(Number(failedCard.replace(/\D/g, '')) >= 1, `overview failed is ${failedCard}`);
     check(/%/.test(await page.locator('#cards [data-stat="success"] .value').innerText()), 'no success rate');
+    const overdue = await page.locator('#cards [data-stat="overdue"] .value').innerText();
+    check(overdue.trim() === '0', `overview shows ${overdue} overdue parked messages`);
     check((await page.locator('#chart svg rect.ok').count()) >= 1, 'the chart has no sent bar');
     check((await page.locator('#chart svg rect.bad').count()) >= 1, 'the chart has no failed bar');
     for (const channel of channels) {
