@@ -34,7 +34,8 @@ pub trait DedupeStore: Send + Sync {
     /// `ttl`: how long the key lives (the dedupe window, or a day for per-message keys).
     async fn claim(&self, key: &str, id: &str, ttl: Duration) -> Result<Claim, DedupeUnavailable>;
     async fn mark_sent(&self, key: &str, id: &str, ttl: Duration) -> Result<(), DedupeUnavailable>;
-    /// Gives the key up (the message failed for good), so a later identical send can go out.
+    /// Gives the key up (the message failed for good), so a later identical send can go out; only
+    /// while this worker's own claim holds it.
     async fn release(&self, key: &str, id: &str) -> Result<(), DedupeUnavailable>;
 }
 
@@ -65,9 +66,11 @@ if v then redis.call('SET', KEYS[1], value, 'KEEPTTL') else redis.call('SET', KE
 return 1
 "#;
 
+// Only this worker's own `sending` claim: another worker that took the key over after the lease
+// (or sent the message meanwhile) keeps it.
 const RELEASE: &str = r#"
 local v = redis.call('GET', KEYS[1])
-local prefix = ARGV[1] .. '|'
+local prefix = ARGV[1] .. '|sending|' .. ARGV[2] .. '|'
 if v and string.sub(v, 1, string.len(prefix)) == prefix then redis.call('DEL', KEYS[1]) return 1 end
 return 0
 "#;
@@ -142,9 +145,85 @@ impl DedupeStore for RedisDedupe {
         self.release
             .key(key)
             .arg(id)
+            .arg(&self.instance)
             .invoke_async::<i64>(&mut conn)
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+}
+
+/// The behaviour every `DedupeStore` must have, run against each implementation (the in-process
+/// one in `crate::local`'s tests, Redis in `tests/dedupe_redis.rs`). `store(instance, lease)`
+/// makes a store of one worker instance; every call of one run must share the same data, and
+/// keys must be fresh for the run.
+#[doc(hidden)]
+pub mod contract {
+    use super::{Claim, DedupeStore};
+    use std::time::Duration;
+
+    pub async fn claims_follow_the_state_machine<F, S>(store: F, key: &str)
+    where
+        F: Fn(&str, Duration) -> S,
+        S: DedupeStore,
+    {
+        let lease = Duration::from_secs(60);
+        let (one, two) = (store("one", lease), store("two", lease));
+        let ttl = Duration::from_secs(600);
+        let other = format!("{key}-2");
+        assert_eq!(one.claim(key, "m1", ttl).await.unwrap(), Claim::Claimed);
+        // Another message with the same key is a duplicate of the first.
+        assert_eq!(
+            two.claim(key, "m2", ttl).await.unwrap(),
+            Claim::Duplicate { of: "m1".into() }
+        );
+        // The same message seen by another live instance waits; by its own owner, goes ahead.
+        assert_eq!(two.claim(key, "m1", ttl).await.unwrap(), Claim::Busy);
+        assert_eq!(one.claim(key, "m1", ttl).await.unwrap(), Claim::Claimed);
+        one.mark_sent(key, "m1", ttl).await.unwrap();
+        assert_eq!(two.claim(key, "m1", ttl).await.unwrap(), Claim::AlreadySent);
+        // A sent message's key is never given up: nor by another message, nor by its own.
+        one.release(key, "m2").await.unwrap();
+        one.release(key, "m1").await.unwrap();
+        assert_eq!(
+            two.claim(key, "m2", ttl).await.unwrap(),
+            Claim::Duplicate { of: "m1".into() }
+        );
+        // A claim released by its owner (the message failed for good) frees the content; a
+        // release by anyone else changes nothing.
+        assert_eq!(one.claim(&other, "m3", ttl).await.unwrap(), Claim::Claimed);
+        two.release(&other, "m3").await.unwrap();
+        assert_eq!(
+            two.claim(&other, "m4", ttl).await.unwrap(),
+            Claim::Duplicate { of: "m3".into() }
+        );
+        one.release(&other, "m3").await.unwrap();
+        assert_eq!(two.claim(&other, "m4", ttl).await.unwrap(), Claim::Claimed);
+    }
+
+    pub async fn a_lapsed_claim_is_taken_over_and_its_release_changes_nothing<F, S>(
+        store: F,
+        key: &str,
+    ) where
+        F: Fn(&str, Duration) -> S,
+        S: DedupeStore,
+    {
+        let lease = Duration::from_millis(200);
+        let (slow, next) = (store("slow", lease), store("next", lease));
+        let third = store("third", Duration::from_secs(60));
+        let ttl = Duration::from_secs(600);
+        assert_eq!(slow.claim(key, "m", ttl).await.unwrap(), Claim::Claimed);
+        assert_eq!(next.claim(key, "m", ttl).await.unwrap(), Claim::Busy);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // `slow` outlived its lease in a provider call; `next` took the message over.
+        assert_eq!(next.claim(key, "m", ttl).await.unwrap(), Claim::Claimed);
+        slow.release(key, "m").await.unwrap();
+        assert_eq!(third.claim(key, "m", ttl).await.unwrap(), Claim::Busy);
+        next.mark_sent(key, "m", ttl).await.unwrap();
+        slow.release(key, "m").await.unwrap();
+        assert_eq!(
+            third.claim(key, "m", ttl).await.unwrap(),
+            Claim::AlreadySent
+        );
     }
 }

@@ -135,7 +135,8 @@ impl DedupeStore for SqliteDedupe {
             .await
             .map_err(unavailable)?
         {
-            Some(current) if current.starts_with(&format!("{id}|")) => {
+            // Only this process's own claim (see the Redis script).
+            Some(current) if current.starts_with(&format!("{id}|sending|{}|", self.instance)) => {
                 self.store.delete_expiring(&key).await.map_err(unavailable)
             }
             _ => Ok(()),
@@ -266,6 +267,7 @@ impl LocalConsumer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dedupe::contract;
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -276,43 +278,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dedupe_has_the_redis_semantics() {
+    async fn dedupe_keeps_the_contract() {
         let (_dir, store) = store().await;
-        let lease = Duration::from_secs(60);
-        let one = SqliteDedupe::new(store.clone(), "one".into(), lease);
-        let two = SqliteDedupe::new(store.clone(), "two".into(), lease);
-        let ttl = Duration::from_secs(600);
-        assert_eq!(one.claim("k", "m1", ttl).await.unwrap(), Claim::Claimed);
-        // Another message with the same key is a duplicate of the first.
-        assert_eq!(
-            two.claim("k", "m2", ttl).await.unwrap(),
-            Claim::Duplicate { of: "m1".into() }
-        );
-        // The same message seen by another live instance waits; by its own owner, goes ahead.
-        assert_eq!(two.claim("k", "m1", ttl).await.unwrap(), Claim::Busy);
-        assert_eq!(one.claim("k", "m1", ttl).await.unwrap(), Claim::Claimed);
-        one.mark_sent("k", "m1", ttl).await.unwrap();
-        assert_eq!(two.claim("k", "m1", ttl).await.unwrap(), Claim::AlreadySent);
-        // Released keys free the content for a later send.
-        one.release("k", "m2").await.unwrap();
-        assert_eq!(
-            two.claim("k", "m2", ttl).await.unwrap(),
-            Claim::Duplicate { of: "m1".into() }
-        );
-        one.release("k", "m1").await.unwrap();
-        assert_eq!(two.claim("k", "m2", ttl).await.unwrap(), Claim::Claimed);
-    }
-
-    #[tokio::test]
-    async fn a_dead_instances_claim_lapses_after_the_lease() {
-        let (_dir, store) = store().await;
-        let gone = SqliteDedupe::new(store.clone(), "gone".into(), Duration::from_millis(50));
-        let next = SqliteDedupe::new(store.clone(), "next".into(), Duration::from_millis(50));
-        let ttl = Duration::from_secs(600);
-        assert_eq!(gone.claim("k", "m", ttl).await.unwrap(), Claim::Claimed);
-        assert_eq!(next.claim("k", "m", ttl).await.unwrap(), Claim::Busy);
-        tokio::time::sleep(Duration::from_millis(80)).await;
-        assert_eq!(next.claim("k", "m", ttl).await.unwrap(), Claim::Claimed);
+        let make = |instance: &str, lease| SqliteDedupe::new(store.clone(), instance.into(), lease);
+        contract::claims_follow_the_state_machine(&make, "k").await;
+        contract::a_lapsed_claim_is_taken_over_and_its_release_changes_nothing(&make, "lapsed")
+            .await;
     }
 
     #[tokio::test]

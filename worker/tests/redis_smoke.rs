@@ -1,7 +1,24 @@
-//! Smoke test: the real Redis from `scripts/infra up` honours `SET NX EX`, the primitive the
-//! dedupe store is built on.
+//! The real Redis from `scripts/infra up`: it honours `SET NX EX`, and the Redis dedupe store keeps
+//! the same contract as the in-process one (`ump_worker::dedupe::contract`).
 
 use ump_core::testing::{infra, unique_name};
+use ump_worker::dedupe::{RedisDedupe, contract};
+
+#[tokio::test]
+async fn the_redis_dedupe_keeps_the_contract() {
+    let url = infra().redis_url();
+    let client = redis::Client::open(url.as_str()).expect("Redis: client");
+    let conn = redis::aio::ConnectionManager::new(client)
+        .await
+        .unwrap_or_else(|e| panic!("Redis: connect: {e}"));
+    let make = |instance: &str, lease| RedisDedupe::new(conn.clone(), instance.into(), lease);
+    contract::claims_follow_the_state_machine(&make, &unique_name("ump-dedupe")).await;
+    contract::a_lapsed_claim_is_taken_over_and_its_release_changes_nothing(
+        &make,
+        &unique_name("ump-dedupe"),
+    )
+    .await;
+}
 
 #[tokio::test]
 async fn set_nx_ex_claims_a_key_once_with_a_ttl() {
