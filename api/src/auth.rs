@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use ump_core::keys::{ApiKeyStore, PresentedKey, StoredKey};
+use ump_core::keys::{ApiKeyStore, BOOTSTRAP_KEY_ID, PresentedKey, StoredKey};
 use ump_worker::local::LocalRateLimiter;
 use ump_worker::ratelimit::RateLimiter;
 
@@ -119,7 +119,25 @@ impl KeyCache {
             .filter(|k| !k.is_empty())
             .ok_or_else(Problem::unauthorized)?;
         let presented = PresentedKey::parse(key);
+        let mut tenant = self.verify(&presented, &presented.key_id).await?;
+        let mut key_id = presented.key_id.as_str();
+        // The bootstrap key may be any text, the shape of a generated key included
+        // (`ump_<id>_<secret>`): one that matches no stored key of its id may still be it.
+        if tenant.is_none() && key_id != BOOTSTRAP_KEY_ID {
+            key_id = BOOTSTRAP_KEY_ID;
+            tenant = self.verify(&presented, key_id).await?;
+        }
+        let tenant = tenant.ok_or_else(Problem::unauthorized)?;
+        self.take_rate(key_id).await?;
+        Ok(tenant)
+    }
 
+    /// The tenant of the stored key `key_id` when `presented` is that key and it is active.
+    async fn verify(
+        &self,
+        presented: &PresentedKey,
+        key_id: &str,
+    ) -> Result<Option<Tenant>, Problem> {
         // The usual case, answered under the read lock without copying the key record.
         let verdict = |stored: &StoredKey| {
             (stored.revoked_at.is_none() && presented.matches(&stored.hash))
@@ -129,18 +147,11 @@ impl KeyCache {
             .active
             .read()
             .ok()
-            .and_then(|m| m.get(&presented.key_id).map(verdict));
-        let tenant = match cached {
+            .and_then(|m| m.get(key_id).map(verdict));
+        Ok(match cached {
             Some(tenant) => tenant,
-            None => self
-                .lookup(&presented.key_id)
-                .await?
-                .as_ref()
-                .and_then(verdict),
-        };
-        let tenant = tenant.ok_or_else(Problem::unauthorized)?;
-        self.take_rate(&presented.key_id).await?;
-        Ok(tenant)
+            None => self.lookup(key_id).await?.as_ref().and_then(verdict),
+        })
     }
 
     /// Takes one request from `key_id`'s rate, or says how long to wait.

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use ump_core::amqp::{AmqpQueue, AmqpSettings};
 use ump_core::config::ChannelRegistry;
-use ump_core::keys::{ApiKeyStore, BOOTSTRAP_KEY_ID, DEFAULT_TENANT, MySqlKeys};
+use ump_core::keys::{
+    ApiKeyStore, BOOTSTRAP_KEY_ID, DEFAULT_TENANT, MySqlKeys, PresentedKey, check_bootstrap_key,
+};
 use ump_core::queue::{KafkaQueue, KafkaSettings, MessageQueue};
 use ump_core::store::{MySqlHistory, connect_mysql, migrate_mysql};
 
@@ -89,20 +91,54 @@ impl ClusterSettings {
     }
 }
 
-/// Stores `UMP_BOOTSTRAP_API_KEY` (when set) as the default tenant's key.
-pub async fn bootstrap_key(keys: &dyn ApiKeyStore) -> anyhow::Result<()> {
-    if let Ok(key) = std::env::var("UMP_BOOTSTRAP_API_KEY")
-        && !key.trim().is_empty()
+/// Stores `value`, the value of `UMP_BOOTSTRAP_API_KEY` (when set), as the default tenant's key.
+/// A value no client could present, or the text of another stored key, is refused here rather
+/// than answered 401 later.
+pub async fn bootstrap_key(
+    keys: &dyn ApiKeyStore,
+    value: Option<std::ffi::OsString>,
+) -> anyhow::Result<()> {
+    let Some(raw) = value else {
+        return Ok(());
+    };
+    let raw = raw.into_string().map_err(|_| {
+        anyhow::anyhow!("UMP_BOOTSTRAP_API_KEY is not valid text: no client could present it")
+    })?;
+    let key = check_bootstrap_key(&raw)
+        .map_err(|why| anyhow::anyhow!("UMP_BOOTSTRAP_API_KEY is refused: {why}"))?;
+    // The text of a generated key that is stored under its own id authenticates as that key:
+    // fine when it is the default tenant's, a trap when it is another tenant's or revoked.
+    let presented = PresentedKey::parse(key);
+    if presented.key_id != BOOTSTRAP_KEY_ID
+        && let Some(stored) = keys
+            .find(&presented.key_id)
+            .await
+            .context("reading API keys")?
+        && presented.matches(&stored.hash)
     {
-        keys.put(
-            BOOTSTRAP_KEY_ID,
-            DEFAULT_TENANT,
-            key.trim(),
-            "UMP_BOOTSTRAP_API_KEY",
-        )
-        .await
-        .context("storing the bootstrap API key")?;
+        if stored.revoked_at.is_some() {
+            anyhow::bail!(
+                "UMP_BOOTSTRAP_API_KEY is refused: it is the revoked key {}; give another key",
+                stored.key_id
+            );
+        }
+        if stored.tenant != DEFAULT_TENANT {
+            anyhow::bail!(
+                "UMP_BOOTSTRAP_API_KEY is refused: it is key {} of tenant {:?}, and the bootstrap \
+                 key belongs to tenant {DEFAULT_TENANT:?}; give another key",
+                stored.key_id,
+                stored.tenant
+            );
+        }
     }
+    keys.put(
+        BOOTSTRAP_KEY_ID,
+        DEFAULT_TENANT,
+        key,
+        "UMP_BOOTSTRAP_API_KEY",
+    )
+    .await
+    .context("storing the bootstrap API key")?;
     Ok(())
 }
 
@@ -133,7 +169,7 @@ pub async fn state(
     let pool = connect_mysql(&settings.mysql_url, 16).await?;
     migrate_mysql(&pool).await?;
     let keys = Arc::new(MySqlKeys::new(pool.clone()));
-    bootstrap_key(keys.as_ref()).await?;
+    bootstrap_key(keys.as_ref(), std::env::var_os("UMP_BOOTSTRAP_API_KEY")).await?;
     let key_cache = KeyCache::new(keys);
     key_cache.refresh().await.context("loading API keys")?;
     key_cache.spawn_refresh(crate::auth::REFRESH_EVERY);

@@ -2,8 +2,9 @@
 //! presented key is compared in constant time. Keys are 256-bit random, so a fast hash is
 //! enough: there is nothing to brute-force that a slow hash would protect.
 //!
-//! The bootstrap key (`UMP_BOOTSTRAP_API_KEY`) may be any string; it is stored under the key id
-//! `bootstrap`.
+//! The bootstrap key (`UMP_BOOTSTRAP_API_KEY`) may be any text an `Authorization` header can carry
+//! (`check_bootstrap_key`), the shape of a generated key included; it is stored under the key id
+//! `bootstrap`, and a presented key that matches no stored key of its own id is tried against it.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -52,6 +53,34 @@ impl PresentedKey {
     }
 }
 
+/// The longest bootstrap key accepted: far beyond any sensible secret, well within what every
+/// HTTP server and proxy passes in a header.
+pub const MAX_BOOTSTRAP_KEY_LEN: usize = 1024;
+
+/// The bootstrap key as it will be presented: `raw` without surrounding whitespace (a Secret
+/// written with `echo` ends in a newline). Refused, with the reason, when no client could ever
+/// present it: blank, longer than `MAX_BOOTSTRAP_KEY_LEN`, or with a character a header value
+/// cannot hold (controls, non-ASCII).
+pub fn check_bootstrap_key(raw: &str) -> Result<&str, String> {
+    let key = raw.trim();
+    if key.is_empty() {
+        return Err("it is set but blank: unset it, or give the key".into());
+    }
+    if key.len() > MAX_BOOTSTRAP_KEY_LEN {
+        return Err(format!(
+            "it is {} characters long; at most {MAX_BOOTSTRAP_KEY_LEN} are accepted",
+            key.len()
+        ));
+    }
+    if let Some(at) = key.find(|c: char| !(c == ' ' || c.is_ascii_graphic())) {
+        return Err(format!(
+            "character {} is not printable ASCII, so no Authorization header can carry it",
+            key[..at].chars().count() + 1
+        ));
+    }
+    Ok(key)
+}
+
 pub fn hash_key(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
@@ -82,6 +111,50 @@ pub struct StoredKey {
     pub description: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod bootstrap_tests {
+    use super::*;
+
+    #[test]
+    fn a_bootstrap_key_is_any_text_a_header_can_carry() {
+        assert_eq!(check_bootstrap_key("any-string-key"), Ok("any-string-key"));
+        let generated = "ump_bars_0123456789abcdef0123456789abcdef";
+        assert_eq!(check_bootstrap_key(generated), Ok(generated));
+        assert_eq!(check_bootstrap_key("  dev key\n"), Ok("dev key"));
+        let longest = "k".repeat(MAX_BOOTSTRAP_KEY_LEN);
+        assert_eq!(check_bootstrap_key(&longest), Ok(longest.as_str()));
+    }
+
+    #[test]
+    fn a_bootstrap_key_no_client_could_present_is_refused() {
+        for (raw, why) in [
+            ("", "blank"),
+            (" \t\n", "blank"),
+            ("열쇠", "character 1 is not printable ASCII"),
+            ("key\u{7f}x", "character 4 is not printable ASCII"),
+        ] {
+            let refused = check_bootstrap_key(raw).expect_err(raw);
+            assert!(refused.contains(why), "{raw:?}: {refused}");
+        }
+        let long = "k".repeat(MAX_BOOTSTRAP_KEY_LEN + 1);
+        assert!(
+            check_bootstrap_key(&long)
+                .unwrap_err()
+                .contains("1025 characters")
+        );
+    }
+
+    #[test]
+    fn a_generated_shape_names_its_key_id() {
+        let presented = PresentedKey::parse("ump_bars_0123456789abcdef0123456789abcdef");
+        assert_eq!(presented.key_id, "bars");
+        assert_eq!(
+            PresentedKey::parse("any-string-key").key_id,
+            BOOTSTRAP_KEY_ID
+        );
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
