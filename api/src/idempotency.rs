@@ -1,23 +1,38 @@
 //! `Idempotency-Key`: the same key with the same body within 24 h answers what the first request
 //! answered (same ids, nothing sent twice); with a different body it is a 422; while the first
-//! request is still in flight, a 409. The embedded mode keeps the same states in process.
+//! request is still in flight, a 409 with `Retry-After`.
+//!
+//! The first request with a key records, before it produces anything, the message ids it will
+//! use (its *plan*). A request that fails in a way that leaves its messages' fate unknown (the
+//! broker timed out: they may be durable after all) gives up its claim but keeps the plan, and so
+//! does one that dies or loses the store before it could say: its claim lapses after `IN_FLIGHT`.
+//! A retry then takes the plan over and produces the very same ids again, so whatever the first
+//! attempt left in the broker and whatever the retry adds are one message, which the worker
+//! delivers once (a message is never a duplicate of itself). A client that retries with the same
+//! key and body after a 503 or a 409 therefore always ends with the one answer of the one set of
+//! messages. The cluster mode keeps the states in Redis (one Lua script per step, so each is
+//! atomic), the all-in-one mode in its SQLite file; `contract` holds both to the same behaviour.
 
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 /// How long a completed request is remembered.
 pub const REMEMBER: Duration = Duration::from_secs(24 * 3600);
-/// How long an in-flight marker lives if its request dies before completing.
-pub const IN_FLIGHT: Duration = Duration::from_secs(60);
+/// How long a request's claim on its key holds off others: longer than an accept can take
+/// (the broker wait, `UMP_ACCEPT_TIMEOUT`, 5 s by default); the longest a client can see 409.
+/// Taking over a claim whose request is in fact still running is harmless: both produce the
+/// same ids.
+pub const IN_FLIGHT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, PartialEq)]
 pub enum Begin {
-    /// First time: go ahead, then `complete` or `abandon`.
-    New,
+    /// Go ahead with these message ids (the plan: this request's own, or that of an earlier
+    /// attempt whose outcome is unknown), then `complete`, `release` or `abandon`.
+    Go(String),
     /// Done before with the same body: here is the response it got.
     Replay(String),
-    /// Still being processed.
-    InFlight,
+    /// Another request with this key is being processed; try again after this long.
+    InFlight(Duration),
     /// Used before with another body.
     Mismatch,
 }
@@ -28,11 +43,13 @@ pub struct StoreUnavailable(pub String);
 
 #[async_trait::async_trait]
 pub trait IdempotencyStore: Send + Sync {
+    /// Claims `key` for a request with `body_hash` that would use the ids of `plan`.
     async fn begin(
         &self,
         scope: &str,
         key: &str,
         body_hash: &str,
+        plan: &str,
     ) -> Result<Begin, StoreUnavailable>;
     /// Remembers `response` (the JSON body answered) for replays.
     async fn complete(
@@ -42,7 +59,16 @@ pub trait IdempotencyStore: Send + Sync {
         body_hash: &str,
         response: &str,
     ) -> Result<(), StoreUnavailable>;
-    /// Forgets an in-flight key whose request failed, so a retry can go ahead.
+    /// Ends the claim of a request whose messages may or may not be durable (a 503): the next
+    /// request with the key goes ahead at once, with the same plan.
+    async fn release(
+        &self,
+        scope: &str,
+        key: &str,
+        body_hash: &str,
+    ) -> Result<(), StoreUnavailable>;
+    /// Forgets a key whose request certainly produced nothing (refused outright), so it can be
+    /// used again, with any body.
     async fn abandon(&self, scope: &str, key: &str) -> Result<(), StoreUnavailable>;
 }
 
@@ -50,8 +76,10 @@ pub fn body_hash(body: &[u8]) -> String {
     hex::encode(Sha256::digest(body))
 }
 
-/// The stored value: `p:<hash>` while in flight, `d:<hash>:<response>` once done.
-fn redis_key(scope: &str, key: &str) -> String {
+/// Where a key's state lives, and its stored values:
+/// `p:<hash>:<claimed until, ms since the epoch>:<plan>` while claimed (or after a release, with
+/// 0), `d:<hash>:<response>` once done.
+fn storage_key(scope: &str, key: &str) -> String {
     // Hash the client's key: it may be long or contain anything.
     format!(
         "ump:idem:{scope}:{}",
@@ -59,22 +87,89 @@ fn redis_key(scope: &str, key: &str) -> String {
     )
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The states as a pure function, for the SQLite store (the Redis scripts below are the same
+/// rules): what `begin` answers for the value `stored` at `now_ms`, and the value to store then.
+fn begin_state(
+    stored: Option<&str>,
+    hash: &str,
+    plan: &str,
+    now_ms: u64,
+) -> (Begin, Option<String>) {
+    let claim = |plan: &str| format!("p:{hash}:{}:{plan}", now_ms + millis(IN_FLIGHT));
+    let Some(value) = stored else {
+        return (Begin::Go(plan.to_owned()), Some(claim(plan)));
+    };
+    let (state, rest) = value.split_at(2.min(value.len()));
+    let Some(after) = rest.strip_prefix(hash) else {
+        return (Begin::Mismatch, None);
+    };
+    // A claim of the earlier format (no time, no plan).
+    if state == "p:" && after.is_empty() {
+        return (Begin::Go(plan.to_owned()), Some(claim(plan)));
+    }
+    let Some(rest) = after.strip_prefix(':') else {
+        return (Begin::Mismatch, None);
+    };
+    if state == "d:" {
+        return (Begin::Replay(rest.to_owned()), None);
+    }
+    match rest.split_once(':') {
+        Some((until, earlier)) => match until.parse::<u64>() {
+            Ok(until) if now_ms < until => {
+                (Begin::InFlight(Duration::from_millis(until - now_ms)), None)
+            }
+            _ => (Begin::Go(earlier.to_owned()), Some(claim(earlier))),
+        },
+        None => (Begin::Go(plan.to_owned()), Some(claim(plan))),
+    }
+}
+
+/// What `release` stores in place of `stored`, if anything.
+fn released(stored: Option<&str>, hash: &str) -> Option<String> {
+    let rest = stored?.strip_prefix("p:")?.strip_prefix(hash)?;
+    let (_, plan) = rest.strip_prefix(':')?.split_once(':')?;
+    Some(format!("p:{hash}:0:{plan}"))
+}
+
 const BEGIN_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local hash, plan = ARGV[1], ARGV[2]
+local claim_end = now + tonumber(ARGV[3])
 local v = redis.call('GET', KEYS[1])
-if not v then
-  redis.call('SET', KEYS[1], 'p:' .. ARGV[1], 'EX', ARGV[2])
-  return 'new'
+-- None yet, or a claim of the earlier format (no time, no plan): go ahead with this plan.
+if not v or v == 'p:' .. hash then
+  redis.call('SET', KEYS[1], 'p:' .. hash .. ':' .. claim_end .. ':' .. plan, 'EX', ARGV[4])
+  return 'go:' .. plan
 end
-local state = string.sub(v, 1, 1)
-local hash = string.sub(v, 3, 2 + string.len(ARGV[1]))
-if hash ~= ARGV[1] then return 'mismatch' end
-if state == 'p' then return 'inflight' end
-return 'd:' .. string.sub(v, 4 + string.len(ARGV[1]))
+if string.sub(v, 3, 3 + string.len(hash)) ~= hash .. ':' then return 'mismatch' end
+local rest = string.sub(v, 4 + string.len(hash))
+if string.sub(v, 1, 2) == 'd:' then return 'd:' .. rest end
+local claimed, earlier = string.match(rest, '^(%d+):(.*)$')
+if claimed and now < tonumber(claimed) then return 'wait:' .. (tonumber(claimed) - now) end
+plan = earlier or plan
+redis.call('SET', KEYS[1], 'p:' .. hash .. ':' .. claim_end .. ':' .. plan, 'KEEPTTL')
+return 'go:' .. plan
+"#;
+
+const RELEASE_SCRIPT: &str = r#"
+local v = redis.call('GET', KEYS[1])
+local prefix = 'p:' .. ARGV[1] .. ':'
+if not v or string.sub(v, 1, string.len(prefix)) ~= prefix then return 0 end
+local plan = string.match(string.sub(v, string.len(prefix) + 1), '^%d+:(.*)$')
+if not plan then return 0 end
+redis.call('SET', KEYS[1], prefix .. '0:' .. plan, 'KEEPTTL')
+return 1
 "#;
 
 pub struct RedisIdempotency {
     conn: redis::aio::ConnectionManager,
     begin: redis::Script,
+    release: redis::Script,
 }
 
 impl RedisIdempotency {
@@ -82,6 +177,7 @@ impl RedisIdempotency {
         Self {
             conn,
             begin: redis::Script::new(BEGIN_SCRIPT),
+            release: redis::Script::new(RELEASE_SCRIPT),
         }
     }
 }
@@ -97,21 +193,27 @@ impl IdempotencyStore for RedisIdempotency {
         scope: &str,
         key: &str,
         body_hash: &str,
+        plan: &str,
     ) -> Result<Begin, StoreUnavailable> {
         let mut conn = self.conn.clone();
         let answer: String = self
             .begin
-            .key(redis_key(scope, key))
+            .key(storage_key(scope, key))
             .arg(body_hash)
-            .arg(IN_FLIGHT.as_secs())
+            .arg(plan)
+            .arg(millis(IN_FLIGHT))
+            .arg(REMEMBER.as_secs())
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(match answer.as_str() {
-            "new" => Begin::New,
-            "inflight" => Begin::InFlight,
-            "mismatch" => Begin::Mismatch,
-            done => Begin::Replay(done.strip_prefix("d:").unwrap_or(done).to_owned()),
+        Ok(if let Some(plan) = answer.strip_prefix("go:") {
+            Begin::Go(plan.to_owned())
+        } else if let Some(wait) = answer.strip_prefix("wait:") {
+            Begin::InFlight(Duration::from_millis(wait.parse().unwrap_or(0)))
+        } else if let Some(response) = answer.strip_prefix("d:") {
+            Begin::Replay(response.to_owned())
+        } else {
+            Begin::Mismatch
         })
     }
 
@@ -124,7 +226,7 @@ impl IdempotencyStore for RedisIdempotency {
     ) -> Result<(), StoreUnavailable> {
         let mut conn = self.conn.clone();
         redis::cmd("SET")
-            .arg(redis_key(scope, key))
+            .arg(storage_key(scope, key))
             .arg(format!("d:{body_hash}:{response}"))
             .arg("EX")
             .arg(REMEMBER.as_secs())
@@ -133,20 +235,36 @@ impl IdempotencyStore for RedisIdempotency {
             .map_err(unavailable)
     }
 
+    async fn release(
+        &self,
+        scope: &str,
+        key: &str,
+        body_hash: &str,
+    ) -> Result<(), StoreUnavailable> {
+        let mut conn = self.conn.clone();
+        self.release
+            .key(storage_key(scope, key))
+            .arg(body_hash)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
     async fn abandon(&self, scope: &str, key: &str) -> Result<(), StoreUnavailable> {
         let mut conn = self.conn.clone();
         redis::cmd("DEL")
-            .arg(redis_key(scope, key))
+            .arg(storage_key(scope, key))
             .query_async::<()>(&mut conn)
             .await
             .map_err(unavailable)
     }
 }
 
-/// The embedded mode's store: the same states, in the SQLite file (`expiring_keys`).
+/// The all-in-one mode's store: the same states, in the SQLite file (`expiring_keys`).
 pub struct SqliteIdempotency {
     store: ump_core::sqlite::SqliteStore,
-    /// One process owns the file; this makes `begin`'s read-then-write atomic within it.
+    /// One process owns the file; this makes each read-then-write atomic within it.
     lock: tokio::sync::Mutex<()>,
 }
 
@@ -174,29 +292,33 @@ impl IdempotencyStore for SqliteIdempotency {
         scope: &str,
         key: &str,
         body_hash: &str,
+        plan: &str,
     ) -> Result<Begin, StoreUnavailable> {
-        let key = redis_key(scope, key);
+        let key = storage_key(scope, key);
         let _guard = self.lock.lock().await;
+        let now = chrono::Utc::now();
         let stored = self
             .store
-            .get_expiring(&key, chrono::Utc::now())
+            .get_expiring(&key, now)
             .await
             .map_err(sqlite_unavailable)?;
-        let Some(value) = stored else {
-            self.store
-                .put_expiring(&key, &format!("p:{body_hash}"), expiry(IN_FLIGHT))
+        let now_ms = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+        let (answer, write) = begin_state(stored.as_deref(), body_hash, plan, now_ms);
+        match (write, stored) {
+            (Some(value), None) => self
+                .store
+                .put_expiring(&key, &value, expiry(REMEMBER))
                 .await
-                .map_err(sqlite_unavailable)?;
-            return Ok(Begin::New);
-        };
-        let (state, rest) = value.split_at(2.min(value.len()));
-        let Some(rest) = rest.strip_prefix(body_hash) else {
-            return Ok(Begin::Mismatch);
-        };
-        Ok(match state {
-            "p:" => Begin::InFlight,
-            _ => Begin::Replay(rest.strip_prefix(':').unwrap_or(rest).to_owned()),
-        })
+                .map_err(sqlite_unavailable)?,
+            (Some(value), Some(_)) => {
+                self.store
+                    .replace_expiring(&key, &value)
+                    .await
+                    .map_err(sqlite_unavailable)?;
+            }
+            (None, _) => {}
+        }
+        Ok(answer)
     }
 
     async fn complete(
@@ -206,9 +328,10 @@ impl IdempotencyStore for SqliteIdempotency {
         body_hash: &str,
         response: &str,
     ) -> Result<(), StoreUnavailable> {
+        let _guard = self.lock.lock().await;
         self.store
             .put_expiring(
-                &redis_key(scope, key),
+                &storage_key(scope, key),
                 &format!("d:{body_hash}:{response}"),
                 expiry(REMEMBER),
             )
@@ -216,11 +339,151 @@ impl IdempotencyStore for SqliteIdempotency {
             .map_err(sqlite_unavailable)
     }
 
+    async fn release(
+        &self,
+        scope: &str,
+        key: &str,
+        body_hash: &str,
+    ) -> Result<(), StoreUnavailable> {
+        let key = storage_key(scope, key);
+        let _guard = self.lock.lock().await;
+        let stored = self
+            .store
+            .get_expiring(&key, chrono::Utc::now())
+            .await
+            .map_err(sqlite_unavailable)?;
+        if let Some(value) = released(stored.as_deref(), body_hash) {
+            self.store
+                .replace_expiring(&key, &value)
+                .await
+                .map_err(sqlite_unavailable)?;
+        }
+        Ok(())
+    }
+
     async fn abandon(&self, scope: &str, key: &str) -> Result<(), StoreUnavailable> {
+        let _guard = self.lock.lock().await;
         self.store
-            .delete_expiring(&redis_key(scope, key))
+            .delete_expiring(&storage_key(scope, key))
             .await
             .map_err(sqlite_unavailable)
+    }
+}
+
+/// The behaviour every `IdempotencyStore` must have, run against SQLite (below) and Redis
+/// (`tests/idempotency_store.rs`). `scope` must be fresh for the run.
+#[doc(hidden)]
+pub mod contract {
+    use super::{Begin, IN_FLIGHT, IdempotencyStore, body_hash};
+
+    pub async fn keys_walk_the_states(store: &dyn IdempotencyStore, scope: &str) {
+        let body = body_hash(br#"{"channel":"sms"}"#);
+        let other = body_hash(br#"{"channel":"email"}"#);
+        let begin = |key: &'static str, hash: String, plan: &'static str| async move {
+            store.begin(scope, key, &hash, plan).await.expect("begin")
+        };
+
+        assert_eq!(
+            begin("order-1", body.clone(), "id-1").await,
+            Begin::Go("id-1".into())
+        );
+        match begin("order-1", body.clone(), "id-2").await {
+            Begin::InFlight(wait) => assert!(wait <= IN_FLIGHT && !wait.is_zero(), "{wait:?}"),
+            other => panic!("a second request while the first runs: {other:?}"),
+        }
+        assert_eq!(
+            begin("order-1", other.clone(), "id-3").await,
+            Begin::Mismatch
+        );
+
+        let answer = r#"{"id":"id-1","status":"accepted"}"#;
+        store
+            .complete(scope, "order-1", &body, answer)
+            .await
+            .expect("complete");
+        assert_eq!(
+            begin("order-1", body.clone(), "id-4").await,
+            Begin::Replay(answer.to_owned())
+        );
+        assert_eq!(
+            begin("order-1", other.clone(), "id-5").await,
+            Begin::Mismatch
+        );
+
+        // Keys are per scope (tenant).
+        let stranger = format!("{scope}-other");
+        assert_eq!(
+            store
+                .begin(&stranger, "order-1", &body, "id-6")
+                .await
+                .expect("begin"),
+            Begin::Go("id-6".into())
+        );
+
+        // A request refused outright gives its key back, for any body.
+        assert_eq!(
+            begin("order-2", body.clone(), "id-7").await,
+            Begin::Go("id-7".into())
+        );
+        store.abandon(scope, "order-2").await.expect("abandon");
+        assert_eq!(
+            begin("order-2", other.clone(), "id-8").await,
+            Begin::Go("id-8".into())
+        );
+
+        // A request whose outcome is unknown (503) hands its plan to the next one at once.
+        assert_eq!(
+            begin("order-3", body.clone(), "id-9").await,
+            Begin::Go("id-9".into())
+        );
+        store
+            .release(scope, "order-3", &other)
+            .await
+            .expect("release, another body");
+        assert!(matches!(
+            begin("order-3", body.clone(), "id-10").await,
+            Begin::InFlight(_)
+        ));
+        store
+            .release(scope, "order-3", &body)
+            .await
+            .expect("release");
+        assert_eq!(
+            begin("order-3", body.clone(), "id-11").await,
+            Begin::Go("id-9".into())
+        );
+        assert!(matches!(
+            begin("order-3", body.clone(), "id-12").await,
+            Begin::InFlight(_)
+        ));
+        assert_eq!(
+            begin("order-3", other.clone(), "id-13").await,
+            Begin::Mismatch
+        );
+    }
+
+    /// A request that died (or lost the store) without saying how it ended: after `IN_FLIGHT`
+    /// the next request takes its plan over.
+    pub async fn a_lapsed_claim_is_taken_over_with_its_plan(
+        store: &dyn IdempotencyStore,
+        scope: &str,
+    ) {
+        let body = body_hash(b"{}");
+        assert_eq!(
+            store
+                .begin(scope, "k", &body, "first")
+                .await
+                .expect("begin"),
+            Begin::Go("first".into())
+        );
+        tokio::time::sleep(IN_FLIGHT + std::time::Duration::from_millis(100)).await;
+        assert_eq!(
+            store
+                .begin(scope, "k", &body, "second")
+                .await
+                .expect("begin"),
+            Begin::Go("first".into())
+        );
     }
 }
 
@@ -228,30 +491,52 @@ impl IdempotencyStore for SqliteIdempotency {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn the_sqlite_store_walks_the_same_states_as_redis() {
+    async fn sqlite() -> (tempfile::TempDir, SqliteIdempotency) {
         let dir = tempfile::tempdir().unwrap();
         let store = ump_core::sqlite::SqliteStore::open(&dir.path().join("ump.db"))
             .await
             .unwrap();
-        let idem = SqliteIdempotency::new(store);
-        let hash = body_hash(b"{}");
-        assert_eq!(idem.begin("t", "k", &hash).await.unwrap(), Begin::New);
-        assert_eq!(idem.begin("t", "k", &hash).await.unwrap(), Begin::InFlight);
+        (dir, SqliteIdempotency::new(store))
+    }
+
+    #[tokio::test]
+    async fn the_sqlite_store_keeps_the_contract() {
+        let (_dir, store) = sqlite().await;
+        contract::keys_walk_the_states(&store, "t").await;
+        contract::a_lapsed_claim_is_taken_over_with_its_plan(&store, "t").await;
+    }
+
+    #[test]
+    fn the_states_at_a_given_time() {
+        let hash = "h";
+        let (go, stored) = begin_state(None, hash, "a", 1_000);
+        assert_eq!(go, Begin::Go("a".into()));
+        let stored = stored.expect("claimed");
+        assert_eq!(stored, format!("p:h:{}:a", 1_000 + millis(IN_FLIGHT)));
         assert_eq!(
-            idem.begin("t", "k", &body_hash(b"[]")).await.unwrap(),
+            begin_state(Some(&stored), hash, "b", 1_500).0,
+            Begin::InFlight(IN_FLIGHT - Duration::from_millis(500))
+        );
+        let lapsed = 1_000 + millis(IN_FLIGHT);
+        assert_eq!(
+            begin_state(Some(&stored), hash, "b", lapsed).0,
+            Begin::Go("a".into())
+        );
+        assert_eq!(
+            begin_state(Some(&stored), "g", "b", 1_500).0,
             Begin::Mismatch
         );
-        idem.complete("t", "k", &hash, r#"{"id":"x"}"#)
-            .await
-            .unwrap();
+        // A marker of the earlier format (no time, no plan) is taken over with the new plan.
         assert_eq!(
-            idem.begin("t", "k", &hash).await.unwrap(),
-            Begin::Replay(r#"{"id":"x"}"#.to_owned())
+            begin_state(Some("p:h"), hash, "b", 1_500).0,
+            Begin::Go("b".into())
         );
-        // Scopes (tenants) never see each other's keys.
-        assert_eq!(idem.begin("u", "k", &hash).await.unwrap(), Begin::New);
-        idem.abandon("u", "k").await.unwrap();
-        assert_eq!(idem.begin("u", "k", &hash).await.unwrap(), Begin::New);
+        assert_eq!(
+            begin_state(Some("d:h:{}"), hash, "b", 1_500).0,
+            Begin::Replay("{}".into())
+        );
+        assert_eq!(released(Some(&stored), hash), Some("p:h:0:a".into()));
+        assert_eq!(released(Some("d:h:{}"), hash), None);
+        assert_eq!(released(Some(&stored), "g"), None);
     }
 }

@@ -137,13 +137,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
 }
 
 fn envelope(
+    id: MessageId,
     tenant: &Tenant,
     valid: ValidSend,
     idempotency_key: Option<String>,
     now: DateTime<Utc>,
 ) -> (Envelope, std::sync::Arc<ump_core::config::ResolvedChannel>) {
     let envelope = Envelope {
-        id: MessageId::new(),
+        id,
         tenant: tenant.0.clone(),
         channel: valid.channel.name(),
         to: valid.to,
@@ -211,40 +212,48 @@ impl AppState {
     }
 
     /// Runs `work` under the request's Idempotency-Key (if any): replays, conflicts, and
-    /// remembering the answer.
+    /// remembering the answer. `work` gets the ids of the `count` messages the request may make:
+    /// fresh ones, or those of an earlier attempt with the key whose outcome is unknown (see
+    /// `crate::idempotency`), so that a retry can never make a second set of messages.
     async fn idempotent<F, Fut>(
         &self,
         tenant: &Tenant,
         key: Option<&str>,
         body: &[u8],
+        count: usize,
         work: F,
     ) -> Result<(StatusCode, String), Problem>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(Vec<MessageId>) -> Fut,
         Fut: std::future::Future<Output = Result<(StatusCode, String), Problem>>,
     {
-        let Some(key) = key else { return work().await };
+        let fresh: Vec<MessageId> = (0..count).map(|_| MessageId::new()).collect();
+        let Some(key) = key else {
+            return work(fresh).await;
+        };
         let hash = body_hash(body);
         let unavailable = |e: crate::idempotency::StoreUnavailable| {
             tracing::warn!(error = %e, "idempotency store unavailable");
             Problem::unavailable("the idempotency store is unavailable", RETRY_AFTER_SECONDS)
         };
-        match self
+        let plan = match self
             .idempotency
-            .begin(&tenant.0, key, &hash)
+            .begin(&tenant.0, key, &hash, &encode_plan(&fresh))
             .await
             .map_err(unavailable)?
         {
-            Begin::New => {}
+            Begin::Go(plan) => plan,
             Begin::Replay(response) => return Ok((StatusCode::ACCEPTED, response)),
-            Begin::InFlight => {
+            Begin::InFlight(wait) => {
                 self.metrics.rejected.with_label_values(&["conflict"]).inc();
-                return Err(Problem::new(
+                let mut problem = Problem::new(
                     StatusCode::CONFLICT,
                     "idempotency-in-flight",
                     "A request with this Idempotency-Key is still in progress",
-                    "retry once it has completed",
-                ));
+                    "retry after the time in Retry-After, with the same key and body",
+                );
+                problem.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+                return Err(problem);
             }
             Begin::Mismatch => {
                 self.metrics.rejected.with_label_values(&["conflict"]).inc();
@@ -257,11 +266,15 @@ impl AppState {
                 problem.field = Some("Idempotency-Key".into());
                 return Err(problem);
             }
-        }
-        match work().await {
+        };
+        // The same body makes the same number of messages; a plan that does not fit (a store
+        // written by hand) is not trusted.
+        let ids = decode_plan(&plan, count).unwrap_or(fresh);
+        match work(ids).await {
             Ok((status, response)) if status == StatusCode::ACCEPTED => {
-                // The messages are durable already; failing to remember the answer only loses
-                // replay protection for this key, so it must not turn the 202 into an error.
+                // The messages are durable already; failing to remember the answer only means a
+                // retry produces the same ids again (delivered once), so it must not turn the
+                // 202 into an error.
                 if let Err(e) = self
                     .idempotency
                     .complete(&tenant.0, key, &hash, &response)
@@ -271,6 +284,14 @@ impl AppState {
                 }
                 Ok((status, response))
             }
+            // The broker may have taken the messages after all: the next attempt uses the same
+            // ids, at once.
+            Err(problem) if problem.status == 503 => {
+                if let Err(e) = self.idempotency.release(&tenant.0, key, &hash).await {
+                    tracing::warn!(error = %e, "could not release an Idempotency-Key; a retry waits for its claim to lapse");
+                }
+                Err(problem)
+            }
             other => {
                 if let Err(e) = self.idempotency.abandon(&tenant.0, key).await {
                     tracing::warn!(error = %e, "could not release an Idempotency-Key");
@@ -279,6 +300,23 @@ impl AppState {
             }
         }
     }
+}
+
+/// A request's message ids as the idempotency store keeps them.
+fn encode_plan(ids: &[MessageId]) -> String {
+    ids.iter()
+        .map(|id| id.0.simple().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn decode_plan(plan: &str, count: usize) -> Option<Vec<MessageId>> {
+    let ids = plan
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| uuid::Uuid::try_parse(s).ok().map(MessageId))
+        .collect::<Option<Vec<_>>>()?;
+    (ids.len() == count).then_some(ids)
 }
 
 fn json_response(status: StatusCode, body: String, location: Option<&str>) -> Response {
@@ -336,8 +374,11 @@ pub async fn send_message(State(app): State<AppState>, headers: HeaderMap, body:
         let now = Utc::now();
         let registry = app.registry.load();
         let valid = validate(&value, &registry, "", now).map_err(Problem::validation)?;
-        app.idempotent(&tenant, key.as_deref(), &bytes, || async {
-            let (envelope, channel) = envelope(&tenant, valid, key.clone(), now);
+        let (app_ref, tenant_ref, key_ref) = (&app, &tenant, &key);
+        app.idempotent(&tenant, key.as_deref(), &bytes, 1, |ids| async move {
+            let (app, tenant, key) = (app_ref, tenant_ref, key_ref);
+            let id = ids.first().copied().unwrap_or_default();
+            let (envelope, channel) = envelope(id, tenant, valid, key.clone(), now);
             app.enqueue(&channel, &envelope).await?;
             let accepted = Accepted {
                 id: envelope.id,
@@ -396,65 +437,76 @@ pub async fn send_batch(State(app): State<AppState>, headers: HeaderMap, body: B
         app.metrics.batch_size.observe(items.len() as f64);
         let now = Utc::now();
         let registry = app.registry.load();
-        app.idempotent(&tenant, key.as_deref(), &bytes, || async {
-            let mut results: Vec<Option<BatchResult>> = Vec::with_capacity(items.len());
-            let mut pending = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                match validate(item, &registry, &format!("messages[{i}]."), now) {
-                    Ok(valid) => {
-                        let item_key = key.as_ref().map(|k| format!("{k}#{i}"));
-                        pending.push((i, envelope(&tenant, valid, item_key, now)));
-                        results.push(None);
-                    }
-                    Err(errors) => {
-                        app.metrics
-                            .rejected
-                            .with_label_values(&["validation"])
-                            .inc();
-                        results.push(Some(BatchResult::Error {
-                            error: Problem::validation(errors),
-                        }));
+        let (app_ref, tenant_ref, key_ref, items_ref) = (&app, &tenant, &key, &items);
+        let registry_ref = &registry;
+        app.idempotent(
+            &tenant,
+            key.as_deref(),
+            &bytes,
+            items.len(),
+            |ids| async move {
+                let (app, tenant, key, items) = (app_ref, tenant_ref, key_ref, items_ref);
+                let registry = registry_ref;
+                let mut results: Vec<Option<BatchResult>> = Vec::with_capacity(items.len());
+                let mut pending = Vec::new();
+                for ((i, item), id) in items.iter().enumerate().zip(ids) {
+                    match validate(item, registry, &format!("messages[{i}]."), now) {
+                        Ok(valid) => {
+                            let item_key = key.as_ref().map(|k| format!("{k}#{i}"));
+                            pending.push((i, envelope(id, tenant, valid, item_key, now)));
+                            results.push(None);
+                        }
+                        Err(errors) => {
+                            app.metrics
+                                .rejected
+                                .with_label_values(&["validation"])
+                                .inc();
+                            results.push(Some(BatchResult::Error {
+                                error: Problem::validation(errors),
+                            }));
+                        }
                     }
                 }
-            }
-            let outcomes = futures::future::join_all(
-                pending
-                    .iter()
-                    .map(|(_, (envelope, channel))| app.enqueue(channel, envelope)),
-            )
-            .await;
-            let (mut accepted, mut unavailable) = (0usize, 0usize);
-            for ((i, (envelope, _)), outcome) in pending.iter().zip(outcomes) {
-                results[*i] = Some(match outcome {
-                    Ok(()) => {
-                        accepted += 1;
-                        BatchResult::Accepted(Accepted {
-                            id: envelope.id,
-                            status: "accepted",
-                        })
-                    }
-                    Err(problem) => {
-                        if problem.status == 503 {
-                            unavailable += 1;
+                let outcomes = futures::future::join_all(
+                    pending
+                        .iter()
+                        .map(|(_, (envelope, channel))| app.enqueue(channel, envelope)),
+                )
+                .await;
+                let (mut accepted, mut unavailable) = (0usize, 0usize);
+                for ((i, (envelope, _)), outcome) in pending.iter().zip(outcomes) {
+                    results[*i] = Some(match outcome {
+                        Ok(()) => {
+                            accepted += 1;
+                            BatchResult::Accepted(Accepted {
+                                id: envelope.id,
+                                status: "accepted",
+                            })
                         }
-                        BatchResult::Error { error: problem }
-                    }
-                });
-            }
-            if accepted == 0 && unavailable > 0 {
-                return Err(Problem::unavailable(
-                    "the message broker is unavailable",
-                    RETRY_AFTER_SECONDS,
-                ));
-            }
-            let response = BatchResponse {
-                results: results.into_iter().flatten().collect(),
-            };
-            Ok((
-                StatusCode::ACCEPTED,
-                serde_json::to_string(&response).map_err(|e| Problem::internal(e.to_string()))?,
-            ))
-        })
+                        Err(problem) => {
+                            if problem.status == 503 {
+                                unavailable += 1;
+                            }
+                            BatchResult::Error { error: problem }
+                        }
+                    });
+                }
+                if accepted == 0 && unavailable > 0 {
+                    return Err(Problem::unavailable(
+                        "the message broker is unavailable",
+                        RETRY_AFTER_SECONDS,
+                    ));
+                }
+                let response = BatchResponse {
+                    results: results.into_iter().flatten().collect(),
+                };
+                Ok((
+                    StatusCode::ACCEPTED,
+                    serde_json::to_string(&response)
+                        .map_err(|e| Problem::internal(e.to_string()))?,
+                ))
+            },
+        )
         .await
     }
     .await;

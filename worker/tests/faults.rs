@@ -62,14 +62,22 @@ async fn kafka_restart_gets_503s_never_a_false_202_and_loses_nothing() {
     let tally = stack
         .settle(&sent, Duration::from_secs(120), || stack.outbox_texts())
         .await;
-    // A send answered 503 may still have reached Kafka: its retry is then recorded as its
-    // duplicate (same Idempotency-Key) and not sent again.
-    let caught = stack
+    // A send answered 503 may still have reached Kafka: its retry (same Idempotency-Key) reuses
+    // the same message id, so the two records are one message, delivered once. Records beyond
+    // the accepted messages are such second copies (or parkings republished by the scheduler).
+    let copies = usize::try_from(stack.enqueued())
+        .unwrap_or(0)
+        .saturating_sub(tally.accepted);
+    let recorded_duplicates = stack
         .statuses()
         .await
         .values()
         .filter(|s| *s == "duplicate")
         .count();
+    assert_eq!(
+        recorded_duplicates, 0,
+        "a retry made a second message instead of reusing the first one's id"
+    );
     tally.record(
         "kafka-restart",
         &format!(
@@ -77,9 +85,11 @@ async fn kafka_restart_gets_503s_never_a_false_202_and_loses_nothing() {
             down.as_secs_f64()
         ),
         &format!(
-            "{} answers were 503, each retried with its Idempotency-Key; {caught} of the 503s \
-             had reached Kafka after all and their retries were recorded as duplicates, not \
-             sent; every 202 is in the history",
+            "{} answers were 503, each retried after its Retry-After with the same \
+             Idempotency-Key, which reuses the message id; Kafka holds {copies} records beyond \
+             the accepted messages (503s that had reached it after all, delivered once as the \
+             same message as their retries); no retry made a second message; every 202 is in \
+             the history",
             tally.unavailable
         ),
     );
@@ -150,9 +160,11 @@ async fn redis_stop_pauses_delivery_and_loses_nothing() {
         ),
         &format!(
             "delivery paused (0 provider calls in 8 s); {} sends without an Idempotency-Key \
-             accepted meanwhile; {} answers were 503 (sends with one), each retried",
+             accepted meanwhile; {} answers were 503 and {} were 409 (sends with one, whose \
+             claim was cut off by the stop), each retried after its Retry-After",
             accepted_after - accepted_before,
-            tally.unavailable
+            tally.unavailable,
+            tally.conflicts
         ),
     );
     stack.finish().await;

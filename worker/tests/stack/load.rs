@@ -1,6 +1,7 @@
-//! A client that keeps sending while a test breaks something, the way a careful user's client
-//! does: one message after another at a steady pace, a few in flight, each 503 retried after a
-//! pause with the same Idempotency-Key (when it has one). Every message has a text of its own, so
+//! A client that keeps sending while a test breaks something, the way the README tells clients
+//! to: one message after another at a steady pace, a few in flight, each 503 and 409 retried after
+//! its `Retry-After` with the same Idempotency-Key (when it has one). It counts each documented
+//! answer rather than failing on it. Every message has a text of its own, so
 //! what reached a provider can be counted per message whatever the ids of its retries were.
 
 use super::Stack;
@@ -53,6 +54,8 @@ pub struct Sent {
     pub accepted: HashMap<usize, String>,
     /// Answers that were 503 (each retried).
     pub unavailable: usize,
+    /// Answers that were 409, the key's earlier request still in flight (each retried).
+    pub conflicts: usize,
     /// The text of message `i` is `texts[i]`.
     pub texts: Vec<String>,
 }
@@ -60,6 +63,7 @@ pub struct Sent {
 /// The running client: 503s are counted live, the result comes from `finish`.
 pub struct Client {
     unavailable: Arc<AtomicUsize>,
+    conflicts: Arc<AtomicUsize>,
     accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<Sent>,
 }
@@ -68,6 +72,11 @@ impl Client {
     /// 503 answers so far.
     pub fn unavailable(&self) -> usize {
         self.unavailable.load(Ordering::Relaxed)
+    }
+
+    /// 409 answers so far.
+    pub fn conflicts(&self) -> usize {
+        self.conflicts.load(Ordering::Relaxed)
     }
 
     /// Messages accepted so far.
@@ -89,6 +98,7 @@ impl Stack {
     /// Starts sending `load` in the background.
     pub fn start_load(&self, load: Load) -> Client {
         let unavailable = Arc::new(AtomicUsize::new(0));
+        let conflicts = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::new(AtomicUsize::new(0));
         let http = self.http.clone();
         let url = format!("{}/v1/messages", self.api);
@@ -96,6 +106,7 @@ impl Stack {
         let run = self.namespace.clone();
         let task = tokio::spawn({
             let unavailable = Arc::clone(&unavailable);
+            let conflicts = Arc::clone(&conflicts);
             let accepted = Arc::clone(&accepted);
             async move {
                 let texts: Vec<String> = (0..load.messages)
@@ -114,7 +125,11 @@ impl Stack {
                                       "body": body_text, "priority": load.priority});
                     let idempotency = (load.keyed)(i).then(|| format!("{run}-{}-{i}", load.name));
                     let (http, url, key) = (http.clone(), url.clone(), key.clone());
-                    let (unavailable, accepted) = (Arc::clone(&unavailable), Arc::clone(&accepted));
+                    let (unavailable, conflicts, accepted) = (
+                        Arc::clone(&unavailable),
+                        Arc::clone(&conflicts),
+                        Arc::clone(&accepted),
+                    );
                     let give_up = load.give_up_after;
                     running.push(async move {
                         let deadline = tokio::time::Instant::now() + give_up;
@@ -126,23 +141,32 @@ impl Stack {
                             // A connection error is not an answer: the test's API never goes away.
                             let response = request.send().await.expect("POST /v1/messages");
                             let status = response.status().as_u16();
+                            let retry_after = response
+                                .headers()
+                                .get("retry-after")
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| v.parse::<u64>().ok());
                             let answer: Value = response.json().await.unwrap_or(Value::Null);
-                            match status {
+                            let counter = match status {
                                 202 => {
                                     accepted.fetch_add(1, Ordering::Relaxed);
                                     let id = answer["id"].as_str().expect("id").to_owned();
                                     return (i, id);
                                 }
-                                503 => {
-                                    unavailable.fetch_add(1, Ordering::Relaxed);
-                                    assert!(
-                                        tokio::time::Instant::now() < deadline,
-                                        "message {i} still refused after {give_up:?}: {answer}"
-                                    );
-                                    tokio::time::sleep(Duration::from_millis(250)).await;
-                                }
+                                503 => &unavailable,
+                                409 => &conflicts,
                                 other => panic!("message {i}: {other} {answer}"),
-                            }
+                            };
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            // Both carry Retry-After (the README's contract): wait that long.
+                            let wait = retry_after.unwrap_or_else(|| {
+                                panic!("message {i}: {status} without Retry-After: {answer}")
+                            });
+                            assert!(
+                                tokio::time::Instant::now() < deadline,
+                                "message {i} still refused after {give_up:?}: {status} {answer}"
+                            );
+                            tokio::time::sleep(Duration::from_secs(wait)).await;
                         }
                     });
                 }
@@ -150,12 +174,14 @@ impl Stack {
                     result.accepted.insert(i, id);
                 }
                 result.unavailable = unavailable.load(Ordering::Relaxed);
+                result.conflicts = conflicts.load(Ordering::Relaxed);
                 result.texts = texts;
                 result
             }
         });
         Client {
             unavailable,
+            conflicts,
             accepted,
             task,
         }
@@ -232,6 +258,7 @@ impl Stack {
                 .count(),
             lost: accepted.iter().filter(|t| !calls.contains_key(**t)).count(),
             unavailable: sent.unavailable,
+            conflicts: sent.conflicts,
         };
         assert_eq!(
             tally.accepted,
@@ -261,6 +288,7 @@ pub struct Tally {
     pub duplicated: usize,
     pub lost: usize,
     pub unavailable: usize,
+    pub conflicts: usize,
 }
 
 impl Tally {
@@ -272,6 +300,7 @@ impl Tally {
             duplicated: self.duplicated + other.duplicated,
             lost: self.lost + other.lost,
             unavailable: self.unavailable + other.unavailable,
+            conflicts: self.conflicts + other.conflicts,
         }
     }
 
