@@ -10,7 +10,9 @@
 //! the system roots); `timeout`; `maxConcurrency`. Secret key: `authKey.p8`.
 //!
 //! Headers: `apns-topic`, `apns-push-type`, `apns-priority`, `apns-id` = the UMP message id (so
-//! APNs answers and reports with our id). The payload is `{"aps": {"alert": {"title", "body"}}}`
+//! APNs answers and reports with our id), and `apns-collapse-id` = the message id too: should a
+//! worker die between APNs's acceptance and its `sent` mark, the push sent again replaces the
+//! first on the device instead of showing twice. The payload is `{"aps": {"alert": {"title", "body"}}}`
 //! (`{"aps": {"content-available": 1}}` for background pushes) plus the send's `data` keys.
 //!
 //! Classification (the `reason` of APNs's JSON answer, else the HTTP status):
@@ -199,6 +201,7 @@ impl ApnsProvider {
             .header("apns-push-type", &self.push_type)
             .header("apns-priority", &self.priority)
             .header("apns-id", message.id.to_string())
+            .header("apns-collapse-id", message.id.to_string())
             .json(&self.payload(message))
             .send()
             .await

@@ -8,7 +8,9 @@
 //!
 //! The message: `to` is the registration token; `subject`/`text` become the notification's
 //! title/body; `data` becomes the data payload (FCM takes strings only: other JSON values are
-//! sent as their JSON text).
+//! sent as their JSON text). The UMP message id is the Android collapse key and notification tag,
+//! the APNs collapse id and the Web Push topic: should a worker die between FCM's acceptance and
+//! its `sent` mark, the push sent again replaces the first on the device instead of showing twice.
 //!
 //! Classification (FCM's `error.details[].errorCode`, else the HTTP status):
 //!
@@ -299,6 +301,17 @@ fn request_body(message: &Outgoing) -> Value {
             .collect();
         fcm_message.insert("data".into(), Value::Object(data));
     }
+    let collapse = message.id.0.simple().to_string();
+    fcm_message.insert(
+        "android".into(),
+        json!({"collapse_key": collapse, "notification": {"tag": collapse}}),
+    );
+    fcm_message.insert(
+        "apns".into(),
+        json!({"headers": {"apns-collapse-id": collapse}}),
+    );
+    // Web Push's Topic: at most 32 URL-safe characters, which the id's 32 hex digits are.
+    fcm_message.insert("webpush".into(), json!({"headers": {"Topic": collapse}}));
     json!({ "message": fcm_message })
 }
 
@@ -437,5 +450,20 @@ mod tests {
         let body = request_body(&message);
         assert_eq!(body["message"]["data"], json!({"n": "3", "s": "x"}));
         assert_eq!(body["message"]["notification"], json!({"body": "hi"}));
+        // A repeat of the same message replaces the first on the device.
+        let collapse = message.id.0.simple().to_string();
+        assert_eq!(body["message"]["android"]["collapse_key"], json!(collapse));
+        assert_eq!(
+            body["message"]["android"]["notification"]["tag"],
+            json!(collapse)
+        );
+        assert_eq!(
+            body["message"]["apns"]["headers"]["apns-collapse-id"],
+            json!(collapse)
+        );
+        assert_eq!(
+            body["message"]["webpush"]["headers"]["Topic"],
+            json!(collapse)
+        );
     }
 }

@@ -178,6 +178,10 @@ async fn push(
     if !apns_id.is_empty() && uuid_like(&apns_id).is_none() {
         return reason(400, "BadMessageId").into_response().await;
     }
+    // Apple: at most 64 bytes.
+    if header("apns-collapse-id").len() > 64 {
+        return reason(400, "BadCollapseId").into_response().await;
+    }
     if let Some(canned) = state.script.next() {
         return canned.into_response().await;
     }
