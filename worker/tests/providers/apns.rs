@@ -77,6 +77,10 @@ async fn pushes_over_http2_with_the_documented_headers() {
     assert_eq!(seen.headers["apns-priority"], "10");
     assert_eq!(seen.headers["apns-id"], push.id.to_string().as_str());
     assert_eq!(
+        seen.headers["apns-collapse-id"],
+        push.id.to_string().as_str()
+    );
+    assert_eq!(
         seen.payload,
         json!({"aps": {"alert": {"title": "UMP", "body": "결제가 완료되었습니다"}}, "orderId": 42})
     );

@@ -46,12 +46,17 @@ async fn many_sends_share_one_access_token() {
     assert_eq!(fake.token_requests(), 1, "one token for all sends");
     let sent = fake.sent();
     assert_eq!(sent.len(), 20);
+    // The message id collapses repeats on every platform (see the provider's docs).
+    let collapse = push.id.0.simple().to_string();
     assert_eq!(
         sent[0]["message"],
         json!({
             "token": DEVICE,
             "notification": {"title": "주문 123", "body": "배송이 시작되었습니다"},
             "data": {"orderId": "123", "kind": "shipping"},
+            "android": {"collapse_key": collapse, "notification": {"tag": collapse}},
+            "apns": {"headers": {"apns-collapse-id": collapse}},
+            "webpush": {"headers": {"Topic": collapse}},
         })
     );
 }
