@@ -24,11 +24,19 @@ pub const REMEMBER: Duration = Duration::from_secs(24 * 3600);
 /// same ids.
 pub const IN_FLIGHT: Duration = Duration::from_secs(10);
 
+/// A request's hold on its key: the ids it uses, and the token that `release` and `abandon` need
+/// so that they end this claim and never a later request's.
+#[derive(Debug, PartialEq)]
+pub struct Claim {
+    pub plan: String,
+    pub token: String,
+}
+
 #[derive(Debug, PartialEq)]
 pub enum Begin {
-    /// Go ahead with these message ids (the plan: this request's own, or that of an earlier
+    /// Go ahead with the claim's message ids (the plan: this request's own, or that of an earlier
     /// attempt whose outcome is unknown), then `complete`, `release` or `abandon`.
-    Go(String),
+    Go(Claim),
     /// Done before with the same body: here is the response it got.
     Replay(String),
     /// Another request with this key is being processed; try again after this long.
@@ -60,16 +68,24 @@ pub trait IdempotencyStore: Send + Sync {
         response: &str,
     ) -> Result<(), StoreUnavailable>;
     /// Ends the claim of a request whose messages may or may not be durable (a 503): the next
-    /// request with the key goes ahead at once, with the same plan.
+    /// request with the key goes ahead at once, with the same plan. Only while `claim` holds.
     async fn release(
         &self,
         scope: &str,
         key: &str,
         body_hash: &str,
+        claim: &str,
     ) -> Result<(), StoreUnavailable>;
     /// Forgets a key whose request certainly produced nothing (refused outright), so it can be
-    /// used again, with any body.
-    async fn abandon(&self, scope: &str, key: &str) -> Result<(), StoreUnavailable>;
+    /// used again, with any body. Only while `claim` holds: a request that took the key over
+    /// meanwhile keeps it.
+    async fn abandon(
+        &self,
+        scope: &str,
+        key: &str,
+        body_hash: &str,
+        claim: &str,
+    ) -> Result<(), StoreUnavailable>;
 }
 
 pub fn body_hash(body: &[u8]) -> String {
@@ -99,9 +115,19 @@ fn begin_state(
     plan: &str,
     now_ms: u64,
 ) -> (Begin, Option<String>) {
-    let claim = |plan: &str| format!("p:{hash}:{}:{plan}", now_ms + millis(IN_FLIGHT));
+    let claim = |plan: &str| {
+        let token = (now_ms + millis(IN_FLIGHT)).to_string();
+        let value = format!("p:{hash}:{token}:{plan}");
+        (
+            Begin::Go(Claim {
+                plan: plan.to_owned(),
+                token,
+            }),
+            Some(value),
+        )
+    };
     let Some(value) = stored else {
-        return (Begin::Go(plan.to_owned()), Some(claim(plan)));
+        return claim(plan);
     };
     let (state, rest) = value.split_at(2.min(value.len()));
     let Some(after) = rest.strip_prefix(hash) else {
@@ -109,7 +135,7 @@ fn begin_state(
     };
     // A claim of the earlier format (no time, no plan).
     if state == "p:" && after.is_empty() {
-        return (Begin::Go(plan.to_owned()), Some(claim(plan)));
+        return claim(plan);
     }
     let Some(rest) = after.strip_prefix(':') else {
         return (Begin::Mismatch, None);
@@ -122,17 +148,20 @@ fn begin_state(
             Ok(until) if now_ms < until => {
                 (Begin::InFlight(Duration::from_millis(until - now_ms)), None)
             }
-            _ => (Begin::Go(earlier.to_owned()), Some(claim(earlier))),
+            _ => claim(earlier),
         },
-        None => (Begin::Go(plan.to_owned()), Some(claim(plan))),
+        None => claim(plan),
     }
 }
 
-/// What `release` stores in place of `stored`, if anything.
-fn released(stored: Option<&str>, hash: &str) -> Option<String> {
-    let rest = stored?.strip_prefix("p:")?.strip_prefix(hash)?;
-    let (_, plan) = rest.strip_prefix(':')?.split_once(':')?;
-    Some(format!("p:{hash}:0:{plan}"))
+/// The plan of `stored` when it is the claim `token` of a request with `hash`.
+fn claimed_plan<'s>(stored: Option<&'s str>, hash: &str, token: &str) -> Option<&'s str> {
+    stored?
+        .strip_prefix("p:")?
+        .strip_prefix(hash)?
+        .strip_prefix(':')?
+        .strip_prefix(token)?
+        .strip_prefix(':')
 }
 
 const BEGIN_SCRIPT: &str = r#"
@@ -144,7 +173,7 @@ local v = redis.call('GET', KEYS[1])
 -- None yet, or a claim of the earlier format (no time, no plan): go ahead with this plan.
 if not v or v == 'p:' .. hash then
   redis.call('SET', KEYS[1], 'p:' .. hash .. ':' .. claim_end .. ':' .. plan, 'EX', ARGV[4])
-  return 'go:' .. plan
+  return 'go:' .. claim_end .. ':' .. plan
 end
 if string.sub(v, 3, 3 + string.len(hash)) ~= hash .. ':' then return 'mismatch' end
 local rest = string.sub(v, 4 + string.len(hash))
@@ -153,16 +182,23 @@ local claimed, earlier = string.match(rest, '^(%d+):(.*)$')
 if claimed and now < tonumber(claimed) then return 'wait:' .. (tonumber(claimed) - now) end
 plan = earlier or plan
 redis.call('SET', KEYS[1], 'p:' .. hash .. ':' .. claim_end .. ':' .. plan, 'KEEPTTL')
-return 'go:' .. plan
+return 'go:' .. claim_end .. ':' .. plan
 "#;
 
+// Both end only the claim ARGV[2] of a request with body hash ARGV[1].
 const RELEASE_SCRIPT: &str = r#"
 local v = redis.call('GET', KEYS[1])
-local prefix = 'p:' .. ARGV[1] .. ':'
+local prefix = 'p:' .. ARGV[1] .. ':' .. ARGV[2] .. ':'
 if not v or string.sub(v, 1, string.len(prefix)) ~= prefix then return 0 end
-local plan = string.match(string.sub(v, string.len(prefix) + 1), '^%d+:(.*)$')
-if not plan then return 0 end
-redis.call('SET', KEYS[1], prefix .. '0:' .. plan, 'KEEPTTL')
+redis.call('SET', KEYS[1], 'p:' .. ARGV[1] .. ':0:' .. string.sub(v, string.len(prefix) + 1), 'KEEPTTL')
+return 1
+"#;
+
+const ABANDON_SCRIPT: &str = r#"
+local v = redis.call('GET', KEYS[1])
+local prefix = 'p:' .. ARGV[1] .. ':' .. ARGV[2] .. ':'
+if not v or string.sub(v, 1, string.len(prefix)) ~= prefix then return 0 end
+redis.call('DEL', KEYS[1])
 return 1
 "#;
 
@@ -170,6 +206,7 @@ pub struct RedisIdempotency {
     conn: redis::aio::ConnectionManager,
     begin: redis::Script,
     release: redis::Script,
+    abandon: redis::Script,
 }
 
 impl RedisIdempotency {
@@ -178,6 +215,7 @@ impl RedisIdempotency {
             conn,
             begin: redis::Script::new(BEGIN_SCRIPT),
             release: redis::Script::new(RELEASE_SCRIPT),
+            abandon: redis::Script::new(ABANDON_SCRIPT),
         }
     }
 }
@@ -206,8 +244,12 @@ impl IdempotencyStore for RedisIdempotency {
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(if let Some(plan) = answer.strip_prefix("go:") {
-            Begin::Go(plan.to_owned())
+        Ok(if let Some(claim) = answer.strip_prefix("go:") {
+            let (token, plan) = claim.split_once(':').unwrap_or_default();
+            Begin::Go(Claim {
+                plan: plan.to_owned(),
+                token: token.to_owned(),
+            })
         } else if let Some(wait) = answer.strip_prefix("wait:") {
             Begin::InFlight(Duration::from_millis(wait.parse().unwrap_or(0)))
         } else if let Some(response) = answer.strip_prefix("d:") {
@@ -240,23 +282,34 @@ impl IdempotencyStore for RedisIdempotency {
         scope: &str,
         key: &str,
         body_hash: &str,
+        claim: &str,
     ) -> Result<(), StoreUnavailable> {
         let mut conn = self.conn.clone();
         self.release
             .key(storage_key(scope, key))
             .arg(body_hash)
+            .arg(claim)
             .invoke_async::<i64>(&mut conn)
             .await
             .map(|_| ())
             .map_err(unavailable)
     }
 
-    async fn abandon(&self, scope: &str, key: &str) -> Result<(), StoreUnavailable> {
+    async fn abandon(
+        &self,
+        scope: &str,
+        key: &str,
+        body_hash: &str,
+        claim: &str,
+    ) -> Result<(), StoreUnavailable> {
         let mut conn = self.conn.clone();
-        redis::cmd("DEL")
-            .arg(storage_key(scope, key))
-            .query_async::<()>(&mut conn)
+        self.abandon
+            .key(storage_key(scope, key))
+            .arg(body_hash)
+            .arg(claim)
+            .invoke_async::<i64>(&mut conn)
             .await
+            .map(|_| ())
             .map_err(unavailable)
     }
 }
@@ -344,6 +397,7 @@ impl IdempotencyStore for SqliteIdempotency {
         scope: &str,
         key: &str,
         body_hash: &str,
+        claim: &str,
     ) -> Result<(), StoreUnavailable> {
         let key = storage_key(scope, key);
         let _guard = self.lock.lock().await;
@@ -352,21 +406,36 @@ impl IdempotencyStore for SqliteIdempotency {
             .get_expiring(&key, chrono::Utc::now())
             .await
             .map_err(sqlite_unavailable)?;
-        if let Some(value) = released(stored.as_deref(), body_hash) {
+        if let Some(plan) = claimed_plan(stored.as_deref(), body_hash, claim) {
             self.store
-                .replace_expiring(&key, &value)
+                .replace_expiring(&key, &format!("p:{body_hash}:0:{plan}"))
                 .await
                 .map_err(sqlite_unavailable)?;
         }
         Ok(())
     }
 
-    async fn abandon(&self, scope: &str, key: &str) -> Result<(), StoreUnavailable> {
+    async fn abandon(
+        &self,
+        scope: &str,
+        key: &str,
+        body_hash: &str,
+        claim: &str,
+    ) -> Result<(), StoreUnavailable> {
+        let key = storage_key(scope, key);
         let _guard = self.lock.lock().await;
-        self.store
-            .delete_expiring(&storage_key(scope, key))
+        let stored = self
+            .store
+            .get_expiring(&key, chrono::Utc::now())
             .await
-            .map_err(sqlite_unavailable)
+            .map_err(sqlite_unavailable)?;
+        if claimed_plan(stored.as_deref(), body_hash, claim).is_some() {
+            self.store
+                .delete_expiring(&key)
+                .await
+                .map_err(sqlite_unavailable)?;
+        }
+        Ok(())
     }
 }
 
@@ -374,7 +443,14 @@ impl IdempotencyStore for SqliteIdempotency {
 /// (`tests/idempotency_store.rs`). `scope` must be fresh for the run.
 #[doc(hidden)]
 pub mod contract {
-    use super::{Begin, IN_FLIGHT, IdempotencyStore, body_hash};
+    use super::{Begin, Claim, IN_FLIGHT, IdempotencyStore, body_hash};
+
+    fn go(answer: Begin) -> Claim {
+        match answer {
+            Begin::Go(claim) => claim,
+            other => panic!("expected to go ahead, got {other:?}"),
+        }
+    }
 
     pub async fn keys_walk_the_states(store: &dyn IdempotencyStore, scope: &str) {
         let body = body_hash(br#"{"channel":"sms"}"#);
@@ -384,8 +460,8 @@ pub mod contract {
         };
 
         assert_eq!(
-            begin("order-1", body.clone(), "id-1").await,
-            Begin::Go("id-1".into())
+            go(begin("order-1", body.clone(), "id-1").await).plan,
+            "id-1"
         );
         match begin("order-1", body.clone(), "id-2").await {
             Begin::InFlight(wait) => assert!(wait <= IN_FLIGHT && !wait.is_zero(), "{wait:?}"),
@@ -412,32 +488,36 @@ pub mod contract {
 
         // Keys are per scope (tenant).
         let stranger = format!("{scope}-other");
-        assert_eq!(
-            store
-                .begin(&stranger, "order-1", &body, "id-6")
-                .await
-                .expect("begin"),
-            Begin::Go("id-6".into())
-        );
+        let claim = go(store
+            .begin(&stranger, "order-1", &body, "id-6")
+            .await
+            .expect("begin"));
+        assert_eq!(claim.plan, "id-6");
 
-        // A request refused outright gives its key back, for any body.
+        // A request refused outright gives its key back, for any body; another claim's token
+        // changes nothing.
+        let claim = go(begin("order-2", body.clone(), "id-7").await);
+        store
+            .abandon(scope, "order-2", &body, "12345")
+            .await
+            .expect("abandon, another claim");
+        assert!(matches!(
+            begin("order-2", body.clone(), "x").await,
+            Begin::InFlight(_)
+        ));
+        store
+            .abandon(scope, "order-2", &body, &claim.token)
+            .await
+            .expect("abandon");
         assert_eq!(
-            begin("order-2", body.clone(), "id-7").await,
-            Begin::Go("id-7".into())
-        );
-        store.abandon(scope, "order-2").await.expect("abandon");
-        assert_eq!(
-            begin("order-2", other.clone(), "id-8").await,
-            Begin::Go("id-8".into())
+            go(begin("order-2", other.clone(), "id-8").await).plan,
+            "id-8"
         );
 
         // A request whose outcome is unknown (503) hands its plan to the next one at once.
-        assert_eq!(
-            begin("order-3", body.clone(), "id-9").await,
-            Begin::Go("id-9".into())
-        );
+        let claim = go(begin("order-3", body.clone(), "id-9").await);
         store
-            .release(scope, "order-3", &other)
+            .release(scope, "order-3", &other, &claim.token)
             .await
             .expect("release, another body");
         assert!(matches!(
@@ -445,13 +525,12 @@ pub mod contract {
             Begin::InFlight(_)
         ));
         store
-            .release(scope, "order-3", &body)
+            .release(scope, "order-3", &body, &claim.token)
             .await
             .expect("release");
-        assert_eq!(
-            begin("order-3", body.clone(), "id-11").await,
-            Begin::Go("id-9".into())
-        );
+        let retry = go(begin("order-3", body.clone(), "id-11").await);
+        assert_eq!(retry.plan, "id-9");
+        assert_ne!(retry.token, claim.token);
         assert!(matches!(
             begin("order-3", body.clone(), "id-12").await,
             Begin::InFlight(_)
@@ -460,30 +539,46 @@ pub mod contract {
             begin("order-3", other.clone(), "id-13").await,
             Begin::Mismatch
         );
+        // The first request, ending late, touches nothing of the retry's claim.
+        store
+            .abandon(scope, "order-3", &body, &claim.token)
+            .await
+            .expect("late abandon");
+        assert!(matches!(
+            begin("order-3", body.clone(), "id-14").await,
+            Begin::InFlight(_)
+        ));
     }
 
     /// A request that died (or lost the store) without saying how it ended: after `IN_FLIGHT`
-    /// the next request takes its plan over.
+    /// the next request takes its plan over, and the first one's late word changes nothing.
     pub async fn a_lapsed_claim_is_taken_over_with_its_plan(
         store: &dyn IdempotencyStore,
         scope: &str,
     ) {
         let body = body_hash(b"{}");
-        assert_eq!(
-            store
-                .begin(scope, "k", &body, "first")
-                .await
-                .expect("begin"),
-            Begin::Go("first".into())
-        );
+        let first = go(store
+            .begin(scope, "k", &body, "first")
+            .await
+            .expect("begin"));
+        assert_eq!(first.plan, "first");
         tokio::time::sleep(IN_FLIGHT + std::time::Duration::from_millis(100)).await;
-        assert_eq!(
+        let second = go(store
+            .begin(scope, "k", &body, "second")
+            .await
+            .expect("begin"));
+        assert_eq!(second.plan, "first");
+        store
+            .abandon(scope, "k", &body, &first.token)
+            .await
+            .expect("late abandon");
+        assert!(matches!(
             store
-                .begin(scope, "k", &body, "second")
+                .begin(scope, "k", &body, "third")
                 .await
                 .expect("begin"),
-            Begin::Go("first".into())
-        );
+            Begin::InFlight(_)
+        ));
     }
 }
 
@@ -509,34 +604,42 @@ mod tests {
     #[test]
     fn the_states_at_a_given_time() {
         let hash = "h";
+        let end = 1_000 + millis(IN_FLIGHT);
         let (go, stored) = begin_state(None, hash, "a", 1_000);
-        assert_eq!(go, Begin::Go("a".into()));
+        assert_eq!(
+            go,
+            Begin::Go(Claim {
+                plan: "a".into(),
+                token: end.to_string()
+            })
+        );
         let stored = stored.expect("claimed");
-        assert_eq!(stored, format!("p:h:{}:a", 1_000 + millis(IN_FLIGHT)));
+        assert_eq!(stored, format!("p:h:{end}:a"));
         assert_eq!(
             begin_state(Some(&stored), hash, "b", 1_500).0,
             Begin::InFlight(IN_FLIGHT - Duration::from_millis(500))
         );
-        let lapsed = 1_000 + millis(IN_FLIGHT);
-        assert_eq!(
-            begin_state(Some(&stored), hash, "b", lapsed).0,
-            Begin::Go("a".into())
-        );
+        match begin_state(Some(&stored), hash, "b", end).0 {
+            Begin::Go(claim) => assert_eq!(claim.plan, "a"),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             begin_state(Some(&stored), "g", "b", 1_500).0,
             Begin::Mismatch
         );
         // A marker of the earlier format (no time, no plan) is taken over with the new plan.
-        assert_eq!(
-            begin_state(Some("p:h"), hash, "b", 1_500).0,
-            Begin::Go("b".into())
-        );
+        match begin_state(Some("p:h"), hash, "b", 1_500).0 {
+            Begin::Go(claim) => assert_eq!(claim.plan, "b"),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             begin_state(Some("d:h:{}"), hash, "b", 1_500).0,
             Begin::Replay("{}".into())
         );
-        assert_eq!(released(Some(&stored), hash), Some("p:h:0:a".into()));
-        assert_eq!(released(Some("d:h:{}"), hash), None);
-        assert_eq!(released(Some(&stored), "g"), None);
+        let token = end.to_string();
+        assert_eq!(claimed_plan(Some(&stored), hash, &token), Some("a"));
+        assert_eq!(claimed_plan(Some(&stored), hash, "1"), None);
+        assert_eq!(claimed_plan(Some("d:h:{}"), hash, &token), None);
+        assert_eq!(claimed_plan(Some(&stored), "g", &token), None);
     }
 }

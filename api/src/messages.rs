@@ -236,13 +236,13 @@ impl AppState {
             tracing::warn!(error = %e, "idempotency store unavailable");
             Problem::unavailable("the idempotency store is unavailable", RETRY_AFTER_SECONDS)
         };
-        let plan = match self
+        let claim = match self
             .idempotency
             .begin(&tenant.0, key, &hash, &encode_plan(&fresh))
             .await
             .map_err(unavailable)?
         {
-            Begin::Go(plan) => plan,
+            Begin::Go(claim) => claim,
             Begin::Replay(response) => return Ok((StatusCode::ACCEPTED, response)),
             Begin::InFlight(wait) => {
                 self.metrics.rejected.with_label_values(&["conflict"]).inc();
@@ -269,7 +269,7 @@ impl AppState {
         };
         // The same body makes the same number of messages; a plan that does not fit (a store
         // written by hand) is not trusted.
-        let ids = decode_plan(&plan, count).unwrap_or(fresh);
+        let ids = decode_plan(&claim.plan, count).unwrap_or(fresh);
         match work(ids).await {
             Ok((status, response)) if status == StatusCode::ACCEPTED => {
                 // The messages are durable already; failing to remember the answer only means a
@@ -287,13 +287,21 @@ impl AppState {
             // The broker may have taken the messages after all: the next attempt uses the same
             // ids, at once.
             Err(problem) if problem.status == 503 => {
-                if let Err(e) = self.idempotency.release(&tenant.0, key, &hash).await {
+                if let Err(e) = self
+                    .idempotency
+                    .release(&tenant.0, key, &hash, &claim.token)
+                    .await
+                {
                     tracing::warn!(error = %e, "could not release an Idempotency-Key; a retry waits for its claim to lapse");
                 }
                 Err(problem)
             }
             other => {
-                if let Err(e) = self.idempotency.abandon(&tenant.0, key).await {
+                if let Err(e) = self
+                    .idempotency
+                    .abandon(&tenant.0, key, &hash, &claim.token)
+                    .await
+                {
                     tracing::warn!(error = %e, "could not release an Idempotency-Key");
                 }
                 other
