@@ -146,6 +146,7 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         bulk: Arc::clone(&queue),
         realtime: Some(queue),
         history: Arc::new(store.clone()),
+        profiles: Arc::new(store.clone()),
         keys: Arc::clone(&keys),
         idempotency: Arc::new(SqliteIdempotency::new(store.clone())),
         metrics: ApiMetrics::new(registry)?,

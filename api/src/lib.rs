@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod problem;
 pub mod receipts;
 pub mod request;
+pub mod users;
 pub mod watch;
 
 use arc_swap::ArcSwap;
@@ -42,6 +43,7 @@ pub struct AppState {
     pub bulk: Arc<dyn MessageQueue>,
     pub realtime: Option<Arc<dyn MessageQueue>>,
     pub history: Arc<dyn HistoryStore>,
+    pub profiles: Arc<dyn ump_core::profiles::ProfileStore>,
     pub keys: Arc<auth::KeyCache>,
     pub idempotency: Arc<dyn idempotency::IdempotencyStore>,
     pub metrics: metrics::ApiMetrics,
@@ -73,19 +75,22 @@ impl Default for RequestSettings {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "UMP — Unified Messaging Platform", description = "One API for email, SMS, push and Kakao AlimTalk."),
-    paths(messages::send_message, messages::send_batch, messages::get_message, messages::list_messages, dashboard::stats, receipts::receive),
+    paths(messages::send_message, messages::send_batch, messages::get_message, messages::list_messages, dashboard::stats, receipts::receive,
+          users::identify, users::get_user, users::erase_user),
     components(schemas(
         request::SendMessageRequest, messages::Accepted, messages::BatchRequest, messages::BatchResponse,
         messages::BatchResult, problem::Problem, problem::FieldError, receipts::ReceiptReport,
         ump_core::history::MessageView, ump_core::history::MessagePage, ump_core::model::Event,
         ump_core::model::Status, ump_core::model::Priority, ump_core::stats::Stats,
         ump_core::stats::StatusCounts, ump_core::stats::ChannelStats, ump_core::stats::StatsBucket,
-        request::Tag, dashboard::StatsWindow
+        request::Tag, dashboard::StatsWindow, users::IdentifyRequest, users::ProfileView,
+        ump_core::profiles::Erasure
     )),
     modifiers(&BearerAuth),
     tags((name = "messages", description = "Send messages and read their history"),
          (name = "dashboard", description = "Figures for the admin dashboard (served at `/`)"),
-         (name = "receipts", description = "Delivery receipts from providers"))
+         (name = "receipts", description = "Delivery receipts from providers"),
+         (name = "users", description = "Customer profiles and consents"))
 )]
 pub struct ApiDoc;
 
@@ -112,6 +117,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/messages/batch", post(messages::send_batch))
         .route("/v1/messages/{id}", get(messages::get_message))
+        .route(
+            "/v1/users/{user_id}",
+            get(users::get_user)
+                .put(users::identify)
+                .delete(users::erase_user),
+        )
         .route("/v1/receipts/{channel}/{provider}", post(receipts::receive))
         .route(
             "/openapi.json",

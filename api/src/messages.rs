@@ -59,7 +59,7 @@ pub struct BatchResponse {
     pub results: Vec<BatchResult>,
 }
 
-async fn read_json(
+pub(crate) async fn read_json(
     headers: &HeaderMap,
     body: Body,
     limit: usize,

@@ -338,3 +338,262 @@ mod tests {
         );
     }
 }
+
+/// What `PUT /v1/users/{id}` may change. Traits merge (a `null` deletes one), contact points
+/// given replace the old ones, consents are added to the record.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileUpdate {
+    #[serde(default)]
+    pub traits: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub contacts: Option<Contacts>,
+    #[serde(default)]
+    pub locale: Option<String>,
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub consents: Option<Vec<ConsentInput>>,
+}
+
+/// A consent decision as a client reports it; `at` defaults to when UMP records it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentInput {
+    pub purpose: Purpose,
+    pub channel: ChannelKind,
+    pub granted: bool,
+    pub source: String,
+    #[serde(default)]
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// The most traits one profile holds, and the longest text of any one value.
+pub const MAX_TRAITS: usize = 200;
+pub const MAX_TEXT: usize = 1024;
+
+impl Profile {
+    /// Applies `update` at `now`; nothing changes unless all of it is valid.
+    pub fn apply(
+        &mut self,
+        update: ProfileUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<(), Vec<crate::FieldError>> {
+        use crate::FieldError;
+        let mut errors = Vec::new();
+        let text = |field: &str, value: &str, errors: &mut Vec<FieldError>| {
+            if value.trim().is_empty() || value.len() > MAX_TEXT {
+                errors.push(FieldError::new(
+                    field,
+                    format!("1 to {MAX_TEXT} characters"),
+                ));
+            }
+        };
+        if let Some(tz) = &update.timezone
+            && tz.parse::<chrono_tz::Tz>().is_err()
+        {
+            errors.push(FieldError::new(
+                "timezone",
+                format!("{tz:?} is not an IANA time zone such as Asia/Seoul"),
+            ));
+        }
+        if let Some(locale) = &update.locale {
+            let ok = !locale.is_empty()
+                && locale.len() <= 35
+                && locale
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                errors.push(FieldError::new("locale", "a language tag such as ko-KR"));
+            }
+        }
+        if let Some(contacts) = &update.contacts {
+            if let Some(phone) = &contacts.phone {
+                phone_number("contacts.phone", phone, &mut errors);
+            }
+            if let Some(phone) = &contacts.kakao_phone {
+                phone_number("contacts.kakao_phone", phone, &mut errors);
+            }
+            if let Some(email) = &contacts.email {
+                let ok = email.len() <= 254
+                    && email
+                        .split_once('@')
+                        .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+                    && !email.chars().any(char::is_whitespace);
+                if !ok {
+                    errors.push(FieldError::new("contacts.email", "an email address"));
+                }
+            }
+            for (i, token) in contacts.push_tokens.iter().enumerate() {
+                text(&format!("contacts.push_tokens[{i}]"), token, &mut errors);
+            }
+            if contacts.push_tokens.len() > 20 {
+                errors.push(FieldError::new("contacts.push_tokens", "at most 20 tokens"));
+            }
+        }
+        let mut traits = self.traits.clone();
+        if let Some(changes) = update.traits {
+            for (name, value) in changes {
+                if name.is_empty() || name.len() > 128 {
+                    errors.push(FieldError::new(
+                        format!("traits.{name}"),
+                        "a trait name is 1 to 128 characters",
+                    ));
+                } else if value.is_null() {
+                    traits.remove(&name);
+                } else {
+                    if value.to_string().len() > MAX_TEXT * 8 {
+                        errors.push(FieldError::new(
+                            format!("traits.{name}"),
+                            format!("at most {} bytes of JSON", MAX_TEXT * 8),
+                        ));
+                    }
+                    traits.insert(name, value);
+                }
+            }
+            if traits.len() > MAX_TRAITS {
+                errors.push(FieldError::new(
+                    "traits",
+                    format!("at most {MAX_TRAITS} traits"),
+                ));
+            }
+        }
+        let given = update.consents.unwrap_or_default();
+        let mut consents = Vec::with_capacity(given.len());
+        for (i, c) in given.into_iter().enumerate() {
+            text(&format!("consents[{i}].source"), &c.source, &mut errors);
+            let at = c.at.unwrap_or(now);
+            if at > now + chrono::Duration::minutes(5) {
+                errors.push(FieldError::new(
+                    format!("consents[{i}].at"),
+                    "in the future: a consent is recorded when it was given",
+                ));
+            }
+            consents.push(Consent {
+                purpose: c.purpose,
+                channel: c.channel,
+                granted: c.granted,
+                at,
+                source: c.source,
+            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        self.traits = traits;
+        if let Some(contacts) = update.contacts {
+            self.contacts = contacts;
+        }
+        if update.locale.is_some() {
+            self.locale = update.locale;
+        }
+        if update.timezone.is_some() {
+            self.timezone = update.timezone;
+        }
+        for consent in consents {
+            self.record_consent(consent);
+        }
+        self.anonymous = false;
+        Ok(())
+    }
+}
+
+fn phone_number(field: &str, phone: &str, errors: &mut Vec<crate::FieldError>) {
+    let ok = phone
+        .strip_prefix('+')
+        .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()));
+    if !ok {
+        errors.push(crate::FieldError::new(
+            field,
+            "an E.164 phone number such as +821012345678",
+        ));
+    }
+}
+
+#[cfg(test)]
+mod update_tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 4, 3, 0, 0).unwrap()
+    }
+
+    fn update(value: Value) -> ProfileUpdate {
+        serde_json::from_value(value).expect("update")
+    }
+
+    #[test]
+    fn traits_merge_contacts_replace_consents_accumulate() {
+        let mut p = Profile {
+            user_id: "kim".into(),
+            anonymous: true,
+            ..Default::default()
+        };
+        p.apply(
+            update(
+                json!({"traits": {"tier": "vip", "name": "Kim"}, "timezone": "Asia/Seoul",
+                          "contacts": {"phone": "+821012345678"},
+                          "consents": [{"purpose": "marketing", "channel": "sms", "granted": true,
+                                        "source": "signup-form"}]}),
+            ),
+            now(),
+        )
+        .expect("valid");
+        assert!(!p.anonymous, "identified");
+        p.apply(
+            update(json!({"traits": {"name": null, "points": 10},
+                          "consents": [{"purpose": "marketing", "channel": "sms", "granted": false,
+                                        "source": "unsubscribe-link"}]})),
+            now() + chrono::Duration::hours(1),
+        )
+        .expect("valid");
+        assert_eq!(
+            p.traits,
+            json!({"tier": "vip", "points": 10})
+                .as_object()
+                .cloned()
+                .unwrap()
+        );
+        assert_eq!(p.contact(ChannelKind::Sms), Some("+821012345678"));
+        assert_eq!(p.consents.len(), 2, "the record keeps both decisions");
+        assert!(
+            !p.consent(Purpose::Marketing, ChannelKind::Sms)
+                .unwrap()
+                .granted
+        );
+    }
+
+    #[test]
+    fn a_bad_update_changes_nothing_and_names_each_field() {
+        let mut p = Profile::default();
+        let errors = p
+            .apply(
+                update(json!({"traits": {"tier": "vip"}, "timezone": "Mars/Olympus",
+                              "contacts": {"phone": "010-1234", "email": "nobody"},
+                              "consents": [{"purpose": "marketing", "channel": "email", "granted": true,
+                                            "source": " ", "at": "2030-01-01T00:00:00Z"}]})),
+                now(),
+            )
+            .expect_err("invalid");
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "timezone",
+                "contacts.phone",
+                "contacts.email",
+                "consents[0].source",
+                "consents[0].at"
+            ]
+        );
+        assert_eq!(p, Profile::default());
+        for unknown in [
+            json!({"trait": {}}),
+            json!({"consents": [{"purpose": "spam", "channel": "sms", "granted": true, "source": "x"}]}),
+        ] {
+            assert!(serde_json::from_value::<ProfileUpdate>(unknown).is_err());
+        }
+    }
+}

@@ -8,6 +8,7 @@ pub mod history;
 pub mod keys;
 pub mod model;
 pub mod pii;
+pub mod profiles;
 pub mod provider;
 pub mod queue;
 pub mod resources;

@@ -916,6 +916,95 @@ impl ApiKeyStore for SqliteStore {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::profiles::ProfileStore for SqliteStore {
+    async fn profile(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<ump_automation::profile::Profile>, HistoryError> {
+        let text: Option<String> =
+            sqlx::query_scalar("SELECT profile FROM profiles WHERE tenant_id = ? AND user_id = ?")
+                .bind(tenant)
+                .bind(user_id)
+                .fetch_optional(&self.durable)
+                .await?;
+        text.as_deref().map(crate::profiles::decode).transpose()
+    }
+
+    async fn save_profile(
+        &self,
+        tenant: &str,
+        profile: &ump_automation::profile::Profile,
+    ) -> Result<(), HistoryError> {
+        let now = micros(Utc::now());
+        sqlx::query(
+            "INSERT INTO profiles (tenant_id, user_id, profile, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (tenant_id, user_id) DO UPDATE SET profile = excluded.profile, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(tenant)
+        .bind(&profile.user_id)
+        .bind(crate::profiles::encode(profile)?)
+        .bind(now)
+        .bind(now)
+        .execute(&self.durable)
+        .await?;
+        Ok(())
+    }
+
+    async fn erase(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<crate::profiles::Erasure, HistoryError> {
+        let mut tx = self.durable.begin().await?;
+        // A write first: the transaction holds the file's write lock from here on.
+        let text: Option<String> = sqlx::query_scalar(
+            "DELETE FROM profiles WHERE tenant_id = ? AND user_id = ? RETURNING profile",
+        )
+        .bind(tenant)
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(text) = text else {
+            tx.rollback().await?;
+            return Ok(crate::profiles::Erasure::default());
+        };
+        let profile = crate::profiles::decode(&text)?;
+        let mut masked = 0;
+        for recipient in crate::profiles::recipients(&profile) {
+            // Providers quote the recipient back in their errors, which the timeline keeps.
+            sqlx::query(
+                "UPDATE message_events SET detail = replace(detail, ?, ?) \
+                 WHERE message_id IN (SELECT id FROM messages WHERE tenant_id = ? AND recipient = ?) \
+                 AND detail IS NOT NULL",
+            )
+            .bind(&recipient)
+            .bind(crate::profiles::masked(&recipient))
+            .bind(tenant)
+            .bind(&recipient)
+            .execute(&mut *tx)
+            .await?;
+            masked += sqlx::query(
+                "UPDATE messages SET recipient = ? WHERE tenant_id = ? AND recipient = ?",
+            )
+            .bind(crate::profiles::masked(&recipient))
+            .bind(tenant)
+            .bind(&recipient)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(crate::profiles::Erasure {
+            profile: true,
+            messages_masked: masked,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -959,6 +1048,12 @@ mod tests {
         parking::a_release_never_removes_a_newer_parking(&two).await;
         let (_c, three) = store().await;
         parking::overdue_parkings_are_counted(&three).await;
+    }
+
+    #[tokio::test]
+    async fn profiles_keep_the_contract() {
+        let (_dir, store) = store().await;
+        crate::testing::profiles::profiles_are_per_tenant_and_erasure_leaves_nothing(&store).await;
     }
 
     #[tokio::test]

@@ -633,6 +633,97 @@ fn truncate(text: &str, max_bytes: usize) -> &str {
     &text[..end]
 }
 
+#[async_trait::async_trait]
+impl crate::profiles::ProfileStore for MySqlHistory {
+    async fn profile(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<ump_automation::profile::Profile>, HistoryError> {
+        let text: Option<String> =
+            sqlx::query_scalar("SELECT profile FROM profiles WHERE tenant_id = ? AND user_id = ?")
+                .bind(tenant)
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        text.as_deref().map(crate::profiles::decode).transpose()
+    }
+
+    async fn save_profile(
+        &self,
+        tenant: &str,
+        profile: &ump_automation::profile::Profile,
+    ) -> Result<(), HistoryError> {
+        let now = naive(Utc::now());
+        sqlx::query(
+            "INSERT INTO profiles (tenant_id, user_id, profile, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE profile = VALUES(profile), updated_at = VALUES(updated_at)",
+        )
+        .bind(tenant)
+        .bind(&profile.user_id)
+        .bind(crate::profiles::encode(profile)?)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn erase(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<crate::profiles::Erasure, HistoryError> {
+        let mut tx = self.pool.begin().await?;
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT profile FROM profiles WHERE tenant_id = ? AND user_id = ? FOR UPDATE",
+        )
+        .bind(tenant)
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(text) = text else {
+            return Ok(crate::profiles::Erasure::default());
+        };
+        let profile = crate::profiles::decode(&text)?;
+        let mut masked = 0;
+        for recipient in crate::profiles::recipients(&profile) {
+            // Providers quote the recipient back in their errors, which the timeline keeps.
+            sqlx::query(
+                "UPDATE message_events e JOIN messages m ON m.id = e.message_id \
+                 SET e.detail = REPLACE(e.detail, ?, ?) \
+                 WHERE m.tenant_id = ? AND m.recipient = ? AND e.detail IS NOT NULL",
+            )
+            .bind(&recipient)
+            .bind(crate::profiles::masked(&recipient))
+            .bind(tenant)
+            .bind(&recipient)
+            .execute(&mut *tx)
+            .await?;
+            masked += sqlx::query(
+                "UPDATE messages SET recipient = ? WHERE tenant_id = ? AND recipient = ?",
+            )
+            .bind(crate::profiles::masked(&recipient))
+            .bind(tenant)
+            .bind(&recipient)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        sqlx::query("DELETE FROM profiles WHERE tenant_id = ? AND user_id = ?")
+            .bind(tenant)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(crate::profiles::Erasure {
+            profile: true,
+            messages_masked: masked,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -492,3 +492,4 @@ pub fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
 }
 
 pub mod parking;
+pub mod profiles;

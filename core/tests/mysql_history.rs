@@ -181,6 +181,14 @@ async fn parked_messages_keep_the_contract() {
 }
 
 #[tokio::test]
+async fn profiles_keep_the_contract() {
+    let db = TestDatabase::create().await;
+    let history = MySqlHistory::new(db.pool.clone());
+    ump_core::testing::profiles::profiles_are_per_tenant_and_erasure_leaves_nothing(&history).await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
 async fn the_sweep_parks_again_a_message_whose_copy_went_missing_and_collects_the_rest() {
     let db = TestDatabase::create().await;
     let history = MySqlHistory::new(db.pool.clone());

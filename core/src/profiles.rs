@@ -1,0 +1,53 @@
+//! Customer profiles: the port the API uses to keep them (MySQL in the cluster mode, SQLite
+//! all-in-one), and erasure. What a profile holds and how an update applies is
+//! `ump_automation::profile`; here it is only stored, per tenant.
+
+use crate::history::HistoryError;
+use serde::Serialize;
+use ump_automation::profile::Profile;
+
+/// What erasing a person removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Erasure {
+    /// The profile (traits, contact points, consents) was deleted.
+    pub profile: bool,
+    /// Messages to the person's contact points whose recipient is now kept masked only.
+    pub messages_masked: u64,
+}
+
+#[async_trait::async_trait]
+pub trait ProfileStore: Send + Sync {
+    async fn profile(&self, tenant: &str, user_id: &str) -> Result<Option<Profile>, HistoryError>;
+    /// Creates or replaces the profile `profile.user_id` of `tenant`.
+    async fn save_profile(&self, tenant: &str, profile: &Profile) -> Result<(), HistoryError>;
+    /// Deletes the person's profile and masks the recipient of every message of the tenant sent
+    /// to one of their contact points, in one transaction.
+    async fn erase(&self, tenant: &str, user_id: &str) -> Result<Erasure, HistoryError>;
+}
+
+/// The contact points of `profile`, as message recipients.
+pub(crate) fn recipients(profile: &Profile) -> Vec<String> {
+    let c = &profile.contacts;
+    let mut all: Vec<String> = [&c.phone, &c.email, &c.kakao_phone]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .chain(c.push_tokens.iter().cloned())
+        .collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+/// How an erased recipient is kept: as logs show it.
+pub(crate) fn masked(recipient: &str) -> String {
+    crate::pii::Masked(recipient).to_string()
+}
+
+pub(crate) fn encode(profile: &Profile) -> Result<String, HistoryError> {
+    serde_json::to_string(profile).map_err(|e| HistoryError::Corrupt(format!("profile: {e}")))
+}
+
+pub(crate) fn decode(text: &str) -> Result<Profile, HistoryError> {
+    serde_json::from_str(text).map_err(|e| HistoryError::Corrupt(format!("profile: {e}")))
+}
