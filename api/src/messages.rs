@@ -310,6 +310,111 @@ impl AppState {
     }
 }
 
+/// Replaces a send's `user` by the person's contact point for the channel (and their locale,
+/// when the send gives none), and applies the consent rules of `category: marketing`, in place,
+/// before `validate`. Returns the fields at fault (names under `prefix`); a store that cannot be
+/// read is a 503.
+async fn resolve_person(
+    app: &AppState,
+    tenant: &Tenant,
+    value: &mut Value,
+    registry: &ump_core::config::ChannelRegistry,
+    prefix: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<FieldError>, Problem> {
+    use ump_automation::profile::ChannelKind;
+    use ump_core::resources::ChannelType;
+    let field = |name: &str| format!("{prefix}{name}");
+    let fail = |name: &str, detail: String| Ok(vec![FieldError::new(field(name), detail)]);
+    let Some(object) = value.as_object_mut() else {
+        return Ok(Vec::new()); // `validate` says what is wrong
+    };
+    let marketing = object.get("category").and_then(Value::as_str) == Some("marketing");
+    let user = match object.get("user") {
+        None | Some(Value::Null) if marketing => {
+            return fail(
+                "user",
+                "a marketing message goes to a user (consent is per person), not to an address"
+                    .into(),
+            );
+        }
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::String(user)) => user.clone(),
+        Some(_) => return fail("user", "must be a string".into()),
+    };
+    if object.get("to").is_some_and(|to| !to.is_null()) {
+        return fail("user", "give either to or user, not both".into());
+    }
+    if user.is_empty()
+        || user.chars().count() > crate::users::MAX_USER_ID
+        || user.chars().any(char::is_control)
+    {
+        return fail("user", "1 to 255 characters, no control characters".into());
+    }
+    let Some(channel) = object
+        .get("channel")
+        .and_then(Value::as_str)
+        .and_then(|name| registry.get(name))
+    else {
+        return Ok(Vec::new()); // `validate` names the channel
+    };
+    let kind = match channel.channel_type() {
+        ChannelType::Sms => ChannelKind::Sms,
+        ChannelType::Email => ChannelKind::Email,
+        ChannelType::Push => ChannelKind::Push,
+        ChannelType::Alimtalk if marketing => {
+            return fail(
+                "category",
+                "AlimTalk carries informational messages only: send advertising by SMS".into(),
+            );
+        }
+        ChannelType::Alimtalk => ChannelKind::Kakao,
+        ChannelType::Webhook => {
+            return fail(
+                "user",
+                "a webhook channel has no contact point on a profile: give to".into(),
+            );
+        }
+    };
+    let profile = app.profiles.profile(&tenant.0, &user).await.map_err(|e| {
+        tracing::warn!(error = %e, "profile store failed");
+        Problem::unavailable("the profile store is unavailable", RETRY_AFTER_SECONDS)
+    })?;
+    let Some(profile) = profile else {
+        return fail(
+            "user",
+            "no such person: create the profile with PUT /v1/users/{user_id}".into(),
+        );
+    };
+    let Some(to) = profile.contact(kind).map(str::to_owned) else {
+        return fail(
+            "user",
+            format!("the person has no {} contact point", kind.as_str()),
+        );
+    };
+    if marketing {
+        // The night-time rule applies to when the message goes out.
+        let at = object
+            .get("send_at")
+            .and_then(Value::as_str)
+            .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
+            .map_or(now, |at| at.with_timezone(&Utc).max(now));
+        if let Err(refusal) = profile.marketing_permission(kind, at) {
+            return fail("user", format!("not sent: {refusal}"));
+        }
+    }
+    object.remove("user");
+    object.insert("to".into(), Value::String(to));
+    if !object.contains_key("locale")
+        && let Some(locale) = profile
+            .locale
+            .filter(|l| ump_core::template::is_locale_tag(l))
+    {
+        object.insert("locale".into(), Value::String(locale));
+    }
+    Ok(Vec::new())
+}
+
 /// A request's message ids as the idempotency store keeps them.
 fn encode_plan(ids: &[MessageId]) -> String {
     ids.iter()
@@ -378,9 +483,13 @@ pub async fn send_message(State(app): State<AppState>, headers: HeaderMap, body:
     };
     let result = async {
         let key = idempotency_key(&headers)?;
-        let (bytes, value) = read_json(&headers, body, SINGLE_LIMIT, app.body_timeout).await?;
+        let (bytes, mut value) = read_json(&headers, body, SINGLE_LIMIT, app.body_timeout).await?;
         let now = Utc::now();
         let registry = app.registry.load();
+        let refused = resolve_person(&app, &tenant, &mut value, &registry, "", now).await?;
+        if !refused.is_empty() {
+            return Err(Problem::validation(refused));
+        }
         let valid = validate(&value, &registry, "", now).map_err(Problem::validation)?;
         let (app_ref, tenant_ref, key_ref) = (&app, &tenant, &key);
         app.idempotent(&tenant, key.as_deref(), &bytes, 1, |ids| async move {
@@ -458,20 +567,35 @@ pub async fn send_batch(State(app): State<AppState>, headers: HeaderMap, body: B
                 let mut results: Vec<Option<BatchResult>> = Vec::with_capacity(items.len());
                 let mut pending = Vec::new();
                 for ((i, item), id) in items.iter().enumerate().zip(ids) {
-                    match validate(item, registry, &format!("messages[{i}]."), now) {
+                    let prefix = format!("messages[{i}].");
+                    // Only a send to a person (or a marketing one) needs its copy resolved.
+                    let resolved = if item.get("user").is_some() || item.get("category").is_some() {
+                        let mut item = item.clone();
+                        match resolve_person(app, tenant, &mut item, registry, &prefix, now).await {
+                            Ok(refused) if refused.is_empty() => Ok(std::borrow::Cow::Owned(item)),
+                            Ok(refused) => Err(Problem::validation(refused)),
+                            Err(problem) => Err(problem),
+                        }
+                    } else {
+                        Ok(std::borrow::Cow::Borrowed(item))
+                    };
+                    let checked = resolved.and_then(|item| {
+                        validate(&item, registry, &prefix, now).map_err(Problem::validation)
+                    });
+                    match checked {
                         Ok(valid) => {
                             let item_key = key.as_ref().map(|k| format!("{k}#{i}"));
                             pending.push((i, envelope(id, tenant, valid, item_key, now)));
                             results.push(None);
                         }
-                        Err(errors) => {
-                            app.metrics
-                                .rejected
-                                .with_label_values(&["validation"])
-                                .inc();
-                            results.push(Some(BatchResult::Error {
-                                error: Problem::validation(errors),
-                            }));
+                        Err(problem) => {
+                            let reason = if problem.status == 503 {
+                                "unavailable"
+                            } else {
+                                "validation"
+                            };
+                            app.metrics.rejected.with_label_values(&[reason]).inc();
+                            results.push(Some(BatchResult::Error { error: problem }));
                         }
                     }
                 }

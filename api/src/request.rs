@@ -21,9 +21,18 @@ pub struct SendMessageRequest {
     #[schema(example = "sms", min_length = 1)]
     pub channel: String,
     /// E.164 phone number (sms, alimtalk), email address (email), device token (push), or a
-    /// recipient id (webhook).
+    /// recipient id (webhook). Give this or `user`.
     #[schema(example = "+821012345678", min_length = 1)]
-    pub to: String,
+    pub to: Option<String>,
+    /// A person with a profile (`PUT /v1/users/{user_id}`), instead of `to`: the message goes to
+    /// their contact point for the channel, in their locale unless `locale` is given.
+    #[schema(example = "kim-1", min_length = 1, max_length = 255)]
+    pub user: Option<String>,
+    /// `transactional` (default) or `marketing`: advertising, sent only to a `user` who consented
+    /// to it on the channel's kind (and, between 21:00 and 08:00 their time, to night-time
+    /// advertising); never over AlimTalk, which carries informational messages only.
+    #[schema(value_type = Option<Category>)]
+    pub category: Option<String>,
     /// One line: no line breaks or other control characters.
     #[schema(
         max_length = 998,
@@ -64,9 +73,18 @@ pub struct SendMessageRequest {
 #[allow(dead_code)] // documents the contract (OpenAPI)
 pub struct Tag(String);
 
+/// What a message is, for the consent rules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    #[default]
+    Transactional,
+    Marketing,
+}
+
 const FIELDS: &[&str] = &[
-    "channel", "to", "subject", "body", "template", "data", "locale", "priority", "send_at",
-    "tags", "metadata",
+    "channel", "to", "user", "category", "subject", "body", "template", "data", "locale",
+    "priority", "send_at", "tags", "metadata",
 ];
 const MAX_BODY_CHARS: usize = 65_536;
 const MAX_SUBJECT_CHARS: usize = 998;
@@ -127,7 +145,15 @@ pub fn validate(
         }
     };
     let channel_name = string("channel", true, &mut errors);
+    // A `user` is replaced by their contact point before validation (`messages::resolve_person`).
     let to = string("to", true, &mut errors);
+    match string("category", false, &mut errors).as_deref() {
+        None | Some("transactional" | "marketing") => {}
+        Some(_) => errors.push(FieldError::new(
+            field("category"),
+            "transactional or marketing",
+        )),
+    }
     let subject = string("subject", false, &mut errors);
     let body = string("body", false, &mut errors);
     let template = string("template", false, &mut errors);

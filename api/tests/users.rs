@@ -119,3 +119,128 @@ async fn profiles_are_kept_per_tenant_and_erasure_erases() {
         "found by the number after erasure"
     );
 }
+
+/// A zone whose local time is now `hour` o'clock (give or take the minutes): `Etc/GMT-9` is UTC+9.
+fn zone_at(hour: i64) -> String {
+    use chrono::Timelike;
+    let utc = i64::from(chrono::Utc::now().hour());
+    let offset = (hour - utc + 36).rem_euclid(24) - 12;
+    match offset {
+        0 => "Etc/GMT".to_owned(),
+        o if o > 0 => format!("Etc/GMT-{o}"),
+        o => format!("Etc/GMT+{}", -o),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_to_a_person_use_their_contact_and_marketing_needs_consent() {
+    let ump = AllInOne::start("warn", &[]).await;
+    let phone = "+821077778888";
+    let (status, profile) = put(
+        &ump,
+        KEY,
+        "lee-1",
+        &json!({"contacts": {"phone": phone, "email": "lee@example.com"}, "locale": "en",
+                "timezone": zone_at(12),
+                "consents": [{"purpose": "marketing", "channel": "sms", "granted": true,
+                              "source": "signup-form"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{profile}");
+
+    // Transactional (the default): the channel's contact point, no consent needed.
+    let id = ump
+        .send(
+            KEY,
+            &json!({"channel": "email", "user": "lee-1", "subject": "영수증", "body": "결제 완료"}),
+        )
+        .await;
+    let view = ump.wait_status(KEY, &id, "sent").await;
+    assert_eq!(view["to"], "lee@example.com");
+    // Marketing by SMS at noon their time, with consent: sent.
+    let id = ump
+        .send(
+            KEY,
+            &json!({"channel": "sms", "user": "lee-1", "category": "marketing", "body": "(광고) 세일"}),
+        )
+        .await;
+    assert_eq!(ump.wait_status(KEY, &id, "sent").await["to"], phone);
+
+    let refused = |body: Value, field: &'static str, says: &'static str| {
+        let ump = &ump;
+        async move {
+            let (status, problem) = ump.post(KEY, "/v1/messages", &body).await;
+            assert_eq!(status, 422, "{body}: {problem}");
+            assert_eq!(problem["field"], field, "{body}: {problem}");
+            assert!(
+                problem["detail"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(says),
+                "{body}: {problem}"
+            );
+        }
+    };
+    refused(
+        json!({"channel": "email", "user": "lee-1", "category": "marketing", "subject": "s", "body": "x"}),
+        "user",
+        "no marketing consent for email",
+    )
+    .await;
+    refused(
+        json!({"channel": "sms", "to": phone, "category": "marketing", "body": "x"}),
+        "user",
+        "consent is per person",
+    )
+    .await;
+    refused(
+        json!({"channel": "alimtalk", "user": "lee-1", "category": "marketing", "template": "shipped", "data": {"name": "x"}}),
+        "category",
+        "AlimTalk carries informational messages only",
+    )
+    .await;
+    refused(
+        json!({"channel": "sms", "user": "nobody", "body": "x"}),
+        "user",
+        "no such person",
+    )
+    .await;
+    refused(
+        json!({"channel": "sms", "user": "lee-1", "to": phone, "body": "x"}),
+        "user",
+        "either to or user",
+    )
+    .await;
+    refused(
+        json!({"channel": "sms", "user": "lee-1", "category": "promo", "body": "x"}),
+        "category",
+        "transactional or marketing",
+    )
+    .await;
+
+    // 23:00 their time: advertising needs the separate night-time consent.
+    let (status, _) = put(&ump, KEY, "lee-1", &json!({"timezone": zone_at(23)})).await;
+    assert_eq!(status, 200);
+    refused(
+        json!({"channel": "sms", "user": "lee-1", "category": "marketing", "body": "x"}),
+        "user",
+        "no night-time marketing consent for sms",
+    )
+    .await;
+    // In a batch, the refused one fails alone.
+    let (status, answer) = ump
+        .post(
+            KEY,
+            "/v1/messages/batch",
+            &json!({"messages": [
+                {"channel": "sms", "user": "lee-1", "body": "배송 시작"},
+                {"channel": "sms", "user": "lee-1", "category": "marketing", "body": "(광고) x"}]}),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["results"][0]["status"], "accepted", "{answer}");
+    assert_eq!(
+        answer["results"][1]["error"]["field"], "messages[1].user",
+        "{answer}"
+    );
+}
