@@ -118,7 +118,11 @@ async fn first_key(store: &SqliteStore) -> anyhow::Result<Option<String>> {
 /// Runs UMP all-in-one until `shutdown` fires; the batches in hand are recorded before it returns.
 pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let _lock = EmbeddedLock::acquire(&settings.data_dir)?;
+    let fresh = !settings.database().exists();
     let store = SqliteStore::open(&settings.database()).await?;
+    if fresh {
+        example_customer(&store).await?;
+    }
     let folder = settings.channel_folder()?;
     let channels = Arc::new(
         ChannelRegistry::load_dir(&folder)
@@ -243,7 +247,8 @@ fn announce(settings: &EmbeddedSettings, folder: &Path, channels: usize, key: Op
         channels, folder = %folder.display(), "UMP all-in-one running");
     let mut banner = format!(
         "\nUMP all-in-one is running.\n  API and dashboard: http://{host}/\n  \
-         data: {}   channels: {} ({channels})\n",
+         data: {}   channels: {} ({channels})\n  \
+         an example customer: example-kim (the dashboard's Customers tab, GET /v1/users/example-kim)\n",
         settings.data_dir.display(),
         folder.display()
     );
@@ -261,6 +266,37 @@ fn announce(settings: &EmbeddedSettings, folder: &Path, channels: usize, key: Op
         ),
     }
     println!("{banner}");
+}
+
+/// The person a newcomer finds in the dashboard's Customers view (and at `GET
+/// /v1/users/example-kim`) on the first start: a phone, an email, and the consents of a sign-up
+/// form.
+async fn example_customer(store: &SqliteStore) -> anyhow::Result<()> {
+    use ump_automation::profile::{Profile, ProfileUpdate};
+    use ump_core::profiles::ProfileStore;
+    let update: ProfileUpdate = serde_json::from_value(serde_json::json!({
+        "traits": {"name": "김민수", "tier": "vip"},
+        "contacts": {"phone": "+821012345678", "email": "minsu.kim@example.com"},
+        "locale": "ko",
+        "timezone": "Asia/Seoul",
+        "consents": [
+            {"purpose": "marketing", "channel": "sms", "granted": true, "source": "example: sign-up form"},
+            {"purpose": "marketing", "channel": "email", "granted": true, "source": "example: sign-up form"},
+            {"purpose": "marketing_night", "channel": "sms", "granted": false, "source": "example: sign-up form"},
+        ],
+    }))
+    .context("the example profile")?;
+    let mut profile = Profile {
+        user_id: "example-kim".into(),
+        ..Profile::default()
+    };
+    profile
+        .apply(update, chrono::Utc::now())
+        .map_err(|e| anyhow::anyhow!("the example profile: {e:?}"))?;
+    store
+        .save_profile(DEFAULT_TENANT, &profile)
+        .await
+        .context("storing the example profile")
 }
 
 /// Removes expired dedupe and Idempotency-Key records now and then.

@@ -241,6 +241,11 @@ async fn first_start_prints_a_working_key_and_idempotency_holds_across_restarts(
     let output = ump.output();
     let key = printed_key(&output).unwrap_or_else(|| panic!("no key printed: {output}"));
     assert!(output.contains(&format!("#key={key}")), "{output}");
+    // An example customer to look at, named in the banner.
+    assert!(output.contains("example-kim"), "{output}");
+    let (status, example) = ump.get(&key, "/v1/users/example-kim").await;
+    assert_eq!(status, 200, "{example}");
+    assert_eq!(example["consents"].as_array().map(Vec::len), Some(3));
 
     let body = json!({"channel": "sms", "to": "+821012345678", "body": "once"});
     let send = |ump: &AllInOne| {
@@ -368,6 +373,16 @@ spec:
         );
     }
     ump.wait_all_sent(KEY, &ids, Duration::from_secs(30)).await;
+    let customer = "dash-kim";
+    let profile = ump
+        .http
+        .put(format!("{}/v1/users/{customer}", ump.url))
+        .bearer_auth(KEY)
+        .json(&ump_core::testing::dashboard_customer_profile(sent_to))
+        .send()
+        .await
+        .expect("PUT profile");
+    assert_eq!(profile.status(), 200);
 
     let shots = PathBuf::from(env!("CARGO_BIN_EXE_ump"))
         .parent()
@@ -384,6 +399,7 @@ spec:
             failed_id: &failed,
             failed_reason: "sandbox: recipient rejected",
             channels: "email,sms",
+            customer,
             outbox: true,
             screenshots: &shots,
         })

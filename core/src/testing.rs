@@ -411,10 +411,23 @@ pub struct DashboardCheck<'a> {
     pub failed_reason: &'a str,
     /// The channels the overview must list, comma-separated, sorted.
     pub channels: &'a str,
+    /// A user id whose profile has `sent_to` as its phone and a marketing SMS consent given by
+    /// `signup-form`: the Customers view must show them.
+    pub customer: &'a str,
     /// Whether the sandbox outbox tab is there (all-in-one) or not (cluster mode).
     pub outbox: bool,
     /// Where screenshots go (emptied first).
     pub screenshots: &'a std::path::Path,
+}
+
+/// The profile the dashboard tests give `DashboardCheck::customer` (`PUT /v1/users/{id}`).
+pub fn dashboard_customer_profile(phone: &str) -> serde_json::Value {
+    serde_json::json!({
+        "traits": {"tier": "vip"},
+        "contacts": {"phone": phone},
+        "consents": [{"purpose": "marketing", "channel": "sms", "granted": true,
+                      "source": "signup-form"}],
+    })
 }
 
 impl Browser {
@@ -460,6 +473,7 @@ impl Browser {
             .env("FAILED_ID", check.failed_id)
             .env("FAILED_REASON", check.failed_reason)
             .env("CHANNELS", check.channels)
+            .env("CUSTOMER", check.customer)
             .env("SCREENSHOTS", check.screenshots)
             .env("OUTBOX", if check.outbox { "present" } else { "absent" })
             .stdin(std::process::Stdio::null())

@@ -151,6 +151,18 @@ async fn the_dashboard_shows_sent_and_failed_messages_in_chromium() {
         404
     );
 
+    // A person whose phone is the sent message's recipient, for the Customers view.
+    let customer = "dash-kim";
+    let profile = stack
+        .http
+        .put(format!("{}/v1/users/{customer}", stack.api))
+        .bearer_auth(&stack.key)
+        .json(&ump_core::testing::dashboard_customer_profile(sent_to))
+        .send()
+        .await
+        .expect("PUT profile");
+    assert_eq!(profile.status(), 200);
+
     // The page itself, in Chromium.
     let shots = screenshots();
     browser
@@ -163,6 +175,7 @@ async fn the_dashboard_shows_sent_and_failed_messages_in_chromium() {
             failed_id: &failed,
             failed_reason: REJECT_REASON,
             channels: "email,sms",
+            customer,
             outbox: false,
             screenshots: &shots,
         })

@@ -7,7 +7,7 @@
 
 (() => {
   const KEY_STORAGE = 'ump.dashboard.key';
-  const VIEWS = ['overview', 'activity', 'failures', 'search', 'outbox'];
+  const VIEWS = ['overview', 'activity', 'failures', 'search', 'customers', 'outbox'];
   const FINAL = new Set(['sent', 'delivered', 'failed', 'duplicate', 'dead_lettered']);
   const OK = new Set(['sent', 'delivered']);
   const BAD = new Set(['failed', 'dead_lettered']);
@@ -492,6 +492,44 @@
     $('search-summary').textContent = `Messages ${what}, newest first (the recipient must match exactly).`;
   }
 
+  // ---------------------------------------------------------------- customers
+
+  /** A person's profile, consents, and the messages sent to their contact points. */
+  async function findCustomer() {
+    const id = $('customer-q').value.trim();
+    if (!id) return;
+    $('customer').hidden = true;
+    let person;
+    try {
+      person = await api(`/v1/users/${encodeURIComponent(id)}`);
+    } catch (e) {
+      if (e.status !== 404 && e.status !== 422) throw e;
+      $('customer-summary').textContent = `No person of this tenant has the id ${id}.`;
+      return;
+    }
+    const c = person.contacts || {};
+    const contacts = [c.phone, c.email, c.kakao_phone, ...(c.push_tokens || [])].filter(Boolean);
+    const field = (name, value) => [h('dt', {}, name), h('dd', {}, value)];
+    fill($('customer-fields'),
+      field('User id', person.user_id),
+      field('Contact points', contacts.length ? contacts.join(', ') : '—'),
+      field('Locale', person.locale || '—'),
+      field('Time zone', person.timezone || 'Asia/Seoul (default)'),
+      field('Traits', Object.keys(person.traits || {}).length ? JSON.stringify(person.traits) : '—'));
+    const consents = [...(person.consents || [])].reverse().map((k) => h('tr', {}, h('td', {}, fmtFull(k.at)),
+      h('td', {}, k.purpose === 'marketing_night' ? 'marketing, 21:00–08:00' : k.purpose),
+      h('td', {}, k.channel), h('td', { class: k.granted ? 'ok' : 'bad' }, k.granted ? 'granted' : 'withdrawn'),
+      h('td', {}, k.source)));
+    fill($('customer-consents').tBodies[0],
+      consents.length ? consents : emptyRow('No consent recorded: no marketing message goes to this person.'));
+    const pages = await Promise.all(contacts.map((to) => api(`/v1/messages?${query({ to, limit: 20 })}`)));
+    const messages = pages.flatMap((p) => p.items).sort((a, b) => (a.id < b.id ? 1 : -1));
+    fill($('customer-messages').tBodies[0],
+      messages.length ? messages.map((m) => messageRow(m, false)) : emptyRow('No message to this person yet.'));
+    $('customer-summary').textContent = `Profile, consents (newest first) and the newest messages to ${person.user_id}'s contact points.`;
+    $('customer').hidden = false;
+  }
+
   // ---------------------------------------------------------------- one message
 
   function openDetail(id) {
@@ -620,6 +658,10 @@
       once(() => runSearch(false));
     });
     $('results-more').addEventListener('click', () => once(() => runSearch(true)));
+    $('customer-form').addEventListener('submit', (e) => {
+      e.preventDefault();
+      once(findCustomer);
+    });
     $('detail-close').addEventListener('click', closeDetail);
     document.addEventListener('keydown', (e) => {
       if (e.key === 'Escape' && state.detailId) closeDetail();

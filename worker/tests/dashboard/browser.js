@@ -7,6 +7,8 @@
 //   SENT_ID, SENT_TO, SENT_CHANNEL      a message that was sent (the test sends another like it)
 //   FAILED_ID, FAILED_REASON            a message that failed, and the reason it did
 //   CHANNELS                            comma-separated channels the overview must list
+//   CUSTOMER                            a user id whose profile has SENT_TO as its phone and a
+//                                       marketing SMS consent from "signup-form"
 //   SCREENSHOTS                         folder for the screenshots
 //   OUTBOX                              "absent" (cluster mode: /v1/outbox answers 404, no tab)
 //                                       or "present" (embedded mode: the tab shows SENT_ID)
@@ -34,6 +36,7 @@ const sentChannel = env('SENT_CHANNEL');
 const failedId = env('FAILED_ID');
 const failedReason = env('FAILED_REASON');
 const channels = env('CHANNELS').split(',');
+const customer = env('CUSTOMER');
 const shots = env('SCREENSHOTS');
 const outbox = env('OUTBOX');
 check(outbox === 'absent' || outbox === 'present', `OUTBOX is ${outbox}`);
@@ -69,6 +72,10 @@ async function main() {
     // answer is 404, which Chromium logs like any failed load. That one line is expected.
     if (outbox === 'absent' && msg.location().url === probe && /status of 404/.test(msg.text())) {
       probed404 = true;
+      return;
+    }
+    // The Customers view asks for a person who does not exist, on purpose: its 404 is the answer.
+    if (msg.location().url === `${base}/v1/users/nobody-at-all` && /status of 404/.test(msg.text())) {
       return;
     }
     // The simulated outbox below holds a script in its HTML; that it is refused is the point.
@@ -222,6 +229,21 @@ async function main() {
     check((await page.locator('#timeline li[data-status="failed"]').innerText()).includes(failedReason), 'the failed event has no reason');
     await shot('7-failed-timeline');
     await page.locator('#detail-close').click();
+
+    // Customers: the person's profile, consents and messages; an unknown id says so.
+    await page.locator('#tabs button[data-view="customers"]').click();
+    await page.locator('#customer-q').fill('nobody-at-all');
+    await page.locator('#customer-form button[type="submit"]').click();
+    await page.locator('#customer-summary:has-text("No person")').waitFor();
+    await page.locator('#customer-q').fill(customer);
+    await page.locator('#customer-form button[type="submit"]').click();
+    await page.locator('#customer').waitFor({ state: 'visible' });
+    check((await page.locator('#customer-fields').innerText()).includes(sentTo), 'the profile does not show the phone');
+    const consent = await page.locator('#customer-consents tbody tr').first().innerText();
+    check(consent.includes('granted') && consent.includes('signup-form') && consent.includes('sms'), `consent row: ${consent}`);
+    await page.locator(`#customer-messages tr[data-id="${sentId}"]`).waitFor();
+    steps.push('customers: profile, the consent with its source, the person\'s sent message');
+    await shot('7b-customer');
 
     if (outbox === 'absent') {
       // Cluster mode: no sandbox outbox, so no tab for it.
