@@ -284,15 +284,8 @@ impl IdempotencyStore for RedisIdempotency {
         body_hash: &str,
         claim: &str,
     ) -> Result<(), StoreUnavailable> {
-        let mut conn = self.conn.clone();
-        self.release
-            .key(storage_key(scope, key))
-            .arg(body_hash)
-            .arg(claim)
-            .invoke_async::<i64>(&mut conn)
+        self.end_claim(&self.release, scope, key, body_hash, claim)
             .await
-            .map(|_| ())
-            .map_err(unavailable)
     }
 
     async fn abandon(
@@ -302,8 +295,23 @@ impl IdempotencyStore for RedisIdempotency {
         body_hash: &str,
         claim: &str,
     ) -> Result<(), StoreUnavailable> {
+        self.end_claim(&self.abandon, scope, key, body_hash, claim)
+            .await
+    }
+}
+
+impl RedisIdempotency {
+    /// Runs `script` (release or abandon) on the claim `claim` of a request with `body_hash`.
+    async fn end_claim(
+        &self,
+        script: &redis::Script,
+        scope: &str,
+        key: &str,
+        body_hash: &str,
+        claim: &str,
+    ) -> Result<(), StoreUnavailable> {
         let mut conn = self.conn.clone();
-        self.abandon
+        script
             .key(storage_key(scope, key))
             .arg(body_hash)
             .arg(claim)
@@ -399,20 +407,10 @@ impl IdempotencyStore for SqliteIdempotency {
         body_hash: &str,
         claim: &str,
     ) -> Result<(), StoreUnavailable> {
-        let key = storage_key(scope, key);
-        let _guard = self.lock.lock().await;
-        let stored = self
-            .store
-            .get_expiring(&key, chrono::Utc::now())
-            .await
-            .map_err(sqlite_unavailable)?;
-        if let Some(plan) = claimed_plan(stored.as_deref(), body_hash, claim) {
-            self.store
-                .replace_expiring(&key, &format!("p:{body_hash}:0:{plan}"))
-                .await
-                .map_err(sqlite_unavailable)?;
-        }
-        Ok(())
+        self.end_claim(scope, key, body_hash, claim, |plan| {
+            Some(format!("p:{body_hash}:0:{plan}"))
+        })
+        .await
     }
 
     async fn abandon(
@@ -422,6 +420,21 @@ impl IdempotencyStore for SqliteIdempotency {
         body_hash: &str,
         claim: &str,
     ) -> Result<(), StoreUnavailable> {
+        self.end_claim(scope, key, body_hash, claim, |_| None).await
+    }
+}
+
+impl SqliteIdempotency {
+    /// While the key holds the claim `claim` of a request with `body_hash`: replaces it with what
+    /// `then(plan)` gives, or deletes it when that is `None`.
+    async fn end_claim(
+        &self,
+        scope: &str,
+        key: &str,
+        body_hash: &str,
+        claim: &str,
+        then: impl FnOnce(&str) -> Option<String>,
+    ) -> Result<(), StoreUnavailable> {
         let key = storage_key(scope, key);
         let _guard = self.lock.lock().await;
         let stored = self
@@ -429,13 +442,22 @@ impl IdempotencyStore for SqliteIdempotency {
             .get_expiring(&key, chrono::Utc::now())
             .await
             .map_err(sqlite_unavailable)?;
-        if claimed_plan(stored.as_deref(), body_hash, claim).is_some() {
-            self.store
+        let Some(plan) = claimed_plan(stored.as_deref(), body_hash, claim) else {
+            return Ok(());
+        };
+        match then(plan) {
+            Some(value) => self
+                .store
+                .replace_expiring(&key, &value)
+                .await
+                .map(|_| ())
+                .map_err(sqlite_unavailable),
+            None => self
+                .store
                 .delete_expiring(&key)
                 .await
-                .map_err(sqlite_unavailable)?;
+                .map_err(sqlite_unavailable),
         }
-        Ok(())
     }
 }
 

@@ -5,8 +5,7 @@
 
 mod common;
 
-use axum::http::{HeaderMap, HeaderValue, header};
-use common::{AllInOne, examples};
+use common::{AllInOne, bearer, examples};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,15 +15,6 @@ use ump_core::keys::{ApiKeyStore, DEFAULT_TENANT, MAX_BOOTSTRAP_KEY_LEN, MySqlKe
 use ump_core::testing::{TestDatabase, unique_name};
 
 const GENERATED_SHAPE: &str = "ump_bars_0123456789abcdef0123456789abcdef";
-
-fn bearer(key: &str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::AUTHORIZATION,
-        HeaderValue::from_str(&format!("Bearer {key}")).expect("header"),
-    );
-    headers
-}
 
 /// Whom `key` authenticates as, through a fresh key cache on `store`.
 async fn tenant_of(store: &Arc<dyn ApiKeyStore>, key: &str) -> Option<String> {

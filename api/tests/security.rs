@@ -5,8 +5,8 @@
 
 mod common;
 
-use axum::http::{HeaderMap, HeaderValue, header};
-use common::{AllInOne, KEY};
+use axum::http::header;
+use common::{AllInOne, KEY, bearer};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -131,15 +131,6 @@ async fn a_key_revoked_with_the_cli_stops_working_within_the_refresh_bound() {
     assert_eq!(ump.get(&key, "/v1/messages").await.0, 401);
     assert!(!ump.admin(&["keys", "list"]).contains(&key_id));
     assert_eq!(ump.get(KEY, "/v1/messages").await.0, 200, "other keys work");
-}
-
-fn bearer(key: &str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::AUTHORIZATION,
-        HeaderValue::from_str(&format!("Bearer {key}")).expect("header"),
-    );
-    headers
 }
 
 /// The cluster mode: the API's key cache on MySQL, the key revoked by another process (another

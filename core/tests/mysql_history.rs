@@ -2,36 +2,16 @@
 //! keyset pagination, tenant isolation, and the lease on parked messages.
 
 use chrono::{Duration as ChronoDuration, Utc};
-use serde_json::Map;
 use std::time::Duration;
 use ump_core::history::{
     BatchRecord, HistoryStore, MessageFilter, Receipt, ReceiptFor, ReceiptOutcome, Transition,
     decode_cursor,
 };
-use ump_core::model::{Content, Envelope, MessageId, Priority, Status};
+use ump_core::model::{MessageId, Status};
 use ump_core::store::MySqlHistory;
 use ump_core::testing::{TestDatabase, parking};
 
-fn envelope(tenant: &str, to: &str) -> Envelope {
-    Envelope {
-        id: MessageId::new(),
-        tenant: tenant.into(),
-        channel: "sms".into(),
-        to: to.into(),
-        content: Content {
-            body: Some("안녕".into()),
-            ..Default::default()
-        },
-        priority: Priority::Bulk,
-        send_at: None,
-        tags: vec![],
-        metadata: Map::new(),
-        idempotency_key: None,
-        accepted_at: Utc::now(),
-        attempts: 0,
-        fallback: None,
-    }
-}
+use parking::envelope;
 
 #[tokio::test]
 async fn batches_are_idempotent_and_the_newest_state_wins() {
