@@ -93,8 +93,8 @@ pub fn body_hash(body: &[u8]) -> String {
 }
 
 /// Where a key's state lives, and its stored values:
-/// `p:<hash>:<claimed until, ms since the epoch>:<plan>` while claimed (or after a release, with
-/// 0), `d:<hash>:<response>` once done.
+/// `p:<hash>:<claimed until, ms since the epoch>:<claim token>:<plan>` while claimed (or after a
+/// release, with 0), `d:<hash>:<response>` once done.
 fn storage_key(scope: &str, key: &str) -> String {
     // Hash the client's key: it may be long or contain anything.
     format!(
@@ -113,15 +113,15 @@ fn begin_state(
     stored: Option<&str>,
     hash: &str,
     plan: &str,
+    token: &str,
     now_ms: u64,
 ) -> (Begin, Option<String>) {
     let claim = |plan: &str| {
-        let token = (now_ms + millis(IN_FLIGHT)).to_string();
-        let value = format!("p:{hash}:{token}:{plan}");
+        let value = format!("p:{hash}:{}:{token}:{plan}", now_ms + millis(IN_FLIGHT));
         (
             Begin::Go(Claim {
                 plan: plan.to_owned(),
-                token,
+                token: token.to_owned(),
             }),
             Some(value),
         )
@@ -143,61 +143,75 @@ fn begin_state(
     if state == "d:" {
         return (Begin::Replay(rest.to_owned()), None);
     }
-    match rest.split_once(':') {
-        Some((until, earlier)) => match until.parse::<u64>() {
-            Ok(until) if now_ms < until => {
-                (Begin::InFlight(Duration::from_millis(until - now_ms)), None)
-            }
-            _ => claim(earlier),
-        },
-        None => claim(plan),
+    let mut parts = rest.splitn(3, ':');
+    match (
+        parts.next().map(str::parse::<u64>),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some(Ok(until)), _, _) if now_ms < until => {
+            (Begin::InFlight(Duration::from_millis(until - now_ms)), None)
+        }
+        (Some(Ok(_)), Some(_), Some(earlier)) => claim(earlier),
+        _ => claim(plan),
     }
 }
 
-/// The plan of `stored` when it is the claim `token` of a request with `hash`.
+/// The plan of `stored` when it holds the claim `token` of a request with `hash`.
 fn claimed_plan<'s>(stored: Option<&'s str>, hash: &str, token: &str) -> Option<&'s str> {
-    stored?
+    let rest = stored?
         .strip_prefix("p:")?
         .strip_prefix(hash)?
-        .strip_prefix(':')?
-        .strip_prefix(token)?
-        .strip_prefix(':')
+        .strip_prefix(':')?;
+    let mut parts = rest.splitn(3, ':');
+    let (_until, held, plan) = (parts.next()?, parts.next()?, parts.next()?);
+    (held == token).then_some(plan)
+}
+
+/// A claim's token: unique to one request's attempt, so that a late `release` or `abandon`
+/// never ends a later claim, even one made in the same millisecond.
+fn new_token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 const BEGIN_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local hash, plan = ARGV[1], ARGV[2]
+local hash, plan, token = ARGV[1], ARGV[2], ARGV[5]
 local claim_end = now + tonumber(ARGV[3])
 local v = redis.call('GET', KEYS[1])
 -- None yet, or a claim of the earlier format (no time, no plan): go ahead with this plan.
 if not v or v == 'p:' .. hash then
-  redis.call('SET', KEYS[1], 'p:' .. hash .. ':' .. claim_end .. ':' .. plan, 'EX', ARGV[4])
-  return 'go:' .. claim_end .. ':' .. plan
+  redis.call('SET', KEYS[1], 'p:' .. hash .. ':' .. claim_end .. ':' .. token .. ':' .. plan, 'EX', ARGV[4])
+  return 'go:' .. plan
 end
 if string.sub(v, 3, 3 + string.len(hash)) ~= hash .. ':' then return 'mismatch' end
 local rest = string.sub(v, 4 + string.len(hash))
 if string.sub(v, 1, 2) == 'd:' then return 'd:' .. rest end
-local claimed, earlier = string.match(rest, '^(%d+):(.*)$')
-if claimed and now < tonumber(claimed) then return 'wait:' .. (tonumber(claimed) - now) end
-plan = earlier or plan
-redis.call('SET', KEYS[1], 'p:' .. hash .. ':' .. claim_end .. ':' .. plan, 'KEEPTTL')
-return 'go:' .. claim_end .. ':' .. plan
+local claimed = tonumber(string.match(rest, '^(%d+):'))
+if claimed and now < claimed then return 'wait:' .. (claimed - now) end
+plan = string.match(rest, '^%d+:[^:]*:(.*)$') or plan
+redis.call('SET', KEYS[1], 'p:' .. hash .. ':' .. claim_end .. ':' .. token .. ':' .. plan, 'KEEPTTL')
+return 'go:' .. plan
 "#;
 
-// Both end only the claim ARGV[2] of a request with body hash ARGV[1].
+// Both end only the claim with token ARGV[2] of a request with body hash ARGV[1].
 const RELEASE_SCRIPT: &str = r#"
 local v = redis.call('GET', KEYS[1])
-local prefix = 'p:' .. ARGV[1] .. ':' .. ARGV[2] .. ':'
+local prefix = 'p:' .. ARGV[1] .. ':'
 if not v or string.sub(v, 1, string.len(prefix)) ~= prefix then return 0 end
-redis.call('SET', KEYS[1], 'p:' .. ARGV[1] .. ':0:' .. string.sub(v, string.len(prefix) + 1), 'KEEPTTL')
+local token, plan = string.match(string.sub(v, string.len(prefix) + 1), '^%d+:([^:]*):(.*)$')
+if token ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], prefix .. '0:' .. token .. ':' .. plan, 'KEEPTTL')
 return 1
 "#;
 
 const ABANDON_SCRIPT: &str = r#"
 local v = redis.call('GET', KEYS[1])
-local prefix = 'p:' .. ARGV[1] .. ':' .. ARGV[2] .. ':'
+local prefix = 'p:' .. ARGV[1] .. ':'
 if not v or string.sub(v, 1, string.len(prefix)) ~= prefix then return 0 end
+local token = string.match(string.sub(v, string.len(prefix) + 1), '^%d+:([^:]*):')
+if token ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
 "#;
@@ -234,6 +248,7 @@ impl IdempotencyStore for RedisIdempotency {
         plan: &str,
     ) -> Result<Begin, StoreUnavailable> {
         let mut conn = self.conn.clone();
+        let token = new_token();
         let answer: String = self
             .begin
             .key(storage_key(scope, key))
@@ -241,14 +256,14 @@ impl IdempotencyStore for RedisIdempotency {
             .arg(plan)
             .arg(millis(IN_FLIGHT))
             .arg(REMEMBER.as_secs())
+            .arg(&token)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(if let Some(claim) = answer.strip_prefix("go:") {
-            let (token, plan) = claim.split_once(':').unwrap_or_default();
+        Ok(if let Some(plan) = answer.strip_prefix("go:") {
             Begin::Go(Claim {
                 plan: plan.to_owned(),
-                token: token.to_owned(),
+                token,
             })
         } else if let Some(wait) = answer.strip_prefix("wait:") {
             Begin::InFlight(Duration::from_millis(wait.parse().unwrap_or(0)))
@@ -364,7 +379,7 @@ impl IdempotencyStore for SqliteIdempotency {
             .await
             .map_err(sqlite_unavailable)?;
         let now_ms = u64::try_from(now.timestamp_millis()).unwrap_or(0);
-        let (answer, write) = begin_state(stored.as_deref(), body_hash, plan, now_ms);
+        let (answer, write) = begin_state(stored.as_deref(), body_hash, plan, &new_token(), now_ms);
         match (write, stored) {
             (Some(value), None) => self
                 .store
@@ -408,7 +423,7 @@ impl IdempotencyStore for SqliteIdempotency {
         claim: &str,
     ) -> Result<(), StoreUnavailable> {
         self.end_claim(scope, key, body_hash, claim, |plan| {
-            Some(format!("p:{body_hash}:0:{plan}"))
+            Some(format!("p:{body_hash}:0:{claim}:{plan}"))
         })
         .await
     }
@@ -627,41 +642,51 @@ mod tests {
     fn the_states_at_a_given_time() {
         let hash = "h";
         let end = 1_000 + millis(IN_FLIGHT);
-        let (go, stored) = begin_state(None, hash, "a", 1_000);
+        let (go, stored) = begin_state(None, hash, "a", "t1", 1_000);
         assert_eq!(
             go,
             Begin::Go(Claim {
                 plan: "a".into(),
-                token: end.to_string()
+                token: "t1".into()
             })
         );
         let stored = stored.expect("claimed");
-        assert_eq!(stored, format!("p:h:{end}:a"));
+        assert_eq!(stored, format!("p:h:{end}:t1:a"));
         assert_eq!(
-            begin_state(Some(&stored), hash, "b", 1_500).0,
+            begin_state(Some(&stored), hash, "b", "t2", 1_500).0,
             Begin::InFlight(IN_FLIGHT - Duration::from_millis(500))
         );
-        match begin_state(Some(&stored), hash, "b", end).0 {
-            Begin::Go(claim) => assert_eq!(claim.plan, "a"),
-            other => panic!("{other:?}"),
-        }
+        // Lapsed: taken over with its plan, under the new request's token.
+        let (go, taken) = begin_state(Some(&stored), hash, "b", "t2", end);
         assert_eq!(
-            begin_state(Some(&stored), "g", "b", 1_500).0,
+            go,
+            Begin::Go(Claim {
+                plan: "a".into(),
+                token: "t2".into()
+            })
+        );
+        let taken = taken.expect("claimed");
+        assert_eq!(claimed_plan(Some(&taken), hash, "t2"), Some("a"));
+        assert_eq!(
+            claimed_plan(Some(&taken), hash, "t1"),
+            None,
+            "the old claim is over"
+        );
+        assert_eq!(
+            begin_state(Some(&stored), "g", "b", "t2", 1_500).0,
             Begin::Mismatch
         );
         // A marker of the earlier format (no time, no plan) is taken over with the new plan.
-        match begin_state(Some("p:h"), hash, "b", 1_500).0 {
+        match begin_state(Some("p:h"), hash, "b", "t3", 1_500).0 {
             Begin::Go(claim) => assert_eq!(claim.plan, "b"),
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            begin_state(Some("d:h:{}"), hash, "b", 1_500).0,
+            begin_state(Some("d:h:{}"), hash, "b", "t3", 1_500).0,
             Begin::Replay("{}".into())
         );
-        let token = end.to_string();
-        assert_eq!(claimed_plan(Some(&stored), hash, &token), Some("a"));
-        assert_eq!(claimed_plan(Some(&stored), hash, "1"), None);
-        assert_eq!(claimed_plan(Some("d:h:{}"), hash, &token), None);
-        assert_eq!(claimed_plan(Some(&stored), "g", &token), None);
+        assert_eq!(claimed_plan(Some(&stored), hash, "t1"), Some("a"));
+        assert_eq!(claimed_plan(Some("d:h:{}"), hash, "t1"), None);
+        assert_eq!(claimed_plan(Some(&stored), "g", "t1"), None);
     }
 }
