@@ -153,3 +153,53 @@ async fn all_in_one_processes_started_together_on_one_folder_leave_one_running()
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_recorded_migration_is_finished_by_the_next_start() {
+    let db = TestDatabase::create().await;
+    let mark_dirty = |version: i64| {
+        sqlx::query("UPDATE _sqlx_migrations SET success = FALSE WHERE version = ?").bind(version)
+    };
+    let done = |pool: sqlx::MySqlPool| async move {
+        let dirty: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = FALSE")
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+        dirty == 0
+    };
+
+    // Died after the schema change, before recording it.
+    mark_dirty(4).execute(&db.pool).await.expect("mark");
+    ump_core::store::migrate_mysql(&db.pool)
+        .await
+        .expect("finished");
+    assert!(done(db.pool.clone()).await);
+    sqlx::query("SELECT published_at FROM deferred_messages LIMIT 1")
+        .fetch_all(&db.pool)
+        .await
+        .expect("migration 4 in place");
+
+    // Died (or failed) before the schema change.
+    sqlx::query("DROP TABLE profiles")
+        .execute(&db.pool)
+        .await
+        .expect("drop");
+    mark_dirty(5).execute(&db.pool).await.expect("mark");
+    ump_core::store::migrate_mysql(&db.pool)
+        .await
+        .expect("applied");
+    assert!(done(db.pool.clone()).await);
+    sqlx::query("SELECT COUNT(*) FROM profiles")
+        .fetch_one(&db.pool)
+        .await
+        .expect("migration 5 in place");
+
+    // A migration of several statements cannot be told apart half-done: left for a person.
+    mark_dirty(1).execute(&db.pool).await.expect("mark");
+    let refused = ump_core::store::migrate_mysql(&db.pool)
+        .await
+        .expect_err("several statements");
+    assert!(refused.to_string().contains('1'), "{refused}");
+    db.drop_database().await;
+}

@@ -86,7 +86,10 @@ pub async fn migrate_mysql(pool: &MySqlPool) -> Result<(), StoreError> {
             said = true;
         }
     }
-    let migrated = MYSQL_MIGRATIONS.run(&mut *conn).await;
+    let migrated = match repair_dirty(&mut conn).await {
+        Ok(()) => MYSQL_MIGRATIONS.run(&mut *conn).await,
+        Err(e) => Err(e),
+    };
     let released = sqlx::query("SELECT RELEASE_LOCK(?)")
         .bind(&name)
         .execute(&mut *conn)
@@ -94,6 +97,71 @@ pub async fn migrate_mysql(pool: &MySqlPool) -> Result<(), StoreError> {
     migrated?;
     released.map_err(StoreError::MigrationLock)?;
     Ok(())
+}
+
+/// Errors of a schema statement whose change is there already (a table, column or key that
+/// exists, a key or column that is gone).
+const ALREADY_APPLIED: [u16; 4] = [1050, 1060, 1061, 1091];
+
+/// Finishes a migration that an earlier attempt left half-recorded (sqlx marks a migration
+/// `success = 0` before running it and 1 after: a process that died or failed in between leaves
+/// it so, and sqlx then refuses every start). Under the migration lock nobody else is migrating;
+/// a migration of one statement is applied whole or not at all (atomic DDL in MariaDB 10.6+ and
+/// MySQL 8), so running it again either applies it or says it is there already, and either way
+/// it is recorded done. A dirty migration of several statements is left for a person, as sqlx
+/// says.
+async fn repair_dirty(conn: &mut sqlx::MySqlConnection) -> Result<(), sqlx::migrate::MigrateError> {
+    use sqlx::migrate::MigrateError;
+    let dirty: Option<i64> = match sqlx::query_scalar(
+        "SELECT version FROM _sqlx_migrations WHERE success = FALSE ORDER BY version LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await
+    {
+        Ok(dirty) => dirty,
+        // No bookkeeping table yet: a fresh database.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42S02") => None,
+        Err(e) => return Err(MigrateError::Execute(e)),
+    };
+    let Some(version) = dirty else {
+        return Ok(());
+    };
+    let Some(migration) = MYSQL_MIGRATIONS.iter().find(|m| m.version == version) else {
+        return Err(MigrateError::Dirty(version));
+    };
+    if statements(migration.sql.as_str()) != 1 {
+        return Err(MigrateError::Dirty(version));
+    }
+    match sqlx::raw_sql(migration.sql.clone())
+        .execute(&mut *conn)
+        .await
+    {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e))
+            if e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .is_some_and(|e| ALREADY_APPLIED.contains(&e.number())) => {}
+        Err(e) => return Err(MigrateError::ExecuteMigration(e, version)),
+    }
+    sqlx::query("UPDATE _sqlx_migrations SET success = TRUE WHERE version = ?")
+        .bind(version)
+        .execute(&mut *conn)
+        .await
+        .map_err(MigrateError::Execute)?;
+    tracing::warn!(
+        version,
+        "finished a migration an earlier start had left half-recorded"
+    );
+    Ok(())
+}
+
+/// Statements in a migration's text (comment lines aside).
+fn statements(sql: &str) -> usize {
+    let code: String = sql
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    code.split(';').filter(|s| !s.trim().is_empty()).count()
 }
 
 fn naive(at: DateTime<Utc>) -> NaiveDateTime {
@@ -727,6 +795,23 @@ impl crate::profiles::ProfileStore for MySqlHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migrations_after_the_first_are_one_statement_each() {
+        // What `repair_dirty` relies on to finish a half-recorded migration by itself.
+        for migration in MYSQL_MIGRATIONS.iter().filter(|m| m.version > 1) {
+            assert_eq!(
+                statements(migration.sql.as_str()),
+                1,
+                "{}",
+                migration.version
+            );
+        }
+        assert_eq!(
+            statements("-- a; comment\nCREATE TABLE a (x INT);\nDROP TABLE b;"),
+            2
+        );
+    }
 
     #[test]
     fn truncate_respects_char_boundaries() {
