@@ -486,14 +486,16 @@ pub async fn send_message(State(app): State<AppState>, headers: HeaderMap, body:
         let (bytes, mut value) = read_json(&headers, body, SINGLE_LIMIT, app.body_timeout).await?;
         let now = Utc::now();
         let registry = app.registry.load();
-        let refused = resolve_person(&app, &tenant, &mut value, &registry, "", now).await?;
-        if !refused.is_empty() {
-            return Err(Problem::validation(refused));
-        }
-        let valid = validate(&value, &registry, "", now).map_err(Problem::validation)?;
-        let (app_ref, tenant_ref, key_ref) = (&app, &tenant, &key);
+        let (app_ref, tenant_ref, key_ref, registry_ref) = (&app, &tenant, &key, &registry);
+        // Checked under the key: a retry replays the first answer even if the channels or the
+        // person's consents changed meanwhile; a refused request gives the key back.
         app.idempotent(&tenant, key.as_deref(), &bytes, 1, |ids| async move {
-            let (app, tenant, key) = (app_ref, tenant_ref, key_ref);
+            let (app, tenant, key, registry) = (app_ref, tenant_ref, key_ref, registry_ref);
+            let refused = resolve_person(app, tenant, &mut value, registry, "", now).await?;
+            if !refused.is_empty() {
+                return Err(Problem::validation(refused));
+            }
+            let valid = validate(&value, registry, "", now).map_err(Problem::validation)?;
             let id = ids.first().copied().unwrap_or_default();
             let (envelope, channel) = envelope(id, tenant, valid, key.clone(), now);
             app.enqueue(&channel, &envelope).await?;

@@ -218,8 +218,47 @@ async fn sends_to_a_person_use_their_contact_and_marketing_needs_consent() {
     )
     .await;
 
+    // A retry of an accepted send replays its answer, even after the consent was withdrawn.
+    let keyed = |body: Value| {
+        let ump = &ump;
+        async move {
+            let response = ump
+                .http
+                .post(format!("{}/v1/messages", ump.url))
+                .bearer_auth(KEY)
+                .header("Idempotency-Key", "promo-lee-1")
+                .json(&body)
+                .send()
+                .await
+                .expect("POST");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let promo =
+        json!({"channel": "sms", "user": "lee-1", "category": "marketing", "body": "(광고) 쿠폰"});
+    let (status, first) = keyed(promo.clone()).await;
+    assert_eq!(status, 202, "{first}");
+    let withdraw = json!({"consents": [{"purpose": "marketing", "channel": "sms", "granted": false,
+                                        "source": "unsubscribe-link"}]});
+    assert_eq!(put(&ump, KEY, "lee-1", &withdraw).await.0, 200);
+    let (status, again) = keyed(promo.clone()).await;
+    assert_eq!((status, &again), (202, &first), "a retry replays");
+    refused(promo, "user", "consent for sms was withdrawn").await;
+
     // 23:00 their time: advertising needs the separate night-time consent.
-    let (status, _) = put(&ump, KEY, "lee-1", &json!({"timezone": zone_at(23)})).await;
+    let (status, _) = put(
+        &ump,
+        KEY,
+        "lee-1",
+        &json!({"timezone": zone_at(23),
+                "consents": [{"purpose": "marketing", "channel": "sms", "granted": true,
+                              "source": "re-subscribe"}]}),
+    )
+    .await;
     assert_eq!(status, 200);
     refused(
         json!({"channel": "sms", "user": "lee-1", "category": "marketing", "body": "x"}),
