@@ -2,6 +2,8 @@
 //! person is and what they agreed to (`profile`), what they did (`state`), and which segments they
 //! are in (`segment`). The event processor around them does the I/O.
 
+pub mod event;
+pub mod person;
 pub mod profile;
 pub mod segment;
 pub mod state;

@@ -1,0 +1,234 @@
+//! Everything the processor keeps of one person besides their profile, and the step that folds
+//! one input in: the event counted (once, even when the client sends it again), segment
+//! membership re-evaluated, and the moment to look again set. A pure function of the record, the
+//! profile, the input, the tenant's segments and `now`.
+
+use crate::event::{Input, SEGMENT_ENTERED, SEGMENT_LEFT};
+use crate::profile::Profile;
+use crate::segment::{Person, SegmentSet};
+use crate::state::{Event, PersonState};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeSet;
+
+/// How many recent events a person's record shows (`GET /v1/users/{id}`).
+pub const RECENT_EVENTS: usize = 20;
+/// How many client message ids a record remembers to count a repeated event once.
+pub const SEEN_IDS: usize = 100;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PersonRecord {
+    #[serde(default)]
+    pub state: PersonState,
+    /// The segments the person is in.
+    #[serde(default)]
+    pub segments: BTreeSet<String>,
+    /// Newest first: the person's events and their segment entries and exits.
+    #[serde(default)]
+    pub recent: Vec<Event>,
+    /// Client message ids of the newest events, newest first.
+    #[serde(default)]
+    pub seen: Vec<String>,
+    /// When time alone could change a membership: look at the person again then.
+    #[serde(default)]
+    pub next_wake: Option<DateTime<Utc>>,
+}
+
+/// What one step did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Step {
+    /// The event was folded in (false: a repeat of a message id already counted, or a recheck).
+    pub counted: bool,
+    pub entered: Vec<String>,
+    pub left: Vec<String>,
+}
+
+impl PersonRecord {
+    /// Folds `input` into the record of the person `profile` describes, at `now`.
+    pub fn step(
+        &mut self,
+        profile: &Profile,
+        input: &Input,
+        segments: &SegmentSet,
+        now: DateTime<Utc>,
+    ) -> Step {
+        let mut step = Step::default();
+        match input {
+            Input::Event { event, message_id } => {
+                if let Some(id) = message_id {
+                    if self.seen.contains(id) {
+                        return step;
+                    }
+                    self.seen.insert(0, id.clone());
+                    self.seen.truncate(SEEN_IDS);
+                }
+                self.state.apply(event, segments.tracking(), now);
+                self.remember(event.clone());
+                step.counted = true;
+            }
+            Input::Recheck => self.state.trim(segments.tracking(), now),
+        }
+        let change = segments.update(
+            &mut self.segments,
+            &Person {
+                profile,
+                state: &self.state,
+            },
+            now,
+        );
+        for (name, ids) in [(SEGMENT_ENTERED, &change.entered), (SEGMENT_LEFT, &change.left)] {
+            for id in ids {
+                let mut properties = Map::new();
+                properties.insert("segment_id".into(), Value::String(id.clone()));
+                self.remember(Event {
+                    event: name.into(),
+                    properties,
+                    timestamp: now,
+                });
+            }
+        }
+        self.next_wake = change.next_change;
+        step.entered = change.entered;
+        step.left = change.left;
+        step
+    }
+
+    fn remember(&mut self, event: Event) {
+        let at = self.recent.partition_point(|e| e.timestamp > event.timestamp);
+        self.recent.insert(at, event);
+        self.recent.truncate(RECENT_EVENTS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::Segment;
+    use chrono::{Duration, TimeZone};
+    use serde_json::json;
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap()
+    }
+
+    fn segments(defs: Value) -> SegmentSet {
+        let list: Vec<Segment> = serde_json::from_value(defs).unwrap();
+        SegmentSet::new(list).unwrap()
+    }
+
+    fn viewed(item: &str, at: DateTime<Utc>, id: Option<&str>) -> Input {
+        Input::Event {
+            event: Event {
+                event: "product_viewed".into(),
+                properties: json!({"item_id": item}).as_object().cloned().unwrap(),
+                timestamp: at,
+            },
+            message_id: id.map(str::to_owned),
+        }
+    }
+
+    fn browsers() -> SegmentSet {
+        segments(json!([{"id": "browsers", "condition":
+            {"performed": {"event": "product_viewed", "at_least": 2, "within": "1h"}}}]))
+    }
+
+    #[test]
+    fn an_event_moves_a_person_into_a_segment_and_time_moves_them_out() {
+        let segments = browsers();
+        let profile = Profile {
+            user_id: "u-1".into(),
+            ..Profile::default()
+        };
+        let mut record = PersonRecord::default();
+        let first = record.step(&profile, &viewed("a", t0(), None), &segments, t0());
+        assert!(first.counted && first.entered.is_empty());
+        let later = t0() + Duration::minutes(10);
+        let second = record.step(&profile, &viewed("b", later, None), &segments, later);
+        assert_eq!(second.entered, ["browsers"]);
+        assert!(record.segments.contains("browsers"));
+        // The first view leaves the hour at 10:00: that is when to look again.
+        assert_eq!(record.next_wake, Some(t0() + Duration::hours(1)));
+        let wake = record.next_wake.unwrap();
+        let recheck = record.step(&profile, &Input::Recheck, &segments, wake);
+        assert_eq!(recheck.left, ["browsers"]);
+        assert!(!recheck.counted);
+        assert!(record.segments.is_empty());
+        // The entry and the exit are in the record's recent events, newest first.
+        let names: Vec<&str> = record.recent.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                SEGMENT_LEFT,
+                SEGMENT_ENTERED,
+                "product_viewed",
+                "product_viewed"
+            ]
+        );
+        assert_eq!(record.recent[0].properties["segment_id"], "browsers");
+    }
+
+    #[test]
+    fn an_event_sent_again_with_its_message_id_is_counted_once() {
+        let segments = browsers();
+        let profile = Profile::default();
+        let mut record = PersonRecord::default();
+        let event = viewed("a", t0(), Some("evt-1"));
+        assert!(record.step(&profile, &event, &segments, t0()).counted);
+        let again = record.step(&profile, &event, &segments, t0());
+        assert_eq!(again, Step::default());
+        assert!(record.segments.is_empty(), "one view is not two");
+        assert_eq!(record.recent.len(), 1);
+        // Memory of ids is bounded.
+        for i in 0..(SEEN_IDS + 10) {
+            let id = format!("evt-{}", i + 2);
+            record.step(&profile, &viewed("x", t0(), Some(&id)), &segments, t0());
+        }
+        assert_eq!(record.seen.len(), SEEN_IDS);
+        assert_eq!(record.recent.len(), RECENT_EVENTS);
+    }
+
+    #[test]
+    fn a_profile_change_is_seen_at_the_next_recheck() {
+        let segments = segments(json!([{"id": "vip", "condition":
+            {"trait": {"path": "tier", "equals": "vip"}}}]));
+        let mut profile = Profile::default();
+        let mut record = PersonRecord::default();
+        assert!(
+            record
+                .step(&profile, &Input::Recheck, &segments, t0())
+                .entered
+                .is_empty()
+        );
+        profile.traits.insert("tier".into(), json!("vip"));
+        let step = record.step(&profile, &Input::Recheck, &segments, t0());
+        assert_eq!(step.entered, ["vip"]);
+        assert_eq!(record.next_wake, None, "nothing time-bound");
+        // A segment deleted from the tenant is left.
+        let none = SegmentSet::new(Vec::new()).unwrap();
+        assert_eq!(
+            record.step(&profile, &Input::Recheck, &none, t0()).left,
+            ["vip"]
+        );
+    }
+
+    #[test]
+    fn records_read_back_from_their_stored_form() {
+        let mut record = PersonRecord::default();
+        record.step(
+            &Profile::default(),
+            &viewed("a", t0(), Some("m")),
+            &browsers(),
+            t0(),
+        );
+        let text = serde_json::to_string(&record).unwrap();
+        assert_eq!(
+            serde_json::from_str::<PersonRecord>(&text).unwrap(),
+            record
+        );
+        assert_eq!(
+            serde_json::from_str::<PersonRecord>("{}").unwrap(),
+            PersonRecord::default()
+        );
+    }
+}
