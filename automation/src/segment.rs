@@ -497,6 +497,42 @@ fn find_cycle(by_id: &BTreeMap<&str, &Segment>) -> Option<Vec<String>> {
     None
 }
 
+/// The tenant's segments with `segment` created or replaced, checked together: the new
+/// definition's own problems are named as if it stood alone (`condition.all[0]...`), a cycle it
+/// closes as `condition`.
+pub fn with_segment(existing: Vec<Segment>, segment: Segment) -> Result<SegmentSet, Vec<FieldError>> {
+    let mut all: Vec<Segment> = existing.into_iter().filter(|s| s.id != segment.id).collect();
+    let last = format!("segments[{}].", all.len());
+    all.push(segment);
+    SegmentSet::new(all).map_err(|errors| {
+        errors
+            .into_iter()
+            .filter_map(|e| match e.field.strip_prefix(&last) {
+                Some(rest) => Some(FieldError::new(rest, e.detail)),
+                // Another stored segment's own problem is not this request's.
+                None if e.field.starts_with("segments[") => None,
+                None => Some(e),
+            })
+            .collect()
+    })
+}
+
+/// The tenant's segments without `id`, refused while another segment refers to it.
+pub fn without_segment(existing: Vec<Segment>, id: &str) -> Result<Vec<Segment>, String> {
+    let rest: Vec<Segment> = existing.into_iter().filter(|s| s.id != id).collect();
+    for other in &rest {
+        let mut refs = Vec::new();
+        other.condition.references(&mut refs);
+        if refs.contains(&id) {
+            return Err(format!(
+                "segment {:?} refers to it (in_segment): change or delete that one first",
+                other.id
+            ));
+        }
+    }
+    Ok(rest)
+}
+
 /// A tenant's segments, checked, in an order where every segment comes after those it refers to.
 #[derive(Clone, Debug, Default)]
 pub struct SegmentSet {
@@ -852,5 +888,25 @@ mod tests {
         let tracked = &segments.tracking().0["purchase"];
         assert_eq!(tracked.keep, 5);
         assert_eq!(tracked.horizon, "7d".parse().unwrap());
+    }
+
+    #[test]
+    fn a_change_is_checked_against_the_tenants_other_segments() {
+        let a = segment(r#"{"id": "a", "condition": {"trait": {"path": "tier", "exists": true}}}"#);
+        let b = segment(r#"{"id": "b", "condition": {"in_segment": "a"}}"#);
+        let set = with_segment(vec![a.clone()], b.clone()).expect("valid");
+        assert_eq!(set.segments().len(), 2);
+        // Closing a cycle is refused, naming the cycle.
+        let a_on_b = segment(r#"{"id": "a", "condition": {"in_segment": "b"}}"#);
+        let errors = with_segment(vec![a.clone(), b.clone()], a_on_b).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].detail.contains("cycle"), "{errors:?}");
+        // The new definition's problems are named as if it stood alone.
+        let bad = segment(r#"{"id": "c", "condition": {"performed": {"event": "e", "within": "0s"}}}"#);
+        let errors = with_segment(vec![a.clone()], bad).unwrap_err();
+        assert_eq!(errors[0].field, "condition.performed.within");
+        // A referenced segment stays.
+        assert!(without_segment(vec![a.clone(), b.clone()], "a").unwrap_err().contains("\"b\""));
+        assert_eq!(without_segment(vec![a, b], "b").unwrap().len(), 1);
     }
 }

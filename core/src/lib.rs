@@ -2,6 +2,9 @@
 //! Storage lives here because both the api (reads) and the worker (writes) need it.
 
 pub mod amqp;
+pub mod audience;
+pub mod audience_mysql;
+pub mod audience_sqlite;
 pub mod config;
 pub mod duration;
 pub mod history;

@@ -13,6 +13,9 @@ pub struct Erasure {
     pub profile: bool,
     /// Messages to the person's contact points whose recipient is now kept masked only.
     pub messages_masked: u64,
+    /// What the event processor kept of the person (recent events, event counters, segment
+    /// memberships) was deleted.
+    pub automation_state: bool,
 }
 
 #[async_trait::async_trait]
@@ -20,8 +23,9 @@ pub trait ProfileStore: Send + Sync {
     async fn profile(&self, tenant: &str, user_id: &str) -> Result<Option<Profile>, HistoryError>;
     /// Creates or replaces the profile `profile.user_id` of `tenant`.
     async fn save_profile(&self, tenant: &str, profile: &Profile) -> Result<(), HistoryError>;
-    /// Deletes the person's profile and masks the recipient of every message of the tenant sent
-    /// to one of their contact points, in one transaction.
+    /// Deletes the person's profile and automation state (events, counters, segment
+    /// memberships) and masks the recipient of every message of the tenant sent to one of their
+    /// contact points, in one transaction.
     async fn erase(&self, tenant: &str, user_id: &str) -> Result<Erasure, HistoryError>;
 }
 

@@ -997,10 +997,24 @@ impl crate::profiles::ProfileStore for SqliteStore {
             .await?
             .rows_affected();
         }
+        let mut automation_state = false;
+        for statement in [
+            "DELETE FROM segment_members WHERE tenant_id = ? AND user_id = ?",
+            "DELETE FROM person_state WHERE tenant_id = ? AND user_id = ?",
+        ] {
+            automation_state = sqlx::query(statement)
+                .bind(tenant)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
+        }
         tx.commit().await?;
         Ok(crate::profiles::Erasure {
             profile: true,
             messages_masked: masked,
+            automation_state,
         })
     }
 }

@@ -779,15 +779,25 @@ impl crate::profiles::ProfileStore for MySqlHistory {
             .await?
             .rows_affected();
         }
-        sqlx::query("DELETE FROM profiles WHERE tenant_id = ? AND user_id = ?")
-            .bind(tenant)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
+        let mut automation_state = false;
+        for statement in [
+            "DELETE FROM profiles WHERE tenant_id = ? AND user_id = ?",
+            "DELETE FROM segment_members WHERE tenant_id = ? AND user_id = ?",
+            "DELETE FROM person_state WHERE tenant_id = ? AND user_id = ?",
+        ] {
+            let deleted = sqlx::query(statement)
+                .bind(tenant)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            automation_state = deleted > 0;
+        }
         tx.commit().await?;
         Ok(crate::profiles::Erasure {
             profile: true,
             messages_masked: masked,
+            automation_state,
         })
     }
 }

@@ -68,7 +68,8 @@ where
         erased,
         Erasure {
             profile: true,
-            messages_masked: 1
+            messages_masked: 1,
+            automation_state: false,
         }
     );
     assert_eq!(store.profile("t1", "kim").await.expect("get"), None);

@@ -1,0 +1,501 @@
+//! Segments, people's state and the event processor's transaction in MySQL.
+//!
+//! A batch of the events topic is committed in one transaction: the rows of the batch's
+//! partitions in `event_offsets` are locked first, entries below the stored position are dropped
+//! (taken before a crash or by the partition's previous owner), then the people are loaded, the
+//! pure fold runs, and their state, their memberships, any new profile and the new positions are
+//! written together. Kafka's own committed offsets only say where to start reading.
+
+use crate::audience::{
+    BatchReport, LogEntry, Loaded, Member, PersonChange, SegmentError, SegmentStore,
+    StoredSegment, decode, encode, fold, segment_set,
+};
+use crate::history::HistoryError;
+use chrono::{DateTime, NaiveDateTime, Utc};
+use sqlx::mysql::MySqlPool;
+use sqlx::{MySql, QueryBuilder, Row, Transaction};
+use std::collections::{BTreeMap, BTreeSet};
+use ump_automation::person::PersonRecord;
+use ump_automation::profile::Profile;
+use ump_automation::segment::{Segment, SegmentSet, with_segment, without_segment};
+
+/// Rows per multi-row statement (MySQL takes at most 65,535 placeholders).
+const CHUNK: usize = 500;
+
+fn naive(at: DateTime<Utc>) -> NaiveDateTime {
+    at.naive_utc()
+}
+
+fn utc(at: NaiveDateTime) -> DateTime<Utc> {
+    at.and_utc()
+}
+
+/// An entry of the events topic, where it was read.
+#[derive(Clone, Debug)]
+pub struct Positioned {
+    pub partition: i32,
+    pub offset: i64,
+    pub entry: LogEntry,
+}
+
+#[derive(Clone, Debug)]
+pub struct MySqlAudience {
+    pool: MySqlPool,
+}
+
+impl MySqlAudience {
+    pub fn new(pool: MySqlPool) -> Self {
+        Self { pool }
+    }
+
+    /// Folds a batch of the events topic read by `group` and commits it with the partitions'
+    /// new positions. Entries at positions already committed are skipped (counted as repeated).
+    pub async fn process(
+        &self,
+        group: &str,
+        topic: &str,
+        batch: &[Positioned],
+        now: DateTime<Utc>,
+    ) -> Result<BatchReport, HistoryError> {
+        let mut tx = self.pool.begin().await?;
+        let partitions: BTreeSet<i32> = batch.iter().map(|p| p.partition).collect();
+        let mut positions = BTreeMap::new();
+        for partition in &partitions {
+            // Makes the row exist so it can be locked: concurrent owners of a partition (a
+            // rebalance in progress) take turns here.
+            sqlx::query(
+                "INSERT IGNORE INTO event_offsets \
+                 (consumer_group, topic, partition_id, next_offset, updated_at) \
+                 VALUES (?, ?, ?, 0, ?)",
+            )
+            .bind(group)
+            .bind(topic)
+            .bind(partition)
+            .bind(naive(now))
+            .execute(&mut *tx)
+            .await?;
+            let next: i64 = sqlx::query_scalar(
+                "SELECT next_offset FROM event_offsets \
+                 WHERE consumer_group = ? AND topic = ? AND partition_id = ? FOR UPDATE",
+            )
+            .bind(group)
+            .bind(topic)
+            .bind(partition)
+            .fetch_one(&mut *tx)
+            .await?;
+            positions.insert(*partition, next);
+        }
+        let fresh: Vec<&Positioned> = batch
+            .iter()
+            .filter(|p| p.offset >= positions[&p.partition])
+            .collect();
+        let skipped = (batch.len() - fresh.len()) as u64;
+        let entries: Vec<LogEntry> = fresh.iter().map(|p| p.entry.clone()).collect();
+        let people = load_people(&mut tx, &entries).await?;
+        let mut segments = BTreeMap::new();
+        for tenant in entries.iter().map(|e| &e.tenant).collect::<BTreeSet<_>>() {
+            segments.insert(tenant.clone(), load_segment_set(&mut tx, tenant).await?);
+        }
+        let (changes, mut report) = fold(&entries, people, &segments, now);
+        report.repeated += skipped;
+        write_changes(&mut tx, &changes, now).await?;
+        for partition in &partitions {
+            let last = batch
+                .iter()
+                .filter(|p| p.partition == *partition)
+                .map(|p| p.offset)
+                .max()
+                .expect("a partition of the batch");
+            sqlx::query(
+                "UPDATE event_offsets SET next_offset = GREATEST(next_offset, ?), updated_at = ? \
+                 WHERE consumer_group = ? AND topic = ? AND partition_id = ?",
+            )
+            .bind(last + 1)
+            .bind(naive(now))
+            .bind(group)
+            .bind(topic)
+            .bind(partition)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    /// The committed position of each partition of `topic` for `group`.
+    pub async fn positions(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, i64>, HistoryError> {
+        let rows = sqlx::query(
+            "SELECT partition_id, next_offset FROM event_offsets \
+             WHERE consumer_group = ? AND topic = ?",
+        )
+        .bind(group)
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Claims up to `limit` people whose wake-up is due: each claim moves the wake-up to
+    /// `retry_at`, so a recheck that never arrives is asked for again then. The caller puts a
+    /// recheck of each on the events topic.
+    pub async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        retry_at: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, HistoryError> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, user_id, next_wake FROM person_state \
+             WHERE next_wake <= ? ORDER BY next_wake LIMIT ?",
+        )
+        .bind(naive(now))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = Vec::new();
+        for row in rows {
+            let tenant: String = row.try_get(0)?;
+            let user: String = row.try_get(1)?;
+            let wake: NaiveDateTime = row.try_get(2)?;
+            // Another processor's claim, or the owner's new wake-up, wins.
+            let done = sqlx::query(
+                "UPDATE person_state SET next_wake = ? \
+                 WHERE tenant_id = ? AND user_id = ? AND next_wake = ?",
+            )
+            .bind(naive(retry_at))
+            .bind(&tenant)
+            .bind(&user)
+            .bind(wake)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if done == 1 {
+                claimed.push((tenant, user));
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// People whose wake-up is past `before` (for the overdue metric).
+    pub async fn overdue(&self, before: DateTime<Utc>) -> Result<u64, HistoryError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM person_state WHERE next_wake < ?")
+            .bind(naive(before))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+}
+
+async fn load_people(
+    tx: &mut Transaction<'_, MySql>,
+    entries: &[LogEntry],
+) -> Result<BTreeMap<(String, String), Loaded>, HistoryError> {
+    let mut by_tenant: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for e in entries {
+        by_tenant
+            .entry(&e.tenant)
+            .or_default()
+            .insert(&e.queued.user_id);
+    }
+    let mut people: BTreeMap<(String, String), Loaded> = BTreeMap::new();
+    for (tenant, users) in by_tenant {
+        let users: Vec<&str> = users.into_iter().collect();
+        for chunk in users.chunks(CHUNK) {
+            for (table, column) in [("profiles", "profile"), ("person_state", "record")] {
+                let mut q = QueryBuilder::<MySql>::new(format!(
+                    "SELECT user_id, {column} FROM {table} WHERE tenant_id = "
+                ));
+                q.push_bind(tenant).push(" AND user_id IN (");
+                let mut list = q.separated(", ");
+                for user in chunk {
+                    list.push_bind(*user);
+                }
+                q.push(")");
+                for row in q.build().fetch_all(&mut **tx).await? {
+                    let user: String = row.try_get(0)?;
+                    let text: String = row.try_get(1)?;
+                    let person = people.entry((tenant.to_owned(), user)).or_default();
+                    if table == "profiles" {
+                        person.profile = Some(crate::profiles::decode(&text)?);
+                    } else {
+                        person.record = Some(decode("person record", &text)?);
+                    }
+                }
+            }
+        }
+    }
+    Ok(people)
+}
+
+async fn load_segments<'e, E>(executor: E, tenant: &str) -> Result<Vec<StoredSegment>, HistoryError>
+where
+    E: sqlx::Executor<'e, Database = MySql>,
+{
+    let rows = sqlx::query(
+        "SELECT definition, created_at, updated_at FROM segments WHERE tenant_id = ? \
+         ORDER BY segment_id",
+    )
+    .bind(tenant)
+    .fetch_all(executor)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(StoredSegment {
+                segment: decode("segment", &row.try_get::<String, _>(0)?)?,
+                created_at: utc(row.try_get(1)?),
+                updated_at: utc(row.try_get(2)?),
+            })
+        })
+        .collect()
+}
+
+async fn load_segment_set(
+    tx: &mut Transaction<'_, MySql>,
+    tenant: &str,
+) -> Result<SegmentSet, HistoryError> {
+    let stored = load_segments(&mut **tx, tenant).await?;
+    segment_set(tenant, stored.into_iter().map(|s| s.segment).collect())
+}
+
+async fn write_changes(
+    tx: &mut Transaction<'_, MySql>,
+    changes: &[PersonChange],
+    now: DateTime<Utc>,
+) -> Result<(), HistoryError> {
+    for chunk in changes.chunks(CHUNK) {
+        let mut q = QueryBuilder::<MySql>::new(
+            "INSERT INTO person_state (tenant_id, user_id, record, next_wake, updated_at) ",
+        );
+        let mut encoded = Vec::with_capacity(chunk.len());
+        for c in chunk {
+            encoded.push(encode("person record", &c.record)?);
+        }
+        q.push_values(chunk.iter().zip(&encoded), |mut row, (c, text)| {
+            row.push_bind(&c.tenant)
+                .push_bind(&c.user_id)
+                .push_bind(text)
+                .push_bind(c.record.next_wake.map(naive))
+                .push_bind(naive(now));
+        });
+        q.push(
+            " ON DUPLICATE KEY UPDATE record = VALUES(record), next_wake = VALUES(next_wake), \
+             updated_at = VALUES(updated_at)",
+        );
+        q.build().execute(&mut **tx).await?;
+
+        let created: Vec<(&PersonChange, &Profile)> = chunk
+            .iter()
+            .filter_map(|c| c.new_profile.as_ref().map(|p| (c, p)))
+            .collect();
+        if !created.is_empty() {
+            let mut texts = Vec::with_capacity(created.len());
+            for (_, profile) in &created {
+                texts.push(crate::profiles::encode(profile)?);
+            }
+            let mut q = QueryBuilder::<MySql>::new(
+                "INSERT IGNORE INTO profiles (tenant_id, user_id, profile, created_at, updated_at) ",
+            );
+            q.push_values(created.iter().zip(&texts), |mut row, ((c, _), text)| {
+                row.push_bind(&c.tenant)
+                    .push_bind(&c.user_id)
+                    .push_bind(text)
+                    .push_bind(naive(now))
+                    .push_bind(naive(now));
+            });
+            q.build().execute(&mut **tx).await?;
+        }
+
+        let entered: Vec<(&PersonChange, &String)> = chunk
+            .iter()
+            .flat_map(|c| c.entered.iter().map(move |s| (c, s)))
+            .collect();
+        if !entered.is_empty() {
+            let mut q = QueryBuilder::<MySql>::new(
+                "INSERT IGNORE INTO segment_members (tenant_id, segment_id, user_id, since) ",
+            );
+            q.push_values(&entered, |mut row, (c, segment)| {
+                row.push_bind(&c.tenant)
+                    .push_bind(*segment)
+                    .push_bind(&c.user_id)
+                    .push_bind(naive(now));
+            });
+            q.build().execute(&mut **tx).await?;
+        }
+        for c in chunk {
+            for segment in &c.left {
+                sqlx::query(
+                    "DELETE FROM segment_members \
+                     WHERE tenant_id = ? AND segment_id = ? AND user_id = ?",
+                )
+                .bind(&c.tenant)
+                .bind(segment)
+                .bind(&c.user_id)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every person of the tenant is looked at again: people with a profile and no state yet get
+/// one, and every wake-up becomes now.
+async fn recheck_all(
+    tx: &mut Transaction<'_, MySql>,
+    tenant: &str,
+    now: DateTime<Utc>,
+) -> Result<(), HistoryError> {
+    sqlx::query(
+        "INSERT IGNORE INTO person_state (tenant_id, user_id, record, next_wake, updated_at) \
+         SELECT tenant_id, user_id, '{}', ?, ? FROM profiles WHERE tenant_id = ?",
+    )
+    .bind(naive(now))
+    .bind(naive(now))
+    .bind(tenant)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE person_state SET next_wake = ? WHERE tenant_id = ?")
+        .bind(naive(now))
+        .bind(tenant)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Locks the tenant's segments (and the gap where new ones would go) for a change.
+async fn lock_segments(
+    tx: &mut Transaction<'_, MySql>,
+    tenant: &str,
+) -> Result<Vec<Segment>, HistoryError> {
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT definition FROM segments WHERE tenant_id = ? FOR UPDATE")
+            .bind(tenant)
+            .fetch_all(&mut **tx)
+            .await?;
+    rows.iter().map(|t| decode("segment", t)).collect()
+}
+
+#[async_trait::async_trait]
+impl SegmentStore for MySqlAudience {
+    async fn segments(&self, tenant: &str) -> Result<Vec<StoredSegment>, HistoryError> {
+        load_segments(&self.pool, tenant).await
+    }
+
+    async fn put_segment(
+        &self,
+        tenant: &str,
+        segment: Segment,
+        now: DateTime<Utc>,
+    ) -> Result<bool, SegmentError> {
+        let mut tx = self.pool.begin().await.map_err(HistoryError::from)?;
+        let existing = lock_segments(&mut tx, tenant).await?;
+        let new = !existing.iter().any(|s| s.id == segment.id);
+        with_segment(existing, segment.clone()).map_err(SegmentError::Invalid)?;
+        sqlx::query(
+            "INSERT INTO segments (tenant_id, segment_id, definition, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE definition = VALUES(definition), updated_at = VALUES(updated_at)",
+        )
+        .bind(tenant)
+        .bind(&segment.id)
+        .bind(encode("segment", &segment)?)
+        .bind(naive(now))
+        .bind(naive(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(HistoryError::from)?;
+        recheck_all(&mut tx, tenant, now).await?;
+        tx.commit().await.map_err(HistoryError::from)?;
+        Ok(new)
+    }
+
+    async fn delete_segment(
+        &self,
+        tenant: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, SegmentError> {
+        let mut tx = self.pool.begin().await.map_err(HistoryError::from)?;
+        let existing = lock_segments(&mut tx, tenant).await?;
+        if !existing.iter().any(|s| s.id == id) {
+            return Ok(false);
+        }
+        without_segment(existing, id).map_err(SegmentError::InUse)?;
+        for statement in [
+            "DELETE FROM segments WHERE tenant_id = ? AND segment_id = ?",
+            "DELETE FROM segment_members WHERE tenant_id = ? AND segment_id = ?",
+        ] {
+            sqlx::query(statement)
+                .bind(tenant)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(HistoryError::from)?;
+        }
+        // Records still list the segment until their next step drops it.
+        recheck_all(&mut tx, tenant, now).await?;
+        tx.commit().await.map_err(HistoryError::from)?;
+        Ok(true)
+    }
+
+    async fn segment_size(&self, tenant: &str, id: &str) -> Result<u64, HistoryError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM segment_members WHERE tenant_id = ? AND segment_id = ?",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
+    }
+
+    async fn members(
+        &self,
+        tenant: &str,
+        id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Member>, HistoryError> {
+        let rows = sqlx::query(
+            "SELECT user_id, since FROM segment_members \
+             WHERE tenant_id = ? AND segment_id = ? AND user_id > ? ORDER BY user_id LIMIT ?",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Member {
+                    user_id: r.try_get(0)?,
+                    since: utc(r.try_get(1)?),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    async fn person(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<PersonRecord>, HistoryError> {
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT record FROM person_state WHERE tenant_id = ? AND user_id = ?",
+        )
+        .bind(tenant)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        text.as_deref().map(|t| decode("person record", t)).transpose()
+    }
+}
