@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use ump_core::amqp::{AmqpQueue, AmqpSettings};
+use ump_core::audience::{EventLog, KafkaEventLog};
+use ump_core::audience_mysql::MySqlAudience;
 use ump_core::config::ChannelRegistry;
 use ump_core::keys::{
     ApiKeyStore, BOOTSTRAP_KEY_ID, DEFAULT_TENANT, MySqlKeys, PresentedKey, check_bootstrap_key,
@@ -39,6 +41,9 @@ pub struct ClusterSettings {
     /// Without it, realtime sends are answered 503.
     #[arg(long, env = "UMP_AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
+    /// The Kafka topic of behaviour events (`POST /v1/events`), keyed by tenant and person.
+    #[arg(long, env = "UMP_EVENTS_TOPIC", default_value = ump_core::audience::DEFAULT_EVENTS_TOPIC)]
+    pub events_topic: String,
     /// How long an accept waits for the broker before answering 503.
     #[arg(long, env = "UMP_ACCEPT_TIMEOUT", default_value = "5s")]
     pub accept_timeout: ump_core::duration::Duration,
@@ -187,6 +192,15 @@ pub async fn state(
         .context("creating the Kafka producer")?,
     );
 
+    let events: Arc<dyn EventLog> = Arc::new(
+        KafkaEventLog::new(
+            &KafkaSettings::from_env(settings.kafka_bootstrap.clone()),
+            &settings.events_topic,
+            settings.accept_timeout.as_std(),
+        )
+        .context("creating the Kafka producer of events")?,
+    );
+
     // Realtime sends fail on their own (503) while ActiveMQ is away, so it is not a readiness
     // check: an API that cannot reach it still takes bulk traffic.
     let realtime = match &settings.amqp_url {
@@ -255,7 +269,9 @@ pub async fn state(
         bulk: kafka as Arc<dyn MessageQueue>,
         realtime,
         history: Arc::new(MySqlHistory::new(pool.clone())),
-        profiles: Arc::new(MySqlHistory::new(pool)),
+        profiles: Arc::new(MySqlHistory::new(pool.clone())),
+        events,
+        segments: Arc::new(MySqlAudience::new(pool)),
         keys: key_cache,
         idempotency: Arc::new(RedisIdempotency::new(redis)),
         metrics: ApiMetrics::new(registry)?,

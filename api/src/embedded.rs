@@ -30,10 +30,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use ump_core::audience_sqlite::SqliteEventLog;
 use ump_core::config::ChannelRegistry;
 use ump_core::keys::{ApiKeyStore, DEFAULT_TENANT, generate_key};
 use ump_core::queue::MessageQueue;
 use ump_core::sqlite::{EmbeddedLock, SqliteQueue, SqliteStore, Wakers};
+use ump_events::EventMetrics;
 use ump_worker::fallback::FallbackRoute;
 use ump_worker::local::{LocalConsumer, LocalRateLimiter, SqliteDedupe};
 use ump_worker::metrics::WorkerMetrics;
@@ -120,8 +122,14 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
     let _lock = EmbeddedLock::acquire(&settings.data_dir)?;
     let fresh = !settings.database().exists();
     let store = SqliteStore::open(&settings.database()).await?;
+    let events_wake = Arc::new(tokio::sync::Notify::new());
     if fresh {
         example_customer(&store).await?;
+        example_audience(
+            &store,
+            &SqliteEventLog::new(store.clone(), Arc::clone(&events_wake)),
+        )
+        .await?;
     }
     let folder = settings.channel_folder()?;
     let channels = Arc::new(
@@ -151,9 +159,11 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         realtime: Some(queue),
         history: Arc::new(store.clone()),
         profiles: Arc::new(store.clone()),
+        events: Arc::new(SqliteEventLog::new(store.clone(), Arc::clone(&events_wake))),
+        segments: Arc::new(store.clone()),
         keys: Arc::clone(&keys),
         idempotency: Arc::new(SqliteIdempotency::new(store.clone())),
-        metrics: ApiMetrics::new(registry)?,
+        metrics: ApiMetrics::new(registry.clone())?,
         readiness,
         secrets_dir: settings.secrets_dir.clone(),
         body_timeout: settings.requests.body_timeout.as_std(),
@@ -206,6 +216,14 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
             tasks.spawn(consumer.run(workers.clone()));
         }
     }
+    tasks.spawn(
+        ump_events::local::LocalProcessor {
+            store: store.clone(),
+            wake: events_wake,
+            metrics: EventMetrics::new(registry.clone())?,
+        }
+        .run(workers.clone()),
+    );
     tasks.spawn(sweep_expired_keys(store.clone(), workers.clone()));
     tasks.spawn(watch_parking(
         store.clone(),
@@ -248,7 +266,8 @@ fn announce(settings: &EmbeddedSettings, folder: &Path, channels: usize, key: Op
     let mut banner = format!(
         "\nUMP all-in-one is running.\n  API and dashboard: http://{host}/\n  \
          data: {}   channels: {} ({channels})\n  \
-         an example customer: example-kim (the dashboard's Customers tab, GET /v1/users/example-kim)\n",
+         an example customer: example-kim (the dashboard's Customers tab, GET /v1/users/example-kim)\n  \
+         example segments: GET /v1/segments (vip, browsers, sms-marketing, vip-buyers)\n",
         settings.data_dir.display(),
         folder.display()
     );
@@ -297,6 +316,52 @@ async fn example_customer(store: &SqliteStore) -> anyhow::Result<()> {
         .save_profile(DEFAULT_TENANT, &profile)
         .await
         .context("storing the example profile")
+}
+
+/// The segments and events a newcomer finds on the first start: example-kim viewed two products
+/// and bought one, and is in the segments that describe.
+async fn example_audience(store: &SqliteStore, log: &SqliteEventLog) -> anyhow::Result<()> {
+    use ump_automation::event::EventInput;
+    use ump_core::audience::{EventLog, SegmentStore};
+    let segments = serde_json::json!([
+        {"id": "vip", "name": "VIP customers", "condition": {"trait": {"path": "tier", "equals": "vip"}}},
+        {"id": "browsers", "name": "Viewed at least two products in the last 7 days",
+         "condition": {"performed": {"event": "product_viewed", "at_least": 2, "within": "7d"}}},
+        {"id": "sms-marketing", "name": "Agreed to SMS advertising",
+         "condition": {"consent": {"channel": "sms", "purpose": "marketing"}}},
+        {"id": "vip-buyers", "name": "VIP customers who bought this month",
+         "condition": {"all": [{"in_segment": "vip"},
+                               {"performed": {"event": "purchase", "within": "30d"}}]}},
+    ]);
+    let now = chrono::Utc::now();
+    for segment in serde_json::from_value::<Vec<ump_automation::segment::Segment>>(segments)
+        .context("the example segments")?
+    {
+        store
+            .put_segment(DEFAULT_TENANT, segment, now)
+            .await
+            .map_err(|e| anyhow::anyhow!("storing the example segments: {e:?}"))?;
+    }
+    let minutes_ago = |m: i64| (now - chrono::Duration::minutes(m)).to_rfc3339();
+    let events = serde_json::json!([
+        {"user_id": "example-kim", "event": "product_viewed", "timestamp": minutes_ago(30),
+         "properties": {"item_id": "sku-1001", "name": "Wireless earbuds", "price": 89000}},
+        {"user_id": "example-kim", "event": "product_viewed", "timestamp": minutes_ago(20),
+         "properties": {"item_id": "sku-2002", "name": "Phone case", "price": 15000}},
+        {"user_id": "example-kim", "event": "purchase", "timestamp": minutes_ago(10),
+         "properties": {"item_id": "sku-2002", "price": 15000}},
+    ]);
+    let queued = serde_json::from_value::<Vec<EventInput>>(events)
+        .context("the example events")?
+        .into_iter()
+        .map(|e| {
+            e.check("", now)
+                .map_err(|e| anyhow::anyhow!("the example events: {e:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    log.append(DEFAULT_TENANT, &queued)
+        .await
+        .context("storing the example events")
 }
 
 /// Removes expired dedupe and Idempotency-Key records now and then.

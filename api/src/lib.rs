@@ -10,12 +10,14 @@ pub mod auth;
 pub mod cluster;
 pub mod dashboard;
 pub mod embedded;
+pub mod events;
 pub mod idempotency;
 pub mod messages;
 pub mod metrics;
 pub mod problem;
 pub mod receipts;
 pub mod request;
+pub mod segments;
 pub mod users;
 pub mod watch;
 
@@ -44,6 +46,9 @@ pub struct AppState {
     pub realtime: Option<Arc<dyn MessageQueue>>,
     pub history: Arc<dyn HistoryStore>,
     pub profiles: Arc<dyn ump_core::profiles::ProfileStore>,
+    /// Where `POST /v1/events` makes events durable.
+    pub events: Arc<dyn ump_core::audience::EventLog>,
+    pub segments: Arc<dyn ump_core::audience::SegmentStore>,
     pub keys: Arc<auth::KeyCache>,
     pub idempotency: Arc<dyn idempotency::IdempotencyStore>,
     pub metrics: metrics::ApiMetrics,
@@ -76,7 +81,9 @@ impl Default for RequestSettings {
 #[openapi(
     info(title = "UMP — Unified Messaging Platform", description = "One API for email, SMS, push and Kakao AlimTalk."),
     paths(messages::send_message, messages::send_batch, messages::get_message, messages::list_messages, dashboard::stats, receipts::receive,
-          users::identify, users::get_user, users::erase_user),
+          users::identify, users::get_user, users::erase_user, events::post_events,
+          segments::list_segments, segments::create_segment, segments::get_segment,
+          segments::put_segment, segments::delete_segment, segments::members),
     components(schemas(
         request::SendMessageRequest, messages::Accepted, messages::BatchRequest, messages::BatchResponse,
         messages::BatchResult, problem::Problem, problem::FieldError, receipts::ReceiptReport,
@@ -84,13 +91,18 @@ impl Default for RequestSettings {
         ump_core::model::Status, ump_core::model::Priority, ump_core::stats::Stats,
         ump_core::stats::StatusCounts, ump_core::stats::ChannelStats, ump_core::stats::StatsBucket,
         request::Tag, dashboard::StatsWindow, users::IdentifyRequest, users::ProfileView,
-        ump_core::profiles::Erasure
+        ump_core::profiles::Erasure, events::EventRequest, events::EventBatchRequest,
+        events::EventsAccepted, segments::SegmentRequest, segments::SegmentView,
+        segments::SegmentList, segments::MemberPage, segments::PersonActivity,
+        ump_core::audience::Member
     )),
     modifiers(&BearerAuth),
     tags((name = "messages", description = "Send messages and read their history"),
          (name = "dashboard", description = "Figures for the admin dashboard (served at `/`)"),
          (name = "receipts", description = "Delivery receipts from providers"),
-         (name = "users", description = "Customer profiles and consents"))
+         (name = "users", description = "Customer profiles and consents"),
+         (name = "events", description = "Behaviour events of people"),
+         (name = "segments", description = "Segments of people, kept as events arrive"))
 )]
 pub struct ApiDoc;
 
@@ -123,6 +135,18 @@ pub fn router(state: AppState) -> Router {
                 .put(users::identify)
                 .delete(users::erase_user),
         )
+        .route("/v1/events", post(events::post_events))
+        .route(
+            "/v1/segments",
+            get(segments::list_segments).post(segments::create_segment),
+        )
+        .route(
+            "/v1/segments/{id}",
+            get(segments::get_segment)
+                .put(segments::put_segment)
+                .delete(segments::delete_segment),
+        )
+        .route("/v1/segments/{id}/members", get(segments::members))
         .route("/v1/receipts/{channel}/{provider}", post(receipts::receive))
         .route(
             "/openapi.json",

@@ -6,6 +6,7 @@
 use crate::AppState;
 use crate::messages::{SINGLE_LIMIT, read_json};
 use crate::problem::{FieldError, Problem};
+use crate::segments::PersonActivity;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -13,8 +14,18 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use ump_automation::event::Queued;
 use ump_automation::profile::{Profile, ProfileUpdate};
 use ump_core::profiles::Erasure;
+
+/// `GET /v1/users/{id}`: the profile and what the processor keeps of the person.
+#[derive(serde::Serialize)]
+struct Person {
+    #[serde(flatten)]
+    profile: Profile,
+    #[serde(flatten)]
+    activity: PersonActivity,
+}
 
 const RETRY_AFTER_SECONDS: u64 = 5;
 /// The longest user id (in characters): the application's own id for the person.
@@ -50,6 +61,12 @@ pub struct ProfileView {
     consents: Vec<serde_json::Value>,
     /// Created by an event before anyone identified the person.
     anonymous: bool,
+    /// (`GET` only) The segments the person is in.
+    segments: Option<Vec<String>>,
+    /// (`GET` only) Newest first: the person's latest events and segment entries and exits.
+    recent_events: Option<Vec<serde_json::Value>>,
+    /// (`GET` only) When time alone could next change a membership.
+    next_wake: Option<chrono::DateTime<Utc>>,
 }
 
 fn user_id(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
@@ -151,6 +168,8 @@ pub async fn identify(
             .save_profile(&tenant.0, &profile)
             .await
             .map_err(unavailable)?;
+        // The processor looks at the person again: a trait or a consent may change a segment.
+        crate::events::append(&app, &tenant.0, &[Queued::recheck(&user_id, Utc::now())]).await?;
         Ok::<_, Problem>(Json(profile))
     }
     .await;
@@ -180,15 +199,30 @@ pub async fn get_user(
     let result = async {
         let tenant = app.keys.authenticate(&headers).await?;
         let user_id = user_id(path)?;
-        app.profiles
+        let profile = app
+            .profiles
             .profile(&tenant.0, &user_id)
             .await
             .map_err(unavailable)?
-            .ok_or_else(Problem::not_found)
+            .ok_or_else(Problem::not_found)?;
+        let record = app
+            .segments
+            .person(&tenant.0, &user_id)
+            .await
+            .map_err(unavailable)?
+            .unwrap_or_default();
+        Ok::<_, Problem>(Person {
+            profile,
+            activity: PersonActivity {
+                segments: record.segments.into_iter().collect(),
+                recent_events: record.recent,
+                next_wake: record.next_wake,
+            },
+        })
     }
     .await;
     match result {
-        Ok(profile) => Json(profile).into_response(),
+        Ok(person) => Json(person).into_response(),
         Err(problem) => problem.into_response(),
     }
 }

@@ -132,6 +132,7 @@ async fn a_channel_created_in_the_cluster_is_usable_without_a_restart() {
         config_dir: None,
         watch_namespace: Some(namespace.clone()),
         amqp_url: None,
+        events_topic: ump_core::audience::DEFAULT_EVENTS_TOPIC.to_owned(),
         accept_timeout: "5s".parse().expect("duration"),
         secrets_dir: std::env::temp_dir().join("ump-no-secrets"),
     };

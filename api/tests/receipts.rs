@@ -80,6 +80,7 @@ async fn start() -> Api {
         config_dir: Some(dir.join("config")),
         watch_namespace: None,
         amqp_url: None,
+        events_topic: ump_core::audience::DEFAULT_EVENTS_TOPIC.to_owned(),
         accept_timeout: "5s".parse().expect("duration"),
         secrets_dir: dir.join("secrets"),
     };

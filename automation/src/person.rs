@@ -77,7 +77,10 @@ impl PersonRecord {
             },
             now,
         );
-        for (name, ids) in [(SEGMENT_ENTERED, &change.entered), (SEGMENT_LEFT, &change.left)] {
+        for (name, ids) in [
+            (SEGMENT_ENTERED, &change.entered),
+            (SEGMENT_LEFT, &change.left),
+        ] {
             for id in ids {
                 let mut properties = Map::new();
                 properties.insert("segment_id".into(), Value::String(id.clone()));
@@ -95,7 +98,9 @@ impl PersonRecord {
     }
 
     fn remember(&mut self, event: Event) {
-        let at = self.recent.partition_point(|e| e.timestamp > event.timestamp);
+        let at = self
+            .recent
+            .partition_point(|e| e.timestamp > event.timestamp);
         self.recent.insert(at, event);
         self.recent.truncate(RECENT_EVENTS);
     }
@@ -222,10 +227,7 @@ mod tests {
             t0(),
         );
         let text = serde_json::to_string(&record).unwrap();
-        assert_eq!(
-            serde_json::from_str::<PersonRecord>(&text).unwrap(),
-            record
-        );
+        assert_eq!(serde_json::from_str::<PersonRecord>(&text).unwrap(), record);
         assert_eq!(
             serde_json::from_str::<PersonRecord>("{}").unwrap(),
             PersonRecord::default()

@@ -500,8 +500,14 @@ fn find_cycle(by_id: &BTreeMap<&str, &Segment>) -> Option<Vec<String>> {
 /// The tenant's segments with `segment` created or replaced, checked together: the new
 /// definition's own problems are named as if it stood alone (`condition.all[0]...`), a cycle it
 /// closes as `condition`.
-pub fn with_segment(existing: Vec<Segment>, segment: Segment) -> Result<SegmentSet, Vec<FieldError>> {
-    let mut all: Vec<Segment> = existing.into_iter().filter(|s| s.id != segment.id).collect();
+pub fn with_segment(
+    existing: Vec<Segment>,
+    segment: Segment,
+) -> Result<SegmentSet, Vec<FieldError>> {
+    let mut all: Vec<Segment> = existing
+        .into_iter()
+        .filter(|s| s.id != segment.id)
+        .collect();
     let last = format!("segments[{}].", all.len());
     all.push(segment);
     SegmentSet::new(all).map_err(|errors| {
@@ -902,11 +908,16 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].detail.contains("cycle"), "{errors:?}");
         // The new definition's problems are named as if it stood alone.
-        let bad = segment(r#"{"id": "c", "condition": {"performed": {"event": "e", "within": "0s"}}}"#);
+        let bad =
+            segment(r#"{"id": "c", "condition": {"performed": {"event": "e", "within": "0s"}}}"#);
         let errors = with_segment(vec![a.clone()], bad).unwrap_err();
         assert_eq!(errors[0].field, "condition.performed.within");
         // A referenced segment stays.
-        assert!(without_segment(vec![a.clone(), b.clone()], "a").unwrap_err().contains("\"b\""));
+        assert!(
+            without_segment(vec![a.clone(), b.clone()], "a")
+                .unwrap_err()
+                .contains("\"b\"")
+        );
         assert_eq!(without_segment(vec![a, b], "b").unwrap().len(), 1);
     }
 }

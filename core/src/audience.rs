@@ -202,7 +202,10 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
 
 /// The segments of a tenant as the processor uses them. Stored segments were checked together
 /// when written, so a failure here is a corrupt store.
-pub(crate) fn segment_set(tenant: &str, segments: Vec<Segment>) -> Result<SegmentSet, HistoryError> {
+pub(crate) fn segment_set(
+    tenant: &str,
+    segments: Vec<Segment>,
+) -> Result<SegmentSet, HistoryError> {
     SegmentSet::new(segments).map_err(|errors| {
         HistoryError::Corrupt(format!("the segments of tenant {tenant:?}: {errors:?}"))
     })
@@ -268,9 +271,7 @@ pub fn fold(
             created.insert(key.clone());
         }
         let record = person.record.get_or_insert_with(PersonRecord::default);
-        before
-            .entry(key)
-            .or_insert_with(|| record.segments.clone());
+        before.entry(key).or_insert_with(|| record.segments.clone());
         let profile = person.profile.as_ref().expect("set above");
         let set = segments.get(&entry.tenant).unwrap_or(&empty);
         let step = record.step(profile, &entry.queued.input, set, now);
@@ -379,7 +380,11 @@ mod tests {
             .iter()
             .map(|c| ((c.tenant.clone(), c.user_id.clone()), c))
             .collect();
-        assert_eq!(by_key.len(), 3, "the erased person is not recreated by a recheck");
+        assert_eq!(
+            by_key.len(),
+            3,
+            "the erased person is not recreated by a recheck"
+        );
         let new = by_key[&("t1".to_owned(), "new".to_owned())];
         assert_eq!(new.entered, ["buyers"]);
         assert!(new.new_profile.as_ref().is_some_and(|p| p.anonymous));

@@ -7,8 +7,8 @@
 //! written together. Kafka's own committed offsets only say where to start reading.
 
 use crate::audience::{
-    BatchReport, LogEntry, Loaded, Member, PersonChange, SegmentError, SegmentStore,
-    StoredSegment, decode, encode, fold, segment_set,
+    BatchReport, Loaded, LogEntry, Member, PersonChange, SegmentError, SegmentStore, StoredSegment,
+    decode, encode, fold, segment_set,
 };
 use crate::history::HistoryError;
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -496,6 +496,8 @@ impl SegmentStore for MySqlAudience {
         .bind(user_id)
         .fetch_optional(&self.pool)
         .await?;
-        text.as_deref().map(|t| decode("person record", t)).transpose()
+        text.as_deref()
+            .map(|t| decode("person record", t))
+            .transpose()
     }
 }

@@ -3,7 +3,7 @@
 //! entries it takes from `event_log` in the transaction that stores what they changed.
 
 use crate::audience::{
-    BatchReport, EventLog, LogEntry, Loaded, Member, PersonChange, SegmentError, SegmentStore,
+    BatchReport, EventLog, Loaded, LogEntry, Member, PersonChange, SegmentError, SegmentStore,
     StoredSegment, decode, encode, fold, segment_set,
 };
 use crate::history::HistoryError;
@@ -92,7 +92,10 @@ impl SqliteStore {
         let mut taken: Vec<(i64, LogEntry)> = Vec::with_capacity(rows.len());
         for row in &rows {
             let seq: i64 = row.try_get(0)?;
-            taken.push((seq, decode("event log entry", &row.try_get::<String, _>(1)?)?));
+            taken.push((
+                seq,
+                decode("event log entry", &row.try_get::<String, _>(1)?)?,
+            ));
         }
         taken.sort_by_key(|(seq, _)| *seq);
         let entries: Vec<LogEntry> = taken.into_iter().map(|(_, e)| e).collect();
@@ -100,9 +103,10 @@ impl SqliteStore {
         let mut segments = BTreeMap::new();
         for entry in &entries {
             let key = (entry.tenant.clone(), entry.queued.user_id.clone());
-            if !people.contains_key(&key) {
-                let loaded = load_person(&mut tx, &key.0, &key.1).await?;
-                people.insert(key, loaded);
+            if let std::collections::btree_map::Entry::Vacant(slot) = people.entry(key) {
+                let (tenant, user) = slot.key();
+                let loaded = load_person(&mut tx, tenant, user).await?;
+                slot.insert(loaded);
             }
             if !segments.contains_key(&entry.tenant) {
                 let stored = load_segments(&mut *tx, &entry.tenant).await?;
@@ -185,10 +189,7 @@ async fn load_person(
     })
 }
 
-async fn load_segments<'e, E>(
-    executor: E,
-    tenant: &str,
-) -> Result<Vec<StoredSegment>, HistoryError>
+async fn load_segments<'e, E>(executor: E, tenant: &str) -> Result<Vec<StoredSegment>, HistoryError>
 where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
@@ -458,7 +459,12 @@ mod tests {
         let segment: Segment = serde_json::from_value(json!({"id": "buyers",
             "condition": {"performed": {"event": "purchase", "within": "1h"}}}))
         .unwrap();
-        assert!(store.put_segment("t1", segment.clone(), now()).await.unwrap());
+        assert!(
+            store
+                .put_segment("t1", segment.clone(), now())
+                .await
+                .unwrap()
+        );
         assert!(!store.put_segment("t1", segment, now()).await.unwrap());
         let log = SqliteEventLog::new(store.clone(), Arc::default());
         log.append(

@@ -506,6 +506,7 @@ pub async fn spawn_api_with(
         config_dir: Some(config_dir.to_owned()),
         watch_namespace: None,
         amqp_url: amqp_url.map(str::to_owned),
+        events_topic: ump_core::audience::DEFAULT_EVENTS_TOPIC.to_owned(),
         accept_timeout: accept_timeout.parse().expect("duration"),
         secrets_dir: secrets_dir.to_owned(),
     };

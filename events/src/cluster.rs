@@ -1,0 +1,379 @@
+//! The processor of the cluster mode: a Kafka consumer group over the events topic (one person's
+//! events on one partition, in order) and MySQL. Each batch is committed by
+//! `MySqlAudience::process` with the partitions' positions in the same transaction; Kafka's
+//! committed offsets are advanced afterwards and only say where to start reading (an entry below
+//! the position stored in MySQL is recognised and skipped). Due wake-ups are claimed in MySQL and
+//! put back on the topic as rechecks, on the person's partition.
+
+use crate::{EventMetrics, backoff};
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::Utc;
+use prometheus::{Encoder, TextEncoder};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use ump_automation::event::Queued;
+use ump_core::audience::{EventLog, KafkaEventLog, LogEntry};
+use ump_core::audience_mysql::{MySqlAudience, Positioned};
+use ump_core::queue::KafkaSettings;
+use ump_core::store::{connect_mysql, migrate_mysql};
+
+#[derive(Clone, clap::Args)]
+pub struct ProcessorSettings {
+    #[arg(long, env = "UMP_KAFKA_BOOTSTRAP")]
+    pub kafka_bootstrap: String,
+    #[arg(long, env = "UMP_MYSQL_URL", hide_env_values = true)]
+    pub mysql_url: String,
+    /// The topic of behaviour events.
+    #[arg(long, env = "UMP_EVENTS_TOPIC", default_value = ump_core::audience::DEFAULT_EVENTS_TOPIC)]
+    pub topic: String,
+    /// Partitions of the events topic when the processor creates it: the most processors that
+    /// can share the work.
+    #[arg(long, env = "UMP_EVENTS_PARTITIONS", default_value_t = 12)]
+    pub partitions: i32,
+    #[arg(long, env = "UMP_EVENTS_REPLICATION", default_value_t = 1)]
+    pub replication: i32,
+    /// The consumer group: processors of one group share the partitions.
+    #[arg(long, env = "UMP_EVENTS_GROUP", default_value = "ump-events")]
+    pub group: String,
+    /// Largest batch folded in one transaction.
+    #[arg(long, env = "UMP_EVENTS_BATCH", default_value_t = 2000)]
+    pub batch: usize,
+    /// Longest wait to fill a batch.
+    #[arg(long, env = "UMP_EVENTS_BATCH_WAIT", default_value = "20ms")]
+    pub batch_wait: ump_core::duration::Duration,
+    /// Where `/healthz`, `/readyz` and `/metrics` listen.
+    #[arg(long, env = "UMP_EVENTS_LISTEN", default_value = "127.0.0.1:9091")]
+    pub listen: SocketAddr,
+}
+
+impl std::fmt::Debug for ProcessorSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessorSettings")
+            .field("kafka_bootstrap", &self.kafka_bootstrap)
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the processor until `shutdown` fires; the batch in hand is committed first.
+pub async fn run(settings: ProcessorSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let kafka = KafkaSettings::from_env(settings.kafka_bootstrap.clone());
+    let pool = connect_mysql(&settings.mysql_url, 8).await?;
+    migrate_mysql(&pool).await?;
+    let audience = MySqlAudience::new(pool.clone());
+    ensure_topic(&kafka, &settings).await;
+    let metrics = EventMetrics::new(prometheus::Registry::new())?;
+    let log = KafkaEventLog::new(&kafka, &settings.topic, Duration::from_secs(10))
+        .context("creating the Kafka producer of rechecks")?;
+    let consumer: StreamConsumer = kafka
+        .client_config_with(&[
+            ("auto.offset.reset", "earliest"),
+            ("fetch.wait.max.ms", "10"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+        ])
+        .set("group.id", &settings.group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("creating the Kafka consumer of events")?;
+    consumer
+        .subscribe(&[&settings.topic])
+        .context("subscribing to the events topic")?;
+    let consumer = Arc::new(consumer);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(wake_ups(
+        audience.clone(),
+        log,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(watch_lag(
+        Arc::clone(&consumer),
+        settings.topic.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(Probes {
+            metrics: metrics.clone(),
+            mysql: pool,
+        });
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let server_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(server_shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "probe server failed");
+        }
+    });
+    tracing::info!(listen = %settings.listen, topic = %settings.topic, group = %settings.group,
+        "event processor running");
+    consume(&consumer, &audience, &settings, &metrics, &shutdown).await;
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Reads batches and commits each, in order, until `shutdown`.
+async fn consume(
+    consumer: &StreamConsumer,
+    audience: &MySqlAudience,
+    settings: &ProcessorSettings,
+    metrics: &EventMetrics,
+    shutdown: &CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            message = consumer.recv() => message,
+        };
+        let mut batch = Vec::with_capacity(settings.batch);
+        let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+        match first {
+            Ok(message) => take(message, &mut batch, &mut last, metrics),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the events topic failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + settings.batch_wait.as_std();
+        while batch.len() < settings.batch {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(Ok(message)) => take(message, &mut batch, &mut last, metrics),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "reading the events topic failed");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        commit(audience, settings, metrics, &batch).await;
+        let mut offsets = TopicPartitionList::new();
+        for (partition, offset) in &last {
+            // Kafka's position is only where to start: the truth is in MySQL.
+            let _ = offsets.add_partition_offset(
+                &settings.topic,
+                *partition,
+                Offset::Offset(offset + 1),
+            );
+        }
+        if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
+            tracing::debug!(error = %e, "committing Kafka offsets failed (MySQL holds the truth)");
+        }
+    }
+}
+
+/// Adds a read entry to the batch; an unreadable one is only passed over.
+fn take(
+    message: rdkafka::message::BorrowedMessage<'_>,
+    batch: &mut Vec<Positioned>,
+    last: &mut BTreeMap<i32, i64>,
+    metrics: &EventMetrics,
+) {
+    last.insert(message.partition(), message.offset());
+    let entry = message
+        .payload()
+        .and_then(|p| serde_json::from_slice::<LogEntry>(p).ok());
+    match entry {
+        Some(entry) => batch.push(Positioned {
+            partition: message.partition(),
+            offset: message.offset(),
+            entry,
+        }),
+        None => {
+            metrics.unreadable.inc();
+            tracing::warn!(
+                partition = message.partition(),
+                offset = message.offset(),
+                "skipping an unreadable event log entry"
+            );
+        }
+    }
+}
+
+/// Commits `batch`, retrying until it is in: the next batch must not pass it.
+async fn commit(
+    audience: &MySqlAudience,
+    settings: &ProcessorSettings,
+    metrics: &EventMetrics,
+    batch: &[Positioned],
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut failures = 0;
+    loop {
+        let timer = metrics.batch_seconds.start_timer();
+        match audience
+            .process(&settings.group, &settings.topic, batch, Utc::now())
+            .await
+        {
+            Ok(report) => {
+                timer.observe_duration();
+                metrics.record(&report);
+                return;
+            }
+            Err(e) => {
+                timer.stop_and_discard();
+                metrics.failures.inc();
+                failures += 1;
+                tracing::warn!(error = %e, entries = batch.len(), "committing a batch of events failed; retrying");
+                tokio::time::sleep(backoff(failures)).await;
+            }
+        }
+    }
+}
+
+/// How long a claimed wake-up waits for its recheck before it is claimed again.
+const WAKE_RETRY: chrono::Duration = chrono::Duration::seconds(30);
+
+/// Puts a recheck of every person whose wake-up is due on the events topic.
+async fn wake_ups(
+    audience: MySqlAudience,
+    log: KafkaEventLog,
+    metrics: EventMetrics,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        loop {
+            let now = Utc::now();
+            let claimed = match audience.claim_due(now, now + WAKE_RETRY, 1000).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming due wake-ups failed");
+                    break;
+                }
+            };
+            let mut by_tenant: BTreeMap<String, Vec<Queued>> = BTreeMap::new();
+            for (tenant, user) in &claimed {
+                by_tenant
+                    .entry(tenant.clone())
+                    .or_default()
+                    .push(Queued::recheck(user, now));
+            }
+            for (tenant, entries) in by_tenant {
+                match log.append(&tenant, &entries).await {
+                    Ok(()) => metrics.wakeups.inc_by(entries.len() as u64),
+                    // The claims expire in WAKE_RETRY and are taken again.
+                    Err(e) => tracing::warn!(error = %e, "queueing rechecks failed"),
+                }
+            }
+            if claimed.len() < 1000 {
+                break;
+            }
+        }
+    }
+}
+
+/// Keeps `ump_event_backlog` at the lag of this processor's partitions.
+async fn watch_lag(
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    metrics: EventMetrics,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let consumer = Arc::clone(&consumer);
+        let topic = topic.clone();
+        let lag = tokio::task::spawn_blocking(move || -> Option<i64> {
+            let positions = consumer.position().ok()?;
+            let mut lag = 0;
+            for element in positions.elements_for_topic(&topic) {
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, element.partition(), Duration::from_secs(2))
+                    .ok()?;
+                if let Offset::Offset(at) = element.offset() {
+                    lag += (high - at).max(0);
+                }
+            }
+            Some(lag)
+        })
+        .await;
+        if let Ok(Some(lag)) = lag {
+            metrics.backlog.set(lag);
+        }
+    }
+}
+
+/// Creates the events topic when it is missing; a failure is logged, not fatal (an
+/// administrator may own topic creation).
+async fn ensure_topic(kafka: &KafkaSettings, settings: &ProcessorSettings) {
+    let admin: AdminClient<DefaultClientContext> = match kafka.client_config().create() {
+        Ok(admin) => admin,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot create a Kafka admin client");
+            return;
+        }
+    };
+    let topic = NewTopic::new(
+        &settings.topic,
+        settings.partitions,
+        TopicReplication::Fixed(settings.replication),
+    );
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    match admin.create_topics([&topic], &options).await {
+        Ok(results) => {
+            for result in results {
+                match result {
+                    Ok(name) => tracing::info!(topic = %name, "created the events topic"),
+                    Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((name, code)) => {
+                        tracing::warn!(topic = %name, error = %code, "cannot create the events topic")
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot create the events topic"),
+    }
+}
+
+#[derive(Clone)]
+struct Probes {
+    metrics: EventMetrics,
+    mysql: sqlx::MySqlPool,
+}
+
+async fn readyz(State(probes): State<Probes>) -> Response {
+    match sqlx::query("SELECT 1").execute(&probes.mysql).await {
+        Ok(_) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("mysql: {e}")).into_response(),
+    }
+}
+
+async fn metrics_text(State(probes): State<Probes>) -> Response {
+    let mut body = Vec::new();
+    match TextEncoder::new().encode(&probes.metrics.registry.gather(), &mut body) {
+        Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}

@@ -1,0 +1,116 @@
+//! UMP's event processor: takes behaviour events from the event log in batches and folds them into
+//! each person's state and segment memberships (`ump_core::audience::fold`, over
+//! `ump_automation`'s pure step), committing the result and the log position together so that a
+//! crash or a rebalance never counts an event twice or loses one. People whose segments time
+//! alone could change are looked at again when that moment comes.
+//!
+//! Two runtimes around the same fold: `cluster` (Kafka and MySQL, its own Deployment, scaled by
+//! the events topic's lag) and `local` (the all-in-one mode's SQLite file).
+
+pub mod cluster;
+pub mod local;
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use ump_core::audience::BatchReport;
+
+/// The processor's metrics.
+#[derive(Clone)]
+pub struct EventMetrics {
+    pub registry: Registry,
+    /// Entries taken, by `result`: counted, repeated (already counted), recheck.
+    pub entries: IntCounterVec,
+    /// Segment entries and exits.
+    pub memberships: IntCounterVec,
+    pub batch_seconds: Histogram,
+    /// Entries of the log that could not be read (logged, skipped).
+    pub unreadable: IntCounter,
+    /// Entries waiting: the events topic's lag of this processor's partitions (cluster), the
+    /// SQLite event log's length (all-in-one).
+    pub backlog: IntGauge,
+    /// Rechecks put on the log because a wake-up came.
+    pub wakeups: IntCounter,
+    /// Failed batch commits (retried).
+    pub failures: IntCounter,
+}
+
+impl EventMetrics {
+    pub fn new(registry: Registry) -> prometheus::Result<Self> {
+        let entries = IntCounterVec::new(
+            Opts::new(
+                "ump_events_processed_total",
+                "Event log entries the processor took, by result (counted, repeated, recheck)",
+            ),
+            &["result"],
+        )?;
+        let memberships = IntCounterVec::new(
+            Opts::new(
+                "ump_segment_membership_changes_total",
+                "People entering and leaving segments, by change (entered, left)",
+            ),
+            &["change"],
+        )?;
+        let batch_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "ump_event_batch_seconds",
+                "Time to load, fold and commit one batch of events",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )?;
+        let unreadable = IntCounter::new(
+            "ump_events_unreadable_total",
+            "Event log entries that could not be read, skipped",
+        )?;
+        let backlog = IntGauge::new(
+            "ump_event_backlog",
+            "Event log entries not yet processed (the events topic's lag in the cluster mode)",
+        )?;
+        let wakeups = IntCounter::new(
+            "ump_event_wakeups_total",
+            "Rechecks of people queued because a time window could change their segments",
+        )?;
+        let failures = IntCounter::new(
+            "ump_event_batch_failures_total",
+            "Batches whose commit failed and was retried",
+        )?;
+        registry.register(Box::new(entries.clone()))?;
+        registry.register(Box::new(memberships.clone()))?;
+        registry.register(Box::new(batch_seconds.clone()))?;
+        registry.register(Box::new(unreadable.clone()))?;
+        registry.register(Box::new(backlog.clone()))?;
+        registry.register(Box::new(wakeups.clone()))?;
+        registry.register(Box::new(failures.clone()))?;
+        Ok(Self {
+            registry,
+            entries,
+            memberships,
+            batch_seconds,
+            unreadable,
+            backlog,
+            wakeups,
+            failures,
+        })
+    }
+
+    pub fn record(&self, report: &BatchReport) {
+        for (result, n) in [
+            ("counted", report.counted),
+            ("repeated", report.repeated),
+            ("recheck", report.rechecks),
+        ] {
+            self.entries.with_label_values(&[result]).inc_by(n);
+        }
+        self.memberships
+            .with_label_values(&["entered"])
+            .inc_by(report.entered);
+        self.memberships
+            .with_label_values(&["left"])
+            .inc_by(report.left);
+    }
+}
+
+/// How long to wait before retrying a failed commit: doubling from 100 ms to 5 s.
+pub fn backoff(failures: u32) -> std::time::Duration {
+    std::time::Duration::from_millis((100u64 << failures.min(6)).min(5_000))
+}
