@@ -224,6 +224,10 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         }
         .run(workers.clone()),
     );
+    tasks.spawn(ump_events::sample_sizes(
+        Arc::new(store.clone()),
+        workers.clone(),
+    ));
     tasks.spawn(sweep_expired_keys(store.clone(), workers.clone()));
     tasks.spawn(watch_parking(
         store.clone(),

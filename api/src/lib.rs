@@ -83,7 +83,7 @@ impl Default for RequestSettings {
     paths(messages::send_message, messages::send_batch, messages::get_message, messages::list_messages, dashboard::stats, receipts::receive,
           users::identify, users::get_user, users::erase_user, events::post_events,
           segments::list_segments, segments::create_segment, segments::get_segment,
-          segments::put_segment, segments::delete_segment, segments::members),
+          segments::put_segment, segments::delete_segment, segments::members, segments::sizes),
     components(schemas(
         request::SendMessageRequest, messages::Accepted, messages::BatchRequest, messages::BatchResponse,
         messages::BatchResult, problem::Problem, problem::FieldError, receipts::ReceiptReport,
@@ -94,6 +94,7 @@ impl Default for RequestSettings {
         ump_core::profiles::Erasure, events::EventRequest, events::EventBatchRequest,
         events::EventsAccepted, segments::SegmentRequest, segments::SegmentView,
         segments::SegmentList, segments::MemberPage, segments::PersonActivity,
+        segments::SizeHistory, ump_core::audience::SizePoint,
         ump_core::audience::Member
     )),
     modifiers(&BearerAuth),
@@ -147,6 +148,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(segments::delete_segment),
         )
         .route("/v1/segments/{id}/members", get(segments::members))
+        .route("/v1/segments/{id}/sizes", get(segments::sizes))
         .route("/v1/receipts/{channel}/{provider}", post(receipts::receive))
         .route(
             "/openapi.json",

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use ump_automation::segment::Segment;
-use ump_core::audience::{Member, SegmentError, StoredSegment};
+use ump_core::audience::{Member, SIZE_HISTORY, SegmentError, SizePoint, StoredSegment};
 
 const RETRY_AFTER_SECONDS: u64 = 5;
 /// The most members one page lists.
@@ -424,6 +424,45 @@ pub async fn members(
                 .then(|| items.last().map(|m| m.user_id.clone()))
                 .flatten();
             Ok(Json(MemberPage { items, next }))
+        }
+        .await,
+    )
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SizeHistory {
+    /// Oldest first, about one a minute, the last 7 days.
+    items: Vec<SizePoint>,
+}
+
+/// A segment's size over the last 7 days.
+#[utoipa::path(get, path = "/v1/segments/{id}/sizes", tag = "segments",
+    params(("id" = String, Path, description = "The segment's id")),
+    responses(
+        (status = 200, body = SizeHistory),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a segment id", body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
+        (status = 503, body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
+    ),
+    security(("api_key" = [])))]
+pub async fn sizes(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    respond(
+        async {
+            let tenant = app.keys.authenticate(&headers).await?;
+            let id = segment_id(path)?;
+            view(&app, &tenant.0, &id).await?;
+            let items = app
+                .segments
+                .sizes(&tenant.0, &id, Utc::now() - SIZE_HISTORY)
+                .await
+                .map_err(unavailable)?;
+            Ok(Json(SizeHistory { items }))
         }
         .await,
     )

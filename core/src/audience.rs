@@ -140,6 +140,21 @@ pub struct Member {
     pub since: DateTime<Utc>,
 }
 
+/// A segment's size at a moment (sampled once a minute).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct SizePoint {
+    pub at: DateTime<Utc>,
+    pub size: u64,
+}
+
+/// How long size samples are kept.
+pub const SIZE_HISTORY: chrono::Duration = chrono::Duration::days(7);
+
+/// The minute `at` falls in: samples of one minute from several processors are one row.
+pub fn minute(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(at.timestamp() - at.timestamp().rem_euclid(60), 0).unwrap_or(at)
+}
+
 /// Why a segment change was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
@@ -181,6 +196,16 @@ pub trait SegmentStore: Send + Sync {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Member>, HistoryError>;
+    /// The segment's size samples since `since`, oldest first.
+    async fn sizes(
+        &self,
+        tenant: &str,
+        id: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<SizePoint>, HistoryError>;
+    /// Records every segment's size now (once per minute, whoever asks) and forgets samples
+    /// older than `SIZE_HISTORY`.
+    async fn sample_sizes(&self, now: DateTime<Utc>) -> Result<(), HistoryError>;
     /// What the processor keeps of the person.
     async fn person(
         &self,
@@ -393,6 +418,16 @@ mod tests {
         // Tenant t2 has no segments: the same user id there is another person.
         let other = by_key[&("t2".to_owned(), "new".to_owned())];
         assert!(other.entered.is_empty() && other.new_profile.is_some());
+    }
+
+    #[test]
+    fn samples_fall_on_whole_minutes() {
+        let at = Utc.with_ymd_and_hms(2026, 12, 4, 12, 34, 56).unwrap();
+        assert_eq!(
+            minute(at),
+            Utc.with_ymd_and_hms(2026, 12, 4, 12, 34, 0).unwrap()
+        );
+        assert_eq!(minute(minute(at)), minute(at));
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! written together. Kafka's own committed offsets only say where to start reading.
 
 use crate::audience::{
-    BatchReport, Loaded, LogEntry, Member, PersonChange, SegmentError, SegmentStore, StoredSegment,
-    decode, encode, fold, segment_set,
+    BatchReport, Loaded, LogEntry, Member, PersonChange, SIZE_HISTORY, SegmentError, SegmentStore,
+    SizePoint, StoredSegment, decode, encode, fold, minute, segment_set,
 };
 use crate::history::HistoryError;
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -482,6 +482,50 @@ impl SegmentStore for MySqlAudience {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
+    }
+
+    async fn sizes(
+        &self,
+        tenant: &str,
+        id: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<SizePoint>, HistoryError> {
+        let rows = sqlx::query(
+            "SELECT at, size FROM segment_sizes \
+             WHERE tenant_id = ? AND segment_id = ? AND at >= ? ORDER BY at",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(naive(since))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SizePoint {
+                    at: utc(r.try_get(0)?),
+                    size: r.try_get::<i64, _>(1)?.max(0) as u64,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    async fn sample_sizes(&self, now: DateTime<Utc>) -> Result<(), HistoryError> {
+        sqlx::query(
+            "INSERT IGNORE INTO segment_sizes (tenant_id, segment_id, at, size) \
+             SELECT s.tenant_id, s.segment_id, ?, \
+               (SELECT COUNT(*) FROM segment_members m \
+                WHERE m.tenant_id = s.tenant_id AND m.segment_id = s.segment_id) \
+             FROM segments s",
+        )
+        .bind(naive(minute(now)))
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("DELETE FROM segment_sizes WHERE at < ?")
+            .bind(naive(now - SIZE_HISTORY))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn person(

@@ -3,8 +3,8 @@
 //! entries it takes from `event_log` in the transaction that stores what they changed.
 
 use crate::audience::{
-    BatchReport, EventLog, Loaded, LogEntry, Member, PersonChange, SegmentError, SegmentStore,
-    StoredSegment, decode, encode, fold, segment_set,
+    BatchReport, EventLog, Loaded, LogEntry, Member, PersonChange, SIZE_HISTORY, SegmentError,
+    SegmentStore, SizePoint, StoredSegment, decode, encode, fold, minute, segment_set,
 };
 use crate::history::HistoryError;
 use crate::queue::EnqueueError;
@@ -414,6 +414,49 @@ impl SegmentStore for SqliteStore {
             .collect()
     }
 
+    async fn sizes(
+        &self,
+        tenant: &str,
+        id: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<SizePoint>, HistoryError> {
+        let rows = sqlx::query(
+            "SELECT at, size FROM segment_sizes \
+             WHERE tenant_id = ? AND segment_id = ? AND at >= ? ORDER BY at",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(micros(since))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SizePoint {
+                    at: from_micros(r.try_get(0)?)?,
+                    size: r.try_get::<i64, _>(1)?.max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn sample_sizes(&self, now: DateTime<Utc>) -> Result<(), HistoryError> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO segment_sizes (tenant_id, segment_id, at, size) \
+             SELECT s.tenant_id, s.segment_id, ?, \
+               (SELECT COUNT(*) FROM segment_members m \
+                WHERE m.tenant_id = s.tenant_id AND m.segment_id = s.segment_id) \
+             FROM segments s",
+        )
+        .bind(micros(minute(now)))
+        .execute(self.pool())
+        .await?;
+        sqlx::query("DELETE FROM segment_sizes WHERE at < ?")
+            .bind(micros(now - SIZE_HISTORY))
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     async fn person(
         &self,
         tenant: &str,
@@ -493,6 +536,8 @@ mod tests {
         let anonymous = store.profile("t2", "u-1").await.unwrap().unwrap();
         assert!(anonymous.anonymous);
 
+        store.sample_sizes(now()).await.unwrap();
+
         // The hour passes: the wake-up rechecks the person, who leaves.
         let later = now() + chrono::Duration::hours(1);
         assert_eq!(store.queue_due(later).await.unwrap(), 1);
@@ -501,6 +546,13 @@ mod tests {
         assert_eq!(store.segment_size("t1", "buyers").await.unwrap(), 0);
         let record = store.person("t1", "u-1").await.unwrap().unwrap();
         assert_eq!(record.recent[0].event, ump_automation::event::SEGMENT_LEFT);
+
+        // Sizes are sampled once a minute, whoever asks.
+        store.sample_sizes(later).await.unwrap();
+        store.sample_sizes(later).await.unwrap();
+        let sizes = store.sizes("t1", "buyers", now()).await.unwrap();
+        let counts: Vec<u64> = sizes.iter().map(|p| p.size).collect();
+        assert_eq!(counts, [1, 0]);
 
         // Erasure removes the state and the memberships.
         let erased = store.erase("t1", "u-1").await.unwrap();

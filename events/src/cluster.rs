@@ -99,6 +99,10 @@ pub async fn run(settings: ProcessorSettings, shutdown: CancellationToken) -> an
         metrics.clone(),
         shutdown.clone(),
     ));
+    tasks.spawn(crate::sample_sizes(
+        Arc::new(audience.clone()),
+        shutdown.clone(),
+    ));
     tasks.spawn(watch_lag(
         Arc::clone(&consumer),
         settings.topic.clone(),

@@ -110,6 +110,29 @@ impl EventMetrics {
     }
 }
 
+/// How often segment sizes are sampled (the dashboard's chart).
+pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Samples every segment's size soon after start and every `SAMPLE_EVERY` until `cancel`.
+pub async fn sample_sizes(
+    store: std::sync::Arc<dyn ump_core::audience::SegmentStore>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    // The first a few seconds after start: the events a start finds waiting are in by then.
+    let first = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut tick = tokio::time::interval_at(first, SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = store.sample_sizes(chrono::Utc::now()).await {
+            tracing::warn!(error = %e, "sampling segment sizes failed");
+        }
+    }
+}
+
 /// How long to wait before retrying a failed commit: doubling from 100 ms to 5 s.
 pub fn backoff(failures: u32) -> std::time::Duration {
     std::time::Duration::from_millis((100u64 << failures.min(6)).min(5_000))
