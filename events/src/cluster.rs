@@ -82,6 +82,9 @@ pub async fn run(settings: ProcessorSettings, shutdown: CancellationToken) -> an
             ("auto.offset.reset", "earliest"),
             ("fetch.wait.max.ms", "10"),
             ("partition.assignment.strategy", "cooperative-sticky"),
+            // A processor that dies hands its partitions on after 10 s, not librdkafka's 45.
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "2000"),
         ])
         .set("group.id", &settings.group)
         .set("enable.auto.commit", "false")
