@@ -1002,13 +1002,13 @@ impl crate::profiles::ProfileStore for SqliteStore {
             "DELETE FROM segment_members WHERE tenant_id = ? AND user_id = ?",
             "DELETE FROM person_state WHERE tenant_id = ? AND user_id = ?",
         ] {
-            automation_state = sqlx::query(statement)
+            let deleted = sqlx::query(statement)
                 .bind(tenant)
                 .bind(user_id)
                 .execute(&mut *tx)
                 .await?
-                .rows_affected()
-                > 0;
+                .rows_affected();
+            automation_state |= deleted > 0;
         }
         tx.commit().await?;
         Ok(crate::profiles::Erasure {

@@ -779,20 +779,23 @@ impl crate::profiles::ProfileStore for MySqlHistory {
             .await?
             .rows_affected();
         }
-        let mut automation_state = false;
-        for statement in [
+        let mut deleted = [0; 3];
+        for (n, statement) in [
             "DELETE FROM profiles WHERE tenant_id = ? AND user_id = ?",
             "DELETE FROM segment_members WHERE tenant_id = ? AND user_id = ?",
             "DELETE FROM person_state WHERE tenant_id = ? AND user_id = ?",
-        ] {
-            let deleted = sqlx::query(statement)
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            deleted[n] = sqlx::query(statement)
                 .bind(tenant)
                 .bind(user_id)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            automation_state = deleted > 0;
         }
+        let automation_state = deleted[1] + deleted[2] > 0;
         tx.commit().await?;
         Ok(crate::profiles::Erasure {
             profile: true,

@@ -48,7 +48,11 @@ impl Setup {
                 .expect("Kafka admin client");
         let created = admin
             .create_topics(
-                [&NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1))],
+                [&NewTopic::new(
+                    &topic,
+                    PARTITIONS,
+                    TopicReplication::Fixed(1),
+                )],
                 &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
             )
             .await
