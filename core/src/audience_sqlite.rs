@@ -496,6 +496,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn segments_keep_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ump.db")).await.unwrap();
+        let process = |entries: Vec<LogEntry>, now| {
+            let store = store.clone();
+            Box::pin(async move {
+                let log = SqliteEventLog::new(store.clone(), Arc::default());
+                let mut by_tenant: BTreeMap<String, Vec<Queued>> = BTreeMap::new();
+                for e in entries {
+                    by_tenant.entry(e.tenant).or_default().push(e.queued);
+                }
+                for (tenant, queued) in by_tenant {
+                    log.append(&tenant, &queued).await.unwrap();
+                }
+                while store.process_events(100, now).await.unwrap().is_some() {}
+            }) as futures::future::BoxFuture<'static, ()>
+        };
+        crate::testing::audience::segments_members_sizes_and_erasure(&store, &store, &process)
+            .await;
+    }
+
+    #[tokio::test]
     async fn events_in_memberships_out_and_the_log_emptied_in_the_same_transaction() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("ump.db")).await.unwrap();

@@ -505,5 +505,6 @@ pub fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
         .filter_map(|line| line.strip_suffix('\n'))
 }
 
+pub mod audience;
 pub mod parking;
 pub mod profiles;

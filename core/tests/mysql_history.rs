@@ -169,6 +169,36 @@ async fn profiles_keep_the_contract() {
 }
 
 #[tokio::test]
+async fn segments_keep_the_contract() {
+    use ump_core::audience_mysql::{MySqlAudience, Positioned};
+    let db = TestDatabase::create().await;
+    let audience = MySqlAudience::new(db.pool.clone());
+    let history = MySqlHistory::new(db.pool.clone());
+    let offset = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let process = |entries: Vec<ump_core::audience::LogEntry>, now| {
+        let audience = audience.clone();
+        let offset = std::sync::Arc::clone(&offset);
+        Box::pin(async move {
+            let batch: Vec<Positioned> = entries
+                .into_iter()
+                .map(|entry| Positioned {
+                    partition: 0,
+                    offset: offset.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                    entry,
+                })
+                .collect();
+            audience
+                .process("group", "topic", &batch, now)
+                .await
+                .expect("process");
+        }) as futures::future::BoxFuture<'static, ()>
+    };
+    ump_core::testing::audience::segments_members_sizes_and_erasure(&audience, &history, &process)
+        .await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
 async fn the_sweep_parks_again_a_message_whose_copy_went_missing_and_collects_the_rest() {
     let db = TestDatabase::create().await;
     let history = MySqlHistory::new(db.pool.clone());
