@@ -131,6 +131,10 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         )
         .await?;
     }
+    store
+        .release_broadcasts()
+        .await
+        .context("resuming broadcasts")?;
     let folder = settings.channel_folder()?;
     let channels = Arc::new(
         ChannelRegistry::load_dir(&folder)
@@ -161,6 +165,7 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         profiles: Arc::new(store.clone()),
         events: Arc::new(SqliteEventLog::new(store.clone(), Arc::clone(&events_wake))),
         segments: Arc::new(store.clone()),
+        broadcasts: Arc::new(store.clone()),
         keys: Arc::clone(&keys),
         idempotency: Arc::new(SqliteIdempotency::new(store.clone())),
         metrics: ApiMetrics::new(registry.clone())?,
@@ -224,6 +229,10 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         }
         .run(workers.clone()),
     );
+    tasks.spawn(crate::broadcast::run_senders(
+        state.clone(),
+        workers.clone(),
+    ));
     tasks.spawn(ump_events::sample_sizes(
         Arc::new(store.clone()),
         workers.clone(),

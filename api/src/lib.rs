@@ -7,6 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod auth;
+pub mod broadcast;
 pub mod cluster;
 pub mod dashboard;
 pub mod embedded;
@@ -49,6 +50,7 @@ pub struct AppState {
     /// Where `POST /v1/events` makes events durable.
     pub events: Arc<dyn ump_core::audience::EventLog>,
     pub segments: Arc<dyn ump_core::audience::SegmentStore>,
+    pub broadcasts: Arc<dyn ump_core::broadcast::BroadcastStore>,
     pub keys: Arc<auth::KeyCache>,
     pub idempotency: Arc<dyn idempotency::IdempotencyStore>,
     pub metrics: metrics::ApiMetrics,
@@ -83,7 +85,8 @@ impl Default for RequestSettings {
     paths(messages::send_message, messages::send_batch, messages::get_message, messages::list_messages, dashboard::stats, receipts::receive,
           users::identify, users::get_user, users::erase_user, events::post_events,
           segments::list_segments, segments::create_segment, segments::get_segment,
-          segments::put_segment, segments::delete_segment, segments::members, segments::sizes),
+          segments::put_segment, segments::delete_segment, segments::members, segments::sizes,
+          broadcast::start, broadcast::get_one, broadcast::list),
     components(schemas(
         request::SendMessageRequest, messages::Accepted, messages::BatchRequest, messages::BatchResponse,
         messages::BatchResult, problem::Problem, problem::FieldError, receipts::ReceiptReport,
@@ -94,7 +97,9 @@ impl Default for RequestSettings {
         ump_core::profiles::Erasure, events::EventRequest, events::EventBatchRequest,
         events::EventsAccepted, segments::SegmentRequest, segments::SegmentView,
         segments::SegmentList, segments::MemberPage, segments::PersonActivity,
-        segments::SizeHistory, ump_core::audience::SizePoint,
+        segments::SizeHistory, ump_core::audience::SizePoint, broadcast::BroadcastRequest,
+        broadcast::BroadcastList, ump_core::broadcast::Broadcast,
+        ump_core::broadcast::BroadcastStatus,
         ump_core::audience::Member
     )),
     modifiers(&BearerAuth),
@@ -149,6 +154,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/segments/{id}/members", get(segments::members))
         .route("/v1/segments/{id}/sizes", get(segments::sizes))
+        .route("/v1/segments/{id}/broadcast", post(broadcast::start))
+        .route("/v1/broadcasts", get(broadcast::list))
+        .route("/v1/broadcasts/{id}", get(broadcast::get_one))
         .route("/v1/receipts/{channel}/{provider}", post(receipts::receive))
         .route(
             "/openapi.json",

@@ -110,7 +110,16 @@ async fn main() -> anyhow::Result<()> {
             let mut state = cluster::state(&settings, source, prometheus::Registry::new()).await?;
             state.keys.limit_rate(key_rate);
             state.body_timeout = requests.body_timeout.as_std();
-            serve(listen, ump_api::router(state)).await
+            let senders = CancellationToken::new();
+            let broadcasts = tokio::spawn(ump_api::broadcast::run_senders(
+                state.clone(),
+                senders.clone(),
+            ));
+            let served = serve(listen, ump_api::router(state)).await;
+            // A broadcast in hand stops after its page; another API resumes it from its cursor.
+            senders.cancel();
+            let _ = broadcasts.await;
+            served
         }
         Command::Keys {
             mysql_url,

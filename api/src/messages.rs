@@ -136,7 +136,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     }
 }
 
-fn envelope(
+pub(crate) fn envelope(
     id: MessageId,
     tenant: &Tenant,
     valid: ValidSend,
@@ -162,7 +162,7 @@ fn envelope(
 }
 
 impl AppState {
-    async fn enqueue(
+    pub(crate) async fn enqueue(
         &self,
         channel: &ump_core::config::ResolvedChannel,
         envelope: &Envelope,
@@ -314,7 +314,7 @@ impl AppState {
 /// when the send gives none), and applies the consent rules of `category: marketing`, in place,
 /// before `validate`. Returns the fields at fault (names under `prefix`); a store that cannot be
 /// read is a 503.
-async fn resolve_person(
+pub(crate) async fn resolve_person(
     app: &AppState,
     tenant: &Tenant,
     value: &mut Value,

@@ -97,7 +97,7 @@ fn not_found() -> Problem {
     )
 }
 
-fn segment_id(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
+pub(crate) fn segment_id(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
     match path {
         Ok(Path(id)) if valid_id(&id) => Ok(id),
         _ => Err(Problem::validation(vec![FieldError::new(
@@ -147,7 +147,7 @@ fn parse(value: Value, path_id: Option<&str>) -> Result<Segment, Problem> {
     })
 }
 
-async fn view(app: &AppState, tenant: &str, id: &str) -> Result<SegmentView, Problem> {
+pub(crate) async fn view(app: &AppState, tenant: &str, id: &str) -> Result<SegmentView, Problem> {
     let stored = app
         .segments
         .segments(tenant)

@@ -5,6 +5,7 @@ pub mod amqp;
 pub mod audience;
 pub mod audience_mysql;
 pub mod audience_sqlite;
+pub mod broadcast;
 pub mod config;
 pub mod duration;
 pub mod history;

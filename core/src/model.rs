@@ -44,6 +44,19 @@ impl MessageId {
         bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
         Self(Uuid::from_bytes(bytes))
     }
+    /// An id minted at `millis` that is the same every time for the same `seed`: a send made
+    /// again after a crash (a broadcast resumed) gets the id of the first, so the dedupe drops
+    /// it. A version 7 UUID like the others, its random part a SHA-256 of the seed.
+    pub fn derived(millis: u64, seed: &str) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(seed.as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+        bytes[6..].copy_from_slice(&digest[..10]);
+        bytes[6] = 0x70 | (bytes[6] & 0x0f);
+        bytes[8] = 0x80 | (bytes[8] & 0x3f);
+        Self(Uuid::from_bytes(bytes))
+    }
     pub fn as_bytes(&self) -> &[u8; 16] {
         self.0.as_bytes()
     }
@@ -254,6 +267,16 @@ mod tests {
                 Value::String(status.as_str().to_owned())
             );
         }
+    }
+
+    #[test]
+    fn derived_ids_repeat_for_their_seed_and_keep_their_time() {
+        let a = MessageId::derived(1_764_000_000_000, "t/b1/kim");
+        assert_eq!(a, MessageId::derived(1_764_000_000_000, "t/b1/kim"));
+        assert_ne!(a, MessageId::derived(1_764_000_000_000, "t/b1/lee"));
+        assert_eq!(a.0.get_version_num(), 7);
+        assert_eq!(a.0.get_variant(), uuid::Variant::RFC4122);
+        assert_eq!(a.unix_millis(), Some(1_764_000_000_000));
     }
 
     #[test]

@@ -506,5 +506,6 @@ pub fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
 }
 
 pub mod audience;
+pub mod broadcast;
 pub mod parking;
 pub mod profiles;

@@ -169,6 +169,14 @@ async fn profiles_keep_the_contract() {
 }
 
 #[tokio::test]
+async fn broadcasts_keep_the_contract() {
+    let db = TestDatabase::create().await;
+    let store = ump_core::broadcast::MySqlBroadcasts::new(db.pool.clone());
+    ump_core::testing::broadcast::one_sender_at_a_time_and_takeover_after_the_lease(&store).await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
 async fn segments_keep_the_contract() {
     use ump_core::audience_mysql::{MySqlAudience, Positioned};
     let db = TestDatabase::create().await;
