@@ -756,9 +756,12 @@
     const top = niceCeil(Math.max(1, max));
     const x = (t) => pad.left + ((t - first.t) / span) * (width - pad.left - pad.right);
     const y = (v) => pad.top + (1 - v / top) * (height - pad.top - pad.bottom);
-    const coordinates = points.flatMap((p, i) => {
+    // A week of samples a minute apart mostly repeats the size before it: a repeat adds no corner
+    // to a step line, so only changes are drawn (and the last sample, which carries it to now).
+    const steps = points.filter((p, i) => i === 0 || i === points.length - 1 || p.v !== points[i - 1].v);
+    const coordinates = steps.flatMap((p, i) => {
       const here = `${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`;
-      return i ? [`${x(p.t).toFixed(1)},${y(points[i - 1].v).toFixed(1)}`, here] : [here];
+      return i ? [`${x(p.t).toFixed(1)},${y(steps[i - 1].v).toFixed(1)}`, here] : [here];
     });
     const chart = svg('svg', {
       viewBox: `0 0 ${width} ${height}`, role: 'img',
