@@ -383,6 +383,35 @@ spec:
         .await
         .expect("PUT profile");
     assert_eq!(profile.status(), 200);
+    // The first start's example-kim is in all four example segments; the customer above is a VIP
+    // too, so `vip` has two members.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, vip) = ump.get(KEY, "/v1/segments/vip").await;
+        let (_, kim) = ump.get(KEY, "/v1/users/example-kim").await;
+        if vip["size"] == 2 && kim["segments"].as_array().map(Vec::len) == Some(4) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "vip {vip}, example-kim {kim}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let created = Command::new(env!("CARGO_BIN_EXE_ump"))
+        .args(["keys", "create", "--tenant", "other"])
+        .env_remove("UMP_MYSQL_URL")
+        .env("UMP_DATA_DIR", &ump.data)
+        .output()
+        .expect("ump keys create");
+    assert!(created.status.success(), "{created:?}");
+    let other_key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    // The running process reads new keys within seconds.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ump.get(&other_key, "/v1/segments").await.0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the other tenant's key never worked"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let shots = PathBuf::from(env!("CARGO_BIN_EXE_ump"))
         .parent()
@@ -400,6 +429,12 @@ spec:
             failed_reason: "sandbox: recipient rejected",
             channels: "email,sms",
             customer,
+            audience_customer: "example-kim",
+            segments: "vip,browsers,sms-marketing,vip-buyers",
+            paged_segment: "vip",
+            paged_members: 2,
+            referring_segment: "vip-buyers",
+            other_key: &other_key,
             outbox: true,
             screenshots: &shots,
         })

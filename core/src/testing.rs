@@ -414,6 +414,19 @@ pub struct DashboardCheck<'a> {
     /// A user id whose profile has `sent_to` as its phone and a marketing SMS consent given by
     /// `signup-form`: the Customers view must show them.
     pub customer: &'a str,
+    /// A person the event processor has put in every one of `segments` (comma-separated ids: all
+    /// of the tenant's segments), after two `product_viewed` events and then a `purchase` with an
+    /// `item_id`: the Customers and Segments views must show all of it.
+    pub audience_customer: &'a str,
+    pub segments: &'a str,
+    /// One of `segments` whose definition is a `trait` condition on `tier`, with this many members
+    /// (more than a page of the view's makes it page).
+    pub paged_segment: &'a str,
+    pub paged_members: usize,
+    /// One of `segments` whose definition refers to `paged_segment` (`in_segment`).
+    pub referring_segment: &'a str,
+    /// An API key of another tenant, which must see none of this tenant's segments or people.
+    pub other_key: &'a str,
     /// Whether the sandbox outbox tab is there (all-in-one) or not (cluster mode).
     pub outbox: bool,
     /// Where screenshots go (emptied first).
@@ -474,6 +487,12 @@ impl Browser {
             .env("FAILED_REASON", check.failed_reason)
             .env("CHANNELS", check.channels)
             .env("CUSTOMER", check.customer)
+            .env("AUDIENCE_CUSTOMER", check.audience_customer)
+            .env("SEGMENTS", check.segments)
+            .env("PAGED_SEGMENT", check.paged_segment)
+            .env("PAGED_MEMBERS", check.paged_members.to_string())
+            .env("REFERRING_SEGMENT", check.referring_segment)
+            .env("OTHER_KEY", check.other_key)
             .env("SCREENSHOTS", check.screenshots)
             .env("OUTBOX", if check.outbox { "present" } else { "absent" })
             .stdin(std::process::Stdio::null())

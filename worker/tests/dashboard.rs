@@ -1,15 +1,16 @@
-//! The admin dashboard on the cluster-mode stack (real Kafka, Redis, MariaDB, a worker process):
-//! the page and its assets as served (types, caching, a strict Content-Security-Policy), the page
-//! in real headless Chromium (signs in, shows messages sent through the API with their status,
-//! finds them, shows their timeline; screenshots under `<target>/test-output/dashboard/`), and
-//! `/v1/stats` scoped to the key's tenant.
+//! The admin dashboard on the cluster-mode stack (real Kafka, Redis, MariaDB, a worker process, the
+//! event processor): the page and its assets as served (types, caching, a strict
+//! Content-Security-Policy), the page in real headless Chromium (signs in, shows messages sent
+//! through the API with their status, finds them, shows their timeline, a person's segments and
+//! events, the segments with their members, nothing of them to another tenant; screenshots under
+//! `<target>/test-output/dashboard/`), and `/v1/stats` scoped to the key's tenant.
 
 mod stack;
 
 use serde_json::{Value, json};
 use stack::Stack;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use ump_core::keys::{ApiKeyStore, MySqlKeys, PresentedKey};
 use ump_core::testing::{Browser, DashboardCheck, unique_name};
 
@@ -49,6 +50,98 @@ async fn send(stack: &Stack, body: Value) -> String {
     let (status, answer) = stack.post("/v1/messages", &body).await;
     assert_eq!(status, 202, "{answer}");
     answer["id"].as_str().expect("id").to_owned()
+}
+
+async fn put(stack: &Stack, path: &str, body: &Value) -> (u16, Value) {
+    let response = stack
+        .http
+        .put(format!("{}{path}", stack.api))
+        .bearer_auth(&stack.key)
+        .json(body)
+        .send()
+        .await
+        .expect("PUT");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The person the all-in-one mode starts with, and whom the browser script looks for.
+const AUDIENCE_CUSTOMER: &str = "example-kim";
+/// People put in `vip` besides her: more than one page of the Segments view's members (50).
+const MORE_VIPS: usize = 60;
+
+/// The all-in-one's first-start audience (`ump_api::embedded`), made here through the API: its
+/// four segments, example-kim with two products viewed and one bought, and more VIPs.
+async fn example_audience(stack: &Stack) {
+    let segments = json!([
+        {"id": "vip", "name": "VIP customers", "condition": {"trait": {"path": "tier", "equals": "vip"}}},
+        {"id": "browsers", "name": "Viewed at least two products in the last 7 days",
+         "condition": {"performed": {"event": "product_viewed", "at_least": 2, "within": "7d"}}},
+        {"id": "sms-marketing", "name": "Agreed to SMS advertising",
+         "condition": {"consent": {"channel": "sms", "purpose": "marketing"}}},
+        {"id": "vip-buyers", "name": "VIP customers who bought this month",
+         "condition": {"all": [{"in_segment": "vip"},
+                               {"performed": {"event": "purchase", "within": "30d"}}]}},
+    ]);
+    for segment in segments.as_array().expect("segments") {
+        let id = segment["id"].as_str().expect("id");
+        let (status, answer) = put(stack, &format!("/v1/segments/{id}"), segment).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    let (status, answer) = put(
+        stack,
+        &format!("/v1/users/{AUDIENCE_CUSTOMER}"),
+        &json!({
+            "traits": {"name": "김민수", "tier": "vip"},
+            "contacts": {"phone": "+821012345678", "email": "minsu.kim@example.com"},
+            "consents": [{"purpose": "marketing", "channel": "sms", "granted": true,
+                          "source": "example: sign-up form"}],
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    for i in 1..=MORE_VIPS {
+        let (status, answer) = put(
+            stack,
+            &format!("/v1/users/vip-{i:02}"),
+            &json!({"traits": {"tier": "vip"}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let minutes_ago = |m: i64| (chrono::Utc::now() - chrono::Duration::minutes(m)).to_rfc3339();
+    let (status, answer) = stack
+        .post(
+            "/v1/events",
+            &json!({"events": [
+                {"user_id": AUDIENCE_CUSTOMER, "event": "product_viewed", "timestamp": minutes_ago(30),
+                 "properties": {"item_id": "sku-1001", "name": "Wireless earbuds", "price": 89000}},
+                {"user_id": AUDIENCE_CUSTOMER, "event": "product_viewed", "timestamp": minutes_ago(20),
+                 "properties": {"item_id": "sku-2002", "name": "Phone case", "price": 15000}},
+                {"user_id": AUDIENCE_CUSTOMER, "event": "purchase", "timestamp": minutes_ago(10),
+                 "properties": {"item_id": "sku-2002", "price": 15000}},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+}
+
+/// Waits until the processor has `members` people in `vip` and example-kim in all four segments.
+async fn wait_for_audience(stack: &Stack, members: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, vip) = stack.get("/v1/segments/vip").await;
+        let (_, kim) = stack.get(&format!("/v1/users/{AUDIENCE_CUSTOMER}")).await;
+        let kims = kim["segments"].as_array().map_or(0, Vec::len);
+        if vip["size"].as_u64() == Some(members as u64) && kims == 4 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the processor did not place everyone within 60 s: vip {vip}, {AUDIENCE_CUSTOMER} {kim}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn get_with(stack: &Stack, path: &str, key: Option<&str>) -> reqwest::Response {
@@ -163,6 +256,13 @@ async fn the_dashboard_shows_sent_and_failed_messages_in_chromium() {
         .expect("PUT profile");
     assert_eq!(profile.status(), 200);
 
+    // The audience: example-kim, more VIPs, and the customer above (a VIP too).
+    let processor = stack.start_event_processor().await;
+    example_audience(&stack).await;
+    let vips = MORE_VIPS + 2;
+    wait_for_audience(&stack, vips).await;
+    let (_, other_key) = other_tenant_key(&stack).await;
+
     // The page itself, in Chromium.
     let shots = screenshots();
     browser
@@ -176,11 +276,18 @@ async fn the_dashboard_shows_sent_and_failed_messages_in_chromium() {
             failed_reason: REJECT_REASON,
             channels: "email,sms",
             customer,
+            audience_customer: AUDIENCE_CUSTOMER,
+            segments: "vip,browsers,sms-marketing,vip-buyers",
+            paged_segment: "vip",
+            paged_members: vips,
+            referring_segment: "vip-buyers",
+            other_key: &other_key,
             outbox: false,
             screenshots: &shots,
         })
         .await;
     assert!(shots.join("5-search-by-id-timeline.png").is_file());
+    processor.stop().await;
     stack.finish().await;
 }
 

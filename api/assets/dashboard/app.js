@@ -1,13 +1,16 @@
 // UMP admin dashboard: plain JavaScript, no build step, nothing loaded from elsewhere.
 // Everything shown comes from the tenant-scoped /v1 endpoints, called with the API key the user
 // signed in with (kept in sessionStorage: this tab only). Untrusted strings (recipients, details,
-// outbox bodies) only ever reach the page as text nodes; outbox HTML is shown in a sandboxed
-// frame that may run no script.
+// outbox bodies, traits, event properties, segment names) only ever reach the page as text nodes;
+// outbox HTML is shown in a sandboxed frame that may run no script.
 'use strict';
 
 (() => {
   const KEY_STORAGE = 'ump.dashboard.key';
-  const VIEWS = ['overview', 'activity', 'failures', 'search', 'customers', 'outbox'];
+  const VIEWS = ['overview', 'activity', 'failures', 'search', 'customers', 'segments', 'outbox'];
+  /** Views whose address can name what they show: `#customers/<user id>`, `#segments/<id>`. */
+  const SUBJECTS = new Set(['customers', 'segments']);
+  const MEMBERS_PAGE = 50;
   const FINAL = new Set(['sent', 'delivered', 'failed', 'duplicate', 'dead_lettered']);
   const OK = new Set(['sent', 'delivered']);
   const BAD = new Set(['failed', 'dead_lettered']);
@@ -27,6 +30,10 @@
     outboxSelected: null,
     detailId: null,
     stats: null,
+    customer: null,
+    segment: null,
+    membersNext: null,
+    sizes: null,
     polls: new Map(),
   };
 
@@ -228,7 +235,9 @@
     $('session').hidden = false;
     $('key-label').textContent = keyLabel(key);
     await probeOutbox();
-    show(viewFromHash() || 'overview');
+    const route = routeFromHash();
+    if (route) show(route.view, route.subject);
+    else show('overview');
   }
 
   function signOut(message) {
@@ -242,6 +251,7 @@
     for (const name of [...state.polls.keys()]) stopPoll(name);
     for (const id of VIEWS) $(`view-${id}`).hidden = true;
     closeDetail();
+    forgetTenantViews();
     $('tabs').hidden = true;
     $('session').hidden = true;
     clearError();
@@ -271,26 +281,75 @@
     $('tab-outbox').hidden = !available;
   }
 
-  // ---------------------------------------------------------------- navigation
-
-  function viewFromHash() {
-    const name = location.hash.slice(1);
-    return VIEWS.includes(name) && (name !== 'outbox' || state.outbox) ? name : null;
+  /** What one tenant's key showed must not be there for the next key signed in in this tab. */
+  function forgetTenantViews() {
+    state.customer = null;
+    state.segment = null;
+    state.sizes = null;
+    $('customer').hidden = true;
+    $('customer-q').value = '';
+    $('customer-summary').textContent = '';
+    $('segment').hidden = true;
+    delete $('segment').dataset.shown;
+    $('segments').tBodies[0].replaceChildren();
   }
 
-  function show(view) {
+  // ---------------------------------------------------------------- navigation
+
+  /** The view and, for a view that has one, its subject (a user id, a segment id) from the
+   *  address, so that a person or a segment can be linked to and reached again with Back. */
+  function routeFromHash() {
+    const [view, ...rest] = location.hash.slice(1).split('/');
+    if (!VIEWS.includes(view) || (view === 'outbox' && !state.outbox)) return null;
+    if (!SUBJECTS.has(view) || !rest.length) return { view, subject: null };
+    try {
+      return { view, subject: decodeURIComponent(rest.join('/')) || null };
+    } catch (e) {
+      // A malformed escape typed into the address: the view, without a subject.
+      return { view, subject: null };
+    }
+  }
+
+  const hashOf = (view, subject) => (subject ? `#${view}/${encodeURIComponent(subject)}` : `#${view}`);
+
+  /** What a view shows now: the person, the segment. */
+  const subjectOf = (view) => (view === 'customers' ? state.customer : view === 'segments' ? state.segment : null);
+
+  /** Goes to a view's subject through the address (so Back returns); the same address again
+   *  loads it again. */
+  function navigate(view, subject) {
+    const hash = hashOf(view, subject);
+    if (location.hash === hash) show(view, subject, true);
+    else location.hash = hash;
+  }
+
+  /** Shows a view; `subject` (or, without one, what the view showed last) is loaded when it is
+   *  not the one shown, or when `reload` asks for it. */
+  function show(view, subject, reload) {
     state.view = view;
     for (const id of VIEWS) $(`view-${id}`).hidden = id !== view;
     for (const button of $('tabs').querySelectorAll('button')) {
       if (button.dataset.view === view) button.setAttribute('aria-current', 'page');
       else button.removeAttribute('aria-current');
     }
-    if (location.hash.slice(1) !== view) history.replaceState(null, '', `#${view}`);
-    for (const name of ['overview', 'activity', 'outbox']) if (name !== view) stopPoll(name);
+    const current = subjectOf(view);
+    const target = SUBJECTS.has(view) ? subject || current : null;
+    const hash = hashOf(view, target);
+    if (location.hash !== hash) history.replaceState(null, '', hash);
+    for (const name of ['overview', 'activity', 'outbox', 'segments']) if (name !== view) stopPoll(name);
     if (view === 'overview') pollOverview();
     if (view === 'activity') startActivity();
     if (view === 'failures') once(() => loadFailures(false));
     if (view === 'search') $('search-q').focus();
+    if (view === 'customers') {
+      if (target && (reload || target !== current)) once(() => findCustomer(target));
+      else if (!target) $('customer-q').focus();
+    }
+    if (view === 'segments') {
+      // Sizes move as events arrive: the list is refreshed while it is on screen.
+      poll('segments', loadSegments, 10000);
+      if (target && (reload || target !== current)) once(() => openSegment(target));
+    }
     if (view === 'outbox') poll('outbox', loadOutbox, 3000);
   }
 
@@ -494,19 +553,22 @@
 
   // ---------------------------------------------------------------- customers
 
-  /** A person's profile, consents, and the messages sent to their contact points. */
-  async function findCustomer() {
-    const id = $('customer-q').value.trim();
-    if (!id) return;
+  /** A person's profile, segments, consents, recent events, and the messages sent to their
+   *  contact points. */
+  async function findCustomer(id) {
+    state.customer = id;
+    $('customer-q').value = id;
     $('customer').hidden = true;
     let person;
     try {
       person = await api(`/v1/users/${encodeURIComponent(id)}`);
     } catch (e) {
       if (e.status !== 404 && e.status !== 422) throw e;
-      $('customer-summary').textContent = `No person of this tenant has the id ${id}.`;
+      if (state.customer === id) $('customer-summary').textContent = `No person of this tenant has the id ${id}.`;
       return;
     }
+    // Another person was asked for meanwhile: theirs is the answer to show.
+    if (state.customer !== id) return;
     const c = person.contacts || {};
     const contacts = [c.phone, c.email, c.kakao_phone, ...(c.push_tokens || [])].filter(Boolean);
     const field = (name, value) => [h('dt', {}, name), h('dd', {}, value)];
@@ -515,7 +577,16 @@
       field('Contact points', contacts.length ? contacts.join(', ') : '—'),
       field('Locale', person.locale || '—'),
       field('Time zone', person.timezone || 'Asia/Seoul (default)'),
-      field('Traits', Object.keys(person.traits || {}).length ? JSON.stringify(person.traits) : '—'));
+      field('Traits', Object.keys(person.traits || {}).length ? JSON.stringify(person.traits) : '—'),
+      person.next_wake ? field('Segments rechecked', fmtFull(person.next_wake)) : null);
+    const segments = person.segments || [];
+    fill($('customer-segments'), segments.length
+      ? segments.map((segment) => h('li', {}, h('a', { class: 'chip', href: hashOf('segments', segment), dataset: { segment } }, segment)))
+      : h('li', { class: 'muted' }, 'In no segment.'));
+    const events = person.recent_events || [];
+    fill($('customer-events').tBodies[0], events.length
+      ? events.map(eventRow)
+      : h('tr', {}, h('td', { colspan: 3, class: 'empty' }, 'No event from this person yet.')));
     const consents = [...(person.consents || [])].reverse().map((k) => h('tr', {}, h('td', {}, fmtFull(k.at)),
       h('td', {}, k.purpose === 'marketing_night' ? 'marketing, 21:00–08:00' : k.purpose),
       h('td', {}, k.channel), h('td', { class: k.granted ? 'ok' : 'bad' }, k.granted ? 'granted' : 'withdrawn'),
@@ -523,11 +594,235 @@
     fill($('customer-consents').tBodies[0],
       consents.length ? consents : emptyRow('No consent recorded: no marketing message goes to this person.'));
     const pages = await Promise.all(contacts.map((to) => api(`/v1/messages?${query({ to, limit: 20 })}`)));
+    if (state.customer !== id) return;
     const messages = pages.flatMap((p) => p.items).sort((a, b) => (a.id < b.id ? 1 : -1));
     fill($('customer-messages').tBodies[0],
       messages.length ? messages.map((m) => messageRow(m, false)) : emptyRow('No message to this person yet.'));
-    $('customer-summary').textContent = `Profile, consents (newest first) and the newest messages to ${person.user_id}'s contact points.`;
+    $('customer-summary').textContent =
+      `Profile, segments, consents and events (newest first) and the newest messages to ${person.user_id}'s contact points.`;
     $('customer').hidden = false;
+  }
+
+  const SEGMENT_CHANGES = { 'ump.segment_entered': 'entered segment', 'ump.segment_left': 'left segment' };
+
+  /** One of a person's recent events; the processor's segment entries and exits in words. */
+  function eventRow(e) {
+    const properties = { ...(e.properties || {}) };
+    const change = SEGMENT_CHANGES[e.event];
+    let what = h('code', {}, e.event);
+    let segment = null;
+    if (change && typeof properties.segment_id === 'string') {
+      segment = properties.segment_id;
+      delete properties.segment_id;
+      what = [`${change} `, h('a', { href: hashOf('segments', segment) }, segment)];
+    }
+    return h('tr', { dataset: segment ? { event: e.event, segment } : { event: e.event } },
+      h('td', { title: fmtFull(e.timestamp) }, fmtTime(e.timestamp)),
+      h('td', {}, what),
+      h('td', { class: 'props' }, propertyList(properties)));
+  }
+
+  const PROPERTIES_SHOWN = 6;
+  const VALUE_LENGTH = 60;
+
+  /** The first properties as `name value`, long values cut; all of them in the tooltip. */
+  function propertyList(properties) {
+    const entries = Object.entries(properties);
+    if (!entries.length) return '';
+    const text = (v) => {
+      const full = typeof v === 'string' ? v : JSON.stringify(v);
+      return full.length > VALUE_LENGTH ? `${full.slice(0, VALUE_LENGTH - 1)}…` : full;
+    };
+    const shown = entries.slice(0, PROPERTIES_SHOWN).map(([name, value]) =>
+      h('span', { class: 'prop', dataset: { property: name } }, h('span', { class: 'muted' }, name), ' ', text(value)));
+    const rest = entries.length - shown.length;
+    return h('span', { title: JSON.stringify(properties, null, 1) }, shown, rest > 0 ? h('span', { class: 'muted' }, ` +${rest} more`) : null);
+  }
+
+  // ---------------------------------------------------------------- segments
+
+  async function loadSegments() {
+    const page = await api('/v1/segments');
+    const rows = (page.items || []).map((segment) => {
+      const row = h('tr', { dataset: { id: segment.id }, class: segment.id === state.segment ? 'selected' : null },
+        h('td', {}, h('a', { href: hashOf('segments', segment.id) }, segment.name || segment.id)),
+        h('td', { class: 'mono' }, segment.id),
+        h('td', { class: 'num' }, fmtNumber(segment.size)),
+        h('td', { title: fmtFull(segment.updated_at) }, fmtTime(segment.updated_at)));
+      // The whole row is a target for the mouse; the keyboard has the link in it.
+      row.addEventListener('click', (e) => {
+        if (!e.target.closest('a')) navigate('segments', segment.id);
+      });
+      // The open segment's size follows the list's (its fields may still be another's, loading).
+      if (segment.id === $('segment').dataset.shown) $('segment-size').textContent = fmtNumber(segment.size);
+      return row;
+    });
+    fill($('segments').tBodies[0], rows.length
+      ? rows
+      : h('tr', {}, h('td', { colspan: 4, class: 'empty' }, 'No segments yet. Create one with POST /v1/segments.')));
+  }
+
+  /** A segment's definition, its size over time and its first members. */
+  async function openSegment(id) {
+    state.segment = id;
+    state.sizes = null;
+    for (const row of $('segments').tBodies[0].rows) row.classList.toggle('selected', row.dataset.id === id);
+    // The previous segment's members and history must not stand under this one's title.
+    fill($('segment-members').tBodies[0], h('tr', {}, h('td', { colspan: 2, class: 'empty' }, 'Loading…')));
+    $('members-more').hidden = true;
+    fill($('segment-chart'), h('p', { class: 'muted small' }, 'Loading…'));
+    let segment;
+    try {
+      segment = await api(`/v1/segments/${encodeURIComponent(id)}`);
+    } catch (e) {
+      if (e.status !== 404 && e.status !== 422) throw e;
+      if (state.segment !== id) return;
+      delete $('segment').dataset.shown;
+      $('segment-title').textContent = id;
+      $('segment-missing').textContent = `No segment of this tenant has the id ${id}.`;
+      $('segment-missing').hidden = false;
+      $('segment-body').hidden = true;
+      $('segment').hidden = false;
+      return;
+    }
+    if (state.segment !== id) return;
+    const field = (name, value, attrs) => [h('dt', {}, name), h('dd', attrs || {}, value)];
+    $('segment-title').textContent = segment.name || segment.id;
+    fill($('segment-fields'),
+      field('Id', segment.id, { class: 'mono' }),
+      field('Size', fmtNumber(segment.size), { id: 'segment-size' }),
+      field('Created', fmtFull(segment.created_at)),
+      field('Updated', fmtFull(segment.updated_at)));
+    fill($('segment-condition'), h('ul', { class: 'tree' }, conditionItem(segment.condition)));
+    $('segment-json').textContent = JSON.stringify(segment.condition, null, 2);
+    $('segment').dataset.shown = segment.id;
+    $('segment-missing').hidden = true;
+    $('segment-body').hidden = false;
+    $('segment').hidden = false;
+    await Promise.all([loadMembers(id, false), loadSizes(id)]);
+  }
+
+  async function loadMembers(id, more) {
+    const params = { after: more ? state.membersNext : null, limit: MEMBERS_PAGE };
+    const page = await api(`/v1/segments/${encodeURIComponent(id)}/members?${query(params)}`);
+    if (state.segment !== id) return;
+    const body = $('segment-members').tBodies[0];
+    if (!more) body.replaceChildren();
+    append(body, page.items.map((m) => h('tr', { dataset: { user: m.user_id } },
+      h('td', {}, h('a', { href: hashOf('customers', m.user_id) }, m.user_id)),
+      h('td', { title: fmtFull(m.since) }, fmtTime(m.since)))));
+    if (!body.rows.length) append(body, h('tr', {}, h('td', { colspan: 2, class: 'empty' }, 'Nobody is in this segment now.')));
+    state.membersNext = page.next;
+    $('members-more').hidden = !page.next;
+  }
+
+  /** The size history is a separate endpoint: a server without it (404) or with its store away
+   *  leaves the rest of the segment on screen, with a note where the chart goes. */
+  async function loadSizes(id) {
+    let page;
+    try {
+      page = await api(`/v1/segments/${encodeURIComponent(id)}/sizes`);
+    } catch (e) {
+      if (!(e instanceof ApiError)) throw e;
+      if (state.segment !== id) return;
+      fill($('segment-chart'), h('p', { class: 'muted small' },
+        e.status === 404 ? 'This server keeps no size history.' : `The size history is unavailable: ${e.message}`));
+      return;
+    }
+    if (state.segment !== id) return;
+    state.sizes = page.items || [];
+    drawSizes(state.sizes);
+  }
+
+  /** Size over time as a step line (a size holds until the next sample), drawn to the
+   *  container's pixel size; the newest sample is marked. */
+  function drawSizes(items) {
+    const box = $('segment-chart');
+    const points = items.map((p) => ({ t: new Date(p.at).getTime(), v: p.size, at: p.at }))
+      .filter((p) => Number.isFinite(p.t) && Number.isFinite(p.v))
+      .sort((a, b) => a.t - b.t);
+    if (!points.length) {
+      fill(box, h('p', { class: 'muted small' }, 'No samples yet: the size is recorded about once a minute.'));
+      return;
+    }
+    const width = Math.max(box.clientWidth, 280);
+    const height = 140;
+    const pad = { left: 44, right: 12, top: 10, bottom: 22 };
+    const first = points[0];
+    const last = points[points.length - 1];
+    // At least a minute wide, so that a single sample still has a place.
+    const span = Math.max(last.t - first.t, 60000);
+    const max = Math.max(...points.map((p) => p.v));
+    const top = niceCeil(Math.max(1, max));
+    const x = (t) => pad.left + ((t - first.t) / span) * (width - pad.left - pad.right);
+    const y = (v) => pad.top + (1 - v / top) * (height - pad.top - pad.bottom);
+    // A week of samples a minute apart mostly repeats the size before it: a repeat adds no corner
+    // to a step line, so only changes are drawn (and the last sample, which carries it to now).
+    const steps = points.filter((p, i) => i === 0 || i === points.length - 1 || p.v !== points[i - 1].v);
+    const coordinates = steps.flatMap((p, i) => {
+      const here = `${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`;
+      return i ? [`${x(p.t).toFixed(1)},${y(steps[i - 1].v).toFixed(1)}`, here] : [here];
+    });
+    const chart = svg('svg', {
+      viewBox: `0 0 ${width} ${height}`, role: 'img',
+      'aria-label': `Segment size from ${fmtFull(first.at)} to ${fmtFull(last.at)}: ${fmtNumber(first.v)} at first, ${fmtNumber(last.v)} at the end, ${fmtNumber(max)} at most (${points.length} samples)`,
+    });
+    for (const v of [0, top]) {
+      chart.append(
+        svg('line', { class: 'axis', x1: pad.left, x2: width - pad.right, y1: y(v), y2: y(v) }),
+        svg('text', { x: pad.left - 6, y: y(v) + 4, 'text-anchor': 'end' }, fmtNumber(v)));
+    }
+    chart.append(
+      svg('polyline', { class: 'line', points: coordinates.join(' ') }),
+      svg('circle', { class: 'now', cx: x(last.t), cy: y(last.v), r: 3 }, svg('title', {}, `${fmtFull(last.at)}: ${fmtNumber(last.v)}`)),
+      svg('text', { x: pad.left, y: height - 6, 'text-anchor': 'start' }, fmtClock(first.at, true)),
+      svg('text', { x: width - pad.right, y: height - 6, 'text-anchor': 'end' }, fmtClock(last.at, true)));
+    fill(box, chart);
+  }
+
+  const quote = (value) => JSON.stringify(value);
+  const times = (n) => (n === 1 ? 'once' : `${n} times`);
+
+  /** One node of a segment's condition tree, in words, its children nested. A node this page
+   *  does not know (a newer server's) is shown as its JSON rather than left out. */
+  function conditionItem(condition) {
+    const entries = condition && typeof condition === 'object' && !Array.isArray(condition) ? Object.entries(condition) : [];
+    const [kind, arg] = entries.length === 1 ? entries[0] : [null, null];
+    const group = (label, children) => h('li', { dataset: { op: kind } }, h('span', { class: 'op' }, label), h('ul', {}, children.map(conditionItem)));
+    const leaf = (...parts) => h('li', { dataset: { op: kind } }, parts);
+    const known = arg && typeof arg === 'object';
+    if ((kind === 'all' || kind === 'any') && Array.isArray(arg)) return group(kind === 'all' ? 'all of' : 'any of', arg);
+    if (kind === 'not' && known) return group('not', [arg]);
+    if (kind === 'trait' && known) {
+      const tests = [];
+      if ('equals' in arg) tests.push(`is ${quote(arg.equals)}`);
+      if (Array.isArray(arg.in)) tests.push(`is one of ${arg.in.map(quote).join(', ')}`);
+      if (arg.exists === true) tests.push('is set');
+      if (arg.exists === false) tests.push('is not set');
+      for (const [op, sign] of [['gt', '>'], ['gte', '≥'], ['lt', '<'], ['lte', '≤']]) if (op in arg) tests.push(`${sign} ${arg[op]}`);
+      if (arg.within) tests.push(`is a date in the last ${arg.within}`);
+      return leaf('trait ', h('code', {}, String(arg.path)), ` ${tests.join(' and ')}`);
+    }
+    if (kind === 'performed' && known) {
+      const filters = Object.entries(arg.where || {}).map(([name, value]) => `${name} = ${quote(value)}`);
+      let count = 'at least once';
+      if (arg.at_most === 0 && arg.at_least === undefined) count = 'not at all';
+      else if (arg.at_least !== undefined && arg.at_most !== undefined) count = `${arg.at_least} to ${arg.at_most} times`;
+      else if (arg.at_least !== undefined) count = `at least ${times(arg.at_least)}`;
+      else if (arg.at_most !== undefined) count = `at most ${times(arg.at_most)}`;
+      return leaf('performed ', h('code', {}, String(arg.event)), filters.length ? ` with ${filters.join(', ')}` : '',
+        ` ${count} in the last ${arg.within}`);
+    }
+    if (kind === 'last_performed' && known) {
+      return leaf('performed ', h('code', {}, String(arg.event)), `, the last time more than ${arg.older_than} ago`);
+    }
+    if (kind === 'consent' && known) {
+      const purpose = arg.purpose === 'marketing_night' ? 'marketing at night (21:00–08:00)' : arg.purpose || 'marketing';
+      return leaf(`consented to ${purpose} by ${arg.channel}`);
+    }
+    if (kind === 'bucket' && known) return leaf(`random bucket ${arg.from} to ${arg.to - 1} (of 0–99)`);
+    if (kind === 'in_segment' && typeof arg === 'string') return leaf('in segment ', h('a', { href: hashOf('segments', arg) }, arg));
+    return h('li', {}, h('code', {}, JSON.stringify(condition)));
   }
 
   // ---------------------------------------------------------------- one message
@@ -660,22 +955,26 @@
     $('results-more').addEventListener('click', () => once(() => runSearch(true)));
     $('customer-form').addEventListener('submit', (e) => {
       e.preventDefault();
-      once(findCustomer);
+      const id = $('customer-q').value.trim();
+      if (id) navigate('customers', id);
     });
+    $('members-more').addEventListener('click', () => once(() => loadMembers(state.segment, true)));
     $('detail-close').addEventListener('click', closeDetail);
     document.addEventListener('keydown', (e) => {
       if (e.key === 'Escape' && state.detailId) closeDetail();
     });
     window.addEventListener('hashchange', () => {
       takeKeyFromFragment();
-      const view = viewFromHash();
-      if (state.key && view && view !== state.view) show(view);
+      const route = routeFromHash();
+      if (!state.key || !route) return;
+      if (route.view !== state.view || (route.subject && route.subject !== subjectOf(route.view))) show(route.view, route.subject);
     });
     let resize = null;
     window.addEventListener('resize', () => {
       clearTimeout(resize);
       resize = setTimeout(() => {
         if (state.stats && state.view === 'overview') drawChart(state.stats);
+        if (state.sizes && state.view === 'segments') drawSizes(state.sizes);
       }, 150);
     });
   }

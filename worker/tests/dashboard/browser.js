@@ -9,6 +9,12 @@
 //   CHANNELS                            comma-separated channels the overview must list
 //   CUSTOMER                            a user id whose profile has SENT_TO as its phone and a
 //                                       marketing SMS consent from "signup-form"
+//   AUDIENCE_CUSTOMER, SEGMENTS         a person in every one of the tenant's segments (ids,
+//                                       comma-separated), after two product_viewed events and
+//                                       then a purchase with an item_id
+//   PAGED_SEGMENT, PAGED_MEMBERS        one of them, defined by the trait tier, and its size
+//   REFERRING_SEGMENT                   one of them that refers to PAGED_SEGMENT (in_segment)
+//   OTHER_KEY                           an API key of another tenant
 //   SCREENSHOTS                         folder for the screenshots
 //   OUTBOX                              "absent" (cluster mode: /v1/outbox answers 404, no tab)
 //                                       or "present" (embedded mode: the tab shows SENT_ID)
@@ -37,11 +43,41 @@ const failedId = env('FAILED_ID');
 const failedReason = env('FAILED_REASON');
 const channels = env('CHANNELS').split(',');
 const customer = env('CUSTOMER');
+const audienceCustomer = env('AUDIENCE_CUSTOMER');
+const segments = env('SEGMENTS').split(',');
+const pagedSegment = env('PAGED_SEGMENT');
+const pagedMembers = Number(env('PAGED_MEMBERS'));
+const referringSegment = env('REFERRING_SEGMENT');
+const otherKey = env('OTHER_KEY');
 const shots = env('SCREENSHOTS');
 const outbox = env('OUTBOX');
 check(outbox === 'absent' || outbox === 'present', `OUTBOX is ${outbox}`);
 const probe = `${base}/v1/outbox?limit=1`;
 const TIMEOUT = 15000;
+// The Members list's page size (MEMBERS_PAGE in app.js).
+const MEMBERS_PAGE = 50;
+
+/** The API as the test itself calls it (not through the page). */
+async function call(method, path, body, as = key) {
+  const response = await fetch(`${base}${path}`, {
+    method,
+    headers: { Authorization: `Bearer ${as}`, 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  return { status: response.status, body: text ? JSON.parse(text) : null };
+}
+
+/** Asks `probe` again every 200 ms until it gives something truthy, for TIMEOUT ms at most. */
+async function until(what, probe) {
+  const deadline = Date.now() + TIMEOUT;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
 
 // Flags beyond Playwright's own: without the network ones Chromium keeps calling Google's services.
 const FLAGS = [
@@ -66,6 +102,11 @@ async function main() {
   page.setDefaultTimeout(TIMEOUT);
   let probed404 = false;
   let simulating = false;
+  // Requests whose 404 is the answer the page is meant to get (Chromium logs each as an error).
+  // The Customers view asks for a person who does not exist, on purpose.
+  const expected404 = new Set([`${base}/v1/users/nobody-at-all`]);
+  // Set when this server has no segment size history (an older API): the page asks anyway.
+  let sizesMissing = false;
   let scriptBlocked = false;
   page.on('console', (msg) => {
     // The page asks /v1/outbox whether this is the embedded mode; the cluster mode's designed
@@ -74,8 +115,8 @@ async function main() {
       probed404 = true;
       return;
     }
-    // The Customers view asks for a person who does not exist, on purpose: its 404 is the answer.
-    if (msg.location().url === `${base}/v1/users/nobody-at-all` && /status of 404/.test(msg.text())) {
+    if (/status of 404/.test(msg.text()) && (expected404.has(msg.location().url) ||
+        (sizesMissing && /\/v1\/segments\/[^/]+\/sizes$/.test(msg.location().url)))) {
       return;
     }
     // The simulated outbox below holds a script in its HTML; that it is refused is the point.
@@ -88,7 +129,12 @@ async function main() {
     }
   });
   page.on('pageerror', (error) => problems.push(`uncaught: ${error.message}`));
-  page.on('requestfailed', (request) => problems.push(`request failed: ${request.url()} ${request.failure().errorText}`));
+  page.on('requestfailed', (request) => {
+    // A poll in flight when this script reloads the page is cancelled by Chromium: not a failure
+    // of the server or of the page.
+    if (request.failure().errorText === 'net::ERR_ABORTED' && request.resourceType() === 'fetch') return;
+    problems.push(`request failed: ${request.url()} ${request.failure().errorText}`);
+  });
   // Everything the page loads must come from the API itself: nothing from a CDN.
   page.on('request', (request) => {
     const url = request.url();
@@ -245,6 +291,130 @@ async function main() {
     steps.push('customers: profile, the consent with its source, the person\'s sent message');
     await shot('7b-customer');
 
+    // The person's segments and recent events. Event properties are the application's input: one
+    // sent now carries markup, which must show as text.
+    const hostile = '<img src=x onerror="document.title=\'pwned\'">';
+    const posted = await call('POST', '/v1/events', {
+      events: [{ user_id: audienceCustomer, event: 'coupon_clicked', properties: { label: hostile, campaign: 'spring' } }],
+    });
+    check(posted.status === 202, `POST /v1/events answered ${posted.status}: ${JSON.stringify(posted.body)}`);
+    await until('the processor to take the clicked coupon', async () => {
+      const { body } = await call('GET', `/v1/users/${encodeURIComponent(audienceCustomer)}`);
+      return body && (body.recent_events || []).some((e) => e.event === 'coupon_clicked');
+    });
+    await page.locator('#customer-q').fill(audienceCustomer);
+    await page.locator('#customer-form button[type="submit"]').click();
+    const clicked = page.locator('#customer-events tr[data-event="coupon_clicked"]');
+    await clicked.waitFor();
+    const chips = await page.locator('#customer-segments a.chip').evaluateAll((as) => as.map((a) => a.dataset.segment));
+    check(JSON.stringify([...chips].sort()) === JSON.stringify([...segments].sort()), `segment chips: ${chips}`);
+    for (const id of segments) {
+      const entered = page.locator(`#customer-events tr[data-event="ump.segment_entered"][data-segment="${id}"]`);
+      check((await entered.count()) === 1, `no single entry into ${id} among the events`);
+      check((await entered.locator('td').nth(1).innerText()).trim() === `entered segment ${id}`, `the entry into ${id} is not in words`);
+    }
+    const recent = await page.locator('#customer-events tbody tr').evaluateAll((trs) => trs.map((tr) => tr.dataset.event));
+    check(recent.filter((e) => e === 'product_viewed').length >= 2, `events: ${recent}`);
+    check(recent.indexOf('purchase') >= 0 && recent.indexOf('purchase') < recent.indexOf('product_viewed'), `not newest first: ${recent}`);
+    check((await page.locator('#customer-events tr[data-event="purchase"] [data-property="item_id"]').count()) === 1, 'the purchase does not show its item_id');
+    check((await clicked.locator('[data-property="label"]').innerText()).includes(hostile), 'the property is not shown as text');
+    check((await page.locator('#customer-events img').count()) === 0, 'markup in a property became an element');
+    check((await page.title()) === 'UMP dashboard', 'markup in a property ran');
+    steps.push(`customers: ${audienceCustomer} in ${chips.join(', ')}; events ${recent.join(', ')}`);
+    await shot('7c-customer-segments-events');
+
+    // Segments: each with its size; names are the application's input too.
+    const { body: listedByApi } = await call('GET', '/v1/segments');
+    const names = new Map(listedByApi.items.map((g) => [g.id, g.name]));
+    const escaping = 'dashboard-escape';
+    const markup = '<b>Nobody</b> <img src=x onerror="document.title=\'pwned\'">';
+    const created = await call('PUT', `/v1/segments/${escaping}`, { name: markup, condition: { trait: { path: 'tier', equals: '<i>none</i>' } } });
+    check(created.status === 201, `PUT /v1/segments/${escaping} answered ${created.status}: ${JSON.stringify(created.body)}`);
+    sizesMissing = (await call('GET', `/v1/segments/${pagedSegment}/sizes`)).status === 404;
+    await page.locator('#tabs button[data-view="segments"]').click();
+    await page.locator(`#segments tr[data-id="${escaping}"]`).waitFor();
+    const listed = await page.locator('#segments tbody tr[data-id]').evaluateAll((trs) => trs.map((tr) =>
+      ({ id: tr.dataset.id, name: tr.cells[0].innerText, size: Number(tr.cells[2].innerText.replace(/\D/g, '')) })));
+    check(listed.length === segments.length + 1, `listed: ${JSON.stringify(listed)}`);
+    const sizes = new Map(listedByApi.items.map((g) => [g.id, g.size]));
+    for (const id of segments) {
+      const row = listed.find((g) => g.id === id);
+      check(row && row.name === names.get(id), `segment ${id} is not listed with its name: ${JSON.stringify(row)}`);
+      check(row.size >= 1 && row.size === sizes.get(id), `segment ${id} is listed with size ${row.size}, the API says ${sizes.get(id)}`);
+    }
+    check(sizes.get(pagedSegment) === pagedMembers, `${pagedSegment} has ${sizes.get(pagedSegment)} members`);
+    check(listed.find((g) => g.id === escaping).name === markup, 'a segment name is not shown as text');
+    check((await page.locator('#segments b, #segments img').count()) === 0, 'markup in a segment name became an element');
+    steps.push(`segments: ${listed.map((g) => `${g.id} (${g.size})`).join(', ')}`);
+    await shot('7d-segments');
+
+    // With the keyboard: the referring segment's definition, its reference a link to the other.
+    await page.locator(`#segments a[href="#segments/${referringSegment}"]`).focus();
+    await page.keyboard.press('Enter');
+    const reference = page.locator(`#segment-condition li[data-op="in_segment"] a[href="#segments/${pagedSegment}"]`);
+    await reference.waitFor();
+    check((await page.locator('#segment-title').innerText()) === names.get(referringSegment), 'the title is not the segment\'s name');
+    check((await page.locator('#segment-condition li[data-op="all"]').count()) === 1, 'the condition tree has no "all of"');
+    check(JSON.parse(await page.locator('#segment-json').textContent()).all !== undefined, 'the JSON is not the condition');
+    await reference.click();
+    await page.locator('#segment-condition li[data-op="trait"]', { hasText: 'tier' }).waitFor();
+    check(page.url().endsWith(`#segments/${pagedSegment}`), `the address is ${page.url()}`);
+
+    // Its size over time (when this server keeps it), and its members a page at a time.
+    if (sizesMissing) {
+      await page.locator('#segment-chart', { hasText: 'keeps no size history' }).waitFor();
+    } else {
+      const { body: history } = await call('GET', `/v1/segments/${pagedSegment}/sizes`);
+      await page.locator('#segment-chart svg, #segment-chart p:has-text("No samples yet")').first().waitFor();
+      if (history.items.length) {
+        const label = await page.locator('#segment-chart svg').getAttribute('aria-label');
+        check(/\d+ samples/.test(label), `chart label: ${label}`);
+      }
+    }
+    const members = page.locator('#segment-members tbody tr[data-user]');
+    await members.first().waitFor();
+    let pages = 1;
+    while (await page.locator('#members-more').isVisible()) {
+      const before = await members.count();
+      await page.locator('#members-more').click();
+      await page.waitForFunction((n) => document.querySelectorAll('#segment-members tbody tr[data-user]').length > n ||
+        document.getElementById('members-more').hidden, before);
+      pages += 1;
+    }
+    const memberIds = await members.evaluateAll((trs) => trs.map((tr) => tr.dataset.user));
+    check(memberIds.length === pagedMembers && new Set(memberIds).size === pagedMembers, `${memberIds.length} members listed`);
+    check(memberIds.includes(audienceCustomer), `${audienceCustomer} is not among the members`);
+    check(pages === Math.ceil(pagedMembers / MEMBERS_PAGE), `${pagedMembers} members came in ${pages} page(s)`);
+    steps.push(`segment ${pagedSegment}: definition, ${memberIds.length} members in ${pages} page(s)${sizesMissing ? ' (no size history on this server)' : ', size chart'}`);
+    await shot('7e-segment-members');
+
+    // The chart as drawn from a known history (answered here by the browser itself).
+    const now = Date.now();
+    const samples = [1, 3, 3, 7, pagedMembers].map((size, i) => ({ at: new Date(now - (4 - i) * 3600000).toISOString(), size }));
+    await page.route('**/v1/segments/*/sizes', (route) => route.fulfill({ status: 200, json: { items: samples } }));
+    await page.reload();
+    await page.locator('#segment-chart polyline').waitFor();
+    const drawn = (await page.locator('#segment-chart polyline').getAttribute('points')).trim().split(/\s+/);
+    // A corner pair per change of size: the repeated 3 adds none.
+    check(drawn.length === 2 * 4 - 1, `the step line has ${drawn.length} points`);
+    const label = await page.locator('#segment-chart svg').getAttribute('aria-label');
+    check(label.includes(`${pagedMembers} at the end`) && label.includes('5 samples'), `chart label: ${label}`);
+    await page.unroute('**/v1/segments/*/sizes');
+    steps.push('segment size chart: a step line through 5 simulated samples, one a repeat');
+    await shot('7f-segment-sizes-simulated');
+
+    // A member links to that person in the Customers view; Back returns to the segment. (After
+    // the reload the first page is listed; the customer shown last is not the one asked for.)
+    const member = memberIds.slice(0, MEMBERS_PAGE).find((id) => id !== audienceCustomer);
+    check(member, 'no member but the customer shown last');
+    await page.locator(`#segment-members a[href="#customers/${encodeURIComponent(member)}"]`).click();
+    await page.locator('#customer-fields', { hasText: member }).waitFor();
+    check(await page.locator('#view-customers').isVisible(), 'the Customers view is not shown');
+    await page.goBack();
+    await page.locator('#view-segments').waitFor({ state: 'visible' });
+    check(page.url().endsWith(`#segments/${pagedSegment}`), `Back went to ${page.url()}`);
+    steps.push(`members link to the person (${member}); Back returns to the segment`);
+
     if (outbox === 'absent') {
       // Cluster mode: no sandbox outbox, so no tab for it.
       check(probed404, 'the page never asked /v1/outbox');
@@ -270,6 +440,28 @@ async function main() {
     check((await page.evaluate(() => sessionStorage.getItem('ump.dashboard.key'))) === null, 'the key survived sign-out');
     steps.push('reload keeps the session; sign-out forgets the key');
     await shot('9-signed-out');
+
+    // Another tenant's key, signed in in the same tab: none of the first tenant's segments or
+    // people, neither left on the page nor by their address.
+    expected404.add(`${base}/v1/segments/${pagedSegment}`);
+    expected404.add(`${base}/v1/users/${encodeURIComponent(audienceCustomer)}`);
+    await page.locator('#login-key').fill(otherKey);
+    await page.locator('#login-form button[type="submit"]').click();
+    await page.locator('#tabs').waitFor({ state: 'visible' });
+    await page.locator('#tabs button[data-view="segments"]').click();
+    await page.locator('#segments td.empty').waitFor();
+    check((await page.locator('#segments tbody tr[data-id]').count()) === 0, 'the other tenant sees segments');
+    check(await page.locator('#segment').isHidden(), 'the first tenant\'s segment is still on the page');
+    const theirs = await call('GET', '/v1/segments', undefined, otherKey);
+    check(theirs.status === 200 && theirs.body.items.length === 0, `GET /v1/segments as the other tenant: ${JSON.stringify(theirs.body)}`);
+    await page.evaluate((hash) => { location.hash = hash; }, `#segments/${pagedSegment}`);
+    await page.locator('#segment-missing', { hasText: 'No segment of this tenant' }).waitFor();
+    await page.locator('#tabs button[data-view="customers"]').click();
+    check(await page.locator('#customer').isHidden(), 'the first tenant\'s customer is still on the page');
+    await page.evaluate((hash) => { location.hash = hash; }, `#customers/${encodeURIComponent(audienceCustomer)}`);
+    await page.locator('#customer-summary', { hasText: 'No person of this tenant' }).waitFor();
+    steps.push('another tenant\'s key: no segments listed, the first tenant\'s segment and person not found');
+    await shot('10-other-tenant');
   } catch (error) {
     await page.screenshot({ path: path.join(shots, 'failure.png'), fullPage: true }).catch(() => {});
     problems.push(`step failed: ${error.message}`);

@@ -1,6 +1,7 @@
 //! A whole UMP cluster-mode stack for end-to-end tests, on the real Kafka, Redis and MariaDB from
 //! `scripts/infra up`: the API in-process, the worker as a child process (so it can be killed),
-//! channels in a namespace of their own, a database of their own, a sandbox outbox of their own.
+//! channels in a namespace of their own, a database of their own, a sandbox outbox of their own,
+//! an events topic of its own (and, for the tests that ask, the event processor in-process).
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
@@ -10,6 +11,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,6 +32,9 @@ pub struct Stack {
     pub tenant: String,
     pub http: reqwest::Client,
     pub kafka: String,
+    /// Where the API puts behaviour events (`POST /v1/events`), the stack's own: read by
+    /// [`Stack::start_event_processor`].
+    pub events_topic: String,
     /// ActiveMQ, when a channel of the stack enables realtime delivery.
     pub amqp: Option<String>,
     pub claim_lease: &'static str,
@@ -130,6 +135,7 @@ impl Stack {
             .channels()
             .any(|c| c.resource.spec.realtime.enabled)
             .then(|| infra().amqp_url());
+        let events_topic = format!("ump.events.{namespace}");
         let api = spawn_api_with(
             &kafka,
             &db.url,
@@ -137,6 +143,7 @@ impl Stack {
             "5s",
             &secrets_dir,
             amqp.as_deref(),
+            &events_topic,
         )
         .await;
         let mut stack = Self {
@@ -152,6 +159,7 @@ impl Stack {
                 .build()
                 .expect("http"),
             kafka,
+            events_topic,
             amqp,
             claim_lease: options.claim_lease,
             secrets_dir,
@@ -207,6 +215,33 @@ impl Stack {
                 .expect("kill -TERM");
             worker.0.wait().expect("reap worker");
         }
+    }
+
+    /// The cluster mode's event processor (`ump_events::cluster`) in this process, on the stack's
+    /// database and events topic, so that events sent to the API reach people's segments. It
+    /// stops when the returned handle is dropped.
+    pub async fn start_event_processor(&self) -> EventProcessor {
+        create_topics(&self.kafka, std::iter::once((self.events_topic.clone(), 2))).await;
+        let settings = ump_events::cluster::ProcessorSettings {
+            kafka_bootstrap: self.kafka.clone(),
+            mysql_url: self.db.url.clone(),
+            topic: self.events_topic.clone(),
+            partitions: 2,
+            replication: 1,
+            group: format!("ump-events-{}", self.namespace),
+            batch: 500,
+            batch_wait: "20ms".parse().expect("duration"),
+            listen: "127.0.0.1:0".parse().expect("address"),
+        };
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stop = shutdown.clone();
+        // Polled on a blocking thread: `tokio::spawn` needs the future to be `Send` for every
+        // lifetime, which the compiler cannot prove for `run` (borrows held across awaits).
+        let runtime = tokio::runtime::Handle::current();
+        let task = tokio::task::spawn_blocking(move || {
+            runtime.block_on(ump_events::cluster::run(settings, stop))
+        });
+        EventProcessor { shutdown, task }
     }
 
     pub fn worker_log(&self) -> String {
@@ -404,6 +439,30 @@ impl Stack {
     }
 }
 
+/// The event processor of [`Stack::start_event_processor`].
+pub struct EventProcessor {
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl EventProcessor {
+    /// Stops it (the batch in hand is committed first) and fails the test if it had failed.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("the event processor stopped within 30 s")
+            .expect("the event processor's task")
+            .expect("the event processor ran");
+    }
+}
+
+impl Drop for EventProcessor {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 /// A worker child process, killed when dropped (a failing test leaves none behind).
 struct WorkerProcess(Child);
 
@@ -430,7 +489,12 @@ pub async fn create_topics(kafka: &str, topics: impl Iterator<Item = (String, i3
         .await
         .expect("Kafka: create topics")
     {
-        result.unwrap_or_else(|(name, code)| panic!("Kafka: create topic {name}: {code}"));
+        match result {
+            // A producer's metadata request may have made it already (the broker creates topics
+            // on first use).
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => panic!("Kafka: create topic {name}: {code}"),
+        }
     }
 }
 
@@ -466,6 +530,7 @@ pub async fn spawn_api(
         accept_timeout,
         &no_secrets,
         None,
+        ump_core::audience::DEFAULT_EVENTS_TOPIC,
     )
     .await
 }
@@ -485,12 +550,13 @@ pub async fn spawn_api_with_secrets(
         accept_timeout,
         secrets_dir,
         None,
+        ump_core::audience::DEFAULT_EVENTS_TOPIC,
     )
     .await
 }
 
-/// `spawn_api` with provider Secrets in `secrets_dir` and, when `amqp_url` is given, realtime
-/// sends going to that ActiveMQ.
+/// `spawn_api` with provider Secrets in `secrets_dir`, behaviour events going to `events_topic`
+/// and, when `amqp_url` is given, realtime sends going to that ActiveMQ.
 pub async fn spawn_api_with(
     kafka: &str,
     mysql_url: &str,
@@ -498,6 +564,7 @@ pub async fn spawn_api_with(
     accept_timeout: &str,
     secrets_dir: &std::path::Path,
     amqp_url: Option<&str>,
+    events_topic: &str,
 ) -> String {
     let settings = ClusterSettings {
         kafka_bootstrap: kafka.to_owned(),
@@ -506,7 +573,7 @@ pub async fn spawn_api_with(
         config_dir: Some(config_dir.to_owned()),
         watch_namespace: None,
         amqp_url: amqp_url.map(str::to_owned),
-        events_topic: ump_core::audience::DEFAULT_EVENTS_TOPIC.to_owned(),
+        events_topic: events_topic.to_owned(),
         accept_timeout: accept_timeout.parse().expect("duration"),
         secrets_dir: secrets_dir.to_owned(),
     };
