@@ -21,7 +21,7 @@ fn phone(i: usize) -> String {
 
 /// Even people agreed to SMS advertising, at night too; odd ones did not.
 fn consenting(i: usize) -> bool {
-    i % 2 == 0
+    i.is_multiple_of(2)
 }
 
 async fn identify_everyone(ump: &AllInOne) {
