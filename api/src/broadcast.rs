@@ -135,7 +135,7 @@ async fn send_member(app: &AppState, broadcast: &Broadcast, user: &str) -> Outco
 
 /// Starts a broadcast of a message to every member of a segment.
 #[utoipa::path(post, path = "/v1/segments/{id}/broadcast", tag = "segments",
-    params(("id" = String, Path, description = "The segment's id")),
+    params(("id" = String, Path, description = "The segment's id", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")),
     request_body = BroadcastRequest,
     responses(
         (status = 202, description = "Started (or, with an id already used, the existing broadcast)", body = Broadcast, headers(("Location" = String))),

@@ -205,7 +205,7 @@ mod tests {
                 "events[1].event",
                 "events[2].properties",
                 "events[3]",
-                "events[4]"
+                "events[4].colour"
             ]
         );
         assert_eq!(fields(check(json!([]), now).unwrap_err()), ["body"]);

@@ -220,6 +220,15 @@ mod tests {
             "/v1/messages/{id}",
             "/v1/stats",
             "/v1/receipts/{channel}/{provider}",
+            "/v1/users/{user_id}",
+            "/v1/events",
+            "/v1/segments",
+            "/v1/segments/{id}",
+            "/v1/segments/{id}/members",
+            "/v1/segments/{id}/sizes",
+            "/v1/segments/{id}/broadcast",
+            "/v1/broadcasts",
+            "/v1/broadcasts/{id}",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }

@@ -310,7 +310,7 @@ pub async fn put_segment(
 
 /// A segment with its size.
 #[utoipa::path(get, path = "/v1/segments/{id}", tag = "segments",
-    params(("id" = String, Path, description = "The segment's id")),
+    params(("id" = String, Path, description = "The segment's id", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")),
     responses(
         (status = 200, body = SegmentView),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -337,7 +337,7 @@ pub async fn get_segment(
 
 /// Deletes a segment and its memberships.
 #[utoipa::path(delete, path = "/v1/segments/{id}", tag = "segments",
-    params(("id" = String, Path, description = "The segment's id")),
+    params(("id" = String, Path, description = "The segment's id", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -374,7 +374,7 @@ pub async fn delete_segment(
 
 /// The members of a segment, a page at a time in `user_id` order.
 #[utoipa::path(get, path = "/v1/segments/{id}/members", tag = "segments",
-    params(("id" = String, Path, description = "The segment's id"),
+    params(("id" = String, Path, description = "The segment's id", pattern = "^[a-z0-9][a-z0-9-]{0,62}$"),
            ("after" = Option<String>, Query, description = "The `next` of the previous page"),
            ("limit" = Option<u32>, Query, description = "1 to 1000 (default 100)", minimum = 1, maximum = 1000)),
     responses(
@@ -437,7 +437,7 @@ pub struct SizeHistory {
 
 /// A segment's size over the last 7 days.
 #[utoipa::path(get, path = "/v1/segments/{id}/sizes", tag = "segments",
-    params(("id" = String, Path, description = "The segment's id")),
+    params(("id" = String, Path, description = "The segment's id", pattern = "^[a-z0-9][a-z0-9-]{0,62}$")),
     responses(
         (status = 200, body = SizeHistory),
         (status = 401, body = Problem, content_type = "application/problem+json"),

@@ -50,6 +50,29 @@ include-path = "/v1/users/{{user_id}}"
 include-method = "PUT"
 checks.positive_data_acceptance.enabled = false
 
+# Whether a well-typed segment is accepted depends on the tenant's other segments (references,
+# cycles) and values a schema cannot list (durations such as 7d); a broadcast's message depends on
+# the configured channels, as for sends: only invalid input must be refused.
+[[operations]]
+include-path = "/v1/segments"
+include-method = "POST"
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-path = "/v1/segments/{{id}}"
+include-method = "PUT"
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-path = "/v1/segments/{{id}}/broadcast"
+checks.positive_data_acceptance.enabled = false
+
+# A real segment (the first start's examples), so its reads get past 404.
+[[operations]]
+include-path-regex = "^/v1/segments/\\{{id\\}}(/members|/sizes)?$"
+include-method = "GET"
+parameters = {{ id = "vip" }}
+
 # A real message, so the reads of one message return it (and its timeline) and not only 404.
 [[operations]]
 include-path = "/v1/messages/{{id}}"
