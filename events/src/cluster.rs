@@ -238,6 +238,18 @@ async fn commit(
             Ok(report) => {
                 timer.observe_duration();
                 metrics.record(&report);
+                let now = Utc::now();
+                for p in batch {
+                    if matches!(
+                        p.entry.queued.input,
+                        ump_automation::event::Input::Event { .. }
+                    ) {
+                        let waited = (now - p.entry.queued.received_at)
+                            .to_std()
+                            .unwrap_or_default();
+                        metrics.visible_seconds.observe(waited.as_secs_f64());
+                    }
+                }
                 return;
             }
             Err(e) => {

@@ -31,6 +31,9 @@ pub struct EventMetrics {
     pub wakeups: IntCounter,
     /// Failed batch commits (retried).
     pub failures: IntCounter,
+    /// From an event's acceptance (its `202`) to its effect on the person's segments being
+    /// committed.
+    pub visible_seconds: Histogram,
 }
 
 impl EventMetrics {
@@ -74,6 +77,16 @@ impl EventMetrics {
             "ump_event_batch_failures_total",
             "Batches whose commit failed and was retried",
         )?;
+        let visible_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "ump_event_visible_seconds",
+                "From an event's acceptance to its segment memberships being committed",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+            ]),
+        )?;
+        registry.register(Box::new(visible_seconds.clone()))?;
         registry.register(Box::new(entries.clone()))?;
         registry.register(Box::new(memberships.clone()))?;
         registry.register(Box::new(batch_seconds.clone()))?;
@@ -90,6 +103,7 @@ impl EventMetrics {
             backlog,
             wakeups,
             failures,
+            visible_seconds,
         })
     }
 
