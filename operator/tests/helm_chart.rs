@@ -472,7 +472,7 @@ fn the_dockerfile_builds_with_the_release_script_and_runs_as_non_root() {
         .expect("a USER in the final stage");
     assert_eq!(user.trim(), "65532:65532", "numeric non-root user");
     // Every binary the chart and the operator run is in the image, on PATH.
-    for binary in ["ump", "ump-worker", "ump-operator"] {
+    for binary in ["ump", "ump-worker", "ump-operator", "ump-events"] {
         assert!(
             runtime.lines().any(|l| l.starts_with("COPY --from=build")
                 && l.contains(&format!("/out/bin/{binary} "))
@@ -528,7 +528,7 @@ fn the_dockerfile_builds_with_the_release_script_and_runs_as_non_root() {
          --workspace`, or `cargo build --bins`):\n{log}",
         target.display()
     );
-    for binary in ["ump", "ump-worker", "ump-operator"] {
+    for binary in ["ump", "ump-worker", "ump-operator", "ump-events"] {
         assert!(
             out.join("bin").join(binary).is_file(),
             "{binary} staged: {log}"
