@@ -468,7 +468,7 @@ fn alerting_rules_pass_promtool_and_fire_when_they_should() {
         text
     };
     let checked = run(&["check", "rules", "rules.yaml"]);
-    assert!(checked.contains("SUCCESS: 10 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 12 rules found"), "{checked}");
 
     // Unit tests of the alerts on synthetic series shaped like the real ones.
     std::fs::write(dir.join("alerts-test.yaml"), ALERT_TESTS).expect("write tests");
@@ -516,6 +516,18 @@ tests:
         values: '0x10 3x30'
       - series: 'ump_parking_repairs_total{namespace="messaging", pod="w-1"}'
         values: '0x20 2x20'
+      # ump: two processors whose backlog grows by 1000 a minute, and whose commits fail from
+      # minute 10; elsewhere: a large but steady backlog, and failures long past (quiet).
+      - series: 'ump_event_backlog{namespace="ump", pod="e-1"}'
+        values: '20000+500x40'
+      - series: 'ump_event_backlog{namespace="ump", pod="e-2"}'
+        values: '10000+500x40'
+      - series: 'ump_event_backlog{namespace="ump-steady", pod="e-1"}'
+        values: '50000x40'
+      - series: 'ump_event_batch_failures_total{namespace="ump", pod="e-1"}'
+        values: '0x10 0+3x30'
+      - series: 'ump_event_batch_failures_total{namespace="ump-steady", pod="e-1"}'
+        values: '7x40'
     alert_rule_test:
       - eval_time: 12m
         alertname: UMPParkedMessagesOverdue
@@ -591,6 +603,26 @@ tests:
       - eval_time: 30m
         alertname: UMPBrokerUnavailable
         exp_alerts: []
+      - eval_time: 10m
+        alertname: UMPEventProcessorFallingBehind
+        exp_alerts: []
+      - eval_time: 35m
+        alertname: UMPEventProcessorFallingBehind
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: ump}
+            exp_annotations:
+              summary: "UMP's event processor falls behind"
+              description: "65k behaviour events in ump wait for the event processor and the backlog kept growing for 15 minutes: segment memberships lag behind what people do. The processor may be at its maxReplicas or the events topic's partition count, or slowed down by MySQL."
+      - eval_time: 15m
+        alertname: UMPEventBatchesFailing
+        exp_alerts: []
+      - eval_time: 30m
+        alertname: UMPEventBatchesFailing
+        exp_alerts:
+          - exp_labels: {severity: critical, namespace: ump}
+            exp_annotations:
+              summary: "UMP's event processor cannot commit batches of events"
+              description: "The event processor in ump has kept failing to commit batches of events to MySQL for 10 minutes. It retries each batch until it goes in, so nothing is lost, but the events behind it wait: check MySQL and the processor's log."
 "#;
 
 fn pod_spec(deployment: &Value) -> &Value {
