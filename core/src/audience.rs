@@ -20,6 +20,9 @@ use ump_automation::segment::{Segment, SegmentSet};
 
 /// The events topic when none is configured.
 pub const DEFAULT_EVENTS_TOPIC: &str = "ump.events";
+/// The processors' consumer group when none is configured (the operator scales the processor
+/// from this group's lag).
+pub const DEFAULT_EVENTS_GROUP: &str = "ump-events";
 
 /// One entry of the event log: a `Queued` input of a person of `tenant`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -44,7 +44,7 @@ pub struct ProcessorSettings {
     #[arg(long, env = "UMP_EVENTS_REPLICATION", default_value_t = 1)]
     pub replication: i32,
     /// The consumer group: processors of one group share the partitions.
-    #[arg(long, env = "UMP_EVENTS_GROUP", default_value = "ump-events")]
+    #[arg(long, env = "UMP_EVENTS_GROUP", default_value = ump_core::audience::DEFAULT_EVENTS_GROUP)]
     pub group: String,
     /// Largest batch folded in one transaction.
     #[arg(long, env = "UMP_EVENTS_BATCH", default_value_t = 2000)]

@@ -1,5 +1,6 @@
-//! Wires the watches, caches and both reconcilers together and runs them until shutdown. Every
-//! cache drops `managedFields` (the bulk of a stored object) so a thousand channels stay cheap.
+//! Wires the watches, caches, both reconcilers and the event processor's scaling together and runs
+//! them until shutdown. Every cache drops `managedFields` (the bulk of a stored object) so a
+//! thousand channels stay cheap.
 
 use crate::builders::MANAGED_BY;
 use crate::channel;
@@ -7,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::kafka::KafkaAdmin;
 use crate::metrics::Metrics;
 use crate::policy;
+use crate::processor;
 use crate::scaling::Stabilizer;
 use crate::settings::{FIELD_MANAGER, Settings};
 use futures::StreamExt;
@@ -95,6 +97,19 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    let processor = {
+        let scaling = settings
+            .processor
+            .clone()
+            .map(|p| (p, kafka.clone(), client.clone(), metrics.clone()));
+        let resync = settings.resync;
+        let stopped = until_stopped(stopped.clone());
+        async move {
+            if let Some((processor, kafka, client, metrics)) = scaling {
+                processor::run(client, kafka, processor, resync, metrics, stopped).await;
+            }
+        }
+    };
     let channel_ctx = Arc::new(channel::Context {
         client: client.clone(),
         settings: settings.clone(),
@@ -158,7 +173,7 @@ pub async fn run(
             }
         }
     };
-    tokio::join!(channel_controller, policy_controller, ready);
+    tokio::join!(channel_controller, policy_controller, processor, ready);
     metrics.set_ready(false);
     Ok::<(), Error>(())
 }

@@ -1,5 +1,6 @@
 //! UMP's operator: `MessageChannel` and `DeliveryPolicy` custom resources reconciled into Kafka
-//! topics, worker ConfigMaps and lag-scaled worker Deployments.
+//! topics, worker ConfigMaps and lag-scaled worker Deployments; the event processor's Deployment
+//! scaled from its lag too.
 
 pub mod builders;
 pub mod channel;
@@ -11,6 +12,7 @@ pub mod kafka;
 pub mod leader;
 pub mod metrics;
 pub mod policy;
+pub mod processor;
 pub mod scaling;
 pub mod settings;
 pub mod status;

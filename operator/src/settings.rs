@@ -3,7 +3,9 @@
 
 use k8s_openapi::api::core::v1::EnvVar;
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
+use ump_core::resources::ScalingSpec;
 
 /// Name of the field manager of every server-side apply, and of the event reporter.
 pub const FIELD_MANAGER: &str = "ump-operator";
@@ -31,6 +33,18 @@ pub struct LeaderElection {
     pub identity: String,
     pub lease_duration: Duration,
     pub renew_interval: Duration,
+}
+
+/// The event processor's Deployment (`ump-events`), which the operator scales from its consumer
+/// group's lag on the events topic as it scales the workers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessorScaling {
+    pub namespace: String,
+    pub deployment: String,
+    pub topic: String,
+    pub group: String,
+    /// Bounds, lag per replica and scale-down stabilization, as a channel's `spec.scaling`.
+    pub scaling: ScalingSpec,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -61,6 +75,8 @@ pub struct Settings {
     /// Channels reconciled at once.
     pub concurrency: u16,
     pub leader_election: Option<LeaderElection>,
+    /// The processor to scale (`UMP_EVENTS_DEPLOYMENT`); none is touched when unset.
+    pub processor: Option<ProcessorScaling>,
 }
 
 impl Settings {
@@ -118,6 +134,10 @@ impl Settings {
                 })
             }
         };
+        let processor = match get("UMP_EVENTS_DEPLOYMENT") {
+            Some(deployment) => Some(processor_scaling(&get, deployment)?),
+            None => None,
+        };
         let settings = Self {
             kafka_bootstrap,
             worker_image: get("UMP_WORKER_IMAGE")
@@ -134,6 +154,7 @@ impl Settings {
             resync,
             concurrency,
             leader_election,
+            processor,
         };
         // A name set twice would make every worker Deployment fail server-side apply.
         for (setting, name) in [
@@ -191,6 +212,69 @@ fn worker_env(json: &str) -> Result<Vec<EnvVar>, SettingsError> {
         }
     }
     Ok(env)
+}
+
+fn processor_scaling(
+    get: &impl Fn(&str) -> Option<String>,
+    deployment: String,
+) -> Result<ProcessorScaling, SettingsError> {
+    let namespace = get("UMP_EVENTS_NAMESPACE")
+        .or_else(|| get("POD_NAMESPACE"))
+        .ok_or(SettingsError::Missing("UMP_EVENTS_NAMESPACE"))?;
+    // At least one processor always: it also queues the time-window rechecks, which nothing else
+    // does, and creates the events topic.
+    let min_replicas = number(get, "UMP_EVENTS_MIN_REPLICAS", 1, 1)?;
+    let max_replicas = number(get, "UMP_EVENTS_MAX_REPLICAS", 6, 1)?;
+    if min_replicas > max_replicas {
+        return Err(SettingsError::Invalid {
+            key: "UMP_EVENTS_MIN_REPLICAS",
+            detail: format!("{min_replicas} is above UMP_EVENTS_MAX_REPLICAS ({max_replicas})"),
+        });
+    }
+    let scaling = ScalingSpec {
+        min_replicas,
+        max_replicas,
+        lag_per_replica: number(get, "UMP_EVENTS_LAG_PER_REPLICA", 5000, 1)?,
+        scale_down_stabilization: duration(
+            get,
+            "UMP_EVENTS_SCALE_DOWN_STABILIZATION",
+            Duration::from_secs(300),
+        )?
+        .into(),
+    };
+    Ok(ProcessorScaling {
+        namespace,
+        deployment,
+        topic: get("UMP_EVENTS_TOPIC")
+            .unwrap_or_else(|| ump_core::audience::DEFAULT_EVENTS_TOPIC.to_owned()),
+        group: get("UMP_EVENTS_GROUP")
+            .unwrap_or_else(|| ump_core::audience::DEFAULT_EVENTS_GROUP.to_owned()),
+        scaling,
+    })
+}
+
+/// A whole number of at least `min`.
+fn number<T>(
+    get: &impl Fn(&str) -> Option<String>,
+    key: &'static str,
+    default: T,
+    min: T,
+) -> Result<T, SettingsError>
+where
+    T: FromStr + PartialOrd + std::fmt::Display,
+{
+    match get(key) {
+        Some(text) => text
+            .trim()
+            .parse::<T>()
+            .ok()
+            .filter(|n| *n >= min)
+            .ok_or_else(|| SettingsError::Invalid {
+                key,
+                detail: format!("{text:?} is not a whole number of at least {min}"),
+            }),
+        None => Ok(default),
+    }
 }
 
 fn duration(
@@ -320,6 +404,84 @@ mod tests {
         ])
         .expect_err("truncated");
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn the_processor_is_scaled_only_when_named() {
+        let settings = from(&[("UMP_KAFKA_BOOTSTRAP", "k")]).expect("settings");
+        assert!(settings.processor.is_none());
+        let settings = from(&[
+            ("UMP_KAFKA_BOOTSTRAP", "k"),
+            ("POD_NAMESPACE", "ump"),
+            ("UMP_EVENTS_DEPLOYMENT", "ump-events"),
+            ("UMP_EVENTS_MAX_REPLICAS", "12"),
+            ("UMP_EVENTS_SCALE_DOWN_STABILIZATION", "10m"),
+        ])
+        .expect("settings");
+        let processor = settings.processor.expect("processor");
+        assert_eq!(
+            (
+                processor.namespace.as_str(),
+                processor.deployment.as_str(),
+                processor.topic.as_str(),
+                processor.group.as_str()
+            ),
+            ("ump", "ump-events", "ump.events", "ump-events")
+        );
+        let scaling = processor.scaling;
+        assert_eq!(
+            (
+                scaling.min_replicas,
+                scaling.max_replicas,
+                scaling.lag_per_replica
+            ),
+            (1, 12, 5000)
+        );
+        assert_eq!(
+            scaling.scale_down_stabilization.as_std(),
+            Duration::from_secs(600)
+        );
+    }
+
+    #[test]
+    fn processor_bounds_are_checked() {
+        let cases: [(&[(&str, &str)], &str); 4] = [
+            (
+                &[("UMP_EVENTS_MIN_REPLICAS", "0")],
+                "UMP_EVENTS_MIN_REPLICAS: \"0\" is not a whole number of at least 1",
+            ),
+            (
+                &[
+                    ("UMP_EVENTS_MIN_REPLICAS", "5"),
+                    ("UMP_EVENTS_MAX_REPLICAS", "2"),
+                ],
+                "UMP_EVENTS_MIN_REPLICAS: 5 is above UMP_EVENTS_MAX_REPLICAS (2)",
+            ),
+            (
+                &[("UMP_EVENTS_LAG_PER_REPLICA", "lots")],
+                "UMP_EVENTS_LAG_PER_REPLICA: \"lots\" is not a whole number of at least 1",
+            ),
+            (
+                &[("UMP_EVENTS_SCALE_DOWN_STABILIZATION", "soon")],
+                "UMP_EVENTS_SCALE_DOWN_STABILIZATION: invalid duration",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let mut pairs = vec![
+                ("UMP_KAFKA_BOOTSTRAP", "k"),
+                ("UMP_EVENTS_NAMESPACE", "ump"),
+                ("UMP_EVENTS_DEPLOYMENT", "ump-events"),
+            ];
+            pairs.extend_from_slice(extra);
+            let err = from(&pairs).expect_err(expected).to_string();
+            assert!(err.starts_with(expected), "{err}");
+        }
+        let err = from(&[
+            ("UMP_KAFKA_BOOTSTRAP", "k"),
+            ("UMP_EVENTS_DEPLOYMENT", "ump-events"),
+        ])
+        .expect_err("no namespace");
+        assert_eq!(err.to_string(), "UMP_EVENTS_NAMESPACE is required");
     }
 
     #[test]

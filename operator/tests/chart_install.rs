@@ -2,7 +2,8 @@
 //! accepted and stored as rendered (read back from the server, so a field the server would prune
 //! or reject fails here), the CRD templates pass a server-side dry run, and the operator runs with
 //! exactly the chart's RBAC (a client certificate of its ServiceAccount) and environment,
-//! reconciling a channel into a worker Deployment the server accepts.
+//! reconciling a channel into a worker Deployment the server accepts and scaling the event
+//! processor's Deployment.
 
 mod chart;
 mod support;
@@ -258,6 +259,26 @@ async fn operator_reconciles_with_the_charts_rbac(
     ] {
         assert!(env.contains(&var), "{var}: {env:?}");
     }
+
+    // The processor's Deployment, installed without replicas, scaled to at least
+    // events.autoscaling.minReplicas (2) through its scale subresource.
+    let processors: Api<Deployment> = Api::namespaced(client.clone(), release_ns);
+    let replicas = support::eventually(
+        "the event processor scaled under the chart's RBAC",
+        Duration::from_secs(60),
+        || {
+            let processors = processors.clone();
+            async move {
+                let d = processors.get("ump-events").await.ok()?;
+                d.managed_fields()
+                    .iter()
+                    .any(|f| f.manager.as_deref() == Some("ump-operator"))
+                    .then_some(d.spec?.replicas?)
+            }
+        },
+    )
+    .await;
+    assert!((2..=12).contains(&replicas), "{replicas} processors");
 
     // Deleted while the operator runs, so that its finalizer removes the topic.
     channels

@@ -39,13 +39,13 @@ fn defaults_render_a_hardened_install() {
         kinds,
         BTreeMap::from([
             ("CustomResourceDefinition", 2),
-            ("Deployment", 2),
+            ("Deployment", 3),
             ("PodDisruptionBudget", 1),
-            ("Role", 3),
-            ("RoleBinding", 3),
+            ("Role", 4),
+            ("RoleBinding", 4),
             ("Secret", 1),
             ("Service", 2),
-            ("ServiceAccount", 3),
+            ("ServiceAccount", 4),
         ]),
         "monitoring objects, Ingress and HPA are opt-in; no ClusterRole at all"
     );
@@ -80,7 +80,12 @@ fn defaults_render_a_hardened_install() {
 
     let api = pod_spec(find(&objects, "Deployment", "ump-api"));
     let operator = pod_spec(find(&objects, "Deployment", "ump-operator"));
-    for (pod, command) in [(api, vec!["ump", "api"]), (operator, vec!["ump-operator"])] {
+    let events = pod_spec(find(&objects, "Deployment", "ump-events"));
+    for (pod, command) in [
+        (api, vec!["ump", "api"]),
+        (operator, vec!["ump-operator"]),
+        (events, vec!["ump-events"]),
+    ] {
         assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
         assert_eq!(pod["securityContext"]["runAsUser"].as_i64(), Some(65532));
         let container = &pod["containers"][0];
@@ -114,6 +119,76 @@ fn defaults_render_a_hardened_install() {
     assert_eq!(api_env["UMP_LISTEN"], "0.0.0.0:8080");
     assert_eq!(api_env["UMP_WATCH_NAMESPACE"], "ump-system");
     assert_eq!(api_env["UMP_KAFKA_BOOTSTRAP"], "kafka:9092");
+    assert_eq!(api_env["UMP_EVENTS_TOPIC"], "ump.events");
+
+    // The processor: the API's topic, MySQL from the same Secret, nothing it has no use for, and
+    // no Kubernetes API token or Role at all.
+    let events_env = env_values(events);
+    assert_eq!(events_env["UMP_EVENTS_LISTEN"], "0.0.0.0:9091");
+    assert_eq!(events_env["UMP_EVENTS_TOPIC"], api_env["UMP_EVENTS_TOPIC"]);
+    assert_eq!(events_env["UMP_EVENTS_GROUP"], "ump-events");
+    assert_eq!(events_env["UMP_KAFKA_BOOTSTRAP"], "kafka:9092");
+    let secret_refs = |pod: &Value| -> BTreeMap<String, String> {
+        pod["containers"][0]["env"]
+            .as_sequence()
+            .expect("env")
+            .iter()
+            .filter_map(|v| {
+                let r = &v["valueFrom"]["secretKeyRef"];
+                Some((
+                    v["name"].as_str()?.to_owned(),
+                    format!("{}/{}", r["name"].as_str()?, r["key"].as_str()?),
+                ))
+            })
+            .collect()
+    };
+    let events_secrets = secret_refs(events);
+    assert_eq!(
+        events_secrets,
+        BTreeMap::from([(
+            "UMP_MYSQL_URL".to_owned(),
+            "ump-connections/mysql-url".to_owned()
+        )])
+    );
+    assert_eq!(
+        secret_refs(api)["UMP_MYSQL_URL"],
+        events_secrets["UMP_MYSQL_URL"]
+    );
+    assert_eq!(events["serviceAccountName"].as_str(), Some("ump-events"));
+    assert_eq!(
+        events["automountServiceAccountToken"].as_bool(),
+        Some(false)
+    );
+    let account = find(&objects, "ServiceAccount", "ump-events");
+    assert_eq!(
+        account["automountServiceAccountToken"].as_bool(),
+        Some(false)
+    );
+    for binding in objects.iter().filter(|o| kind(o) == "RoleBinding") {
+        for subject in binding["subjects"].as_sequence().expect("subjects") {
+            assert_ne!(
+                subject["name"].as_str(),
+                Some("ump-events"),
+                "RoleBinding {} grants the processor something",
+                name(binding)
+            );
+        }
+    }
+    let probes = &events["containers"][0];
+    assert_eq!(
+        probes["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        probes["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz")
+    );
+    assert_eq!(probes["ports"][0]["containerPort"].as_i64(), Some(9091));
+    // The operator owns the replicas (autoscaling is on by default): Helm must not set them.
+    assert!(
+        find(&objects, "Deployment", "ump-events")["spec"]["replicas"].is_null(),
+        "an upgrade would reset the operator's replica count"
+    );
     let secret = find(&objects, "Secret", "ump-connections");
     assert_eq!(
         secret["stringData"]["mysql-url"].as_str(),
@@ -143,6 +218,24 @@ fn the_operator_accepts_the_settings_the_chart_gives_it() {
     );
     let election = settings.leader_election.as_ref().expect("leader election");
     assert_eq!(election.lease_name, "ump-operator");
+    // The processor it scales: the chart's own Deployment, group and topic, with the bounds of
+    // events.autoscaling.
+    let processor = settings.processor.as_ref().expect("processor scaling");
+    assert_eq!(
+        (processor.namespace.as_str(), processor.deployment.as_str()),
+        ("ump", "ump-events")
+    );
+    let events = env_values(pod_spec(find(&objects, "Deployment", "ump-events")));
+    assert_eq!(processor.topic, events["UMP_EVENTS_TOPIC"]);
+    assert_eq!(processor.group, events["UMP_EVENTS_GROUP"]);
+    assert_eq!(
+        (
+            processor.scaling.min_replicas,
+            processor.scaling.max_replicas,
+            processor.scaling.lag_per_replica
+        ),
+        (2, 12, 10000)
+    );
 
     // ... and the worker Deployment it builds from them: Kafka SASL/TLS and every URL from the
     // Secrets the values name, the CA bundles mounted.
@@ -193,6 +286,70 @@ fn the_operator_accepts_the_settings_the_chart_gives_it() {
 }
 
 #[test]
+fn the_processor_is_optional_and_scaled_by_the_operator_only_when_asked() {
+    let operator_env =
+        |objects: &[Value]| env_values(pod_spec(find(objects, "Deployment", "ump-operator")));
+    let names = |objects: &[Value]| -> BTreeSet<String> {
+        objects
+            .iter()
+            .map(|o| format!("{}/{}", kind(o), name(o)))
+            .collect()
+    };
+    let monitored = ["monitoring.serviceMonitor.enabled=true"];
+    let all: Vec<&str> = REQUIRED.iter().chain(&monitored).copied().collect();
+
+    let scaled = render("ump", &[], &all);
+    for object in [
+        "Deployment/ump-events",
+        "ServiceAccount/ump-events",
+        "PodMonitor/ump-events",
+        "Role/ump-operator-events",
+        "RoleBinding/ump-operator-events",
+    ] {
+        assert!(names(&scaled).contains(object), "{object}");
+    }
+    assert_eq!(operator_env(&scaled)["UMP_EVENTS_DEPLOYMENT"], "ump-events");
+    // The operator may read and scale that one Deployment, and nothing else in the namespace.
+    let role = find(&scaled, "Role", "ump-operator-events");
+    for rule in role["rules"].as_sequence().expect("rules") {
+        assert_eq!(
+            rule["resourceNames"].as_sequence().map(Vec::len),
+            Some(1),
+            "{rule:?}"
+        );
+        assert_eq!(rule["resourceNames"][0].as_str(), Some("ump-events"));
+    }
+    let monitor = find(&scaled, "PodMonitor", "ump-events");
+    let processor = find(&scaled, "Deployment", "ump-events");
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"],
+        processor["spec"]["selector"]["matchLabels"]
+    );
+
+    // Scaled by hand: Helm sets the replicas, the operator is not told about the processor.
+    let mut fixed = all.clone();
+    fixed.extend(["events.autoscaling.enabled=false", "events.replicas=3"]);
+    let fixed = render("ump", &[], &fixed);
+    assert_eq!(
+        find(&fixed, "Deployment", "ump-events")["spec"]["replicas"].as_i64(),
+        Some(3)
+    );
+    assert!(!operator_env(&fixed).contains_key("UMP_EVENTS_DEPLOYMENT"));
+    assert!(!names(&fixed).contains("Role/ump-operator-events"));
+
+    // Disabled: no trace of it, and the operator leaves any Deployment alone.
+    let mut off = all.clone();
+    off.push("events.enabled=false");
+    let off = render("ump", &[], &off);
+    let left: Vec<String> = names(&off)
+        .into_iter()
+        .filter(|n| n.ends_with("/ump-events") || n.ends_with("-events"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!operator_env(&off).contains_key("UMP_EVENTS_DEPLOYMENT"));
+}
+
+#[test]
 fn every_rbac_rule_says_why() {
     let text = std::fs::read_to_string(chart::chart_dir().join("templates/operator-rbac.yaml"))
         .expect("operator-rbac.yaml");
@@ -214,7 +371,7 @@ fn every_rbac_rule_says_why() {
 #[test]
 fn bad_values_fail_with_a_clear_message() {
     let chart = chart::chart();
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 10] = [
         (&[], "kafka.bootstrap is required"),
         (
             &[REQUIRED[0]],
@@ -240,6 +397,17 @@ fn bad_values_fail_with_a_clear_message() {
         (
             &["operator.replicas=2", "operator.leaderElection=false"],
             "at '/operator/leaderElection': value must be true",
+        ),
+        (
+            &["events.autoscaling.minReplicas=0"],
+            "at '/events/autoscaling/minReplicas': minimum: got 0, want 1",
+        ),
+        (
+            &[
+                "events.autoscaling.minReplicas=5",
+                "events.autoscaling.maxReplicas=2",
+            ],
+            "events.autoscaling: minReplicas must not be above maxReplicas",
         ),
     ];
     for (sets, expected) in cases {
@@ -300,7 +468,7 @@ fn alerting_rules_pass_promtool_and_fire_when_they_should() {
         text
     };
     let checked = run(&["check", "rules", "rules.yaml"]);
-    assert!(checked.contains("SUCCESS: 10 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 12 rules found"), "{checked}");
 
     // Unit tests of the alerts on synthetic series shaped like the real ones.
     std::fs::write(dir.join("alerts-test.yaml"), ALERT_TESTS).expect("write tests");
@@ -348,6 +516,18 @@ tests:
         values: '0x10 3x30'
       - series: 'ump_parking_repairs_total{namespace="messaging", pod="w-1"}'
         values: '0x20 2x20'
+      # ump: two processors whose backlog grows by 1000 a minute, and whose commits fail from
+      # minute 10; elsewhere: a large but steady backlog, and failures long past (quiet).
+      - series: 'ump_event_backlog{namespace="ump", pod="e-1"}'
+        values: '20000+500x40'
+      - series: 'ump_event_backlog{namespace="ump", pod="e-2"}'
+        values: '10000+500x40'
+      - series: 'ump_event_backlog{namespace="ump-steady", pod="e-1"}'
+        values: '50000x40'
+      - series: 'ump_event_batch_failures_total{namespace="ump", pod="e-1"}'
+        values: '0x10 0+3x30'
+      - series: 'ump_event_batch_failures_total{namespace="ump-steady", pod="e-1"}'
+        values: '7x40'
     alert_rule_test:
       - eval_time: 12m
         alertname: UMPParkedMessagesOverdue
@@ -423,6 +603,26 @@ tests:
       - eval_time: 30m
         alertname: UMPBrokerUnavailable
         exp_alerts: []
+      - eval_time: 10m
+        alertname: UMPEventProcessorFallingBehind
+        exp_alerts: []
+      - eval_time: 35m
+        alertname: UMPEventProcessorFallingBehind
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: ump}
+            exp_annotations:
+              summary: "UMP's event processor falls behind"
+              description: "65k behaviour events in ump wait for the event processor and the backlog kept growing for 15 minutes: segment memberships lag behind what people do. The processor may be at its maxReplicas or the events topic's partition count, or slowed down by MySQL."
+      - eval_time: 15m
+        alertname: UMPEventBatchesFailing
+        exp_alerts: []
+      - eval_time: 30m
+        alertname: UMPEventBatchesFailing
+        exp_alerts:
+          - exp_labels: {severity: critical, namespace: ump}
+            exp_annotations:
+              summary: "UMP's event processor cannot commit batches of events"
+              description: "The event processor in ump has kept failing to commit batches of events to MySQL for 10 minutes. It retries each batch until it goes in, so nothing is lost, but the events behind it wait: check MySQL and the processor's log."
 "#;
 
 fn pod_spec(deployment: &Value) -> &Value {
@@ -472,7 +672,7 @@ fn the_dockerfile_builds_with_the_release_script_and_runs_as_non_root() {
         .expect("a USER in the final stage");
     assert_eq!(user.trim(), "65532:65532", "numeric non-root user");
     // Every binary the chart and the operator run is in the image, on PATH.
-    for binary in ["ump", "ump-worker", "ump-operator"] {
+    for binary in ["ump", "ump-worker", "ump-operator", "ump-events"] {
         assert!(
             runtime.lines().any(|l| l.starts_with("COPY --from=build")
                 && l.contains(&format!("/out/bin/{binary} "))
@@ -493,7 +693,11 @@ fn the_dockerfile_builds_with_the_release_script_and_runs_as_non_root() {
         .collect();
     assert_eq!(
         commands,
-        BTreeSet::from(["ump".to_owned(), "ump-operator".to_owned()])
+        BTreeSet::from([
+            "ump".to_owned(),
+            "ump-operator".to_owned(),
+            "ump-events".to_owned()
+        ])
     );
 
     // The build script: valid bash, and its staging (what the image copies) works on the binaries
@@ -528,7 +732,7 @@ fn the_dockerfile_builds_with_the_release_script_and_runs_as_non_root() {
          --workspace`, or `cargo build --bins`):\n{log}",
         target.display()
     );
-    for binary in ["ump", "ump-worker", "ump-operator"] {
+    for binary in ["ump", "ump-worker", "ump-operator", "ump-events"] {
         assert!(
             out.join("bin").join(binary).is_file(),
             "{binary} staged: {log}"

@@ -1,8 +1,8 @@
 //! Every metric the chart's Grafana dashboard and alerts use is exported by the running binaries:
-//! the API (`ump api`, cluster mode), a worker and the operator run as processes on the real
-//! infrastructure, a message goes through (sent, then a duplicate, then a refused request), an
-//! operator reconciles a channel and a second one, cut off from Kafka, fails to; then each
-//! `/metrics` is scraped and the names are cross-checked. Metric families with no sample yet are
+//! the API (`ump api`, cluster mode), a worker, the event processor and the operator run as
+//! processes on the real infrastructure, a message goes through (sent, then a duplicate, then a
+//! refused request), an event is folded in, an operator reconciles a channel and a second one,
+//! cut off from Kafka, fails to; then each `/metrics` is scraped and the names are cross-checked. Metric families with no sample yet are
 //! not exported at all, which is why every one of them is made to have one first.
 
 mod chart;
@@ -32,6 +32,7 @@ async fn dashboard_and_alerts_use_only_metrics_the_binaries_export() {
     assert!(used.len() >= 15, "metric names found: {used:?}");
 
     let (api_binary, worker_binary) = (sibling_binary("ump"), sibling_binary("ump-worker"));
+    let events_binary = sibling_binary("ump-events");
     let kafka = infra().kafka_bootstrap();
     let redis = infra().redis_url();
     let db = TestDatabase::create().await;
@@ -71,6 +72,21 @@ async fn dashboard_and_alerts_use_only_metrics_the_binaries_export() {
         ],
     );
     wait_ready("the worker", worker_port).await;
+    // The processor next: it creates the events topic (of this run) the API produces to.
+    let events_topic = format!("ump.{namespace}.events");
+    let events_port = free_port();
+    let processor = spawn(
+        &events_binary,
+        &[],
+        &connections,
+        &[
+            ("UMP_EVENTS_LISTEN", format!("127.0.0.1:{events_port}")),
+            ("UMP_EVENTS_TOPIC", events_topic.clone()),
+            ("UMP_EVENTS_PARTITIONS", "1".to_owned()),
+            ("UMP_EVENTS_GROUP", format!("ump-events.{namespace}")),
+        ],
+    );
+    wait_ready("the event processor", events_port).await;
     let api_port = free_port();
     let key = format!("metrics-{}", unique_name("key"));
     let api = spawn(
@@ -80,6 +96,7 @@ async fn dashboard_and_alerts_use_only_metrics_the_binaries_export() {
         &[
             ("UMP_LISTEN", format!("127.0.0.1:{api_port}")),
             ("UMP_BOOTSTRAP_API_KEY", key.clone()),
+            ("UMP_EVENTS_TOPIC", events_topic.clone()),
         ],
     );
     wait_ready("the API", api_port).await;
@@ -122,8 +139,27 @@ async fn dashboard_and_alerts_use_only_metrics_the_binaries_export() {
         r#"{"channel":"sms"}"#,
     );
     assert_eq!(status, 422);
+    // An event, folded in by the processor.
+    let (status, answer) = http(
+        api_port,
+        "POST",
+        "/v1/events",
+        Some(&key),
+        r#"{"user_id":"metrics-person","event":"viewed"}"#,
+    );
+    assert_eq!(status, 202, "{answer}");
 
     let scrape = |port| http(port, "GET", "/metrics", None, "").1;
+    support::eventually(
+        "the event counted in the processor's metrics",
+        Duration::from_secs(60),
+        || async {
+            scrape(events_port)
+                .contains("ump_events_processed_total{result=\"counted\"} 1")
+                .then_some(())
+        },
+    )
+    .await;
     support::eventually(
         "a sent and a duplicate message in the worker's metrics",
         Duration::from_secs(60),
@@ -160,6 +196,7 @@ async fn dashboard_and_alerts_use_only_metrics_the_binaries_export() {
     for (process, port) in [
         ("api", api_port),
         ("worker", worker_port),
+        ("events", events_port),
         ("operator", healthy_port),
         ("operator", broken_port),
     ] {
@@ -187,7 +224,7 @@ async fn dashboard_and_alerts_use_only_metrics_the_binaries_export() {
         })
         .await;
     }
-    drop((healthy, broken, api, worker));
+    drop((healthy, broken, api, worker, processor));
     for ns in [&healthy_ns, &broken_ns] {
         support::delete_namespace(&client, ns).await;
     }
@@ -198,7 +235,10 @@ async fn dashboard_and_alerts_use_only_metrics_the_binaries_export() {
     let topic = format!("ump.{namespace}.sms");
     let dead_letters = format!("{topic}.dlq");
     let _ = admin
-        .delete_topics(&[&topic, &dead_letters], &AdminOptions::new())
+        .delete_topics(
+            &[&topic, &dead_letters, &events_topic],
+            &AdminOptions::new(),
+        )
         .await;
     db.drop_database().await;
     let _ = std::fs::remove_dir_all(&dir);

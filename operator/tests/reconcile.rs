@@ -8,6 +8,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -471,6 +473,154 @@ async fn backlog_scales_workers_to_the_bound_then_back_after_draining() {
         .await
         .expect("delete");
     operator.stop().await;
+    support::delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_processor_follows_its_lag_once_labelled_as_the_processor() {
+    let client = support::client().await;
+    support::apply_crds(&client).await;
+    let ns = support::namespace(&client, "ump-op-events").await;
+    let topic = format!("ump.{ns}.events");
+    let group = format!("ump-events.{ns}");
+    let bootstrap = infra().kafka_bootstrap();
+
+    // The events topic as the processor creates it, with a backlog of 100 nobody has read.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("admin");
+    admin
+        .create_topics(
+            &[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create topic")
+        .into_iter()
+        .for_each(|r| {
+            r.expect("topic created");
+        });
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("producer");
+    for i in 0..100 {
+        let key = format!("person-{i}");
+        producer
+            .send(
+                FutureRecord::to(&topic).key(&key).payload("{}"),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+
+    // A Deployment of the processor's name, but not labelled as the processor (yet).
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let unlabelled: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "ump-events", "labels": {"app.kubernetes.io/name": "ump"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "ump-events"}},
+            "template": {
+                "metadata": {"labels": {"app": "ump-events"}},
+                "spec": {"containers": [{"name": "events", "image": "ump:test", "command": ["ump-events"]}]},
+            },
+        },
+    }))
+    .expect("deployment fixture");
+    deployments
+        .create(&PostParams::default(), &unlabelled)
+        .await
+        .expect("create deployment");
+    let operator = RunningOperator::start_with(
+        &client,
+        &ns,
+        &[
+            ("UMP_EVENTS_DEPLOYMENT", "ump-events"),
+            ("UMP_EVENTS_NAMESPACE", &ns),
+            ("UMP_EVENTS_TOPIC", &topic),
+            ("UMP_EVENTS_GROUP", &group),
+            ("UMP_EVENTS_MIN_REPLICAS", "1"),
+            ("UMP_EVENTS_MAX_REPLICAS", "5"),
+            ("UMP_EVENTS_LAG_PER_REPLICA", "10"),
+            ("UMP_EVENTS_SCALE_DOWN_STABILIZATION", "4s"),
+        ],
+    )
+    .await;
+    let replicas = || async {
+        deployments
+            .get("ump-events")
+            .await
+            .ok()
+            .and_then(|d| d.spec)
+            .and_then(|s| s.replicas)
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(replicas().await, Some(1), "not the processor: left alone");
+    assert_eq!(operator.metrics.api_writes_total(), 0);
+
+    // Labelled as the chart labels the processor: ceil(100 / 10) = 10, capped by max (5) and the
+    // partition count (3).
+    deployments
+        .patch(
+            "ump-events",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {
+                "app.kubernetes.io/component": "events", "app.kubernetes.io/part-of": "ump"}}})),
+        )
+        .await
+        .expect("label deployment");
+    eventually(
+        "the processor scaled to the partition bound",
+        WAIT,
+        || async { (replicas().await == Some(3)).then_some(()) },
+    )
+    .await;
+    let scaled = deployments.get("ump-events").await.expect("get");
+    assert!(
+        scaled
+            .managed_fields()
+            .iter()
+            .any(|f| f.manager.as_deref() == Some("ump-operator")
+                && f.subresource.as_deref() == Some("scale")),
+        "replicas set through the scale subresource: {:?}",
+        scaled.managed_fields()
+    );
+
+    // The processors' group commits everything: after the stabilization window, back to the minimum.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut offsets = TopicPartitionList::new();
+    for partition in 0..3 {
+        let (_, high) = consumer
+            .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+            .expect("watermarks");
+        offsets
+            .add_partition_offset(&topic, partition, Offset::Offset(high))
+            .expect("offset");
+    }
+    consumer.commit(&offsets, CommitMode::Sync).expect("commit");
+    let drained = Instant::now();
+    eventually("the processor scaled back to the minimum", WAIT, || async {
+        (replicas().await == Some(1)).then_some(())
+    })
+    .await;
+    assert!(
+        drained.elapsed() >= Duration::from_secs(4),
+        "scale-down waited for the window ({:?})",
+        drained.elapsed()
+    );
+
+    operator.stop().await;
+    let _ = admin.delete_topics(&[&topic], &AdminOptions::new()).await;
     support::delete_namespace(&client, &ns).await;
 }
 

@@ -32,6 +32,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-worker" .Release.Name) .Values.worker.serviceAccount.name | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{- define "ump.events.serviceAccountName" -}}
+{{- default (printf "%s-events" .Release.Name) .Values.events.serviceAccount.name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{/* The namespace of the channels (and of the workers). */}}
 {{- define "ump.channelsNamespace" -}}
 {{- default .Release.Namespace .Values.channels.namespace }}
@@ -121,6 +125,10 @@ workers itself.
 {{- end }}
 {{- if not (or .Values.mysql.existingSecret .Values.mysql.url) }}
 {{- fail "MySQL is required: set mysql.existingSecret (a Secret holding the URL) or, for development, mysql.url" }}
+{{- end }}
+{{- $scaling := .Values.events.autoscaling }}
+{{- if and .Values.events.enabled $scaling.enabled (gt (int $scaling.minReplicas) (int $scaling.maxReplicas)) }}
+{{- fail "events.autoscaling: minReplicas must not be above maxReplicas" }}
 {{- end }}
 {{- if and .Values.api.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.api.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.api.podDisruptionBudget.maxUnavailable)) }}
 {{- fail "api.podDisruptionBudget: set minAvailable or maxUnavailable, not both" }}

@@ -96,6 +96,11 @@ pub struct RunningOperator {
 
 impl RunningOperator {
     pub async fn start(client: &Client, namespace: &str) -> Self {
+        Self::start_with(client, namespace, &[]).await
+    }
+
+    /// The operator with more settings (environment variable, value) than the tests' usual ones.
+    pub async fn start_with(client: &Client, namespace: &str, more: &[(&str, &str)]) -> Self {
         // Operator logs in the test output (`RUST_LOG=ump_operator=debug` for more).
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -113,7 +118,10 @@ impl RunningOperator {
             "UMP_MYSQL_URL_SECRET" => Some("ump-mysql".to_owned()),
             "UMP_OPERATOR_RESYNC" => Some("1s".to_owned()),
             "UMP_LEADER_ELECTION" => Some("false".to_owned()),
-            _ => None,
+            _ => more
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| (*v).to_owned()),
         })
         .expect("settings");
         settings.watch_namespace = Some(ns);
