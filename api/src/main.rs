@@ -49,6 +49,17 @@ enum Command {
         #[command(subcommand)]
         action: KeyAction,
     },
+    /// Manage a tenant's segments from YAML files (the API's shape): in MySQL with UMP_MYSQL_URL,
+    /// else in the all-in-one mode's data folder.
+    Segments {
+        #[arg(long, env = "UMP_MYSQL_URL", hide_env_values = true)]
+        mysql_url: Option<String>,
+        /// The all-in-one mode's data folder (when no MySQL URL is given).
+        #[arg(long, env = "UMP_DATA_DIR", default_value = "ump-data")]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        action: SegmentAction,
+    },
     /// Delete message history older than a cutoff (run it from a CronJob to keep a retention).
     Prune {
         #[arg(long, env = "UMP_MYSQL_URL", hide_env_values = true)]
@@ -56,6 +67,21 @@ enum Command {
         /// Age of the oldest history kept, e.g. 90d.
         #[arg(long)]
         older_than: ump_core::duration::Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum SegmentAction {
+    /// Create or replace the segments of a file (one segment, a list, or `---` documents).
+    Apply {
+        #[arg(long)]
+        tenant: String,
+        file: PathBuf,
+    },
+    /// List a tenant's segments (id, name).
+    List {
+        #[arg(long)]
+        tenant: String,
     },
 }
 
@@ -161,6 +187,42 @@ async fn main() -> anyhow::Result<()> {
                             key.created_at.to_rfc3339(),
                             key.description
                         );
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Segments {
+            mysql_url,
+            data_dir,
+            action,
+        } => {
+            let store: Arc<dyn ump_core::audience::SegmentStore> = match mysql_url {
+                Some(url) => {
+                    let pool = ump_core::store::connect_mysql(&url, 2).await?;
+                    ump_core::store::migrate_mysql(&pool).await?;
+                    Arc::new(ump_core::audience_mysql::MySqlAudience::new(pool))
+                }
+                None => {
+                    Arc::new(ump_core::sqlite::SqliteStore::open(&data_dir.join("ump.db")).await?)
+                }
+            };
+            match action {
+                SegmentAction::Apply { tenant, file } => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    let segments = ump_api::segments::from_yaml(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    let applied = ump_api::segments::apply(store.as_ref(), &tenant, segments)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    for (id, created) in applied {
+                        println!("{id}\t{}", if created { "created" } else { "replaced" });
+                    }
+                }
+                SegmentAction::List { tenant } => {
+                    for stored in store.segments(&tenant).await? {
+                        println!("{}\t{}", stored.segment.id, stored.segment.name);
                     }
                 }
             }

@@ -479,3 +479,107 @@ pub struct PersonActivity {
     /// When time alone could next change a membership.
     pub next_wake: Option<DateTime<Utc>>,
 }
+
+/// Segments from YAML in the API's shape: one segment, a list of them, or several documents
+/// separated by `---`.
+pub fn from_yaml(text: &str) -> Result<Vec<Segment>, String> {
+    let mut segments = Vec::new();
+    for (n, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml_ng::Value::deserialize(document)
+            .map_err(|e| format!("document {}: {e}", n + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        // Through JSON: the file means exactly what the same text means to the API.
+        let json = serde_json::to_value(&value).map_err(|e| format!("document {}: {e}", n + 1))?;
+        let one_or_many = if json.is_array() {
+            serde_json::from_value::<Vec<Segment>>(json)
+        } else {
+            serde_json::from_value::<Segment>(json).map(|s| vec![s])
+        };
+        segments.extend(one_or_many.map_err(|e| format!("document {}: {e}", n + 1))?);
+    }
+    Ok(segments)
+}
+
+/// Creates or replaces `segments` in `tenant`, in an order where each comes after those it
+/// refers to, each checked as `PUT /v1/segments/{id}` checks it. Returns each id with whether it
+/// was new.
+pub async fn apply(
+    store: &dyn ump_core::audience::SegmentStore,
+    tenant: &str,
+    segments: Vec<Segment>,
+) -> Result<Vec<(String, bool)>, String> {
+    let ids: std::collections::BTreeSet<String> = segments.iter().map(|s| s.id.clone()).collect();
+    let existing: Vec<Segment> = store
+        .segments(tenant)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|s| s.segment)
+        .filter(|s| !ids.contains(&s.id))
+        .collect();
+    let all =
+        ump_automation::segment::SegmentSet::new(existing.into_iter().chain(segments).collect())
+            .map_err(|errors| {
+                errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.detail))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?;
+    let mut applied = Vec::new();
+    for segment in all.segments().iter().filter(|s| ids.contains(&s.id)) {
+        let created = store
+            .put_segment(tenant, segment.clone(), Utc::now())
+            .await
+            .map_err(|e| match e {
+                SegmentError::Invalid(errors) => errors
+                    .iter()
+                    .map(|e| format!("{}: {}: {}", segment.id, e.field, e.detail))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                other => other.to_string(),
+            })?;
+        applied.push((segment.id.clone(), created));
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_holds_one_segment_a_list_or_several_documents() {
+        let one = "id: vip\ncondition:\n  trait: {path: tier, equals: vip}\n";
+        assert_eq!(from_yaml(one).unwrap()[0].id, "vip");
+        let list = "- id: a\n  condition: {in_segment: b}\n- id: b\n  condition:\n    performed: {event: purchase, within: 30d}\n";
+        let ids: Vec<String> = from_yaml(list).unwrap().into_iter().map(|s| s.id).collect();
+        assert_eq!(ids, ["a", "b"]);
+        let docs = format!("{one}---\n{list}---\n");
+        assert_eq!(from_yaml(&docs).unwrap().len(), 3);
+        let bad = from_yaml("id: x\ncondition: {sometimes: {}}\n").unwrap_err();
+        assert!(bad.contains("document 1"), "{bad}");
+    }
+
+    #[tokio::test]
+    async fn applying_puts_referenced_segments_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ump_core::sqlite::SqliteStore::open(&dir.path().join("ump.db"))
+            .await
+            .unwrap();
+        let list = "- id: a\n  condition: {in_segment: b}\n- id: b\n  condition:\n    performed: {event: purchase, within: 30d}\n";
+        let applied = apply(&store, "t", from_yaml(list).unwrap()).await.unwrap();
+        assert_eq!(applied, [("b".to_owned(), true), ("a".to_owned(), true)]);
+        let again = apply(&store, "t", from_yaml(list).unwrap()).await.unwrap();
+        assert!(again.iter().all(|(_, new)| !new));
+        let cycle = "id: b\ncondition: {in_segment: a}\n";
+        assert!(
+            apply(&store, "t", from_yaml(cycle).unwrap())
+                .await
+                .unwrap_err()
+                .contains("cycle")
+        );
+    }
+}
