@@ -204,6 +204,8 @@ async fn main() -> anyhow::Result<()> {
                     Arc::new(ump_core::audience_mysql::MySqlAudience::new(pool))
                 }
                 None => {
+                    std::fs::create_dir_all(&data_dir)
+                        .with_context(|| format!("creating {}", data_dir.display()))?;
                     Arc::new(ump_core::sqlite::SqliteStore::open(&data_dir.join("ump.db")).await?)
                 }
             };
