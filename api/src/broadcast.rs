@@ -7,7 +7,7 @@
 
 use crate::AppState;
 use crate::auth::Tenant;
-use crate::messages::{SINGLE_LIMIT, envelope, read_json, resolve_person};
+use crate::messages::{SINGLE_LIMIT, apply_person, envelope, read_json, resolve_person};
 use crate::problem::{FieldError, Problem};
 use crate::request::validate;
 use axum::Json;
@@ -27,9 +27,9 @@ use ump_core::model::MessageId;
 
 const RETRY_AFTER_SECONDS: u64 = 5;
 /// Members read and enqueued per step (the cursor moves after each).
-pub const PAGE: u32 = 500;
-/// Members resolved and enqueued at once within a page.
-const CONCURRENCY: usize = 64;
+pub const PAGE: u32 = 1000;
+/// Messages of a page enqueued at once.
+const CONCURRENCY: usize = 1000;
 /// How long a sender holds a broadcast without progress before another takes it over.
 pub const LEASE: Duration = Duration::from_secs(30);
 /// How often an idle sender looks for a broadcast to send.
@@ -99,38 +99,84 @@ enum Outcome {
     Unavailable(Problem),
 }
 
-async fn send_member(app: &AppState, broadcast: &Broadcast, user: &str) -> Outcome {
-    let now = Utc::now();
-    let tenant = Tenant(broadcast.tenant.clone());
-    let registry = app.registry.load();
+/// The message of `broadcast` for one member (whose profile is `profile`), or why not.
+fn member_message(
+    broadcast: &Broadcast,
+    user: &str,
+    profile: Option<&ump_automation::profile::Profile>,
+    registry: &ump_core::config::ChannelRegistry,
+    now: chrono::DateTime<Utc>,
+) -> Result<
+    (
+        ump_core::model::Envelope,
+        std::sync::Arc<ump_core::config::ResolvedChannel>,
+    ),
+    Outcome,
+> {
     let mut value = member_send(&broadcast.request, user);
-    let refused = match resolve_person(app, &tenant, &mut value, &registry, "", now).await {
-        Ok(refused) => refused,
-        Err(problem) => return Outcome::Unavailable(problem),
-    };
+    let refused = apply_person(&mut value, profile, registry, "", now);
     if !refused.is_empty() {
-        return if refused.iter().all(about_the_member) {
+        return Err(if refused.iter().all(about_the_member) {
             Outcome::Skipped
         } else {
             Outcome::Invalid(refused)
-        };
+        });
     }
-    let valid = match validate(&value, &registry, "", now) {
+    let valid = match validate(&value, registry, "", now) {
         Ok(valid) => valid,
-        Err(errors) if errors.iter().all(about_the_member) => return Outcome::Skipped,
-        Err(errors) => return Outcome::Invalid(errors),
+        Err(errors) if errors.iter().all(about_the_member) => return Err(Outcome::Skipped),
+        Err(errors) => return Err(Outcome::Invalid(errors)),
     };
     let millis = broadcast.created_at.timestamp_millis().max(0) as u64;
     let id = MessageId::derived(
         millis,
         &format!("{}/{}/{user}", broadcast.tenant, broadcast.id),
     );
-    let (envelope, channel) = envelope(id, &tenant, valid, None, now);
-    match app.enqueue(&channel, &envelope).await {
-        Ok(()) => Outcome::Enqueued,
-        Err(problem) if problem.status == 503 => Outcome::Unavailable(problem),
-        Err(problem) => Outcome::Invalid(problem.errors),
+    Ok(envelope(
+        id,
+        &Tenant(broadcast.tenant.clone()),
+        valid,
+        None,
+        now,
+    ))
+}
+
+/// Sends one page of members: their profiles in one read, their messages built, then all
+/// enqueued at once (the producer packs them into few requests).
+async fn send_page(app: &AppState, broadcast: &Broadcast, users: Vec<String>) -> Vec<Outcome> {
+    let profiles = match app.profiles.profiles(&broadcast.tenant, &users).await {
+        Ok(profiles) => profiles,
+        Err(e) => {
+            tracing::warn!(error = %e, "profile store failed");
+            return vec![Outcome::Unavailable(Problem::unavailable(
+                "the profile store is unavailable",
+                RETRY_AFTER_SECONDS,
+            ))];
+        }
+    };
+    let now = Utc::now();
+    let registry = app.registry.load();
+    let mut outcomes = Vec::with_capacity(users.len());
+    let mut messages = Vec::with_capacity(users.len());
+    for user in &users {
+        match member_message(broadcast, user, profiles.get(user), &registry, now) {
+            Ok(message) => messages.push(message),
+            Err(outcome) => outcomes.push(outcome),
+        }
     }
+    let sent: Vec<Outcome> = futures::stream::iter(messages)
+        .map(|(envelope, channel)| async move {
+            match app.enqueue(&channel, &envelope).await {
+                Ok(()) => Outcome::Enqueued,
+                Err(problem) if problem.status == 503 => Outcome::Unavailable(problem),
+                Err(problem) => Outcome::Invalid(problem.errors),
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    outcomes.extend(sent);
+    outcomes
 }
 
 /// Starts a broadcast of a message to every member of a segment.
@@ -384,12 +430,8 @@ async fn send(app: &AppState, broadcast: Broadcast, owner: &str, cancel: &Cancel
             finish(app, &broadcast, owner, BroadcastStatus::Done, None).await;
             return;
         };
-        let broadcast_ref = &broadcast;
-        let outcomes: Vec<Outcome> = futures::stream::iter(members.into_iter().map(|m| m.user_id))
-            .map(|user| async move { send_member(app, broadcast_ref, &user).await })
-            .buffered(CONCURRENCY)
-            .collect()
-            .await;
+        let users = members.into_iter().map(|m| m.user_id).collect();
+        let outcomes = send_page(app, &broadcast, users).await;
         let mut page = Progress {
             cursor: last,
             ..progress.clone()

@@ -322,12 +322,34 @@ pub(crate) async fn resolve_person(
     prefix: &str,
     now: DateTime<Utc>,
 ) -> Result<Vec<FieldError>, Problem> {
+    let user = value
+        .get("user")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty() && u.len() <= 4 * crate::users::MAX_USER_ID);
+    let profile = match user {
+        Some(user) => app.profiles.profile(&tenant.0, user).await.map_err(|e| {
+            tracing::warn!(error = %e, "profile store failed");
+            Problem::unavailable("the profile store is unavailable", RETRY_AFTER_SECONDS)
+        })?,
+        None => None,
+    };
+    Ok(apply_person(value, profile.as_ref(), registry, prefix, now))
+}
+
+/// `resolve_person` with the person's profile in hand (`None`: no such person).
+pub(crate) fn apply_person(
+    value: &mut Value,
+    profile: Option<&ump_automation::profile::Profile>,
+    registry: &ump_core::config::ChannelRegistry,
+    prefix: &str,
+    now: DateTime<Utc>,
+) -> Vec<FieldError> {
     use ump_automation::profile::ChannelKind;
     use ump_core::resources::ChannelType;
     let field = |name: &str| format!("{prefix}{name}");
-    let fail = |name: &str, detail: String| Ok(vec![FieldError::new(field(name), detail)]);
+    let fail = |name: &str, detail: String| vec![FieldError::new(field(name), detail)];
     let Some(object) = value.as_object_mut() else {
-        return Ok(Vec::new()); // `validate` says what is wrong
+        return Vec::new(); // `validate` says what is wrong
     };
     let marketing = object.get("category").and_then(Value::as_str) == Some("marketing");
     let user = match object.get("user") {
@@ -338,7 +360,7 @@ pub(crate) async fn resolve_person(
                     .into(),
             );
         }
-        None | Some(Value::Null) => return Ok(Vec::new()),
+        None | Some(Value::Null) => return Vec::new(),
         Some(Value::String(user)) => user.clone(),
         Some(_) => return fail("user", "must be a string".into()),
     };
@@ -356,7 +378,7 @@ pub(crate) async fn resolve_person(
         .and_then(Value::as_str)
         .and_then(|name| registry.get(name))
     else {
-        return Ok(Vec::new()); // `validate` names the channel
+        return Vec::new(); // `validate` names the channel
     };
     let kind = match channel.channel_type() {
         ChannelType::Sms => ChannelKind::Sms,
@@ -376,10 +398,6 @@ pub(crate) async fn resolve_person(
             );
         }
     };
-    let profile = app.profiles.profile(&tenant.0, &user).await.map_err(|e| {
-        tracing::warn!(error = %e, "profile store failed");
-        Problem::unavailable("the profile store is unavailable", RETRY_AFTER_SECONDS)
-    })?;
     let Some(profile) = profile else {
         return fail(
             "user",
@@ -408,11 +426,12 @@ pub(crate) async fn resolve_person(
     if !object.contains_key("locale")
         && let Some(locale) = profile
             .locale
+            .as_ref()
             .filter(|l| ump_core::template::is_locale_tag(l))
     {
-        object.insert("locale".into(), Value::String(locale));
+        object.insert("locale".into(), Value::String(locale.clone()));
     }
-    Ok(Vec::new())
+    Vec::new()
 }
 
 /// A request's message ids as the idempotency store keeps them.

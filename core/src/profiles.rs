@@ -21,6 +21,12 @@ pub struct Erasure {
 #[async_trait::async_trait]
 pub trait ProfileStore: Send + Sync {
     async fn profile(&self, tenant: &str, user_id: &str) -> Result<Option<Profile>, HistoryError>;
+    /// The profiles of those of `user_ids` who have one, in one read.
+    async fn profiles(
+        &self,
+        tenant: &str,
+        user_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Profile>, HistoryError>;
     /// Creates or replaces the profile `profile.user_id` of `tenant`.
     async fn save_profile(&self, tenant: &str, profile: &Profile) -> Result<(), HistoryError>;
     /// Deletes the person's profile and automation state (events, counters, segment

@@ -717,6 +717,31 @@ impl crate::profiles::ProfileStore for MySqlHistory {
         text.as_deref().map(crate::profiles::decode).transpose()
     }
 
+    async fn profiles(
+        &self,
+        tenant: &str,
+        user_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, ump_automation::profile::Profile>, HistoryError>
+    {
+        let mut found = std::collections::HashMap::with_capacity(user_ids.len());
+        for chunk in user_ids.chunks(1000) {
+            let mut q = sqlx::QueryBuilder::<sqlx::MySql>::new(
+                "SELECT user_id, profile FROM profiles WHERE tenant_id = ",
+            );
+            q.push_bind(tenant).push(" AND user_id IN (");
+            let mut list = q.separated(", ");
+            for user in chunk {
+                list.push_bind(user);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&self.pool).await? {
+                let text: String = row.try_get(1)?;
+                found.insert(row.try_get(0)?, crate::profiles::decode(&text)?);
+            }
+        }
+        Ok(found)
+    }
+
     async fn save_profile(
         &self,
         tenant: &str,

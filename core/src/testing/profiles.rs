@@ -33,6 +33,20 @@ where
         None,
         "per tenant"
     );
+    let many = store
+        .profiles("t1", &["kim".to_owned(), "nobody".to_owned()])
+        .await
+        .expect("profiles");
+    assert_eq!(many.len(), 1);
+    assert_eq!(many.get("kim"), Some(&kim));
+    assert!(
+        store
+            .profiles("t2", &["kim".to_owned()])
+            .await
+            .expect("profiles")
+            .is_empty(),
+        "per tenant"
+    );
     let mut changed = kim.clone();
     changed.locale = Some("ko-KR".into());
     store
