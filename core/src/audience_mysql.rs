@@ -59,31 +59,35 @@ impl MySqlAudience {
     ) -> Result<BatchReport, HistoryError> {
         let mut tx = self.pool.begin().await?;
         let partitions: BTreeSet<i32> = batch.iter().map(|p| p.partition).collect();
-        let mut positions = BTreeMap::new();
+        // Makes the rows exist so they can be locked: concurrent owners of a partition (a
+        // rebalance in progress) take turns here.
+        let mut q = QueryBuilder::<MySql>::new(
+            "INSERT IGNORE INTO event_offsets \
+             (consumer_group, topic, partition_id, next_offset, updated_at) ",
+        );
+        q.push_values(&partitions, |mut row, partition| {
+            row.push_bind(group)
+                .push_bind(topic)
+                .push_bind(*partition)
+                .push_bind(0i64)
+                .push_bind(naive(now));
+        });
+        q.build().execute(&mut *tx).await?;
+        let mut q = QueryBuilder::<MySql>::new(
+            "SELECT partition_id, next_offset FROM event_offsets WHERE consumer_group = ",
+        );
+        q.push_bind(group)
+            .push(" AND topic = ")
+            .push_bind(topic)
+            .push(" AND partition_id IN (");
+        let mut list = q.separated(", ");
         for partition in &partitions {
-            // Makes the row exist so it can be locked: concurrent owners of a partition (a
-            // rebalance in progress) take turns here.
-            sqlx::query(
-                "INSERT IGNORE INTO event_offsets \
-                 (consumer_group, topic, partition_id, next_offset, updated_at) \
-                 VALUES (?, ?, ?, 0, ?)",
-            )
-            .bind(group)
-            .bind(topic)
-            .bind(partition)
-            .bind(naive(now))
-            .execute(&mut *tx)
-            .await?;
-            let next: i64 = sqlx::query_scalar(
-                "SELECT next_offset FROM event_offsets \
-                 WHERE consumer_group = ? AND topic = ? AND partition_id = ? FOR UPDATE",
-            )
-            .bind(group)
-            .bind(topic)
-            .bind(partition)
-            .fetch_one(&mut *tx)
-            .await?;
-            positions.insert(*partition, next);
+            list.push_bind(*partition);
+        }
+        q.push(") ORDER BY partition_id FOR UPDATE");
+        let mut positions = BTreeMap::new();
+        for row in q.build().fetch_all(&mut *tx).await? {
+            positions.insert(row.try_get::<i32, _>(0)?, row.try_get::<i64, _>(1)?);
         }
         let fresh: Vec<&Positioned> = batch
             .iter()
@@ -99,25 +103,28 @@ impl MySqlAudience {
         let (changes, mut report) = fold(&entries, people, &segments, now);
         report.repeated += skipped;
         write_changes(&mut tx, &changes, now).await?;
-        for partition in &partitions {
+        let mut q = QueryBuilder::<MySql>::new(
+            "INSERT INTO event_offsets \
+             (consumer_group, topic, partition_id, next_offset, updated_at) ",
+        );
+        q.push_values(&partitions, |mut row, partition| {
             let last = batch
                 .iter()
                 .filter(|p| p.partition == *partition)
                 .map(|p| p.offset)
                 .max()
                 .expect("a partition of the batch");
-            sqlx::query(
-                "UPDATE event_offsets SET next_offset = GREATEST(next_offset, ?), updated_at = ? \
-                 WHERE consumer_group = ? AND topic = ? AND partition_id = ?",
-            )
-            .bind(last + 1)
-            .bind(naive(now))
-            .bind(group)
-            .bind(topic)
-            .bind(partition)
-            .execute(&mut *tx)
-            .await?;
-        }
+            row.push_bind(group)
+                .push_bind(topic)
+                .push_bind(*partition)
+                .push_bind(last + 1)
+                .push_bind(naive(now));
+        });
+        q.push(
+            " ON DUPLICATE KEY UPDATE next_offset = GREATEST(next_offset, VALUES(next_offset)), \
+             updated_at = VALUES(updated_at)",
+        );
+        q.build().execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(report)
     }
@@ -328,18 +335,27 @@ async fn write_changes(
             });
             q.build().execute(&mut **tx).await?;
         }
+        let mut left: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
         for c in chunk {
             for segment in &c.left {
-                sqlx::query(
-                    "DELETE FROM segment_members \
-                     WHERE tenant_id = ? AND segment_id = ? AND user_id = ?",
-                )
-                .bind(&c.tenant)
-                .bind(segment)
-                .bind(&c.user_id)
-                .execute(&mut **tx)
-                .await?;
+                left.entry((&c.tenant, segment))
+                    .or_default()
+                    .push(&c.user_id);
             }
+        }
+        for ((tenant, segment), users) in left {
+            let mut q =
+                QueryBuilder::<MySql>::new("DELETE FROM segment_members WHERE tenant_id = ");
+            q.push_bind(tenant)
+                .push(" AND segment_id = ")
+                .push_bind(segment)
+                .push(" AND user_id IN (");
+            let mut list = q.separated(", ");
+            for user in users {
+                list.push_bind(user);
+            }
+            q.push(")");
+            q.build().execute(&mut **tx).await?;
         }
     }
     Ok(())
