@@ -12,8 +12,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 
-/// How many recent events a person's record shows (`GET /v1/users/{id}`).
-pub const RECENT_EVENTS: usize = 20;
+/// How many recent events a person's record shows (`GET /v1/users/{id}`). The record is
+/// rewritten with every event, so what it carries is paid for on every write.
+pub const RECENT_EVENTS: usize = 10;
+/// Of a recent event's properties: how many are kept, and how long a text may be.
+pub const RECENT_PROPERTIES: usize = 8;
+pub const RECENT_TEXT: usize = 100;
 /// How many client message ids a record remembers to count a repeated event once.
 pub const SEEN_IDS: usize = 100;
 
@@ -64,7 +68,11 @@ impl PersonRecord {
                     self.seen.truncate(SEEN_IDS);
                 }
                 self.state.apply(event, segments.tracking(), now);
-                self.remember(event.clone());
+                self.remember(Event {
+                    event: event.event.clone(),
+                    properties: summary(&event.properties),
+                    timestamp: event.timestamp,
+                });
                 step.counted = true;
             }
             Input::Recheck => self.state.trim(segments.tracking(), now),
@@ -104,6 +112,25 @@ impl PersonRecord {
         self.recent.insert(at, event);
         self.recent.truncate(RECENT_EVENTS);
     }
+}
+
+/// What a recent event keeps of its properties: the first `RECENT_PROPERTIES` of the scalar
+/// ones, texts cut to `RECENT_TEXT` characters (the whole event went to the segments already).
+fn summary(properties: &Map<String, Value>) -> Map<String, Value> {
+    properties
+        .iter()
+        .filter(|(_, v)| !(v.is_object() || v.is_array()))
+        .take(RECENT_PROPERTIES)
+        .map(|(k, v)| {
+            let v = match v {
+                Value::String(text) if text.chars().count() > RECENT_TEXT => {
+                    Value::String(text.chars().take(RECENT_TEXT).collect::<String>() + "…")
+                }
+                other => other.clone(),
+            };
+            (k.clone(), v)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -214,6 +241,33 @@ mod tests {
         assert_eq!(
             record.step(&profile, &Input::Recheck, &none, t0()).left,
             ["vip"]
+        );
+    }
+
+    #[test]
+    fn recent_events_keep_a_summary_of_their_properties() {
+        let mut properties = Map::new();
+        for i in 0..12 {
+            properties.insert(format!("p{i:02}"), json!(i));
+        }
+        properties.insert("a-long".into(), json!("x".repeat(500)));
+        properties.insert("a-nested".into(), json!({"deep": [1, 2, 3]}));
+        let input = Input::Event {
+            event: Event {
+                event: "product_viewed".into(),
+                properties,
+                timestamp: t0(),
+            },
+            message_id: None,
+        };
+        let mut record = PersonRecord::default();
+        record.step(&Profile::default(), &input, &browsers(), t0());
+        let kept = &record.recent[0].properties;
+        assert_eq!(kept.len(), RECENT_PROPERTIES);
+        assert!(!kept.contains_key("a-nested"));
+        assert_eq!(
+            kept["a-long"].as_str().unwrap().chars().count(),
+            RECENT_TEXT + 1
         );
     }
 

@@ -2,9 +2,10 @@
 //! killed with SIGKILL three times mid-run, every event is counted exactly once; Kafka and MariaDB
 //! stopped and started again mid-run, nothing is lost.
 //!
-//! Exactly once is read from each person's record: every person gets `EVENTS_EACH` events
+//! Exactly once is read from each person's state: every person gets `EVENTS_EACH` events
 //! (numbered, no message id, so nothing but the processor's positions keeps a replay from
-//! counting twice), and the record's recent events (up to 20 kept) must list each number once.
+//! counting twice); the segment `loyal` holds those who did it exactly `EVENTS_EACH` times
+//! (a count the state keeps one past), and the record's recent events list each number once.
 //!
 //! A test binary of its own whose tests run one at a time: two of them stop shared services.
 
@@ -25,7 +26,7 @@ use ump_core::testing::{TestDatabase, infra, unique_name};
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const PARTITIONS: i32 = 4;
-const EVENTS_EACH: usize = 10;
+const EVENTS_EACH: usize = 8;
 const TENANT: &str = "t-events";
 
 /// The topic, the group, the database and the processes of one test.
@@ -61,7 +62,8 @@ impl Setup {
         let db = TestDatabase::create().await;
         let audience = MySqlAudience::new(db.pool.clone());
         let segment = serde_json::from_value(json!({"id": "loyal", "condition":
-            {"performed": {"event": "purchase", "at_least": EVENTS_EACH, "within": "30d"}}}))
+            {"performed": {"event": "purchase", "at_least": EVENTS_EACH, "at_most": EVENTS_EACH,
+                "within": "30d"}}}))
         .expect("segment");
         audience
             .put_segment(TENANT, segment, Utc::now())
@@ -164,7 +166,10 @@ impl Setup {
             .segment_size(TENANT, "loyal")
             .await
             .expect("size");
-        assert_eq!(size, people as u64, "everyone bought {EVENTS_EACH} times");
+        assert_eq!(
+            size, people as u64,
+            "everyone bought exactly {EVENTS_EACH} times"
+        );
     }
 
     async fn finish(self) {
