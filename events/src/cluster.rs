@@ -46,8 +46,8 @@ pub struct ProcessorSettings {
     /// The consumer group: processors of one group share the partitions.
     #[arg(long, env = "UMP_EVENTS_GROUP", default_value = ump_core::audience::DEFAULT_EVENTS_GROUP)]
     pub group: String,
-    /// Largest batch folded in one transaction.
-    #[arg(long, env = "UMP_EVENTS_BATCH", default_value_t = 2000)]
+    /// Largest batch read at once (committed in `LANES` transactions side by side).
+    #[arg(long, env = "UMP_EVENTS_BATCH", default_value_t = 5000)]
     pub batch: usize,
     /// Longest wait to fill a batch.
     #[arg(long, env = "UMP_EVENTS_BATCH_WAIT", default_value = "20ms")]
