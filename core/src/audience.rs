@@ -8,7 +8,7 @@ use crate::history::HistoryError;
 use crate::queue::{EnqueueError, KafkaSettings};
 use chrono::{DateTime, Utc};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -114,16 +114,7 @@ impl EventLog for KafkaEventLog {
     }
 
     async fn ready(&self) -> Result<(), String> {
-        let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, Duration::from_secs(2))
-                .map(|_| ())
-                .map_err(|e| format!("Kafka: {e}"))
-        })
-        .await
-        .map_err(|e| format!("Kafka: {e}"))?
+        crate::queue::kafka_ready(&self.producer).await
     }
 }
 

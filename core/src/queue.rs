@@ -150,15 +150,20 @@ impl MessageQueue for KafkaQueue {
     }
 
     async fn ready(&self) -> Result<(), String> {
-        let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, Duration::from_secs(2))
-                .map(|_| ())
-                .map_err(|e| format!("Kafka: {e}"))
-        })
-        .await
-        .map_err(|e| format!("Kafka: {e}"))?
+        kafka_ready(&self.producer).await
     }
+}
+
+/// Whether the brokers answer `producer` (for `/readyz`).
+pub async fn kafka_ready(producer: &FutureProducer) -> Result<(), String> {
+    let producer = producer.clone();
+    tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(None, Duration::from_secs(2))
+            .map(|_| ())
+            .map_err(|e| format!("Kafka: {e}"))
+    })
+    .await
+    .map_err(|e| format!("Kafka: {e}"))?
 }
