@@ -10,31 +10,6 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use ump_core::testing::unique_name;
 
-async fn put(ump: &AllInOne, key: &str, path: &str, body: &Value) -> (u16, Value) {
-    let response = ump
-        .http
-        .put(format!("{}{path}", ump.url))
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-        .expect("PUT");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn delete(ump: &AllInOne, key: &str, path: &str) -> (u16, Value) {
-    let response = ump
-        .http
-        .delete(format!("{}{path}", ump.url))
-        .bearer_auth(key)
-        .send()
-        .await
-        .expect("DELETE");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 /// Waits until `GET path` answers with `check` holding.
 async fn wait_for(ump: &AllInOne, key: &str, path: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -75,14 +50,14 @@ async fn events_move_people_into_segments_and_profile_changes_too() {
         .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["size"], 0);
-    let (status, gold) = put(
-        &ump,
-        KEY,
-        "/v1/segments/gold",
-        &json!({"condition": {"all": [{"trait": {"path": "tier", "equals": "gold"}},
+    let (status, gold) = ump
+        .put(
+            KEY,
+            "/v1/segments/gold",
+            &json!({"condition": {"all": [{"trait": {"path": "tier", "equals": "gold"}},
                                        {"in_segment": "recent-buyers"}]}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 201, "{gold}");
 
     let (status, accepted) = ump
@@ -122,13 +97,13 @@ async fn events_move_people_into_segments_and_profile_changes_too() {
     assert_eq!(members["next"], Value::Null);
 
     // Identifying the person as gold moves them into the segment that asks for it.
-    let (status, _) = put(
-        &ump,
-        KEY,
-        "/v1/users/shopper-1",
-        &json!({"traits": {"tier": "gold"}}),
-    )
-    .await;
+    let (status, _) = ump
+        .put(
+            KEY,
+            "/v1/users/shopper-1",
+            &json!({"traits": {"tier": "gold"}}),
+        )
+        .await;
     assert_eq!(status, 200);
     let person = wait_for(&ump, KEY, "/v1/users/shopper-1", |p| {
         segment_ids(p).contains(&"gold".to_owned())
@@ -162,9 +137,9 @@ async fn events_move_people_into_segments_and_profile_changes_too() {
     assert_eq!(rest["items"].as_array().map(Vec::len), Some(2));
 
     // A segment another refers to is kept; deleting the other first frees it.
-    assert_eq!(delete(&ump, KEY, "/v1/segments/recent-buyers").await.0, 409);
-    assert_eq!(delete(&ump, KEY, "/v1/segments/gold").await.0, 204);
-    assert_eq!(delete(&ump, KEY, "/v1/segments/gold").await.0, 404);
+    assert_eq!(ump.delete(KEY, "/v1/segments/recent-buyers").await.0, 409);
+    assert_eq!(ump.delete(KEY, "/v1/segments/gold").await.0, 204);
+    assert_eq!(ump.delete(KEY, "/v1/segments/gold").await.0, 404);
     let person = wait_for(&ump, KEY, "/v1/users/shopper-1", |p| {
         !segment_ids(p).contains(&"gold".to_owned())
     })
@@ -172,7 +147,7 @@ async fn events_move_people_into_segments_and_profile_changes_too() {
     assert!(segment_ids(&person).contains(&"recent-buyers".to_owned()));
 
     // Erasure takes the person out of every segment and leaves no state.
-    let (status, erased) = delete(&ump, KEY, "/v1/users/shopper-1").await;
+    let (status, erased) = ump.delete(KEY, "/v1/users/shopper-1").await;
     assert_eq!(status, 200);
     assert_eq!(erased["automation_state"], true, "{erased}");
     let (_, members) = ump
@@ -301,13 +276,13 @@ async fn bad_events_and_segments_are_refused_naming_the_field() {
         assert_eq!(status, 422, "{body} → {problem}");
         assert_eq!(problem["field"], field, "{body} → {problem}");
     }
-    let (status, problem) = put(
-        &ump,
-        KEY,
-        "/v1/segments/s2",
-        &json!({"id": "s3", "condition": {"trait": {"path": "a", "exists": true}}}),
-    )
-    .await;
+    let (status, problem) = ump
+        .put(
+            KEY,
+            "/v1/segments/s2",
+            &json!({"id": "s3", "condition": {"trait": {"path": "a", "exists": true}}}),
+        )
+        .await;
     assert_eq!(
         (status, &problem["field"]),
         (422, &json!("id")),

@@ -8,45 +8,20 @@ use common::{AllInOne, KEY};
 use serde_json::{Value, json};
 use ump_core::testing::unique_name;
 
-async fn put(ump: &AllInOne, key: &str, user: &str, body: &Value) -> (u16, Value) {
-    let response = ump
-        .http
-        .put(format!("{}/v1/users/{user}", ump.url))
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-        .expect("PUT");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn delete(ump: &AllInOne, key: &str, user: &str) -> (u16, Value) {
-    let response = ump
-        .http
-        .delete(format!("{}/v1/users/{user}", ump.url))
-        .bearer_auth(key)
-        .send()
-        .await
-        .expect("DELETE");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_are_kept_per_tenant_and_erasure_erases() {
     let ump = AllInOne::start("warn", &[]).await;
     let phone = "+821055556666";
-    let (status, profile) = put(
-        &ump,
-        KEY,
-        "kim-1",
-        &json!({"traits": {"tier": "vip", "name": "김"}, "locale": "ko-KR",
+    let (status, profile) = ump
+        .put(
+            KEY,
+            "/v1/users/kim-1",
+            &json!({"traits": {"tier": "vip", "name": "김"}, "locale": "ko-KR",
                 "contacts": {"phone": phone},
                 "consents": [{"purpose": "marketing", "channel": "sms", "granted": true,
                               "source": "signup-form"}]}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200, "{profile}");
     assert_eq!(profile["traits"]["tier"], "vip");
     assert_eq!(profile["consents"][0]["source"], "signup-form");
@@ -56,15 +31,15 @@ async fn profiles_are_kept_per_tenant_and_erasure_erases() {
     );
 
     // A second update merges traits and adds to the consent record.
-    let (status, profile) = put(
-        &ump,
-        KEY,
-        "kim-1",
-        &json!({"traits": {"name": null},
+    let (status, profile) = ump
+        .put(
+            KEY,
+            "/v1/users/kim-1",
+            &json!({"traits": {"name": null},
                 "consents": [{"purpose": "marketing", "channel": "sms", "granted": false,
                               "source": "unsubscribe-link"}]}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200, "{profile}");
     assert_eq!(profile["traits"], json!({"tier": "vip"}));
     assert_eq!(profile["consents"].as_array().map(Vec::len), Some(2));
@@ -81,7 +56,10 @@ async fn profiles_are_kept_per_tenant_and_erasure_erases() {
     let (other, _) = ump.create_key(&unique_name("tenant"));
     ump.wait_key_works(&other).await;
     assert_eq!(ump.get(&other, "/v1/users/kim-1").await.0, 404);
-    assert_eq!(delete(&ump, &other, "kim-1").await.1["profile"], false);
+    assert_eq!(
+        ump.delete(&other, "/v1/users/kim-1").await.1["profile"],
+        false
+    );
 
     // Bad input: 422 naming the field.
     for (body, field) in [
@@ -94,12 +72,17 @@ async fn profiles_are_kept_per_tenant_and_erasure_erases() {
         (json!({"tratis": {}}), "tratis"),
         (json!({"traits": []}), "traits"),
     ] {
-        let (status, problem) = put(&ump, KEY, "kim-1", &body).await;
+        let (status, problem) = ump.put(KEY, "/v1/users/kim-1", &body).await;
         assert_eq!(status, 422, "{body}: {problem}");
         assert_eq!(problem["field"], field, "{body}: {problem}");
     }
     let long = "u".repeat(256);
-    assert_eq!(put(&ump, KEY, &long, &json!({})).await.0, 422);
+    assert_eq!(
+        ump.put(KEY, &format!("/v1/users/{long}"), &json!({}))
+            .await
+            .0,
+        422
+    );
 
     // A message to Kim, then erasure: the number is nowhere in the history any more.
     let id = ump
@@ -116,7 +99,7 @@ async fn profiles_are_kept_per_tenant_and_erasure_erases() {
         assert!(tokio::time::Instant::now() < deadline, "never processed");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let (status, erased) = delete(&ump, KEY, "kim-1").await;
+    let (status, erased) = ump.delete(KEY, "/v1/users/kim-1").await;
     assert_eq!(status, 200, "{erased}");
     assert_eq!(
         erased,
@@ -152,16 +135,16 @@ fn zone_at(hour: i64) -> String {
 async fn sends_to_a_person_use_their_contact_and_marketing_needs_consent() {
     let ump = AllInOne::start("warn", &[]).await;
     let phone = "+821077778888";
-    let (status, profile) = put(
-        &ump,
-        KEY,
-        "lee-1",
-        &json!({"contacts": {"phone": phone, "email": "lee@example.com"}, "locale": "en",
+    let (status, profile) = ump
+        .put(
+            KEY,
+            "/v1/users/lee-1",
+            &json!({"contacts": {"phone": phone, "email": "lee@example.com"}, "locale": "en",
                 "timezone": zone_at(12),
                 "consents": [{"purpose": "marketing", "channel": "sms", "granted": true,
                               "source": "signup-form"}]}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200, "{profile}");
 
     // Transactional (the default): the channel's contact point, no consent needed.
@@ -260,21 +243,21 @@ async fn sends_to_a_person_use_their_contact_and_marketing_needs_consent() {
     assert_eq!(status, 202, "{first}");
     let withdraw = json!({"consents": [{"purpose": "marketing", "channel": "sms", "granted": false,
                                         "source": "unsubscribe-link"}]});
-    assert_eq!(put(&ump, KEY, "lee-1", &withdraw).await.0, 200);
+    assert_eq!(ump.put(KEY, "/v1/users/lee-1", &withdraw).await.0, 200);
     let (status, again) = keyed(promo.clone()).await;
     assert_eq!((status, &again), (202, &first), "a retry replays");
     refused(promo, "user", "consent for sms was withdrawn").await;
 
     // 23:00 their time: advertising needs the separate night-time consent.
-    let (status, _) = put(
-        &ump,
-        KEY,
-        "lee-1",
-        &json!({"timezone": zone_at(23),
+    let (status, _) = ump
+        .put(
+            KEY,
+            "/v1/users/lee-1",
+            &json!({"timezone": zone_at(23),
                 "consents": [{"purpose": "marketing", "channel": "sms", "granted": true,
                               "source": "re-subscribe"}]}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200);
     refused(
         json!({"channel": "sms", "user": "lee-1", "category": "marketing", "body": "x"}),
