@@ -81,6 +81,11 @@ pub async fn run(settings: ProcessorSettings, shutdown: CancellationToken) -> an
         .client_config_with(&[
             ("auto.offset.reset", "earliest"),
             ("fetch.wait.max.ms", "10"),
+            // Smaller slices of each partition per fetch: the lanes are fed side by side rather
+            // than one partition's megabyte at a time.
+            ("max.partition.fetch.bytes", "262144"),
+            // What is fetched ahead and waits in librdkafka's queue (64 MiB by default).
+            ("queued.max.messages.kbytes", "16384"),
             ("partition.assignment.strategy", "cooperative-sticky"),
             // A processor that dies hands its partitions on after 10 s, not librdkafka's 45.
             ("session.timeout.ms", "10000"),
@@ -140,55 +145,85 @@ pub async fn run(settings: ProcessorSettings, shutdown: CancellationToken) -> an
     Ok(())
 }
 
-/// Transactions a batch is split into, by partition.
+/// Transactions in flight at once: the topic's partitions are dealt to this many lanes, each
+/// folding and committing its own batches in order while the others do theirs.
 const LANES: usize = 4;
 
-/// Reads batches and commits each, in order, until `shutdown`.
+/// Reads the topic and deals each entry to its partition's lane until `shutdown`; then the
+/// lanes commit what they were handed and stop.
 async fn consume(
-    consumer: &StreamConsumer,
+    consumer: &Arc<StreamConsumer>,
     audience: &MySqlAudience,
     settings: &ProcessorSettings,
     metrics: &EventMetrics,
     shutdown: &CancellationToken,
 ) {
+    let per_lane = settings.batch.div_ceil(LANES).max(1);
+    let mut lanes = tokio::task::JoinSet::new();
+    let mut senders = Vec::with_capacity(LANES);
+    for _ in 0..LANES {
+        // Bounded: a lane that falls behind stops the reading, and Kafka keeps the rest.
+        let (sender, receiver) = tokio::sync::mpsc::channel(4 * per_lane);
+        senders.push(sender);
+        lanes.spawn(lane(
+            receiver,
+            Arc::clone(consumer),
+            audience.clone(),
+            settings.clone(),
+            metrics.clone(),
+        ));
+    }
     loop {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return,
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
             message = consumer.recv() => message,
         };
-        let mut batch = Vec::with_capacity(settings.batch);
-        let mut last: BTreeMap<i32, i64> = BTreeMap::new();
-        match first {
-            Ok(message) => take(message, &mut batch, &mut last, metrics),
+        let entry = match message {
+            Ok(message) => read(message, metrics),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the events topic failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
-        }
-        let deadline = tokio::time::Instant::now() + settings.batch_wait.as_std();
-        while batch.len() < settings.batch {
-            match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Ok(Ok(message)) => take(message, &mut batch, &mut last, metrics),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "reading the events topic failed");
-                    break;
-                }
-                Err(_) => break,
+        };
+        if let Some(entry) = entry {
+            let lane = entry.partition.rem_euclid(LANES as i32) as usize;
+            if senders[lane].send(entry).await.is_err() {
+                break;
             }
         }
-        // Partitions never share a person: their parts of the batch commit side by side, so
-        // the database works on several transactions while the processor folds the next.
-        let mut lanes: Vec<Vec<Positioned>> = vec![Vec::new(); LANES];
-        for entry in batch {
-            lanes[entry.partition.rem_euclid(LANES as i32) as usize].push(entry);
+    }
+    drop(senders);
+    while lanes.join_next().await.is_some() {}
+}
+
+/// One lane: takes the entries dealt to it in batches of up to `batch / LANES` (waiting at most
+/// `batch_wait` to fill one) and commits each before the next, so a partition's entries are
+/// committed in order. Partitions never share a person, so lanes never touch the same rows.
+async fn lane(
+    mut entries: tokio::sync::mpsc::Receiver<Positioned>,
+    consumer: Arc<StreamConsumer>,
+    audience: MySqlAudience,
+    settings: ProcessorSettings,
+    metrics: EventMetrics,
+) {
+    let per_lane = settings.batch.div_ceil(LANES).max(1);
+    let mut batch = Vec::with_capacity(per_lane);
+    while let Some(first) = entries.recv().await {
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + settings.batch_wait.as_std();
+        while batch.len() < per_lane {
+            match tokio::time::timeout_at(deadline, entries.recv()).await {
+                Ok(Some(entry)) => batch.push(entry),
+                Ok(None) | Err(_) => break,
+            }
         }
-        futures::future::join_all(
-            lanes
-                .iter()
-                .map(|lane| commit(audience, settings, metrics, lane)),
-        )
-        .await;
+        commit(&audience, &settings, &metrics, &batch).await;
+        let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+        for entry in &batch {
+            let at = last.entry(entry.partition).or_default();
+            *at = (*at).max(entry.offset);
+        }
         let mut offsets = TopicPartitionList::new();
         for (partition, offset) in &last {
             // Kafka's position is only where to start: the truth is in MySQL.
@@ -201,22 +236,20 @@ async fn consume(
         if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
             tracing::debug!(error = %e, "committing Kafka offsets failed (MySQL holds the truth)");
         }
+        batch.clear();
     }
 }
 
-/// Adds a read entry to the batch; an unreadable one is only passed over.
-fn take(
+/// The entry a message holds; an unreadable one is counted and passed over.
+fn read(
     message: rdkafka::message::BorrowedMessage<'_>,
-    batch: &mut Vec<Positioned>,
-    last: &mut BTreeMap<i32, i64>,
     metrics: &EventMetrics,
-) {
-    last.insert(message.partition(), message.offset());
+) -> Option<Positioned> {
     let entry = message
         .payload()
         .and_then(|p| serde_json::from_slice::<LogEntry>(p).ok());
     match entry {
-        Some(entry) => batch.push(Positioned {
+        Some(entry) => Some(Positioned {
             partition: message.partition(),
             offset: message.offset(),
             entry,
@@ -228,6 +261,7 @@ fn take(
                 offset = message.offset(),
                 "skipping an unreadable event log entry"
             );
+            None
         }
     }
 }
