@@ -11,6 +11,7 @@ use crate::audience::{
     SizePoint, StoredSegment, decode, encode, fold, minute, segment_set,
 };
 use crate::history::HistoryError;
+use crate::person_codec;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::mysql::MySqlPool;
 use sqlx::{MySql, QueryBuilder, Row, Transaction};
@@ -227,12 +228,11 @@ async fn load_people(
                 q.push(")");
                 for row in q.build().fetch_all(&mut **tx).await? {
                     let user: String = row.try_get(0)?;
-                    let text: String = row.try_get(1)?;
                     let person = people.entry((tenant.to_owned(), user)).or_default();
                     if table == "profiles" {
-                        person.profile = Some(crate::profiles::decode(&text)?);
+                        person.profile = Some(crate::profiles::decode(row.try_get(1)?)?);
                     } else {
-                        person.record = Some(decode("person record", &text)?);
+                        person.record = Some(person_codec::decode(row.try_get(1)?)?);
                     }
                 }
             }
@@ -282,7 +282,7 @@ async fn write_changes(
         );
         let mut encoded = Vec::with_capacity(chunk.len());
         for c in chunk {
-            encoded.push(encode("person record", &c.record)?);
+            encoded.push(person_codec::encode(&c.record)?);
         }
         q.push_values(chunk.iter().zip(&encoded), |mut row, (c, text)| {
             row.push_bind(&c.tenant)
@@ -549,15 +549,13 @@ impl SegmentStore for MySqlAudience {
         tenant: &str,
         user_id: &str,
     ) -> Result<Option<PersonRecord>, HistoryError> {
-        let text: Option<String> = sqlx::query_scalar(
+        let bytes: Option<Vec<u8>> = sqlx::query_scalar(
             "SELECT record FROM person_state WHERE tenant_id = ? AND user_id = ?",
         )
         .bind(tenant)
         .bind(user_id)
         .fetch_optional(&self.pool)
         .await?;
-        text.as_deref()
-            .map(|t| decode("person record", t))
-            .transpose()
+        bytes.as_deref().map(person_codec::decode).transpose()
     }
 }

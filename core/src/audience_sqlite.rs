@@ -7,6 +7,7 @@ use crate::audience::{
     SegmentStore, SizePoint, StoredSegment, decode, encode, fold, minute, segment_set,
 };
 use crate::history::HistoryError;
+use crate::person_codec;
 use crate::queue::EnqueueError;
 use crate::sqlite::{SqliteStore, micros};
 use chrono::{DateTime, Utc};
@@ -171,7 +172,7 @@ async fn load_person(
             .bind(user)
             .fetch_optional(&mut **tx)
             .await?;
-    let record: Option<String> =
+    let record: Option<Vec<u8>> =
         sqlx::query_scalar("SELECT record FROM person_state WHERE tenant_id = ? AND user_id = ?")
             .bind(tenant)
             .bind(user)
@@ -182,10 +183,7 @@ async fn load_person(
             .as_deref()
             .map(crate::profiles::decode)
             .transpose()?,
-        record: record
-            .as_deref()
-            .map(|t| decode("person record", t))
-            .transpose()?,
+        record: record.as_deref().map(person_codec::decode).transpose()?,
     })
 }
 
@@ -225,7 +223,7 @@ async fn write_changes(
         )
         .bind(&c.tenant)
         .bind(&c.user_id)
-        .bind(encode("person record", &c.record)?)
+        .bind(person_codec::encode(&c.record)?)
         .bind(c.record.next_wake.map(micros))
         .bind(micros(now))
         .execute(&mut **tx)
@@ -462,16 +460,14 @@ impl SegmentStore for SqliteStore {
         tenant: &str,
         user_id: &str,
     ) -> Result<Option<PersonRecord>, HistoryError> {
-        let text: Option<String> = sqlx::query_scalar(
+        let bytes: Option<Vec<u8>> = sqlx::query_scalar(
             "SELECT record FROM person_state WHERE tenant_id = ? AND user_id = ?",
         )
         .bind(tenant)
         .bind(user_id)
         .fetch_optional(self.pool())
         .await?;
-        text.as_deref()
-            .map(|t| decode("person record", t))
-            .transpose()
+        bytes.as_deref().map(person_codec::decode).transpose()
     }
 }
 

@@ -11,6 +11,7 @@ pub mod duration;
 pub mod history;
 pub mod keys;
 pub mod model;
+pub mod person_codec;
 pub mod pii;
 pub mod profiles;
 pub mod provider;
