@@ -264,8 +264,8 @@ pub struct BatchReport {
 
 /// Runs the batch's entries, in order, over the people they concern. Pure: the stores load
 /// `people` and the segments before and write the changes after, in one transaction.
-pub fn fold(
-    entries: &[LogEntry],
+pub fn fold<'a>(
+    entries: impl IntoIterator<Item = &'a LogEntry>,
     mut people: BTreeMap<(String, String), Loaded>,
     segments: &BTreeMap<String, SegmentSet>,
     now: DateTime<Utc>,

@@ -95,13 +95,13 @@ impl MySqlAudience {
             .filter(|p| p.offset >= positions[&p.partition])
             .collect();
         let skipped = (batch.len() - fresh.len()) as u64;
-        let entries: Vec<LogEntry> = fresh.iter().map(|p| p.entry.clone()).collect();
+        let entries: Vec<&LogEntry> = fresh.iter().map(|p| &p.entry).collect();
         let people = load_people(&mut tx, &entries).await?;
         let mut segments = BTreeMap::new();
         for tenant in entries.iter().map(|e| &e.tenant).collect::<BTreeSet<_>>() {
             segments.insert(tenant.clone(), load_segment_set(&mut tx, tenant).await?);
         }
-        let (changes, mut report) = fold(&entries, people, &segments, now);
+        let (changes, mut report) = fold(entries.iter().copied(), people, &segments, now);
         report.repeated += skipped;
         write_changes(&mut tx, &changes, now).await?;
         let mut q = QueryBuilder::<MySql>::new(
@@ -203,7 +203,7 @@ impl MySqlAudience {
 
 async fn load_people(
     tx: &mut Transaction<'_, MySql>,
-    entries: &[LogEntry],
+    entries: &[&LogEntry],
 ) -> Result<BTreeMap<(String, String), Loaded>, HistoryError> {
     let mut by_tenant: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for e in entries {

@@ -4,6 +4,11 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use ump_events::cluster::{ProcessorSettings, run};
 
+/// The processor allocates and frees many small values per event from several threads: glibc's
+/// allocator took about 45% of its CPU time (`perf`, 100,000 people), mimalloc about 16%.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ump-events",
