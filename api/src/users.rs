@@ -249,7 +249,7 @@ pub async fn erase_user(
         let user_id = user_id(path)?;
         let erased = app
             .profiles
-            .erase(&tenant.0, &user_id)
+            .erase(&tenant.0, &user_id, chrono::Utc::now())
             .await
             .map_err(unavailable)?;
         tracing::info!(

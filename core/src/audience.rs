@@ -235,6 +235,8 @@ pub(crate) fn segment_set(
 pub struct Loaded {
     pub profile: Option<Profile>,
     pub record: Option<PersonRecord>,
+    /// When the person was last erased: their events accepted up to then are discarded.
+    pub erased_at: Option<DateTime<Utc>>,
 }
 
 /// What a batch changed of one person: the record to store, a profile to create (an event of a
@@ -258,6 +260,8 @@ pub struct BatchReport {
     /// taken before a crash or a rebalance).
     pub repeated: u64,
     pub rechecks: u64,
+    /// Events accepted before their person was erased, discarded.
+    pub erased: u64,
     pub entered: u64,
     pub left: u64,
 }
@@ -277,6 +281,14 @@ pub fn fold<'a>(
     for entry in entries {
         let key = (entry.tenant.clone(), entry.queued.user_id.clone());
         let person = people.entry(key.clone()).or_default();
+        if person
+            .erased_at
+            .is_some_and(|erased| entry.queued.received_at <= erased)
+        {
+            // Still on its way when the person was erased: it must not bring them back.
+            report.erased += 1;
+            continue;
+        }
         if person.profile.is_none() {
             if matches!(entry.queued.input, Input::Recheck) {
                 // Nobody to look at (erased since the recheck was asked for).
@@ -375,6 +387,7 @@ mod tests {
                 ..Profile::default()
             }),
             record: None,
+            erased_at: None,
         };
         let people = BTreeMap::from([(("t1".to_owned(), "known".to_owned()), known)]);
         let entries = [
@@ -391,6 +404,7 @@ mod tests {
                 counted: 3,
                 repeated: 1,
                 rechecks: 0,
+                erased: 0,
                 entered: 1,
                 left: 0
             }
@@ -412,6 +426,53 @@ mod tests {
         // Tenant t2 has no segments: the same user id there is another person.
         let other = by_key[&("t2".to_owned(), "new".to_owned())];
         assert!(other.entered.is_empty() && other.new_profile.is_some());
+    }
+
+    #[test]
+    fn events_accepted_before_an_erasure_never_bring_the_person_back() {
+        let segments = BTreeMap::from([("t1".to_owned(), buyers())]);
+        let erased_at = now() + chrono::Duration::seconds(1);
+        let erased = || Loaded {
+            erased_at: Some(erased_at),
+            ..Loaded::default()
+        };
+        let at = |mut e: LogEntry, received: DateTime<Utc>| {
+            e.queued.received_at = received;
+            e
+        };
+        // In the log, an event accepted after the erasure may come before one accepted just
+        // before it (their appends raced): the older one is discarded wherever it lands.
+        let entries = [
+            at(entry("t1", "gone", Some("purchase"), None), erased_at),
+            at(
+                entry("t1", "gone", Some("purchase"), None),
+                erased_at + chrono::Duration::milliseconds(5),
+            ),
+            at(
+                entry("t1", "gone", Some("purchase"), None),
+                erased_at - chrono::Duration::milliseconds(5),
+            ),
+            at(entry("t1", "only-old", Some("purchase"), None), now()),
+        ];
+        let people = BTreeMap::from([
+            (("t1".to_owned(), "gone".to_owned()), erased()),
+            (("t1".to_owned(), "only-old".to_owned()), erased()),
+        ]);
+        let (changes, report) = fold(&entries, people, &segments, now());
+        assert_eq!((report.erased, report.counted), (3, 1));
+        assert_eq!(changes.len(), 1, "only-old is not recreated: {changes:?}");
+        let gone = &changes[0];
+        assert_eq!(gone.user_id, "gone");
+        assert!(gone.new_profile.as_ref().is_some_and(|p| p.anonymous));
+        assert_eq!(
+            gone.record
+                .state
+                .occurrences
+                .values()
+                .map(Vec::len)
+                .sum::<usize>(),
+            1
+        );
     }
 
     #[test]

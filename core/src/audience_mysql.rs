@@ -15,7 +15,7 @@ use crate::person_codec;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::mysql::MySqlPool;
 use sqlx::{MySql, QueryBuilder, Row, Transaction};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use ump_automation::person::PersonRecord;
 use ump_automation::profile::Profile;
 use ump_automation::segment::{Segment, SegmentSet, with_segment, without_segment};
@@ -58,7 +58,13 @@ impl MySqlAudience {
         batch: &[Positioned],
         now: DateTime<Utc>,
     ) -> Result<BatchReport, HistoryError> {
-        let mut tx = self.pool.begin().await?;
+        // Read committed: the locking reads below take no gap locks (lanes insert new people
+        // side by side), and each read sees what an erasure committed while this one waited.
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .execute(&mut *conn)
+            .await?;
+        let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
         let partitions: BTreeSet<i32> = batch.iter().map(|p| p.partition).collect();
         // Makes the rows exist so they can be locked: concurrent owners of a partition (a
         // rebalance in progress) take turns here.
@@ -97,6 +103,10 @@ impl MySqlAudience {
         let skipped = (batch.len() - fresh.len()) as u64;
         let entries: Vec<&LogEntry> = fresh.iter().map(|p| &p.entry).collect();
         let people = load_people(&mut tx, &entries).await?;
+        let erased: BTreeMap<(String, String), DateTime<Utc>> = people
+            .iter()
+            .filter_map(|(key, p)| p.erased_at.map(|at| (key.clone(), at)))
+            .collect();
         let mut segments = BTreeMap::new();
         for tenant in entries.iter().map(|e| &e.tenant).collect::<BTreeSet<_>>() {
             segments.insert(tenant.clone(), load_segment_set(&mut tx, tenant).await?);
@@ -104,6 +114,13 @@ impl MySqlAudience {
         let (changes, mut report) = fold(entries.iter().copied(), people, &segments, now);
         report.repeated += skipped;
         write_changes(&mut tx, &changes, now).await?;
+        // An erasure that committed while this batch was folded (it waited for none of our
+        // locks: its person had no rows yet) must win: fold again with it.
+        if erasures(&mut tx, &entries).await? != erased {
+            return Err(HistoryError::Conflict(
+                "a person of the batch was erased meanwhile".into(),
+            ));
+        }
         let mut q = QueryBuilder::<MySql>::new(
             "INSERT INTO event_offsets \
              (consumer_group, topic, partition_id, next_offset, updated_at) ",
@@ -225,7 +242,8 @@ async fn load_people(
                 for user in chunk {
                     list.push_bind(*user);
                 }
-                q.push(")");
+                // Locked: an erasure of one of them waits for this batch, or this batch for it.
+                q.push(") FOR UPDATE");
                 for row in q.build().fetch_all(&mut **tx).await? {
                     let user: String = row.try_get(0)?;
                     let person = people.entry((tenant.to_owned(), user)).or_default();
@@ -238,7 +256,50 @@ async fn load_people(
             }
         }
     }
+    for ((tenant, user), at) in erasures(tx, entries).await? {
+        people.entry((tenant, user)).or_default().erased_at = Some(at);
+    }
     Ok(people)
+}
+
+/// When each person of `entries` who was ever erased was last erased. Few people are, so this
+/// reads a small index.
+async fn erasures(
+    tx: &mut Transaction<'_, MySql>,
+    entries: &[&LogEntry],
+) -> Result<BTreeMap<(String, String), DateTime<Utc>>, HistoryError> {
+    let mut by_tenant: BTreeMap<&str, HashMap<Vec<u8>, &str>> = BTreeMap::new();
+    for e in entries {
+        by_tenant.entry(&e.tenant).or_default().insert(
+            crate::profiles::erasure_key(&e.queued.user_id),
+            &e.queued.user_id,
+        );
+    }
+    let mut erased = BTreeMap::new();
+    for (tenant, keys) in by_tenant {
+        let keys: Vec<(Vec<u8>, &str)> = keys.into_iter().collect();
+        for chunk in keys.chunks(CHUNK) {
+            let mut q = QueryBuilder::<MySql>::new(
+                "SELECT user_key, erased_at FROM erasures WHERE tenant_id = ",
+            );
+            q.push_bind(tenant).push(" AND user_key IN (");
+            let mut list = q.separated(", ");
+            for (key, _) in chunk {
+                list.push_bind(key);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut **tx).await? {
+                let key: Vec<u8> = row.try_get(0)?;
+                if let Some((_, user)) = chunk.iter().find(|(k, _)| *k == key) {
+                    erased.insert(
+                        ((*tenant).to_owned(), (*user).to_owned()),
+                        utc(row.try_get(1)?),
+                    );
+                }
+            }
+        }
+    }
+    Ok(erased)
 }
 
 async fn load_segments<'e, E>(executor: E, tenant: &str) -> Result<Vec<StoredSegment>, HistoryError>
@@ -277,26 +338,8 @@ async fn write_changes(
     now: DateTime<Utc>,
 ) -> Result<(), HistoryError> {
     for chunk in changes.chunks(CHUNK) {
-        let mut q = QueryBuilder::<MySql>::new(
-            "INSERT INTO person_state (tenant_id, user_id, record, next_wake, updated_at) ",
-        );
-        let mut encoded = Vec::with_capacity(chunk.len());
-        for c in chunk {
-            encoded.push(person_codec::encode(&c.record)?);
-        }
-        q.push_values(chunk.iter().zip(&encoded), |mut row, (c, text)| {
-            row.push_bind(&c.tenant)
-                .push_bind(&c.user_id)
-                .push_bind(text)
-                .push_bind(c.record.next_wake.map(naive))
-                .push_bind(naive(now));
-        });
-        q.push(
-            " ON DUPLICATE KEY UPDATE record = VALUES(record), next_wake = VALUES(next_wake), \
-             updated_at = VALUES(updated_at)",
-        );
-        q.build().execute(&mut **tx).await?;
-
+        // New profiles first: an erasure holding the place of one makes this wait before
+        // anything else of the person is locked.
         let created: Vec<(&PersonChange, &Profile)> = chunk
             .iter()
             .filter_map(|c| c.new_profile.as_ref().map(|p| (c, p)))
@@ -318,6 +361,26 @@ async fn write_changes(
             });
             q.build().execute(&mut **tx).await?;
         }
+
+        let mut q = QueryBuilder::<MySql>::new(
+            "INSERT INTO person_state (tenant_id, user_id, record, next_wake, updated_at) ",
+        );
+        let mut encoded = Vec::with_capacity(chunk.len());
+        for c in chunk {
+            encoded.push(person_codec::encode(&c.record)?);
+        }
+        q.push_values(chunk.iter().zip(&encoded), |mut row, (c, text)| {
+            row.push_bind(&c.tenant)
+                .push_bind(&c.user_id)
+                .push_bind(text)
+                .push_bind(c.record.next_wake.map(naive))
+                .push_bind(naive(now));
+        });
+        q.push(
+            " ON DUPLICATE KEY UPDATE record = VALUES(record), next_wake = VALUES(next_wake), \
+             updated_at = VALUES(updated_at)",
+        );
+        q.build().execute(&mut **tx).await?;
 
         let entered: Vec<(&PersonChange, &String)> = chunk
             .iter()

@@ -178,7 +178,14 @@ async fn load_person(
             .bind(user)
             .fetch_optional(&mut **tx)
             .await?;
+    let erased_at: Option<i64> =
+        sqlx::query_scalar("SELECT erased_at FROM erasures WHERE tenant_id = ? AND user_key = ?")
+            .bind(tenant)
+            .bind(crate::profiles::erasure_key(user))
+            .fetch_optional(&mut **tx)
+            .await?;
     Ok(Loaded {
+        erased_at: erased_at.map(crate::sqlite::from_micros).transpose()?,
         profile: profile
             .as_deref()
             .map(crate::profiles::decode)
@@ -573,7 +580,7 @@ mod tests {
         assert_eq!(counts, [1, 0]);
 
         // Erasure removes the state and the memberships.
-        let erased = store.erase("t1", "u-1").await.unwrap();
+        let erased = store.erase("t1", "u-1", later).await.unwrap();
         assert!(erased.profile && erased.automation_state);
         assert!(store.person("t1", "u-1").await.unwrap().is_none());
     }

@@ -185,6 +185,9 @@ pub enum HistoryError {
     Database(#[from] sqlx::Error),
     #[error("history store: corrupt row: {0}")]
     Corrupt(String),
+    /// Another transaction changed what this one decided on; nothing was written, try again.
+    #[error("history store: {0}; nothing written, try again")]
+    Conflict(String),
 }
 
 #[async_trait::async_trait]

@@ -3,7 +3,9 @@
 //! `ump_automation::profile`; here it is only stored, per tenant.
 
 use crate::history::HistoryError;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use ump_automation::profile::Profile;
 
 /// What erasing a person removed.
@@ -31,8 +33,19 @@ pub trait ProfileStore: Send + Sync {
     async fn save_profile(&self, tenant: &str, profile: &Profile) -> Result<(), HistoryError>;
     /// Deletes the person's profile and automation state (events, counters, segment
     /// memberships) and masks the recipient of every message of the tenant sent to one of their
-    /// contact points, in one transaction.
-    async fn erase(&self, tenant: &str, user_id: &str) -> Result<Erasure, HistoryError>;
+    /// contact points, in one transaction. It also records that the person was erased at `now`
+    /// (`erasure_key`), so their events accepted until then and not yet processed are discarded.
+    async fn erase(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Erasure, HistoryError>;
+}
+
+/// How an erasure names the person: a SHA-256 of their user id, never the id itself.
+pub(crate) fn erasure_key(user_id: &str) -> Vec<u8> {
+    Sha256::digest(user_id.as_bytes()).to_vec()
 }
 
 /// The contact points of `profile`, as message recipients.

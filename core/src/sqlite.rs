@@ -82,7 +82,7 @@ pub fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
 
-fn from_micros(us: i64) -> Result<DateTime<Utc>, HistoryError> {
+pub(crate) fn from_micros(us: i64) -> Result<DateTime<Utc>, HistoryError> {
     DateTime::from_timestamp_micros(us).ok_or_else(|| HistoryError::Corrupt(format!("time {us}")))
 }
 
@@ -983,9 +983,21 @@ impl crate::profiles::ProfileStore for SqliteStore {
         &self,
         tenant: &str,
         user_id: &str,
+        now: DateTime<Utc>,
     ) -> Result<crate::profiles::Erasure, HistoryError> {
         let mut tx = self.durable.begin().await?;
-        // A write first: the transaction holds the file's write lock from here on.
+        // A write first: the transaction holds the file's write lock from here on. Also with no
+        // profile yet: the person's first events may still be in the event log.
+        sqlx::query(
+            "INSERT INTO erasures (tenant_id, user_key, erased_at) VALUES (?, ?, ?) \
+             ON CONFLICT (tenant_id, user_key) DO UPDATE SET \
+             erased_at = max(erased_at, excluded.erased_at)",
+        )
+        .bind(tenant)
+        .bind(crate::profiles::erasure_key(user_id))
+        .bind(micros(now))
+        .execute(&mut *tx)
+        .await?;
         let text: Option<String> = sqlx::query_scalar(
             "DELETE FROM profiles WHERE tenant_id = ? AND user_id = ? RETURNING profile",
         )
@@ -994,7 +1006,7 @@ impl crate::profiles::ProfileStore for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(text) = text else {
-            tx.rollback().await?;
+            tx.commit().await?;
             return Ok(crate::profiles::Erasure::default());
         };
         let profile = crate::profiles::decode(&text)?;

@@ -767,6 +767,7 @@ impl crate::profiles::ProfileStore for MySqlHistory {
         &self,
         tenant: &str,
         user_id: &str,
+        now: DateTime<Utc>,
     ) -> Result<crate::profiles::Erasure, HistoryError> {
         let mut tx = self.pool.begin().await?;
         let text: Option<String> = sqlx::query_scalar(
@@ -776,7 +777,18 @@ impl crate::profiles::ProfileStore for MySqlHistory {
         .bind(user_id)
         .fetch_optional(&mut *tx)
         .await?;
+        // Also with no profile yet: the person's first events may still be on their way.
+        sqlx::query(
+            "INSERT INTO erasures (tenant_id, user_key, erased_at) VALUES (?, ?, ?) \
+             ON DUPLICATE KEY UPDATE erased_at = GREATEST(erased_at, VALUES(erased_at))",
+        )
+        .bind(tenant)
+        .bind(crate::profiles::erasure_key(user_id))
+        .bind(now.naive_utc())
+        .execute(&mut *tx)
+        .await?;
         let Some(text) = text else {
+            tx.commit().await?;
             return Ok(crate::profiles::Erasure::default());
         };
         let profile = crate::profiles::decode(&text)?;

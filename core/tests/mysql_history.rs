@@ -206,6 +206,102 @@ async fn segments_keep_the_contract() {
     db.drop_database().await;
 }
 
+/// Erasures racing the processor: four lanes fold events of 300 people (some with a profile
+/// already, some never seen) while each of them is erased. Every event was accepted before its
+/// person's erasure, so whatever the interleaving, nothing of an erased person may be left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_erasure_racing_the_processor_always_wins_over_older_events() {
+    use ump_core::audience::{LogEntry, SegmentStore};
+    use ump_core::audience_mysql::{MySqlAudience, Positioned};
+    use ump_core::profiles::ProfileStore;
+    let db = TestDatabase::create().await;
+    let audience = MySqlAudience::new(db.pool.clone());
+    let history = MySqlHistory::new(db.pool.clone());
+    let now = Utc::now();
+    let segment = serde_json::from_value(serde_json::json!({"id": "viewers",
+        "condition": {"performed": {"event": "product_viewed", "within": "1h"}}}))
+    .expect("segment");
+    audience.put_segment("t1", segment, now).await.expect("put");
+    const PEOPLE: usize = 300;
+    let user = |p: usize| format!("p-{p:03}");
+    for p in (0..PEOPLE).step_by(2) {
+        let profile =
+            serde_json::from_value(serde_json::json!({"user_id": user(p)})).expect("profile");
+        history.save_profile("t1", &profile).await.expect("save");
+    }
+    let accepted = now - ChronoDuration::seconds(1);
+    // Each lane owns one partition: 3 rounds of every one of its people's events.
+    let lanes: Vec<Vec<Positioned>> = (0..4)
+        .map(|lane| {
+            (0..3)
+                .flat_map(|_| (lane..PEOPLE).step_by(4))
+                .enumerate()
+                .map(|(offset, p)| {
+                    let mut queued = serde_json::from_value::<ump_automation::event::EventInput>(
+                        serde_json::json!({"user_id": user(p), "event": "product_viewed"}),
+                    )
+                    .expect("event")
+                    .check("", now)
+                    .expect("valid");
+                    queued.received_at = accepted;
+                    Positioned {
+                        partition: lane as i32,
+                        offset: offset as i64,
+                        entry: LogEntry {
+                            tenant: "t1".into(),
+                            queued,
+                        },
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in lanes {
+        let audience = audience.clone();
+        tasks.spawn(async move {
+            for batch in lane.chunks(25) {
+                // What the processor does: a conflict or a deadlock is retried.
+                let mut tries = 0;
+                while let Err(e) = audience.process("g", "events", batch, Utc::now()).await {
+                    tries += 1;
+                    assert!(tries < 50, "a batch never went in: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        });
+    }
+    let erasing = {
+        let history = history.clone();
+        tokio::spawn(async move {
+            for p in 0..PEOPLE {
+                let mut tries = 0;
+                while let Err(e) = history.erase("t1", &user(p), Utc::now()).await {
+                    tries += 1;
+                    assert!(tries < 50, "an erasure never went in: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+    while let Some(done) = tasks.join_next().await {
+        done.expect("a lane");
+    }
+    erasing.await.expect("erasing");
+    for (table, count) in [
+        ("profiles", "SELECT COUNT(*) FROM profiles"),
+        ("person_state", "SELECT COUNT(*) FROM person_state"),
+        ("segment_members", "SELECT COUNT(*) FROM segment_members"),
+    ] {
+        let left: i64 = sqlx::query_scalar(count)
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+        assert_eq!(left, 0, "{table} keeps {left} rows of erased people");
+    }
+    db.drop_database().await;
+}
+
 #[tokio::test]
 async fn the_sweep_parks_again_a_message_whose_copy_went_missing_and_collects_the_rest() {
     let db = TestDatabase::create().await;

@@ -41,7 +41,7 @@ impl EventMetrics {
         let entries = IntCounterVec::new(
             Opts::new(
                 "ump_events_processed_total",
-                "Event log entries the processor took, by result (counted, repeated, recheck)",
+                "Event log entries the processor took, by result (counted, repeated, recheck, erased)",
             ),
             &["result"],
         )?;
@@ -112,6 +112,7 @@ impl EventMetrics {
             ("counted", report.counted),
             ("repeated", report.repeated),
             ("recheck", report.rechecks),
+            ("erased", report.erased),
         ] {
             self.entries.with_label_values(&[result]).inc_by(n);
         }

@@ -126,7 +126,8 @@ pub async fn segments_members_sizes_and_erasure(
     );
 
     // Erasure: out of every segment, no state left.
-    let erased = profiles.erase("t1", "a").await.expect("erase");
+    let erased_at = now + Duration::seconds(1);
+    let erased = profiles.erase("t1", "a", erased_at).await.expect("erase");
     assert!(erased.profile && erased.automation_state);
     assert!(store.person("t1", "a").await.expect("person").is_none());
     assert_eq!(store.segment_size("t1", "buyers").await.expect("size"), 2);
@@ -134,4 +135,53 @@ pub async fn segments_members_sizes_and_erasure(
         store.person("t2", "a").await.expect("person").is_some(),
         "the other tenant's a stays"
     );
+
+    // Events accepted before the erasure and processed after it (still in the log) are
+    // discarded; so are those of a person erased before anything of them was stored.
+    let received = |user: &str, at: DateTime<Utc>| {
+        let mut e = entry("t1", user, "purchase", now);
+        e.queued.received_at = at;
+        e
+    };
+    assert_eq!(
+        profiles
+            .erase("t1", "unseen", erased_at)
+            .await
+            .expect("erase"),
+        crate::profiles::Erasure::default(),
+        "nothing stored yet"
+    );
+    process(
+        vec![
+            received("a", erased_at - Duration::milliseconds(1)),
+            received("unseen", erased_at - Duration::milliseconds(1)),
+        ],
+        erased_at,
+    )
+    .await;
+    for user in ["a", "unseen"] {
+        assert!(store.person("t1", user).await.expect("person").is_none());
+        assert!(
+            profiles
+                .profile("t1", user)
+                .await
+                .expect("profile")
+                .is_none()
+        );
+    }
+    assert_eq!(store.segment_size("t1", "buyers").await.expect("size"), 2);
+    // Events accepted after it are a new beginning (the application sent them).
+    process(
+        vec![received("a", erased_at + Duration::milliseconds(1))],
+        erased_at,
+    )
+    .await;
+    assert!(
+        profiles
+            .profile("t1", "a")
+            .await
+            .expect("profile")
+            .is_some_and(|p| p.anonymous && p.traits.is_empty())
+    );
+    assert_eq!(store.segment_size("t1", "buyers").await.expect("size"), 3);
 }

@@ -77,7 +77,7 @@ where
             .expect("record");
     }
 
-    let erased = store.erase("t1", "kim").await.expect("erase");
+    let erased = store.erase("t1", "kim", Utc::now()).await.expect("erase");
     assert_eq!(
         erased,
         Erasure {
@@ -109,7 +109,7 @@ where
     assert_eq!(theirs.to, phone);
     // Erasing again, or a stranger: nothing to erase.
     assert_eq!(
-        store.erase("t1", "kim").await.expect("erase"),
+        store.erase("t1", "kim", Utc::now()).await.expect("erase"),
         Erasure::default()
     );
 }
