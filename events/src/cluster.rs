@@ -84,8 +84,9 @@ pub async fn run(settings: ProcessorSettings, shutdown: CancellationToken) -> an
             // Smaller slices of each partition per fetch: the lanes are fed side by side rather
             // than one partition's megabyte at a time.
             ("max.partition.fetch.bytes", "262144"),
-            // What is fetched ahead and waits in librdkafka's queue (64 MiB by default).
-            ("queued.max.messages.kbytes", "16384"),
+            // What is fetched ahead and waits in librdkafka's queue (64 MiB by default): half a
+            // second of events at 20,000 a second.
+            ("queued.max.messages.kbytes", "8192"),
             ("partition.assignment.strategy", "cooperative-sticky"),
             // A processor that dies hands its partitions on after 10 s, not librdkafka's 45.
             ("session.timeout.ms", "10000"),
@@ -163,7 +164,7 @@ async fn consume(
     let mut senders = Vec::with_capacity(LANES);
     for _ in 0..LANES {
         // Bounded: a lane that falls behind stops the reading, and Kafka keeps the rest.
-        let (sender, receiver) = tokio::sync::mpsc::channel(4 * per_lane);
+        let (sender, receiver) = tokio::sync::mpsc::channel(2 * per_lane);
         senders.push(sender);
         lanes.spawn(lane(
             receiver,
