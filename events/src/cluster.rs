@@ -46,10 +46,11 @@ pub struct ProcessorSettings {
     /// The consumer group: processors of one group share the partitions.
     #[arg(long, env = "UMP_EVENTS_GROUP", default_value = ump_core::audience::DEFAULT_EVENTS_GROUP)]
     pub group: String,
-    /// Largest batch read at once (committed in `LANES` transactions side by side).
+    /// Entries in flight at once: each of the `LANES` lanes commits batches of up to a
+    /// `LANES`th of it, side by side.
     #[arg(long, env = "UMP_EVENTS_BATCH", default_value_t = 5000)]
     pub batch: usize,
-    /// Longest wait to fill a batch.
+    /// Longest wait to fill a lane's batch.
     #[arg(long, env = "UMP_EVENTS_BATCH_WAIT", default_value = "20ms")]
     pub batch_wait: ump_core::duration::Duration,
     /// Where `/healthz`, `/readyz` and `/metrics` listen.
