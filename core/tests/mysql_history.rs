@@ -447,3 +447,27 @@ async fn receipts_move_sent_messages_once_and_only_their_providers() {
     assert_eq!(view.status, Status::Delivered);
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn webhooks_keep_the_contract() {
+    use ump_core::testing::webhooks;
+    for run in 0..4 {
+        let db = TestDatabase::create().await;
+        let history = MySqlHistory::new(db.pool.clone());
+        let store = ump_core::webhooks_store::MySqlWebhooks::new(db.pool.clone());
+        match run {
+            0 => webhooks::events_are_written_with_their_status_change(&history, &store).await,
+            1 => {
+                webhooks::deliveries_are_leased_and_settled_by_their_claimer(&history, &store).await
+            }
+            2 => webhooks::an_endpoint_failing_for_days_is_disabled(&history, &store).await,
+            _ => {
+                webhooks::endpoints_are_per_tenant_and_rotation_keeps_the_old_secret_for_a_while(
+                    &history, &store,
+                )
+                .await
+            }
+        }
+        db.drop_database().await;
+    }
+}
