@@ -308,7 +308,10 @@ pub async fn create(State(app): State<AppState>, headers: HeaderMap, body: Body)
                 return Err(invalid("url", "is required"));
             }
             if request.event_types.is_none() {
-                return Err(invalid("event_types", "is required: e.g. [\"message.sent\"]"));
+                return Err(invalid(
+                    "event_types",
+                    "is required: e.g. [\"message.sent\"]",
+                ));
             }
             let now = Utc::now();
             let mut endpoint = Endpoint {
@@ -548,7 +551,10 @@ pub async fn deliveries(
             let tenant = app.keys.authenticate(&headers).await?;
             let id = endpoint_id(path)?;
             let Ok(Query(query)) = query else {
-                return Err(Problem::bad_query("before", "give before and limit once each"));
+                return Err(Problem::bad_query(
+                    "before",
+                    "give before and limit once each",
+                ));
             };
             let limit = match query.limit.as_deref().map(str::parse::<u32>) {
                 None => 100,
@@ -693,24 +699,37 @@ mod tests {
             (serde_json::json!({"event_types": []}), "event_types"),
             (serde_json::json!({"channels": [""]}), "channels[0]"),
             (serde_json::json!({"tags": ["ok", "a\u{7}"]}), "tags[1]"),
-            (serde_json::json!({"description": "x".repeat(256)}), "description"),
+            (
+                serde_json::json!({"description": "x".repeat(256)}),
+                "description",
+            ),
             (
                 serde_json::json!({"enabled": true, "disabled_reason": "why"}),
                 "disabled_reason",
             ),
         ] {
             let parsed = request(body.clone()).expect("parses");
-            assert_eq!(field_of(apply(parsed, &mut blank(), &rules)), field, "{body}");
+            assert_eq!(
+                field_of(apply(parsed, &mut blank(), &rules)),
+                field,
+                "{body}"
+            );
         }
         for (body, field) in [
-            (serde_json::json!({"event_types": ["message.opened"]}), "event_types[0]"),
+            (
+                serde_json::json!({"event_types": ["message.opened"]}),
+                "event_types[0]",
+            ),
             (serde_json::json!({"secret": "mine"}), "secret"),
             (serde_json::json!({"enabled": "yes"}), "enabled"),
         ] {
             let problem = request(body.clone()).err().expect("refused");
             assert_eq!(problem.status, 422, "{body}");
             assert!(
-                problem.field.as_deref().is_some_and(|f| f.starts_with(field)),
+                problem
+                    .field
+                    .as_deref()
+                    .is_some_and(|f| f.starts_with(field)),
                 "{body}: {problem:?}"
             );
         }

@@ -46,35 +46,75 @@ pub struct WebhookSettings {
     #[command(flatten)]
     pub urls: WebhookUrlSettings,
     /// Longest wait for a receiver's TCP (and TLS) connection.
-    #[arg(long = "webhooks-connect-timeout", env = "UMP_WEBHOOKS_CONNECT_TIMEOUT", default_value = "5s")]
+    #[arg(
+        long = "webhooks-connect-timeout",
+        env = "UMP_WEBHOOKS_CONNECT_TIMEOUT",
+        default_value = "5s"
+    )]
     pub connect_timeout: ump_core::duration::Duration,
     /// Longest wait for a receiver's whole answer.
-    #[arg(long = "webhooks-timeout", env = "UMP_WEBHOOKS_TIMEOUT", default_value = "15s")]
+    #[arg(
+        long = "webhooks-timeout",
+        env = "UMP_WEBHOOKS_TIMEOUT",
+        default_value = "15s"
+    )]
     pub timeout: ump_core::duration::Duration,
     /// Requests open at once per endpoint.
-    #[arg(long = "webhooks-in-flight", env = "UMP_WEBHOOKS_IN_FLIGHT", default_value_t = 32)]
+    #[arg(
+        long = "webhooks-in-flight",
+        env = "UMP_WEBHOOKS_IN_FLIGHT",
+        default_value_t = 32
+    )]
     pub in_flight: u32,
     /// Endpoints served at once by this process.
-    #[arg(long = "webhooks-endpoints", env = "UMP_WEBHOOKS_ENDPOINTS", default_value_t = 64)]
+    #[arg(
+        long = "webhooks-endpoints",
+        env = "UMP_WEBHOOKS_ENDPOINTS",
+        default_value_t = 64
+    )]
     pub endpoints: usize,
     /// How often the outbox is checked for due deliveries.
-    #[arg(long = "webhooks-poll", env = "UMP_WEBHOOKS_POLL", default_value = "200ms")]
+    #[arg(
+        long = "webhooks-poll",
+        env = "UMP_WEBHOOKS_POLL",
+        default_value = "200ms"
+    )]
     pub poll: ump_core::duration::Duration,
     /// How long a claim on deliveries holds off other dispatchers; after a crash, the claimed
     /// deliveries are made again once it has passed. Longer than a request can take.
-    #[arg(long = "webhooks-lease", env = "UMP_WEBHOOKS_LEASE", default_value = "60s")]
+    #[arg(
+        long = "webhooks-lease",
+        env = "UMP_WEBHOOKS_LEASE",
+        default_value = "60s"
+    )]
     pub lease: ump_core::duration::Duration,
     /// The wait after a first failed attempt; doubled with each further one.
-    #[arg(long = "webhooks-retry-first", env = "UMP_WEBHOOKS_RETRY_FIRST", default_value = "5s")]
+    #[arg(
+        long = "webhooks-retry-first",
+        env = "UMP_WEBHOOKS_RETRY_FIRST",
+        default_value = "5s"
+    )]
     pub retry_first: ump_core::duration::Duration,
     /// The longest wait between attempts.
-    #[arg(long = "webhooks-retry-max", env = "UMP_WEBHOOKS_RETRY_MAX", default_value = "1h")]
+    #[arg(
+        long = "webhooks-retry-max",
+        env = "UMP_WEBHOOKS_RETRY_MAX",
+        default_value = "1h"
+    )]
     pub retry_max: ump_core::duration::Duration,
     /// How long a delivery is retried before it is given up (at least a day).
-    #[arg(long = "webhooks-retry-for", env = "UMP_WEBHOOKS_RETRY_FOR", default_value = "3d")]
+    #[arg(
+        long = "webhooks-retry-for",
+        env = "UMP_WEBHOOKS_RETRY_FOR",
+        default_value = "3d"
+    )]
     pub retry_for: ump_core::duration::Duration,
     /// An endpoint whose every delivery failed for this long is disabled.
-    #[arg(long = "webhooks-disable-after", env = "UMP_WEBHOOKS_DISABLE_AFTER", default_value = "5d")]
+    #[arg(
+        long = "webhooks-disable-after",
+        env = "UMP_WEBHOOKS_DISABLE_AFTER",
+        default_value = "5d"
+    )]
     pub disable_after: ump_core::duration::Duration,
 }
 
@@ -131,9 +171,8 @@ impl Resolve for GuardedResolver {
         let rules = self.rules;
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let mut refused = None;
             let allowed: Vec<SocketAddr> = found
                 .into_iter()
@@ -256,7 +295,10 @@ pub async fn attempt(
         let text = String::from_utf8_lossy(&answer);
         AttemptResult::Failed {
             status: Some(status.as_u16()),
-            error: truncate(format!("HTTP {}: {}", status.as_u16(), text.trim()), MAX_ERROR),
+            error: truncate(
+                format!("HTTP {}: {}", status.as_u16(), text.trim()),
+                MAX_ERROR,
+            ),
         }
     };
     (result, latency)
@@ -486,7 +528,10 @@ mod tests {
             )
             .await;
             match result {
-                AttemptResult::Failed { status: None, error } => {
+                AttemptResult::Failed {
+                    status: None,
+                    error,
+                } => {
                     assert!(error.contains("loopback"), "{url}: {error}")
                 }
                 other => panic!("{url}: {other:?}"),
@@ -515,7 +560,10 @@ mod tests {
             .await
             .err()
             .expect("localhost is loopback");
-        assert!(refused.to_string().contains("refused addresses"), "{refused}");
+        assert!(
+            refused.to_string().contains("refused addresses"),
+            "{refused}"
+        );
         let tests = GuardedResolver {
             rules: UrlRules {
                 allow_http: true,
@@ -543,7 +591,10 @@ mod tests {
             .route(
                 "/big",
                 axum::routing::post(|| async {
-                    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "x".repeat(1_000_000))
+                    (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "x".repeat(1_000_000),
+                    )
                 }),
             );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

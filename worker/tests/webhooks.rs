@@ -5,7 +5,7 @@
 //! distinct `webhook-id`s as events were produced, each signature verified by the
 //! `standardwebhooks` package.
 //!
-//! `UMP_WEBHOOK_E2E_MESSAGES` sets the number of messages (default 2,000: about 4,000 events);
+//! `UMP_WEBHOOK_E2E_MESSAGES` sets the number of messages (default 10,000: 20,000 events, about 30 s);
 //! `scripts/bench-webhooks` runs it with more.
 
 mod stack;
@@ -53,7 +53,7 @@ async fn every_event_arrives_signed_through_a_flaky_receiver_and_a_killed_dispat
     let count: usize = std::env::var("UMP_WEBHOOK_E2E_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(10_000);
     let started = Instant::now();
     let mut stack = Stack::start_opts(
         DEFAULT_CHANNELS,
@@ -82,14 +82,19 @@ async fn every_event_arrives_signed_through_a_flaky_receiver_and_a_killed_dispat
     let endpoint = created["id"].as_str().expect("id").to_owned();
     let secret = created["secret"].as_str().expect("secret").to_owned();
     let (_, listed) = stack.get("/v1/webhooks").await;
-    assert!(!listed.to_string().contains(&secret), "the secret is shown once");
+    assert!(
+        !listed.to_string().contains(&secret),
+        "the secret is shown once"
+    );
     receiver.start();
 
     let ids = stack.send_many(count, |i| format!("webhook e2e {i}")).await;
     let sent_at = started.elapsed();
     // Halfway through the events, the worker (consumer and dispatcher) dies without warning.
     receiver
-        .wait_for("half of the events", Duration::from_secs(90), |n| n >= count)
+        .wait_for("half of the events", Duration::from_secs(90), |n| {
+            n >= count
+        })
         .await;
     stack.kill_worker();
     let killed_with = receiver.distinct().len();
@@ -162,7 +167,10 @@ async fn every_event_arrives_signed_through_a_flaky_receiver_and_a_killed_dispat
     assert_eq!(items.len(), 1000);
     assert!(items.iter().all(|d| d["state"] == "delivered"));
     assert!(log["next"].is_string());
-    let retried = items.iter().filter(|d| d["attempts"].as_u64() > Some(1)).count();
+    let retried = items
+        .iter()
+        .filter(|d| d["attempts"].as_u64() > Some(1))
+        .count();
 
     eprintln!(
         "webhooks e2e: {count} messages ({sent_at:.1?} to accept), {expected} events delivered \

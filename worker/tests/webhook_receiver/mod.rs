@@ -229,7 +229,8 @@ print(json.dumps({"verified": verified, "failed": failed[:20], "failures": len(f
 /// Checks every one of `received` against `secrets` (a delivery may be signed with any of them)
 /// with the `standardwebhooks` package. Returns how many verified; fails on any that did not.
 pub fn verify(received: &[Received], secrets: &[&str]) -> usize {
-    let python = ump_core::testing::infra().require("standardwebhooks", "UMP_STANDARDWEBHOOKS_PYTHON");
+    let python =
+        ump_core::testing::infra().require("standardwebhooks", "UMP_STANDARDWEBHOOKS_PYTHON");
     assert!(
         std::path::Path::new(&python).is_file(),
         "standardwebhooks: {python} does not exist (run `scripts/infra up standardwebhooks`)"
