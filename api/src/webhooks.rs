@@ -153,7 +153,8 @@ fn endpoint_id(path: Result<Path<String>, PathRejection>) -> Result<String, Prob
         {
             Ok(id)
         }
-        _ => Err(invalid("id", "an endpoint id: ep_ and 32 hex digits")),
+        // Not an id UMP makes: no such endpoint, whatever the tenant.
+        _ => Err(not_found()),
     }
 }
 
@@ -365,7 +366,6 @@ pub async fn create(State(app): State<AppState>, headers: HeaderMap, body: Body)
         (status = 200, body = Endpoint),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Not an endpoint id", body = Problem, content_type = "application/problem+json"),
         (status = 429, body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
         (status = 503, body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
     ),
@@ -438,7 +438,6 @@ pub async fn update(
         (status = 204, description = "Deleted"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Not an endpoint id", body = Problem, content_type = "application/problem+json"),
         (status = 429, body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
         (status = 503, body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
     ),
@@ -535,7 +534,6 @@ pub async fn rotate(
         (status = 400, description = "A bad query parameter", body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Not an endpoint id", body = Problem, content_type = "application/problem+json"),
         (status = 429, body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
         (status = 503, body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
     ),
@@ -589,7 +587,6 @@ pub async fn deliveries(
         (status = 202, description = "Queued", body = TestEventQueued),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Not an endpoint id", body = Problem, content_type = "application/problem+json"),
         (status = 429, body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
         (status = 503, body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
     ),
@@ -785,10 +782,11 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_checked_before_any_lookup() {
+    fn ids_ump_never_made_are_not_found_before_any_lookup() {
         assert!(endpoint_id(Ok(Path(new_endpoint_id()))).is_ok());
         for bad in ["ep_", "ep_XYZ", "vip", &format!("ep_{}", "0".repeat(33))] {
-            assert!(endpoint_id(Ok(Path(bad.to_owned()))).is_err(), "{bad}");
+            let problem = endpoint_id(Ok(Path(bad.to_owned()))).unwrap_err();
+            assert_eq!(problem.status, 404, "{bad}");
         }
     }
 }

@@ -167,7 +167,7 @@ async fn endpoints_refuse_bad_input_by_field_and_keep_tenants_apart() {
     )
     .await;
     assert_eq!((status, &bad["field"]), (422, &json!("url")), "{bad}");
-    assert_eq!(ump.get(KEY, "/v1/webhooks/not-an-id").await.0, 422);
+    assert_eq!(ump.get(KEY, "/v1/webhooks/not-an-id").await.0, 404);
     let (status, bad) = ump
         .post(
             KEY,
