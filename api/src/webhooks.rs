@@ -720,7 +720,7 @@ mod tests {
             (serde_json::json!({"secret": "mine"}), "secret"),
             (serde_json::json!({"enabled": "yes"}), "enabled"),
         ] {
-            let problem = request(body.clone()).err().expect("refused");
+            let problem = request(body.clone()).expect_err("refused");
             assert_eq!(problem.status, 422, "{body}");
             assert!(
                 problem
