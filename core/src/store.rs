@@ -209,6 +209,33 @@ impl MySqlHistory {
                 break;
             }
         }
+        // Finished webhook deliveries of those messages: event ids carry the message's time.
+        let before = format!(
+            "msg_{}",
+            MessageId::lower_bound(cutoff.timestamp_millis().max(0) as u64)
+                .0
+                .simple()
+        );
+        let endpoints: Vec<String> =
+            sqlx::query_scalar("SELECT endpoint_id FROM webhook_endpoints")
+                .fetch_all(&self.pool)
+                .await?;
+        for endpoint in endpoints {
+            loop {
+                let done = sqlx::query(
+                    "DELETE FROM webhook_deliveries WHERE endpoint_id = ? AND event_id < ? \
+                     AND state <> 'pending' LIMIT ?",
+                )
+                .bind(&endpoint)
+                .bind(&before)
+                .bind(chunk)
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() == 0 {
+                    break;
+                }
+            }
+        }
         let mut deleted = 0;
         loop {
             let done = sqlx::query("DELETE FROM messages WHERE id < ? LIMIT ?")
