@@ -245,8 +245,11 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
     if settings.webhooks.dispatch {
         let (webhooks, cancel) = (settings.webhooks.clone(), workers.clone());
         let store = Arc::new(store.clone());
+        let webhook_metrics = ump_worker::webhooks::WebhookMetrics::new(&registry)?;
         tasks.spawn(async move {
-            if let Err(e) = ump_worker::webhooks::run(store, webhooks, cancel).await {
+            if let Err(e) =
+                ump_worker::webhooks::run(store, webhooks, webhook_metrics, cancel).await
+            {
                 tracing::error!(error = %e, "the webhook dispatcher stopped");
             }
         });

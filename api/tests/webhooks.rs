@@ -379,6 +379,21 @@ async fn rotation_test_events_and_replay() {
     assert_eq!(sent_events[0].id, sent_events[1].id, "the same webhook-id");
     assert_eq!(sent_events[0].body, sent_events[1].body);
     verify(&received, &[&new]);
+    let metrics = ump
+        .http
+        .get(format!("{}/metrics", ump.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ump_webhook_attempts_total{result=\"delivered\"} ")),
+        "{metrics}"
+    );
     let log = delivery_log(&ump, &endpoint).await;
     assert_eq!(log.len(), 2);
     assert!(

@@ -226,9 +226,10 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         // a connection the dispatcher holds.
         let webhook_pool = connect_mysql(&settings.mysql_url, 4).await?;
         let store = Arc::new(ump_core::webhooks_store::MySqlWebhooks::new(webhook_pool));
+        let webhook_metrics = crate::webhooks::WebhookMetrics::new(&metrics.registry)?;
         let (webhooks, shutdown) = (settings.webhooks.clone(), shutdown.clone());
         tasks.spawn(async move {
-            if let Err(e) = crate::webhooks::run(store, webhooks, shutdown).await {
+            if let Err(e) = crate::webhooks::run(store, webhooks, webhook_metrics, shutdown).await {
                 tracing::error!(error = %e, "the webhook dispatcher stopped");
             }
         });

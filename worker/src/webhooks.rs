@@ -153,6 +153,67 @@ impl WebhookSettings {
     }
 }
 
+/// The dispatcher's metrics (names are part of the operations contract).
+#[derive(Clone)]
+pub struct WebhookMetrics {
+    /// Attempts by result: delivered, failed (to be retried), given_up, gone (410).
+    pub attempts: prometheus::IntCounterVec,
+    /// From the request to the end of the answer (or the failure).
+    pub attempt_seconds: prometheus::Histogram,
+    /// Endpoints a task of this process is serving now.
+    pub endpoints_busy: prometheus::IntGauge,
+    /// Rounds of attempts whose results could not be recorded (they are made again after the
+    /// lease).
+    pub unrecorded: prometheus::IntCounter,
+}
+
+impl WebhookMetrics {
+    pub fn new(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        let attempts = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("ump_webhook_attempts_total", "Webhook delivery attempts"),
+            &["result"],
+        )?;
+        let attempt_seconds = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "ump_webhook_attempt_duration_seconds",
+                "Webhook request duration",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0,
+            ]),
+        )?;
+        let endpoints_busy = prometheus::IntGauge::new(
+            "ump_webhook_endpoints_busy",
+            "Webhook endpoints being served by this process",
+        )?;
+        let unrecorded = prometheus::IntCounter::new(
+            "ump_webhook_unrecorded_rounds_total",
+            "Rounds of webhook attempts whose results could not be recorded",
+        )?;
+        registry.register(Box::new(attempts.clone()))?;
+        registry.register(Box::new(attempt_seconds.clone()))?;
+        registry.register(Box::new(endpoints_busy.clone()))?;
+        registry.register(Box::new(unrecorded.clone()))?;
+        Ok(Self {
+            attempts,
+            attempt_seconds,
+            endpoints_busy,
+            unrecorded,
+        })
+    }
+
+    fn count(&self, attempt: &Attempt) {
+        let result = match (&attempt.result, attempt.retry_at) {
+            (AttemptResult::Delivered { .. }, _) => "delivered",
+            (AttemptResult::Gone, _) => "gone",
+            (AttemptResult::Failed { .. }, Some(_)) => "failed",
+            (AttemptResult::Failed { .. }, None) => "given_up",
+        };
+        self.attempts.with_label_values(&[result]).inc();
+        self.attempt_seconds.observe(attempt.latency.as_secs_f64());
+    }
+}
+
 /// The most of a receiver's answer that is read (the rest is dropped unread).
 const MAX_ANSWER: usize = 4096;
 /// The most of an answer or error kept in the delivery log.
@@ -315,6 +376,7 @@ async fn drain(
     store: Arc<dyn WebhookStore>,
     client: reqwest::Client,
     settings: WebhookSettings,
+    metrics: WebhookMetrics,
     target: Target,
     shutdown: CancellationToken,
 ) {
@@ -362,6 +424,7 @@ async fn drain(
             }
         }))
         .await;
+        attempts.iter().for_each(|a| metrics.count(a));
         let gone = attempts.iter().any(|a| a.result == AttemptResult::Gone);
         let mut settled = false;
         for wait in [0u64, 200, 1000] {
@@ -377,6 +440,9 @@ async fn drain(
             }
         }
         // Unsettled attempts are made again when their lease runs out (at least once).
+        if !settled {
+            metrics.unrecorded.inc();
+        }
         if !settled || gone {
             if gone {
                 tracing::info!(endpoint = %target.endpoint_id, "receiver answered 410: endpoint disabled");
@@ -391,6 +457,7 @@ async fn drain(
 pub async fn run(
     store: Arc<dyn WebhookStore>,
     settings: WebhookSettings,
+    metrics: WebhookMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let client = client(&settings)?;
@@ -429,15 +496,18 @@ pub async fn run(
             }
             drop(serving_now);
             let serving = Arc::clone(&serving);
-            let (store, client, settings, shutdown) = (
+            let (store, client, settings, metrics, shutdown) = (
                 Arc::clone(&store),
                 client.clone(),
                 settings.clone(),
+                metrics.clone(),
                 shutdown.clone(),
             );
             tasks.spawn(async move {
                 let id = target.endpoint_id.clone();
-                drain(store, client, settings, target, shutdown).await;
+                metrics.endpoints_busy.inc();
+                drain(store, client, settings, metrics.clone(), target, shutdown).await;
+                metrics.endpoints_busy.dec();
                 if let Ok(mut s) = serving.lock() {
                     s.remove(&id);
                 }
