@@ -402,3 +402,97 @@ async fn rotation_test_events_and_replay() {
         "{log:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_endpoints_and_their_delivery_log_in_chromium() {
+    let infra = ump_core::testing::infra();
+    let chromium = infra.require("Browser", "UMP_CHROMIUM");
+    let playwright = infra.require("Browser", "UMP_PLAYWRIGHT");
+    let node = infra.require("Browser", "UMP_NODE");
+    let ump = AllInOne::start("warn", &env()).await;
+    let mut receiver = Receiver::new(Plan::reliable());
+    receiver.start();
+    let (status, created) = ump
+        .post(
+            KEY,
+            "/v1/webhooks",
+            &json!({"url": receiver.url, "event_types": ["message.accepted", "message.sent"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let endpoint = created["id"].as_str().expect("id").to_owned();
+    let disabled_url = "https://hooks.example.com/paused";
+    let (status, paused) = ump
+        .post(
+            KEY,
+            "/v1/webhooks",
+            &json!({"url": disabled_url, "event_types": ["message.failed"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{paused}");
+    let reason = "paused during the migration";
+    let (status, _) = patch(
+        &ump,
+        KEY,
+        &format!("/v1/webhooks/{}", paused["id"].as_str().expect("id")),
+        &json!({"enabled": false, "disabled_reason": reason}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    ump.send(
+        KEY,
+        &json!({"channel": "sms", "to": "+821055556666", "body": "hi"}),
+    )
+    .await;
+    receiver
+        .wait_for("both events", Duration::from_secs(30), |n| n >= 2)
+        .await;
+    let (other, _) = ump.create_key("acme");
+    ump.wait_key_works(&other).await;
+
+    let shots = std::env::temp_dir().join(format!("ump-webhooks-dashboard-{}", std::process::id()));
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../worker/tests/dashboard/webhooks.js"
+    );
+    let run = tokio::process::Command::new(&node)
+        .arg(script)
+        .env("UMP_PLAYWRIGHT", &playwright)
+        .env("UMP_CHROMIUM", &chromium)
+        .env("DASHBOARD_URL", &ump.url)
+        .env("DASHBOARD_KEY", KEY)
+        .env("ENDPOINT_ID", &endpoint)
+        .env("ENDPOINT_URL", &receiver.url)
+        .env("DISABLED_URL", disabled_url)
+        .env("DISABLED_REASON", reason)
+        .env("OTHER_KEY", &other)
+        .env("SCREENSHOTS", &shots)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the browser run finished within 120 s")
+        .unwrap_or_else(|e| panic!("cannot run {node}: {e}"));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{report}");
+    assert!(
+        output.status.success(),
+        "the Webhooks view failed in Chromium (screenshots in {}):\n{report}",
+        shots.display()
+    );
+    assert!(report.contains("ok: another tenant"), "{report}");
+    // The test event went out through the dispatcher, as the page said.
+    assert!(
+        receiver
+            .received()
+            .iter()
+            .any(|r| r.body.contains("webhook.test")),
+        "the receiver got no test event"
+    );
+    let _ = std::fs::remove_dir_all(&shots);
+}
