@@ -592,13 +592,17 @@ impl WebhookStore for MySqlWebhooks {
         sqlx::query(
             "UPDATE webhook_deliveries SET claimed_by = ?, claimed_until = ? \
              WHERE endpoint_id = ? AND state = 'pending' AND due_at <= ? \
-             AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY due_at LIMIT ?",
+             AND (claimed_until IS NULL OR claimed_until < ?) \
+             AND endpoint_id IN (SELECT endpoint_id FROM webhook_endpoints \
+                                 WHERE endpoint_id = ? AND enabled = TRUE) \
+             ORDER BY due_at LIMIT ?",
         )
         .bind(token.as_bytes().as_slice())
         .bind(later(now, lease).naive_utc())
         .bind(endpoint_id)
         .bind(now.naive_utc())
         .bind(now.naive_utc())
+        .bind(endpoint_id)
         .bind(limit)
         .execute(&mut *conn)
         .await?;
@@ -637,7 +641,60 @@ impl WebhookStore for MySqlWebhooks {
         let mut sorted: Vec<&Attempt> = attempts.iter().collect();
         sorted.sort_by(|a, b| (&a.endpoint_id, &a.event_id).cmp(&(&b.endpoint_id, &b.event_id)));
         let mut tx = self.pool.begin().await?;
-        for a in sorted {
+        // Deliveries that went through (most of them): one statement per claim.
+        let (delivered, others): (Vec<&Attempt>, Vec<&Attempt>) = sorted
+            .into_iter()
+            .partition(|a| matches!(a.result, AttemptResult::Delivered { .. }));
+        let mut by_claim: BTreeMap<(&str, uuid::Uuid), Vec<&Attempt>> = BTreeMap::new();
+        for a in delivered {
+            by_claim
+                .entry((a.endpoint_id.as_str(), a.claim))
+                .or_default()
+                .push(a);
+        }
+        for ((endpoint, claim), group) in by_claim {
+            for chunk in group.chunks(ROWS_PER_STATEMENT) {
+                let mut q: QueryBuilder<MySql> = QueryBuilder::new(
+                    "UPDATE webhook_deliveries SET state = 'delivered', attempts = attempts + 1, \
+                     last_error = NULL, claimed_by = NULL, claimed_until = NULL",
+                );
+                let columns: [(&str, &dyn Fn(&Attempt, &mut QueryBuilder<MySql>)); 3] = [
+                    ("last_attempt_at", &|a, q| {
+                        q.push_bind(a.at.naive_utc());
+                    }),
+                    ("last_status", &|a, q| {
+                        let status = match a.result {
+                            AttemptResult::Delivered { status } => status,
+                            _ => 0,
+                        };
+                        q.push_bind(status);
+                    }),
+                    ("last_latency_ms", &|a, q| {
+                        q.push_bind(u32::try_from(a.latency.as_millis()).unwrap_or(u32::MAX));
+                    }),
+                ];
+                for (column, value) in columns {
+                    q.push(format_args!(", {column} = CASE event_id"));
+                    for a in chunk {
+                        q.push(" WHEN ").push_bind(&a.event_id).push(" THEN ");
+                        value(a, &mut q);
+                    }
+                    q.push(format_args!(" ELSE {column} END"));
+                }
+                q.push(" WHERE endpoint_id = ")
+                    .push_bind(endpoint)
+                    .push(" AND claimed_by = ")
+                    .push_bind(claim.as_bytes().to_vec())
+                    .push(" AND event_id IN (");
+                let mut list = q.separated(", ");
+                for a in chunk {
+                    list.push_bind(&a.event_id);
+                }
+                q.push(")");
+                q.build().execute(&mut *tx).await?;
+            }
+        }
+        for a in others {
             let row = attempt_row(a);
             sqlx::query(
                 "UPDATE webhook_deliveries SET state = ?, due_at = COALESCE(?, due_at), \
@@ -1063,7 +1120,10 @@ impl WebhookStore for SqliteStore {
              WHERE endpoint_id = ? AND event_id IN (\
                SELECT event_id FROM webhook_deliveries WHERE endpoint_id = ? \
                AND state = 'pending' AND due_at <= ? \
-               AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY due_at LIMIT ?) \
+               AND (claimed_until IS NULL OR claimed_until < ?) \
+               AND EXISTS (SELECT 1 FROM webhook_endpoints e \
+                           WHERE e.endpoint_id = webhook_deliveries.endpoint_id AND e.enabled = 1) \
+               ORDER BY due_at LIMIT ?) \
              RETURNING event_id, payload, attempts, retry_since, created_at",
         )
         .bind(token.as_bytes().to_vec())

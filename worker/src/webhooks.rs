@@ -370,8 +370,12 @@ fn jitter() -> f64 {
     (uuid::Uuid::new_v4().as_u128() >> 64) as f64 / u64::MAX as f64
 }
 
-/// Delivers what is due for one endpoint until nothing is, a round of at most `in_flight` at a
-/// time.
+/// Rounds of one endpoint under way at once: a request that takes its time holds up only its
+/// own round, and recording one round overlaps the requests of the others.
+const LANES: u32 = 4;
+
+/// Delivers what is due for one endpoint until nothing is: `LANES` rounds at a time, together at
+/// most `in_flight` requests.
 async fn drain(
     store: Arc<dyn WebhookStore>,
     client: reqwest::Client,
@@ -379,6 +383,33 @@ async fn drain(
     metrics: WebhookMetrics,
     target: Target,
     shutdown: CancellationToken,
+) {
+    let lanes = LANES.min(settings.in_flight.max(1));
+    let per_lane = settings.in_flight.max(1).div_ceil(lanes).max(1);
+    join_all((0..lanes).map(|_| {
+        lane(
+            store.as_ref(),
+            &client,
+            &settings,
+            &metrics,
+            &target,
+            &shutdown,
+            per_lane,
+        )
+    }))
+    .await;
+}
+
+/// Rounds of up to `limit` deliveries of one endpoint until none is due (or the endpoint went
+/// away).
+async fn lane(
+    store: &dyn WebhookStore,
+    client: &reqwest::Client,
+    settings: &WebhookSettings,
+    metrics: &WebhookMetrics,
+    target: &Target,
+    shutdown: &CancellationToken,
+    limit: u32,
 ) {
     let policy = settings.retry();
     let rules = settings.rules();
@@ -388,7 +419,7 @@ async fn drain(
                 &target.endpoint_id,
                 chrono::Utc::now(),
                 settings.lease.as_std(),
-                settings.in_flight.max(1),
+                limit,
             )
             .await
         {
@@ -400,8 +431,6 @@ async fn drain(
             }
         };
         let attempts: Vec<Attempt> = join_all(claimed.iter().map(|d| {
-            let client = &client;
-            let target = &target;
             async move {
                 let (result, latency) = attempt(client, rules, target, d).await;
                 let at = chrono::Utc::now();

@@ -359,6 +359,14 @@ pub async fn deliveries_are_leased_and_settled_by_their_claimer(
             .any(|t| t.endpoint_id == ep.id),
         "a disabled endpoint gets nothing"
     );
+    assert!(
+        store
+            .claim(&ep.id, retry_at, lease, 10)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "nothing of a disabled endpoint is claimed"
+    );
 }
 
 pub async fn an_endpoint_failing_for_days_is_disabled(
