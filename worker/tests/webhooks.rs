@@ -238,3 +238,91 @@ async fn a_receiver_answering_410_disables_its_endpoint_and_others_go_on() {
     assert_eq!(healthy_view["enabled"], true, "{healthy_view}");
     stack.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_delays_neither_other_endpoints_nor_delivery() {
+    let count = 300;
+    let stack = Stack::start_opts(
+        DEFAULT_CHANNELS,
+        StackOptions {
+            worker_env: test_dispatcher(),
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let mut healthy = Receiver::new(Plan::reliable());
+    // Every request waits 30 s: far past the dispatcher's 1 s timeout.
+    let mut slow = Receiver::new(Plan {
+        refuse_for: Duration::ZERO,
+        fail_until: Duration::ZERO,
+        hang_until: Duration::from_secs(3600),
+        hang_every: 1,
+        hang: Duration::from_secs(30),
+    });
+    healthy.start();
+    slow.start();
+    let mut endpoints = Vec::new();
+    for receiver in [&slow, &healthy] {
+        let (status, created) = stack
+            .post(
+                "/v1/webhooks",
+                &json!({"url": receiver.url, "event_types": ["message.accepted", "message.sent"]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        endpoints.push(created["id"].as_str().expect("id").to_owned());
+    }
+    let started = Instant::now();
+    stack.send_many(count, |i| format!("slow {i}")).await;
+    stack
+        .wait_for("every message sent", Duration::from_secs(60), |c| {
+            c.get("sent").copied().unwrap_or(0) == count as i64
+        })
+        .await;
+    let sent_in = started.elapsed();
+    healthy
+        .wait_for(
+            "every event at the healthy endpoint",
+            Duration::from_secs(30),
+            |n| n >= 2 * count,
+        )
+        .await;
+    let healthy_in = started.elapsed();
+    // The slow endpoint got its requests (and let each time out); none went through.
+    assert!(slow.requests() > 0);
+    assert!(slow.received().is_empty());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, log) = stack
+            .get(&format!(
+                "/v1/webhooks/{}/deliveries?limit=1000",
+                endpoints[0]
+            ))
+            .await;
+        let items = log["items"].as_array().expect("items");
+        assert!(items.iter().all(|d| d["state"] == "pending"), "{log}");
+        if items.iter().any(|d| {
+            d["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("timed out"))
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no timed-out attempt logged: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "slow endpoint: {count} messages sent in {sent_in:.1?}, the healthy endpoint's {} events \
+         in {healthy_in:.1?}; {} requests to the slow one",
+        2 * count,
+        slow.requests()
+    );
+    assert!(
+        healthy_in < Duration::from_secs(30),
+        "the healthy endpoint waited on the slow one: {healthy_in:?}"
+    );
+    stack.finish().await;
+}
