@@ -525,6 +525,11 @@ impl WebhookStore for MySqlWebhooks {
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<u64, HistoryError> {
+        let mut conn = self.pool.acquire().await?;
+        // As for claims: no gap locks that would hold up the history's writes of new events.
+        sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .execute(&mut *conn)
+            .await?;
         let done = sqlx::query(
             "UPDATE webhook_deliveries SET state = ?, due_at = ?, retry_since = ? \
              WHERE endpoint_id = ? AND tenant_id = ? AND created_at >= ?",
@@ -535,7 +540,7 @@ impl WebhookStore for MySqlWebhooks {
         .bind(endpoint_id)
         .bind(tenant)
         .bind(since.naive_utc())
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(done.rows_affected())
     }
