@@ -450,7 +450,14 @@ async fn the_dashboard_shows_endpoints_and_their_delivery_log_in_chromium() {
     let (other, _) = ump.create_key("acme");
     ump.wait_key_works(&other).await;
 
-    let shots = std::env::temp_dir().join(format!("ump-webhooks-dashboard-{}", std::process::id()));
+    // Next to the binaries, like the other dashboard tests': `<target>/test-output/`.
+    let shots = std::path::PathBuf::from(env!("CARGO_BIN_EXE_ump"))
+        .parent()
+        .and_then(|profile| profile.parent())
+        .expect("the binary lives in <target>/<profile>/")
+        .join("test-output")
+        .join("dashboard-webhooks");
+    let _ = std::fs::remove_dir_all(&shots);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../worker/tests/dashboard/webhooks.js"
@@ -494,5 +501,4 @@ async fn the_dashboard_shows_endpoints_and_their_delivery_log_in_chromium() {
             .any(|r| r.body.contains("webhook.test")),
         "the receiver got no test event"
     );
-    let _ = std::fs::remove_dir_all(&shots);
 }

@@ -658,6 +658,9 @@
     ? (endpoint.failing_since ? h('span', { class: 'status status-failed' }, 'failing') : h('span', { class: 'status status-sent' }, 'enabled'))
     : h('span', { class: 'status status-dead_lettered', title: endpoint.disabled_reason || '' }, 'disabled'));
 
+  /** A delivery's state shown in the colours of the message status it is like. */
+  const DELIVERY_LOOK = { pending: 'scheduled', delivered: 'delivered', failed: 'failed' };
+
   /** The tenant's endpoints and, when one is open, its delivery log. */
   async function loadWebhooks() {
     const page = await api('/v1/webhooks');
@@ -710,7 +713,7 @@
         : (d.last_error ? '' : '—');
       return h('tr', { dataset: { id: d.id } },
         h('td', {}, h('div', {}, d.type), h('div', { class: 'mono muted small' }, d.id)),
-        h('td', {}, statusBadge(d.state === 'pending' ? 'scheduled' : d.state === 'delivered' ? 'delivered' : 'failed'),
+        h('td', {}, h('span', { class: `status status-${DELIVERY_LOOK[d.state] || 'failed'}` }, d.state),
           d.state === 'pending' && d.next_attempt_at ? h('div', { class: 'muted small' }, `next ${fmtTime(d.next_attempt_at)}`) : null),
         h('td', { class: 'num' }, fmtNumber(d.attempts)),
         h('td', {}, answer, d.last_error ? h('div', { class: 'muted small' }, d.last_error) : null),
