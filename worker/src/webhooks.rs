@@ -516,14 +516,20 @@ pub async fn run(
                 continue;
             }
         };
-        for target in targets.into_iter().take(free) {
+        let mut started = 0;
+        for target in targets {
+            if started == free {
+                break;
+            }
             let Ok(mut serving_now) = serving.lock() else {
                 break;
             };
+            // Already served by a task of this process: it takes the new deliveries too.
             if !serving_now.insert(target.endpoint_id.clone()) {
                 continue;
             }
             drop(serving_now);
+            started += 1;
             let serving = Arc::clone(&serving);
             let (store, client, settings, metrics, shutdown) = (
                 Arc::clone(&store),
