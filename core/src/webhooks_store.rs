@@ -588,37 +588,57 @@ impl WebhookStore for MySqlWebhooks {
     ) -> Result<Vec<ClaimedDelivery>, HistoryError> {
         let token = uuid::Uuid::new_v4();
         let mut conn = self.pool.acquire().await?;
-        // Read committed for this one statement: no gap locks, and rows a batch is inserting
-        // (uncommitted) are passed over instead of waited for, so claiming never blocks or
-        // deadlocks the history's writes.
+        // Read committed: no gap locks, so claiming never holds up the history's inserts of new
+        // events; SKIP LOCKED: dispatchers (and one dispatcher's rounds) claiming the same
+        // endpoint at once take different rows instead of queueing behind each other.
         sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
             .execute(&mut *conn)
             .await?;
-        sqlx::query(
-            "UPDATE webhook_deliveries SET claimed_by = ?, claimed_until = ? \
-             WHERE endpoint_id = ? AND state = 'pending' AND due_at <= ? \
-             AND (claimed_until IS NULL OR claimed_until < ?) \
-             AND endpoint_id IN (SELECT endpoint_id FROM webhook_endpoints \
-                                 WHERE endpoint_id = ? AND enabled = TRUE) \
-             ORDER BY due_at LIMIT ?",
+        let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT d.event_id FROM webhook_deliveries d \
+             WHERE d.endpoint_id = ? AND d.state = 'pending' AND d.due_at <= ? \
+             AND (d.claimed_until IS NULL OR d.claimed_until < ?) \
+             AND EXISTS (SELECT 1 FROM webhook_endpoints e \
+                         WHERE e.endpoint_id = d.endpoint_id AND e.enabled = TRUE) \
+             ORDER BY d.due_at LIMIT ? FOR UPDATE SKIP LOCKED",
         )
-        .bind(token.as_bytes().as_slice())
-        .bind(later(now, lease).naive_utc())
         .bind(endpoint_id)
         .bind(now.naive_utc())
         .bind(now.naive_utc())
-        .bind(endpoint_id)
         .bind(limit)
-        .execute(&mut *conn)
+        .fetch_all(&mut *tx)
         .await?;
-        let rows = sqlx::query(
+        if ids.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let mut q: QueryBuilder<MySql> =
+            QueryBuilder::new("UPDATE webhook_deliveries SET claimed_by = ");
+        q.push_bind(token.as_bytes().to_vec())
+            .push(", claimed_until = ")
+            .push_bind(later(now, lease).naive_utc())
+            .push(" WHERE endpoint_id = ")
+            .push_bind(endpoint_id)
+            .push(" AND event_id IN (");
+        let mut list = q.separated(", ");
+        for id in &ids {
+            list.push_bind(id);
+        }
+        q.push(")");
+        q.build().execute(&mut *tx).await?;
+        let mut q: QueryBuilder<MySql> = QueryBuilder::new(
             "SELECT event_id, payload, attempts, retry_since, created_at FROM webhook_deliveries \
-             WHERE claimed_by = ? AND endpoint_id = ? ORDER BY due_at",
-        )
-        .bind(token.as_bytes().as_slice())
-        .bind(endpoint_id)
-        .fetch_all(&mut *conn)
-        .await?;
+             WHERE endpoint_id = ",
+        );
+        q.push_bind(endpoint_id).push(" AND event_id IN (");
+        let mut list = q.separated(", ");
+        for id in &ids {
+            list.push_bind(id);
+        }
+        q.push(") ORDER BY due_at");
+        let rows = q.build().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
         rows.iter()
             .map(|r| {
                 Ok(ClaimedDelivery {

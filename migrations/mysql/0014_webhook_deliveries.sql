@@ -1,8 +1,9 @@
 -- The webhook outbox and delivery log: one row per (endpoint, event), written in the transaction
 -- of the status change that produced the event, so an event is never lost and never produced
 -- without its change. `event_id` is the `webhook-id` (the same on every attempt). A dispatcher
--- claims due rows of one endpoint for a lease (`claimed_by`, `claimed_until`); a dead one's rows
--- come free when the lease runs out. `state`: pending, delivered, failed (given up).
+-- claims due rows of one endpoint for a lease (`claimed_by`, `claimed_until`), found through
+-- `webhook_deliveries_due` and then addressed by primary key; a dead one's rows come free when
+-- the lease runs out. `state`: pending, delivered, failed (given up).
 CREATE TABLE webhook_deliveries (
     endpoint_id      VARCHAR(40)   NOT NULL,
     event_id         VARCHAR(40)   NOT NULL,
@@ -22,6 +23,5 @@ CREATE TABLE webhook_deliveries (
     last_latency_ms  INT UNSIGNED  NULL,
     last_error       VARCHAR(512)  NULL,
     PRIMARY KEY (endpoint_id, event_id),
-    KEY webhook_deliveries_due (endpoint_id, state, due_at),
-    KEY webhook_deliveries_by_claim (claimed_by)
+    KEY webhook_deliveries_due (endpoint_id, state, due_at)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

@@ -37,7 +37,6 @@ CREATE TABLE webhook_deliveries (
     PRIMARY KEY (endpoint_id, event_id)
 ) WITHOUT ROWID;
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint_id, state, due_at);
-CREATE INDEX webhook_deliveries_by_claim ON webhook_deliveries (claimed_by);
 CREATE TABLE webhook_messages (
     message_id  BLOB NOT NULL PRIMARY KEY,
     tags        TEXT NOT NULL,
