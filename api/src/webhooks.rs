@@ -105,7 +105,7 @@ pub struct TestEventQueued {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct DeliveryPage {
-    /// Newest event first.
+    /// By message, newest first.
     items: Vec<DeliveryView>,
     /// The `before` of the next page, when there is one.
     next: Option<String>,
@@ -523,7 +523,7 @@ pub async fn rotate(
     )
 }
 
-/// The endpoint's deliveries, newest event first: state, attempts, the last answer's status
+/// The endpoint's deliveries, newest message first: state, attempts, the last answer's status
 /// code, latency and error.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
     params(("id" = String, Path, description = "The endpoint's id", pattern = "^ep_[0-9a-f]{32}$"),
