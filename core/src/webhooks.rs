@@ -447,7 +447,8 @@ pub trait WebhookStore: Send + Sync {
     ) -> Result<bool, HistoryError>;
     /// Adds deliveries (test events), due at once; a delivery already there is left alone.
     async fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<(), HistoryError>;
-    /// The endpoint's deliveries by event id (the message's time first), newest first, those before `before` (an event id).
+    /// The endpoint's deliveries by event id (which starts with the message's time), newest
+    /// first, those before `before` (an event id).
     async fn deliveries(
         &self,
         tenant: &str,
