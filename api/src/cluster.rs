@@ -272,7 +272,10 @@ pub async fn state(
         profiles: Arc::new(MySqlHistory::new(pool.clone())),
         events,
         segments: Arc::new(MySqlAudience::new(pool.clone())),
-        broadcasts: Arc::new(ump_core::broadcast::MySqlBroadcasts::new(pool)),
+        broadcasts: Arc::new(ump_core::broadcast::MySqlBroadcasts::new(pool.clone())),
+        webhooks: Arc::new(ump_core::webhooks_store::MySqlWebhooks::new(pool)),
+        // Production's rules; `ump api` sets them from its settings.
+        webhook_rules: ump_core::webhooks::UrlRules::default(),
         keys: key_cache,
         idempotency: Arc::new(RedisIdempotency::new(redis)),
         metrics: ApiMetrics::new(registry)?,

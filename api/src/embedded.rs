@@ -72,6 +72,8 @@ pub struct EmbeddedSettings {
     pub key_rate: crate::auth::KeyRateSettings,
     #[command(flatten)]
     pub requests: crate::RequestSettings,
+    #[command(flatten)]
+    pub webhooks: ump_worker::webhooks::WebhookSettings,
 }
 
 impl EmbeddedSettings {
@@ -172,6 +174,8 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         readiness,
         secrets_dir: settings.secrets_dir.clone(),
         body_timeout: settings.requests.body_timeout.as_std(),
+        webhooks: Arc::new(store.clone()),
+        webhook_rules: settings.webhooks.rules(),
     };
 
     let workers = CancellationToken::new();
@@ -238,6 +242,18 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         workers.clone(),
     ));
     tasks.spawn(sweep_expired_keys(store.clone(), workers.clone()));
+    if settings.webhooks.dispatch {
+        let (webhooks, cancel) = (settings.webhooks.clone(), workers.clone());
+        let store = Arc::new(store.clone());
+        let webhook_metrics = ump_worker::webhooks::WebhookMetrics::new(&registry)?;
+        tasks.spawn(async move {
+            if let Err(e) =
+                ump_worker::webhooks::run(store, webhooks, webhook_metrics, cancel).await
+            {
+                tracing::error!(error = %e, "the webhook dispatcher stopped");
+            }
+        });
+    }
     tasks.spawn(watch_parking(
         store.clone(),
         channels

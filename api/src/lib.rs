@@ -21,6 +21,7 @@ pub mod request;
 pub mod segments;
 pub mod users;
 pub mod watch;
+pub mod webhooks;
 
 use arc_swap::ArcSwap;
 use axum::Router;
@@ -60,6 +61,10 @@ pub struct AppState {
     pub secrets_dir: std::path::PathBuf,
     /// How long a request body may take to arrive (`UMP_BODY_TIMEOUT`).
     pub body_timeout: std::time::Duration,
+    /// Webhook endpoints, their outbox and delivery log.
+    pub webhooks: Arc<dyn ump_core::webhooks::WebhookStore>,
+    /// Which endpoint URLs are allowed (`UMP_WEBHOOKS_ALLOW_HTTP`, `..._ALLOW_LOOPBACK`).
+    pub webhook_rules: ump_core::webhooks::UrlRules,
 }
 
 /// Limits on how clients send requests, in both modes.
@@ -86,7 +91,9 @@ impl Default for RequestSettings {
           users::identify, users::get_user, users::erase_user, events::post_events,
           segments::list_segments, segments::create_segment, segments::get_segment,
           segments::put_segment, segments::delete_segment, segments::members, segments::sizes,
-          broadcast::start, broadcast::get_one, broadcast::list),
+          broadcast::start, broadcast::get_one, broadcast::list,
+          webhooks::list, webhooks::create, webhooks::get_one, webhooks::update, webhooks::delete,
+          webhooks::rotate, webhooks::deliveries, webhooks::send_test, webhooks::replay),
     components(schemas(
         request::SendMessageRequest, messages::Accepted, messages::BatchRequest, messages::BatchResponse,
         messages::BatchResult, problem::Problem, problem::FieldError, receipts::ReceiptReport,
@@ -100,7 +107,11 @@ impl Default for RequestSettings {
         segments::SizeHistory, ump_core::audience::SizePoint, broadcast::BroadcastRequest,
         broadcast::BroadcastList, ump_core::broadcast::Broadcast,
         ump_core::broadcast::BroadcastStatus,
-        ump_core::audience::Member
+        ump_core::audience::Member, webhooks::EndpointRequest, webhooks::EndpointCreated,
+        webhooks::EndpointList, webhooks::RotateRequest, webhooks::Rotated,
+        webhooks::ReplayRequest, webhooks::Replayed, webhooks::TestEventQueued,
+        webhooks::DeliveryPage, ump_core::webhooks::Endpoint, ump_core::webhooks::EventFilter,
+        ump_core::webhooks::EventType, ump_core::webhooks::DeliveryView
     )),
     modifiers(&BearerAuth),
     tags((name = "messages", description = "Send messages and read their history"),
@@ -108,7 +119,8 @@ impl Default for RequestSettings {
          (name = "receipts", description = "Delivery receipts from providers"),
          (name = "users", description = "Customer profiles and consents"),
          (name = "events", description = "Behaviour events of people"),
-         (name = "segments", description = "Segments of people, kept as events arrive"))
+         (name = "segments", description = "Segments of people, kept as events arrive"),
+         (name = "webhooks", description = "Status events to the application's endpoints (Standard Webhooks)"))
 )]
 pub struct ApiDoc;
 
@@ -157,6 +169,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/segments/{id}/broadcast", post(broadcast::start))
         .route("/v1/broadcasts", get(broadcast::list))
         .route("/v1/broadcasts/{id}", get(broadcast::get_one))
+        .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get_one)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route("/v1/webhooks/{id}/rotate-secret", post(webhooks::rotate))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/webhooks/{id}/test", post(webhooks::send_test))
+        .route("/v1/webhooks/{id}/replay", post(webhooks::replay))
         .route("/v1/receipts/{channel}/{provider}", post(receipts::receive))
         .route(
             "/openapi.json",
@@ -229,6 +252,12 @@ mod tests {
             "/v1/segments/{id}/broadcast",
             "/v1/broadcasts",
             "/v1/broadcasts/{id}",
+            "/v1/webhooks",
+            "/v1/webhooks/{id}",
+            "/v1/webhooks/{id}/rotate-secret",
+            "/v1/webhooks/{id}/deliveries",
+            "/v1/webhooks/{id}/test",
+            "/v1/webhooks/{id}/replay",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }

@@ -37,6 +37,8 @@ enum Command {
         key_rate: ump_api::auth::KeyRateSettings,
         #[command(flatten)]
         requests: ump_api::RequestSettings,
+        #[command(flatten)]
+        webhook_urls: ump_worker::webhooks::WebhookUrlSettings,
     },
     /// Manage API keys: in MySQL with UMP_MYSQL_URL (cluster mode), else in the all-in-one
     /// mode's data folder.
@@ -131,11 +133,13 @@ async fn main() -> anyhow::Result<()> {
             settings,
             key_rate,
             requests,
+            webhook_urls,
         } => {
             let source = settings.channel_source().await?;
             let mut state = cluster::state(&settings, source, prometheus::Registry::new()).await?;
             state.keys.limit_rate(key_rate);
             state.body_timeout = requests.body_timeout.as_std();
+            state.webhook_rules = webhook_urls.rules();
             let senders = CancellationToken::new();
             let broadcasts = tokio::spawn(ump_api::broadcast::run_senders(
                 state.clone(),

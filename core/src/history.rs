@@ -25,6 +25,9 @@ pub struct Transition {
     pub provider_message_id: Option<String>,
     pub at: DateTime<Utc>,
     pub detail: Option<String>,
+    /// The message's tags and metadata: webhook endpoints filter on the tags and receive both.
+    pub tags: Vec<String>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Transition {
@@ -44,6 +47,8 @@ impl Transition {
             provider_message_id: None,
             at,
             detail: None,
+            tags: envelope.tags.clone(),
+            metadata: envelope.metadata.clone(),
         }
     }
     pub fn detail(mut self, detail: impl Into<String>) -> Self {

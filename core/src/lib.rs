@@ -22,6 +22,8 @@ pub mod stats;
 pub mod store;
 pub mod template;
 pub mod tls;
+pub mod webhooks;
+pub mod webhooks_store;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -214,6 +214,7 @@ impl SqliteStore {
             q.build().execute(&mut *tx).await?;
         }
         write_transitions(&mut tx, &batch.transitions).await?;
+        crate::webhooks_store::sqlite_outbox(&mut tx, &batch.transitions, Utc::now()).await?;
         for chunk in batch.deferred.chunks(ROWS_PER_STATEMENT) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO queue (queue, message_id, envelope, due_at) ");
@@ -819,6 +820,15 @@ impl HistoryStore for SqliteStore {
         .bind(micros(receipt.at))
         .bind(receipt.detail.clone())
         .execute(&mut *tx)
+        .await?;
+        crate::webhooks_store::sqlite_receipt_outbox(
+            &mut tx,
+            id,
+            receipt.status,
+            u32::try_from(attempt).unwrap_or(0),
+            receipt.at,
+            receipt.detail.clone(),
+        )
         .await?;
         tx.commit().await?;
         Ok(ReceiptOutcome::Applied(id))

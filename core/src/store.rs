@@ -199,6 +199,43 @@ impl MySqlHistory {
                 break;
             }
         }
+        loop {
+            let done = sqlx::query("DELETE FROM webhook_messages WHERE message_id < ? LIMIT ?")
+                .bind(bound)
+                .bind(chunk)
+                .execute(&self.pool)
+                .await?;
+            if done.rows_affected() == 0 {
+                break;
+            }
+        }
+        // Finished webhook deliveries of those messages: event ids carry the message's time.
+        let before = format!(
+            "msg_{}",
+            MessageId::lower_bound(cutoff.timestamp_millis().max(0) as u64)
+                .0
+                .simple()
+        );
+        let endpoints: Vec<String> =
+            sqlx::query_scalar("SELECT endpoint_id FROM webhook_endpoints")
+                .fetch_all(&self.pool)
+                .await?;
+        for endpoint in endpoints {
+            loop {
+                let done = sqlx::query(
+                    "DELETE FROM webhook_deliveries WHERE endpoint_id = ? AND event_id < ? \
+                     AND state <> 'pending' LIMIT ?",
+                )
+                .bind(&endpoint)
+                .bind(&before)
+                .bind(chunk)
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() == 0 {
+                    break;
+                }
+            }
+        }
         let mut deleted = 0;
         loop {
             let done = sqlx::query("DELETE FROM messages WHERE id < ? LIMIT ?")
@@ -337,6 +374,7 @@ impl HistoryStore for MySqlHistory {
             q.build().execute(&mut *tx).await?;
         }
 
+        crate::webhooks_store::mysql_outbox(&mut tx, &batch.transitions, Utc::now()).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -650,6 +688,15 @@ impl HistoryStore for MySqlHistory {
         .bind(naive(receipt.at))
         .bind(receipt.detail.as_deref().map(|d| truncate(d, 1024)))
         .execute(&mut *tx)
+        .await?;
+        crate::webhooks_store::mysql_receipt_outbox(
+            &mut tx,
+            id,
+            receipt.status,
+            attempt,
+            receipt.at,
+            receipt.detail.clone(),
+        )
         .await?;
         tx.commit().await?;
         Ok(ReceiptOutcome::Applied(id))

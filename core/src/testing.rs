@@ -528,3 +528,4 @@ pub mod audience;
 pub mod broadcast;
 pub mod parking;
 pub mod profiles;
+pub mod webhooks;

@@ -388,6 +388,29 @@ async fn prune_deletes_only_history_older_than_the_cutoff() {
         transitions.push(Transition::of(&e, Status::Accepted, e.accepted_at));
         transitions.push(Transition::of(&e, Status::Sent, e.accepted_at));
     }
+    // A webhook endpoint gets every event: its finished deliveries go with their messages.
+    let webhooks = ump_core::webhooks_store::MySqlWebhooks::new(db.pool.clone());
+    let endpoint = ump_core::webhooks::Endpoint {
+        id: ump_core::webhooks::new_endpoint_id(),
+        tenant: "t1".into(),
+        url: "https://hooks.example.com/".into(),
+        description: String::new(),
+        filter: ump_core::webhooks::EventFilter {
+            event_types: ump_core::webhooks::EventType::ALL.to_vec(),
+            ..Default::default()
+        },
+        enabled: true,
+        disabled_reason: None,
+        failing_since: None,
+        previous_secret_expires_at: None,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    };
+    use ump_core::webhooks::WebhookStore;
+    webhooks
+        .create_endpoint(&endpoint, &ump_core::webhooks::new_secret())
+        .await
+        .expect("endpoint");
     history
         .record(&BatchRecord {
             transitions,
@@ -395,6 +418,12 @@ async fn prune_deletes_only_history_older_than_the_cutoff() {
         })
         .await
         .expect("record");
+    // All delivered but one old message's `sent`, still pending: it stays.
+    sqlx::query("UPDATE webhook_deliveries SET state = 'delivered' WHERE NOT (message_id = ? AND event_type = 'message.sent')")
+        .bind(old_ids[3].as_bytes().as_slice())
+        .execute(&db.pool)
+        .await
+        .expect("deliver");
     let deleted = history
         .prune(Utc::now() - ChronoDuration::days(90), 7)
         .await
@@ -417,6 +446,14 @@ async fn prune_deletes_only_history_older_than_the_cutoff() {
         .await
         .expect("count");
     assert_eq!(events, 20, "the events of the 10 recent messages remain");
+    let deliveries: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(
+        deliveries, 21,
+        "the recent messages' 20 and the one still pending"
+    );
     db.drop_database().await;
 }
 
@@ -542,4 +579,28 @@ async fn receipts_move_sent_messages_once_and_only_their_providers() {
         .expect("found");
     assert_eq!(view.status, Status::Delivered);
     db.drop_database().await;
+}
+
+#[tokio::test]
+async fn webhooks_keep_the_contract() {
+    use ump_core::testing::webhooks;
+    for run in 0..4 {
+        let db = TestDatabase::create().await;
+        let history = MySqlHistory::new(db.pool.clone());
+        let store = ump_core::webhooks_store::MySqlWebhooks::new(db.pool.clone());
+        match run {
+            0 => webhooks::events_are_written_with_their_status_change(&history, &store).await,
+            1 => {
+                webhooks::deliveries_are_leased_and_settled_by_their_claimer(&history, &store).await
+            }
+            2 => webhooks::an_endpoint_failing_for_days_is_disabled(&history, &store).await,
+            _ => {
+                webhooks::endpoints_are_per_tenant_and_rotation_keeps_the_old_secret_for_a_while(
+                    &history, &store,
+                )
+                .await
+            }
+        }
+        db.drop_database().await;
+    }
 }

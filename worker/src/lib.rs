@@ -13,3 +13,4 @@ pub mod providers;
 pub mod ratelimit;
 pub mod realtime;
 pub mod service;
+pub mod webhooks;

@@ -77,6 +77,8 @@ pub struct WorkerSettings {
     /// Realtime messages a worker holds unsettled per queue (AMQP link credit).
     #[arg(long, env = "UMP_REALTIME_CREDIT", default_value_t = 256)]
     pub realtime_credit: u32,
+    #[command(flatten)]
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 impl std::fmt::Debug for WorkerSettings {
@@ -219,6 +221,19 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         metrics: metrics.clone(),
     };
     tasks.spawn(scheduler.run(shutdown.clone()));
+    if settings.webhooks.dispatch {
+        // A pool of its own: however busy the endpoints, the history's writes never wait for
+        // a connection the dispatcher holds.
+        let webhook_pool = connect_mysql(&settings.mysql_url, 4).await?;
+        let store = Arc::new(ump_core::webhooks_store::MySqlWebhooks::new(webhook_pool));
+        let webhook_metrics = crate::webhooks::WebhookMetrics::new(&metrics.registry)?;
+        let (webhooks, shutdown) = (settings.webhooks.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = crate::webhooks::run(store, webhooks, webhook_metrics, shutdown).await {
+                tracing::error!(error = %e, "the webhook dispatcher stopped");
+            }
+        });
+    }
 
     let probes = Probes {
         metrics,

@@ -7,9 +7,11 @@
 
 (() => {
   const KEY_STORAGE = 'ump.dashboard.key';
-  const VIEWS = ['overview', 'activity', 'failures', 'search', 'customers', 'segments', 'outbox'];
-  /** Views whose address can name what they show: `#customers/<user id>`, `#segments/<id>`. */
-  const SUBJECTS = new Set(['customers', 'segments']);
+  const VIEWS = ['overview', 'activity', 'failures', 'search', 'customers', 'segments', 'webhooks', 'outbox'];
+  /** Views whose address can name what they show: `#customers/<user id>`, `#segments/<id>`,
+   *  `#webhooks/<endpoint id>`. */
+  const SUBJECTS = new Set(['customers', 'segments', 'webhooks']);
+  const DELIVERIES_PAGE = 100;
   const MEMBERS_PAGE = 50;
   const FINAL = new Set(['sent', 'delivered', 'failed', 'duplicate', 'dead_lettered']);
   const OK = new Set(['sent', 'delivered']);
@@ -32,6 +34,7 @@
     stats: null,
     customer: null,
     segment: null,
+    webhook: null,
     membersNext: null,
     sizes: null,
     polls: new Map(),
@@ -292,6 +295,10 @@
     $('segment').hidden = true;
     delete $('segment').dataset.shown;
     $('segments').tBodies[0].replaceChildren();
+    state.webhook = null;
+    $('webhook').hidden = true;
+    $('webhooks').tBodies[0].replaceChildren();
+    $('webhook-deliveries').tBodies[0].replaceChildren();
   }
 
   // ---------------------------------------------------------------- navigation
@@ -313,7 +320,8 @@
   const hashOf = (view, subject) => (subject ? `#${view}/${encodeURIComponent(subject)}` : `#${view}`);
 
   /** What a view shows now: the person, the segment. */
-  const subjectOf = (view) => (view === 'customers' ? state.customer : view === 'segments' ? state.segment : null);
+  const subjectOf = (view) => (view === 'customers' ? state.customer
+    : view === 'segments' ? state.segment : view === 'webhooks' ? state.webhook : null);
 
   /** Goes to a view's subject through the address (so Back returns); the same address again
    *  loads it again. */
@@ -336,7 +344,7 @@
     const target = SUBJECTS.has(view) ? subject || current : null;
     const hash = hashOf(view, target);
     if (location.hash !== hash) history.replaceState(null, '', hash);
-    for (const name of ['overview', 'activity', 'outbox', 'segments']) if (name !== view) stopPoll(name);
+    for (const name of ['overview', 'activity', 'outbox', 'segments', 'webhooks']) if (name !== view) stopPoll(name);
     if (view === 'overview') pollOverview();
     if (view === 'activity') startActivity();
     if (view === 'failures') once(() => loadFailures(false));
@@ -349,6 +357,11 @@
       // Sizes move as events arrive: the list is refreshed while it is on screen.
       poll('segments', loadSegments, 10000);
       if (target && (reload || target !== current)) once(() => openSegment(target));
+    }
+    if (view === 'webhooks') {
+      if (target && (reload || target !== current)) state.webhook = target;
+      // Deliveries move on by themselves: the list and the open log are refreshed while shown.
+      poll('webhooks', loadWebhooks, 3000);
     }
     if (view === 'outbox') poll('outbox', loadOutbox, 3000);
   }
@@ -637,6 +650,93 @@
       h('span', { class: 'prop', dataset: { property: name } }, h('span', { class: 'muted' }, name), ' ', text(value)));
     const rest = entries.length - shown.length;
     return h('span', { title: JSON.stringify(properties, null, 1) }, shown, rest > 0 ? h('span', { class: 'muted' }, ` +${rest} more`) : null);
+  }
+
+  // ---------------------------------------------------------------- webhooks
+
+  const endpointState = (endpoint) => (endpoint.enabled
+    ? (endpoint.failing_since ? h('span', { class: 'status status-failed' }, 'failing') : h('span', { class: 'status status-sent' }, 'enabled'))
+    : h('span', { class: 'status status-dead_lettered', title: endpoint.disabled_reason || '' }, 'disabled'));
+
+  /** A delivery's state shown in the colours of the message status it is like. */
+  const DELIVERY_LOOK = { pending: 'scheduled', delivered: 'delivered', failed: 'failed' };
+
+  /** The tenant's endpoints and, when one is open, its delivery log. */
+  async function loadWebhooks() {
+    const page = await api('/v1/webhooks');
+    const endpoints = page.items || [];
+    const rows = endpoints.map((endpoint) => {
+      const row = h('tr', { dataset: { id: endpoint.id }, class: endpoint.id === state.webhook ? 'selected' : null },
+        h('td', { class: 'mono' }, h('a', { href: hashOf('webhooks', endpoint.id) }, endpoint.url)),
+        h('td', {}, (endpoint.event_types || []).join(', ')),
+        h('td', {}, endpointState(endpoint), endpoint.enabled ? null : h('div', { class: 'muted small' }, endpoint.disabled_reason || '')));
+      row.addEventListener('click', (e) => {
+        if (!e.target.closest('a')) navigate('webhooks', endpoint.id);
+      });
+      return row;
+    });
+    fill($('webhooks').tBodies[0], rows.length
+      ? rows
+      : h('tr', {}, h('td', { colspan: 3, class: 'empty' }, 'No endpoints yet. Create one with POST /v1/webhooks.')));
+    if (state.webhook) await showWebhook(state.webhook, endpoints.find((e) => e.id === state.webhook));
+  }
+
+  /** One endpoint's fields and its newest deliveries. */
+  async function showWebhook(id, endpoint) {
+    $('webhook').hidden = false;
+    $('webhook-title').textContent = endpoint ? endpoint.url : id;
+    if (!endpoint) {
+      $('webhook-missing').textContent = `No endpoint of this tenant has the id ${id}.`;
+      $('webhook-missing').hidden = false;
+      $('webhook-body').hidden = true;
+      return;
+    }
+    $('webhook-missing').hidden = true;
+    $('webhook-body').hidden = false;
+    const field = (name, value, mono) => [h('dt', {}, name), h('dd', { class: mono ? 'mono' : null }, value)];
+    fill($('webhook-fields'),
+      field('Id', endpoint.id, true),
+      field('State', endpointState(endpoint)),
+      endpoint.enabled ? null : field('Why disabled', endpoint.disabled_reason || '—'),
+      endpoint.failing_since ? field('Failing since', fmtFull(endpoint.failing_since)) : null,
+      field('Events', (endpoint.event_types || []).join(', ')),
+      field('Channels', (endpoint.channels || []).length ? endpoint.channels.join(', ') : 'all'),
+      field('Tags', (endpoint.tags || []).length ? endpoint.tags.join(', ') : 'any'),
+      endpoint.description ? field('Description', endpoint.description) : null,
+      endpoint.previous_secret_expires_at ? field('Old secret signs until', fmtFull(endpoint.previous_secret_expires_at)) : null,
+      field('Created', fmtFull(endpoint.created_at)));
+    const log = await api(`/v1/webhooks/${encodeURIComponent(id)}/deliveries?limit=${DELIVERIES_PAGE}`);
+    if (state.webhook !== id) return;
+    const rows = (log.items || []).map((d) => {
+      const answer = d.last_status_code
+        ? `${d.last_status_code}${d.last_latency_ms !== null && d.last_latency_ms !== undefined ? ` in ${d.last_latency_ms} ms` : ''}`
+        : (d.last_error ? '' : '—');
+      return h('tr', { dataset: { id: d.id } },
+        h('td', {}, h('div', {}, d.type), h('div', { class: 'mono muted small' }, d.id)),
+        h('td', {}, h('span', { class: `status status-${DELIVERY_LOOK[d.state] || 'failed'}` }, d.state),
+          d.state === 'pending' && d.next_attempt_at ? h('div', { class: 'muted small' }, `next ${fmtTime(d.next_attempt_at)}`) : null),
+        h('td', { class: 'num' }, fmtNumber(d.attempts)),
+        h('td', {}, answer, d.last_error ? h('div', { class: 'muted small' }, d.last_error) : null),
+        h('td', { title: d.last_attempt_at ? fmtFull(d.last_attempt_at) : '' }, d.last_attempt_at ? fmtTime(d.last_attempt_at) : '—'));
+    });
+    fill($('webhook-deliveries').tBodies[0], rows.length
+      ? rows
+      : h('tr', {}, h('td', { colspan: 5, class: 'empty' }, 'No deliveries yet.')));
+  }
+
+  /** Queues a webhook.test event for the open endpoint; the log shows its delivery. */
+  async function sendTestEvent() {
+    const id = state.webhook;
+    if (!id) return;
+    const response = await fetch(`/v1/webhooks/${encodeURIComponent(id)}/test`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${state.key}`, Accept: 'application/json' },
+    });
+    const body = await response.json().catch(() => null);
+    $('webhook-test-result').textContent = response.status === 202 && body
+      ? `Queued ${body.id}.`
+      : `Not queued: ${(body && (body.detail || body.title)) || `HTTP ${response.status}`}`;
+    await loadWebhooks();
   }
 
   // ---------------------------------------------------------------- segments
@@ -959,6 +1059,7 @@
       if (id) navigate('customers', id);
     });
     $('members-more').addEventListener('click', () => once(() => loadMembers(state.segment, true)));
+    $('webhook-test').addEventListener('click', () => once(sendTestEvent));
     $('detail-close').addEventListener('click', closeDetail);
     document.addEventListener('keydown', (e) => {
       if (e.key === 'Escape' && state.detailId) closeDetail();

@@ -42,6 +42,8 @@ pub struct Stack {
     pub secrets_dir: PathBuf,
     /// `RUST_LOG` of the worker.
     pub worker_log_level: &'static str,
+    /// More environment of the worker.
+    pub worker_env: Vec<(&'static str, String)>,
     worker: Option<WorkerProcess>,
     worker_runs: usize,
 }
@@ -54,6 +56,8 @@ pub struct StackOptions {
     /// (empty) when absent.
     pub secrets_dir: Option<PathBuf>,
     pub worker_log_level: &'static str,
+    /// More environment of the worker.
+    pub worker_env: Vec<(&'static str, String)>,
 }
 
 impl Default for StackOptions {
@@ -62,6 +66,7 @@ impl Default for StackOptions {
             claim_lease: "3s",
             secrets_dir: None,
             worker_log_level: "info",
+            worker_env: Vec::new(),
         }
     }
 }
@@ -164,6 +169,7 @@ impl Stack {
             claim_lease: options.claim_lease,
             secrets_dir,
             worker_log_level: options.worker_log_level,
+            worker_env: options.worker_env.clone(),
             worker: None,
             worker_runs: 0,
         };
@@ -179,6 +185,9 @@ impl Stack {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ump-worker"));
         if let Some(amqp) = &self.amqp {
             command.env("UMP_AMQP_URL", amqp);
+        }
+        for (key, value) in &self.worker_env {
+            command.env(key, value);
         }
         let child = command
             .env("UMP_CONFIG_DIR", self.dir.join("config"))
@@ -578,9 +587,14 @@ pub async fn spawn_api_with(
         secrets_dir: secrets_dir.to_owned(),
     };
     let source = ump_api::cluster::ChannelSource::Folder(config_dir.to_owned());
-    let state = ump_api::cluster::state(&settings, source, prometheus::Registry::new())
+    let mut state = ump_api::cluster::state(&settings, source, prometheus::Registry::new())
         .await
         .expect("API state");
+    // Webhook receivers of the tests listen on 127.0.0.1 over plain HTTP.
+    state.webhook_rules = ump_core::webhooks::UrlRules {
+        allow_http: true,
+        allow_loopback: true,
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind API");

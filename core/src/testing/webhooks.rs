@@ -1,0 +1,524 @@
+//! The behaviour every history store with a webhook outbox must have, run against MySQL
+//! (`core/tests/mysql_history.rs`) and SQLite (`crate::webhooks_store`'s tests): events written
+//! with their status change and only for matching endpoints of the tenant, once however often a
+//! batch is recorded; deliveries claimed under a lease, settled only by their claimer; endpoints
+//! disabled by 410 or by failing for days; CRUD, rotation and replay per tenant.
+
+use crate::history::{BatchRecord, HistoryStore, Receipt, ReceiptFor, ReceiptOutcome, Transition};
+use crate::model::Status;
+use crate::testing::parking::envelope;
+use crate::webhooks::{
+    Attempt, AttemptResult, Endpoint, EventFilter, EventType, RetryPolicy, WebhookStore,
+    new_endpoint_id, new_secret, test_delivery,
+};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
+
+/// Now, as precisely as the stores keep time (microseconds).
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn endpoint(tenant: &str, filter: EventFilter, now: DateTime<Utc>) -> Endpoint {
+    Endpoint {
+        id: new_endpoint_id(),
+        tenant: tenant.into(),
+        url: "https://hooks.example.com/ump".into(),
+        description: String::new(),
+        filter,
+        enabled: true,
+        disabled_reason: None,
+        failing_since: None,
+        previous_secret_expires_at: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn all_events() -> EventFilter {
+    EventFilter {
+        event_types: EventType::ALL.to_vec(),
+        ..Default::default()
+    }
+}
+
+async fn types_of(store: &dyn WebhookStore, tenant: &str, endpoint: &str) -> Vec<String> {
+    let mut types: Vec<String> = store
+        .deliveries(tenant, endpoint, None, 1000)
+        .await
+        .expect("deliveries")
+        .into_iter()
+        .map(|d| d.event_type)
+        .collect();
+    types.sort();
+    types
+}
+
+pub async fn events_are_written_with_their_status_change(
+    history: &dyn HistoryStore,
+    store: &dyn WebhookStore,
+) {
+    let now = now();
+    let all = endpoint("t1", all_events(), now);
+    let email_only = endpoint(
+        "t1",
+        EventFilter {
+            event_types: EventType::ALL.to_vec(),
+            channels: vec!["email".into()],
+            tags: vec![],
+        },
+        now,
+    );
+    let tagged = endpoint(
+        "t1",
+        EventFilter {
+            event_types: vec![EventType::MessageSent],
+            channels: vec![],
+            tags: vec!["otp".into()],
+        },
+        now,
+    );
+    let mut off = endpoint("t1", all_events(), now);
+    off.enabled = false;
+    off.disabled_reason = Some("paused".into());
+    let other_tenant = endpoint("t2", all_events(), now);
+    for e in [&all, &email_only, &tagged, &off, &other_tenant] {
+        store
+            .create_endpoint(e, &new_secret())
+            .await
+            .expect("create");
+    }
+
+    let mut e = envelope("t1", "+821012345678");
+    e.tags = vec!["otp".into()];
+    e.metadata.insert("order".into(), "A-7".into());
+    let accepted = Transition::of(&e, Status::Accepted, e.accepted_at);
+    let mut tried = e.clone();
+    tried.attempts = 1;
+    let retry = Transition::of(
+        &tried,
+        Status::Scheduled,
+        e.accepted_at + Duration::milliseconds(2),
+    );
+    let mut again = e.clone();
+    again.attempts = 2;
+    let sent = Transition::of(
+        &again,
+        Status::Sent,
+        e.accepted_at + Duration::milliseconds(5),
+    )
+    .provider("sandbox", Some("sb-1".into()));
+    let batch = BatchRecord {
+        transitions: vec![accepted, retry, sent],
+        deferred: vec![],
+    };
+    history.record(&batch).await.expect("record");
+    // A worker that died before committing its offsets records the same batch again.
+    history.record(&batch).await.expect("record again");
+
+    assert_eq!(
+        types_of(store, "t1", &all.id).await,
+        ["message.accepted", "message.sent"]
+    );
+    assert!(types_of(store, "t1", &email_only.id).await.is_empty());
+    assert_eq!(types_of(store, "t1", &tagged.id).await, ["message.sent"]);
+    assert!(types_of(store, "t1", &off.id).await.is_empty());
+    assert!(types_of(store, "t2", &other_tenant.id).await.is_empty());
+    // Another tenant cannot read the log.
+    assert!(types_of(store, "t2", &all.id).await.is_empty());
+
+    // A receipt's event carries the message's labels.
+    let receipt = Receipt {
+        provider: "sandbox".into(),
+        message: ReceiptFor::ProviderMessageId("sb-1".into()),
+        status: Status::Delivered,
+        at: e.accepted_at + Duration::seconds(1),
+        detail: None,
+    };
+    assert_eq!(
+        history.apply_receipt(&receipt).await.expect("receipt"),
+        ReceiptOutcome::Applied(e.id)
+    );
+    history
+        .apply_receipt(&receipt)
+        .await
+        .expect("receipt again");
+    assert_eq!(
+        types_of(store, "t1", &all.id).await,
+        ["message.accepted", "message.delivered", "message.sent"]
+    );
+    let claimed = store
+        .claim(
+            &all.id,
+            Utc::now() + Duration::seconds(5),
+            std::time::Duration::from_secs(30),
+            10,
+        )
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 3);
+    let delivered = claimed
+        .iter()
+        .find(|d| d.payload.contains("message.delivered"))
+        .expect("the receipt's event");
+    let body: serde_json::Value = serde_json::from_str(&delivered.payload).expect("JSON");
+    assert_eq!(body["data"]["id"], e.id.to_string());
+    assert_eq!(body["data"]["to"], "+8210****5678");
+    assert_eq!(body["data"]["tags"][0], "otp");
+    assert_eq!(body["data"]["metadata"]["order"], "A-7");
+    assert_eq!(body["data"]["provider"], "sandbox");
+    let ids: std::collections::BTreeSet<&str> =
+        claimed.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!(ids.len(), 3, "each event its own id");
+}
+
+pub async fn deliveries_are_leased_and_settled_by_their_claimer(
+    _history: &dyn HistoryStore,
+    store: &dyn WebhookStore,
+) {
+    let now = now();
+    let lease = std::time::Duration::from_secs(30);
+    let policy = RetryPolicy::default();
+    let ep = endpoint("t1", all_events(), now);
+    store
+        .create_endpoint(&ep, &new_secret())
+        .await
+        .expect("create");
+    let test = test_delivery(&ep, now);
+    store
+        .enqueue(std::slice::from_ref(&test))
+        .await
+        .expect("enqueue");
+    store
+        .enqueue(std::slice::from_ref(&test))
+        .await
+        .expect("again: no second row");
+
+    let targets = store.due_targets(now, 100).await.expect("targets");
+    assert!(
+        targets
+            .iter()
+            .any(|t| t.endpoint_id == ep.id && t.url == ep.url)
+    );
+    let first = store.claim(&ep.id, now, lease, 10).await.expect("claim");
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].event_id, test.event_id);
+    assert!(
+        store
+            .claim(&ep.id, now, lease, 10)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "leased"
+    );
+    assert!(
+        !store
+            .due_targets(now, 100)
+            .await
+            .expect("targets")
+            .iter()
+            .any(|t| t.endpoint_id == ep.id),
+        "nothing free to deliver"
+    );
+    // The claimer died: once the lease runs out, another takes it over.
+    let later = now + Duration::seconds(31);
+    let second = store.claim(&ep.id, later, lease, 10).await.expect("claim");
+    assert_eq!(second.len(), 1);
+    let fail = |claim: uuid::Uuid, at: DateTime<Utc>, retry_at| Attempt {
+        endpoint_id: ep.id.clone(),
+        event_id: test.event_id.clone(),
+        claim,
+        result: AttemptResult::Failed {
+            status: Some(500),
+            error: "HTTP 500".into(),
+        },
+        latency: std::time::Duration::from_millis(12),
+        at,
+        retry_at,
+    };
+    // The first claimer's late word counts for nothing.
+    store
+        .settle(&[fail(first[0].claim, later, Some(later))], &policy, later)
+        .await
+        .expect("settle stale");
+    let log = store.deliveries("t1", &ep.id, None, 10).await.expect("log");
+    assert_eq!(log[0].attempts, 0);
+
+    let retry_at = later + Duration::seconds(5);
+    store
+        .settle(
+            &[fail(second[0].claim, later, Some(retry_at))],
+            &policy,
+            later,
+        )
+        .await
+        .expect("settle");
+    let log = store.deliveries("t1", &ep.id, None, 10).await.expect("log");
+    assert_eq!(
+        (
+            log[0].state.as_str(),
+            log[0].attempts,
+            log[0].last_status_code
+        ),
+        ("pending", 1, Some(500))
+    );
+    assert_eq!(log[0].last_latency_ms, Some(12));
+    assert_eq!(log[0].next_attempt_at, Some(retry_at));
+    let failing = store
+        .endpoint("t1", &ep.id)
+        .await
+        .expect("get")
+        .expect("there");
+    assert_eq!(failing.failing_since, Some(later));
+    assert!(
+        store
+            .claim(&ep.id, later, lease, 10)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "not due"
+    );
+
+    let third = store
+        .claim(&ep.id, retry_at, lease, 10)
+        .await
+        .expect("claim");
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0].attempts, 1);
+    store
+        .settle(
+            &[Attempt {
+                result: AttemptResult::Delivered { status: 204 },
+                ..fail(third[0].claim, retry_at, None)
+            }],
+            &policy,
+            retry_at,
+        )
+        .await
+        .expect("settle");
+    let log = store.deliveries("t1", &ep.id, None, 10).await.expect("log");
+    assert_eq!((log[0].state.as_str(), log[0].attempts), ("delivered", 2));
+    assert_eq!(log[0].last_error, None);
+    let works = store
+        .endpoint("t1", &ep.id)
+        .await
+        .expect("get")
+        .expect("there");
+    assert_eq!(works.failing_since, None);
+
+    // Replay sends it again under the same id; another tenant cannot replay it.
+    assert_eq!(
+        store
+            .replay("t2", &ep.id, now, retry_at)
+            .await
+            .expect("replay"),
+        0
+    );
+    assert_eq!(
+        store
+            .replay("t1", &ep.id, now, retry_at)
+            .await
+            .expect("replay"),
+        1
+    );
+    let replayed = store
+        .claim(&ep.id, retry_at, lease, 10)
+        .await
+        .expect("claim");
+    assert_eq!(replayed[0].event_id, test.event_id);
+    assert_eq!(replayed[0].retry_since, retry_at);
+
+    // 410 disables the endpoint; its deliveries wait.
+    store
+        .settle(
+            &[Attempt {
+                result: AttemptResult::Gone,
+                ..fail(replayed[0].claim, retry_at, Some(retry_at))
+            }],
+            &policy,
+            retry_at,
+        )
+        .await
+        .expect("settle");
+    let gone = store
+        .endpoint("t1", &ep.id)
+        .await
+        .expect("get")
+        .expect("there");
+    assert!(!gone.enabled);
+    assert!(
+        gone.disabled_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("410"))
+    );
+    assert!(
+        !store
+            .due_targets(retry_at, 100)
+            .await
+            .expect("targets")
+            .iter()
+            .any(|t| t.endpoint_id == ep.id),
+        "a disabled endpoint gets nothing"
+    );
+    assert!(
+        store
+            .claim(&ep.id, retry_at, lease, 10)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "nothing of a disabled endpoint is claimed"
+    );
+}
+
+pub async fn an_endpoint_failing_for_days_is_disabled(
+    _history: &dyn HistoryStore,
+    store: &dyn WebhookStore,
+) {
+    let start = now();
+    let lease = std::time::Duration::from_secs(30);
+    let policy = RetryPolicy::default();
+    let ep = endpoint("t1", all_events(), start);
+    store
+        .create_endpoint(&ep, &new_secret())
+        .await
+        .expect("create");
+    let mut at = start;
+    for day in 0..6 {
+        store
+            .enqueue(&[test_delivery(&ep, at)])
+            .await
+            .expect("enqueue");
+        let claimed = store.claim(&ep.id, at, lease, 100).await.expect("claim");
+        let attempts: Vec<Attempt> = claimed
+            .iter()
+            .map(|d| Attempt {
+                endpoint_id: ep.id.clone(),
+                event_id: d.event_id.clone(),
+                claim: d.claim,
+                result: AttemptResult::Failed {
+                    status: None,
+                    error: "connection refused".into(),
+                },
+                latency: std::time::Duration::from_millis(1),
+                at,
+                retry_at: Some(at + Duration::hours(1)),
+            })
+            .collect();
+        store.settle(&attempts, &policy, at).await.expect("settle");
+        let now = store
+            .endpoint("t1", &ep.id)
+            .await
+            .expect("get")
+            .expect("there");
+        assert_eq!(now.failing_since, Some(start), "day {day}");
+        assert_eq!(now.enabled, day < 5, "day {day}");
+        at += Duration::days(1);
+    }
+    let disabled = store
+        .endpoint("t1", &ep.id)
+        .await
+        .expect("get")
+        .expect("there");
+    assert!(
+        disabled
+            .disabled_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("failed for 5days")),
+        "{:?}",
+        disabled.disabled_reason
+    );
+    // Enabled again by a person: a fresh start.
+    let mut on = disabled.clone();
+    on.enabled = true;
+    on.disabled_reason = None;
+    assert!(store.update_endpoint(&on).await.expect("update"));
+    let on = store
+        .endpoint("t1", &ep.id)
+        .await
+        .expect("get")
+        .expect("there");
+    assert!(on.enabled && on.failing_since.is_none());
+}
+
+pub async fn endpoints_are_per_tenant_and_rotation_keeps_the_old_secret_for_a_while(
+    _history: &dyn HistoryStore,
+    store: &dyn WebhookStore,
+) {
+    let now = now();
+    let ep = endpoint("t1", all_events(), now);
+    let secret = new_secret();
+    store.create_endpoint(&ep, &secret).await.expect("create");
+    assert_eq!(
+        store.endpoints("t1").await.expect("list"),
+        std::slice::from_ref(&ep)
+    );
+    assert!(store.endpoints("t2").await.expect("list").is_empty());
+    assert!(store.endpoint("t2", &ep.id).await.expect("get").is_none());
+
+    let mut changed = ep.clone();
+    changed.url = "https://other.example.com/hook".into();
+    changed.filter.channels = vec!["sms".into()];
+    changed.tenant = "t2".into();
+    assert!(
+        !store.update_endpoint(&changed).await.expect("update"),
+        "not t2's"
+    );
+    changed.tenant = "t1".into();
+    assert!(store.update_endpoint(&changed).await.expect("update"));
+    let got = store
+        .endpoint("t1", &ep.id)
+        .await
+        .expect("get")
+        .expect("there");
+    assert_eq!(got.url, changed.url);
+    assert_eq!(got.filter.channels, ["sms"]);
+
+    store
+        .enqueue(&[test_delivery(&ep, now)])
+        .await
+        .expect("enqueue");
+    let new = new_secret();
+    let grace = now + Duration::hours(24);
+    assert!(
+        !store
+            .rotate_secret("t2", &ep.id, &new, grace, now)
+            .await
+            .expect("rotate")
+    );
+    assert!(
+        store
+            .rotate_secret("t1", &ep.id, &new, grace, now)
+            .await
+            .expect("rotate")
+    );
+    let target = store
+        .due_targets(now, 1000)
+        .await
+        .expect("targets")
+        .into_iter()
+        .find(|t| t.endpoint_id == ep.id)
+        .expect("due");
+    assert_eq!(target.secrets.current, new);
+    assert_eq!(target.secrets.previous, Some((secret.clone(), grace)));
+    assert_eq!(
+        target.secrets.valid_at(now),
+        [new.as_str(), secret.as_str()]
+    );
+    assert_eq!(target.secrets.valid_at(grace), [new.as_str()]);
+    let rotated = store
+        .endpoint("t1", &ep.id)
+        .await
+        .expect("get")
+        .expect("there");
+    assert_eq!(rotated.previous_secret_expires_at, Some(grace));
+
+    assert!(!store.delete_endpoint("t2", &ep.id).await.expect("delete"));
+    assert!(store.delete_endpoint("t1", &ep.id).await.expect("delete"));
+    assert!(store.endpoint("t1", &ep.id).await.expect("get").is_none());
+    assert!(
+        store
+            .deliveries("t1", &ep.id, None, 10)
+            .await
+            .expect("log")
+            .is_empty()
+    );
+}
