@@ -115,12 +115,14 @@ async fn events_move_people_into_segments_and_profile_changes_too() {
 
     // Members page in user id order.
     for i in 0..5 {
-        ump.post(
-            KEY,
-            "/v1/events",
-            &json!({"user_id": format!("shopper-p{i}"), "event": "order_placed"}),
-        )
-        .await;
+        let (status, body) = ump
+            .post(
+                KEY,
+                "/v1/events",
+                &json!({"user_id": format!("shopper-p{i}"), "event": "order_placed"}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
     }
     wait_for(&ump, KEY, "/v1/segments/recent-buyers", |s| s["size"] == 6).await;
     let (_, page) = ump

@@ -200,6 +200,24 @@ mod tests {
         assert_eq!(record.recent[0].properties["segment_id"], "browsers");
     }
 
+    /// An event folded a moment before its own time (the processor's clock read before the
+    /// event was accepted, or a device clock ahead) counts from its time on: the person is looked
+    /// at again then, not left out until some other event comes.
+    #[test]
+    fn an_event_timed_after_now_makes_a_member_when_its_time_comes() {
+        let viewers = segments(json!([{"id": "viewers", "condition":
+            {"performed": {"event": "product_viewed", "within": "1d"}}}]));
+        let profile = Profile::default();
+        let mut record = PersonRecord::default();
+        let ahead = t0() + Duration::milliseconds(4);
+        let step = record.step(&profile, &viewed("a", ahead, None), &viewers, t0());
+        assert!(step.counted && step.entered.is_empty());
+        assert_eq!(record.next_wake, Some(ahead));
+        let recheck = record.step(&profile, &Input::Recheck, &viewers, ahead);
+        assert_eq!(recheck.entered, ["viewers"]);
+        assert_eq!(record.next_wake, Some(ahead + Duration::days(1)));
+    }
+
     #[test]
     fn an_event_sent_again_with_its_message_id_is_counted_once() {
         let segments = browsers();

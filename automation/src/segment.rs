@@ -259,8 +259,8 @@ impl Condition {
     }
 
     /// The earliest moment after `now` at which the passage of time alone could change whether
-    /// the condition holds (a counted occurrence leaves its window, a date trait ages out, a last
-    /// occurrence becomes old enough), if any. It may be early (nothing changes then), never late.
+    /// the condition holds (a counted occurrence leaves its window or one timed after `now`
+    /// enters it, a date trait ages out, a last occurrence becomes old enough), if any. It may be early (nothing changes then), never late.
     pub fn next_change(&self, person: &Person<'_>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let later = |at: DateTime<Utc>| (at > now).then_some(at);
         match self {
@@ -274,7 +274,7 @@ impl Condition {
                 // It enters when the date comes (a future date) and leaves when it ages out.
                 later(at).or_else(|| later(at + within.span()))
             }
-            Condition::Performed(p) => person.state.next_expiry(&p.pattern(), p.within, now),
+            Condition::Performed(p) => person.state.next_count_change(&p.pattern(), p.within, now),
             Condition::LastPerformed(l) => {
                 later(*person.state.last_seen.get(&l.event)? + l.older_than.span())
             }

@@ -182,9 +182,10 @@ impl PersonState {
         })
     }
 
-    /// When the count of `pattern` within `within` next drops (its oldest counted occurrence
-    /// leaves the window), if it can.
-    pub fn next_expiry(
+    /// When the count of `pattern` within `within` next changes by time alone, if it can: a
+    /// counted occurrence leaves the window, or one timed after `now` enters it (a device clock
+    /// ahead, or an event folded a moment before its own time).
+    pub fn next_count_change(
         &self,
         pattern: &EventPattern,
         within: Window,
@@ -194,8 +195,13 @@ impl PersonState {
         self.occurrences
             .get(&pattern.key())?
             .iter()
-            .filter(|t| **t > since && **t <= now)
-            .map(|t| *t + within.span())
+            .filter_map(|t| {
+                if *t > now {
+                    Some(*t)
+                } else {
+                    (*t > since).then(|| *t + within.span())
+                }
+            })
             .min()
     }
 }
@@ -238,7 +244,7 @@ mod tests {
         assert_eq!(state.count_within(&pattern, week, now, 10), 3);
         // The first leaves the window at day 7.
         assert_eq!(
-            state.next_expiry(&pattern, week, now),
+            state.next_count_change(&pattern, week, now),
             Some(t0() + Duration::days(7))
         );
         let later = t0() + Duration::days(8);
@@ -246,6 +252,22 @@ mod tests {
         assert_eq!(
             state.count_within(&pattern, "1d".parse().unwrap(), later, 10),
             0
+        );
+    }
+
+    #[test]
+    fn an_occurrence_timed_after_now_counts_from_its_time_on() {
+        let (pattern, tracking) = purchases(5);
+        let mut state = PersonState::default();
+        let ahead = t0() + Duration::milliseconds(3);
+        state.apply(&event("purchase", json!({}), ahead), &tracking, t0());
+        let week: Window = "7d".parse().unwrap();
+        assert_eq!(state.count_within(&pattern, week, t0(), 10), 0);
+        assert_eq!(state.next_count_change(&pattern, week, t0()), Some(ahead));
+        assert_eq!(state.count_within(&pattern, week, ahead, 10), 1);
+        assert_eq!(
+            state.next_count_change(&pattern, week, ahead),
+            Some(ahead + Duration::days(7))
         );
     }
 
