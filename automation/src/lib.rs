@@ -3,6 +3,7 @@
 //! are in (`segment`). The event processor around them does the I/O.
 
 pub mod event;
+pub mod journey;
 pub mod person;
 pub mod profile;
 pub mod segment;

@@ -151,7 +151,7 @@ pub fn bucket_of(segment: &str, user_id: &str) -> u8 {
     (hash % 100) as u8
 }
 
-fn lookup<'v>(traits: &'v Map<String, Value>, path: &str) -> Option<&'v Value> {
+pub(crate) fn lookup<'v>(traits: &'v Map<String, Value>, path: &str) -> Option<&'v Value> {
     let mut parts = path.split('.');
     let mut value = traits.get(parts.next()?)?;
     for part in parts {
@@ -215,7 +215,7 @@ impl TraitCondition {
     }
 }
 
-fn date(value: &Value) -> Option<DateTime<Utc>> {
+pub(crate) fn date(value: &Value) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(value.as_str()?)
         .ok()
         .map(|d| d.with_timezone(&Utc))
@@ -305,7 +305,7 @@ impl Condition {
         }
     }
 
-    fn validate(&self, field: &str, depth: usize, errors: &mut Vec<FieldError>) {
+    pub(crate) fn validate(&self, field: &str, depth: usize, errors: &mut Vec<FieldError>) {
         if depth > MAX_DEPTH {
             errors.push(FieldError::new(
                 field,
@@ -405,7 +405,7 @@ impl Condition {
     }
 }
 
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 63
         && id
