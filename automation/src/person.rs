@@ -4,6 +4,7 @@
 //! profile, the input, the tenant's segments and `now`.
 
 use crate::event::{Input, SEGMENT_ENTERED, SEGMENT_LEFT};
+use crate::journey::{Happening, JourneyOutput, JourneyRecord, JourneySet, Subject};
 use crate::profile::Profile;
 use crate::segment::{Person, SegmentSet};
 use crate::state::{Event, PersonState};
@@ -34,27 +35,35 @@ pub struct PersonRecord {
     /// Client message ids of the newest events, newest first.
     #[serde(default)]
     pub seen: Vec<String>,
-    /// When time alone could change a membership: look at the person again then.
+    /// When time alone could change a membership or move a journey: look at the person again
+    /// then.
     #[serde(default)]
     pub next_wake: Option<DateTime<Utc>>,
+    /// The journeys the person is in, and what they entered and were sent before.
+    #[serde(default)]
+    pub journeys: JourneyRecord,
 }
 
 /// What one step did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Step {
     /// The event was folded in (false: a repeat of a message id already counted, or a recheck).
     pub counted: bool,
     pub entered: Vec<String>,
     pub left: Vec<String>,
+    /// The journeys' sends and counts.
+    pub journeys: JourneyOutput,
 }
 
 impl PersonRecord {
-    /// Folds `input` into the record of the person `profile` describes, at `now`.
+    /// Folds `input` into the record of the person `profile` describes, at `now`: segments
+    /// first, then the journeys (which see the segments just entered).
     pub fn step(
         &mut self,
         profile: &Profile,
         input: &Input,
         segments: &SegmentSet,
+        journeys: &JourneySet,
         now: DateTime<Utc>,
     ) -> Step {
         let mut step = Step::default();
@@ -99,7 +108,35 @@ impl PersonRecord {
                 });
             }
         }
-        self.next_wake = change.next_change;
+        if !journeys.is_empty() || !self.journeys.inside.is_empty() {
+            let subject = Subject {
+                profile,
+                state: &self.state,
+                segments: &self.segments,
+            };
+            let mut out = match input {
+                Input::Event { event, .. } => {
+                    self.journeys
+                        .step(journeys, &subject, Happening::Event(event), now)
+                }
+                Input::Recheck => self.journeys.step(journeys, &subject, Happening::Time, now),
+            };
+            if !change.entered.is_empty() {
+                let more = self.journeys.step(
+                    journeys,
+                    &subject,
+                    Happening::Entered(&change.entered),
+                    now,
+                );
+                out.sends.extend(more.sends);
+                out.stats.extend(more.stats);
+            }
+            step.journeys = out;
+        }
+        self.next_wake = match (change.next_change, self.journeys.next_wake(journeys)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         step.entered = change.entered;
         step.left = change.left;
         step
@@ -136,6 +173,7 @@ fn summary(properties: &Map<String, Value>) -> Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journey::JourneySet;
     use crate::segment::Segment;
     use chrono::{Duration, TimeZone};
     use serde_json::json;
@@ -173,16 +211,34 @@ mod tests {
             ..Profile::default()
         };
         let mut record = PersonRecord::default();
-        let first = record.step(&profile, &viewed("a", t0(), None), &segments, t0());
+        let first = record.step(
+            &profile,
+            &viewed("a", t0(), None),
+            &segments,
+            &JourneySet::default(),
+            t0(),
+        );
         assert!(first.counted && first.entered.is_empty());
         let later = t0() + Duration::minutes(10);
-        let second = record.step(&profile, &viewed("b", later, None), &segments, later);
+        let second = record.step(
+            &profile,
+            &viewed("b", later, None),
+            &segments,
+            &JourneySet::default(),
+            later,
+        );
         assert_eq!(second.entered, ["browsers"]);
         assert!(record.segments.contains("browsers"));
         // The first view leaves the hour at 10:00: that is when to look again.
         assert_eq!(record.next_wake, Some(t0() + Duration::hours(1)));
         let wake = record.next_wake.unwrap();
-        let recheck = record.step(&profile, &Input::Recheck, &segments, wake);
+        let recheck = record.step(
+            &profile,
+            &Input::Recheck,
+            &segments,
+            &JourneySet::default(),
+            wake,
+        );
         assert_eq!(recheck.left, ["browsers"]);
         assert!(!recheck.counted);
         assert!(record.segments.is_empty());
@@ -210,10 +266,22 @@ mod tests {
         let profile = Profile::default();
         let mut record = PersonRecord::default();
         let ahead = t0() + Duration::milliseconds(4);
-        let step = record.step(&profile, &viewed("a", ahead, None), &viewers, t0());
+        let step = record.step(
+            &profile,
+            &viewed("a", ahead, None),
+            &viewers,
+            &JourneySet::default(),
+            t0(),
+        );
         assert!(step.counted && step.entered.is_empty());
         assert_eq!(record.next_wake, Some(ahead));
-        let recheck = record.step(&profile, &Input::Recheck, &viewers, ahead);
+        let recheck = record.step(
+            &profile,
+            &Input::Recheck,
+            &viewers,
+            &JourneySet::default(),
+            ahead,
+        );
         assert_eq!(recheck.entered, ["viewers"]);
         assert_eq!(record.next_wake, Some(ahead + Duration::days(1)));
     }
@@ -224,15 +292,25 @@ mod tests {
         let profile = Profile::default();
         let mut record = PersonRecord::default();
         let event = viewed("a", t0(), Some("evt-1"));
-        assert!(record.step(&profile, &event, &segments, t0()).counted);
-        let again = record.step(&profile, &event, &segments, t0());
+        assert!(
+            record
+                .step(&profile, &event, &segments, &JourneySet::default(), t0())
+                .counted
+        );
+        let again = record.step(&profile, &event, &segments, &JourneySet::default(), t0());
         assert_eq!(again, Step::default());
         assert!(record.segments.is_empty(), "one view is not two");
         assert_eq!(record.recent.len(), 1);
         // Memory of ids is bounded.
         for i in 0..(SEEN_IDS + 10) {
             let id = format!("evt-{}", i + 2);
-            record.step(&profile, &viewed("x", t0(), Some(&id)), &segments, t0());
+            record.step(
+                &profile,
+                &viewed("x", t0(), Some(&id)),
+                &segments,
+                &JourneySet::default(),
+                t0(),
+            );
         }
         assert_eq!(record.seen.len(), SEEN_IDS);
         assert_eq!(record.recent.len(), RECENT_EVENTS);
@@ -246,18 +324,38 @@ mod tests {
         let mut record = PersonRecord::default();
         assert!(
             record
-                .step(&profile, &Input::Recheck, &segments, t0())
+                .step(
+                    &profile,
+                    &Input::Recheck,
+                    &segments,
+                    &JourneySet::default(),
+                    t0()
+                )
                 .entered
                 .is_empty()
         );
         profile.traits.insert("tier".into(), json!("vip"));
-        let step = record.step(&profile, &Input::Recheck, &segments, t0());
+        let step = record.step(
+            &profile,
+            &Input::Recheck,
+            &segments,
+            &JourneySet::default(),
+            t0(),
+        );
         assert_eq!(step.entered, ["vip"]);
         assert_eq!(record.next_wake, None, "nothing time-bound");
         // A segment deleted from the tenant is left.
         let none = SegmentSet::new(Vec::new()).unwrap();
         assert_eq!(
-            record.step(&profile, &Input::Recheck, &none, t0()).left,
+            record
+                .step(
+                    &profile,
+                    &Input::Recheck,
+                    &none,
+                    &JourneySet::default(),
+                    t0()
+                )
+                .left,
             ["vip"]
         );
     }
@@ -279,7 +377,13 @@ mod tests {
             message_id: None,
         };
         let mut record = PersonRecord::default();
-        record.step(&Profile::default(), &input, &browsers(), t0());
+        record.step(
+            &Profile::default(),
+            &input,
+            &browsers(),
+            &JourneySet::default(),
+            t0(),
+        );
         let kept = &record.recent[0].properties;
         assert_eq!(kept.len(), RECENT_PROPERTIES);
         assert!(!kept.contains_key("a-nested"));
@@ -296,6 +400,7 @@ mod tests {
             &Profile::default(),
             &viewed("a", t0(), Some("m")),
             &browsers(),
+            &JourneySet::default(),
             t0(),
         );
         let text = serde_json::to_string(&record).unwrap();

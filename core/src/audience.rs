@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use ump_automation::FieldError;
 use ump_automation::event::{Input, Queued};
+use ump_automation::journey::{JourneySend, JourneySet, StatKey};
 use ump_automation::person::PersonRecord;
 use ump_automation::profile::Profile;
 use ump_automation::segment::{Segment, SegmentSet};
@@ -249,6 +250,8 @@ pub struct PersonChange {
     pub new_profile: Option<Profile>,
     pub entered: Vec<String>,
     pub left: Vec<String>,
+    /// Messages the person's journeys sent, in the order they were made.
+    pub sends: Vec<JourneySend>,
 }
 
 /// What a batch did, for the metrics.
@@ -264,6 +267,17 @@ pub struct BatchReport {
     pub erased: u64,
     pub entered: u64,
     pub left: u64,
+    /// The journeys' counts, by tenant and counter (stored with the batch).
+    pub journey_stats: BTreeMap<(String, StatKey), i64>,
+    /// Journey messages made.
+    pub journey_sends: u64,
+}
+
+/// What the processor runs for a tenant: their segments and their journeys.
+#[derive(Clone, Debug, Default)]
+pub struct Automation {
+    pub segments: SegmentSet,
+    pub journeys: JourneySet,
 }
 
 /// Runs the batch's entries, in order, over the people they concern. Pure: the stores load
@@ -271,13 +285,14 @@ pub struct BatchReport {
 pub fn fold<'a>(
     entries: impl IntoIterator<Item = &'a LogEntry>,
     mut people: BTreeMap<(String, String), Loaded>,
-    segments: &BTreeMap<String, SegmentSet>,
+    tenants: &BTreeMap<String, Automation>,
     now: DateTime<Utc>,
 ) -> (Vec<PersonChange>, BatchReport) {
     let mut report = BatchReport::default();
     let mut before: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     let mut created: BTreeSet<(String, String)> = BTreeSet::new();
-    let empty = SegmentSet::default();
+    let mut sends: BTreeMap<(String, String), Vec<JourneySend>> = BTreeMap::new();
+    let empty = Automation::default();
     for entry in entries {
         let key = (entry.tenant.clone(), entry.queued.user_id.clone());
         let person = people.entry(key.clone()).or_default();
@@ -302,10 +317,28 @@ pub fn fold<'a>(
             created.insert(key.clone());
         }
         let record = person.record.get_or_insert_with(PersonRecord::default);
-        before.entry(key).or_insert_with(|| record.segments.clone());
+        before
+            .entry(key.clone())
+            .or_insert_with(|| record.segments.clone());
         let profile = person.profile.as_ref().expect("set above");
-        let set = segments.get(&entry.tenant).unwrap_or(&empty);
-        let step = record.step(profile, &entry.queued.input, set, now);
+        let automation = tenants.get(&entry.tenant).unwrap_or(&empty);
+        let step = record.step(
+            profile,
+            &entry.queued.input,
+            &automation.segments,
+            &automation.journeys,
+            now,
+        );
+        for (stat, delta) in step.journeys.stats {
+            *report
+                .journey_stats
+                .entry((entry.tenant.clone(), stat))
+                .or_default() += delta;
+        }
+        if !step.journeys.sends.is_empty() {
+            report.journey_sends += step.journeys.sends.len() as u64;
+            sends.entry(key).or_default().extend(step.journeys.sends);
+        }
         match entry.queued.input {
             Input::Recheck => report.rechecks += 1,
             Input::Event { .. } if step.counted => report.counted += 1,
@@ -322,6 +355,7 @@ pub fn fold<'a>(
             let entered = record.segments.difference(&was).cloned().collect();
             let left = was.difference(&record.segments).cloned().collect();
             PersonChange {
+                sends: sends.remove(&key).unwrap_or_default(),
                 new_profile: if created.contains(&key) {
                     person.profile
                 } else {
@@ -380,7 +414,13 @@ mod tests {
 
     #[test]
     fn a_batch_creates_unknown_people_and_reports_net_membership_changes() {
-        let segments = BTreeMap::from([("t1".to_owned(), buyers())]);
+        let segments = BTreeMap::from([(
+            "t1".to_owned(),
+            Automation {
+                segments: buyers(),
+                ..Automation::default()
+            },
+        )]);
         let known = Loaded {
             profile: Some(Profile {
                 user_id: "known".into(),
@@ -406,7 +446,8 @@ mod tests {
                 rechecks: 0,
                 erased: 0,
                 entered: 1,
-                left: 0
+                left: 0,
+                ..BatchReport::default()
             }
         );
         let by_key: BTreeMap<(String, String), &PersonChange> = changes
@@ -430,7 +471,13 @@ mod tests {
 
     #[test]
     fn events_accepted_before_an_erasure_never_bring_the_person_back() {
-        let segments = BTreeMap::from([("t1".to_owned(), buyers())]);
+        let segments = BTreeMap::from([(
+            "t1".to_owned(),
+            Automation {
+                segments: buyers(),
+                ..Automation::default()
+            },
+        )]);
         let erased_at = now() + chrono::Duration::seconds(1);
         let erased = || Loaded {
             erased_at: Some(erased_at),

@@ -7,8 +7,8 @@
 //! written together. Kafka's own committed offsets only say where to start reading.
 
 use crate::audience::{
-    BatchReport, Loaded, LogEntry, Member, PersonChange, SIZE_HISTORY, SegmentError, SegmentStore,
-    SizePoint, StoredSegment, decode, encode, fold, minute, segment_set,
+    Automation, BatchReport, Loaded, LogEntry, Member, PersonChange, SIZE_HISTORY, SegmentError,
+    SegmentStore, SizePoint, StoredSegment, decode, encode, fold, minute, segment_set,
 };
 use crate::history::HistoryError;
 use crate::person_codec;
@@ -107,13 +107,19 @@ impl MySqlAudience {
             .iter()
             .filter_map(|(key, p)| p.erased_at.map(|at| (key.clone(), at)))
             .collect();
-        let mut segments = BTreeMap::new();
+        let mut tenants = BTreeMap::new();
         for tenant in entries.iter().map(|e| &e.tenant).collect::<BTreeSet<_>>() {
-            segments.insert(tenant.clone(), load_segment_set(&mut tx, tenant).await?);
+            let automation = Automation {
+                segments: load_segment_set(&mut tx, tenant).await?,
+                journeys: crate::journeys::load_set_mysql(&mut tx, tenant).await?,
+            };
+            tenants.insert(tenant.clone(), automation);
         }
-        let (changes, mut report) = fold(entries.iter().copied(), people, &segments, now);
+        let (changes, mut report) = fold(entries.iter().copied(), people, &tenants, now);
         report.repeated += skipped;
         write_changes(&mut tx, &changes, now).await?;
+        let shard = partitions.first().copied().unwrap_or(0);
+        crate::journeys::write_effects_mysql(&mut tx, &changes, &report, shard, now).await?;
         // An erasure that committed while this batch was folded (it waited for none of our
         // locks: its person had no rows yet) must win: fold again with it.
         if erasures(&mut tx, &entries).await? != erased {
@@ -426,7 +432,7 @@ async fn write_changes(
 
 /// Every person of the tenant is looked at again: people with a profile and no state yet get
 /// one, and every wake-up becomes now.
-async fn recheck_all(
+pub(crate) async fn recheck_all(
     tx: &mut Transaction<'_, MySql>,
     tenant: &str,
     now: DateTime<Utc>,

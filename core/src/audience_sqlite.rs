@@ -3,8 +3,9 @@
 //! entries it takes from `event_log` in the transaction that stores what they changed.
 
 use crate::audience::{
-    BatchReport, EventLog, Loaded, LogEntry, Member, PersonChange, SIZE_HISTORY, SegmentError,
-    SegmentStore, SizePoint, StoredSegment, decode, encode, fold, minute, segment_set,
+    Automation, BatchReport, EventLog, Loaded, LogEntry, Member, PersonChange, SIZE_HISTORY,
+    SegmentError, SegmentStore, SizePoint, StoredSegment, decode, encode, fold, minute,
+    segment_set,
 };
 use crate::history::HistoryError;
 use crate::person_codec;
@@ -111,15 +112,19 @@ impl SqliteStore {
             }
             if !segments.contains_key(&entry.tenant) {
                 let stored = load_segments(&mut *tx, &entry.tenant).await?;
-                let set = segment_set(
-                    &entry.tenant,
-                    stored.into_iter().map(|s| s.segment).collect(),
-                )?;
-                segments.insert(entry.tenant.clone(), set);
+                let automation = Automation {
+                    segments: segment_set(
+                        &entry.tenant,
+                        stored.into_iter().map(|s| s.segment).collect(),
+                    )?,
+                    journeys: crate::journeys::load_set_sqlite(&mut tx, &entry.tenant).await?,
+                };
+                segments.insert(entry.tenant.clone(), automation);
             }
         }
         let (changes, report) = fold(&entries, people, &segments, now);
         write_changes(&mut tx, &changes, now).await?;
+        crate::journeys::write_effects_sqlite(&mut tx, &changes, &report, now).await?;
         tx.commit().await?;
         Ok(Some(report))
     }
@@ -276,7 +281,7 @@ async fn write_changes(
 
 /// Every person of the tenant is looked at again (a segment changed): a recheck of each goes on
 /// the event log.
-async fn recheck_all(
+pub(crate) async fn recheck_all(
     tx: &mut Transaction<'_, Sqlite>,
     tenant: &str,
     now: DateTime<Utc>,

@@ -9,6 +9,7 @@ pub mod broadcast;
 pub mod config;
 pub mod duration;
 pub mod history;
+pub mod journeys;
 pub mod keys;
 pub mod model;
 pub mod person_codec;

@@ -3,17 +3,22 @@
 //! event: in the database's buffer pool, its redo log and its page writes, and in the processor's
 //! decoding. The stored form is compact binary (a version byte, then `postcard`: variable-length
 //! integers, no field names, times as seconds and nanoseconds) at about a third of the record's
-//! JSON. Records written as JSON before are still read.
+//! JSON. Records written as JSON before are still read. A person inside journeys has a second
+//! form: version 2 is version 1 followed by the journeys' JSON (instances carry their entry
+//! event's properties, free-form), so people in no journey pay nothing for them.
 
 use crate::history::HistoryError;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
+use ump_automation::journey::JourneyRecord;
 use ump_automation::person::PersonRecord;
 use ump_automation::state::{Event, PersonState, ViewedItem};
 
 /// The first byte of the binary form (JSON starts with `{`).
 const VERSION: u8 = 1;
+/// The first byte of the binary form with journeys.
+const WITH_JOURNEYS: u8 = 2;
 
 /// The record's bytes to store.
 pub fn encode(record: &PersonRecord) -> Result<Vec<u8>, HistoryError> {
@@ -23,6 +28,7 @@ pub fn encode(record: &PersonRecord) -> Result<Vec<u8>, HistoryError> {
         recent,
         seen,
         next_wake,
+        journeys,
     } = record;
     let PersonState {
         occurrences,
@@ -47,9 +53,15 @@ pub fn encode(record: &PersonRecord) -> Result<Vec<u8>, HistoryError> {
         seen: seen.iter().map(String::as_str).collect(),
         next_wake: next_wake.as_ref().map(Time::from),
     };
-    let mut bytes = vec![VERSION];
-    postcard::to_io(&stored, &mut bytes)
-        .map_err(|e| HistoryError::Corrupt(format!("person record: {e}")))?;
+    let corrupt = |e: &dyn std::fmt::Display| HistoryError::Corrupt(format!("person record: {e}"));
+    if *journeys == JourneyRecord::default() {
+        let mut bytes = vec![VERSION];
+        postcard::to_io(&stored, &mut bytes).map_err(|e| corrupt(&e))?;
+        return Ok(bytes);
+    }
+    let journeys = serde_json::to_vec(journeys).map_err(|e| corrupt(&e))?;
+    let mut bytes = vec![WITH_JOURNEYS];
+    postcard::to_io(&(stored, journeys.as_slice()), &mut bytes).map_err(|e| corrupt(&e))?;
     Ok(bytes)
 }
 
@@ -60,6 +72,13 @@ pub fn decode(bytes: &[u8]) -> Result<PersonRecord, HistoryError> {
         Some((&VERSION, rest)) => {
             let stored: Stored<'_> = postcard::from_bytes(rest).map_err(|e| corrupt(&e))?;
             stored.into_record().map_err(|e| corrupt(&e))
+        }
+        Some((&WITH_JOURNEYS, rest)) => {
+            let (stored, journeys): (Stored<'_>, &[u8]) =
+                postcard::from_bytes(rest).map_err(|e| corrupt(&e))?;
+            let mut record = stored.into_record().map_err(|e| corrupt(&e))?;
+            record.journeys = serde_json::from_slice(journeys).map_err(|e| corrupt(&e))?;
+            Ok(record)
         }
         Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| corrupt(&e)),
         Some((other, _)) => Err(corrupt(&format!("unknown format {other}"))),
@@ -120,6 +139,7 @@ impl Stored<'_> {
                 .collect::<Result<_, _>>()?,
             seen: self.seen.into_iter().map(str::to_owned).collect(),
             next_wake: self.next_wake.map(Time::at).transpose()?,
+            journeys: JourneyRecord::default(),
         })
     }
 }
@@ -278,6 +298,7 @@ mod tests {
             ],
             seen: vec!["m-2".into(), "m-1".into()],
             next_wake: Some(at(86_400 * 7, 5)),
+            journeys: JourneyRecord::default(),
         }
     }
 
@@ -287,6 +308,45 @@ mod tests {
         assert_eq!(decode(&encode(&record).unwrap()).unwrap(), record);
         let empty = PersonRecord::default();
         assert_eq!(decode(&encode(&empty).unwrap()).unwrap(), empty);
+    }
+
+    #[test]
+    fn a_person_inside_a_journey_keeps_it_in_the_second_form() {
+        use ump_automation::journey::{Entries, Instance, Sent};
+        let mut record = full();
+        record.journeys = JourneyRecord {
+            inside: vec![Instance {
+                journey: "viewed-not-bought".into(),
+                version: 2,
+                entry: 1,
+                entered_at: at(1, 5),
+                step: "wait".into(),
+                since: at(1, 5),
+                seq: 1,
+                until: Some(at(301, 5)),
+                context: json!({"item_id": "sku-1", "price": 12900})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+                arm: Some("a".into()),
+            }],
+            entries: [(
+                "viewed-not-bought".to_owned(),
+                Entries {
+                    count: 1,
+                    last: at(1, 5),
+                },
+            )]
+            .into(),
+            sent: vec![Sent {
+                at: at(0, 0),
+                channel: "sms".into(),
+            }],
+        };
+        let bytes = encode(&record).unwrap();
+        assert_eq!(bytes[0], WITH_JOURNEYS);
+        assert_eq!(decode(&bytes).unwrap(), record);
+        assert_eq!(encode(&full()).unwrap()[0], VERSION, "no journeys, no cost");
     }
 
     #[test]
