@@ -502,7 +502,8 @@ async fn finish(
     }
 }
 
-async fn pause(failures: u32, cancel: &CancellationToken) {
+/// Waits after `failures` failures in a row: doubling from 200 ms to 5 s, or until `cancel`.
+pub(crate) async fn pause(failures: u32, cancel: &CancellationToken) {
     let wait = Duration::from_millis((200u64 << failures.min(5)).min(5_000));
     tokio::select! {
         _ = cancel.cancelled() => {}

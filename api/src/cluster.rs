@@ -273,6 +273,7 @@ pub async fn state(
         events,
         segments: Arc::new(MySqlAudience::new(pool.clone())),
         broadcasts: Arc::new(ump_core::broadcast::MySqlBroadcasts::new(pool.clone())),
+        journeys: Arc::new(ump_core::journeys::MySqlJourneys::new(pool.clone())),
         webhooks: Arc::new(ump_core::webhooks_store::MySqlWebhooks::new(pool)),
         // Production's rules; `ump api` sets them from its settings.
         webhook_rules: ump_core::webhooks::UrlRules::default(),

@@ -168,6 +168,7 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         events: Arc::new(SqliteEventLog::new(store.clone(), Arc::clone(&events_wake))),
         segments: Arc::new(store.clone()),
         broadcasts: Arc::new(store.clone()),
+        journeys: Arc::new(ump_core::journeys::SqliteJourneys::new(store.clone())),
         keys: Arc::clone(&keys),
         idempotency: Arc::new(SqliteIdempotency::new(store.clone())),
         metrics: ApiMetrics::new(registry.clone())?,
@@ -237,6 +238,7 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         state.clone(),
         workers.clone(),
     ));
+    tasks.spawn(crate::journeys::run_relay(state.clone(), workers.clone()));
     tasks.spawn(ump_events::sample_sizes(
         Arc::new(store.clone()),
         workers.clone(),

@@ -13,6 +13,7 @@ pub mod dashboard;
 pub mod embedded;
 pub mod events;
 pub mod idempotency;
+pub mod journeys;
 pub mod messages;
 pub mod metrics;
 pub mod problem;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub events: Arc<dyn ump_core::audience::EventLog>,
     pub segments: Arc<dyn ump_core::audience::SegmentStore>,
     pub broadcasts: Arc<dyn ump_core::broadcast::BroadcastStore>,
+    /// Journeys, their counts and the outbox of their messages.
+    pub journeys: Arc<dyn ump_core::journeys::JourneyStore>,
     pub keys: Arc<auth::KeyCache>,
     pub idempotency: Arc<dyn idempotency::IdempotencyStore>,
     pub metrics: metrics::ApiMetrics,
@@ -92,6 +95,9 @@ impl Default for RequestSettings {
           segments::list_segments, segments::create_segment, segments::get_segment,
           segments::put_segment, segments::delete_segment, segments::members, segments::sizes,
           broadcast::start, broadcast::get_one, broadcast::list,
+          journeys::list, journeys::create, journeys::put, journeys::get_one,
+          journeys::activate, journeys::pause, journeys::archive, journeys::get_caps,
+          journeys::put_caps,
           webhooks::list, webhooks::create, webhooks::get_one, webhooks::update, webhooks::delete,
           webhooks::rotate, webhooks::deliveries, webhooks::send_test, webhooks::replay),
     components(schemas(
@@ -107,7 +113,9 @@ impl Default for RequestSettings {
         segments::SizeHistory, ump_core::audience::SizePoint, broadcast::BroadcastRequest,
         broadcast::BroadcastList, ump_core::broadcast::Broadcast,
         ump_core::broadcast::BroadcastStatus,
-        ump_core::audience::Member, webhooks::EndpointRequest, webhooks::EndpointCreated,
+        ump_core::audience::Member, journeys::JourneyRequest, journeys::JourneyView,
+        journeys::JourneyList, journeys::CapsDocument, ump_core::journeys::StatRow,
+        webhooks::EndpointRequest, webhooks::EndpointCreated,
         webhooks::EndpointList, webhooks::RotateRequest, webhooks::Rotated,
         webhooks::ReplayRequest, webhooks::Replayed, webhooks::TestEventQueued,
         webhooks::DeliveryPage, ump_core::webhooks::Endpoint, ump_core::webhooks::EventFilter,
@@ -120,6 +128,7 @@ impl Default for RequestSettings {
          (name = "users", description = "Customer profiles and consents"),
          (name = "events", description = "Behaviour events of people"),
          (name = "segments", description = "Segments of people, kept as events arrive"),
+         (name = "journeys", description = "Event-triggered, multi-step journeys and the frequency caps across them"),
          (name = "webhooks", description = "Status events to the application's endpoints (Standard Webhooks)"))
 )]
 pub struct ApiDoc;
@@ -168,6 +177,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/segments/{id}/sizes", get(segments::sizes))
         .route("/v1/segments/{id}/broadcast", post(broadcast::start))
         .route("/v1/broadcasts", get(broadcast::list))
+        .route("/v1/journeys", get(journeys::list).post(journeys::create))
+        .route(
+            "/v1/journeys/{id}",
+            get(journeys::get_one).put(journeys::put),
+        )
+        .route("/v1/journeys/{id}/activate", post(journeys::activate))
+        .route("/v1/journeys/{id}/pause", post(journeys::pause))
+        .route("/v1/journeys/{id}/archive", post(journeys::archive))
+        .route(
+            "/v1/journey-caps",
+            get(journeys::get_caps).put(journeys::put_caps),
+        )
         .route("/v1/broadcasts/{id}", get(broadcast::get_one))
         .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
         .route(
@@ -252,6 +273,12 @@ mod tests {
             "/v1/segments/{id}/broadcast",
             "/v1/broadcasts",
             "/v1/broadcasts/{id}",
+            "/v1/journeys",
+            "/v1/journeys/{id}",
+            "/v1/journeys/{id}/activate",
+            "/v1/journeys/{id}/pause",
+            "/v1/journeys/{id}/archive",
+            "/v1/journey-caps",
             "/v1/webhooks",
             "/v1/webhooks/{id}",
             "/v1/webhooks/{id}/rotate-secret",

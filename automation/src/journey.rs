@@ -61,7 +61,9 @@ pub struct Journey {
     /// An event that ends the journey for the person wherever they are, as a conversion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goal: Option<EventMatch>,
-    /// When marketing sends wait (in the person's time zone); 21:00–08:00 when not given.
+    /// When marketing sends wait (in the person's time zone); 21:00–08:00 when not given. The
+    /// same start and end: none (a marketing send at night then needs the person's night-time
+    /// consent, checked when it is sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quiet_hours: Option<QuietHours>,
     /// The first step is where people enter.
@@ -475,14 +477,6 @@ impl Journey {
         }
         if let Some(goal) = &self.goal {
             check_match(goal, "goal", self.entry.event.is_some(), &mut err);
-        }
-        if let Some(q) = &self.quiet_hours
-            && q.start == q.end
-        {
-            err(
-                "quiet_hours".into(),
-                "start and end are the same: leave quiet_hours out, or give a span".into(),
-            );
         }
         if self.steps.is_empty() {
             err("steps".into(), "a journey needs at least one step".into());
