@@ -441,6 +441,9 @@ pub struct OutboxItem {
     pub html: Option<String>,
     pub provider: String,
     pub at: String,
+    /// `marketing` for advertising (what FriendTalk's ad flag would carry); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
     #[serde(skip_serializing)]
     pub tenant: String,
 }

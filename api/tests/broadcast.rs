@@ -170,7 +170,8 @@ async fn a_broadcast_killed_mid_run_resumes_and_reaches_each_consenting_member_o
         let mut calls = 0;
         for record in ump.outbox() {
             // Advertising on SMS, marked with the example channel's sender and opt-out number.
-            if record["text"] == "(광고) UMP\nWinter sale: 20% off\n무료수신거부 080-123-4567" {
+            if record["text"] == "(광고) UMP\nWinter sale: 20% off\n무료수신거부 080-123-4567"
+            {
                 calls += 1;
                 ids.entry(record["to"].as_str().expect("to").to_owned())
                     .or_default()

@@ -350,6 +350,16 @@ async fn advertising_goes_by_friendtalk_or_marked_sms() {
     );
     assert_eq!(line(&info)["text"], "배송이 시작되었습니다");
     assert!(line(&info).get("category").is_none());
+    let (status, page) = ump.get(KEY, "/v1/outbox?limit=10").await;
+    assert_eq!(status, 200, "{page}");
+    let shown = |id: &str| {
+        page["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|i| i["id"] == id))
+            .map(|i| i["category"].clone())
+    };
+    assert_eq!(shown(&ad), Some(json!("marketing")), "{page}");
+    assert_eq!(shown(&info), Some(Value::Null), "{page}");
 
     let refused = |body: Value, field: &'static str, says: &'static str| {
         assert_refused(&ump, body, field, says)
