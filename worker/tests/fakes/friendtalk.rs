@@ -1,6 +1,7 @@
 //! NHN Cloud BizMessage FriendTalk v2.3: `POST /friendtalk/v2.3/appkeys/{appkey}/messages` with
 //! `X-Secret-Key` and `{senderKey, recipientList: [{recipientNo, content, buttons?, imageUrl?,
-//! imageLink?, resendParameter?, isAd?}]}`; answers like AlimTalk (same account, same answer:
+//! imageLink?, resendParameter?, isAd?}]}`; answers like AlimTalk (same account and keys, the
+//! AlimTalk fake's `APP_KEY`, `SECRET_KEY` and `SENDER_KEY`; same answer:
 //! `{header: {...}, message: {requestId, sendResults: [...]}}`).
 //!
 //! Like Kakao, it knows which numbers are friends of the channel (FriendTalk reaches only
@@ -18,8 +19,6 @@ use serde_json::Value;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-
-pub use super::alimtalk::{APP_KEY, SECRET_KEY, SENDER_KEY};
 
 pub struct FakeFriendtalk {
     pub addr: SocketAddr,

@@ -1,6 +1,7 @@
 //! Kakao FriendTalk through NHN Cloud BizMessage v2.3.
 
-use super::fakes::friendtalk::{APP_KEY, FakeFriendtalk, SECRET_KEY, SENDER_KEY};
+use super::fakes::alimtalk::{APP_KEY, SECRET_KEY, SENDER_KEY};
+use super::fakes::friendtalk::FakeFriendtalk;
 use super::fakes::{Canned, SecretsDir, message, spec};
 use super::{assert_permanent, assert_retryable, reason};
 use serde_json::json;
