@@ -42,7 +42,7 @@ use ump_worker::metrics::WorkerMetrics;
 use ump_worker::pipeline::DeliveryPipeline;
 use ump_worker::providers::{ProviderContext, build_channel};
 
-/// The example channels (email, sms, push, alimtalk on the sandbox provider), used when no
+/// The example channels (email, sms, push, alimtalk, friendtalk on the sandbox provider), used when no
 /// channel folder is configured and `examples/channels` is not at hand.
 const EXAMPLE_CHANNELS: &str = include_str!("../../examples/channels/channels.yaml");
 
@@ -332,6 +332,7 @@ async fn example_customer(store: &SqliteStore) -> anyhow::Result<()> {
         "consents": [
             {"purpose": "marketing", "channel": "sms", "granted": true, "source": "example: sign-up form"},
             {"purpose": "marketing", "channel": "email", "granted": true, "source": "example: sign-up form"},
+            {"purpose": "marketing", "channel": "kakao", "granted": true, "source": "example: sign-up form"},
             {"purpose": "marketing_night", "channel": "sms", "granted": false, "source": "example: sign-up form"},
         ],
     }))
@@ -442,6 +443,9 @@ pub struct OutboxItem {
     pub html: Option<String>,
     pub provider: String,
     pub at: String,
+    /// `marketing` for advertising (what FriendTalk's ad flag would carry); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
     #[serde(skip_serializing)]
     pub tenant: String,
 }

@@ -89,7 +89,7 @@ impl Default for RequestSettings {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "UMP — Unified Messaging Platform", description = "One API for email, SMS, push and Kakao AlimTalk."),
+    info(title = "UMP — Unified Messaging Platform", description = "One API for email, SMS, push and Kakao (AlimTalk for information, FriendTalk for advertising)."),
     paths(messages::send_message, messages::send_batch, messages::get_message, messages::list_messages, dashboard::stats, receipts::receive,
           users::identify, users::get_user, users::erase_user, events::post_events,
           segments::list_segments, segments::create_segment, segments::get_segment,

@@ -154,6 +154,7 @@ pub(crate) fn envelope(
         tags: valid.tags,
         metadata: valid.metadata,
         idempotency_key,
+        category: valid.category,
         accepted_at: now,
         attempts: 0,
         fallback: None,
@@ -380,17 +381,26 @@ pub(crate) fn apply_person(
     else {
         return Vec::new(); // `validate` names the channel
     };
+    if marketing
+        && let Some(why) = ump_core::advertising::unfit_for_advertising(
+            &channel.name(),
+            channel.channel_type(),
+            channel.resource.spec.advertising.as_ref(),
+        )
+    {
+        // AlimTalk is wrong for the message's kind; an SMS channel lacks its configuration.
+        let at_fault = match channel.channel_type() {
+            ChannelType::Alimtalk => "category",
+            _ => "channel",
+        };
+        return fail(at_fault, why);
+    }
     let kind = match channel.channel_type() {
         ChannelType::Sms => ChannelKind::Sms,
         ChannelType::Email => ChannelKind::Email,
         ChannelType::Push => ChannelKind::Push,
-        ChannelType::Alimtalk if marketing => {
-            return fail(
-                "category",
-                "AlimTalk carries informational messages only: send advertising by SMS".into(),
-            );
-        }
-        ChannelType::Alimtalk => ChannelKind::Kakao,
+        // One Kakao consent and contact point: FriendTalk (advertising) and AlimTalk alike.
+        ChannelType::Alimtalk | ChannelType::Friendtalk => ChannelKind::Kakao,
         ChannelType::Webhook => {
             return fail(
                 "user",

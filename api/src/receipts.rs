@@ -8,7 +8,7 @@
 //! | provider type | authentication | body | message |
 //! |---|---|---|---|
 //! | `twilio` | `X-Twilio-Signature`: base64 HMAC-SHA1, keyed with the Auth Token, of the `statusCallback` URL followed by every POST parameter's name and value, sorted by name | form: `MessageSid`, `MessageStatus` (`delivered`/`read` → delivered; `failed`/`undelivered` → failed, with `ErrorCode`; others change nothing) | `MessageSid` |
-//! | `nhn-sms`, `nhn-alimtalk` | `X-Toast-Webhook-Signature`: the signature string set in NHN Cloud's webhook settings (secret key `webhookSignature`) | NHN Notification webhook: `{hooksId, webhookConfigId, productName, appKey, event, hooks: [...]}`; event `MESSAGE_RESULT_UPDATE` with hooks `{requestId, recipientSeq, resultCode, resultCodeName, msgStatus?}`: `resultCode` `1000` → delivered, another code → failed (`msgStatus` 1 or 2, still in progress, changes nothing); other events are acknowledged and ignored | `requestId` |
+//! | `nhn-sms`, `nhn-alimtalk`, `nhn-friendtalk` | `X-Toast-Webhook-Signature`: the signature string set in NHN Cloud's webhook settings (secret key `webhookSignature`) | NHN Notification webhook: `{hooksId, webhookConfigId, productName, appKey, event, hooks: [...]}`; event `MESSAGE_RESULT_UPDATE` with hooks `{requestId, recipientSeq, resultCode, resultCodeName, msgStatus?}`: `resultCode` `1000` → delivered, another code → failed (`msgStatus` 1 or 2, still in progress, changes nothing); other events are acknowledged and ignored | `requestId` |
 //! | `webhook` | `X-UMP-Signature: sha256=<hex HMAC-SHA256 of the body>` with the channel's `signingSecret`, as UMP signs what it sends | JSON `{"id": "<UMP message id>", "status": "delivered" \| "failed", "detail"?: "..."}` | `id` |
 //!
 //! Answers: `200 {"applied", "unchanged"}` (a receipt for a message that is no longer `sent`
@@ -122,7 +122,7 @@ async fn handle(
         ProviderType::Twilio => twilio(&spec, &app.secrets_dir, headers, &body)?
             .into_iter()
             .collect(),
-        ProviderType::NhnSms | ProviderType::NhnAlimtalk => {
+        ProviderType::NhnSms | ProviderType::NhnAlimtalk | ProviderType::NhnFriendtalk => {
             nhn(&spec, &app.secrets_dir, headers, &body)?
         }
         ProviderType::Webhook => vec![webhook(&spec, &app.secrets_dir, headers, &body)?],

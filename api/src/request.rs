@@ -20,7 +20,7 @@ pub struct SendMessageRequest {
     /// A `MessageChannel` name.
     #[schema(example = "sms", min_length = 1)]
     pub channel: String,
-    /// E.164 phone number (sms, alimtalk), email address (email), device token (push), or a
+    /// E.164 phone number (sms, alimtalk, friendtalk), email address (email), device token (push), or a
     /// recipient id (webhook). Give this or `user`.
     #[schema(example = "+821012345678", min_length = 1)]
     pub to: Option<String>,
@@ -30,7 +30,10 @@ pub struct SendMessageRequest {
     pub user: Option<String>,
     /// `transactional` (default) or `marketing`: advertising, sent only to a `user` who consented
     /// to it on the channel's kind (and, between 21:00 and 08:00 their time, to night-time
-    /// advertising); never over AlimTalk, which carries informational messages only.
+    /// advertising); never over AlimTalk, which carries informational messages only (advertising
+    /// over Kakao is FriendTalk). On SMS the text is marked: "(광고)" and the channel's sender
+    /// name first, "무료수신거부" and its opt-out number last (the channel must have
+    /// `advertising.optOut`); FriendTalk goes out with Kakao's ad flag, which marks it.
     #[schema(value_type = Option<Category>)]
     pub category: Option<String>,
     /// One line: no line breaks or other control characters.
@@ -73,14 +76,7 @@ pub struct SendMessageRequest {
 #[allow(dead_code)] // documents the contract (OpenAPI)
 pub struct Tag(String);
 
-/// What a message is, for the consent rules.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Category {
-    #[default]
-    Transactional,
-    Marketing,
-}
+pub use ump_core::model::Category;
 
 const FIELDS: &[&str] = &[
     "channel", "to", "user", "category", "subject", "body", "template", "data", "locale",
@@ -103,6 +99,7 @@ pub struct ValidSend {
     pub to: String,
     pub content: Content,
     pub priority: Priority,
+    pub category: Category,
     pub send_at: Option<DateTime<Utc>>,
     pub tags: Vec<String>,
     pub metadata: Map<String, Value>,
@@ -147,13 +144,17 @@ pub fn validate(
     let channel_name = string("channel", true, &mut errors);
     // A `user` is replaced by their contact point before validation (`messages::resolve_person`).
     let to = string("to", true, &mut errors);
-    match string("category", false, &mut errors).as_deref() {
-        None | Some("transactional" | "marketing") => {}
-        Some(_) => errors.push(FieldError::new(
-            field("category"),
-            "transactional or marketing",
-        )),
-    }
+    let category = match string("category", false, &mut errors).as_deref() {
+        None | Some("transactional") => Category::Transactional,
+        Some("marketing") => Category::Marketing,
+        Some(_) => {
+            errors.push(FieldError::new(
+                field("category"),
+                "transactional or marketing",
+            ));
+            Category::Transactional
+        }
+    };
     let subject = string("subject", false, &mut errors);
     let body = string("body", false, &mut errors);
     let template = string("template", false, &mut errors);
@@ -350,6 +351,7 @@ pub fn validate(
                 locale,
             },
             priority,
+            category,
             send_at,
             tags,
             metadata,
@@ -436,7 +438,7 @@ fn has_line_break(text: &str) -> bool {
 /// Checks `to` for the channel's kind of recipient.
 pub fn check_recipient(channel_type: ChannelType, to: &str) -> Result<(), String> {
     match channel_type {
-        ChannelType::Sms | ChannelType::Alimtalk => is_e164(to)
+        ChannelType::Sms | ChannelType::Alimtalk | ChannelType::Friendtalk => is_e164(to)
             .then_some(())
             .ok_or_else(|| "must be an E.164 phone number, e.g. +821012345678".to_owned()),
         ChannelType::Email => is_email(to)

@@ -169,7 +169,9 @@ async fn a_broadcast_killed_mid_run_resumes_and_reaches_each_consenting_member_o
         let mut ids: HashMap<String, BTreeSet<String>> = HashMap::new();
         let mut calls = 0;
         for record in ump.outbox() {
-            if record["text"] == "Winter sale: 20% off" {
+            // Advertising on SMS, marked with the example channel's sender and opt-out number.
+            if record["text"] == "(광고) UMP\nWinter sale: 20% off\n무료수신거부 080-123-4567"
+            {
                 calls += 1;
                 ids.entry(record["to"].as_str().expect("to").to_owned())
                     .or_default()

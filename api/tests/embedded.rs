@@ -245,7 +245,7 @@ async fn first_start_prints_a_working_key_and_idempotency_holds_across_restarts(
     assert!(output.contains("example-kim"), "{output}");
     let (status, example) = ump.get(&key, "/v1/users/example-kim").await;
     assert_eq!(status, 200, "{example}");
-    assert_eq!(example["consents"].as_array().map(Vec::len), Some(3));
+    assert_eq!(example["consents"].as_array().map(Vec::len), Some(4));
 
     let body = json!({"channel": "sms", "to": "+821012345678", "body": "once"});
     let send = |ump: &AllInOne| {

@@ -122,6 +122,7 @@ impl Api {
             tags: vec![],
             metadata: Default::default(),
             idempotency_key: None,
+            category: Default::default(),
             accepted_at: chrono::Utc::now() - chrono::Duration::seconds(1),
             attempts: 1,
             fallback: None,

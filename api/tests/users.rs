@@ -131,6 +131,15 @@ fn zone_at(hour: i64) -> String {
     }
 }
 
+/// A send that must be refused with a 422 naming `field`, its detail saying `says`.
+async fn assert_refused(ump: &AllInOne, body: Value, field: &str, says: &str) {
+    let (status, problem) = ump.post(KEY, "/v1/messages", &body).await;
+    assert_eq!(status, 422, "{body}: {problem}");
+    assert_eq!(problem["field"], field, "{body}: {problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(says), "{body}: {problem}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_to_a_person_use_their_contact_and_marketing_needs_consent() {
     let ump = AllInOne::start("warn", &[]).await;
@@ -166,19 +175,7 @@ async fn sends_to_a_person_use_their_contact_and_marketing_needs_consent() {
     assert_eq!(ump.wait_status(KEY, &id, "sent").await["to"], phone);
 
     let refused = |body: Value, field: &'static str, says: &'static str| {
-        let ump = &ump;
-        async move {
-            let (status, problem) = ump.post(KEY, "/v1/messages", &body).await;
-            assert_eq!(status, 422, "{body}: {problem}");
-            assert_eq!(problem["field"], field, "{body}: {problem}");
-            assert!(
-                problem["detail"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains(says),
-                "{body}: {problem}"
-            );
-        }
+        assert_refused(&ump, body, field, says)
     };
     refused(
         json!({"channel": "email", "user": "lee-1", "category": "marketing", "subject": "s", "body": "x"}),
@@ -281,4 +278,114 @@ async fn sends_to_a_person_use_their_contact_and_marketing_needs_consent() {
         answer["results"][1]["error"]["field"], "messages[1].user",
         "{answer}"
     );
+}
+
+/// Korean advertising rules end to end: advertising over Kakao is FriendTalk (Kakao consent,
+/// Kakao's ad flag), SMS advertising is marked "(광고)" + sender first and the channel's opt-out
+/// number last, and an SMS channel without an opt-out number takes no advertising.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advertising_goes_by_friendtalk_or_marked_sms() {
+    let channels = tempfile::tempdir().expect("temp dir");
+    let examples = std::fs::read_to_string(common::examples().join("channels.yaml"))
+        .expect("the example channels");
+    std::fs::write(channels.path().join("channels.yaml"), examples).expect("write channels");
+    std::fs::write(
+        channels.path().join("plain-sms.yaml"),
+        "apiVersion: ump.dev/v1alpha1\nkind: MessageChannel\nmetadata: {name: plain-sms}\n\
+         spec:\n  type: sms\n  providers: [{name: sandbox, type: sandbox}]\n",
+    )
+    .expect("write plain-sms");
+    let ump = AllInOne::start_with_channels(channels.path(), "warn", &[]).await;
+    let phone = "+821044445555";
+    let (status, profile) = ump
+        .put(
+            KEY,
+            "/v1/users/park-1",
+            &json!({"contacts": {"phone": phone}, "timezone": zone_at(12),
+                "consents": [
+                    {"purpose": "marketing", "channel": "kakao", "granted": true, "source": "kakao-channel-form"},
+                    {"purpose": "marketing", "channel": "sms", "granted": true, "source": "signup-form"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{profile}");
+
+    // FriendTalk: the person's phone, the Kakao consent, the text as written (Kakao marks it).
+    let ad = ump
+        .send(
+            KEY,
+            &json!({"channel": "friendtalk", "user": "park-1", "category": "marketing",
+                    "template": "sale", "data": {"name": "박", "percent": 30}}),
+        )
+        .await;
+    assert_eq!(ump.wait_status(KEY, &ad, "sent").await["to"], phone);
+    // SMS: marked with the channel's sender name and opt-out number.
+    let sms = ump
+        .send(
+            KEY,
+            &json!({"channel": "sms", "user": "park-1", "category": "marketing", "body": "주말 특가"}),
+        )
+        .await;
+    ump.wait_status(KEY, &sms, "sent").await;
+    // Information is never marked.
+    let info = ump
+        .send(
+            KEY,
+            &json!({"channel": "sms", "user": "park-1", "body": "배송이 시작되었습니다"}),
+        )
+        .await;
+    ump.wait_status(KEY, &info, "sent").await;
+    let outbox = ump.outbox();
+    let line = |id: &str| {
+        outbox
+            .iter()
+            .find(|l| l["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not in the outbox: {outbox:?}"))
+    };
+    assert_eq!(line(&ad)["text"], "박님, 주말 특가: 전 품목 30% 할인");
+    assert_eq!(line(&ad)["category"], "marketing");
+    assert_eq!(
+        line(&sms)["text"],
+        "(광고) UMP\n주말 특가\n무료수신거부 080-123-4567"
+    );
+    assert_eq!(line(&info)["text"], "배송이 시작되었습니다");
+    assert!(line(&info).get("category").is_none());
+    let (status, page) = ump.get(KEY, "/v1/outbox?limit=10").await;
+    assert_eq!(status, 200, "{page}");
+    let shown = |id: &str| {
+        page["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|i| i["id"] == id))
+            .map(|i| i["category"].clone())
+    };
+    assert_eq!(shown(&ad), Some(json!("marketing")), "{page}");
+    assert_eq!(shown(&info), Some(Value::Null), "{page}");
+
+    let refused = |body: Value, field: &'static str, says: &'static str| {
+        assert_refused(&ump, body, field, says)
+    };
+    refused(
+        json!({"channel": "plain-sms", "user": "park-1", "category": "marketing", "body": "x"}),
+        "channel",
+        "spec.advertising.optOut",
+    )
+    .await;
+    refused(
+        json!({"channel": "alimtalk", "user": "park-1", "category": "marketing",
+               "template": "shipped", "data": {"name": "x"}}),
+        "category",
+        "send advertising by FriendTalk or SMS",
+    )
+    .await;
+    // Without the Kakao consent, no FriendTalk advertising.
+    let withdraw = json!({"consents": [{"purpose": "marketing", "channel": "kakao",
+                                        "granted": false, "source": "channel-blocked"}]});
+    assert_eq!(ump.put(KEY, "/v1/users/park-1", &withdraw).await.0, 200);
+    refused(
+        json!({"channel": "friendtalk", "user": "park-1", "category": "marketing",
+               "template": "sale", "data": {"name": "박", "percent": 30}}),
+        "user",
+        "consent for kakao was withdrawn",
+    )
+    .await;
 }

@@ -131,6 +131,7 @@ fn envelope(i: usize) -> Envelope {
         tags: vec![],
         metadata: Map::new(),
         idempotency_key: None,
+        category: Default::default(),
         accepted_at: Utc::now(),
         attempts: 0,
         fallback: None,

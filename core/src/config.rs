@@ -356,7 +356,7 @@ spec:
         let registry = ChannelRegistry::load_dir(&dir).expect("examples/channels loads");
         assert_eq!(
             registry.names().collect::<Vec<_>>(),
-            ["alimtalk", "email", "push", "sms"]
+            ["alimtalk", "email", "friendtalk", "push", "sms"]
         );
         assert!(registry.channels().all(|c| c.missing_policy.is_none()));
     }

@@ -1,6 +1,7 @@
 //! UMP's shared library: the pieces the api, worker and operator crates all use.
 //! Storage lives here because both the api (reads) and the worker (writes) need it.
 
+pub mod advertising;
 pub mod amqp;
 pub mod audience;
 pub mod audience_mysql;

@@ -172,6 +172,26 @@ impl Priority {
     }
 }
 
+/// What a message is, for the consent rules and the advertising markings: `marketing` goes only
+/// to a person who consented to advertising on the channel's kind, and is marked as advertising
+/// (SMS: "(광고)" and an opt-out line; FriendTalk: Kakao's ad flag).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    #[default]
+    Transactional,
+    /// Advertising (영리목적 광고성 정보).
+    Marketing,
+}
+
+impl Category {
+    pub fn is_transactional(&self) -> bool {
+        *self == Category::Transactional
+    }
+}
+
 /// What to send: inline text, or a stored template and its variables.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Content {
@@ -216,6 +236,9 @@ pub struct Envelope {
     pub metadata: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Left out when transactional, so envelopes of before the field read the same.
+    #[serde(default, skip_serializing_if = "Category::is_transactional")]
+    pub category: Category,
     pub accepted_at: DateTime<Utc>,
     /// Delivery attempts made so far (0 on the first try).
     #[serde(default)]
@@ -304,6 +327,7 @@ mod tests {
             tags: vec![],
             metadata: Map::new(),
             idempotency_key: None,
+            category: Default::default(),
             accepted_at: Utc::now(),
             attempts: 0,
             fallback: None,

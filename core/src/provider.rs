@@ -1,7 +1,7 @@
 //! The provider port: what the worker hands a provider (an email server, an SMS API, FCM, APNs,
-//! Kakao AlimTalk, a webhook, the sandbox) and how the provider answers.
+//! Kakao AlimTalk and FriendTalk, a webhook, the sandbox) and how the provider answers.
 
-use crate::model::MessageId;
+use crate::model::{Category, MessageId};
 use crate::resources::ChannelType;
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -23,6 +23,10 @@ pub struct Outgoing {
     /// The send's template variables (AlimTalk template parameters, push data).
     pub data: Map<String, Value>,
     pub metadata: Map<String, Value>,
+    /// Advertising or not: the text is already marked where the channel marks in the text (see
+    /// `crate::advertising`); a provider whose service marks advertising itself (FriendTalk's ad
+    /// flag) reads it here.
+    pub category: Category,
     /// Which attempt this is (1 on the first try).
     pub attempt: u32,
 }

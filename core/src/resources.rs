@@ -76,6 +76,30 @@ pub struct MessageChannelSpec {
         length(max = 35)
     )]
     pub fallback_locale: Option<String>,
+    /// How advertising (`category: marketing`) on this channel is marked. SMS: "(광고)" and
+    /// `senderName` first, "무료수신거부" and `optOut` last; an SMS channel without `optOut` takes
+    /// no advertising. FriendTalk is marked by Kakao itself (the message's ad flag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertising: Option<AdvertisingSpec>,
+}
+
+/// The markings Korean law asks of advertising (Act on Promotion of Information and
+/// Communications Network Utilization, art. 50): on SMS, the text starts with "(광고)" and the
+/// sender's name and ends with a free way to opt out (`(광고) UMP샵 ... 무료수신거부 080-123-4567`).
+/// FriendTalk is marked by Kakao itself (the message's ad flag: "(광고)" and the channel-block
+/// opt-out), so there these settings are not written into the text.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdvertisingSpec {
+    /// The sender's (brand's) name, written after "(광고)" on the first line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[^\r\n]*\S[^\r\n]*$"), length(max = 40))]
+    pub sender_name: Option<String>,
+    /// The free opt-out number (usually an 080 number), written on the last line after
+    /// "무료수신거부". Required before an SMS channel takes advertising.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9][0-9-]{6,19}$"))]
+    pub opt_out: Option<String>,
 }
 
 /// A stored template, rendered with the send's `data` (Jinja syntax: `{{ name }}`). Its own parts
@@ -121,7 +145,10 @@ pub enum ChannelType {
     Email,
     Sms,
     Push,
+    /// Kakao AlimTalk: informational messages on approved templates.
     Alimtalk,
+    /// Kakao FriendTalk: free-form messages, advertising included, to the channel's friends.
+    Friendtalk,
     Webhook,
 }
 
@@ -152,6 +179,7 @@ pub enum ProviderType {
     Fcm,
     Apns,
     NhnAlimtalk,
+    NhnFriendtalk,
     Webhook,
 }
 

@@ -1086,6 +1086,7 @@ mod tests {
             tags: Vec::new(),
             metadata: Default::default(),
             idempotency_key: None,
+            category: Default::default(),
             accepted_at: Utc::now(),
             attempts: 0,
             fallback: None,

@@ -632,6 +632,7 @@ mod tests {
             tags: vec![],
             metadata: Default::default(),
             idempotency_key: None,
+            category: Default::default(),
             accepted_at: at(0),
             attempts: 0,
             fallback: None,

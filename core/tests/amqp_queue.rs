@@ -42,6 +42,7 @@ fn envelope(body: &str) -> Envelope {
         tags: vec![],
         metadata: Default::default(),
         idempotency_key: None,
+        category: Default::default(),
         accepted_at: chrono::Utc::now(),
         attempts: 0,
         fallback: None,

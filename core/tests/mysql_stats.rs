@@ -33,6 +33,7 @@ fn envelope(tenant: &str, channel: &str, at: DateTime<Utc>) -> Envelope {
         tags: vec![],
         metadata: Map::new(),
         idempotency_key: None,
+        category: Default::default(),
         accepted_at: at,
         attempts: 0,
         fallback: None,

@@ -151,6 +151,7 @@ mod tests {
             tags: vec!["order".into()],
             metadata: Default::default(),
             idempotency_key: Some("order-42".into()),
+            category: Default::default(),
             accepted_at: Utc::now(),
             attempts: 2,
             fallback: None,
@@ -170,6 +171,7 @@ mod tests {
             template: Some("SHIPPED".into()),
             data: envelope.content.data.clone(),
             metadata: Default::default(),
+            category: Default::default(),
             attempt: 2,
         }
     }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use ump_core::config::ResolvedChannel;
 use ump_core::history::{BatchRecord, Deferred, Transition};
-use ump_core::model::{Envelope, Status};
+use ump_core::model::{Category, Envelope, Status};
 use ump_core::provider::{Answer, Outcome, Outgoing, Provider};
 use ump_core::resources::DedupeKey;
 
@@ -261,7 +261,7 @@ impl DeliveryPipeline {
             }
         }
 
-        let outgoing = match self.render(&envelope) {
+        let outgoing = match render(&self.channel, &envelope) {
             Ok(outgoing) => outgoing,
             Err(reason) => {
                 self.release(&key, &id).await;
@@ -427,46 +427,63 @@ impl DeliveryPipeline {
             tracing::warn!(error = %e, "could not release a dedupe key");
         }
     }
+}
 
-    fn render(&self, envelope: &Envelope) -> Result<Outgoing, String> {
-        let content = &envelope.content;
-        let (subject, text, html, template) = match &content.template {
-            Some(name) => {
-                let rendered = self
-                    .channel
-                    .templates
-                    .render(name, content.locale.as_deref(), &content.data)
-                    .map_err(|e| e.to_string())?;
-                (
-                    rendered.subject.or_else(|| content.subject.clone()),
-                    rendered.text,
-                    rendered.html,
-                    // What the provider knows the template by (AlimTalk: the variant's code).
-                    Some(rendered.code),
-                )
-            }
-            None => (
-                content.subject.clone(),
-                content.body.clone().unwrap_or_default(),
-                None,
-                None,
-            ),
-        };
-        Ok(Outgoing {
-            id: envelope.id,
-            tenant: envelope.tenant.clone(),
-            channel: envelope.channel.clone(),
-            channel_type: self.channel.channel_type(),
-            to: envelope.to.clone(),
-            subject,
-            text,
-            html,
-            template,
-            data: content.data.clone(),
-            metadata: envelope.metadata.clone(),
-            attempt: envelope.attempts + 1,
-        })
+/// What the provider gets of `envelope` on `channel`: the content rendered, and marked as
+/// advertising when it is (the one place the markings are written; a retry renders again from
+/// the unmarked envelope).
+fn render(channel: &ResolvedChannel, envelope: &Envelope) -> Result<Outgoing, String> {
+    let content = &envelope.content;
+    let channel_type = channel.channel_type();
+    let advertising = channel.resource.spec.advertising.as_ref();
+    if envelope.category == Category::Marketing
+        && let Some(why) = ump_core::advertising::unfit_for_advertising(
+            &envelope.channel,
+            channel_type,
+            advertising,
+        )
+    {
+        // Accepted before the channel changed, or handed over by a fallback: never sent
+        // unmarked.
+        return Err(format!("advertising not sent: {why}"));
     }
+    let (subject, text, html, template) = match &content.template {
+        Some(name) => {
+            let rendered = channel
+                .templates
+                .render(name, content.locale.as_deref(), &content.data)
+                .map_err(|e| e.to_string())?;
+            (
+                rendered.subject.or_else(|| content.subject.clone()),
+                rendered.text,
+                rendered.html,
+                // What the provider knows the template by (AlimTalk: the variant's code).
+                Some(rendered.code),
+            )
+        }
+        None => (
+            content.subject.clone(),
+            content.body.clone().unwrap_or_default(),
+            None,
+            None,
+        ),
+    };
+    let text = ump_core::advertising::mark(text, envelope.category, channel_type, advertising);
+    Ok(Outgoing {
+        id: envelope.id,
+        tenant: envelope.tenant.clone(),
+        channel: envelope.channel.clone(),
+        channel_type,
+        to: envelope.to.clone(),
+        subject,
+        text,
+        html,
+        template,
+        data: content.data.clone(),
+        metadata: envelope.metadata.clone(),
+        category: envelope.category,
+        attempt: envelope.attempts + 1,
+    })
 }
 
 #[derive(Debug, Default)]
@@ -474,4 +491,82 @@ struct Step {
     transitions: Vec<Transition>,
     deferred: Option<Deferred>,
     dead_letter: Option<Envelope>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    use ump_core::config::ChannelRegistry;
+    use ump_core::model::{Content, MessageId, Priority};
+    use ump_core::resources::{DeliveryPolicy, MessageChannel};
+
+    fn channel(channel_type: &str, advertising: Value) -> Arc<ResolvedChannel> {
+        let mut spec =
+            json!({"type": channel_type, "providers": [{"name": "sandbox", "type": "sandbox"}]});
+        if !advertising.is_null() {
+            spec["advertising"] = advertising;
+        }
+        let resource: MessageChannel = serde_json::from_value(json!({
+            "apiVersion": "ump.dev/v1alpha1", "kind": "MessageChannel",
+            "metadata": {"name": "c"}, "spec": spec
+        }))
+        .expect("channel");
+        let registry = ChannelRegistry::resolve(vec![resource], Vec::<DeliveryPolicy>::new())
+            .expect("registry");
+        registry.get("c").cloned().expect("the channel")
+    }
+
+    fn envelope(category: Category, body: &str, attempts: u32) -> Envelope {
+        Envelope {
+            id: MessageId::new(),
+            tenant: "t".into(),
+            channel: "c".into(),
+            to: "+821012345678".into(),
+            content: Content {
+                body: Some(body.into()),
+                ..Content::default()
+            },
+            priority: Priority::Bulk,
+            send_at: None,
+            tags: Vec::new(),
+            metadata: Default::default(),
+            idempotency_key: None,
+            category,
+            accepted_at: Utc::now(),
+            attempts,
+            fallback: None,
+        }
+    }
+
+    #[test]
+    fn advertising_is_marked_once_whatever_the_attempt() {
+        let sms = channel(
+            "sms",
+            json!({"senderName": "UMP샵", "optOut": "080-123-4567"}),
+        );
+        let expected = "(광고) UMP샵\n세일\n무료수신거부 080-123-4567";
+        for attempts in [0, 3] {
+            let outgoing = render(&sms, &envelope(Category::Marketing, "세일", attempts));
+            let outgoing = outgoing.expect("rendered");
+            assert_eq!(outgoing.text, expected);
+            assert_eq!(outgoing.category, Category::Marketing);
+        }
+        let info = render(&sms, &envelope(Category::Transactional, "세일", 0));
+        assert_eq!(info.map(|o| o.text), Ok("세일".to_owned()));
+    }
+
+    #[test]
+    fn advertising_on_an_sms_channel_without_an_opt_out_is_never_sent() {
+        let plain = channel("sms", Value::Null);
+        let refused = render(&plain, &envelope(Category::Marketing, "세일", 0));
+        assert!(
+            matches!(&refused, Err(why) if why.contains("spec.advertising.optOut")),
+            "{refused:?}"
+        );
+        // FriendTalk: Kakao marks it (the ad flag); the text goes as written.
+        let friendtalk = channel("friendtalk", Value::Null);
+        let ad = render(&friendtalk, &envelope(Category::Marketing, "세일", 0));
+        assert_eq!(ad.map(|o| o.text), Ok("세일".to_owned()));
+    }
 }

@@ -788,6 +788,7 @@ mod tests {
             tags: vec![],
             metadata: Default::default(),
             idempotency_key: None,
+            category: Default::default(),
             accepted_at: Utc::now(),
             attempts,
             fallback: None,

@@ -12,6 +12,8 @@ mod apns;
 mod factory;
 #[path = "providers/fcm.rs"]
 mod fcm;
+#[path = "providers/friendtalk.rs"]
+mod friendtalk;
 #[path = "providers/nhn_sms.rs"]
 mod nhn_sms;
 #[path = "providers/twilio.rs"]

@@ -306,6 +306,7 @@ fn flood_kafka(stack: &Stack, count: usize) {
             tags: vec![],
             metadata: Default::default(),
             idempotency_key: None,
+            category: Default::default(),
             accepted_at: now,
             attempts: 0,
             fallback: None,

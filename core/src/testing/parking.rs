@@ -24,6 +24,7 @@ pub fn envelope(tenant: &str, to: &str) -> Envelope {
         tags: vec![],
         metadata: Default::default(),
         idempotency_key: None,
+        category: Default::default(),
         accepted_at: Utc::now(),
         attempts: 0,
         fallback: None,

@@ -341,6 +341,7 @@ mod tests {
             template: None,
             data: Default::default(),
             metadata: Default::default(),
+            category: Default::default(),
             attempt: 1,
         }
     }

@@ -443,6 +443,7 @@ mod tests {
             template: None,
             data: Map::new(),
             metadata: Map::new(),
+            category: Default::default(),
             attempt: 1,
         };
         message.data.insert("n".into(), json!(3));

@@ -9,6 +9,7 @@ mod http;
 mod limits;
 mod nhn;
 pub mod nhn_alimtalk;
+pub mod nhn_friendtalk;
 pub mod nhn_sms;
 pub mod sandbox;
 pub mod secret;
@@ -55,6 +56,9 @@ pub fn build(
         ProviderType::Fcm => Arc::new(fcm::FcmProvider::build(spec, ctx)?),
         ProviderType::Apns => Arc::new(apns::ApnsProvider::build(spec, ctx)?),
         ProviderType::NhnAlimtalk => Arc::new(nhn_alimtalk::NhnAlimtalkProvider::build(spec, ctx)?),
+        ProviderType::NhnFriendtalk => {
+            Arc::new(nhn_friendtalk::NhnFriendtalkProvider::build(spec, ctx)?)
+        }
         ProviderType::Webhook => Arc::new(webhook::WebhookProvider::build(spec, ctx)?),
     })
 }

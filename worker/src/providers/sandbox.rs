@@ -1,5 +1,6 @@
 //! The sandbox provider: records what would have been sent, one JSON line per message, instead of
-//! sending it. Each line is written with a single `write(2)` on an append-only file before the
+//! sending it (the text as the provider would get it, advertising markings included, and
+//! `"category": "marketing"` for advertising). Each line is written with a single `write(2)` on an append-only file before the
 //! provider answers `Sent`, so a killed worker never loses a line it reported.
 //!
 //! Settings (all optional) make it behave like a troubled provider, to try retries, dead letters
@@ -16,6 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
+use ump_core::model::Category;
 use ump_core::provider::{Outcome, Outgoing, Provider};
 use ump_core::resources::ProviderSpec;
 
@@ -100,7 +102,7 @@ impl Provider for SandboxProvider {
                 reason: "sandbox: recipient rejected".to_owned(),
             };
         }
-        let record = json!({
+        let mut record = json!({
             "id": message.id,
             "tenant": message.tenant,
             "channel": message.channel,
@@ -112,6 +114,10 @@ impl Provider for SandboxProvider {
             "attempt": message.attempt,
             "at": chrono::Utc::now(),
         });
+        // What a provider that marks advertising itself (FriendTalk's ad flag) would be told.
+        if message.category == Category::Marketing {
+            record["category"] = json!("marketing");
+        }
         let mut line = record.to_string();
         line.push('\n');
         let written = match self.file.lock() {

@@ -83,40 +83,83 @@ pub fn header_failure(code: i64, message: &str) -> Canned {
     )
 }
 
-async fn send(
-    State(state): State<Arc<Shared>>,
-    Path(app_key): Path<String>,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
+/// The checks NHN makes of every BizMessage request (AlimTalk and FriendTalk share an account):
+/// app key, secret key, a JSON body, sender key. `Err` is NHN's answer to a request that fails
+/// one; `echo` quotes a wrong sender key back, as a careless server might.
+pub fn check_account(
+    app_key: &str,
+    headers: &HeaderMap,
+    body: &str,
+    echo: bool,
+) -> Result<Value, Canned> {
     if app_key != APP_KEY {
-        return header_failure(-1000, "Invalid appKey.")
-            .into_response()
-            .await;
+        return Err(header_failure(-1000, "Invalid appKey."));
     }
     let secret = headers
         .get("x-secret-key")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     if secret != SECRET_KEY {
-        return header_failure(-1004, "Invalid secretKey.")
-            .into_response()
-            .await;
+        return Err(header_failure(-1004, "Invalid secretKey."));
     }
-    let Ok(request) = serde_json::from_str::<Value>(&body) else {
-        return header_failure(-9996, "Only 'application/json' is supported.")
-            .into_response()
-            .await;
+    let Ok(request) = serde_json::from_str::<Value>(body) else {
+        return Err(header_failure(
+            -9996,
+            "Only 'application/json' is supported.",
+        ));
     };
     let sender_key = request["senderKey"].as_str().unwrap_or_default();
     if sender_key != SENDER_KEY {
-        let message = if *lock(&state.echo_credentials) {
+        let message = if echo {
             format!("Invalid senderKey {sender_key}")
         } else {
             "Invalid senderKey.".to_owned()
         };
-        return header_failure(1003, &message).into_response().await;
+        return Err(header_failure(1003, &message));
     }
+    Ok(request)
+}
+
+/// NHN's answer to an accepted send: request `n` of `product`, with one result per recipient
+/// (`(recipientNo, resultCode, resultMessage)`).
+pub fn accepted_answer(product: &str, n: usize, results: &[(String, i64, &str)]) -> Canned {
+    let results: Vec<Value> = results
+        .iter()
+        .enumerate()
+        .map(|(seq, (number, code, message))| {
+            json!({
+                "recipientSeq": seq + 1,
+                "recipientNo": number,
+                "resultCode": code,
+                "resultMessage": message,
+                "recipientGroupingKey": null,
+            })
+        })
+        .collect();
+    Canned::json(
+        200,
+        json!({
+            "header": {"resultCode": 0, "resultMessage": "success", "isSuccessful": true},
+            "message": {
+                "requestId": format!("20260101-{product}-{n:06}"),
+                "senderGroupingKey": null,
+                "sendResults": results,
+            },
+        }),
+    )
+}
+
+async fn send(
+    State(state): State<Arc<Shared>>,
+    Path(app_key): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let echo = *lock(&state.echo_credentials);
+    let request = match check_account(&app_key, &headers, &body, echo) {
+        Ok(request) => request,
+        Err(refusal) => return refusal.into_response().await,
+    };
     if let Some(canned) = state.script.next() {
         return canned.into_response().await;
     }
@@ -131,7 +174,7 @@ async fn send(
     let template = request["templateCode"].as_str().unwrap_or_default();
     let needed = lock(&state.templates).get(template).cloned();
     let mut results = Vec::new();
-    for (seq, recipient) in recipients.iter().enumerate() {
+    for recipient in recipients {
         let number = recipient["recipientNo"].as_str().unwrap_or_default();
         let parameters = recipient["templateParameter"].as_object();
         let (code, message) = match &needed {
@@ -147,30 +190,14 @@ async fn send(
             _ if !recipient["resendParameter"].is_object() => (-5000, "resendParameter missing"),
             _ => (0, "SUCCESS"),
         };
-        results.push(json!({
-            "recipientSeq": seq + 1,
-            "recipientNo": number,
-            "resultCode": code,
-            "resultMessage": message,
-            "recipientGroupingKey": null,
-        }));
+        results.push((number.to_owned(), code, message));
     }
     let n = {
         let mut accepted = lock(&state.accepted);
         accepted.push(request.clone());
         accepted.len()
     };
-    Canned::json(
-        200,
-        json!({
-            "header": {"resultCode": 0, "resultMessage": "success", "isSuccessful": true},
-            "message": {
-                "requestId": format!("20260101-alimtalk-{n:06}"),
-                "senderGroupingKey": null,
-                "sendResults": results,
-            },
-        }),
-    )
-    .into_response()
-    .await
+    accepted_answer("alimtalk", n, &results)
+        .into_response()
+        .await
 }

@@ -1,4 +1,4 @@
-//! Local stand-ins for the SaaS APIs UMP's providers call (Twilio, NHN Cloud SMS and AlimTalk,
+//! Local stand-ins for the SaaS APIs UMP's providers call (Twilio, NHN Cloud SMS, AlimTalk and FriendTalk,
 //! FCM with its OAuth2 token endpoint, APNs over HTTP/2 + TLS, a webhook receiver), on
 //! 127.0.0.1 with a port of their own. Each checks requests the way the real service does
 //! (credentials, signatures, required fields) and answers in its documented shapes; a test can
@@ -11,6 +11,7 @@
 pub mod alimtalk;
 pub mod apns;
 pub mod fcm;
+pub mod friendtalk;
 pub mod nhn_sms;
 pub mod twilio;
 pub mod webhook;
@@ -213,6 +214,7 @@ pub fn message(channel_type: ChannelType, to: &str, text: &str) -> Outgoing {
         template: None,
         data: Map::new(),
         metadata: Map::new(),
+        category: Default::default(),
         attempt: 1,
     }
 }

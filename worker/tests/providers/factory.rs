@@ -82,6 +82,12 @@ async fn every_provider_type_builds_from_its_spec() {
             &[("endpoint", local)],
         ),
         spec(
+            "friendtalk",
+            ProviderType::NhnFriendtalk,
+            Some("nhn"),
+            &[("endpoint", local)],
+        ),
+        spec(
             "hook",
             ProviderType::Webhook,
             Some("hook"),
