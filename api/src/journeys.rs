@@ -201,23 +201,26 @@ fn check_sends(journey: &Journey, registry: &ChannelRegistry) -> Vec<FieldError>
             ));
             continue;
         };
-        match channel.channel_type() {
-            ChannelType::Alimtalk if send.is_marketing() => {
-                errors.push(FieldError::new(
-                    format!("{at}.category"),
-                    "AlimTalk carries informational messages only: send advertising by SMS \
-                     (or mark the send transactional if it is informational)",
-                ));
-                continue;
-            }
-            ChannelType::Webhook => {
-                errors.push(FieldError::new(
-                    format!("{at}.channel"),
-                    "a webhook channel has no contact point on a profile",
-                ));
-                continue;
-            }
-            _ => {}
+        if send.is_marketing()
+            && let Some(why) = ump_core::advertising::unfit_for_advertising(
+                &channel.name(),
+                channel.channel_type(),
+                channel.resource.spec.advertising.as_ref(),
+            )
+        {
+            let at_fault = match channel.channel_type() {
+                ChannelType::Alimtalk => "category",
+                _ => "channel",
+            };
+            errors.push(FieldError::new(format!("{at}.{at_fault}"), why));
+            continue;
+        }
+        if channel.channel_type() == ChannelType::Webhook {
+            errors.push(FieldError::new(
+                format!("{at}.channel"),
+                "a webhook channel has no contact point on a profile",
+            ));
+            continue;
         }
         let message = json!({
             "channel": send.channel,
