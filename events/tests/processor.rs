@@ -442,3 +442,120 @@ async fn a_window_that_expires_moves_people_out_without_any_new_event() {
     drop(processor);
     setup.finish().await;
 }
+
+/// The founding brief's journey on Kafka and MariaDB: everyone views a product, half of them buy
+/// it; the processor is killed (SIGKILL) while they wait. After the restart, the outbox holds
+/// exactly one coupon for each who did not buy and none for those who did (the API's relay
+/// sends the outbox with ids derived from each message's key: `api/tests/journeys.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journey_killed_mid_wait_makes_each_coupon_exactly_once() {
+    use ump_core::journeys::{JourneyStore, MySqlJourneys};
+    let _one = ONE_AT_A_TIME.lock().await;
+    let setup = Setup::new().await;
+    const PEOPLE: usize = 400;
+    let journeys = MySqlJourneys::new(setup.db.pool.clone());
+    let journey = serde_json::from_value(json!({
+        "id": "viewed-not-bought",
+        "entry": {"event": "product_viewed"},
+        "quiet_hours": {"start": "00:00", "end": "00:00"},
+        "steps": [
+            {"id": "wait", "wait": {"event": "purchase", "match": ["item_id"], "timeout": "15s",
+              "on_event": "bought", "on_timeout": "coupon"}},
+            {"id": "coupon", "send": {"channel": "sms", "template": "coupon",
+              "data": {"item": "$entry.item_id"}}},
+            {"id": "bought", "exit": {}}
+        ]
+    }))
+    .expect("journey");
+    journeys
+        .put_journey(TENANT, journey, Utc::now())
+        .await
+        .expect("stored");
+    journeys
+        .set_status(
+            TENANT,
+            "viewed-not-bought",
+            ump_automation::journey::Status::Active,
+            Utc::now(),
+        )
+        .await
+        .expect("active");
+    let processor = setup.start(0);
+    let now = Utc::now();
+    let mut entries = Vec::new();
+    for p in 0..PEOPLE {
+        let make = |name: &str| {
+            serde_json::from_value::<EventInput>(
+                json!({"user_id": user(p), "event": name, "properties": {"item_id": "sku-1"}}),
+            )
+            .expect("event")
+            .check("", now)
+            .expect("valid")
+        };
+        entries.push(make("product_viewed"));
+        if p % 2 == 0 {
+            entries.push(make("purchase"));
+        }
+    }
+    for chunk in entries.chunks(100) {
+        setup.log.append(TENANT, chunk).await.expect("append");
+    }
+    let stat = |name: &'static str| {
+        let journeys = journeys.clone();
+        async move {
+            journeys
+                .stats(TENANT, "viewed-not-bought")
+                .await
+                .expect("stats")
+                .iter()
+                .filter(|s| s.counter == name)
+                .map(|s| s.value)
+                .sum::<i64>()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while stat("entered").await < PEOPLE as i64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not everyone entered:\n{}",
+            processor.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stat("sent").await, 0, "killed before any timeout");
+    processor.kill();
+    let processor = setup.start(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while stat("sent").await < (PEOPLE / 2) as i64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "coupons missing:\n{}",
+            processor.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Time for a repeat to show up, if one were coming.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT user_id, send FROM journey_sends WHERE tenant_id = ?")
+            .bind(TENANT)
+            .fetch_all(&setup.db.pool)
+            .await
+            .expect("outbox");
+    let mut keys = std::collections::BTreeSet::new();
+    for (user_id, send) in &rows {
+        let send: ump_automation::journey::JourneySend =
+            serde_json::from_str(send).expect("a send");
+        assert!(
+            keys.insert(format!("{user_id}/{}", send.key())),
+            "{user_id} twice"
+        );
+        let p: usize = user_id.trim_start_matches("person-").parse().expect("n");
+        assert!(p % 2 == 1, "{user_id} bought, yet got a coupon");
+        assert_eq!(send.data["item"], "sku-1");
+    }
+    assert_eq!(rows.len(), PEOPLE / 2);
+    assert_eq!(stat("matched").await, (PEOPLE / 2) as i64);
+    drop(processor);
+    setup.finish().await;
+}
