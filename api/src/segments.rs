@@ -476,8 +476,39 @@ pub struct PersonActivity {
     /// Newest first: the person's latest events and segment entries and exits.
     #[schema(value_type = Vec<Object>)]
     pub recent_events: Vec<ump_automation::state::Event>,
-    /// When time alone could next change a membership.
+    /// When time alone could next change a membership or move a journey.
     pub next_wake: Option<DateTime<Utc>>,
+    /// The journeys the person is in now: where, since when, until when.
+    pub journeys: Vec<JourneyPlace>,
+}
+
+/// Where a person is in a journey.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct JourneyPlace {
+    pub journey: String,
+    pub version: u32,
+    /// Which entry of the person this is (1 for the first).
+    pub entry: u32,
+    pub entered_at: DateTime<Utc>,
+    pub step: String,
+    /// When the step lets them go on (a delay's end, a wait's timeout, quiet hours' end).
+    pub until: Option<DateTime<Utc>>,
+    /// The split arm they are in.
+    pub arm: Option<String>,
+}
+
+impl From<ump_automation::journey::Instance> for JourneyPlace {
+    fn from(i: ump_automation::journey::Instance) -> Self {
+        Self {
+            journey: i.journey,
+            version: i.version,
+            entry: i.entry,
+            entered_at: i.entered_at,
+            step: i.step,
+            until: i.until,
+            arm: i.arm,
+        }
+    }
 }
 
 /// Segments from YAML in the API's shape: one segment, a list of them, or several documents

@@ -65,8 +65,10 @@ pub struct ProfileView {
     segments: Option<Vec<String>>,
     /// (`GET` only) Newest first: the person's latest events and segment entries and exits.
     recent_events: Option<Vec<serde_json::Value>>,
-    /// (`GET` only) When time alone could next change a membership.
+    /// (`GET` only) When time alone could next change a membership or move a journey.
     next_wake: Option<chrono::DateTime<Utc>>,
+    /// (`GET` only) The journeys the person is in now.
+    journeys: Option<Vec<crate::segments::JourneyPlace>>,
 }
 
 fn user_id(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
@@ -217,6 +219,7 @@ pub async fn get_user(
                 segments: record.segments.into_iter().collect(),
                 recent_events: record.recent,
                 next_wake: record.next_wake,
+                journeys: record.journeys.inside.into_iter().map(Into::into).collect(),
             },
         })
     }

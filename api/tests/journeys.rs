@@ -121,6 +121,19 @@ async fn the_coupon_reaches_the_viewer_who_did_not_buy_once_even_across_a_kill()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The person's page shows where they are.
+    let (_, person) = ump.get(KEY, "/v1/users/browser").await;
+    assert_eq!(
+        person["journeys"][0]["journey"], "viewed-not-bought",
+        "{person}"
+    );
+    assert_eq!(
+        person["journeys"][0]["step"], "wait-for-purchase",
+        "{person}"
+    );
+    assert!(person["journeys"][0]["until"].is_string(), "{person}");
+    let (_, buyer) = ump.get(KEY, "/v1/users/buyer").await;
+    assert_eq!(buyer["journeys"], json!([]), "converted: {buyer}");
     // Killed while the browser waits for the timeout.
     ump.kill();
     assert!(coupons(&ump).is_empty(), "too early: {:?}", coupons(&ump));

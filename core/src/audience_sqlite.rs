@@ -484,7 +484,7 @@ impl SegmentStore for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use chrono::TimeZone;
     use serde_json::json;
@@ -507,7 +507,16 @@ mod tests {
     async fn segments_keep_the_contract() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("ump.db")).await.unwrap();
-        let process = |entries: Vec<LogEntry>, now| {
+        let process = processor(store.clone());
+        crate::testing::audience::segments_members_sizes_and_erasure(&store, &store, &process)
+            .await;
+    }
+
+    /// Folds entries the way the all-in-one processor does: through the SQLite event log.
+    pub(crate) fn processor(
+        store: SqliteStore,
+    ) -> impl Fn(Vec<LogEntry>, DateTime<Utc>) -> futures::future::BoxFuture<'static, ()> {
+        move |entries, now| {
             let store = store.clone();
             Box::pin(async move {
                 let log = SqliteEventLog::new(store.clone(), Arc::default());
@@ -519,10 +528,8 @@ mod tests {
                     log.append(&tenant, &queued).await.unwrap();
                 }
                 while store.process_events(100, now).await.unwrap().is_some() {}
-            }) as futures::future::BoxFuture<'static, ()>
-        };
-        crate::testing::audience::segments_members_sizes_and_erasure(&store, &store, &process)
-            .await;
+            })
+        }
     }
 
     #[tokio::test]

@@ -1025,3 +1025,21 @@ impl JourneyStore for SqliteJourneys {
         Ok(n as u64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn journeys_keep_the_contract_in_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ump.db")).await.unwrap();
+        let process = crate::audience_sqlite::tests::processor(store.clone());
+        crate::testing::journeys::versions_outbox_and_erasure(
+            &SqliteJourneys::new(store.clone()),
+            &store,
+            &process,
+        )
+        .await;
+    }
+}

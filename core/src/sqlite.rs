@@ -1048,6 +1048,8 @@ impl crate::profiles::ProfileStore for SqliteStore {
         for statement in [
             "DELETE FROM segment_members WHERE tenant_id = ? AND user_id = ?",
             "DELETE FROM person_state WHERE tenant_id = ? AND user_id = ?",
+            // Journey messages not sent yet: their data came from the person.
+            "DELETE FROM journey_sends WHERE tenant_id = ? AND user_id = ?",
         ] {
             let deleted = sqlx::query(statement)
                 .bind(tenant)

@@ -863,11 +863,13 @@ impl crate::profiles::ProfileStore for MySqlHistory {
             .await?
             .rows_affected();
         }
-        let mut deleted = [0; 3];
+        let mut deleted = [0; 4];
         for (n, statement) in [
             "DELETE FROM profiles WHERE tenant_id = ? AND user_id = ?",
             "DELETE FROM segment_members WHERE tenant_id = ? AND user_id = ?",
             "DELETE FROM person_state WHERE tenant_id = ? AND user_id = ?",
+            // Journey messages not sent yet: their data came from the person.
+            "DELETE FROM journey_sends WHERE tenant_id = ? AND user_id = ?",
         ]
         .into_iter()
         .enumerate()
@@ -879,7 +881,7 @@ impl crate::profiles::ProfileStore for MySqlHistory {
                 .await?
                 .rows_affected();
         }
-        let automation_state = deleted[1] + deleted[2] > 0;
+        let automation_state = deleted[1] + deleted[2] + deleted[3] > 0;
         tx.commit().await?;
         Ok(crate::profiles::Erasure {
             profile: true,

@@ -176,14 +176,16 @@ async fn broadcasts_keep_the_contract() {
     db.drop_database().await;
 }
 
-#[tokio::test]
-async fn segments_keep_the_contract() {
-    use ump_core::audience_mysql::{MySqlAudience, Positioned};
-    let db = TestDatabase::create().await;
-    let audience = MySqlAudience::new(db.pool.clone());
-    let history = MySqlHistory::new(db.pool.clone());
+/// Folds entries the way the cluster's processor does: a batch of one partition, offsets in order.
+fn processor(
+    audience: ump_core::audience_mysql::MySqlAudience,
+) -> impl Fn(
+    Vec<ump_core::audience::LogEntry>,
+    chrono::DateTime<Utc>,
+) -> futures::future::BoxFuture<'static, ()> {
+    use ump_core::audience_mysql::Positioned;
     let offset = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
-    let process = |entries: Vec<ump_core::audience::LogEntry>, now| {
+    move |entries, now| {
         let audience = audience.clone();
         let offset = std::sync::Arc::clone(&offset);
         Box::pin(async move {
@@ -199,10 +201,34 @@ async fn segments_keep_the_contract() {
                 .process("group", "topic", &batch, now)
                 .await
                 .expect("process");
-        }) as futures::future::BoxFuture<'static, ()>
-    };
+        })
+    }
+}
+
+#[tokio::test]
+async fn segments_keep_the_contract() {
+    use ump_core::audience_mysql::MySqlAudience;
+    let db = TestDatabase::create().await;
+    let audience = MySqlAudience::new(db.pool.clone());
+    let history = MySqlHistory::new(db.pool.clone());
+    let process = processor(audience.clone());
     ump_core::testing::audience::segments_members_sizes_and_erasure(&audience, &history, &process)
         .await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn journeys_keep_the_contract() {
+    use ump_core::audience_mysql::MySqlAudience;
+    let db = TestDatabase::create().await;
+    let history = MySqlHistory::new(db.pool.clone());
+    let process = processor(MySqlAudience::new(db.pool.clone()));
+    ump_core::testing::journeys::versions_outbox_and_erasure(
+        &ump_core::journeys::MySqlJourneys::new(db.pool.clone()),
+        &history,
+        &process,
+    )
+    .await;
     db.drop_database().await;
 }
 
