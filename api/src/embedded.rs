@@ -45,6 +45,8 @@ use ump_worker::providers::{ProviderContext, build_channel};
 /// The example channels (email, sms, push, alimtalk, friendtalk on the sandbox provider), used when no
 /// channel folder is configured and `examples/channels` is not at hand.
 const EXAMPLE_CHANNELS: &str = include_str!("../../examples/channels/channels.yaml");
+/// The example journeys, active on the first start.
+const EXAMPLE_JOURNEYS: &str = include_str!("../../examples/journeys/journeys.yaml");
 
 /// Settings of the all-in-one mode (environment variables of the same names, upper-cased).
 #[derive(Clone, Debug, clap::Args)]
@@ -127,6 +129,7 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
     let events_wake = Arc::new(tokio::sync::Notify::new());
     if fresh {
         example_customer(&store).await?;
+        example_journeys(&store).await?;
         example_audience(
             &store,
             &SqliteEventLog::new(store.clone(), Arc::clone(&events_wake)),
@@ -298,7 +301,8 @@ fn announce(settings: &EmbeddedSettings, folder: &Path, channels: usize, key: Op
         "\nUMP all-in-one is running.\n  API and dashboard: http://{host}/\n  \
          data: {}   channels: {} ({channels})\n  \
          an example customer: example-kim (the dashboard's Customers tab, GET /v1/users/example-kim)\n  \
-         example segments: GET /v1/segments (vip, browsers, sms-marketing, vip-buyers)\n",
+         example segments: GET /v1/segments (vip, browsers, sms-marketing, vip-buyers)\n  \
+         example journeys: GET /v1/journeys (viewed-not-bought, vip-welcome)\n",
         settings.data_dir.display(),
         folder.display()
     );
@@ -348,6 +352,22 @@ async fn example_customer(store: &SqliteStore) -> anyhow::Result<()> {
         .save_profile(DEFAULT_TENANT, &profile)
         .await
         .context("storing the example profile")
+}
+
+/// The journeys a newcomer finds on the first start, active (`examples/journeys`): the
+/// example events below take example-kim through the coupon journey.
+async fn example_journeys(store: &SqliteStore) -> anyhow::Result<()> {
+    let journeys = crate::journeys::from_yaml(EXAMPLE_JOURNEYS)
+        .map_err(|e| anyhow::anyhow!("the example journeys: {e}"))?;
+    crate::journeys::apply(
+        &ump_core::journeys::SqliteJourneys::new(store.clone()),
+        DEFAULT_TENANT,
+        journeys,
+        true,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("storing the example journeys: {e}"))?;
+    Ok(())
 }
 
 /// The segments and events a newcomer finds on the first start: example-kim viewed two products

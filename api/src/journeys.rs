@@ -565,6 +565,49 @@ pub async fn put_caps(State(app): State<AppState>, headers: HeaderMap, body: Bod
     )
 }
 
+/// Journeys from YAML in the API's shape (one, a list, or `---` documents), each checked on its
+/// own (the API also checks the channels a journey sends on).
+pub fn from_yaml(text: &str) -> Result<Vec<Journey>, String> {
+    let journeys: Vec<Journey> = crate::segments::yaml_documents(text)?;
+    for journey in &journeys {
+        journey.validate().map_err(|errors| {
+            let problems: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.detail))
+                .collect();
+            format!("journey {:?}: {}", journey.id, problems.join("; "))
+        })?;
+    }
+    Ok(journeys)
+}
+
+/// Creates or changes `journeys` in `tenant` (`PUT /v1/journeys/{id}`), and activates each when
+/// `activate`. Returns each id with its version.
+pub async fn apply(
+    store: &dyn ump_core::journeys::JourneyStore,
+    tenant: &str,
+    journeys: Vec<Journey>,
+    activate: bool,
+) -> Result<Vec<(String, u32)>, String> {
+    let now = Utc::now();
+    let mut applied = Vec::with_capacity(journeys.len());
+    for journey in journeys {
+        let id = journey.id.clone();
+        let written = store
+            .put_journey(tenant, journey, now)
+            .await
+            .map_err(|e| format!("journey {id:?}: {e}"))?;
+        if activate {
+            store
+                .set_status(tenant, &id, Status::Active, now)
+                .await
+                .map_err(|e| format!("journey {id:?}: {e}"))?;
+        }
+        applied.push((id, written.version));
+    }
+    Ok(applied)
+}
+
 /// The message of a journey send, as `POST /v1/messages` takes it.
 fn message_of(user: &str, send: &JourneySend) -> Value {
     json!({

@@ -62,6 +62,17 @@ enum Command {
         #[command(subcommand)]
         action: SegmentAction,
     },
+    /// Manage a tenant's journeys from YAML files (the API's shape): in MySQL with UMP_MYSQL_URL,
+    /// else in the all-in-one mode's data folder.
+    Journeys {
+        #[arg(long, env = "UMP_MYSQL_URL", hide_env_values = true)]
+        mysql_url: Option<String>,
+        /// The all-in-one mode's data folder (when no MySQL URL is given).
+        #[arg(long, env = "UMP_DATA_DIR", default_value = "ump-data")]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        action: JourneyAction,
+    },
     /// Delete message history older than a cutoff (run it from a CronJob to keep a retention).
     Prune {
         #[arg(long, env = "UMP_MYSQL_URL", hide_env_values = true)]
@@ -81,6 +92,25 @@ enum SegmentAction {
         file: PathBuf,
     },
     /// List a tenant's segments (id, name).
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum JourneyAction {
+    /// Create or change the journeys of a file (one, a list, or `---` documents): a new journey
+    /// is a draft, an active one gets a new version.
+    Apply {
+        #[arg(long)]
+        tenant: String,
+        /// Activate each journey too (a draft or paused one starts letting people in).
+        #[arg(long)]
+        activate: bool,
+        file: PathBuf,
+    },
+    /// List a tenant's journeys (id, status, version, name).
     List {
         #[arg(long)]
         tenant: String,
@@ -232,6 +262,57 @@ async fn main() -> anyhow::Result<()> {
                 SegmentAction::List { tenant } => {
                     for stored in store.segments(&tenant).await? {
                         println!("{}\t{}", stored.segment.id, stored.segment.name);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Journeys {
+            mysql_url,
+            data_dir,
+            action,
+        } => {
+            let store: Arc<dyn ump_core::journeys::JourneyStore> = match mysql_url {
+                Some(url) => {
+                    let pool = ump_core::store::connect_mysql(&url, 2).await?;
+                    ump_core::store::migrate_mysql(&pool).await?;
+                    Arc::new(ump_core::journeys::MySqlJourneys::new(pool))
+                }
+                None => {
+                    std::fs::create_dir_all(&data_dir)
+                        .with_context(|| format!("creating {}", data_dir.display()))?;
+                    let store =
+                        ump_core::sqlite::SqliteStore::open(&data_dir.join("ump.db")).await?;
+                    Arc::new(ump_core::journeys::SqliteJourneys::new(store))
+                }
+            };
+            match action {
+                JourneyAction::Apply {
+                    tenant,
+                    activate,
+                    file,
+                } => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    let journeys = ump_api::journeys::from_yaml(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    let applied =
+                        ump_api::journeys::apply(store.as_ref(), &tenant, journeys, activate)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    for (id, version) in applied {
+                        println!("{id}	version {version}");
+                    }
+                }
+                JourneyAction::List { tenant } => {
+                    for stored in store.journeys(&tenant).await? {
+                        println!(
+                            "{}	{}	version {}	{}",
+                            stored.journey.id,
+                            stored.status.as_str(),
+                            stored.version,
+                            stored.journey.name
+                        );
                     }
                 }
             }

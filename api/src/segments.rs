@@ -514,6 +514,12 @@ impl From<ump_automation::journey::Instance> for JourneyPlace {
 /// Segments from YAML in the API's shape: one segment, a list of them, or several documents
 /// separated by `---`.
 pub fn from_yaml(text: &str) -> Result<Vec<Segment>, String> {
+    yaml_documents(text)
+}
+
+/// Definitions from YAML in the API's shape (segments, journeys): one, a list, or several
+/// documents separated by `---`.
+pub fn yaml_documents<T: serde::de::DeserializeOwned>(text: &str) -> Result<Vec<T>, String> {
     let mut segments = Vec::new();
     for (n, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let value = serde_yaml_ng::Value::deserialize(document)
@@ -524,9 +530,9 @@ pub fn from_yaml(text: &str) -> Result<Vec<Segment>, String> {
         // Through JSON: the file means exactly what the same text means to the API.
         let json = serde_json::to_value(&value).map_err(|e| format!("document {}: {e}", n + 1))?;
         let one_or_many = if json.is_array() {
-            serde_json::from_value::<Vec<Segment>>(json)
+            serde_json::from_value::<Vec<T>>(json)
         } else {
-            serde_json::from_value::<Segment>(json).map(|s| vec![s])
+            serde_json::from_value::<T>(json).map(|s| vec![s])
         };
         segments.extend(one_or_many.map_err(|e| format!("document {}: {e}", n + 1))?);
     }
