@@ -302,7 +302,7 @@ fn announce(settings: &EmbeddedSettings, folder: &Path, channels: usize, key: Op
          data: {}   channels: {} ({channels})\n  \
          an example customer: example-kim (the dashboard's Customers tab, GET /v1/users/example-kim)\n  \
          example segments: GET /v1/segments (vip, browsers, sms-marketing, vip-buyers)\n  \
-         example journeys: GET /v1/journeys (viewed-not-bought, vip-welcome)\n",
+         example journeys: GET /v1/journeys (viewed-not-bought, vip-discount)\n",
         settings.data_dir.display(),
         folder.display()
     );
@@ -354,8 +354,9 @@ async fn example_customer(store: &SqliteStore) -> anyhow::Result<()> {
         .context("storing the example profile")
 }
 
-/// The journeys a newcomer finds on the first start, active (`examples/journeys`): the
-/// example events below take example-kim through the coupon journey.
+/// The journeys a newcomer finds on the first start, active (`examples/journeys`). The example
+/// events are older than the journeys, so they enter nobody: a first start sends nothing on its
+/// own (the README shows the events that do).
 async fn example_journeys(store: &SqliteStore) -> anyhow::Result<()> {
     let journeys = crate::journeys::from_yaml(EXAMPLE_JOURNEYS)
         .map_err(|e| anyhow::anyhow!("the example journeys: {e}"))?;

@@ -177,14 +177,6 @@ async fn kill_9_and_restart_loses_nothing_accepted() {
 async fn bad_input_gets_the_same_answers_as_the_cluster_mode() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    // A data folder that exists already gets no examples (whose journeys send example-kim
-    // messages): the history below must hold nothing at all.
-    std::fs::create_dir_all(&data).unwrap();
-    drop(
-        ump_core::sqlite::SqliteStore::open(&data.join("ump.db"))
-            .await
-            .unwrap(),
-    );
     let ump = AllInOne::start_on(
         &data,
         &examples(),
@@ -254,32 +246,18 @@ async fn first_start_prints_a_working_key_and_idempotency_holds_across_restarts(
     let (status, example) = ump.get(&key, "/v1/users/example-kim").await;
     assert_eq!(status, 200, "{example}");
     assert_eq!(example["consents"].as_array().map(Vec::len), Some(4));
-    // The example journeys are active, and the example events took example-kim into both.
+    // The example journeys are there, active (the example events are older than they are, so
+    // nobody entered them: a first start sends nothing on its own).
     assert!(output.contains("viewed-not-bought"), "{output}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, journeys) = ump.get(&key, "/v1/journeys").await;
-        let entered: Vec<i64> = journeys["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|j| j["status"] == "active")
-            .map(|j| {
-                j["stats"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|s| s["step"] == "" && s["counter"] == "entered")
-                    .map(|s| s["value"].as_i64().unwrap_or(0))
-                    .sum()
-            })
-            .collect();
-        if entered == [1, 1] {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{journeys}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (_, journeys) = ump.get(&key, "/v1/journeys").await;
+    let active: Vec<&Value> = journeys["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|j| j["status"] == "active")
+        .map(|j| &j["id"])
+        .collect();
+    assert_eq!(active, [&json!("viewed-not-bought"), &json!("vip-discount")]);
 
     let body = json!({"channel": "sms", "to": "+821012345678", "body": "once"});
     let send = |ump: &AllInOne| {
@@ -327,8 +305,7 @@ async fn first_start_prints_a_working_key_and_idempotency_holds_across_restarts(
         assert!(Instant::now() < deadline, "not sent");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // (The example journeys send example-kim their messages too.)
-    assert_eq!(outbox_counts(&data)[&id], 1, "sent once");
+    assert_eq!(outbox_counts(&data).len(), 1, "sent once");
 
     // A key created with `ump keys create` beside the running process works within seconds.
     let created = Command::new(env!("CARGO_BIN_EXE_ump"))

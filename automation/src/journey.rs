@@ -834,6 +834,10 @@ pub struct Live {
     pub status: Status,
     pub current: u32,
     pub versions: BTreeMap<u32, Journey>,
+    /// When the current version became active: an event older than this enters nobody (a
+    /// journey made today does not act on last week's behaviour, nor on events a device sends
+    /// late from before it), while the processor's lag does not keep anyone out.
+    pub since: DateTime<Utc>,
 }
 
 /// A tenant's journeys and frequency caps, as the step function reads them.
@@ -1276,7 +1280,10 @@ impl JourneyRecord {
         at: DateTime<Utc>,
         out: &mut JourneyOutput,
     ) {
-        if live.status != Status::Active || self.inside.iter().any(|i| i.journey == id) {
+        if live.status != Status::Active
+            || at < live.since
+            || self.inside.iter().any(|i| i.journey == id)
+        {
             return;
         }
         let Some(journey) = live.versions.get(&live.current) else {
@@ -1561,6 +1568,7 @@ mod tests {
                             status: Status::Active,
                             current: 1,
                             versions: BTreeMap::from([(1, j)]),
+                            since: t0() - Duration::days(1),
                         },
                     )
                 })
@@ -2034,6 +2042,29 @@ mod tests {
             1,
             "resumed: the overdue timer fires"
         );
+    }
+
+    #[test]
+    fn events_from_before_the_journey_was_activated_enter_nobody() {
+        let mut set = set(vec![coupon()]);
+        set.journeys.get_mut("viewed-not-bought").unwrap().since = mins(10);
+        let mut p = Person::new();
+        // Viewed before the journey existed, reported (or processed) after.
+        let event = Event {
+            event: "product_viewed".into(),
+            properties: json!({"item_id": "sku-1"}).as_object().cloned().unwrap(),
+            timestamp: mins(5),
+        };
+        p.step(&set, Happening::Event(&event), mins(11));
+        assert!(p.record.inside.is_empty());
+        // A view after it, processed late, enters at its own time.
+        p.did(
+            &set,
+            "product_viewed",
+            json!({"item_id": "sku-1"}),
+            mins(12),
+        );
+        assert_eq!(p.record.inside[0].entered_at, mins(12));
     }
 
     #[test]

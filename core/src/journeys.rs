@@ -127,14 +127,14 @@ pub trait JourneyStore: Send + Sync {
     async fn outbox_len(&self) -> Result<u64, HistoryError>;
 }
 
-/// The stored journeys' versions of a tenant as the processor runs them: `rows` of
-/// (id, status, current version, version, definition).
-fn assemble(
-    rows: Vec<(String, String, u32, u32, String)>,
-    caps: Option<String>,
-) -> Result<JourneySet, HistoryError> {
+/// A journey version as the processor loads it: id, status, current version, since (the
+/// journey's last change: its activation or its current version), version, definition.
+type VersionRow = (String, String, u32, DateTime<Utc>, u32, String);
+
+/// The stored journeys' versions of a tenant as the processor runs them.
+fn assemble(rows: Vec<VersionRow>, caps: Option<String>) -> Result<JourneySet, HistoryError> {
     let mut journeys: BTreeMap<String, Live> = BTreeMap::new();
-    for (id, status, current, version, definition) in rows {
+    for (id, status, current, since, version, definition) in rows {
         let status = Status::parse(&status)
             .ok_or_else(|| HistoryError::Corrupt(format!("journey status {status:?}")))?;
         let journey: Journey = decode("journey", &definition)?;
@@ -144,6 +144,7 @@ fn assemble(
                 status,
                 current,
                 versions: BTreeMap::new(),
+                since,
             })
             .versions
             .insert(version, journey);
@@ -217,6 +218,12 @@ fn sends_of(changes: &[PersonChange]) -> Vec<(&PersonChange, &JourneySend)> {
         .collect()
 }
 
+/// Every version of a tenant's active and paused journeys (the same text for both backends).
+const VERSIONS: &str = "SELECT j.journey_id, j.status, j.current_version, j.updated_at, \
+     v.version, v.definition FROM journeys j JOIN journey_versions v \
+     ON v.tenant_id = j.tenant_id AND v.journey_id = j.journey_id \
+     WHERE j.tenant_id = ? AND j.status IN ('active', 'paused')";
+
 // ---- MySQL ----
 
 fn naive(at: DateTime<Utc>) -> NaiveDateTime {
@@ -229,15 +236,10 @@ pub async fn load_set_mysql(
     tx: &mut Transaction<'_, MySql>,
     tenant: &str,
 ) -> Result<JourneySet, HistoryError> {
-    let rows = sqlx::query(
-        "SELECT j.journey_id, j.status, j.current_version, v.version, v.definition \
-         FROM journeys j JOIN journey_versions v \
-           ON v.tenant_id = j.tenant_id AND v.journey_id = j.journey_id \
-         WHERE j.tenant_id = ? AND j.status IN ('active', 'paused')",
-    )
-    .bind(tenant)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows = sqlx::query(VERSIONS)
+        .bind(tenant)
+        .fetch_all(&mut **tx)
+        .await?;
     let rows = rows
         .iter()
         .map(|r| {
@@ -245,11 +247,12 @@ pub async fn load_set_mysql(
                 r.try_get(0)?,
                 r.try_get(1)?,
                 r.try_get::<i32, _>(2)? as u32,
-                r.try_get::<i32, _>(3)? as u32,
-                r.try_get(4)?,
+                r.try_get::<NaiveDateTime, _>(3)?.and_utc(),
+                r.try_get::<i32, _>(4)? as u32,
+                r.try_get(5)?,
             ))
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .collect::<Result<Vec<VersionRow>, HistoryError>>()?;
     let caps: Option<String> = if rows.is_empty() {
         None
     } else {
@@ -673,15 +676,10 @@ pub async fn load_set_sqlite(
     tx: &mut Transaction<'_, Sqlite>,
     tenant: &str,
 ) -> Result<JourneySet, HistoryError> {
-    let rows = sqlx::query(
-        "SELECT j.journey_id, j.status, j.current_version, v.version, v.definition \
-         FROM journeys j JOIN journey_versions v \
-           ON v.tenant_id = j.tenant_id AND v.journey_id = j.journey_id \
-         WHERE j.tenant_id = ? AND j.status IN ('active', 'paused')",
-    )
-    .bind(tenant)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows = sqlx::query(VERSIONS)
+        .bind(tenant)
+        .fetch_all(&mut **tx)
+        .await?;
     let rows = rows
         .iter()
         .map(|r| {
@@ -689,11 +687,12 @@ pub async fn load_set_sqlite(
                 r.try_get(0)?,
                 r.try_get(1)?,
                 r.try_get::<i64, _>(2)? as u32,
-                r.try_get::<i64, _>(3)? as u32,
-                r.try_get(4)?,
+                from_micros(r.try_get(3)?)?,
+                r.try_get::<i64, _>(4)? as u32,
+                r.try_get(5)?,
             ))
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .collect::<Result<Vec<VersionRow>, HistoryError>>()?;
     let caps: Option<String> = if rows.is_empty() {
         None
     } else {
