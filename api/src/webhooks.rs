@@ -205,6 +205,13 @@ pub fn apply(
         endpoint.description = description;
     }
     if let Some(mut types) = request.event_types {
+        // As documented (`max_items`): each type once is the longest list that means anything.
+        if types.len() > EventType::ALL.len() {
+            return Err(invalid(
+                "event_types",
+                format!("at most {} event types", EventType::ALL.len()),
+            ));
+        }
         types.sort();
         types.dedup();
         if types.is_empty() {
@@ -694,6 +701,10 @@ mod tests {
             (serde_json::json!({"url": "http://example.com/"}), "url"),
             (serde_json::json!({"url": "https://10.0.0.1/"}), "url"),
             (serde_json::json!({"event_types": []}), "event_types"),
+            (
+                serde_json::json!({"event_types": vec!["message.sent"; 7]}),
+                "event_types",
+            ),
             (serde_json::json!({"channels": [""]}), "channels[0]"),
             (serde_json::json!({"tags": ["ok", "a\u{7}"]}), "tags[1]"),
             (
