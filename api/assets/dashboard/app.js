@@ -1199,8 +1199,8 @@
         h('tbody', {}, rows)));
   }
 
-  /** The journeys a person is in now (`journeys` of GET /v1/users/{id}); a server that does not
-   *  give them leaves the section out. */
+  /** The journeys a person is in now (`journeys` of GET /v1/users/{id}), with the split arm
+   *  they are in; a server that does not give them leaves the section out. */
   function showPersonJourneys(inside) {
     const known = Array.isArray(inside);
     $('customer-journeys-part').hidden = !known;
@@ -1213,7 +1213,7 @@
       ? inside.map((j) => h('tr', { dataset: { journey: String(j.journey) } },
         h('td', {}, h('a', { href: hashOf('journeys', String(j.journey)) }, String(j.journey))),
         h('td', { class: 'num' }, `v${j.version}`),
-        h('td', { class: 'mono' }, String(j.step)),
+        h('td', {}, h('span', { class: 'mono' }, String(j.step)), j.arm ? h('span', { class: 'muted' }, ` · arm ${j.arm}`) : null),
         h('td', {}, when(j.entered_at)),
         h('td', {}, when(j.until))))
       : h('tr', {}, h('td', { colspan: 5, class: 'empty' }, 'In no journey now.')));

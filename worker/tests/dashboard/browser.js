@@ -557,8 +557,8 @@ async function main() {
     check((await page.locator('#customer-journeys-part').isVisible()) === given,
       `the person's journeys are ${given ? 'given but not shown' : 'shown but not given'}`);
     const inside = [
-      { journey: journeyId, version: 1, step: 'wait-for-purchase', entered_at: at, until: new Date(Date.now() + 240000).toISOString() },
-      { journey: 'x<img src=x onerror="document.title=\'pwned\'">', version: 2, step: '<b>step</b>', entered_at: at, until: null },
+      { journey: journeyId, version: 1, entry: 1, step: 'wait-for-purchase', entered_at: at, until: new Date(Date.now() + 240000).toISOString(), arm: null },
+      { journey: 'x<img src=x onerror="document.title=\'pwned\'">', version: 2, entry: 3, step: '<b>step</b>', entered_at: at, until: null, arm: '<i>ten</i>' },
     ];
     await page.route(`**/v1/users/${buyer}`, async (route) => {
       const response = await route.fetch();
@@ -567,8 +567,9 @@ async function main() {
     await page.evaluate((hash) => { location.hash = hash; }, `#customers/${buyer}`);
     const personRows = page.locator('#customer-journeys tbody tr[data-journey]');
     await personRows.nth(1).waitFor();
-    check((await personRows.nth(1).locator('td').nth(2).innerText()) === inside[1].step, 'a step is not shown as text');
-    check((await page.locator('#customer-journeys img, #customer-journeys b').count()) === 0, 'markup in a person\'s journey became an element');
+    const placed = await personRows.nth(1).locator('td').nth(2).innerText();
+    check(placed === `${inside[1].step} · arm ${inside[1].arm}`, `a step and arm are not shown as text: ${placed}`);
+    check((await page.locator('#customer-journeys img, #customer-journeys b, #customer-journeys i').count()) === 0, 'markup in a person\'s journey became an element');
     await shot('7i-customer-journeys-simulated');
     await personRows.first().locator(`a[href="#journeys/${journeyId}"]`).click();
     await page.locator('#journey-title', { hasText: 'Coupon' }).waitFor();
