@@ -257,7 +257,10 @@ async fn first_start_prints_a_working_key_and_idempotency_holds_across_restarts(
         .filter(|j| j["status"] == "active")
         .map(|j| &j["id"])
         .collect();
-    assert_eq!(active, [&json!("viewed-not-bought"), &json!("vip-discount")]);
+    assert_eq!(
+        active,
+        [&json!("viewed-not-bought"), &json!("vip-discount")]
+    );
 
     let body = json!({"channel": "sms", "to": "+821012345678", "body": "once"});
     let send = |ump: &AllInOne| {
