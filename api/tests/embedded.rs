@@ -354,6 +354,9 @@ metadata: {name: sms}
 spec:
   type: sms
   providers: [{name: sandbox, type: sandbox, settings: {rejectTo: "+821000000000"}}]
+  advertising: {senderName: UMP, optOut: 080-123-4567}
+  templates:
+    - {name: coupon, text: "{{ name }}님, 보신 상품 {{ item }} {{ pct }}% 할인 쿠폰이 도착했어요"}
 ---
 apiVersion: ump.dev/v1alpha1
 kind: MessageChannel

@@ -2,8 +2,9 @@
 //! event processor): the page and its assets as served (types, caching, a strict
 //! Content-Security-Policy), the page in real headless Chromium (signs in, shows messages sent
 //! through the API with their status, finds them, shows their timeline, a person's segments and
-//! events, the segments with their members, nothing of them to another tenant; screenshots under
-//! `<target>/test-output/dashboard/`), and `/v1/stats` scoped to the key's tenant.
+//! events, the segments with their members, a journey's steps and counts, nothing of them to
+//! another tenant; screenshots under `<target>/test-output/dashboard/`), and `/v1/stats` scoped to
+//! the key's tenant.
 
 mod stack;
 
@@ -14,7 +15,8 @@ use std::time::{Duration, Instant};
 use ump_core::keys::{ApiKeyStore, MySqlKeys, PresentedKey};
 use ump_core::testing::{Browser, DashboardCheck, unique_name};
 
-/// `sms` rejects one number for good (a failure with a reason); `email` sends everything.
+/// `sms` rejects one number for good (a failure with a reason) and carries the journey's coupon
+/// (advertising, so it needs its opt-out number); `email` sends everything.
 const CHANNELS: &str = r#"
 apiVersion: ump.dev/v1alpha1
 kind: MessageChannel
@@ -23,6 +25,9 @@ spec:
   type: sms
   topic: {partitions: 2}
   providers: [{name: sandbox, type: sandbox, settings: {rejectTo: "+821000000000"}}]
+  advertising: {senderName: UMP, optOut: 080-123-4567}
+  templates:
+    - {name: coupon, text: "{{ name }}님, 보신 상품 {{ item }} {{ pct }}% 할인 쿠폰이 도착했어요"}
 ---
 apiVersion: ump.dev/v1alpha1
 kind: MessageChannel

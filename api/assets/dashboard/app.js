@@ -1,16 +1,16 @@
 // UMP admin dashboard: plain JavaScript, no build step, nothing loaded from elsewhere.
 // Everything shown comes from the tenant-scoped /v1 endpoints, called with the API key the user
 // signed in with (kept in sessionStorage: this tab only). Untrusted strings (recipients, details,
-// outbox bodies, traits, event properties, segment names) only ever reach the page as text nodes;
-// outbox HTML is shown in a sandboxed frame that may run no script.
+// outbox bodies, traits, event properties, segment names, journey definitions) only ever reach the
+// page as text nodes; outbox HTML is shown in a sandboxed frame that may run no script.
 'use strict';
 
 (() => {
   const KEY_STORAGE = 'ump.dashboard.key';
-  const VIEWS = ['overview', 'activity', 'failures', 'search', 'customers', 'segments', 'webhooks', 'outbox'];
+  const VIEWS = ['overview', 'activity', 'failures', 'search', 'customers', 'segments', 'journeys', 'webhooks', 'outbox'];
   /** Views whose address can name what they show: `#customers/<user id>`, `#segments/<id>`,
-   *  `#webhooks/<endpoint id>`. */
-  const SUBJECTS = new Set(['customers', 'segments', 'webhooks']);
+   *  `#journeys/<id>`, `#webhooks/<endpoint id>`. */
+  const SUBJECTS = new Set(['customers', 'segments', 'journeys', 'webhooks']);
   const DELIVERIES_PAGE = 100;
   const MEMBERS_PAGE = 50;
   const FINAL = new Set(['sent', 'delivered', 'failed', 'duplicate', 'dead_lettered']);
@@ -34,6 +34,7 @@
     stats: null,
     customer: null,
     segment: null,
+    journey: null,
     webhook: null,
     membersNext: null,
     sizes: null,
@@ -295,6 +296,11 @@
     $('segment').hidden = true;
     delete $('segment').dataset.shown;
     $('segments').tBodies[0].replaceChildren();
+    state.journey = null;
+    $('journey').hidden = true;
+    $('journeys').tBodies[0].replaceChildren();
+    fill($('journey-steps').tBodies[0]);
+    fill($('journey-splits'));
     state.webhook = null;
     $('webhook').hidden = true;
     $('webhooks').tBodies[0].replaceChildren();
@@ -319,9 +325,10 @@
 
   const hashOf = (view, subject) => (subject ? `#${view}/${encodeURIComponent(subject)}` : `#${view}`);
 
-  /** What a view shows now: the person, the segment. */
-  const subjectOf = (view) => (view === 'customers' ? state.customer
-    : view === 'segments' ? state.segment : view === 'webhooks' ? state.webhook : null);
+  /** What a view shows now: the person, the segment, the journey, the endpoint. */
+  const subjectOf = (view) => ({
+    customers: state.customer, segments: state.segment, journeys: state.journey, webhooks: state.webhook,
+  }[view] || null);
 
   /** Goes to a view's subject through the address (so Back returns); the same address again
    *  loads it again. */
@@ -344,7 +351,7 @@
     const target = SUBJECTS.has(view) ? subject || current : null;
     const hash = hashOf(view, target);
     if (location.hash !== hash) history.replaceState(null, '', hash);
-    for (const name of ['overview', 'activity', 'outbox', 'segments', 'webhooks']) if (name !== view) stopPoll(name);
+    for (const name of ['overview', 'activity', 'outbox', 'segments', 'journeys', 'webhooks']) if (name !== view) stopPoll(name);
     if (view === 'overview') pollOverview();
     if (view === 'activity') startActivity();
     if (view === 'failures') once(() => loadFailures(false));
@@ -357,6 +364,11 @@
       // Sizes move as events arrive: the list is refreshed while it is on screen.
       poll('segments', loadSegments, 10000);
       if (target && (reload || target !== current)) once(() => openSegment(target));
+    }
+    if (view === 'journeys') {
+      if (target && (reload || target !== current)) state.journey = target;
+      // Counts move as people go through: the list and the open journey are refreshed while shown.
+      poll('journeys', loadJourneys, 5000);
     }
     if (view === 'webhooks') {
       if (target && (reload || target !== current)) state.webhook = target;
@@ -596,6 +608,7 @@
     fill($('customer-segments'), segments.length
       ? segments.map((segment) => h('li', {}, h('a', { class: 'chip', href: hashOf('segments', segment), dataset: { segment } }, segment)))
       : h('li', { class: 'muted' }, 'In no segment.'));
+    showPersonJourneys(person.journeys);
     const events = person.recent_events || [];
     fill($('customer-events').tBodies[0], events.length
       ? events.map(eventRow)
@@ -882,47 +895,328 @@
 
   const quote = (value) => JSON.stringify(value);
   const times = (n) => (n === 1 ? 'once' : `${n} times`);
+  /** Property filters (`where`) in words: `name = "value", …`. */
+  const whereText = (where) => Object.entries(where || {}).map(([name, value]) => `${name} = ${quote(value)}`).join(', ');
+
+  /** The tests of a `trait` condition in words: `is "vip" and ≥ 3`. */
+  function traitTests(arg) {
+    const tests = [];
+    if ('equals' in arg) tests.push(`is ${quote(arg.equals)}`);
+    if (Array.isArray(arg.in)) tests.push(`is one of ${arg.in.map(quote).join(', ')}`);
+    if (arg.exists === true) tests.push('is set');
+    if (arg.exists === false) tests.push('is not set');
+    for (const [op, sign] of [['gt', '>'], ['gte', '≥'], ['lt', '<'], ['lte', '≤']]) if (op in arg) tests.push(`${sign} ${arg[op]}`);
+    if (arg.within) tests.push(`is a date in the last ${arg.within}`);
+    return tests.join(' and ');
+  }
+
+  /** How often a `performed` condition wants the event, in words. */
+  function performedCount(arg) {
+    if (arg.at_most === 0 && arg.at_least === undefined) return 'not at all';
+    if (arg.at_least !== undefined && arg.at_most !== undefined) return `${arg.at_least} to ${arg.at_most} times`;
+    if (arg.at_least !== undefined) return `at least ${times(arg.at_least)}`;
+    if (arg.at_most !== undefined) return `at most ${times(arg.at_most)}`;
+    return 'at least once';
+  }
+
+  const consentText = (arg) => `consented to ${arg.purpose === 'marketing_night' ? 'marketing at night (21:00–08:00)' : arg.purpose || 'marketing'} by ${arg.channel}`;
+
+  /** A condition's one key and its argument; `[null, null]` for anything else. */
+  function conditionParts(condition) {
+    const entries = condition && typeof condition === 'object' && !Array.isArray(condition) ? Object.entries(condition) : [];
+    return entries.length === 1 ? entries[0] : [null, null];
+  }
 
   /** One node of a segment's condition tree, in words, its children nested. A node this page
    *  does not know (a newer server's) is shown as its JSON rather than left out. */
   function conditionItem(condition) {
-    const entries = condition && typeof condition === 'object' && !Array.isArray(condition) ? Object.entries(condition) : [];
-    const [kind, arg] = entries.length === 1 ? entries[0] : [null, null];
+    const [kind, arg] = conditionParts(condition);
     const group = (label, children) => h('li', { dataset: { op: kind } }, h('span', { class: 'op' }, label), h('ul', {}, children.map(conditionItem)));
     const leaf = (...parts) => h('li', { dataset: { op: kind } }, parts);
     const known = arg && typeof arg === 'object';
     if ((kind === 'all' || kind === 'any') && Array.isArray(arg)) return group(kind === 'all' ? 'all of' : 'any of', arg);
     if (kind === 'not' && known) return group('not', [arg]);
-    if (kind === 'trait' && known) {
-      const tests = [];
-      if ('equals' in arg) tests.push(`is ${quote(arg.equals)}`);
-      if (Array.isArray(arg.in)) tests.push(`is one of ${arg.in.map(quote).join(', ')}`);
-      if (arg.exists === true) tests.push('is set');
-      if (arg.exists === false) tests.push('is not set');
-      for (const [op, sign] of [['gt', '>'], ['gte', '≥'], ['lt', '<'], ['lte', '≤']]) if (op in arg) tests.push(`${sign} ${arg[op]}`);
-      if (arg.within) tests.push(`is a date in the last ${arg.within}`);
-      return leaf('trait ', h('code', {}, String(arg.path)), ` ${tests.join(' and ')}`);
-    }
+    if (kind === 'trait' && known) return leaf('trait ', h('code', {}, String(arg.path)), ` ${traitTests(arg)}`);
     if (kind === 'performed' && known) {
-      const filters = Object.entries(arg.where || {}).map(([name, value]) => `${name} = ${quote(value)}`);
-      let count = 'at least once';
-      if (arg.at_most === 0 && arg.at_least === undefined) count = 'not at all';
-      else if (arg.at_least !== undefined && arg.at_most !== undefined) count = `${arg.at_least} to ${arg.at_most} times`;
-      else if (arg.at_least !== undefined) count = `at least ${times(arg.at_least)}`;
-      else if (arg.at_most !== undefined) count = `at most ${times(arg.at_most)}`;
-      return leaf('performed ', h('code', {}, String(arg.event)), filters.length ? ` with ${filters.join(', ')}` : '',
-        ` ${count} in the last ${arg.within}`);
+      const filters = whereText(arg.where);
+      return leaf('performed ', h('code', {}, String(arg.event)), filters ? ` with ${filters}` : '',
+        ` ${performedCount(arg)} in the last ${arg.within}`);
     }
     if (kind === 'last_performed' && known) {
       return leaf('performed ', h('code', {}, String(arg.event)), `, the last time more than ${arg.older_than} ago`);
     }
-    if (kind === 'consent' && known) {
-      const purpose = arg.purpose === 'marketing_night' ? 'marketing at night (21:00–08:00)' : arg.purpose || 'marketing';
-      return leaf(`consented to ${purpose} by ${arg.channel}`);
-    }
+    if (kind === 'consent' && known) return leaf(consentText(arg));
     if (kind === 'bucket' && known) return leaf(`random bucket ${arg.from} to ${arg.to - 1} (of 0–99)`);
     if (kind === 'in_segment' && typeof arg === 'string') return leaf('in segment ', h('a', { href: hashOf('segments', arg) }, arg));
     return h('li', {}, h('code', {}, JSON.stringify(condition)));
+  }
+
+  // ---------------------------------------------------------------- journeys
+
+  /** The kinds of step, in the order a definition names them (a step has exactly one). */
+  const STEP_KINDS = ['delay', 'wait', 'branch', 'split', 'send', 'exit'];
+  /** A journey's status shown in the colours of the message status it is like. */
+  const JOURNEY_LOOK = { draft: 'accepted', active: 'sent', paused: 'scheduled', archived: 'dead_lettered' };
+  /** What a step's outcomes are called, by kind: the counters beside `reached` and `waiting`. */
+  const OUTCOMES = {
+    wait: [['matched', 'event came'], ['timed_out', 'timed out']],
+    send: [['sent', 'sent'], ['suppressed_cap', 'over a cap'], ['held_quiet', 'held for quiet hours']],
+  };
+  const HOLDOUT = 'holdout';
+
+  const journeyBadge = (status) => h('span', { class: `status status-${JOURNEY_LOOK[status] || 'accepted'}` }, String(status));
+  const stepKind = (step) => STEP_KINDS.find((kind) => step[kind] !== undefined && step[kind] !== null) || null;
+  const share = (part, whole) => (whole > 0 ? part / whole : null);
+
+  /** A journey's counts: `count(version, step, counter)`, 0 when there is none. */
+  function journeyCounts(journey) {
+    const counts = new Map();
+    for (const s of journey.stats || []) {
+      const key = JSON.stringify([s.version, s.step, s.counter]);
+      counts.set(key, (counts.get(key) || 0) + (Number(s.value) || 0));
+    }
+    return (version, step, counter) => counts.get(JSON.stringify([version, step, counter])) || 0;
+  }
+
+  /** The figures of the version people enter now, and the people still inside older ones (their
+   *  `waiting`: only a step that holds people has anyone on it), by version. */
+  function journeyFigures(journey) {
+    const count = journeyCounts(journey);
+    const v = journey.version;
+    const sent = (journey.steps || []).reduce((sum, step) => sum + count(v, step.id, 'sent'), 0);
+    const inside = (journey.steps || []).reduce((sum, step) => sum + count(v, step.id, 'waiting'), 0);
+    const older = new Map();
+    for (const s of journey.stats || []) {
+      if (s.version !== v && s.counter === 'waiting') older.set(s.version, (older.get(s.version) || 0) + (Number(s.value) || 0));
+    }
+    return {
+      count,
+      entered: count(v, '', 'entered'),
+      converted: count(v, '', 'converted'),
+      exited: count(v, '', 'exited'),
+      sent,
+      inside,
+      older: [...older].filter(([, n]) => n > 0).sort((a, b) => a[0] - b[0]),
+    };
+  }
+
+  const olderTotal = (older) => older.reduce((sum, [, n]) => sum + n, 0);
+  const people = (n) => (n === 1 ? '1 person' : `${fmtNumber(n)} people`);
+
+  /** An event with its filters and the properties it must share with the entry event. */
+  function eventText(match) {
+    const where = whereText(match.where);
+    const same = Array.isArray(match.match) && match.match.length ? ` (match ${match.match.join(', ')})` : '';
+    return `${match.event}${where ? ` where ${where}` : ''}${same}`;
+  }
+
+  /** A branch's condition on one line (the Segments view draws the same conditions as a tree). */
+  function conditionText(condition) {
+    const [kind, arg] = conditionParts(condition);
+    const known = arg && typeof arg === 'object';
+    if ((kind === 'all' || kind === 'any') && Array.isArray(arg)) {
+      return `(${arg.map(conditionText).join(kind === 'all' ? ' and ' : ' or ')})`;
+    }
+    if (kind === 'not' && known) return `not ${conditionText(arg)}`;
+    if (kind === 'trait' && known) return `${arg.path} ${traitTests(arg)}`;
+    if (kind === 'performed' && known) {
+      const where = whereText(arg.where);
+      return `performed ${arg.event}${where ? ` with ${where}` : ''} ${performedCount(arg)} in the last ${arg.within}`;
+    }
+    if (kind === 'last_performed' && known) return `last performed ${arg.event} more than ${arg.older_than} ago`;
+    if (kind === 'consent' && known) return consentText(arg);
+    if (kind === 'bucket' && known) return `bucket ${arg.from}–${arg.to - 1}`;
+    if (kind === 'in_segment' && typeof arg === 'string') return `in segment ${arg}`;
+    return JSON.stringify(condition);
+  }
+
+  /** What a step does, on one line: `wait for purchase (match item_id) up to 5m → bought /
+   *  coupon`, `send sms · coupon · marketing`. A step this page does not know shows its JSON. */
+  function stepSummary(step, kind) {
+    const a = (kind && step[kind]) || {};
+    const then = step.next ? ` → ${step.next}` : '';
+    if (kind === 'delay' && a.for) return `wait ${a.for}${then}`;
+    if (kind === 'delay' && a.until_time) return `wait until ${a.until_time}, their time${then}`;
+    if (kind === 'delay' && a.until_date) return `wait until the date in ${a.until_date}${then}`;
+    if (kind === 'wait') return `wait for ${eventText(a)} up to ${a.timeout} → ${a.on_event} / ${a.on_timeout}`;
+    if (kind === 'branch') return `if ${conditionText(a.condition)} → ${a.then} / ${a.else}`;
+    if (kind === 'split') {
+      const arms = Array.isArray(a.arms) ? a.arms : [];
+      const total = arms.reduce((sum, arm) => sum + (Number(arm.weight) || 0), 0) + (Number(a.holdout) || 0);
+      const pct = (weight) => fmtRate(share(Number(weight) || 0, total));
+      const parts = arms.map((arm) => `${arm.name} ${pct(arm.weight)}`);
+      if (a.holdout) parts.push(`holdout ${pct(a.holdout)} for ${a.holdout_for || '3d'}`);
+      return `split ${parts.join(' · ')} → ${arms.map((arm) => arm.next).join(' / ')}`;
+    }
+    if (kind === 'send') {
+      const parts = [`send ${a.channel}`, a.template, a.category || 'marketing', a.priority === 'realtime' ? 'realtime' : null];
+      return `${parts.filter(Boolean).join(' · ')}${then}`;
+    }
+    if (kind === 'exit') return 'exit';
+    return JSON.stringify(kind ? a : step);
+  }
+
+  /** The tenant's journeys and, when one is open, its steps. */
+  async function loadJourneys() {
+    const page = await api('/v1/journeys');
+    const journeys = page.items || [];
+    const rows = journeys.map((journey) => {
+      const f = journeyFigures(journey);
+      const older = olderTotal(f.older);
+      const row = h('tr', { dataset: { id: journey.id, status: journey.status }, class: journey.id === state.journey ? 'selected' : null },
+        h('td', {}, h('a', { href: hashOf('journeys', journey.id) }, journey.name || journey.id),
+          journey.name ? h('div', { class: 'mono muted small' }, journey.id) : null),
+        h('td', {}, journeyBadge(journey.status)),
+        h('td', { class: 'num', dataset: { figure: 'version' } }, `v${journey.version}`),
+        h('td', { class: 'num', dataset: { figure: 'entered' } }, fmtNumber(f.entered)),
+        h('td', { class: 'num', dataset: { figure: 'converted' } }, fmtNumber(f.converted),
+          h('div', { class: 'muted small', dataset: { figure: 'conversion' } }, fmtRate(share(f.converted, f.entered)))),
+        h('td', { class: 'num', dataset: { figure: 'waiting' } }, fmtNumber(f.inside),
+          older ? h('div', { class: 'muted small', dataset: { figure: 'older' } }, `+${fmtNumber(older)} in older versions`) : null),
+        h('td', { class: 'num', dataset: { figure: 'sent' } }, fmtNumber(f.sent)),
+        h('td', { title: fmtFull(journey.updated_at) }, fmtTime(journey.updated_at)));
+      // The whole row is a target for the mouse; the keyboard has the link in it.
+      row.addEventListener('click', (e) => {
+        if (!e.target.closest('a')) navigate('journeys', journey.id);
+      });
+      return row;
+    });
+    fill($('journeys').tBodies[0], rows.length
+      ? rows
+      : h('tr', {}, h('td', { colspan: 8, class: 'empty' }, 'No journeys yet. Create one with POST /v1/journeys.')));
+    if (state.journey) showJourney(state.journey, journeys.find((j) => j.id === state.journey));
+  }
+
+  /** One journey: its definition, each step with the counts of the current version, each split's
+   *  arms against the holdout. */
+  function showJourney(id, journey) {
+    $('journey').hidden = false;
+    $('journey-title').textContent = journey ? journey.name || journey.id : id;
+    if (!journey) {
+      delete $('journey').dataset.shown;
+      $('journey-missing').textContent = `No journey of this tenant has the id ${id}.`;
+      $('journey-missing').hidden = false;
+      $('journey-body').hidden = true;
+      return;
+    }
+    $('journey-missing').hidden = true;
+    $('journey-body').hidden = false;
+    const f = journeyFigures(journey);
+    const v = journey.version;
+    const field = (name, value, attrs) => [h('dt', {}, name), h('dd', attrs || {}, value)];
+    const entry = journey.entry || {};
+    const where = whereText(entry.where);
+    const quiet = journey.quiet_hours;
+    const reentry = journey.reentry && typeof journey.reentry === 'object'
+      ? `after ${journey.reentry.after}` : journey.reentry || 'never';
+    fill($('journey-fields'),
+      field('Id', journey.id, { class: 'mono' }),
+      field('Status', journeyBadge(journey.status)),
+      field('Version', `v${v}`),
+      field('Entry', entry.segment
+        ? ['entering segment ', h('a', { href: hashOf('segments', entry.segment) }, entry.segment)]
+        : `${entry.event}${where ? ` where ${where}` : ''}`),
+      field('Goal', journey.goal ? eventText(journey.goal) : '—'),
+      field('Re-entry', reentry),
+      journey.max_entries ? field('Entries at most', fmtNumber(journey.max_entries)) : null,
+      field('Quiet hours', !quiet ? '21:00–08:00 (the default for marketing)'
+        : quiet.start === quiet.end ? 'none' : `${quiet.start}–${quiet.end}`),
+      field('Entered', fmtNumber(f.entered), { dataset: { figure: 'entered' } }),
+      field('Converted', `${fmtNumber(f.converted)} (${fmtRate(share(f.converted, f.entered))})`, { dataset: { figure: 'converted' } }),
+      field('Finished', fmtNumber(f.exited), { dataset: { figure: 'exited' } }),
+      field('Updated', fmtFull(journey.updated_at)));
+    $('journey-steps-title').textContent = `Steps of v${v}`;
+    const older = olderTotal(f.older);
+    $('journey-older').textContent = older
+      ? `The counts are version ${v}'s, the one people enter now. ${people(older)} still inside older versions `
+        + `(${f.older.map(([version, n]) => `v${version}: ${fmtNumber(n)}`).join(', ')}) finish on the version they entered.`
+      : '';
+    $('journey-older').hidden = !older;
+    const steps = journey.steps || [];
+    fill($('journey-steps').tBodies[0], steps.length ? steps.map((step) => {
+      const kind = stepKind(step);
+      const outcomes = (OUTCOMES[kind] || []).map(([counter, label]) =>
+        h('span', { class: 'prop', dataset: { counter } }, h('span', { class: 'muted' }, label), ' ', fmtNumber(f.count(v, step.id, counter))));
+      return h('tr', { dataset: { step: step.id, kind: kind || '' } },
+        h('td', { class: 'mono' }, step.id),
+        h('td', {}, kind || '?'),
+        h('td', { class: 'summary' }, stepSummary(step, kind)),
+        h('td', { class: 'num', dataset: { counter: 'reached' } }, fmtNumber(f.count(v, step.id, 'reached'))),
+        h('td', { class: 'num', dataset: { counter: 'waiting' } }, fmtNumber(f.count(v, step.id, 'waiting'))),
+        h('td', {}, outcomes));
+    }) : h('tr', {}, h('td', { colspan: 6, class: 'empty' }, 'No steps.')));
+    fill($('journey-splits'), steps.filter((step) => stepKind(step) === 'split').map((step) => splitTable(step, f.count, v)));
+    // Rewritten only when the definition changes, so that an open "As JSON" stays open.
+    const shown = `${journey.id}\n${journey.version}\n${journey.updated_at}`;
+    if ($('journey').dataset.shown !== shown) {
+      const definition = { ...journey };
+      delete definition.stats;
+      $('journey-json').textContent = JSON.stringify(definition, null, 2);
+      $('journey').dataset.shown = shown;
+    }
+  }
+
+  /** A split's arms with their assignments and conversions, the holdout (which gets nothing
+   *  more) as the baseline each arm's conversion rate is set against. */
+  function splitTable(step, count, version) {
+    const split = step.split || {};
+    const arms = Array.isArray(split.arms) ? split.arms : [];
+    const total = arms.reduce((sum, arm) => sum + (Number(arm.weight) || 0), 0) + (Number(split.holdout) || 0);
+    const figures = (name) => {
+      const assigned = count(version, name, 'assigned');
+      const converted = count(version, name, 'converted');
+      return { assigned, converted, rate: share(converted, assigned) };
+    };
+    const baseline = split.holdout ? figures(HOLDOUT) : null;
+    const versus = (rate) => {
+      if (!baseline || baseline.rate === null || rate === null) return '—';
+      const points = (rate - baseline.rate) * 100;
+      return `${points >= 0 ? '+' : '−'}${Math.abs(points).toFixed(1)} pts`;
+    };
+    const row = (name, weight, next, fig, attrs, against) => h('tr', attrs,
+      h('td', {}, name),
+      h('td', { class: 'num' }, fmtRate(share(Number(weight) || 0, total))),
+      h('td', { class: 'mono' }, next),
+      h('td', { class: 'num', dataset: { counter: 'assigned' } }, fmtNumber(fig.assigned)),
+      h('td', { class: 'num', dataset: { counter: 'converted' } }, fmtNumber(fig.converted)),
+      h('td', { class: 'num', dataset: { counter: 'conversion' } }, fmtRate(fig.rate)),
+      h('td', { class: 'num', dataset: { counter: 'lift' } }, against));
+    const rows = arms.map((arm) => {
+      const fig = figures(arm.name);
+      return row(arm.name, arm.weight, arm.next, fig, { dataset: { arm: arm.name } }, versus(fig.rate));
+    });
+    if (baseline) {
+      rows.push(row('holdout (baseline)', split.holdout, `— nothing sent for ${split.holdout_for || '3d'}`, baseline,
+        { class: 'baseline', dataset: { arm: HOLDOUT } }, 'baseline'));
+    }
+    return h('div', { class: 'split-arms', dataset: { step: step.id } },
+      h('h3', {}, 'Split ', h('span', { class: 'mono' }, step.id)),
+      baseline ? null : h('p', { class: 'muted small' }, 'No holdout: the arms have no baseline to be compared with.'),
+      h('table', { class: 'grid' },
+        h('thead', {}, h('tr', {}, h('th', {}, 'Arm'), h('th', { class: 'num' }, 'Share'), h('th', {}, 'Next'),
+          h('th', { class: 'num' }, 'Assigned'), h('th', { class: 'num' }, 'Converted'), h('th', { class: 'num' }, 'Conversion'),
+          h('th', { class: 'num' }, 'vs holdout'))),
+        h('tbody', {}, rows)));
+  }
+
+  /** The journeys a person is in now (`journeys` of GET /v1/users/{id}), with the split arm
+   *  they are in; a server that does not give them leaves the section out. */
+  function showPersonJourneys(inside) {
+    const known = Array.isArray(inside);
+    $('customer-journeys-part').hidden = !known;
+    if (!known) {
+      fill($('customer-journeys').tBodies[0]);
+      return;
+    }
+    const when = (iso) => (iso ? h('span', { title: fmtFull(iso) }, fmtTime(iso)) : '—');
+    fill($('customer-journeys').tBodies[0], inside.length
+      ? inside.map((j) => h('tr', { dataset: { journey: String(j.journey) } },
+        h('td', {}, h('a', { href: hashOf('journeys', String(j.journey)) }, String(j.journey))),
+        h('td', { class: 'num' }, `v${j.version}`),
+        h('td', {}, h('span', { class: 'mono' }, String(j.step)), j.arm ? h('span', { class: 'muted' }, ` · arm ${j.arm}`) : null),
+        h('td', {}, when(j.entered_at)),
+        h('td', {}, when(j.until))))
+      : h('tr', {}, h('td', { colspan: 5, class: 'empty' }, 'In no journey now.')));
   }
 
   // ---------------------------------------------------------------- one message

@@ -4,7 +4,9 @@
 // the environment:
 //   UMP_PLAYWRIGHT, UMP_CHROMIUM        from scripts/infra up browser
 //   DASHBOARD_URL, DASHBOARD_KEY        the API and an API key of the tenant
-//   SENT_ID, SENT_TO, SENT_CHANNEL      a message that was sent (the test sends another like it)
+//   SENT_ID, SENT_TO, SENT_CHANNEL      a message that was sent (the test sends another like it);
+//                                       SENT_CHANNEL has a `coupon` template (item, name, pct) and
+//                                       may carry advertising: a journey here sends with it
 //   FAILED_ID, FAILED_REASON            a message that failed, and the reason it did
 //   CHANNELS                            comma-separated channels the overview must list
 //   CUSTOMER                            a user id whose profile has SENT_TO as its phone and a
@@ -68,9 +70,9 @@ async function call(method, path, body, as = key) {
   return { status: response.status, body: text ? JSON.parse(text) : null };
 }
 
-/** Asks `probe` again every 200 ms until it gives something truthy, for TIMEOUT ms at most. */
-async function until(what, probe) {
-  const deadline = Date.now() + TIMEOUT;
+/** Asks `probe` again every 200 ms until it gives something truthy, for `within` ms at most. */
+async function until(what, probe, within = TIMEOUT) {
+  const deadline = Date.now() + within;
   for (;;) {
     const value = await probe();
     if (value) return value;
@@ -415,6 +417,166 @@ async function main() {
     check(page.url().endsWith(`#segments/${pagedSegment}`), `Back went to ${page.url()}`);
     steps.push(`members link to the person (${member}); Back returns to the segment`);
 
+    // Journeys: one made through the API and activated; two people enter it, one buys (the goal)
+    // and the other gets the coupon when the wait times out. Its name is the tenant's input.
+    const journeyId = 'dash-coupon';
+    const journeyName = 'Coupon <b>unless</b> bought <img src=x onerror="document.title=\'pwned\'">';
+    const viewer = 'journey-viewer';
+    const buyer = 'journey-buyer';
+    for (const [user, phone] of [[viewer, '+821055550101'], [buyer, '+821055550102']]) {
+      const made = await call('PUT', `/v1/users/${user}`, {
+        traits: { name: user },
+        contacts: { phone },
+        consents: ['marketing', 'marketing_night'].map((purpose) => ({ purpose, channel: sentChannel, granted: true, source: 'signup-form' })),
+      });
+      check(made.status === 200, `PUT /v1/users/${user} answered ${made.status}: ${JSON.stringify(made.body)}`);
+    }
+    const definition = {
+      id: journeyId,
+      name: journeyName,
+      entry: { event: 'product_viewed' },
+      goal: { event: 'purchase', match: ['item_id'] },
+      // Sends at any hour: the test runs at any hour.
+      quiet_hours: { start: '00:00', end: '00:00' },
+      steps: [
+        { id: 'wait-for-purchase', wait: { event: 'purchase', match: ['item_id'], timeout: '4s', on_event: 'bought', on_timeout: 'coupon' } },
+        { id: 'coupon', send: { channel: sentChannel, template: 'coupon', data: { item: '$entry.item_id', name: '$traits.name', pct: 10 } } },
+        { id: 'bought', exit: {} },
+      ],
+    };
+    const drafted = await call('POST', '/v1/journeys', definition);
+    check(drafted.status === 201, `POST /v1/journeys answered ${drafted.status}: ${JSON.stringify(drafted.body)}`);
+    const activated = await call('POST', `/v1/journeys/${journeyId}/activate`);
+    check(activated.status === 200 && activated.body.status === 'active', `activate answered ${activated.status}: ${JSON.stringify(activated.body)}`);
+    const behave = async (user, event) => {
+      const sent = await call('POST', '/v1/events', { user_id: user, event, properties: { item_id: 'sku-1' } });
+      check(sent.status === 202, `POST /v1/events (${event}) answered ${sent.status}: ${JSON.stringify(sent.body)}`);
+    };
+    await behave(viewer, 'product_viewed');
+    await behave(buyer, 'product_viewed');
+    await behave(buyer, 'purchase');
+    const counted = (view, step, counter) => view.stats
+      .filter((s) => s.version === view.version && s.step === step && s.counter === counter)
+      .reduce((sum, s) => sum + s.value, 0);
+    const through = await until('both people through the journey (a conversion, a coupon)', async () => {
+      const { body } = await call('GET', `/v1/journeys/${journeyId}`);
+      return body && counted(body, '', 'entered') === 2 && counted(body, '', 'converted') === 1 &&
+        counted(body, 'coupon', 'sent') === 1 && counted(body, '', 'exited') === 2 ? body : null;
+    }, 45000);
+    await page.locator('#tabs button[data-view="journeys"]').click();
+    const journeyRow = page.locator(`#journeys tr[data-id="${journeyId}"]`);
+    await journeyRow.waitFor();
+    const figure = async (name) => (await journeyRow.locator(`[data-figure="${name}"]`).first().innerText()).trim();
+    check((await journeyRow.locator('td a').innerText()) === journeyName, 'the journey name is not shown as text');
+    check((await journeyRow.getAttribute('data-status')) === 'active', `the journey is listed ${await journeyRow.getAttribute('data-status')}`);
+    check((await figure('version')) === `v${through.version}`, `version: ${await figure('version')}`);
+    check((await figure('entered')).startsWith('2'), `entered: ${await figure('entered')}`);
+    check((await figure('converted')).startsWith('1') && (await figure('conversion')) === '50.0 %', `converted: ${await figure('converted')}`);
+    check((await figure('waiting')) === '0', `waiting: ${await figure('waiting')}`);
+    check((await figure('sent')) === '1', `sent: ${await figure('sent')}`);
+    check((await page.locator('#view-journeys b, #view-journeys img').count()) === 0, 'markup in a journey name became an element');
+    // The row opens the journey: its steps in order, each in words with its counts.
+    await journeyRow.locator('td').nth(1).click();
+    await page.locator('#journey-steps tbody tr[data-step]').first().waitFor();
+    check(page.url().endsWith(`#journeys/${journeyId}`), `the address is ${page.url()}`);
+    check((await page.locator('#journey-title').innerText()) === journeyName, 'the title is not the journey\'s name as text');
+    const stepRows = await page.locator('#journey-steps tbody tr[data-step]').evaluateAll((trs) => trs.map((tr) => ({
+      id: tr.dataset.step,
+      kind: tr.dataset.kind,
+      summary: tr.querySelector('td.summary').textContent,
+      reached: tr.querySelector('[data-counter="reached"]').textContent,
+      outcomes: Object.fromEntries([...tr.querySelectorAll('span[data-counter]')].map((o) => [o.dataset.counter, o.textContent])),
+    })));
+    const expected = [
+      { id: 'wait-for-purchase', kind: 'wait', summary: 'wait for purchase (match item_id) up to 4s → bought / coupon', reached: '2' },
+      { id: 'coupon', kind: 'send', summary: `send ${sentChannel} · coupon · marketing`, reached: '1' },
+      { id: 'bought', kind: 'exit', summary: 'exit', reached: '0' },
+    ];
+    check(JSON.stringify(stepRows.map(({ outcomes, ...rest }) => rest)) === JSON.stringify(expected), `steps: ${JSON.stringify(stepRows)}`);
+    check(/timed out\s*1/.test(stepRows[0].outcomes.timed_out) && /event came\s*0/.test(stepRows[0].outcomes.matched), `wait outcomes: ${JSON.stringify(stepRows[0].outcomes)}`);
+    check(/sent\s*1/.test(stepRows[1].outcomes.sent), `send outcomes: ${JSON.stringify(stepRows[1].outcomes)}`);
+    check((await page.locator('#journey-fields [data-figure="converted"]').innerText()) === '1 (50.0 %)', 'the journey\'s conversions');
+    check(await page.locator('#journey-older').isHidden(), 'a note of older versions where there is one version');
+    check((await page.locator('#journey img, #journey b').count()) === 0, 'markup in a journey name became an element');
+    check((await page.title()) === 'UMP dashboard', 'markup in a journey name ran');
+    steps.push(`journeys: ${journeyId} entered 2, converted 1 (50.0 %), sent 1; steps ${stepRows.map((r) => `${r.id} "${r.summary}"`).join(', ')}`);
+    await shot('7g-journey');
+
+    // A split with a holdout, and people in older versions, as a server would give them (answered
+    // here by the browser itself): each arm's conversion rate against the holdout's.
+    const at = new Date().toISOString();
+    const stat = (version, step, counter, value) => ({ version, step, counter, value });
+    const splitJourney = {
+      id: 'dash-split', name: 'Two coupons against a holdout', status: 'paused', version: 3, created_at: at, updated_at: at,
+      entry: { segment: pagedSegment }, reentry: { after: '7d' }, goal: { event: 'purchase' },
+      steps: [
+        { id: 'pick', split: { arms: [{ name: 'ten', weight: 45, next: 'ten-off' }, { name: 'twenty', weight: 45, next: 'twenty-off' }], holdout: 10, holdout_for: '1d' } },
+        { id: 'ten-off', send: { channel: sentChannel, template: 'coupon', data: { pct: 10 } } },
+        { id: 'twenty-off', send: { channel: sentChannel, template: 'coupon', data: { pct: 20 } }, next: 'cool-down' },
+        { id: 'cool-down', delay: { for: '2h' } },
+      ],
+      stats: [
+        stat(3, '', 'entered', 200), stat(3, '', 'converted', 40), stat(3, 'pick', 'reached', 200),
+        stat(3, 'ten', 'assigned', 90), stat(3, 'ten', 'converted', 18),
+        stat(3, 'twenty', 'assigned', 90), stat(3, 'twenty', 'converted', 27),
+        stat(3, 'holdout', 'assigned', 20), stat(3, 'holdout', 'converted', 2), stat(3, 'pick', 'waiting', 20),
+        stat(3, 'ten-off', 'sent', 90), stat(3, 'twenty-off', 'sent', 88), stat(3, 'twenty-off', 'suppressed_cap', 2),
+        stat(1, 'cool-down', 'waiting', 1), stat(2, 'cool-down', 'waiting', 4), stat(2, 'cool-down', 'waiting', -2), stat(1, '', 'entered', 9),
+      ],
+    };
+    await page.route('**/v1/journeys', (route) => route.fulfill({ status: 200, json: { items: [splitJourney] } }));
+    await page.evaluate(() => { location.hash = '#journeys/dash-split'; });
+    const arms = page.locator('#journey-splits .split-arms[data-step="pick"]');
+    await arms.waitFor();
+    const armRows = await arms.locator('tbody tr').evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((td) => td.textContent)));
+    check(JSON.stringify(armRows) === JSON.stringify([
+      ['ten', '45.0 %', 'ten-off', '90', '18', '20.0 %', '+10.0 pts'],
+      ['twenty', '45.0 %', 'twenty-off', '90', '27', '30.0 %', '+20.0 pts'],
+      ['holdout (baseline)', '10.0 %', '— nothing sent for 1d', '20', '2', '10.0 %', 'baseline'],
+    ]), `split arms: ${JSON.stringify(armRows)}`);
+    const older = await page.locator('#journey-older').innerText();
+    check(older.includes('3 people') && older.includes('v1: 1, v2: 2'), `older versions: ${older}`);
+    const summaries = await page.locator('#journey-steps td.summary').allTextContents();
+    check(JSON.stringify(summaries) === JSON.stringify([
+      'split ten 45.0 % · twenty 45.0 % · holdout 10.0 % for 1d → ten-off / twenty-off',
+      `send ${sentChannel} · coupon · marketing`, `send ${sentChannel} · coupon · marketing → cool-down`, 'wait 2h']), `summaries: ${summaries}`);
+    const listedSplit = page.locator('#journeys tr[data-id="dash-split"]');
+    check((await listedSplit.locator('[data-figure="waiting"]').innerText()).startsWith('20')
+      && (await listedSplit.locator('[data-figure="older"]').innerText()) === '+3 in older versions', 'the list\'s people waiting');
+    check((await listedSplit.locator('[data-figure="sent"]').innerText()) === '178', 'the list\'s messages sent');
+    await shot('7h-journey-split-simulated');
+    await page.unroute('**/v1/journeys');
+    steps.push('journey split (simulated): arms against the holdout, people in older versions noted');
+
+    // A person's journeys, when the API gives them (GET /v1/users/{id} `journeys`): the page shows
+    // them as given, as text, linked to the journey; without the field there is no section.
+    const { body: person } = await call('GET', `/v1/users/${viewer}`);
+    await page.evaluate((hash) => { location.hash = hash; }, `#customers/${viewer}`);
+    await page.locator('#customer-fields', { hasText: viewer }).waitFor();
+    const given = Array.isArray(person.journeys);
+    check((await page.locator('#customer-journeys-part').isVisible()) === given,
+      `the person's journeys are ${given ? 'given but not shown' : 'shown but not given'}`);
+    const inside = [
+      { journey: journeyId, version: 1, entry: 1, step: 'wait-for-purchase', entered_at: at, until: new Date(Date.now() + 240000).toISOString(), arm: null },
+      { journey: 'x<img src=x onerror="document.title=\'pwned\'">', version: 2, entry: 3, step: '<b>step</b>', entered_at: at, until: null, arm: '<i>ten</i>' },
+    ];
+    await page.route(`**/v1/users/${buyer}`, async (route) => {
+      const response = await route.fetch();
+      route.fulfill({ response, json: { ...(await response.json()), journeys: inside } });
+    });
+    await page.evaluate((hash) => { location.hash = hash; }, `#customers/${buyer}`);
+    const personRows = page.locator('#customer-journeys tbody tr[data-journey]');
+    await personRows.nth(1).waitFor();
+    const placed = await personRows.nth(1).locator('td').nth(2).innerText();
+    check(placed === `${inside[1].step} · arm ${inside[1].arm}`, `a step and arm are not shown as text: ${placed}`);
+    check((await page.locator('#customer-journeys img, #customer-journeys b, #customer-journeys i').count()) === 0, 'markup in a person\'s journey became an element');
+    await shot('7i-customer-journeys-simulated');
+    await personRows.first().locator(`a[href="#journeys/${journeyId}"]`).click();
+    await page.locator('#journey-title', { hasText: 'Coupon' }).waitFor();
+    check(await page.locator('#view-journeys').isVisible(), 'the Journeys view is not shown');
+    await page.unroute(`**/v1/users/${buyer}`);
+    steps.push(`customers: a person's journeys ${given ? 'as the API gives them' : '(not given by this API: no section)'}, simulated ones as text, linked to the journey`);
+
     if (outbox === 'absent') {
       // Cluster mode: no sandbox outbox, so no tab for it.
       check(probed404, 'the page never asked /v1/outbox');
@@ -460,7 +622,15 @@ async function main() {
     check(await page.locator('#customer').isHidden(), 'the first tenant\'s customer is still on the page');
     await page.evaluate((hash) => { location.hash = hash; }, `#customers/${encodeURIComponent(audienceCustomer)}`);
     await page.locator('#customer-summary', { hasText: 'No person of this tenant' }).waitFor();
-    steps.push('another tenant\'s key: no segments listed, the first tenant\'s segment and person not found');
+    await page.locator('#tabs button[data-view="journeys"]').click();
+    await page.locator('#journeys td.empty').waitFor();
+    check((await page.locator('#journeys tbody tr[data-id]').count()) === 0, 'the other tenant sees journeys');
+    check(await page.locator('#journey').isHidden(), 'the first tenant\'s journey is still on the page');
+    const theirJourneys = await call('GET', '/v1/journeys', undefined, otherKey);
+    check(theirJourneys.status === 200 && theirJourneys.body.items.length === 0, `GET /v1/journeys as the other tenant: ${JSON.stringify(theirJourneys.body)}`);
+    await page.evaluate((hash) => { location.hash = hash; }, `#journeys/${journeyId}`);
+    await page.locator('#journey-missing', { hasText: 'No journey of this tenant' }).waitFor();
+    steps.push('another tenant\'s key: no segments or journeys listed, the first tenant\'s segment, person and journey not found');
     await shot('10-other-tenant');
   } catch (error) {
     await page.screenshot({ path: path.join(shots, 'failure.png'), fullPage: true }).catch(() => {});
