@@ -623,12 +623,26 @@ fn message_of(user: &str, send: &JourneySend) -> Value {
 }
 
 /// What became of one outbox message.
+#[derive(Clone, Copy)]
 enum Relayed {
-    /// Enqueued, or never sendable (no consent or contact point now, a definition that no longer
-    /// fits its channel): done either way.
-    Done,
+    Enqueued,
+    /// No consent or contact point now (checked when sent, as for any message).
+    NotSent,
+    /// The definition no longer fits its channel (a template changed since).
+    Dropped,
     /// The queue or a store is away: left for the lease to run out and a retry.
     Later,
+}
+
+impl Relayed {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Enqueued => "enqueued",
+            Self::NotSent => "not_sent",
+            Self::Dropped => "dropped",
+            Self::Later => "retried",
+        }
+    }
 }
 
 /// Sends the outbox's journey messages until `cancel`.
@@ -698,7 +712,7 @@ async fn relay(app: &AppState, claimed: Vec<QueuedSend>) -> Vec<i64> {
                 if !refused.is_empty() {
                     tracing::info!(journey = %c.send.journey, step = %c.send.step,
                         reason = %refused[0].detail, "journey message not sent");
-                    return (c.id, Relayed::Done);
+                    return (c.id, Relayed::NotSent);
                 }
                 let valid = match validate(&value, registry, "", now) {
                     Ok(valid) => valid,
@@ -706,7 +720,7 @@ async fn relay(app: &AppState, claimed: Vec<QueuedSend>) -> Vec<i64> {
                         tracing::warn!(journey = %c.send.journey, step = %c.send.step,
                             field = %errors[0].field, detail = %errors[0].detail,
                             "journey message invalid, dropped");
-                        return (c.id, Relayed::Done);
+                        return (c.id, Relayed::Dropped);
                     }
                 };
                 let millis = c.send.entered_at.timestamp_millis().max(0) as u64;
@@ -716,12 +730,12 @@ async fn relay(app: &AppState, claimed: Vec<QueuedSend>) -> Vec<i64> {
                 );
                 let (envelope, channel) = envelope(id, &Tenant(c.tenant.clone()), valid, None, now);
                 match app.enqueue(&channel, &envelope).await {
-                    Ok(()) => (c.id, Relayed::Done),
+                    Ok(()) => (c.id, Relayed::Enqueued),
                     Err(problem) if problem.status == 503 => (c.id, Relayed::Later),
                     Err(problem) => {
                         tracing::warn!(journey = %c.send.journey, detail = %problem.detail,
                             "journey message refused, dropped");
-                        (c.id, Relayed::Done)
+                        (c.id, Relayed::Dropped)
                     }
                 }
             }
@@ -729,8 +743,14 @@ async fn relay(app: &AppState, claimed: Vec<QueuedSend>) -> Vec<i64> {
         .buffer_unordered(RELAY_BATCH as usize)
         .collect()
         .await;
+    for (_, result) in &results {
+        app.metrics
+            .journey_relayed
+            .with_label_values(&[result.label()])
+            .inc();
+    }
     results
         .into_iter()
-        .filter_map(|(id, r)| matches!(r, Relayed::Done).then_some(id))
+        .filter_map(|(id, r)| (!matches!(r, Relayed::Later)).then_some(id))
         .collect()
 }

@@ -13,6 +13,10 @@ pub struct ApiMetrics {
     pub accept_seconds: HistogramVec,
     /// Messages per batch request.
     pub batch_size: prometheus::Histogram,
+    /// Journey messages the relay took from the outbox, by result: enqueued, not_sent (no
+    /// consent or contact point now), dropped (the definition no longer fits its channel),
+    /// retried (the queue was away).
+    pub journey_relayed: IntCounterVec,
 }
 
 impl ApiMetrics {
@@ -45,13 +49,23 @@ impl ApiMetrics {
         registry.register(Box::new(accepted.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(accept_seconds.clone()))?;
+        let journey_relayed = IntCounterVec::new(
+            Opts::new(
+                "ump_journey_messages_relayed_total",
+                "Journey messages the relay took from the outbox, by result \
+                 (enqueued, not_sent, dropped, retried)",
+            ),
+            &["result"],
+        )?;
         registry.register(Box::new(batch_size.clone()))?;
+        registry.register(Box::new(journey_relayed.clone()))?;
         Ok(Self {
             registry,
             accepted,
             rejected,
             accept_seconds,
             batch_size,
+            journey_relayed,
         })
     }
 }

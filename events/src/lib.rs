@@ -34,6 +34,8 @@ pub struct EventMetrics {
     /// From an event's acceptance (its `202`) to its effect on the person's segments being
     /// committed.
     pub visible_seconds: Histogram,
+    /// Journey steps' counts committed (entered, sent, converted, ...), by counter.
+    pub journey_steps: IntCounterVec,
 }
 
 impl EventMetrics {
@@ -86,6 +88,15 @@ impl EventMetrics {
                 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
             ]),
         )?;
+        let journey_steps = IntCounterVec::new(
+            Opts::new(
+                "ump_journey_steps_total",
+                "Journey counts committed by the processor, by counter (entered, reached, sent, \
+                 suppressed_cap, held_quiet, matched, timed_out, converted, exited, assigned)",
+            ),
+            &["counter"],
+        )?;
+        registry.register(Box::new(journey_steps.clone()))?;
         registry.register(Box::new(visible_seconds.clone()))?;
         registry.register(Box::new(entries.clone()))?;
         registry.register(Box::new(memberships.clone()))?;
@@ -104,6 +115,7 @@ impl EventMetrics {
             wakeups,
             failures,
             visible_seconds,
+            journey_steps,
         })
     }
 
@@ -122,6 +134,14 @@ impl EventMetrics {
         self.memberships
             .with_label_values(&["left"])
             .inc_by(report.left);
+        for ((_, stat), n) in &report.journey_stats {
+            // `waiting` moves both ways: the live number is in the journey's counts (the API).
+            if stat.counter != ump_automation::journey::counter::WAITING && *n > 0 {
+                self.journey_steps
+                    .with_label_values(&[stat.counter])
+                    .inc_by(*n as u64);
+            }
+        }
     }
 }
 

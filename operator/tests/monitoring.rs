@@ -46,7 +46,8 @@ async fn dashboard_and_alerts_use_only_metrics_the_binaries_export() {
             "apiVersion: ump.dev/v1alpha1\nkind: MessageChannel\n\
              metadata: {{name: sms, namespace: {namespace}}}\n\
              spec:\n  type: sms\n  topic: {{partitions: 2}}\n  providers:\n\
-             \x20   - {{name: primary, type: sandbox}}\n    - {{name: backup, type: sandbox}}\n"
+             \x20   - {{name: primary, type: sandbox}}\n    - {{name: backup, type: sandbox}}\n\
+             \x20 templates:\n    - {{name: hello, text: hello}}\n"
         ),
     )
     .expect("channels");
@@ -139,6 +140,20 @@ async fn dashboard_and_alerts_use_only_metrics_the_binaries_export() {
         r#"{"channel":"sms"}"#,
     );
     assert_eq!(status, 422);
+    // A journey the event below enters: its step counted by the processor, its message taken
+    // by the API's relay (not sent: the person has no phone).
+    let journey = r#"{"id":"metrics","entry":{"event":"viewed"},"steps":[{"id":"hi",
+        "send":{"channel":"sms","template":"hello","category":"transactional"}}]}"#;
+    let (status, answer) = http(api_port, "POST", "/v1/journeys", Some(&key), journey);
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer) = http(
+        api_port,
+        "POST",
+        "/v1/journeys/metrics/activate",
+        Some(&key),
+        "{}",
+    );
+    assert_eq!(status, 200, "{answer}");
     // An event, folded in by the processor.
     let (status, answer) = http(
         api_port,
@@ -157,6 +172,16 @@ async fn dashboard_and_alerts_use_only_metrics_the_binaries_export() {
             scrape(events_port)
                 .contains("ump_events_processed_total{result=\"counted\"} 1")
                 .then_some(())
+        },
+    )
+    .await;
+    support::eventually(
+        "the journey's step in the processor's metrics, its message in the API's",
+        Duration::from_secs(60),
+        || async {
+            (scrape(events_port).contains("ump_journey_steps_total{counter=\"sent\"} 1")
+                && scrape(api_port).contains("ump_journey_messages_relayed_total{"))
+            .then_some(())
         },
     )
     .await;
