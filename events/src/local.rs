@@ -5,15 +5,12 @@
 use crate::{EventMetrics, backoff};
 use chrono::Utc;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use ump_core::sqlite::SqliteStore;
 
 /// Entries folded per transaction.
 pub const BATCH: u32 = 500;
-/// How often due wake-ups are looked for.
-pub const WAKE_EVERY: Duration = Duration::from_secs(1);
 
 pub struct LocalProcessor {
     pub store: SqliteStore,
@@ -26,7 +23,7 @@ impl LocalProcessor {
     /// Runs until `cancel` fires; the batch in hand is committed first.
     pub async fn run(self, cancel: CancellationToken) {
         let mut failures = 0;
-        let mut wake_ups = tokio::time::interval(WAKE_EVERY);
+        let mut wake_ups = tokio::time::interval(crate::WAKE_EVERY);
         wake_ups.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let timer = self.metrics.batch_seconds.start_timer();
@@ -74,6 +71,7 @@ impl LocalProcessor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use ump_automation::event::EventInput;
     use ump_core::audience::{EventLog, SegmentStore};
     use ump_core::audience_sqlite::SqliteEventLog;
