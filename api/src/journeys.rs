@@ -8,14 +8,14 @@
 use crate::AppState;
 use crate::auth::Tenant;
 use crate::messages::{SINGLE_LIMIT, apply_person, envelope, read_json};
-use crate::problem::{FieldError, Problem};
+use crate::problem::{FieldError, Problem, parse_body, respond};
 use crate::request::validate;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::Utc;
 use futures::StreamExt;
 use serde::Serialize;
@@ -124,13 +124,6 @@ fn refused(e: JourneyError) -> Problem {
     }
 }
 
-fn respond<T: IntoResponse>(result: Result<T, Problem>) -> Response {
-    match result {
-        Ok(ok) => ok.into_response(),
-        Err(problem) => problem.into_response(),
-    }
-}
-
 /// The body as a journey, checked on its own and against the channels; `path_id` (from `PUT`)
 /// fills a missing id and must match a given one.
 pub(crate) fn parse(
@@ -152,14 +145,7 @@ pub(crate) fn parse(
             Some(_) => return Err(invalid("id", "must be the path's id (or left out)")),
         }
     }
-    let journey: Journey =
-        serde_path_to_error::deserialize(Value::Object(object)).map_err(|e| {
-            let field = match e.path().to_string() {
-                path if path == "." => "body".to_owned(),
-                path => path,
-            };
-            Problem::validation(vec![FieldError::new(field, e.inner().to_string())])
-        })?;
+    let journey: Journey = parse_body(Value::Object(object))?;
     let mut errors: Vec<FieldError> = match journey.validate() {
         Ok(()) => Vec::new(),
         Err(errors) => errors
@@ -540,13 +526,7 @@ pub async fn put_caps(State(app): State<AppState>, headers: HeaderMap, body: Bod
         async {
             let tenant = app.keys.authenticate(&headers).await?;
             let (_, value) = read_json(&headers, body, SINGLE_LIMIT, app.body_timeout).await?;
-            let document: CapsDocument = serde_path_to_error::deserialize(value).map_err(|e| {
-                let field = match e.path().to_string() {
-                    path if path == "." => "body".to_owned(),
-                    path => path,
-                };
-                Problem::validation(vec![FieldError::new(field, e.inner().to_string())])
-            })?;
+            let document: CapsDocument = parse_body(value)?;
             validate_caps(&document.caps).map_err(|errors| {
                 Problem::validation(
                     errors

@@ -188,3 +188,29 @@ impl IntoResponse for Problem {
         response
     }
 }
+
+/// A handler's answer: its result, or its problem.
+pub fn respond<T: IntoResponse>(result: Result<T, Problem>) -> Response {
+    match result {
+        Ok(ok) => ok.into_response(),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// A JSON body as `T`: not an object is a 422 on `body`, a field that does not fit a 422
+/// naming it with its path (`steps[2].wait.timeout`).
+pub fn parse_body<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, Problem> {
+    if !value.is_object() {
+        return Err(Problem::validation(vec![FieldError::new(
+            "body",
+            "must be a JSON object",
+        )]));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = match e.path().to_string() {
+            path if path == "." => "body".to_owned(),
+            path => path,
+        };
+        Problem::validation(vec![FieldError::new(field, e.inner().to_string())])
+    })
+}

@@ -5,13 +5,13 @@
 
 use crate::AppState;
 use crate::messages::{SINGLE_LIMIT, read_json};
-use crate::problem::{FieldError, Problem};
+use crate::problem::{FieldError, Problem, parse_body, respond};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -138,13 +138,7 @@ fn parse(value: Value, path_id: Option<&str>) -> Result<Segment, Problem> {
             "is required: an object such as {\"all\": [...]}",
         ));
     }
-    serde_path_to_error::deserialize(Value::Object(object)).map_err(|e| {
-        let field = match e.path().to_string() {
-            path if path == "." => "body".to_owned(),
-            path => path,
-        };
-        Problem::validation(vec![FieldError::new(field, e.inner().to_string())])
-    })
+    parse_body(Value::Object(object))
 }
 
 pub(crate) async fn view(app: &AppState, tenant: &str, id: &str) -> Result<SegmentView, Problem> {
@@ -165,13 +159,6 @@ pub(crate) async fn view(app: &AppState, tenant: &str, id: &str) -> Result<Segme
         segment: stored,
         size,
     })
-}
-
-fn respond<T: IntoResponse>(result: Result<T, Problem>) -> Response {
-    match result {
-        Ok(ok) => ok.into_response(),
-        Err(problem) => problem.into_response(),
-    }
 }
 
 /// The tenant's segments with their sizes.

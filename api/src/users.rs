@@ -142,13 +142,7 @@ pub async fn identify(
         let user_id = user_id(path)?;
         let (_, value) = read_json(&headers, body, SINGLE_LIMIT, app.body_timeout).await?;
         objects_only(&value)?;
-        let update: ProfileUpdate = serde_path_to_error::deserialize(value).map_err(|e| {
-            let field = match e.path().to_string() {
-                path if path == "." => "body".to_owned(),
-                path => path,
-            };
-            Problem::validation(vec![FieldError::new(field, e.inner().to_string())])
-        })?;
+        let update: ProfileUpdate = crate::problem::parse_body(value)?;
         let mut profile = app
             .profiles
             .profile(&tenant.0, &user_id)

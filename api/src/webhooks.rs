@@ -4,16 +4,15 @@
 
 use crate::AppState;
 use crate::messages::{SINGLE_LIMIT, read_json};
-use crate::problem::{FieldError, Problem};
+use crate::problem::{FieldError, Problem, parse_body, respond};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use ump_core::webhooks::{
     DeliveryView, Endpoint, EventFilter, EventType, UrlRules, new_endpoint_id, new_secret,
     test_delivery,
@@ -135,13 +134,6 @@ fn invalid(field: &str, detail: impl Into<String>) -> Problem {
     Problem::validation(vec![FieldError::new(field, detail)])
 }
 
-fn respond<T: IntoResponse>(result: Result<T, Problem>) -> Response {
-    match result {
-        Ok(ok) => ok.into_response(),
-        Err(problem) => problem.into_response(),
-    }
-}
-
 fn endpoint_id(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
     match path {
         Ok(Path(id))
@@ -156,19 +148,6 @@ fn endpoint_id(path: Result<Path<String>, PathRejection>) -> Result<String, Prob
         // Not an id UMP makes: no such endpoint, whatever the tenant.
         _ => Err(not_found()),
     }
-}
-
-fn parse_body<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, Problem> {
-    if !value.is_object() {
-        return Err(invalid("body", "must be a JSON object"));
-    }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let field = match e.path().to_string() {
-            path if path == "." => "body".to_owned(),
-            path => path,
-        };
-        invalid(&field, e.inner().to_string())
-    })
 }
 
 /// A channel name or a tag: 1 to 64 characters, none of them a control character.
@@ -690,7 +669,7 @@ mod tests {
         result.unwrap_err().field.unwrap_or_default()
     }
 
-    fn request(value: Value) -> Result<EndpointRequest, Problem> {
+    fn request(value: serde_json::Value) -> Result<EndpointRequest, Problem> {
         parse_body(value)
     }
 
