@@ -1000,6 +1000,8 @@ pub struct Subject<'a> {
 struct Cx<'a> {
     subject: &'a Subject<'a>,
     caps: &'a [Cap],
+    /// When the step runs: a message goes out now, whatever moment its step stands for.
+    now: DateTime<Utc>,
 }
 
 /// What to fold into a person's journeys.
@@ -1094,6 +1096,7 @@ impl JourneyRecord {
         let cx = Cx {
             subject,
             caps: &set.caps,
+            now,
         };
         let cx = &cx;
         // A journey archived or deleted takes its people with it.
@@ -1135,6 +1138,8 @@ impl JourneyRecord {
             }
             Happening::Time => {}
         }
+        // An entry at an event's own time (processed late) may be due already.
+        self.fire(set, cx, now, &mut out);
         let keep = set.caps.iter().map(|c| c.per.span()).max();
         match keep {
             Some(keep) => {
@@ -1425,16 +1430,19 @@ impl JourneyRecord {
                     }
                 }
                 Some(Kind::Send(send)) => {
+                    // Quiet hours and caps are about when the person gets it: now, even for a
+                    // step that stands for an earlier moment (an event processed late).
+                    let sent_at = at.max(cx.now);
                     if send.is_marketing() {
                         let quiet = journey.quiet_hours.unwrap_or(NIGHT);
-                        if let Some(end) = quiet.end_after(at, cx.subject.profile.tz()) {
+                        if let Some(end) = quiet.end_after(sent_at, cx.subject.profile.tz()) {
                             inst.until = Some(end);
                             out.count(inst, &here, counter::HELD_QUIET, 1);
                             out.count(inst, &here, counter::WAITING, 1);
                             return Stop::Waits;
                         }
                     }
-                    if send.is_marketing() && self.capped(cx.caps, &send.channel, at) {
+                    if send.is_marketing() && self.capped(cx.caps, &send.channel, sent_at) {
                         out.count(inst, &here, counter::SUPPRESSED_CAP, 1);
                     } else {
                         let data = send
@@ -1452,7 +1460,7 @@ impl JourneyRecord {
                             self.sent.insert(
                                 0,
                                 Sent {
-                                    at,
+                                    at: sent_at,
                                     channel: send.channel.clone(),
                                 },
                             );
@@ -1934,6 +1942,23 @@ mod tests {
         berlin.profile.timezone = Some("Europe/Berlin".into());
         berlin.did(&set, "product_viewed", json!({"item_id": "sku-1"}), t0());
         assert_eq!(berlin.tick(&set, night).sends.len(), 1);
+    }
+
+    #[test]
+    fn a_step_processed_late_at_night_waits_for_the_morning() {
+        let set = set(vec![coupon()]);
+        let mut p = Person::new();
+        // Viewed at noon in Seoul; the processor only gets to it at 22:00 (a long outage).
+        let event = Event {
+            event: "product_viewed".into(),
+            properties: json!({"item_id": "sku-1"}).as_object().cloned().unwrap(),
+            timestamp: t0(),
+        };
+        let late = t0() + Duration::hours(10);
+        let out = p.step(&set, Happening::Event(&event), late);
+        assert!(out.sends.is_empty(), "not at 22:00: {out:?}");
+        let eight = Utc.with_ymd_and_hms(2026, 12, 4, 23, 0, 0).unwrap();
+        assert_eq!(p.record.next_wake(&set), Some(eight));
     }
 
     #[test]
