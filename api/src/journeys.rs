@@ -57,6 +57,8 @@ pub struct JourneyRequest {
     /// `{start: "21:00", end: "08:00"}` (the default for marketing sends), the person's time.
     #[schema(value_type = Object)]
     quiet_hours: Option<Value>,
+    /// At most this many of the journey's messages a second, over every API process.
+    send_rate: Option<u32>,
     /// Each `{id, next?}` with one of `delay` ({for | until_time | until_date}), `wait` ({event,
     /// where, match, timeout, on_event, on_timeout}), `branch` ({condition, then, else}),
     /// `split` ({arms: [{name, weight, next}], holdout, holdout_for}), `send` ({channel,
@@ -612,6 +614,8 @@ enum Relayed {
     Dropped,
     /// The queue or a store is away: left for the lease to run out and a retry.
     Later,
+    /// Over the journey's send rate: given back until its turn.
+    Paced(Duration),
 }
 
 impl Relayed {
@@ -621,6 +625,7 @@ impl Relayed {
             Self::NotSent => "not_sent",
             Self::Dropped => "dropped",
             Self::Later => "retried",
+            Self::Paced(_) => "paced",
         }
     }
 }
@@ -650,17 +655,32 @@ pub async fn run_relay(app: AppState, cancel: CancellationToken) {
             }
             continue;
         }
-        let done = relay(&app, claimed).await;
+        let (done, paced) = relay(&app, claimed).await;
         if let Err(e) = app.journeys.sends_done(&owner, &done).await {
             // The lease runs out and they go again with the same ids: the dedupe drops them.
             tracing::warn!(error = %e, "clearing relayed journey messages failed");
+        }
+        if let Some(turn) = paced.iter().map(|(_, wait)| *wait).min() {
+            let ids: Vec<i64> = paced.iter().map(|(id, _)| *id).collect();
+            let until = Utc::now() + chrono::Duration::from_std(turn).unwrap_or_default();
+            if let Err(e) = app.journeys.release_sends(&owner, &ids, until).await {
+                tracing::warn!(error = %e, "giving back paced journey messages failed");
+            }
+            if done.is_empty() {
+                // Everything in hand waits its turn: so does this relay.
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(turn.min(RELAY_IDLE)) => {}
+                }
+            }
         }
         failures = 0;
     }
 }
 
-/// Sends `claimed` (profiles read per tenant in one go); returns the ids that are done.
-async fn relay(app: &AppState, claimed: Vec<QueuedSend>) -> Vec<i64> {
+/// Sends `claimed` (profiles read per tenant in one go); returns the ids that are done, and
+/// those over their journey's send rate with how long until their turn.
+async fn relay(app: &AppState, claimed: Vec<QueuedSend>) -> (Vec<i64>, Vec<(i64, Duration)>) {
     let mut by_tenant: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
     for c in &claimed {
         by_tenant
@@ -676,7 +696,7 @@ async fn relay(app: &AppState, claimed: Vec<QueuedSend>) -> Vec<i64> {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "profile store failed; journey messages wait");
-                return Vec::new();
+                return (Vec::new(), Vec::new());
             }
         }
     }
@@ -703,6 +723,17 @@ async fn relay(app: &AppState, claimed: Vec<QueuedSend>) -> Vec<i64> {
                         return (c.id, Relayed::Dropped);
                     }
                 };
+                if let Some(rate) = c.send.send_rate {
+                    let key = format!("ump:journey-rate:{}:{}", c.tenant, c.send.journey);
+                    match app.journey_limiter.try_acquire(&key, rate, rate).await {
+                        Ok(None) => {}
+                        Ok(Some(wait)) => return (c.id, Relayed::Paced(wait)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "journey send rate unavailable");
+                            return (c.id, Relayed::Later);
+                        }
+                    }
+                }
                 let millis = c.send.entered_at.timestamp_millis().max(0) as u64;
                 let id = MessageId::derived(
                     millis,
@@ -729,8 +760,14 @@ async fn relay(app: &AppState, claimed: Vec<QueuedSend>) -> Vec<i64> {
             .with_label_values(&[result.label()])
             .inc();
     }
-    results
-        .into_iter()
-        .filter_map(|(id, r)| (!matches!(r, Relayed::Later)).then_some(id))
-        .collect()
+    let mut done = Vec::new();
+    let mut paced = Vec::new();
+    for (id, result) in results {
+        match result {
+            Relayed::Later => {}
+            Relayed::Paced(wait) => paced.push((id, wait)),
+            _ => done.push(id),
+        }
+    }
+    (done, paced)
 }

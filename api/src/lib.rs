@@ -55,6 +55,9 @@ pub struct AppState {
     pub broadcasts: Arc<dyn ump_core::broadcast::BroadcastStore>,
     /// Journeys, their counts and the outbox of their messages.
     pub journeys: Arc<dyn ump_core::journeys::JourneyStore>,
+    /// Keeps journeys' send rates: Redis in the cluster mode (every API process shares it),
+    /// in memory all-in-one.
+    pub journey_limiter: Arc<dyn ump_worker::ratelimit::RateLimiter>,
     pub keys: Arc<auth::KeyCache>,
     pub idempotency: Arc<dyn idempotency::IdempotencyStore>,
     pub metrics: metrics::ApiMetrics,

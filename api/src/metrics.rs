@@ -53,7 +53,7 @@ impl ApiMetrics {
             Opts::new(
                 "ump_journey_messages_relayed_total",
                 "Journey messages the relay took from the outbox, by result \
-                 (enqueued, not_sent, dropped, retried)",
+                 (enqueued, not_sent, dropped, retried, paced)",
             ),
             &["result"],
         )?;

@@ -341,3 +341,70 @@ async fn bad_definitions_are_refused_naming_the_step_and_field() {
     }
     assert_eq!(ump.get(KEY, "/v1/journeys/nothing").await.0, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journeys_send_rate_spreads_its_messages_out() {
+    let ump = AllInOne::start("warn", &[]).await;
+    archive_the_examples(&ump).await;
+    const PEOPLE: usize = 20;
+    const RATE: usize = 4;
+    for i in 0..PEOPLE {
+        identify(
+            &ump,
+            &format!("paced-{i:02}"),
+            &format!("+8210777700{i:02}"),
+        )
+        .await;
+    }
+    let journey = json!({"id": "paced", "entry": {"event": "signed_up"}, "send_rate": RATE,
+        "steps": [{"id": "hello", "send": {"channel": "sms", "template": "coupon",
+            "category": "transactional",
+            "data": {"item": "welcome", "name": "$traits.name", "pct": 5}}}]});
+    assert_eq!(ump.post(KEY, "/v1/journeys", &journey).await.0, 201);
+    ump.post(KEY, "/v1/journeys/paced/activate", &json!({}))
+        .await;
+    let events: Vec<Value> = (0..PEOPLE)
+        .map(|i| json!({"user_id": format!("paced-{i:02}"), "event": "signed_up"}))
+        .collect();
+    let (status, body) = ump
+        .post(KEY, "/v1/events", &json!({"events": events}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let accepted: Vec<chrono::DateTime<chrono::Utc>> = loop {
+        let (_, page) = ump.get(KEY, "/v1/messages?channel=sms&limit=100").await;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        if items.len() >= PEOPLE {
+            break items
+                .iter()
+                .map(|m| {
+                    m["created_at"]
+                        .as_str()
+                        .expect("created_at")
+                        .parse()
+                        .expect("time")
+                })
+                .collect();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {PEOPLE} sent",
+            items.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut accepted = accepted;
+    accepted.sort();
+    // A rate of 4 a second with a burst of 4: never more than 8 within one second, however
+    // slow or fast the machine.
+    for window in accepted.windows(2 * RATE + 1) {
+        let spread = window[2 * RATE] - window[0];
+        assert!(
+            spread >= chrono::Duration::seconds(1),
+            "{} messages within {spread}: {accepted:?}",
+            2 * RATE + 1
+        );
+    }
+    let (_, view) = ump.get(KEY, "/v1/journeys/paced").await;
+    assert_eq!(stat(&view, "hello", "sent"), PEOPLE as i64, "{view}");
+}

@@ -66,6 +66,10 @@ pub struct Journey {
     /// consent, checked when it is sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quiet_hours: Option<QuietHours>,
+    /// At most this many of the journey's messages a second, over every API process (a
+    /// campaign's pace, or a landing page's capacity); the rest wait their turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_rate: Option<u32>,
     /// The first step is where people enter.
     pub steps: Vec<Step>,
 }
@@ -468,6 +472,12 @@ impl Journey {
         }
         if matches!(self.reentry, Reentry::After(w) if w.is_zero()) {
             err("reentry.after".into(), "must be longer than 0".into());
+        }
+        if self.send_rate == Some(0) {
+            err(
+                "send_rate".into(),
+                "at least 1 a second (leave it out for no limit)".into(),
+            );
         }
         if self.max_entries == Some(0) {
             err(
@@ -924,6 +934,9 @@ pub struct JourneySend {
     pub data: Map<String, Value>,
     pub marketing: bool,
     pub realtime: bool,
+    /// The journey's `send_rate`, which the relay keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_rate: Option<u32>,
 }
 
 impl JourneySend {
@@ -1477,6 +1490,7 @@ impl JourneyRecord {
                             data,
                             marketing: send.is_marketing(),
                             realtime: send.priority.as_deref() == Some("realtime"),
+                            send_rate: journey.send_rate,
                         });
                         out.count(inst, &here, counter::SENT, 1);
                     }

@@ -123,6 +123,14 @@ pub trait JourneyStore: Send + Sync {
     ) -> Result<Vec<QueuedSend>, HistoryError>;
     /// Deletes outbox messages that were enqueued (or can never be).
     async fn sends_done(&self, owner: &str, ids: &[i64]) -> Result<(), HistoryError>;
+    /// Gives back messages `owner` took but may not send yet (a journey's send rate): another
+    /// relay may take them from `until`.
+    async fn release_sends(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        until: DateTime<Utc>,
+    ) -> Result<(), HistoryError>;
     /// Messages in the outbox (the relay's backlog).
     async fn outbox_len(&self) -> Result<u64, HistoryError>;
 }
@@ -643,6 +651,29 @@ impl JourneyStore for MySqlJourneys {
         Ok(())
     }
 
+    async fn release_sends(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        until: DateTime<Utc>,
+    ) -> Result<(), HistoryError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut q = QueryBuilder::<MySql>::new("UPDATE journey_sends SET lease_until = ");
+        q.push_bind(naive(until))
+            .push(" WHERE owner = ")
+            .push_bind(owner)
+            .push(" AND id IN (");
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        q.build().execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn outbox_len(&self) -> Result<u64, HistoryError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM journey_sends")
             .fetch_one(&self.pool)
@@ -1008,6 +1039,29 @@ impl JourneyStore for SqliteJourneys {
         }
         let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM journey_sends WHERE owner = ");
         q.push_bind(owner).push(" AND id IN (");
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        q.build().execute(self.store.pool()).await?;
+        Ok(())
+    }
+
+    async fn release_sends(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        until: DateTime<Utc>,
+    ) -> Result<(), HistoryError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new("UPDATE journey_sends SET lease_until = ");
+        q.push_bind(micros(until))
+            .push(" WHERE owner = ")
+            .push_bind(owner)
+            .push(" AND id IN (");
         let mut list = q.separated(", ");
         for id in ids {
             list.push_bind(*id);

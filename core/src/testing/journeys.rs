@@ -186,6 +186,28 @@ pub async fn versions_outbox_and_erasure(
         .collect();
     store.sends_done("relay-b", &kims).await.expect("done");
     assert_eq!(store.outbox_len().await.expect("len"), 1);
+    // Given back until a moment (a journey's send rate): nobody takes it before, anyone after.
+    let lees: Vec<i64> = again
+        .iter()
+        .filter(|c| c.user_id == "lee")
+        .map(|c| c.id)
+        .collect();
+    let turn = later + chrono::Duration::seconds(2);
+    store
+        .release_sends("relay-b", &lees, turn)
+        .await
+        .expect("release");
+    let early = store.claim_sends("relay-c", later, lease, 10).await;
+    assert!(early.expect("claim").is_empty());
+    let taken = store
+        .claim_sends(
+            "relay-c",
+            turn + chrono::Duration::milliseconds(1),
+            lease,
+            10,
+        )
+        .await;
+    assert_eq!(taken.expect("claim").len(), 1);
 
     // Erasing lee takes their unsent message with them.
     profiles.erase("t1", "lee", later).await.expect("erase");
