@@ -190,16 +190,8 @@ fn check_sends(journey: &Journey, registry: &ChannelRegistry) -> Vec<FieldError>
             continue;
         };
         if send.is_marketing()
-            && let Some(why) = ump_core::advertising::unfit_for_advertising(
-                &channel.name(),
-                channel.channel_type(),
-                channel.resource.spec.advertising.as_ref(),
-            )
+            && let Some((at_fault, why)) = crate::messages::unfit_for_advertising(channel)
         {
-            let at_fault = match channel.channel_type() {
-                ChannelType::Alimtalk => "category",
-                _ => "channel",
-            };
             errors.push(FieldError::new(format!("{at}.{at_fault}"), why));
             continue;
         }

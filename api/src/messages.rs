@@ -337,6 +337,23 @@ pub(crate) async fn resolve_person(
     Ok(apply_person(value, profile.as_ref(), registry, prefix, now))
 }
 
+/// Why `channel` may not carry advertising, and the field at fault: AlimTalk is wrong for the
+/// message's kind (`category`), an SMS channel lacks its configuration (`channel`).
+pub(crate) fn unfit_for_advertising(
+    channel: &ump_core::config::ResolvedChannel,
+) -> Option<(&'static str, String)> {
+    let why = ump_core::advertising::unfit_for_advertising(
+        &channel.name(),
+        channel.channel_type(),
+        channel.resource.spec.advertising.as_ref(),
+    )?;
+    let at_fault = match channel.channel_type() {
+        ump_core::resources::ChannelType::Alimtalk => "category",
+        _ => "channel",
+    };
+    Some((at_fault, why))
+}
+
 /// `resolve_person` with the person's profile in hand (`None`: no such person).
 pub(crate) fn apply_person(
     value: &mut Value,
@@ -381,18 +398,7 @@ pub(crate) fn apply_person(
     else {
         return Vec::new(); // `validate` names the channel
     };
-    if marketing
-        && let Some(why) = ump_core::advertising::unfit_for_advertising(
-            &channel.name(),
-            channel.channel_type(),
-            channel.resource.spec.advertising.as_ref(),
-        )
-    {
-        // AlimTalk is wrong for the message's kind; an SMS channel lacks its configuration.
-        let at_fault = match channel.channel_type() {
-            ChannelType::Alimtalk => "category",
-            _ => "channel",
-        };
+    if marketing && let Some((at_fault, why)) = unfit_for_advertising(channel) {
         return fail(at_fault, why);
     }
     let kind = match channel.channel_type() {
