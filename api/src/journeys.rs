@@ -33,6 +33,8 @@ const RETRY_AFTER_SECONDS: u64 = 5;
 const RELAY_BATCH: u32 = 500;
 /// How long a relay holds messages it took before another may take them.
 pub const RELAY_LEASE: Duration = Duration::from_secs(30);
+/// How often the relay counts the outbox (`ump_journey_outbox_messages`).
+const OUTBOX_SAMPLE: Duration = Duration::from_secs(15);
 /// How often an idle relay looks at the outbox.
 const RELAY_IDLE: Duration = Duration::from_millis(100);
 
@@ -626,7 +628,15 @@ impl Relayed {
 pub async fn run_relay(app: AppState, cancel: CancellationToken) {
     let owner = uuid::Uuid::new_v4().simple().to_string();
     let mut failures = 0u32;
+    let mut sampled: Option<tokio::time::Instant> = None;
     while !cancel.is_cancelled() {
+        if sampled.is_none_or(|at| at.elapsed() >= OUTBOX_SAMPLE) {
+            sampled = Some(tokio::time::Instant::now());
+            match app.journeys.outbox_len().await {
+                Ok(n) => app.metrics.journey_outbox.set(n as i64),
+                Err(e) => tracing::warn!(error = %e, "counting the journey outbox failed"),
+            }
+        }
         let claimed = match app
             .journeys
             .claim_sends(&owner, Utc::now(), RELAY_LEASE, RELAY_BATCH)

@@ -17,6 +17,8 @@ pub struct ApiMetrics {
     /// consent or contact point now), dropped (the definition no longer fits its channel),
     /// retried (the queue was away).
     pub journey_relayed: IntCounterVec,
+    /// Journey messages waiting in the outbox (all tenants; every API process reports it).
+    pub journey_outbox: prometheus::IntGauge,
 }
 
 impl ApiMetrics {
@@ -58,7 +60,12 @@ impl ApiMetrics {
             &["result"],
         )?;
         registry.register(Box::new(batch_size.clone()))?;
+        let journey_outbox = prometheus::IntGauge::new(
+            "ump_journey_outbox_messages",
+            "Journey messages waiting in the outbox for the relay (all tenants)",
+        )?;
         registry.register(Box::new(journey_relayed.clone()))?;
+        registry.register(Box::new(journey_outbox.clone()))?;
         Ok(Self {
             registry,
             accepted,
@@ -66,6 +73,7 @@ impl ApiMetrics {
             accept_seconds,
             batch_size,
             journey_relayed,
+            journey_outbox,
         })
     }
 }

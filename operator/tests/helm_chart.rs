@@ -468,7 +468,7 @@ fn alerting_rules_pass_promtool_and_fire_when_they_should() {
         text
     };
     let checked = run(&["check", "rules", "rules.yaml"]);
-    assert!(checked.contains("SUCCESS: 12 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 13 rules found"), "{checked}");
 
     // Unit tests of the alerts on synthetic series shaped like the real ones.
     std::fs::write(dir.join("alerts-test.yaml"), ALERT_TESTS).expect("write tests");
@@ -523,6 +523,14 @@ tests:
       - series: 'ump_event_backlog{namespace="ump", pod="e-2"}'
         values: '10000+500x40'
       - series: 'ump_event_backlog{namespace="ump-steady", pod="e-1"}'
+        values: '50000x40'
+      # ump: two API processes report the same growing outbox (counted once: max); elsewhere a
+      # large outbox that does not grow (a send_rate at work: quiet).
+      - series: 'ump_journey_outbox_messages{namespace="ump", pod="a-1"}'
+        values: '12000+400x40'
+      - series: 'ump_journey_outbox_messages{namespace="ump", pod="a-2"}'
+        values: '12000+400x40'
+      - series: 'ump_journey_outbox_messages{namespace="ump-steady", pod="a-1"}'
         values: '50000x40'
       - series: 'ump_event_batch_failures_total{namespace="ump", pod="e-1"}'
         values: '0x10 0+3x30'
@@ -613,6 +621,16 @@ tests:
             exp_annotations:
               summary: "UMP's event processor falls behind"
               description: "65k behaviour events in ump wait for the event processor and the backlog kept growing for 15 minutes: segment memberships lag behind what people do. The processor may be at its maxReplicas or the events topic's partition count, or slowed down by MySQL."
+      - eval_time: 10m
+        alertname: UMPJourneyMessagesWaiting
+        exp_alerts: []
+      - eval_time: 35m
+        alertname: UMPJourneyMessagesWaiting
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: ump}
+            exp_annotations:
+              summary: "UMP's journey messages wait in the outbox"
+              description: "26k journey messages in ump wait for the API's relay and the outbox kept growing for 15 minutes: journey sends go out late. The API may be down or unable to reach Kafka, or a journey's send_rate holds more than it lets through."
       - eval_time: 15m
         alertname: UMPEventBatchesFailing
         exp_alerts: []
