@@ -219,6 +219,19 @@ fn stat_rows(report: &BatchReport) -> Vec<(&str, &str, u32, &str, &str, i64)> {
         .collect()
 }
 
+/// ` IN (…)` with `ids`, for either backend.
+fn push_ids<DB: sqlx::Database>(q: &mut QueryBuilder<DB>, ids: impl IntoIterator<Item = i64>)
+where
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.push(" IN (");
+    let mut list = q.separated(", ");
+    for id in ids {
+        list.push_bind(id);
+    }
+    q.push(")");
+}
+
 fn sends_of(changes: &[PersonChange]) -> Vec<(&PersonChange, &JourneySend)> {
     changes
         .iter()
@@ -625,12 +638,8 @@ impl JourneyStore for MySqlJourneys {
         q.push_bind(owner)
             .push(", lease_until = ")
             .push_bind(naive(until))
-            .push(" WHERE id IN (");
-        let mut list = q.separated(", ");
-        for c in &claimed {
-            list.push_bind(c.id);
-        }
-        q.push(")");
+            .push(" WHERE id");
+        push_ids(&mut q, claimed.iter().map(|c| c.id));
         q.build().execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(claimed)
@@ -641,12 +650,8 @@ impl JourneyStore for MySqlJourneys {
             return Ok(());
         }
         let mut q = QueryBuilder::<MySql>::new("DELETE FROM journey_sends WHERE owner = ");
-        q.push_bind(owner).push(" AND id IN (");
-        let mut list = q.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
-        q.push(")");
+        q.push_bind(owner).push(" AND id");
+        push_ids(&mut q, ids.iter().copied());
         q.build().execute(&self.pool).await?;
         Ok(())
     }
@@ -664,12 +669,8 @@ impl JourneyStore for MySqlJourneys {
         q.push_bind(naive(until))
             .push(" WHERE owner = ")
             .push_bind(owner)
-            .push(" AND id IN (");
-        let mut list = q.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
-        q.push(")");
+            .push(" AND id");
+        push_ids(&mut q, ids.iter().copied());
         q.build().execute(&self.pool).await?;
         Ok(())
     }
@@ -1038,12 +1039,8 @@ impl JourneyStore for SqliteJourneys {
             return Ok(());
         }
         let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM journey_sends WHERE owner = ");
-        q.push_bind(owner).push(" AND id IN (");
-        let mut list = q.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
-        q.push(")");
+        q.push_bind(owner).push(" AND id");
+        push_ids(&mut q, ids.iter().copied());
         q.build().execute(self.store.pool()).await?;
         Ok(())
     }
@@ -1061,12 +1058,8 @@ impl JourneyStore for SqliteJourneys {
         q.push_bind(micros(until))
             .push(" WHERE owner = ")
             .push_bind(owner)
-            .push(" AND id IN (");
-        let mut list = q.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
-        q.push(")");
+            .push(" AND id");
+        push_ids(&mut q, ids.iter().copied());
         q.build().execute(self.store.pool()).await?;
         Ok(())
     }
