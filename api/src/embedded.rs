@@ -242,7 +242,11 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         state.clone(),
         workers.clone(),
     ));
-    tasks.spawn(crate::journeys::run_relay(state.clone(), workers.clone()));
+    tasks.spawn(crate::journeys::run_relay(
+        state.clone(),
+        1,
+        workers.clone(),
+    ));
     tasks.spawn(ump_events::sample_sizes(
         Arc::new(store.clone()),
         workers.clone(),

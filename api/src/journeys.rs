@@ -29,14 +29,20 @@ use ump_core::model::MessageId;
 use ump_core::resources::ChannelType;
 
 const RETRY_AFTER_SECONDS: u64 = 5;
-/// Outbox messages a relay takes at once.
+/// Relay loops of an API process in the cluster mode (the all-in-one mode's SQLite has one
+/// writer, so it runs one).
+pub const RELAY_LOOPS: usize = 4;
+/// Outbox messages a relay loop takes at once.
 const RELAY_BATCH: u32 = 500;
 /// How long a relay holds messages it took before another may take them.
 pub const RELAY_LEASE: Duration = Duration::from_secs(30);
 /// How often the relay counts the outbox (`ump_journey_outbox_messages`).
 const OUTBOX_SAMPLE: Duration = Duration::from_secs(15);
-/// How often an idle relay looks at the outbox.
-const RELAY_IDLE: Duration = Duration::from_millis(100);
+/// How often an idle relay looks at the outbox: from `RELAY_IDLE_MIN` after it last found
+/// messages, doubling with each empty look to `RELAY_IDLE`. A message a journey step makes after
+/// a quiet spell waits at most that for its relay; a busy relay never sleeps.
+const RELAY_IDLE: Duration = Duration::from_millis(50);
+const RELAY_IDLE_MIN: Duration = Duration::from_millis(5);
 
 /// A journey as clients write it (the YAML files have the same shape).
 #[derive(utoipa::ToSchema)]
@@ -624,13 +630,28 @@ impl Relayed {
     }
 }
 
-/// Sends the outbox's journey messages until `cancel`.
-pub async fn run_relay(app: AppState, cancel: CancellationToken) {
+/// Sends the outbox's journey messages until `cancel`, with `loops` relay loops side by side:
+/// each claims its own messages (the claims skip what another holds), so a message written while
+/// one loop waits on the database or the queue is taken by another rather than after it.
+pub async fn run_relay(app: AppState, loops: usize, cancel: CancellationToken) {
+    let mut running = tokio::task::JoinSet::new();
+    for n in 0..loops.max(1) {
+        running.spawn(relay_loop(app.clone(), n == 0, cancel.clone()));
+    }
+    while running.join_next().await.is_some() {}
+}
+
+/// One relay loop; `counts` says whether it samples the outbox's length for the metric.
+async fn relay_loop(app: AppState, counts: bool, cancel: CancellationToken) {
     let owner = uuid::Uuid::new_v4().simple().to_string();
     let mut failures = 0u32;
+    let mut idle = RELAY_IDLE_MIN;
     let mut sampled: Option<tokio::time::Instant> = None;
+    // Clearing what was enqueued overlaps the next claim (those rows are leased to this relay,
+    // so no claim can take them meanwhile); one clearing at a time.
+    let mut clearing: Option<tokio::task::JoinHandle<()>> = None;
     while !cancel.is_cancelled() {
-        if sampled.is_none_or(|at| at.elapsed() >= OUTBOX_SAMPLE) {
+        if counts && sampled.is_none_or(|at| at.elapsed() >= OUTBOX_SAMPLE) {
             sampled = Some(tokio::time::Instant::now());
             match app.journeys.outbox_len().await {
                 Ok(n) => app.metrics.journey_outbox.set(n as i64),
@@ -652,31 +673,44 @@ pub async fn run_relay(app: AppState, cancel: CancellationToken) {
         };
         if claimed.is_empty() {
             tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(RELAY_IDLE) => {}
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(idle) => {}
             }
+            idle = (idle * 2).min(RELAY_IDLE);
             continue;
         }
+        idle = RELAY_IDLE_MIN;
         let (done, paced) = relay(&app, claimed).await;
-        if let Err(e) = app.journeys.sends_done(&owner, &done).await {
-            // The lease runs out and they go again with the same ids: the dedupe drops them.
-            tracing::warn!(error = %e, "clearing relayed journey messages failed");
+        let all_paced = done.is_empty();
+        if let Some(previous) = clearing.take() {
+            let _ = previous.await;
         }
+        let store = app.journeys.clone();
+        let clearer = owner.clone();
+        clearing = Some(tokio::spawn(async move {
+            if let Err(e) = store.sends_done(&clearer, &done).await {
+                // The lease runs out and they go again with the same ids: the dedupe drops them.
+                tracing::warn!(error = %e, "clearing relayed journey messages failed");
+            }
+        }));
         if let Some(turn) = paced.iter().map(|(_, wait)| *wait).min() {
             let ids: Vec<i64> = paced.iter().map(|(id, _)| *id).collect();
             let until = Utc::now() + chrono::Duration::from_std(turn).unwrap_or_default();
             if let Err(e) = app.journeys.release_sends(&owner, &ids, until).await {
                 tracing::warn!(error = %e, "giving back paced journey messages failed");
             }
-            if done.is_empty() {
+            if all_paced {
                 // Everything in hand waits its turn: so does this relay.
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(turn.min(RELAY_IDLE)) => {}
                 }
             }
         }
         failures = 0;
+    }
+    if let Some(previous) = clearing.take() {
+        let _ = previous.await;
     }
 }
 
@@ -743,7 +777,13 @@ async fn relay(app: &AppState, claimed: Vec<QueuedSend>) -> (Vec<i64>, Vec<(i64,
                 );
                 let (envelope, channel) = envelope(id, &Tenant(c.tenant.clone()), valid, None, now);
                 match app.enqueue(&channel, &envelope).await {
-                    Ok(()) => (c.id, Relayed::Enqueued),
+                    Ok(()) => {
+                        let waited = (Utc::now() - c.queued_at).to_std().unwrap_or_default();
+                        app.metrics
+                            .journey_outbox_wait
+                            .observe(waited.as_secs_f64());
+                        (c.id, Relayed::Enqueued)
+                    }
                     Err(problem) if problem.status == 503 => (c.id, Relayed::Later),
                     Err(problem) => {
                         tracing::warn!(journey = %c.send.journey, detail = %problem.detail,

@@ -175,7 +175,11 @@ async fn main() -> anyhow::Result<()> {
                 state.clone(),
                 senders.clone(),
             ));
-            let relay = tokio::spawn(ump_api::journeys::run_relay(state.clone(), senders.clone()));
+            let relay = tokio::spawn(ump_api::journeys::run_relay(
+                state.clone(),
+                ump_api::journeys::RELAY_LOOPS,
+                senders.clone(),
+            ));
             let served = serve(listen, ump_api::router(state)).await;
             // A broadcast in hand stops after its page; another API resumes it from its cursor.
             // Journey messages in hand are sent; any not cleared go again after their lease.

@@ -19,6 +19,9 @@ pub struct ApiMetrics {
     pub journey_relayed: IntCounterVec,
     /// Journey messages waiting in the outbox (all tenants; every API process reports it).
     pub journey_outbox: prometheus::IntGauge,
+    /// From a journey step putting its message in the outbox (the processor's batch) to the
+    /// relay enqueuing it.
+    pub journey_outbox_wait: prometheus::Histogram,
 }
 
 impl ApiMetrics {
@@ -66,6 +69,16 @@ impl ApiMetrics {
         )?;
         registry.register(Box::new(journey_relayed.clone()))?;
         registry.register(Box::new(journey_outbox.clone()))?;
+        let journey_outbox_wait = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "ump_journey_outbox_wait_seconds",
+                "From a journey step's message entering the outbox to the relay enqueuing it",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+            ]),
+        )?;
+        registry.register(Box::new(journey_outbox_wait.clone()))?;
         Ok(Self {
             registry,
             accepted,
@@ -74,6 +87,7 @@ impl ApiMetrics {
             batch_size,
             journey_relayed,
             journey_outbox,
+            journey_outbox_wait,
         })
     }
 }

@@ -60,10 +60,7 @@ impl MySqlAudience {
     ) -> Result<BatchReport, HistoryError> {
         // Read committed: the locking reads below take no gap locks (lanes insert new people
         // side by side), and each read sees what an erasure committed while this one waited.
-        let mut conn = self.pool.acquire().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            .execute(&mut *conn)
-            .await?;
+        let mut conn = crate::store::read_committed(&self.pool).await?;
         let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
         let partitions: BTreeSet<i32> = batch.iter().map(|p| p.partition).collect();
         // Makes the rows exist so they can be locked: concurrent owners of a partition (a
@@ -182,35 +179,50 @@ impl MySqlAudience {
         retry_at: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<(String, String)>, HistoryError> {
+        crate::history::again_on_deadlock(|| self.claim_due_once(now, retry_at, limit)).await
+    }
+
+    async fn claim_due_once(
+        &self,
+        now: DateTime<Utc>,
+        retry_at: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, HistoryError> {
+        // One transaction for the lot: the due rows are locked as they are read (people a lane
+        // holds are skipped; they come round again) and moved on together in one commit.
+        let mut conn = crate::store::read_committed(&self.pool).await?;
+        let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
         let rows = sqlx::query(
-            "SELECT tenant_id, user_id, next_wake FROM person_state \
-             WHERE next_wake <= ? ORDER BY next_wake LIMIT ?",
+            "SELECT tenant_id, user_id FROM person_state \
+             WHERE next_wake <= ? ORDER BY next_wake LIMIT ? FOR UPDATE SKIP LOCKED",
         )
         .bind(naive(now))
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        let mut claimed = Vec::new();
-        for row in rows {
-            let tenant: String = row.try_get(0)?;
-            let user: String = row.try_get(1)?;
-            let wake: NaiveDateTime = row.try_get(2)?;
-            // Another processor's claim, or the owner's new wake-up, wins.
-            let done = sqlx::query(
-                "UPDATE person_state SET next_wake = ? \
-                 WHERE tenant_id = ? AND user_id = ? AND next_wake = ?",
-            )
-            .bind(naive(retry_at))
-            .bind(&tenant)
-            .bind(&user)
-            .bind(wake)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            if done == 1 {
-                claimed.push((tenant, user));
-            }
+        let claimed = rows
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<Vec<(String, String)>, sqlx::Error>>()?;
+        if claimed.is_empty() {
+            tx.rollback().await?;
+            return Ok(claimed);
         }
+        let mut q = QueryBuilder::<MySql>::new("UPDATE person_state SET next_wake = ");
+        q.push_bind(naive(retry_at))
+            .push(" WHERE (tenant_id, user_id) IN (");
+        let mut people = q.separated(", ");
+        for (tenant, user) in &claimed {
+            people
+                .push("(")
+                .push_bind_unseparated(tenant)
+                .push_unseparated(", ")
+                .push_bind_unseparated(user)
+                .push_unseparated(")");
+        }
+        q.push(")");
+        q.build().execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(claimed)
     }
 

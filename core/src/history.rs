@@ -195,6 +195,36 @@ pub enum HistoryError {
     Conflict(String),
 }
 
+impl HistoryError {
+    /// The database chose this transaction as a deadlock's victim (or gave up waiting for a
+    /// lock): nothing was written, and running it again at once is the documented remedy.
+    pub fn is_deadlock(&self) -> bool {
+        match self {
+            // ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT
+            Self::Database(sqlx::Error::Database(e)) => e
+                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .is_some_and(|e| matches!(e.number(), 1205 | 1213)),
+            _ => false,
+        }
+    }
+}
+
+/// Runs `op`, again at once (three times in all) while it loses to a deadlock; claims and
+/// deletes on a shared queue table may, and waiting would only add latency.
+pub async fn again_on_deadlock<T, F, Fut>(mut op: F) -> Result<T, HistoryError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, HistoryError>>,
+{
+    let mut tries = 1;
+    loop {
+        match op().await {
+            Err(e) if e.is_deadlock() && tries < 3 => tries += 1,
+            result => return result,
+        }
+    }
+}
+
 #[async_trait::async_trait]
 pub trait HistoryStore: Send + Sync {
     /// Writes a batch: transitions (idempotently: recording the same batch twice changes nothing)

@@ -9,7 +9,7 @@
 //! dedupe drops.
 
 use crate::audience::{BatchReport, PersonChange, decode, encode};
-use crate::history::HistoryError;
+use crate::history::{HistoryError, again_on_deadlock};
 use crate::sqlite::{SqliteStore, from_micros, micros};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Serialize;
@@ -51,6 +51,8 @@ pub struct QueuedSend {
     pub tenant: String,
     pub user_id: String,
     pub send: JourneySend,
+    /// When the processor put it in the outbox (its batch's time).
+    pub queued_at: DateTime<Utc>,
 }
 
 /// Why a journey change was refused.
@@ -419,6 +421,82 @@ impl MySqlJourneys {
         })
         .transpose()
     }
+
+    async fn claim_once(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<QueuedSend>, HistoryError> {
+        // Read committed: the scan past messages other relays hold takes no gap locks, which
+        // would hold up (and deadlock with) the processor's inserts of new ones. In id order on
+        // the primary key, stopping at `limit`: through the lease index the server would read
+        // and lock every free message to sort them, and other relays would find none.
+        let mut conn = crate::store::read_committed(&self.pool).await?;
+        let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, user_id, send, \
+             TIMESTAMPDIFF(MICROSECOND, '1970-01-01', created_at) \
+             FROM journey_sends FORCE INDEX (PRIMARY) \
+             WHERE lease_until IS NULL OR lease_until < ? ORDER BY id LIMIT ? \
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(naive(now))
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        }
+        let claimed = queued(&rows)?;
+        let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        let mut q = QueryBuilder::<MySql>::new("UPDATE journey_sends SET owner = ");
+        q.push_bind(owner)
+            .push(", lease_until = ")
+            .push_bind(naive(until))
+            .push(" WHERE id");
+        push_ids(&mut q, claimed.iter().map(|c| c.id));
+        q.build().execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn done_once(&self, owner: &str, ids: &[i64]) -> Result<(), HistoryError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // Read committed, as the claims: whatever plan the server picks, rows it passes over
+        // are not locked (a scan at repeatable read would lock the whole outbox and deadlock
+        // with the claims and the processor's inserts).
+        let mut conn = crate::store::read_committed(&self.pool).await?;
+        let mut q = QueryBuilder::<MySql>::new("DELETE FROM journey_sends WHERE owner = ");
+        q.push_bind(owner).push(" AND id");
+        push_ids(&mut q, ids.iter().copied());
+        q.build().execute(&mut *conn).await?;
+        Ok(())
+    }
+
+    async fn release_once(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        until: DateTime<Utc>,
+    ) -> Result<(), HistoryError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut q = QueryBuilder::<MySql>::new("UPDATE journey_sends SET lease_until = ");
+        q.push_bind(naive(until))
+            .push(" WHERE owner = ")
+            .push_bind(owner)
+            .push(" AND id");
+        push_ids(&mut q, ids.iter().copied());
+        let mut conn = crate::store::read_committed(&self.pool).await?;
+        q.build().execute(&mut *conn).await?;
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
@@ -618,42 +696,11 @@ impl JourneyStore for MySqlJourneys {
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<QueuedSend>, HistoryError> {
-        let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(
-            "SELECT id, tenant_id, user_id, send FROM journey_sends \
-             WHERE lease_until IS NULL OR lease_until < ? ORDER BY id LIMIT ? \
-             FOR UPDATE SKIP LOCKED",
-        )
-        .bind(naive(now))
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        if rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(Vec::new());
-        }
-        let claimed = queued(&rows)?;
-        let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-        let mut q = QueryBuilder::<MySql>::new("UPDATE journey_sends SET owner = ");
-        q.push_bind(owner)
-            .push(", lease_until = ")
-            .push_bind(naive(until))
-            .push(" WHERE id");
-        push_ids(&mut q, claimed.iter().map(|c| c.id));
-        q.build().execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(claimed)
+        again_on_deadlock(|| self.claim_once(owner, now, lease, limit)).await
     }
 
     async fn sends_done(&self, owner: &str, ids: &[i64]) -> Result<(), HistoryError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut q = QueryBuilder::<MySql>::new("DELETE FROM journey_sends WHERE owner = ");
-        q.push_bind(owner).push(" AND id");
-        push_ids(&mut q, ids.iter().copied());
-        q.build().execute(&self.pool).await?;
-        Ok(())
+        again_on_deadlock(|| self.done_once(owner, ids)).await
     }
 
     async fn release_sends(
@@ -662,17 +709,7 @@ impl JourneyStore for MySqlJourneys {
         ids: &[i64],
         until: DateTime<Utc>,
     ) -> Result<(), HistoryError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut q = QueryBuilder::<MySql>::new("UPDATE journey_sends SET lease_until = ");
-        q.push_bind(naive(until))
-            .push(" WHERE owner = ")
-            .push_bind(owner)
-            .push(" AND id");
-        push_ids(&mut q, ids.iter().copied());
-        q.build().execute(&self.pool).await?;
-        Ok(())
+        again_on_deadlock(|| self.release_once(owner, ids, until)).await
     }
 
     async fn outbox_len(&self) -> Result<u64, HistoryError> {
@@ -696,6 +733,7 @@ where
                 tenant: r.try_get(1)?,
                 user_id: r.try_get(2)?,
                 send: decode("journey send", &r.try_get::<String, _>(3)?)?,
+                queued_at: crate::sqlite::from_micros(r.try_get(4)?)?,
             })
         })
         .collect()
@@ -1021,7 +1059,7 @@ impl JourneyStore for SqliteJourneys {
         let rows = sqlx::query(
             "UPDATE journey_sends SET owner = ?, lease_until = ? WHERE id IN \
              (SELECT id FROM journey_sends WHERE lease_until IS NULL OR lease_until < ? \
-              ORDER BY id LIMIT ?) RETURNING id, tenant_id, user_id, send",
+              ORDER BY id LIMIT ?) RETURNING id, tenant_id, user_id, send, created_at",
         )
         .bind(owner)
         .bind(micros(until))

@@ -51,6 +51,19 @@ pub async fn connect_mysql(url: &str, max_connections: u32) -> Result<MySqlPool,
         .map_err(|source| StoreError::Connect { host, port, source })
 }
 
+/// A connection whose next transaction runs at READ COMMITTED: its locking reads take no gap
+/// locks, so a claim that scans a queue table (outboxes, webhook deliveries, wake-ups) never
+/// holds up the inserts of new rows beside it, and each read sees what others committed.
+pub async fn read_committed(
+    pool: &MySqlPool,
+) -> Result<sqlx::pool::PoolConnection<MySql>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut *conn)
+        .await?;
+    Ok(conn)
+}
+
 /// Brings the schema up to date; safe to run from several processes at once. They take turns
 /// under a named lock of the server (`GET_LOCK`) held by the migrating session: the first applies
 /// what is missing, the others then find nothing to do. sqlx's own lock is not enough here: it

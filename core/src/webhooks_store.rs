@@ -525,11 +525,8 @@ impl WebhookStore for MySqlWebhooks {
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<u64, HistoryError> {
-        let mut conn = self.pool.acquire().await?;
         // As for claims: no gap locks that would hold up the history's writes of new events.
-        sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            .execute(&mut *conn)
-            .await?;
+        let mut conn = crate::store::read_committed(&self.pool).await?;
         let done = sqlx::query(
             "UPDATE webhook_deliveries SET state = ?, due_at = ?, retry_since = ? \
              WHERE endpoint_id = ? AND tenant_id = ? AND created_at >= ?",
@@ -587,13 +584,10 @@ impl WebhookStore for MySqlWebhooks {
         limit: u32,
     ) -> Result<Vec<ClaimedDelivery>, HistoryError> {
         let token = uuid::Uuid::new_v4();
-        let mut conn = self.pool.acquire().await?;
         // Read committed: no gap locks, so claiming never holds up the history's inserts of new
         // events; SKIP LOCKED: dispatchers (and one dispatcher's rounds) claiming the same
         // endpoint at once take different rows instead of queueing behind each other.
-        sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            .execute(&mut *conn)
-            .await?;
+        let mut conn = crate::store::read_committed(&self.pool).await?;
         let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT d.event_id FROM webhook_deliveries d \

@@ -630,3 +630,48 @@ async fn webhooks_keep_the_contract() {
         db.drop_database().await;
     }
 }
+
+/// A lock the server gives up on (or a deadlock) is recognised, and `again_on_deadlock` runs the
+/// operation again; other errors are returned at once.
+#[tokio::test]
+async fn losing_a_lock_is_retried_at_once_and_other_errors_are_not() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use ump_core::history::{HistoryError, again_on_deadlock};
+    let db = TestDatabase::create().await;
+    sqlx::raw_sql("CREATE TABLE locks (id INT PRIMARY KEY); INSERT INTO locks VALUES (1)")
+        .execute(&db.pool)
+        .await
+        .expect("table");
+    let mut holder = db.pool.begin().await.expect("begin");
+    sqlx::query("SELECT id FROM locks WHERE id = 1 FOR UPDATE")
+        .fetch_all(&mut *holder)
+        .await
+        .expect("lock");
+    let tries = AtomicU32::new(0);
+    let result = again_on_deadlock(|| async {
+        tries.fetch_add(1, Ordering::SeqCst);
+        let mut conn = db.pool.acquire().await?;
+        sqlx::raw_sql("SET SESSION innodb_lock_wait_timeout = 1")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("UPDATE locks SET id = 2 WHERE id = 1")
+            .execute(&mut *conn)
+            .await?;
+        Ok::<_, HistoryError>(())
+    })
+    .await;
+    let error = result.expect_err("the row stays locked");
+    assert!(error.is_deadlock(), "{error}");
+    assert_eq!(tries.load(Ordering::SeqCst), 3, "three tries in all");
+    holder.rollback().await.expect("rollback");
+
+    let tries = AtomicU32::new(0);
+    let result: Result<(), HistoryError> = again_on_deadlock(|| async {
+        tries.fetch_add(1, Ordering::SeqCst);
+        Err(HistoryError::Corrupt("not a lock".into()))
+    })
+    .await;
+    assert!(!result.expect_err("corrupt").is_deadlock());
+    assert_eq!(tries.load(Ordering::SeqCst), 1);
+    db.drop_database().await;
+}

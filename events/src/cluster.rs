@@ -306,6 +306,11 @@ async fn commit(
                 timer.stop_and_discard();
                 metrics.failures.inc();
                 failures += 1;
+                if e.is_deadlock() && failures <= 3 {
+                    // Nothing was written; the documented remedy is to run it again at once.
+                    tracing::debug!(error = %e, entries = batch.len(), "a batch lost a deadlock; retrying");
+                    continue;
+                }
                 tracing::warn!(error = %e, entries = batch.len(), "committing a batch of events failed; retrying");
                 tokio::time::sleep(backoff(failures)).await;
             }

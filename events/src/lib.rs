@@ -147,7 +147,7 @@ impl EventMetrics {
 
 /// How often due wake-ups (segment windows, journey timers) are looked for: a journey's timer
 /// fires within this of its time, plus the recheck's trip through the log.
-pub const WAKE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+pub const WAKE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How often segment sizes are sampled (the dashboard's chart).
 pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);

@@ -151,6 +151,11 @@ pub async fn versions_outbox_and_erasure(
         ("t1", "hello")
     );
     assert_eq!(first.send.data["plan"], "pro");
+    assert_eq!(
+        first.queued_at,
+        chrono::SubsecRound::trunc_subsecs(now, 6),
+        "the batch's time"
+    );
     let rest = store
         .claim_sends("relay-b", now, lease, 10)
         .await
