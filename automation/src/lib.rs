@@ -1,11 +1,13 @@
 //! Marketing automation's decisions as pure functions of their inputs and an explicit `now`: who a
-//! person is and what they agreed to (`profile`), what they did (`state`), and which segments they
-//! are in (`segment`). The event processor around them does the I/O.
+//! person is and what they agreed to (`profile`), what they did (`state`), which segments they
+//! are in (`segment`), where their journeys take them (`journey`) and which products to show them
+//! (`recommend`). The event processor around them does the I/O.
 
 pub mod event;
 pub mod journey;
 pub mod person;
 pub mod profile;
+pub mod recommend;
 pub mod segment;
 pub mod state;
 
