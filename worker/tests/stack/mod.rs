@@ -595,6 +595,12 @@ pub async fn spawn_api_with(
         allow_http: true,
         allow_loopback: true,
     };
+    // As the API binary does: its relay sends what journey steps put in the outbox.
+    tokio::spawn(ump_api::journeys::run_relay(
+        state.clone(),
+        ump_api::journeys::RELAY_LOOPS,
+        tokio_util::sync::CancellationToken::new(),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind API");
