@@ -322,12 +322,16 @@ pub fn fold<'a>(
             .or_insert_with(|| record.segments.clone());
         let profile = person.profile.as_ref().expect("set above");
         let automation = tenants.get(&entry.tenant).unwrap_or(&empty);
+        // An entry is never looked at before it was accepted: a batch whose clock was read
+        // before it took its entries (waiting for the store's lock meanwhile) may hold newer ones,
+        // and a journey activated in between must still see them as newer than itself.
+        let at = now.max(entry.queued.received_at);
         let step = record.step(
             profile,
             &entry.queued.input,
             &automation.segments,
             &automation.journeys,
-            now,
+            at,
         );
         for (stat, delta) in step.journeys.stats {
             *report
@@ -520,6 +524,45 @@ mod tests {
                 .sum::<usize>(),
             1
         );
+    }
+
+    #[test]
+    fn an_event_newer_than_the_batchs_clock_enters_a_journey_activated_before_it() {
+        use ump_automation::journey::{Journey, JourneySet, Live, Status};
+        // The batch read its clock at `now()`, then waited for the store while the journey was
+        // activated and the event accepted.
+        let activated = now() + chrono::Duration::milliseconds(300);
+        let accepted = activated + chrono::Duration::milliseconds(20);
+        let journey: Journey = serde_json::from_value(json!({"id": "hello",
+            "entry": {"event": "signed_up"},
+            "steps": [{"id": "hi", "send": {"channel": "sms", "template": "hi",
+                "category": "transactional"}}]}))
+        .unwrap();
+        let tenants = BTreeMap::from([(
+            "t1".to_owned(),
+            Automation {
+                journeys: JourneySet {
+                    journeys: BTreeMap::from([(
+                        "hello".to_owned(),
+                        Live {
+                            status: Status::Active,
+                            current: 1,
+                            versions: BTreeMap::from([(1, journey)]),
+                            since: activated,
+                        },
+                    )]),
+                    caps: Vec::new(),
+                },
+                ..Automation::default()
+            },
+        )]);
+        let mut e = entry("t1", "kim", Some("signed_up"), None);
+        e.queued.received_at = accepted;
+        if let Input::Event { event, .. } = &mut e.queued.input {
+            event.timestamp = accepted;
+        }
+        let (_, report) = fold([&e], BTreeMap::new(), &tenants, now());
+        assert_eq!(report.journey_sends, 1, "{report:?}");
     }
 
     #[test]
