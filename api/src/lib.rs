@@ -113,7 +113,7 @@ impl Default for RequestSettings {
         ump_core::profiles::Erasure, events::EventRequest, events::EventBatchRequest,
         events::EventsAccepted, segments::SegmentRequest, segments::SegmentView,
         segments::SegmentList, segments::MemberPage, segments::PersonActivity,
-        segments::JourneyPlace,
+        segments::JourneyPlace, segments::PastJourney,
         segments::SizeHistory, ump_core::audience::SizePoint, broadcast::BroadcastRequest,
         broadcast::BroadcastList, ump_core::broadcast::Broadcast,
         ump_core::broadcast::BroadcastStatus,

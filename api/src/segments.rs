@@ -467,6 +467,37 @@ pub struct PersonActivity {
     pub next_wake: Option<DateTime<Utc>>,
     /// The journeys the person is in now: where, since when, until when.
     pub journeys: Vec<JourneyPlace>,
+    /// The journeys the person left, newest first (the latest ten): their journey timeline.
+    pub past_journeys: Vec<PastJourney>,
+}
+
+/// A journey a person took part in and left.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PastJourney {
+    pub journey: String,
+    pub version: u32,
+    /// Which entry of the person it was (1 for the first).
+    pub entry: u32,
+    pub entered_at: DateTime<Utc>,
+    pub left_at: DateTime<Utc>,
+    /// The step they left from.
+    pub step: String,
+    /// They reached the journey's goal.
+    pub converted: bool,
+}
+
+impl From<ump_automation::journey::Past> for PastJourney {
+    fn from(p: ump_automation::journey::Past) -> Self {
+        Self {
+            journey: p.journey,
+            version: p.version,
+            entry: p.entry,
+            entered_at: p.entered_at,
+            left_at: p.left_at,
+            step: p.step,
+            converted: p.converted,
+        }
+    }
 }
 
 /// Where a person is in a journey.

@@ -214,6 +214,7 @@ pub async fn get_user(
                 recent_events: record.recent,
                 next_wake: record.next_wake,
                 journeys: record.journeys.inside.into_iter().map(Into::into).collect(),
+                past_journeys: record.journeys.past.into_iter().map(Into::into).collect(),
             },
         })
     }

@@ -143,6 +143,17 @@ async fn the_coupon_reaches_the_viewer_who_did_not_buy_once_even_across_a_kill()
     assert!(person["journeys"][0]["until"].is_string(), "{person}");
     let (_, buyer) = ump.get(KEY, "/v1/users/buyer").await;
     assert_eq!(buyer["journeys"], json!([]), "converted: {buyer}");
+    // Their timeline: left at the goal, from the wait.
+    let left = &buyer["past_journeys"][0];
+    assert_eq!(
+        (&left["journey"], &left["step"], &left["converted"]),
+        (
+            &json!("coupon-for-viewers"),
+            &json!("wait-for-purchase"),
+            &json!(true)
+        ),
+        "{buyer}"
+    );
     // Killed while the browser waits for the timeout.
     ump.kill();
     assert!(coupons(&ump).is_empty(), "too early: {:?}", coupons(&ump));
@@ -167,6 +178,14 @@ async fn the_coupon_reaches_the_viewer_who_did_not_buy_once_even_across_a_kill()
         "{sent:?}"
     );
 
+    let (_, person) = ump.get(KEY, "/v1/users/browser").await;
+    assert_eq!(person["journeys"], json!([]), "{person}");
+    let left = &person["past_journeys"][0];
+    assert_eq!(
+        (&left["step"], &left["converted"]),
+        (&json!("coupon"), &json!(false)),
+        "{person}"
+    );
     let (_, view) = ump.get(KEY, "/v1/journeys/coupon-for-viewers").await;
     assert_eq!(stat(&view, "coupon", "sent"), 1, "{view}");
     assert_eq!(stat(&view, "wait-for-purchase", "timed_out"), 1, "{view}");
@@ -361,8 +380,10 @@ async fn a_journeys_send_rate_spreads_its_messages_out() {
             "category": "transactional",
             "data": {"item": "welcome", "name": "$traits.name", "pct": 5}}}]});
     assert_eq!(ump.post(KEY, "/v1/journeys", &journey).await.0, 201);
-    ump.post(KEY, "/v1/journeys/paced/activate", &json!({}))
+    let (status, body) = ump
+        .post(KEY, "/v1/journeys/paced/activate", &json!({}))
         .await;
+    assert_eq!(status, 200, "{body}");
     let events: Vec<Value> = (0..PEOPLE)
         .map(|i| json!({"user_id": format!("paced-{i:02}"), "event": "signed_up"}))
         .collect();
@@ -386,11 +407,14 @@ async fn a_journeys_send_rate_spreads_its_messages_out() {
                 })
                 .collect();
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {PEOPLE} sent",
-            items.len()
-        );
+        if tokio::time::Instant::now() >= deadline {
+            let (_, journey) = ump.get(KEY, "/v1/journeys/paced").await;
+            panic!(
+                "{} of {PEOPLE} sent; the journey: {journey}\n{}",
+                items.len(),
+                ump.output()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let mut accepted = accepted;

@@ -918,6 +918,27 @@ pub struct JourneyRecord {
     /// Newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sent: Vec<Sent>,
+    /// The journeys the person left, newest first, at most `KEEP_PAST`: their timeline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past: Vec<Past>,
+}
+
+/// How many journeys a person left their record keeps for their timeline.
+pub const KEEP_PAST: usize = 10;
+
+/// A journey a person took part in and left.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Past {
+    pub journey: String,
+    pub version: u32,
+    pub entry: u32,
+    pub entered_at: DateTime<Utc>,
+    /// When the step that let them go ran (a timer's run, an event's processing).
+    pub left_at: DateTime<Utc>,
+    /// The step they left from.
+    pub step: String,
+    /// They reached the journey's goal.
+    pub converted: bool,
 }
 
 /// A message a send step makes.
@@ -986,10 +1007,35 @@ pub mod counter {
 pub struct JourneyOutput {
     pub sends: Vec<JourneySend>,
     pub stats: Vec<(StatKey, i64)>,
+    /// Who left which journey in this step, for the timeline (journey, version, entry,
+    /// entered, last step, converted).
+    left: Vec<Past>,
 }
 
 impl JourneyOutput {
     fn count(&mut self, inst: &Instance, step: &str, counter: &'static str, delta: i64) {
+        if counter == counter::EXITED || counter == counter::CONVERTED {
+            let known = self
+                .left
+                .iter()
+                .position(|p| p.journey == inst.journey && p.entry == inst.entry);
+            let past = match known {
+                Some(i) => &mut self.left[i],
+                None => {
+                    self.left.push(Past {
+                        journey: inst.journey.clone(),
+                        version: inst.version,
+                        entry: inst.entry,
+                        entered_at: inst.entered_at,
+                        left_at: inst.since, // the step's `now`, set by `step`
+                        step: inst.step.clone(),
+                        converted: false,
+                    });
+                    self.left.last_mut().expect("just pushed")
+                }
+            };
+            past.converted |= counter == counter::CONVERTED;
+        }
         self.stats.push((
             StatKey {
                 journey: inst.journey.clone(),
@@ -1162,6 +1208,11 @@ impl JourneyRecord {
             None => self.sent.clear(),
         }
         self.entries.retain(|id, _| set.journeys.contains_key(id));
+        for mut left in out.left.drain(..) {
+            left.left_at = now;
+            self.past.insert(0, left);
+        }
+        self.past.truncate(KEEP_PAST);
         out
     }
 
@@ -1819,6 +1870,64 @@ mod tests {
         assert_eq!(total(&[&bought], "", counter::CONVERTED), 1);
         assert_eq!(total(&[&bought], "two-days", counter::WAITING), -1);
         assert!(p.tick(&set, t0() + Duration::days(3)).sends.is_empty());
+    }
+
+    #[test]
+    fn the_journeys_a_person_left_are_their_timeline_newest_first_and_bounded() {
+        let set = set(vec![journey(json!({
+            "id": "viewed-not-bought",
+            "entry": {"event": "product_viewed"},
+            "reentry": "always",
+            "goal": {"event": "purchase", "match": ["item_id"]},
+            "steps": [
+                {"id": "wait-for-purchase", "wait": {"event": "purchase", "match": ["item_id"],
+                  "timeout": "5m", "on_event": "bought", "on_timeout": "coupon"}},
+                {"id": "coupon", "send": {"channel": "sms", "template": "coupon"}},
+                {"id": "bought", "exit": {}}
+            ]
+        }))]);
+        let mut p = Person::new();
+        // One entry times out into the coupon; the next ends at the goal.
+        p.did(&set, "product_viewed", json!({"item_id": "sku-1"}), t0());
+        p.tick(&set, mins(5));
+        assert!(p.record.inside.is_empty());
+        let first = Past {
+            journey: "viewed-not-bought".into(),
+            version: 1,
+            entry: 1,
+            entered_at: t0(),
+            left_at: mins(5),
+            step: "coupon".into(),
+            converted: false,
+        };
+        assert_eq!(p.record.past, vec![first.clone()]);
+        p.did(
+            &set,
+            "product_viewed",
+            json!({"item_id": "sku-2"}),
+            mins(10),
+        );
+        p.did(&set, "purchase", json!({"item_id": "sku-2"}), mins(11));
+        assert_eq!(p.record.past.len(), 2, "{:?}", p.record.past);
+        let second = &p.record.past[0];
+        assert_eq!(
+            (second.entry, second.converted, second.left_at),
+            (2, true, mins(11))
+        );
+        assert_eq!(
+            second.step, "wait-for-purchase",
+            "where the goal found them"
+        );
+        assert_eq!(p.record.past[1], first);
+        // Only the latest KEEP_PAST are kept.
+        for n in 0..KEEP_PAST as i64 {
+            let at = mins(20 + 10 * n);
+            p.did(&set, "product_viewed", json!({"item_id": "sku-9"}), at);
+            p.did(&set, "purchase", json!({"item_id": "sku-9"}), at);
+        }
+        assert_eq!(p.record.past.len(), KEEP_PAST);
+        assert!(p.record.past.iter().all(|past| past.converted));
+        assert_eq!(p.record.past[0].entry, 2 + KEEP_PAST as u32);
     }
 
     #[test]

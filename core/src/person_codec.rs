@@ -312,7 +312,7 @@ mod tests {
 
     #[test]
     fn a_person_inside_a_journey_keeps_it_in_the_second_form() {
-        use ump_automation::journey::{Entries, Instance, Sent};
+        use ump_automation::journey::{Entries, Instance, Past, Sent};
         let mut record = full();
         record.journeys = JourneyRecord {
             inside: vec![Instance {
@@ -341,6 +341,15 @@ mod tests {
             sent: vec![Sent {
                 at: at(0, 0),
                 channel: "sms".into(),
+            }],
+            past: vec![Past {
+                journey: "welcome".into(),
+                version: 1,
+                entry: 1,
+                entered_at: at(0, 0),
+                left_at: at(0, 7),
+                step: "tips".into(),
+                converted: true,
             }],
         };
         let bytes = encode(&record).unwrap();

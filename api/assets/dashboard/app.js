@@ -608,7 +608,7 @@
     fill($('customer-segments'), segments.length
       ? segments.map((segment) => h('li', {}, h('a', { class: 'chip', href: hashOf('segments', segment), dataset: { segment } }, segment)))
       : h('li', { class: 'muted' }, 'In no segment.'));
-    showPersonJourneys(person.journeys);
+    showPersonJourneys(person.journeys, person.past_journeys);
     const events = person.recent_events || [];
     fill($('customer-events').tBodies[0], events.length
       ? events.map(eventRow)
@@ -1201,11 +1201,12 @@
 
   /** The journeys a person is in now (`journeys` of GET /v1/users/{id}), with the split arm
    *  they are in; a server that does not give them leaves the section out. */
-  function showPersonJourneys(inside) {
+  function showPersonJourneys(inside, past) {
     const known = Array.isArray(inside);
     $('customer-journeys-part').hidden = !known;
     if (!known) {
       fill($('customer-journeys').tBodies[0]);
+      fill($('customer-past-journeys').tBodies[0]);
       return;
     }
     const when = (iso) => (iso ? h('span', { title: fmtFull(iso) }, fmtTime(iso)) : '—');
@@ -1217,6 +1218,16 @@
         h('td', {}, when(j.entered_at)),
         h('td', {}, when(j.until))))
       : h('tr', {}, h('td', { colspan: 5, class: 'empty' }, 'In no journey now.')));
+    const left = Array.isArray(past) ? past : [];
+    fill($('customer-past-journeys').tBodies[0], left.length
+      ? left.map((j) => h('tr', { dataset: { journey: String(j.journey) } },
+        h('td', {}, h('a', { href: hashOf('journeys', String(j.journey)) }, String(j.journey))),
+        h('td', { class: 'num' }, `v${j.version}`),
+        h('td', {}, h('span', { class: 'mono' }, String(j.step))),
+        h('td', {}, when(j.entered_at)),
+        h('td', {}, when(j.left_at)),
+        h('td', {}, j.converted ? 'converted (goal reached)' : 'finished')))
+      : h('tr', {}, h('td', { colspan: 6, class: 'empty' }, 'Left no journey yet.')));
   }
 
   // ---------------------------------------------------------------- one message
