@@ -152,12 +152,17 @@ impl MySqlCatalog {
         let mut stored = BTreeSet::new();
         for chunk in ids.chunks(INSERT_CHUNK) {
             let mut q =
-                QueryBuilder::<MySql>::new("SELECT item FROM catalog_items WHERE tenant_id = ");
+                QueryBuilder::<MySql>::new("SELECT item_id FROM catalog_items WHERE tenant_id = ");
             q.push_bind(tenant).push(" AND item_id IN");
             push_ids(&mut q, chunk);
             q.push(" FOR UPDATE");
-            let rows: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
-            stored.extend(by_id(rows)?.into_keys());
+            let rows: Vec<Vec<u8>> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+            for id in rows {
+                // VARBINARY: the id's bytes as they were written.
+                let id = String::from_utf8(id)
+                    .map_err(|e| HistoryError::Corrupt(format!("catalog item id: {e}")))?;
+                stored.insert(id);
+            }
         }
         for (items, texts) in items.chunks(INSERT_CHUNK).zip(texts.chunks(INSERT_CHUNK)) {
             let mut q = QueryBuilder::<MySql>::new(
