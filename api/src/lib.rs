@@ -329,7 +329,26 @@ mod tests {
                 "GET /v1/stats lacks {status}"
             );
         }
+        let catalog = &doc["paths"]["/v1/catalog/items/{id}"];
+        for (method, statuses) in [
+            (
+                "put",
+                &[
+                    "200", "201", "400", "401", "413", "415", "422", "429", "503",
+                ][..],
+            ),
+            ("get", &["200", "401", "404", "422", "429", "503"][..]),
+            ("delete", &["204", "401", "404", "422", "429", "503"][..]),
+        ] {
+            for status in statuses {
+                assert!(
+                    catalog[method]["responses"][status].is_object(),
+                    "{method} /v1/catalog/items/{{id}} lacks {status}"
+                );
+            }
+        }
         let schemas = &doc["components"]["schemas"];
+        assert_eq!(schemas["CatalogItem"]["additionalProperties"], false);
         assert!(schemas["Stats"]["properties"]["series"].is_object());
         assert!(schemas["StatusCounts"]["properties"]["dead_lettered"].is_object());
         assert!(schemas["MessageView"]["properties"]["detail"].is_object());
