@@ -274,6 +274,7 @@ pub async fn state(
         segments: Arc::new(MySqlAudience::new(pool.clone())),
         broadcasts: Arc::new(ump_core::broadcast::MySqlBroadcasts::new(pool.clone())),
         journeys: Arc::new(ump_core::journeys::MySqlJourneys::new(pool.clone())),
+        catalog: Arc::new(ump_core::catalog::MySqlCatalog::new(pool.clone())),
         journey_limiter: Arc::new(ump_worker::ratelimit::RedisRateLimiter::new(redis.clone())),
         webhooks: Arc::new(ump_core::webhooks_store::MySqlWebhooks::new(pool)),
         // Production's rules; `ump api` sets them from its settings.

@@ -172,6 +172,7 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         segments: Arc::new(store.clone()),
         broadcasts: Arc::new(store.clone()),
         journeys: Arc::new(ump_core::journeys::SqliteJourneys::new(store.clone())),
+        catalog: Arc::new(ump_core::catalog::SqliteCatalog::new(store.clone())),
         journey_limiter: Arc::new(ump_worker::local::LocalRateLimiter::new()),
         keys: Arc::clone(&keys),
         idempotency: Arc::new(SqliteIdempotency::new(store.clone())),

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod broadcast;
+pub mod catalog;
 pub mod cluster;
 pub mod dashboard;
 pub mod embedded;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub broadcasts: Arc<dyn ump_core::broadcast::BroadcastStore>,
     /// Journeys, their counts and the outbox of their messages.
     pub journeys: Arc<dyn ump_core::journeys::JourneyStore>,
+    /// The tenants' product catalogs.
+    pub catalog: Arc<dyn ump_core::catalog::CatalogStore>,
     /// Keeps journeys' send rates: Redis in the cluster mode (every API process shares it),
     /// in memory all-in-one.
     pub journey_limiter: Arc<dyn ump_worker::ratelimit::RateLimiter>,
@@ -101,6 +104,8 @@ impl Default for RequestSettings {
           journeys::list, journeys::create, journeys::put, journeys::get_one,
           journeys::activate, journeys::pause, journeys::archive, journeys::get_caps,
           journeys::put_caps,
+          catalog::put_item, catalog::get_item, catalog::delete_item, catalog::list_items,
+          catalog::put_batch,
           webhooks::list, webhooks::create, webhooks::get_one, webhooks::update, webhooks::delete,
           webhooks::rotate, webhooks::deliveries, webhooks::send_test, webhooks::replay),
     components(schemas(
@@ -119,6 +124,8 @@ impl Default for RequestSettings {
         ump_core::broadcast::BroadcastStatus,
         ump_core::audience::Member, journeys::JourneyRequest, journeys::JourneyView,
         journeys::JourneyList, journeys::CapsDocument, ump_core::journeys::StatRow,
+        catalog::CatalogItemSchema, catalog::CatalogItemRequest, catalog::CatalogBatch, catalog::CatalogBatchResult,
+        catalog::CatalogItemPage,
         webhooks::EndpointRequest, webhooks::EndpointCreated,
         webhooks::EndpointList, webhooks::RotateRequest, webhooks::Rotated,
         webhooks::ReplayRequest, webhooks::Replayed, webhooks::TestEventQueued,
@@ -133,6 +140,7 @@ impl Default for RequestSettings {
          (name = "events", description = "Behaviour events of people"),
          (name = "segments", description = "Segments of people, kept as events arrive"),
          (name = "journeys", description = "Event-triggered, multi-step journeys and the frequency caps across them"),
+         (name = "catalog", description = "The tenant's product catalog, which recommendations draw from"),
          (name = "webhooks", description = "Status events to the application's endpoints (Standard Webhooks)"))
 )]
 pub struct ApiDoc;
@@ -194,6 +202,16 @@ pub fn router(state: AppState) -> Router {
             get(journeys::get_caps).put(journeys::put_caps),
         )
         .route("/v1/broadcasts/{id}", get(broadcast::get_one))
+        .route(
+            "/v1/catalog/items",
+            get(catalog::list_items).post(catalog::put_batch),
+        )
+        .route(
+            "/v1/catalog/items/{id}",
+            get(catalog::get_item)
+                .put(catalog::put_item)
+                .delete(catalog::delete_item),
+        )
         .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
         .route(
             "/v1/webhooks/{id}",
@@ -283,6 +301,8 @@ mod tests {
             "/v1/journeys/{id}/pause",
             "/v1/journeys/{id}/archive",
             "/v1/journey-caps",
+            "/v1/catalog/items",
+            "/v1/catalog/items/{id}",
             "/v1/webhooks",
             "/v1/webhooks/{id}",
             "/v1/webhooks/{id}/rotate-secret",
@@ -309,7 +329,26 @@ mod tests {
                 "GET /v1/stats lacks {status}"
             );
         }
+        let catalog = &doc["paths"]["/v1/catalog/items/{id}"];
+        for (method, statuses) in [
+            (
+                "put",
+                &[
+                    "200", "201", "400", "401", "413", "415", "422", "429", "503",
+                ][..],
+            ),
+            ("get", &["200", "401", "404", "422", "429", "503"][..]),
+            ("delete", &["204", "401", "404", "422", "429", "503"][..]),
+        ] {
+            for status in statuses {
+                assert!(
+                    catalog[method]["responses"][status].is_object(),
+                    "{method} /v1/catalog/items/{{id}} lacks {status}"
+                );
+            }
+        }
         let schemas = &doc["components"]["schemas"];
+        assert_eq!(schemas["CatalogItem"]["additionalProperties"], false);
         assert!(schemas["Stats"]["properties"]["series"].is_object());
         assert!(schemas["StatusCounts"]["properties"]["dead_lettered"].is_object());
         assert!(schemas["MessageView"]["properties"]["detail"].is_object());

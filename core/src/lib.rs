@@ -7,6 +7,7 @@ pub mod audience;
 pub mod audience_mysql;
 pub mod audience_sqlite;
 pub mod broadcast;
+pub mod catalog;
 pub mod config;
 pub mod duration;
 pub mod history;

@@ -232,6 +232,16 @@ async fn journeys_keep_the_contract() {
     db.drop_database().await;
 }
 
+#[tokio::test]
+async fn catalog_keeps_the_contract() {
+    let db = TestDatabase::create().await;
+    ump_core::testing::catalog::upserts_pages_and_tenants(&ump_core::catalog::MySqlCatalog::new(
+        db.pool.clone(),
+    ))
+    .await;
+    db.drop_database().await;
+}
+
 /// Erasures racing the processor: four lanes fold events of 300 people (some with a profile
 /// already, some never seen) while each of them is erased. Every event was accepted before its
 /// person's erasure, so whatever the interleaving, nothing of an erased person may be left.
