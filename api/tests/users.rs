@@ -47,7 +47,13 @@ async fn profiles_are_kept_per_tenant_and_erasure_erases() {
     assert_eq!(status, 200, "{read}");
     // The read adds what the event processor keeps of the person.
     let object = read.as_object_mut().expect("an object");
-    for field in ["segments", "recent_events", "next_wake", "journeys"] {
+    for field in [
+        "segments",
+        "recent_events",
+        "next_wake",
+        "journeys",
+        "past_journeys",
+    ] {
         assert!(object.remove(field).is_some(), "{field} missing");
     }
     assert_eq!(read, profile);
