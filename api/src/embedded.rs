@@ -129,6 +129,7 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
     let events_wake = Arc::new(tokio::sync::Notify::new());
     if fresh {
         example_customer(&store).await?;
+        example_catalog(&store).await?;
         example_journeys(&store).await?;
         example_audience(
             &store,
@@ -308,7 +309,8 @@ fn announce(settings: &EmbeddedSettings, folder: &Path, channels: usize, key: Op
          data: {}   channels: {} ({channels})\n  \
          an example customer: example-kim (the dashboard's Customers tab, GET /v1/users/example-kim)\n  \
          example segments: GET /v1/segments (vip, browsers, sms-marketing, vip-buyers)\n  \
-         example journeys: GET /v1/journeys (viewed-not-bought, vip-discount)\n",
+         example journeys: GET /v1/journeys (viewed-not-bought, vip-discount)\n  \
+         an example catalog: GET /v1/catalog/items (sku-1001, sku-2002, ...)\n",
         settings.data_dir.display(),
         folder.display()
     );
@@ -358,6 +360,28 @@ async fn example_customer(store: &SqliteStore) -> anyhow::Result<()> {
         .save_profile(DEFAULT_TENANT, &profile)
         .await
         .context("storing the example profile")
+}
+
+/// The products a newcomer finds on the first start (`GET /v1/catalog/items`): those the example
+/// events name, and a few more in their categories.
+async fn example_catalog(store: &SqliteStore) -> anyhow::Result<()> {
+    use ump_core::catalog::CatalogStore;
+    let items: Vec<ump_automation::recommend::CatalogItem> = serde_json::from_value(serde_json::json!([
+        {"id": "sku-1001", "name": "Wireless earbuds", "price": 89000, "currency": "KRW",
+         "url": "https://shop.example/p/sku-1001", "category": "audio"},
+        {"id": "sku-1002", "name": "Over-ear headphones", "price": 159000, "currency": "KRW",
+         "url": "https://shop.example/p/sku-1002", "category": "audio"},
+        {"id": "sku-2002", "name": "Phone case", "price": 15000, "currency": "KRW",
+         "url": "https://shop.example/p/sku-2002", "category": "accessories"},
+        {"id": "sku-2003", "name": "Screen protector", "price": 9000, "currency": "KRW",
+         "url": "https://shop.example/p/sku-2003", "category": "accessories", "in_stock": false},
+    ]))
+    .context("the example catalog")?;
+    ump_core::catalog::SqliteCatalog::new(store.clone())
+        .put_items(DEFAULT_TENANT, &items, chrono::Utc::now())
+        .await
+        .map_err(|e| anyhow::anyhow!("storing the example catalog: {e:?}"))?;
+    Ok(())
 }
 
 /// The journeys a newcomer finds on the first start, active (`examples/journeys`). The example

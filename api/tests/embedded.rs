@@ -261,6 +261,20 @@ async fn first_start_prints_a_working_key_and_idempotency_holds_across_restarts(
         active,
         [&json!("viewed-not-bought"), &json!("vip-discount")]
     );
+    // And a catalog with the products the example events name.
+    assert!(output.contains("/v1/catalog/items"), "{output}");
+    let (status, earbuds) = ump.get(&key, "/v1/catalog/items/sku-1001").await;
+    assert_eq!(
+        (status, &earbuds["name"]),
+        (200, &json!("Wireless earbuds")),
+        "{earbuds}"
+    );
+    let (_, catalog) = ump.get(&key, "/v1/catalog/items").await;
+    assert_eq!(
+        catalog["items"].as_array().map(Vec::len),
+        Some(4),
+        "{catalog}"
+    );
 
     let body = json!({"channel": "sms", "to": "+821012345678", "body": "once"});
     let send = |ump: &AllInOne| {
