@@ -9,6 +9,9 @@ use common::{AllInOne, KEY};
 use serde_json::{Value, json};
 use ump_core::testing::unique_name;
 
+/// The products the all-in-one mode's first start stores in the default tenant.
+const EXAMPLES: [&str; 4] = ["sku-1001", "sku-1002", "sku-2002", "sku-2003"];
+
 fn shoe(i: usize) -> Value {
     json!({"id": format!("shoe-{i:02}"), "name": format!("Runner {i}"), "price": 89000 + i,
         "currency": "KRW", "url": format!("https://shop.example/p/shoe-{i:02}"),
@@ -123,7 +126,7 @@ async fn items_are_created_replaced_listed_and_deleted() {
     assert_eq!(seen, expected);
     let (status, all) = ump.get(KEY, "/v1/catalog/items").await;
     assert_eq!(status, 200, "{all}");
-    assert_eq!(ids(&all).len(), 26);
+    assert_eq!(ids(&all).len(), 26 + EXAMPLES.len(), "{all}");
     assert_eq!(all["next"], Value::Null);
     for bad in ["0", "501", "many"] {
         let (status, problem) = ump
@@ -157,7 +160,7 @@ async fn a_batch_with_one_bad_item_writes_nothing() {
     assert_eq!(status, 422, "{problem}");
     assert_eq!(problem["field"], "items[1].price");
     let (_, page) = ump.get(KEY, "/v1/catalog/items").await;
-    assert_eq!(ids(&page), Vec::<String>::new(), "nothing stored");
+    assert_eq!(ids(&page), EXAMPLES, "nothing stored but the examples");
 
     let (status, problem) = ump
         .post(KEY, "/v1/catalog/items", &json!({"items": []}))
