@@ -13,9 +13,9 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::time::Instant;
 use ump_automation::recommend::{
-    CatalogItem, Hourly, ItemCounts, ItemEvents, ItemHistory, Lookup, Neighbours, PAIR_PARTNERS,
-    PAIR_WINDOW, POPULAR_WINDOW, Request, Strategy, TOP_K, TRENDING_BASELINE, TRENDING_RECENT,
-    pairs, popular, recommend, trending,
+    CatalogItem, Hourly, ItemChanges, ItemCounts, ItemEvents, ItemHistory, Lookup, Neighbours,
+    POPULAR_WINDOW, Request, Strategy, TOP_K, TRENDING_BASELINE, TRENDING_RECENT, popular,
+    recommend, trending,
 };
 use ump_automation::state::Event;
 
@@ -342,25 +342,12 @@ fn main() {
         let Some(seen) = events.read(event) else {
             continue;
         };
-        let history = &mut histories[person];
-        let new_pairs = pairs(history, &seen, PAIR_WINDOW, PAIR_PARTNERS);
-        let recorded = history.observe(&seen);
-        if recorded.first {
-            counts.add_person(&seen.item);
-        }
-        for (a, b) in &new_pairs {
-            counts.add_pair(a, b);
-        }
-        pair_total += new_pairs.len();
-        if recorded.popular {
-            match hourly.get_mut(&seen.item) {
-                Some(h) => h.add(seen.at),
-                None => {
-                    let mut h = Hourly::default();
-                    h.add(seen.at);
-                    hourly.insert(seen.item.clone(), h);
-                }
-            }
+        let mut changes = ItemChanges::default();
+        changes.record(&mut histories[person], &seen);
+        pair_total += changes.pairs.values().sum::<u32>() as usize;
+        counts.apply(&changes);
+        for ((item, hour), n) in changes.hourly {
+            hourly.entry(item).or_default().add_hour(hour, n);
         }
     }
     let fold_time = folding.elapsed();

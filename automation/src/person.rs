@@ -6,6 +6,7 @@
 use crate::event::{Input, SEGMENT_ENTERED, SEGMENT_LEFT};
 use crate::journey::{Happening, JourneyOutput, JourneyRecord, JourneySet, Subject};
 use crate::profile::Profile;
+use crate::recommend::{ItemChanges, ItemEvents, ItemHistory};
 use crate::segment::{Person, SegmentSet};
 use crate::state::{Event, PersonState};
 use chrono::{DateTime, Utc};
@@ -42,6 +43,9 @@ pub struct PersonRecord {
     /// The journeys the person is in, and what they entered and were sent before.
     #[serde(default)]
     pub journeys: JourneyRecord,
+    /// The items the person viewed and bought, for recommendations.
+    #[serde(default)]
+    pub items: ItemHistory,
 }
 
 /// What one step did.
@@ -53,6 +57,8 @@ pub struct Step {
     pub left: Vec<String>,
     /// The journeys' sends and counts.
     pub journeys: JourneyOutput,
+    /// What the event adds to the tenant's item counts (a view or purchase of an item).
+    pub items: ItemChanges,
 }
 
 impl PersonRecord {
@@ -82,6 +88,9 @@ impl PersonRecord {
                     properties: summary(&event.properties),
                     timestamp: event.timestamp,
                 });
+                if let Some(observed) = ItemEvents::default().read(event) {
+                    step.items.record(&mut self.items, &observed);
+                }
                 step.counted = true;
             }
             Input::Recheck => self.state.trim(segments.tracking(), now),

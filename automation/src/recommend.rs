@@ -14,7 +14,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -459,6 +459,71 @@ pub fn pairs(
         .collect()
 }
 
+/// What events add to a tenant's item counts: the processor folds a batch's views and purchases
+/// into one of these per tenant, stores it with the batch, and the counts take it in later.
+/// Sums are order-free, so changes of batches taken in any order add up to the same counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemChanges {
+    /// People who saw an item for the first time (`Recorded::first`), by item.
+    pub people: BTreeMap<String, u32>,
+    /// People who saw both items of a pair, `a < b` (`pairs`).
+    pub pairs: BTreeMap<(String, String), u32>,
+    /// Popularity (`Recorded::popular`) by item and hour since 1970.
+    pub hourly: BTreeMap<(String, i64), u32>,
+}
+
+impl ItemChanges {
+    pub fn is_empty(&self) -> bool {
+        self.people.is_empty() && self.pairs.is_empty() && self.hourly.is_empty()
+    }
+
+    /// Records `observed` in the person's `history` and adds what it does to the counts.
+    pub fn record(&mut self, history: &mut ItemHistory, observed: &Observed) {
+        for pair in pairs(history, observed, PAIR_WINDOW, PAIR_PARTNERS) {
+            add(&mut self.pairs, pair, 1);
+        }
+        let recorded = history.observe(observed);
+        if recorded.first {
+            add(&mut self.people, observed.item.clone(), 1);
+        }
+        if recorded.popular {
+            add(
+                &mut self.hourly,
+                (observed.item.clone(), hour(observed.at)),
+                1,
+            );
+        }
+    }
+
+    /// Adds `other`'s changes to these.
+    pub fn merge(&mut self, other: ItemChanges) {
+        for (k, n) in other.people {
+            add(&mut self.people, k, n);
+        }
+        for (k, n) in other.pairs {
+            add(&mut self.pairs, k, n);
+        }
+        for (k, n) in other.hourly {
+            add(&mut self.hourly, k, n);
+        }
+    }
+
+    /// The items whose neighbour lists these changes make stale: both items of every pair, and
+    /// every item whose people count changed (its similarities all change with it).
+    pub fn touched(&self) -> BTreeSet<&str> {
+        self.pairs
+            .keys()
+            .flat_map(|(a, b)| [a.as_str(), b.as_str()])
+            .chain(self.people.keys().map(String::as_str))
+            .collect()
+    }
+}
+
+fn add<K: Ord>(counts: &mut BTreeMap<K, u32>, key: K, n: u32) {
+    let count = counts.entry(key).or_insert(0);
+    *count = count.saturating_add(n);
+}
+
 /// The similarity of two items from the people who saw each (`n_a`, `n_b`) and both (`co`):
 /// the cosine of their binary person vectors (the Ochiai coefficient), `co / sqrt(n_a * n_b)`,
 /// times the shrinkage `co / (co + SHRINKAGE)` (as Koren's neighbourhood models shrink
@@ -500,6 +565,19 @@ impl ItemCounts {
                     self.co
                         .insert(x.to_owned(), HashMap::from([(y.to_owned(), 1)]));
                 }
+            }
+        }
+    }
+
+    /// Takes in a batch's changes.
+    pub fn apply(&mut self, changes: &ItemChanges) {
+        for (item, n) in &changes.people {
+            let count = self.people.entry(item.clone()).or_insert(0);
+            *count = count.saturating_add(*n);
+        }
+        for ((a, b), n) in &changes.pairs {
+            for _ in 0..*n {
+                self.add_pair(a, b);
             }
         }
     }
@@ -633,6 +711,12 @@ impl Hourly {
         *count = count.saturating_add(1);
     }
 
+    /// Adds `n` to the hour `hour` (hours since 1970, as `ItemChanges::hourly` keys them).
+    pub fn add_hour(&mut self, hour: i64, n: u32) {
+        let count = self.0.entry(hour).or_insert(0);
+        *count = count.saturating_add(n);
+    }
+
     /// The count over `span` up to `now`, to the hour: the hour of `now` and the whole hours
     /// before it, `span` of them in all.
     pub fn count(&self, span: Duration, now: DateTime<Utc>) -> u32 {
@@ -707,6 +791,94 @@ pub fn trending<'a>(
         .into_iter()
         .map(|(id, s)| (id.to_owned(), s))
         .collect()
+}
+
+/// How long hourly counts matter: the longest span `popular` and `trending` look back over.
+pub fn counts_kept() -> Duration {
+    POPULAR_WINDOW.max(TRENDING_RECENT + TRENDING_BASELINE)
+}
+
+/// How many items a stored ranking keeps (enough for `MAX_LIMIT` after a person's purchases
+/// and out-of-stock items are left out).
+pub const RANKED: usize = 100;
+
+/// Which stored ranking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Ranking {
+    Popular,
+    Trending,
+}
+
+impl Ranking {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Ranking::Popular => "popular",
+            Ranking::Trending => "trending",
+        }
+    }
+}
+
+/// One stored ranking: of a category's items, or of all (`category: None`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ranked {
+    pub kind: Ranking,
+    pub category: Option<String>,
+    pub list: Vec<(String, f64)>,
+}
+
+/// Every ranking a tenant's hourly counts give at `now`: `popular` and `trending` of all items,
+/// and of each category's (`category_of`, from the catalog; an item not in the catalog counts in
+/// the overall rankings only), each up to `RANKED` items. Rankings that come out empty are left
+/// out; the caller replaces the tenant's stored rankings with these.
+pub fn rankings<'a>(
+    hourly: &'a BTreeMap<String, Hourly>,
+    category_of: impl Fn(&str) -> Option<&'a str>,
+    now: DateTime<Utc>,
+) -> Vec<Ranked> {
+    let mut groups: BTreeMap<Option<&'a str>, Vec<(&'a str, &'a Hourly)>> = BTreeMap::new();
+    for (id, counts) in hourly {
+        groups.entry(None).or_default().push((id.as_str(), counts));
+        if let Some(category) = category_of(id) {
+            groups
+                .entry(Some(category))
+                .or_default()
+                .push((id.as_str(), counts));
+        }
+    }
+    let mut out = Vec::new();
+    for (category, items) in groups {
+        let lists = [
+            (
+                Ranking::Popular,
+                popular(items.iter().copied(), POPULAR_WINDOW, now, RANKED),
+            ),
+            (
+                Ranking::Trending,
+                trending(
+                    items.iter().copied(),
+                    TRENDING_RECENT,
+                    TRENDING_BASELINE,
+                    now,
+                    RANKED,
+                ),
+            ),
+        ];
+        for (kind, list) in lists {
+            if !list.is_empty() {
+                out.push(Ranked {
+                    kind,
+                    category: category.map(str::to_owned),
+                    list,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The hour `at` falls in, in hours since 1970 (as `ItemChanges::hourly` keys them).
+pub fn hour_of(at: DateTime<Utc>) -> i64 {
+    hour(at)
 }
 
 /// How a list of recommendations is made.
@@ -1627,5 +1799,97 @@ mod tests {
         assert_eq!(value["price"], 1000.0);
         assert_eq!(value["strategy"], "similar_items");
         assert_eq!(value["score"], 0.5);
+    }
+
+    #[test]
+    fn changes_of_batches_add_up_to_the_counts_of_their_events_in_any_order() {
+        // Two people, two batches each; the counts folded event by event are the reference.
+        let events = [
+            (0, view("a", mins(0))),
+            (0, view("b", mins(1))),
+            (1, view("b", mins(2))),
+            (0, view("a", mins(3))),
+            (1, buy("c", mins(4))),
+            (1, view("a", mins(5))),
+            (0, buy("b", mins(6))),
+        ];
+        let mut histories = [ItemHistory::default(), ItemHistory::default()];
+        let mut reference = ItemCounts::default();
+        for (person, o) in &events {
+            let h = &mut histories[*person];
+            for (a, b) in pairs(h, o, PAIR_WINDOW, PAIR_PARTNERS) {
+                reference.add_pair(&a, &b);
+            }
+            if h.observe(o).first {
+                reference.add_person(&o.item);
+            }
+        }
+        let mut histories = [ItemHistory::default(), ItemHistory::default()];
+        let mut batches = vec![ItemChanges::default(), ItemChanges::default()];
+        for (i, (person, o)) in events.iter().enumerate() {
+            batches[i / 4].record(&mut histories[*person], o);
+        }
+        assert!(batches.iter().all(|b| !b.is_empty()));
+        let mut forward = ItemChanges::default();
+        forward.merge(batches[0].clone());
+        forward.merge(batches[1].clone());
+        let mut backward = ItemChanges::default();
+        backward.merge(batches[1].clone());
+        backward.merge(batches[0].clone());
+        assert_eq!(forward, backward);
+        let mut counts = ItemCounts::default();
+        counts.apply(&forward);
+        for a in ["a", "b", "c"] {
+            assert_eq!(counts.people(a), reference.people(a), "n({a})");
+            for b in ["a", "b", "c"] {
+                assert_eq!(counts.co(a, b), reference.co(a, b), "co({a}, {b})");
+            }
+        }
+        assert_eq!((counts.people("a"), counts.co("a", "b")), (2, 2));
+        // a, b and c each popular once per person and day: a twice, b twice, c once.
+        let popular: u32 = forward.hourly.values().sum();
+        assert_eq!(popular, 5);
+        assert_eq!(
+            forward.touched().into_iter().collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        // A repeat view adds nothing.
+        let mut again = ItemChanges::default();
+        again.record(&mut histories[0], &view("a", mins(7)));
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn rankings_cover_all_items_and_each_category_and_skip_empty_lists() {
+        let now = mins(0);
+        let mut hourly: BTreeMap<String, Hourly> = BTreeMap::new();
+        for (id, views, days_ago) in [("a", 5, 0), ("b", 3, 0), ("c", 9, 3), ("x", 1, 0)] {
+            let h = hourly.entry(id.to_owned()).or_default();
+            for _ in 0..views {
+                h.add(now - Duration::days(days_ago));
+            }
+        }
+        let category = |id: &str| match id {
+            "a" | "c" => Some("shoes"),
+            "b" => Some("bags"),
+            _ => None,
+        };
+        let ranked = rankings(&hourly, category, now);
+        let find = |kind, category: Option<&str>| {
+            ranked
+                .iter()
+                .find(|r| r.kind == kind && r.category.as_deref() == category)
+                .map(|r| r.list.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
+        };
+        assert_eq!(find(Ranking::Popular, None).unwrap(), ["c", "a", "b", "x"]);
+        assert_eq!(find(Ranking::Popular, Some("shoes")).unwrap(), ["c", "a"]);
+        assert_eq!(find(Ranking::Popular, Some("bags")).unwrap(), ["b"]);
+        // Trending looks at the last day: c's views are three days old.
+        assert_eq!(find(Ranking::Trending, Some("shoes")).unwrap(), ["a"]);
+        assert_eq!(find(Ranking::Trending, None).unwrap(), ["a", "b", "x"]);
+        // Nine days on, nothing is in any window: no rankings at all.
+        assert!(rankings(&hourly, category, now + Duration::days(9)).is_empty());
+        assert_eq!(counts_kept(), Duration::days(8));
+        assert_eq!(hour_of(now), now.timestamp() / 3600);
     }
 }

@@ -17,6 +17,7 @@ use ump_automation::event::{Input, Queued};
 use ump_automation::journey::{JourneySend, JourneySet, StatKey};
 use ump_automation::person::PersonRecord;
 use ump_automation::profile::Profile;
+use ump_automation::recommend::ItemChanges;
 use ump_automation::segment::{Segment, SegmentSet};
 
 /// The events topic when none is configured.
@@ -271,6 +272,8 @@ pub struct BatchReport {
     pub journey_stats: BTreeMap<(String, StatKey), i64>,
     /// Journey messages made.
     pub journey_sends: u64,
+    /// What the batch's views and purchases add to each tenant's item counts.
+    pub items: BTreeMap<String, ItemChanges>,
 }
 
 /// What the processor runs for a tenant: their segments and their journeys.
@@ -338,6 +341,13 @@ pub fn fold<'a>(
                 .journey_stats
                 .entry((entry.tenant.clone(), stat))
                 .or_default() += delta;
+        }
+        if !step.items.is_empty() {
+            report
+                .items
+                .entry(entry.tenant.clone())
+                .or_default()
+                .merge(step.items);
         }
         if !step.journeys.sends.is_empty() {
             report.journey_sends += step.journeys.sends.len() as u64;

@@ -117,6 +117,7 @@ impl MySqlAudience {
         write_changes(&mut tx, &changes, now).await?;
         let shard = partitions.first().copied().unwrap_or(0);
         crate::journeys::write_effects_mysql(&mut tx, &changes, &report, shard, now).await?;
+        crate::recommendations::stage_mysql(&mut tx, &report.items, now).await?;
         // An erasure that committed while this batch was folded (it waited for none of our
         // locks: its person had no rows yet) must win: fold again with it.
         if erasures(&mut tx, &entries).await? != erased {

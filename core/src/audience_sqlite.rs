@@ -125,6 +125,7 @@ impl SqliteStore {
         let (changes, report) = fold(&entries, people, &segments, now);
         write_changes(&mut tx, &changes, now).await?;
         crate::journeys::write_effects_sqlite(&mut tx, &changes, &report, now).await?;
+        crate::recommendations::stage_sqlite(&mut tx, &report.items, now).await?;
         tx.commit().await?;
         Ok(Some(report))
     }

@@ -19,6 +19,7 @@ pub mod pii;
 pub mod profiles;
 pub mod provider;
 pub mod queue;
+pub mod recommendations;
 pub mod resources;
 pub mod sqlite;
 pub mod stats;

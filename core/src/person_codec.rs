@@ -5,7 +5,9 @@
 //! integers, no field names, times as seconds and nanoseconds) at about a third of the record's
 //! JSON. Records written as JSON before are still read. A person inside journeys has a second
 //! form: version 2 is version 1 followed by the journeys' JSON (instances carry their entry
-//! event's properties, free-form), so people in no journey pay nothing for them.
+//! event's properties, free-form), so people in no journey pay nothing for them. Version 3 is
+//! for people with an item history (views and purchases, for recommendations): version 1, then
+//! the items in `postcard`, then the journeys' JSON (empty when in none).
 
 use crate::history::HistoryError;
 use chrono::{DateTime, Utc};
@@ -13,12 +15,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 use ump_automation::journey::JourneyRecord;
 use ump_automation::person::PersonRecord;
+use ump_automation::recommend::ItemHistory;
 use ump_automation::state::{Event, PersonState, ViewedItem};
 
 /// The first byte of the binary form (JSON starts with `{`).
 const VERSION: u8 = 1;
 /// The first byte of the binary form with journeys.
 const WITH_JOURNEYS: u8 = 2;
+/// The first byte of the binary form with an item history (and journeys, if any).
+const WITH_ITEMS: u8 = 3;
 
 /// The record's bytes to store.
 pub fn encode(record: &PersonRecord) -> Result<Vec<u8>, HistoryError> {
@@ -29,6 +34,7 @@ pub fn encode(record: &PersonRecord) -> Result<Vec<u8>, HistoryError> {
         seen,
         next_wake,
         journeys,
+        items,
     } = record;
     let PersonState {
         occurrences,
@@ -54,7 +60,19 @@ pub fn encode(record: &PersonRecord) -> Result<Vec<u8>, HistoryError> {
         next_wake: next_wake.as_ref().map(Time::from),
     };
     let corrupt = |e: &dyn std::fmt::Display| HistoryError::Corrupt(format!("person record: {e}"));
-    if *journeys == JourneyRecord::default() {
+    let no_journeys = *journeys == JourneyRecord::default();
+    if *items != ItemHistory::default() {
+        let journeys = if no_journeys {
+            Vec::new()
+        } else {
+            serde_json::to_vec(journeys).map_err(|e| corrupt(&e))?
+        };
+        let mut bytes = vec![WITH_ITEMS];
+        postcard::to_io(&(stored, items, journeys.as_slice()), &mut bytes)
+            .map_err(|e| corrupt(&e))?;
+        return Ok(bytes);
+    }
+    if no_journeys {
         let mut bytes = vec![VERSION];
         postcard::to_io(&stored, &mut bytes).map_err(|e| corrupt(&e))?;
         return Ok(bytes);
@@ -78,6 +96,16 @@ pub fn decode(bytes: &[u8]) -> Result<PersonRecord, HistoryError> {
                 postcard::from_bytes(rest).map_err(|e| corrupt(&e))?;
             let mut record = stored.into_record().map_err(|e| corrupt(&e))?;
             record.journeys = serde_json::from_slice(journeys).map_err(|e| corrupt(&e))?;
+            Ok(record)
+        }
+        Some((&WITH_ITEMS, rest)) => {
+            let (stored, items, journeys): (Stored<'_>, ItemHistory, &[u8]) =
+                postcard::from_bytes(rest).map_err(|e| corrupt(&e))?;
+            let mut record = stored.into_record().map_err(|e| corrupt(&e))?;
+            record.items = items;
+            if !journeys.is_empty() {
+                record.journeys = serde_json::from_slice(journeys).map_err(|e| corrupt(&e))?;
+            }
             Ok(record)
         }
         Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| corrupt(&e)),
@@ -140,6 +168,7 @@ impl Stored<'_> {
             seen: self.seen.into_iter().map(str::to_owned).collect(),
             next_wake: self.next_wake.map(Time::at).transpose()?,
             journeys: JourneyRecord::default(),
+            items: ItemHistory::default(),
         })
     }
 }
@@ -299,6 +328,7 @@ mod tests {
             seen: vec!["m-2".into(), "m-1".into()],
             next_wake: Some(at(86_400 * 7, 5)),
             journeys: JourneyRecord::default(),
+            items: ItemHistory::default(),
         }
     }
 
@@ -356,6 +386,34 @@ mod tests {
         assert_eq!(bytes[0], WITH_JOURNEYS);
         assert_eq!(decode(&bytes).unwrap(), record);
         assert_eq!(encode(&full()).unwrap()[0], VERSION, "no journeys, no cost");
+    }
+
+    #[test]
+    fn a_person_with_an_item_history_keeps_it_in_the_third_form() {
+        use ump_automation::recommend::Seen;
+        let seen = |item: &str, at| Seen {
+            item: item.into(),
+            at,
+        };
+        let mut record = full();
+        record.items = ItemHistory {
+            views: vec![seen("sku-7", at(30, 123_456_789)), seen("상품-1", at(2, 0))],
+            purchases: vec![seen("sku-7", at(31, 0))],
+        };
+        let bytes = encode(&record).unwrap();
+        assert_eq!(bytes[0], WITH_ITEMS);
+        assert_eq!(decode(&bytes).unwrap(), record);
+        // With journeys as well.
+        record.journeys.sent = vec![ump_automation::journey::Sent {
+            at: at(0, 0),
+            channel: "sms".into(),
+        }];
+        let bytes = encode(&record).unwrap();
+        assert_eq!(bytes[0], WITH_ITEMS);
+        assert_eq!(decode(&bytes).unwrap(), record);
+        for cut in 0..bytes.len() {
+            let _ = decode(&bytes[..cut]);
+        }
     }
 
     #[test]

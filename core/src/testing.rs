@@ -530,4 +530,5 @@ pub mod catalog;
 pub mod journeys;
 pub mod parking;
 pub mod profiles;
+pub mod recommendations;
 pub mod webhooks;

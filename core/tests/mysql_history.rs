@@ -242,6 +242,22 @@ async fn catalog_keeps_the_contract() {
     db.drop_database().await;
 }
 
+#[tokio::test]
+async fn the_recommendation_model_keeps_the_contract() {
+    use ump_core::audience_mysql::MySqlAudience;
+    let db = TestDatabase::create().await;
+    let audience = MySqlAudience::new(db.pool.clone());
+    let process = processor(audience.clone());
+    ump_core::testing::recommendations::the_model_follows_the_events(
+        &audience,
+        &ump_core::recommendations::MySqlItemModel::new(db.pool.clone()),
+        &ump_core::catalog::MySqlCatalog::new(db.pool.clone()),
+        &process,
+    )
+    .await;
+    db.drop_database().await;
+}
+
 /// Erasures racing the processor: four lanes fold events of 300 people (some with a profile
 /// already, some never seen) while each of them is erased. Every event was accepted before its
 /// person's erasure, so whatever the interleaving, nothing of an erased person may be left.

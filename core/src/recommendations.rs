@@ -1,0 +1,953 @@
+//! Recommendations as stored and served: the model the event stream keeps (item people counts,
+//! co-occurrence pairs, hourly popularity, each item's neighbour list, popular and trending
+//! rankings) behind the `ItemModel` port, with MySQL and SQLite implementations, and
+//! `recommend_for`, which loads what a person's list needs and ranks it with the pure
+//! `ump_automation::recommend::recommend`.
+//!
+//! How the model stays current, exactly once, without the processor's lanes waiting on each
+//! other for a popular item's row:
+//! 1. the processor stages each batch's `ItemChanges` (one row per tenant, an insert) in the
+//!    batch's own transaction (`stage_mysql`, `stage_sqlite`);
+//! 2. `take_changes` adds staged changes to the counts and deletes them in one transaction, and
+//!    marks the items they touched stale;
+//! 3. `rebuild_neighbours` rebuilds stale items' neighbour lists from their rows, oldest first;
+//! 4. `rank` ranks each tenant's popular and trending items from the hourly counts, and forgets
+//!    hours no ranking looks at any more.
+//!
+//! The upkeep loop (`ump-events`) runs 2–4. Counts are aggregates: they hold no person's id, so
+//! erasing a person leaves them (as it leaves the message counts of a campaign).
+
+use crate::audience::SegmentStore;
+use crate::catalog::CatalogStore;
+use crate::history::{HistoryError, again_on_deadlock};
+use crate::sqlite::{SqliteStore, micros};
+use chrono::{DateTime, Utc};
+use sqlx::{MySql, QueryBuilder, Row, Sqlite, Transaction};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use ump_automation::recommend::{
+    self, CatalogItem, Hourly, ItemChanges, Lookup, Neighbours, Ranked, Ranking, Recommendation,
+    Request, SEEDS, Strategy, TOP_K,
+};
+
+/// Rows per statement: well under either backend's limit of bound values.
+const CHUNK: usize = 500;
+
+/// The counts, lists and rankings recommendations are made from.
+#[async_trait::async_trait]
+pub trait ItemModel: Send + Sync {
+    /// Adds up to `limit` staged batches' changes to the counts, deletes them, and marks the
+    /// items they touched stale: all in one transaction. How many batches it took.
+    async fn take_changes(&self, limit: u32, now: DateTime<Utc>) -> Result<u64, HistoryError>;
+    /// Rebuilds up to `limit` stale neighbour lists, those stale longest first. How many.
+    async fn rebuild_neighbours(&self, limit: u32, now: DateTime<Utc>)
+    -> Result<u64, HistoryError>;
+    /// Replaces every tenant's rankings with those their hourly counts give at `now`, and
+    /// deletes the hours no ranking looks at any more. How many rankings it stored.
+    async fn rank(&self, now: DateTime<Utc>) -> Result<u64, HistoryError>;
+    /// Staged batches not taken yet, and items whose neighbour lists are stale.
+    async fn backlog(&self) -> Result<(u64, u64), HistoryError>;
+    /// The neighbour lists of those of `ids` that have one.
+    async fn neighbours(
+        &self,
+        tenant: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, Vec<(String, f64)>>, HistoryError>;
+    /// A stored ranking, of `category`'s items or of all; empty when there is none.
+    async fn ranking(
+        &self,
+        tenant: &str,
+        kind: Ranking,
+        category: Option<&str>,
+    ) -> Result<Vec<(String, f64)>, HistoryError>;
+}
+
+/// What one person's recommendations are asked for.
+#[derive(Clone, Copy, Debug)]
+pub struct Ask<'a> {
+    pub tenant: &'a str,
+    pub user_id: &'a str,
+    pub strategy: Strategy,
+    pub limit: usize,
+    pub category: Option<&'a str>,
+    pub now: DateTime<Utc>,
+}
+
+/// The person's recommendations: their item history (none for a person UMP does not know: the
+/// cold start's popular items), the neighbour lists and rankings the strategy reads, and the
+/// catalog's items among them, each loaded in one query; then the pure ranking.
+pub async fn recommend_for(
+    people: &dyn SegmentStore,
+    model: &dyn ItemModel,
+    catalog: &dyn CatalogStore,
+    ask: Ask<'_>,
+) -> Result<Vec<Recommendation>, HistoryError> {
+    let history = people
+        .person(ask.tenant, ask.user_id)
+        .await?
+        .map(|record| record.items)
+        .unwrap_or_default();
+    let mut loaded = Loaded {
+        popular: model
+            .ranking(ask.tenant, Ranking::Popular, ask.category)
+            .await?,
+        ..Loaded::default()
+    };
+    let mut wanted: BTreeSet<String> = loaded.popular.iter().map(|(id, _)| id.clone()).collect();
+    match ask.strategy {
+        Strategy::RecentlyViewed | Strategy::ViewedNotPurchased => {
+            wanted.extend(history.views.iter().map(|s| s.item.clone()));
+        }
+        Strategy::SimilarItems => {
+            let seeds: Vec<String> = history
+                .recent(SEEDS)
+                .into_iter()
+                .map(|(id, _)| id.to_owned())
+                .collect();
+            loaded.neighbours = model.neighbours(ask.tenant, &seeds).await?;
+            wanted.extend(
+                loaded
+                    .neighbours
+                    .values()
+                    .flatten()
+                    .map(|(id, _)| id.clone()),
+            );
+        }
+        Strategy::Popular => {}
+        Strategy::Trending => {
+            loaded.trending = model
+                .ranking(ask.tenant, Ranking::Trending, ask.category)
+                .await?;
+            wanted.extend(loaded.trending.iter().map(|(id, _)| id.clone()));
+        }
+    }
+    let wanted: Vec<String> = wanted.into_iter().collect();
+    loaded.items = catalog.items(ask.tenant, &wanted).await?;
+    let request = Request {
+        history: &history,
+        limit: ask.limit,
+        category: ask.category,
+        now: ask.now,
+    };
+    Ok(recommend::recommend(ask.strategy, &request, &loaded))
+}
+
+#[derive(Default)]
+struct Loaded {
+    items: BTreeMap<String, CatalogItem>,
+    neighbours: HashMap<String, Vec<(String, f64)>>,
+    /// Of the asked category (the only one `recommend` asks about).
+    popular: Vec<(String, f64)>,
+    trending: Vec<(String, f64)>,
+}
+
+impl Lookup for Loaded {
+    fn item(&self, id: &str) -> Option<&CatalogItem> {
+        self.items.get(id)
+    }
+    fn neighbours(&self, id: &str) -> &[(String, f64)] {
+        self.neighbours.get(id).map_or(&[], Vec::as_slice)
+    }
+    fn popular(&self, _category: Option<&str>) -> &[(String, f64)] {
+        &self.popular
+    }
+    fn trending(&self, _category: Option<&str>) -> &[(String, f64)] {
+        &self.trending
+    }
+}
+
+fn encode_changes(changes: &ItemChanges) -> Result<Vec<u8>, HistoryError> {
+    postcard::to_allocvec(changes).map_err(|e| HistoryError::Corrupt(format!("item changes: {e}")))
+}
+
+fn decode_changes(bytes: &[u8]) -> Result<ItemChanges, HistoryError> {
+    postcard::from_bytes(bytes).map_err(|e| HistoryError::Corrupt(format!("item changes: {e}")))
+}
+
+fn encode_list(list: &[(String, f64)]) -> Result<String, HistoryError> {
+    crate::audience::encode("item list", &list)
+}
+
+fn decode_list(text: &str) -> Result<Vec<(String, f64)>, HistoryError> {
+    crate::audience::decode("item list", text)
+}
+
+/// A stored ranking's `category` column: '' for all items.
+fn category_key(category: Option<&str>) -> &str {
+    category.unwrap_or("")
+}
+
+/// Stages a batch's item changes in the batch's transaction (MySQL).
+pub async fn stage_mysql(
+    tx: &mut Transaction<'_, MySql>,
+    items: &BTreeMap<String, ItemChanges>,
+    now: DateTime<Utc>,
+) -> Result<(), HistoryError> {
+    let staged = staged_rows(items)?;
+    if staged.is_empty() {
+        return Ok(());
+    }
+    let mut q =
+        QueryBuilder::<MySql>::new("INSERT INTO item_changes (tenant_id, changes, created_at) ");
+    q.push_values(&staged, |mut row, (tenant, bytes)| {
+        row.push_bind(*tenant)
+            .push_bind(bytes.as_slice())
+            .push_bind(micros(now));
+    });
+    q.build().execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Stages a batch's item changes in the batch's transaction (SQLite).
+pub async fn stage_sqlite(
+    tx: &mut Transaction<'_, Sqlite>,
+    items: &BTreeMap<String, ItemChanges>,
+    now: DateTime<Utc>,
+) -> Result<(), HistoryError> {
+    let staged = staged_rows(items)?;
+    if staged.is_empty() {
+        return Ok(());
+    }
+    let mut q =
+        QueryBuilder::<Sqlite>::new("INSERT INTO item_changes (tenant_id, changes, created_at) ");
+    q.push_values(&staged, |mut row, (tenant, bytes)| {
+        row.push_bind(*tenant)
+            .push_bind(bytes.clone())
+            .push_bind(micros(now));
+    });
+    q.build().execute(&mut **tx).await?;
+    Ok(())
+}
+
+fn staged_rows(
+    items: &BTreeMap<String, ItemChanges>,
+) -> Result<Vec<(&str, Vec<u8>)>, HistoryError> {
+    items
+        .iter()
+        .filter(|(_, changes)| !changes.is_empty())
+        .map(|(tenant, changes)| Ok((tenant.as_str(), encode_changes(changes)?)))
+        .collect()
+}
+
+/// The two backends' upsert clauses.
+#[derive(Clone, Copy)]
+enum Dialect {
+    MySql,
+    Sqlite,
+}
+
+/// What an upsert does with a column of a row that exists.
+#[derive(Clone, Copy)]
+enum Set {
+    /// Adds the new value to the stored one.
+    Add,
+    /// Keeps the stored value unless it is NULL.
+    KeepFirst,
+    Replace,
+}
+
+impl Dialect {
+    fn on_conflict(self, key: &str, sets: &[(&str, Set)]) -> String {
+        let (start, new) = match self {
+            Dialect::MySql => (" ON DUPLICATE KEY UPDATE ".to_owned(), "VALUES({c})"),
+            Dialect::Sqlite => (
+                format!(" ON CONFLICT ({key}) DO UPDATE SET "),
+                "excluded.{c}",
+            ),
+        };
+        let sets: Vec<String> = sets
+            .iter()
+            .map(|(c, set)| {
+                let new = new.replace("{c}", c);
+                match set {
+                    Set::Add => format!("{c} = {c} + {new}"),
+                    Set::KeepFirst => format!("{c} = COALESCE({c}, {new})"),
+                    Set::Replace => format!("{c} = {new}"),
+                }
+            })
+            .collect();
+        start + &sets.join(", ")
+    }
+}
+
+/// The rows the counts take from merged changes, each table's rows in key order (so concurrent
+/// takers lock rows in the same order).
+#[derive(Default)]
+struct CountRows<'a> {
+    /// (tenant, item, people added)
+    people: Vec<(&'a str, &'a str, i64)>,
+    /// (tenant, item, partner, co added): each pair in both rows.
+    pairs: Vec<(&'a str, &'a str, &'a str, i64)>,
+    /// (tenant, hour, item, n added)
+    hourly: Vec<(&'a str, i64, &'a str, i64)>,
+}
+
+impl<'a> CountRows<'a> {
+    fn of(merged: &'a BTreeMap<String, ItemChanges>) -> Self {
+        let mut rows = CountRows::default();
+        for (tenant, changes) in merged {
+            for item in changes.touched() {
+                let added = changes.people.get(item).copied().unwrap_or(0);
+                rows.people.push((tenant, item, i64::from(added)));
+            }
+            for ((a, b), n) in &changes.pairs {
+                rows.pairs.push((tenant, a, b, i64::from(*n)));
+                rows.pairs.push((tenant, b, a, i64::from(*n)));
+            }
+            for ((item, hour), n) in &changes.hourly {
+                rows.hourly.push((tenant, *hour, item, i64::from(*n)));
+            }
+        }
+        rows.pairs.sort_unstable();
+        rows.hourly.sort_unstable();
+        rows
+    }
+
+    /// The upserts, `CHUNK` rows each: people (marking the items stale), pairs, hours.
+    fn statements<DB: sqlx::Database>(&self, dialect: Dialect, now: i64) -> Vec<QueryBuilder<DB>>
+    where
+        for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
+        let mut out = Vec::new();
+        let people_clause = dialect.on_conflict(
+            "tenant_id, item_id",
+            &[
+                ("people", Set::Add),
+                ("stale_since", Set::KeepFirst),
+                ("changed_at", Set::Replace),
+            ],
+        );
+        for chunk in self.people.chunks(CHUNK) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO item_people (tenant_id, item_id, people, stale_since, changed_at) ",
+            );
+            q.push_values(chunk, |mut row, (tenant, item, added)| {
+                row.push_bind(*tenant)
+                    .push_bind(*item)
+                    .push_bind(*added)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            q.push(people_clause.as_str());
+            out.push(q);
+        }
+        let pairs_clause =
+            dialect.on_conflict("tenant_id, item_id, partner_id", &[("co", Set::Add)]);
+        for chunk in self.pairs.chunks(CHUNK) {
+            let mut q =
+                QueryBuilder::new("INSERT INTO item_pairs (tenant_id, item_id, partner_id, co) ");
+            q.push_values(chunk, |mut row, (tenant, item, partner, co)| {
+                row.push_bind(*tenant)
+                    .push_bind(*item)
+                    .push_bind(*partner)
+                    .push_bind(*co);
+            });
+            q.push(pairs_clause.as_str());
+            out.push(q);
+        }
+        let hourly_clause = dialect.on_conflict("tenant_id, hour, item_id", &[("n", Set::Add)]);
+        for chunk in self.hourly.chunks(CHUNK) {
+            let mut q = QueryBuilder::new("INSERT INTO item_hourly (tenant_id, hour, item_id, n) ");
+            q.push_values(chunk, |mut row, (tenant, hour, item, n)| {
+                row.push_bind(*tenant)
+                    .push_bind(*hour)
+                    .push_bind(*item)
+                    .push_bind(*n);
+            });
+            q.push(hourly_clause.as_str());
+            out.push(q);
+        }
+        out
+    }
+}
+
+/// `staged` merged by tenant.
+fn merge_staged(staged: Vec<(String, ItemChanges)>) -> BTreeMap<String, ItemChanges> {
+    let mut merged: BTreeMap<String, ItemChanges> = BTreeMap::new();
+    for (tenant, changes) in staged {
+        merged.entry(tenant).or_default().merge(changes);
+    }
+    merged
+}
+
+/// A stale item as the rebuild reads it.
+struct Stale {
+    tenant: String,
+    item: String,
+    people: i64,
+    changed_at: i64,
+}
+
+/// The neighbour list of `stale` from its row `(partner, co, partner's people)`.
+fn rebuilt(stale: &Stale, row: &[(String, i64, i64)]) -> Neighbours {
+    let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+    let people_of: HashMap<&str, u32> = row
+        .iter()
+        .map(|(partner, _, people)| (partner.as_str(), count(*people)))
+        .collect();
+    Neighbours::from_row(
+        &stale.item,
+        count(stale.people),
+        row.iter()
+            .map(|(partner, co, _)| (partner.as_str(), count(*co))),
+        |p| people_of.get(p).copied().unwrap_or(0),
+        TOP_K,
+    )
+}
+
+/// The rankings of one tenant's hourly rows `(item, hour, n)` and its items' categories.
+fn ranked(
+    rows: Vec<(String, i64, i64)>,
+    categories: &HashMap<String, String>,
+    now: DateTime<Utc>,
+) -> Vec<Ranked> {
+    let mut hourly: BTreeMap<String, Hourly> = BTreeMap::new();
+    for (item, hour, n) in rows {
+        hourly
+            .entry(item)
+            .or_default()
+            .add_hour(hour, u32::try_from(n.max(0)).unwrap_or(u32::MAX));
+    }
+    recommend::rankings(&hourly, |id| categories.get(id).map(String::as_str), now)
+}
+
+/// The first hour a ranking at `now` looks at.
+fn first_kept_hour(now: DateTime<Utc>) -> i64 {
+    recommend::hour_of(now - recommend::counts_kept())
+}
+
+/// ` (…)` with `ids`, for either backend.
+fn push_ids<DB: sqlx::Database>(q: &mut QueryBuilder<DB>, ids: &[String])
+where
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.push(" (");
+    let mut separated = q.separated(", ");
+    for id in ids {
+        separated.push_bind(id.as_str());
+    }
+    separated.push_unseparated(")");
+}
+
+/// MySQL's VARBINARY ids as text.
+fn utf8(bytes: Vec<u8>) -> Result<String, HistoryError> {
+    String::from_utf8(bytes).map_err(|e| HistoryError::Corrupt(format!("item id: {e}")))
+}
+
+/// The model in MySQL.
+#[derive(Clone, Debug)]
+pub struct MySqlItemModel {
+    pool: sqlx::MySqlPool,
+}
+
+impl MySqlItemModel {
+    pub fn new(pool: sqlx::MySqlPool) -> Self {
+        Self { pool }
+    }
+
+    async fn take_once(&self, limit: u32, now: DateTime<Utc>) -> Result<u64, HistoryError> {
+        // Read committed, and staged rows locked as read, skipping those another taker holds:
+        // two processes take disjoint batches side by side.
+        let mut conn = crate::store::read_committed(&self.pool).await?;
+        let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, changes FROM item_changes ORDER BY id LIMIT ? \
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut staged = Vec::with_capacity(rows.len());
+        for row in &rows {
+            ids.push(row.try_get::<i64, _>(0)?);
+            let bytes: Vec<u8> = row.try_get(2)?;
+            staged.push((row.try_get::<String, _>(1)?, decode_changes(&bytes)?));
+        }
+        let merged = merge_staged(staged);
+        let counts = CountRows::of(&merged);
+        for mut q in counts.statements::<MySql>(Dialect::MySql, micros(now)) {
+            q.build().execute(&mut *tx).await?;
+        }
+        let mut q = QueryBuilder::<MySql>::new("DELETE FROM item_changes WHERE id IN (");
+        let mut list = q.separated(", ");
+        for id in &ids {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        q.build().execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+
+    async fn tenant_ranked(
+        &self,
+        tenant: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Ranked>, HistoryError> {
+        sqlx::query("DELETE FROM item_hourly WHERE tenant_id = ? AND hour < ?")
+            .bind(tenant)
+            .bind(first_kept_hour(now))
+            .execute(&self.pool)
+            .await?;
+        let rows = sqlx::query("SELECT item_id, hour, n FROM item_hourly WHERE tenant_id = ?")
+            .bind(tenant)
+            .fetch_all(&self.pool)
+            .await?;
+        let rows = rows
+            .iter()
+            .map(|r| Ok((utf8(r.try_get(0)?)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<Vec<(String, i64, i64)>, HistoryError>>()?;
+        let items: Vec<String> = rows
+            .iter()
+            .map(|(id, _, _)| id.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut categories = HashMap::new();
+        for chunk in items.chunks(CHUNK) {
+            let mut q = QueryBuilder::<MySql>::new(
+                "SELECT item_id, category FROM catalog_items \
+                 WHERE category IS NOT NULL AND tenant_id = ",
+            );
+            q.push_bind(tenant).push(" AND item_id IN");
+            push_ids(&mut q, chunk);
+            for row in q.build().fetch_all(&self.pool).await? {
+                categories.insert(utf8(row.try_get(0)?)?, utf8(row.try_get(1)?)?);
+            }
+        }
+        Ok(ranked(rows, &categories, now))
+    }
+}
+
+#[async_trait::async_trait]
+impl ItemModel for MySqlItemModel {
+    async fn take_changes(&self, limit: u32, now: DateTime<Utc>) -> Result<u64, HistoryError> {
+        again_on_deadlock(|| self.take_once(limit, now)).await
+    }
+
+    async fn rebuild_neighbours(
+        &self,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<u64, HistoryError> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, item_id, people, changed_at FROM item_people \
+             WHERE stale_since IS NOT NULL ORDER BY stale_since LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut rebuilt_count = 0;
+        for row in rows {
+            let stale = Stale {
+                tenant: row.try_get(0)?,
+                item: utf8(row.try_get(1)?)?,
+                people: row.try_get(2)?,
+                changed_at: row.try_get(3)?,
+            };
+            let partners = sqlx::query(
+                "SELECT p.partner_id, p.co, i.people FROM item_pairs p \
+                 JOIN item_people i ON i.tenant_id = p.tenant_id AND i.item_id = p.partner_id \
+                 WHERE p.tenant_id = ? AND p.item_id = ?",
+            )
+            .bind(&stale.tenant)
+            .bind(stale.item.as_bytes())
+            .fetch_all(&self.pool)
+            .await?;
+            let partners = partners
+                .iter()
+                .map(|r| Ok((utf8(r.try_get(0)?)?, r.try_get(1)?, r.try_get(2)?)))
+                .collect::<Result<Vec<_>, HistoryError>>()?;
+            let list = rebuilt(&stale, &partners);
+            sqlx::query(
+                "INSERT INTO item_neighbours (tenant_id, item_id, neighbours, updated_at) \
+                 VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE neighbours = VALUES(neighbours), \
+                 updated_at = VALUES(updated_at)",
+            )
+            .bind(&stale.tenant)
+            .bind(stale.item.as_bytes())
+            .bind(encode_list(&list.list)?)
+            .bind(micros(now))
+            .execute(&self.pool)
+            .await?;
+            // Still stale if it changed after the row was read.
+            sqlx::query(
+                "UPDATE item_people SET stale_since = NULL \
+                 WHERE tenant_id = ? AND item_id = ? AND changed_at = ?",
+            )
+            .bind(&stale.tenant)
+            .bind(stale.item.as_bytes())
+            .bind(stale.changed_at)
+            .execute(&self.pool)
+            .await?;
+            rebuilt_count += 1;
+        }
+        Ok(rebuilt_count)
+    }
+
+    async fn rank(&self, now: DateTime<Utc>) -> Result<u64, HistoryError> {
+        let tenants: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT tenant_id FROM item_hourly \
+             UNION SELECT DISTINCT tenant_id FROM item_rankings",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut stored = 0;
+        for tenant in tenants {
+            let ranked = self.tenant_ranked(&tenant, now).await?;
+            let texts = ranked
+                .iter()
+                .map(|r| encode_list(&r.list))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("DELETE FROM item_rankings WHERE tenant_id = ?")
+                .bind(&tenant)
+                .execute(&mut *tx)
+                .await?;
+            for (chunk, texts) in ranked.chunks(CHUNK).zip(texts.chunks(CHUNK)) {
+                let mut q = QueryBuilder::<MySql>::new(
+                    "INSERT INTO item_rankings (tenant_id, kind, category, ranking, updated_at) ",
+                );
+                q.push_values(chunk.iter().zip(texts), |mut row, (r, text)| {
+                    row.push_bind(&tenant)
+                        .push_bind(r.kind.as_str())
+                        .push_bind(category_key(r.category.as_deref()).as_bytes())
+                        .push_bind(text)
+                        .push_bind(micros(now));
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            stored += ranked.len() as u64;
+        }
+        Ok(stored)
+    }
+
+    async fn backlog(&self) -> Result<(u64, u64), HistoryError> {
+        let staged: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM item_changes")
+            .fetch_one(&self.pool)
+            .await?;
+        let stale: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM item_people WHERE stale_since IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((staged as u64, stale as u64))
+    }
+
+    async fn neighbours(
+        &self,
+        tenant: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, Vec<(String, f64)>>, HistoryError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut q = QueryBuilder::<MySql>::new(
+            "SELECT item_id, neighbours FROM item_neighbours WHERE tenant_id = ",
+        );
+        q.push_bind(tenant).push(" AND item_id IN");
+        push_ids(&mut q, ids);
+        q.build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((utf8(r.try_get(0)?)?, decode_list(r.try_get(1)?)?)))
+            .collect()
+    }
+
+    async fn ranking(
+        &self,
+        tenant: &str,
+        kind: Ranking,
+        category: Option<&str>,
+    ) -> Result<Vec<(String, f64)>, HistoryError> {
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT ranking FROM item_rankings WHERE tenant_id = ? AND kind = ? AND category = ?",
+        )
+        .bind(tenant)
+        .bind(kind.as_str())
+        .bind(category_key(category).as_bytes())
+        .fetch_optional(&self.pool)
+        .await?;
+        text.map_or(Ok(Vec::new()), |t| decode_list(&t))
+    }
+}
+
+/// The model in the all-in-one SQLite file.
+#[derive(Clone, Debug)]
+pub struct SqliteItemModel {
+    store: SqliteStore,
+}
+
+impl SqliteItemModel {
+    pub fn new(store: SqliteStore) -> Self {
+        Self { store }
+    }
+
+    async fn tenant_ranked(
+        &self,
+        tenant: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Ranked>, HistoryError> {
+        let pool = self.store.pool();
+        sqlx::query("DELETE FROM item_hourly WHERE tenant_id = ? AND hour < ?")
+            .bind(tenant)
+            .bind(first_kept_hour(now))
+            .execute(pool)
+            .await?;
+        let rows = sqlx::query("SELECT item_id, hour, n FROM item_hourly WHERE tenant_id = ?")
+            .bind(tenant)
+            .fetch_all(pool)
+            .await?;
+        let rows = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<Vec<(String, i64, i64)>, sqlx::Error>>()?;
+        let items: Vec<String> = rows
+            .iter()
+            .map(|(id, _, _)| id.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut categories = HashMap::new();
+        for chunk in items.chunks(CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT item_id, category FROM catalog_items \
+                 WHERE category IS NOT NULL AND tenant_id = ",
+            );
+            q.push_bind(tenant).push(" AND item_id IN");
+            push_ids(&mut q, chunk);
+            for row in q.build().fetch_all(pool).await? {
+                categories.insert(row.try_get(0)?, row.try_get(1)?);
+            }
+        }
+        Ok(ranked(rows, &categories, now))
+    }
+}
+
+#[async_trait::async_trait]
+impl ItemModel for SqliteItemModel {
+    async fn take_changes(&self, limit: u32, now: DateTime<Utc>) -> Result<u64, HistoryError> {
+        let mut tx = self.store.pool().begin().await?;
+        // A write first: the transaction holds the file's write lock from here on.
+        let rows = sqlx::query(
+            "DELETE FROM item_changes WHERE id IN \
+             (SELECT id FROM item_changes ORDER BY id LIMIT ?) RETURNING tenant_id, changes",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let mut staged = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let bytes: Vec<u8> = row.try_get(1)?;
+            staged.push((row.try_get::<String, _>(0)?, decode_changes(&bytes)?));
+        }
+        let merged = merge_staged(staged);
+        let counts = CountRows::of(&merged);
+        for mut q in counts.statements::<Sqlite>(Dialect::Sqlite, micros(now)) {
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn rebuild_neighbours(
+        &self,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<u64, HistoryError> {
+        let pool = self.store.pool();
+        let rows = sqlx::query(
+            "SELECT tenant_id, item_id, people, changed_at FROM item_people \
+             WHERE stale_since IS NOT NULL ORDER BY stale_since LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+        let mut rebuilt_count = 0;
+        for row in rows {
+            let stale = Stale {
+                tenant: row.try_get(0)?,
+                item: row.try_get(1)?,
+                people: row.try_get(2)?,
+                changed_at: row.try_get(3)?,
+            };
+            let partners = sqlx::query(
+                "SELECT p.partner_id, p.co, i.people FROM item_pairs p \
+                 JOIN item_people i ON i.tenant_id = p.tenant_id AND i.item_id = p.partner_id \
+                 WHERE p.tenant_id = ? AND p.item_id = ?",
+            )
+            .bind(&stale.tenant)
+            .bind(&stale.item)
+            .fetch_all(pool)
+            .await?;
+            let partners = partners
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            let list = rebuilt(&stale, &partners);
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO item_neighbours (tenant_id, item_id, neighbours, updated_at) \
+                 VALUES (?, ?, ?, ?) ON CONFLICT (tenant_id, item_id) DO UPDATE SET \
+                 neighbours = excluded.neighbours, updated_at = excluded.updated_at",
+            )
+            .bind(&stale.tenant)
+            .bind(&stale.item)
+            .bind(encode_list(&list.list)?)
+            .bind(micros(now))
+            .execute(&mut *tx)
+            .await?;
+            // Still stale if it changed after the row was read.
+            sqlx::query(
+                "UPDATE item_people SET stale_since = NULL \
+                 WHERE tenant_id = ? AND item_id = ? AND changed_at = ?",
+            )
+            .bind(&stale.tenant)
+            .bind(&stale.item)
+            .bind(stale.changed_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            rebuilt_count += 1;
+        }
+        Ok(rebuilt_count)
+    }
+
+    async fn rank(&self, now: DateTime<Utc>) -> Result<u64, HistoryError> {
+        let tenants: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT tenant_id FROM item_hourly \
+             UNION SELECT DISTINCT tenant_id FROM item_rankings",
+        )
+        .fetch_all(self.store.pool())
+        .await?;
+        let mut stored = 0;
+        for tenant in tenants {
+            let ranked = self.tenant_ranked(&tenant, now).await?;
+            let texts = ranked
+                .iter()
+                .map(|r| encode_list(&r.list))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut tx = self.store.pool().begin().await?;
+            sqlx::query("DELETE FROM item_rankings WHERE tenant_id = ?")
+                .bind(&tenant)
+                .execute(&mut *tx)
+                .await?;
+            for (chunk, texts) in ranked.chunks(CHUNK).zip(texts.chunks(CHUNK)) {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO item_rankings (tenant_id, kind, category, ranking, updated_at) ",
+                );
+                q.push_values(chunk.iter().zip(texts), |mut row, (r, text)| {
+                    row.push_bind(&tenant)
+                        .push_bind(r.kind.as_str())
+                        .push_bind(category_key(r.category.as_deref()))
+                        .push_bind(text)
+                        .push_bind(micros(now));
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            stored += ranked.len() as u64;
+        }
+        Ok(stored)
+    }
+
+    async fn backlog(&self) -> Result<(u64, u64), HistoryError> {
+        let pool = self.store.pool();
+        let staged: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM item_changes")
+            .fetch_one(pool)
+            .await?;
+        let stale: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM item_people WHERE stale_since IS NOT NULL")
+                .fetch_one(pool)
+                .await?;
+        Ok((staged as u64, stale as u64))
+    }
+
+    async fn neighbours(
+        &self,
+        tenant: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, Vec<(String, f64)>>, HistoryError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT item_id, neighbours FROM item_neighbours WHERE tenant_id = ",
+        );
+        q.push_bind(tenant).push(" AND item_id IN");
+        push_ids(&mut q, ids);
+        q.build()
+            .fetch_all(self.store.pool())
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, decode_list(r.try_get(1)?)?)))
+            .collect()
+    }
+
+    async fn ranking(
+        &self,
+        tenant: &str,
+        kind: Ranking,
+        category: Option<&str>,
+    ) -> Result<Vec<(String, f64)>, HistoryError> {
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT ranking FROM item_rankings WHERE tenant_id = ? AND kind = ? AND category = ?",
+        )
+        .bind(tenant)
+        .bind(kind.as_str())
+        .bind(category_key(category))
+        .fetch_optional(self.store.pool())
+        .await?;
+        text.map_or(Ok(Vec::new()), |t| decode_list(&t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upsert_clauses_read_as_each_backend_expects() {
+        let sets = [
+            ("people", Set::Add),
+            ("stale_since", Set::KeepFirst),
+            ("changed_at", Set::Replace),
+        ];
+        assert_eq!(
+            Dialect::MySql.on_conflict("tenant_id, item_id", &sets),
+            " ON DUPLICATE KEY UPDATE people = people + VALUES(people), \
+             stale_since = COALESCE(stale_since, VALUES(stale_since)), \
+             changed_at = VALUES(changed_at)"
+        );
+        assert_eq!(
+            Dialect::Sqlite.on_conflict("tenant_id, item_id", &sets),
+            " ON CONFLICT (tenant_id, item_id) DO UPDATE SET people = people + excluded.people, \
+             stale_since = COALESCE(stale_since, excluded.stale_since), \
+             changed_at = excluded.changed_at"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_model_keeps_the_contract_in_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ump.db")).await.unwrap();
+        let process = crate::audience_sqlite::tests::processor(store.clone());
+        crate::testing::recommendations::the_model_follows_the_events(
+            &store,
+            &SqliteItemModel::new(store.clone()),
+            &crate::catalog::SqliteCatalog::new(store.clone()),
+            &process,
+        )
+        .await;
+    }
+}
