@@ -275,6 +275,7 @@ pub async fn state(
         broadcasts: Arc::new(ump_core::broadcast::MySqlBroadcasts::new(pool.clone())),
         journeys: Arc::new(ump_core::journeys::MySqlJourneys::new(pool.clone())),
         catalog: Arc::new(ump_core::catalog::MySqlCatalog::new(pool.clone())),
+        items: Arc::new(ump_core::recommendations::MySqlItemModel::new(pool.clone())),
         journey_limiter: Arc::new(ump_worker::ratelimit::RedisRateLimiter::new(redis.clone())),
         webhooks: Arc::new(ump_core::webhooks_store::MySqlWebhooks::new(pool)),
         // Production's rules; `ump api` sets them from its settings.

@@ -174,6 +174,9 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         broadcasts: Arc::new(store.clone()),
         journeys: Arc::new(ump_core::journeys::SqliteJourneys::new(store.clone())),
         catalog: Arc::new(ump_core::catalog::SqliteCatalog::new(store.clone())),
+        items: Arc::new(ump_core::recommendations::SqliteItemModel::new(
+            store.clone(),
+        )),
         journey_limiter: Arc::new(ump_worker::local::LocalRateLimiter::new()),
         keys: Arc::clone(&keys),
         idempotency: Arc::new(SqliteIdempotency::new(store.clone())),
@@ -240,6 +243,13 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         }
         .run(workers.clone()),
     );
+    tasks.spawn(ump_events::items::run(
+        Arc::new(ump_core::recommendations::SqliteItemModel::new(
+            store.clone(),
+        )),
+        ump_events::items::ItemMetrics::new(&registry)?,
+        workers.clone(),
+    ));
     tasks.spawn(crate::broadcast::run_senders(
         state.clone(),
         workers.clone(),

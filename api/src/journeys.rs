@@ -23,6 +23,9 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use ump_automation::journey::{Cap, Journey, JourneySend, Status, validate_caps};
+use ump_automation::recommend::{
+    CatalogItem, Recommendation, Strategy, Wanted, data_reference, fill_data,
+};
 use ump_core::config::ChannelRegistry;
 use ump_core::journeys::{JourneyError, QueuedSend, StatRow, StoredJourney};
 use ump_core::model::MessageId;
@@ -183,6 +186,28 @@ fn sample_contact(kind: ChannelType) -> &'static str {
     }
 }
 
+/// A list of `n` recommended items with every field set, to check a send step's template and
+/// data against.
+fn sample_recommendations(n: usize) -> Vec<Recommendation> {
+    (0..n)
+        .map(|i| Recommendation {
+            item: CatalogItem {
+                id: format!("sample-{i}"),
+                name: format!("Sample item {i}"),
+                price: Some(10_000.0),
+                currency: Some("KRW".into()),
+                url: Some(format!("https://shop.example/p/sample-{i}")),
+                image: Some(format!("https://shop.example/i/sample-{i}.jpg")),
+                category: Some("sample".into()),
+                in_stock: true,
+                attributes: serde_json::Map::new(),
+            },
+            score: 1.0,
+            strategy: Strategy::Popular,
+        })
+        .collect()
+}
+
 /// Each send step as the message it would make: the channel exists, may carry the category,
 /// and its template gets every variable it needs. Fields are named at the step.
 fn check_sends(journey: &Journey, registry: &ChannelRegistry) -> Vec<FieldError> {
@@ -210,11 +235,21 @@ fn check_sends(journey: &Journey, registry: &ChannelRegistry) -> Vec<FieldError>
             ));
             continue;
         }
+        let mut data = send.data.clone();
+        if let Some(wanted) = &send.recommendations {
+            // The sample has every item field; an attribute it cannot know reads as text.
+            let _ = fill_data(&mut data, &sample_recommendations(wanted.limit));
+            for value in data.values_mut() {
+                if value.as_str().and_then(data_reference).is_some() {
+                    *value = Value::String("sample".into());
+                }
+            }
+        }
         let message = json!({
             "channel": send.channel,
             "to": sample_contact(channel.channel_type()),
             "template": send.template,
-            "data": send.data,
+            "data": data,
             "priority": send.priority.as_deref().unwrap_or("bulk"),
         });
         if let Err(problems) = validate(&message, registry, "", Utc::now()) {
@@ -604,6 +639,52 @@ fn message_of(user: &str, send: &JourneySend) -> Value {
     })
 }
 
+/// Puts the person's recommendations into the message's `data` (`fill_data`). A list that
+/// cannot give what the data names means no message (`NotSent`); a store away, a retry.
+async fn recommended(
+    app: &AppState,
+    tenant: &str,
+    user_id: &str,
+    wanted: &Wanted,
+    message: &mut Value,
+    now: chrono::DateTime<Utc>,
+) -> Result<(), Relayed> {
+    let started = std::time::Instant::now();
+    let list = ump_core::recommendations::recommend_for(
+        app.segments.as_ref(),
+        app.items.as_ref(),
+        app.catalog.as_ref(),
+        ump_core::recommendations::Ask {
+            tenant,
+            user_id,
+            strategy: wanted.strategy,
+            limit: wanted.limit,
+            category: wanted.category.as_deref(),
+            now,
+        },
+    )
+    .await
+    .map_err(|e| {
+        tracing::warn!(error = %e, "recommendations unavailable; the journey message waits");
+        Relayed::Later
+    })?;
+    app.metrics
+        .recommend_seconds
+        .with_label_values(&[wanted.strategy.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    let Some(data) = message.get_mut("data").and_then(Value::as_object_mut) else {
+        return Err(Relayed::Dropped);
+    };
+    if list.is_empty() {
+        tracing::info!(strategy = %wanted.strategy, "no recommendations; journey message not sent");
+        return Err(Relayed::NotSent);
+    }
+    fill_data(data, &list).map_err(|why| {
+        tracing::info!(reason = %why, "journey message not sent");
+        Relayed::NotSent
+    })
+}
+
 /// What became of one outbox message.
 #[derive(Clone, Copy)]
 enum Relayed {
@@ -744,6 +825,12 @@ async fn relay(app: &AppState, claimed: Vec<QueuedSend>) -> (Vec<i64>, Vec<(i64,
             let registry = &registry;
             async move {
                 let mut value = message_of(&c.user_id, &c.send);
+                if let Some(wanted) = &c.send.recommendations
+                    && let Err(result) =
+                        recommended(app, &c.tenant, &c.user_id, wanted, &mut value, now).await
+                {
+                    return (c.id, result);
+                }
                 let refused = apply_person(&mut value, profile, registry, "", now);
                 if !refused.is_empty() {
                     tracing::info!(journey = %c.send.journey, step = %c.send.step,

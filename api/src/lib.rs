@@ -19,6 +19,7 @@ pub mod messages;
 pub mod metrics;
 pub mod problem;
 pub mod receipts;
+pub mod recommendations;
 pub mod request;
 pub mod segments;
 pub mod users;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub journeys: Arc<dyn ump_core::journeys::JourneyStore>,
     /// The tenants' product catalogs.
     pub catalog: Arc<dyn ump_core::catalog::CatalogStore>,
+    /// What recommendations are made from (kept by the event processor).
+    pub items: Arc<dyn ump_core::recommendations::ItemModel>,
     /// Keeps journeys' send rates: Redis in the cluster mode (every API process shares it),
     /// in memory all-in-one.
     pub journey_limiter: Arc<dyn ump_worker::ratelimit::RateLimiter>,
@@ -97,7 +100,7 @@ impl Default for RequestSettings {
 #[openapi(
     info(title = "UMP — Unified Messaging Platform", description = "One API for email, SMS, push and Kakao (AlimTalk for information, FriendTalk for advertising)."),
     paths(messages::send_message, messages::send_batch, messages::get_message, messages::list_messages, dashboard::stats, receipts::receive,
-          users::identify, users::get_user, users::erase_user, events::post_events,
+          users::identify, users::get_user, users::erase_user, recommendations::get_recommendations, events::post_events,
           segments::list_segments, segments::create_segment, segments::get_segment,
           segments::put_segment, segments::delete_segment, segments::members, segments::sizes,
           broadcast::start, broadcast::get_one, broadcast::list,
@@ -125,7 +128,7 @@ impl Default for RequestSettings {
         ump_core::audience::Member, journeys::JourneyRequest, journeys::JourneyView,
         journeys::JourneyList, journeys::CapsDocument, ump_core::journeys::StatRow,
         catalog::CatalogItemSchema, catalog::CatalogItemRequest, catalog::CatalogBatch, catalog::CatalogBatchResult,
-        catalog::CatalogItemPage,
+        catalog::CatalogItemPage, recommendations::Recommendations, recommendations::RecommendedItem,
         webhooks::EndpointRequest, webhooks::EndpointCreated,
         webhooks::EndpointList, webhooks::RotateRequest, webhooks::Rotated,
         webhooks::ReplayRequest, webhooks::Replayed, webhooks::TestEventQueued,
@@ -173,6 +176,10 @@ pub fn router(state: AppState) -> Router {
             get(users::get_user)
                 .put(users::identify)
                 .delete(users::erase_user),
+        )
+        .route(
+            "/v1/users/{user_id}/recommendations",
+            get(recommendations::get_recommendations),
         )
         .route("/v1/events", post(events::post_events))
         .route(
@@ -287,6 +294,7 @@ mod tests {
             "/v1/stats",
             "/v1/receipts/{channel}/{provider}",
             "/v1/users/{user_id}",
+            "/v1/users/{user_id}/recommendations",
             "/v1/events",
             "/v1/segments",
             "/v1/segments/{id}",

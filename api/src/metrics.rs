@@ -22,6 +22,9 @@ pub struct ApiMetrics {
     /// From a journey step putting its message in the outbox (the processor's batch) to the
     /// relay enqueuing it.
     pub journey_outbox_wait: prometheus::Histogram,
+    /// Time to make one person's recommendations (`GET …/recommendations`, journey sends), by
+    /// strategy.
+    pub recommend_seconds: HistogramVec,
 }
 
 impl ApiMetrics {
@@ -79,6 +82,17 @@ impl ApiMetrics {
             ]),
         )?;
         registry.register(Box::new(journey_outbox_wait.clone()))?;
+        let recommend_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "ump_recommend_duration_seconds",
+                "Time to make one person's recommendations, by strategy",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+            &["strategy"],
+        )?;
+        registry.register(Box::new(recommend_seconds.clone()))?;
         Ok(Self {
             registry,
             accepted,
@@ -88,6 +102,7 @@ impl ApiMetrics {
             journey_relayed,
             journey_outbox,
             journey_outbox_wait,
+            recommend_seconds,
         })
     }
 }

@@ -71,7 +71,7 @@ pub struct ProfileView {
     journeys: Option<Vec<crate::segments::JourneyPlace>>,
 }
 
-fn user_id(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
+pub(crate) fn user_id(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
     let invalid =
         |detail: &str| Problem::validation(vec![FieldError::new("user_id", detail.to_owned())]);
     let Ok(Path(id)) = path else {

@@ -23,6 +23,7 @@
 //! message, which the delivery dedupe drops.
 
 use crate::profile::Profile;
+use crate::recommend::{Wanted, data_reference};
 use crate::segment::{Condition, Person, lookup, valid_id};
 use crate::state::{Event, EventPattern, PersonState};
 use crate::{FieldError, Window};
@@ -351,6 +352,10 @@ pub struct Send {
     /// `bulk` (the default) or `realtime`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<String>,
+    /// Recommended items for the message, made when it is sent: in `data` as
+    /// `recommendations`, and for values written `$recommendations.<i>.<field>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommendations: Option<Wanted>,
 }
 
 impl Send {
@@ -403,9 +408,14 @@ enum Reference<'a> {
     Entry(&'a str),
     Trait(&'a str),
     UserId,
+    /// `$recommendations.<i>.<field>`: filled in when the message is sent.
+    Recommended(usize),
 }
 
 fn reference(text: &str) -> Option<Result<Reference<'_>, String>> {
+    if let Some(recommended) = data_reference(text) {
+        return Some(recommended.map(|(index, _)| Reference::Recommended(index)));
+    }
     let rest = text.strip_prefix('$')?;
     Some(if rest == "user_id" {
         Ok(Reference::UserId)
@@ -418,7 +428,8 @@ fn reference(text: &str) -> Option<Result<Reference<'_>, String>> {
         Ok(Reference::Trait(path))
     } else {
         Err(format!(
-            "{text:?}: a reference is $entry.<property>, $traits.<path> or $user_id"
+            "{text:?}: a reference is $entry.<property>, $traits.<path>, $user_id or \
+             $recommendations.<index>.<field>"
         ))
     })
 }
@@ -620,7 +631,29 @@ impl Journey {
                     if !matches!(send.priority.as_deref(), None | Some("bulk" | "realtime")) {
                         err(format!("{at}.send.priority"), "bulk or realtime".into());
                     }
+                    if let Some(wanted) = &send.recommendations {
+                        for e in wanted.check(&format!("{at}.send.recommendations")) {
+                            err(e.field, e.detail);
+                        }
+                    }
                     for (name, value) in &send.data {
+                        if let Some(Ok(Reference::Recommended(index))) =
+                            value.as_str().and_then(reference)
+                        {
+                            match &send.recommendations {
+                                None => err(
+                                    format!("{at}.send.data.{name}"),
+                                    "ask for recommendations in the step (recommendations: \
+                                     {strategy, limit}) to use them"
+                                        .into(),
+                                ),
+                                Some(w) if index >= w.limit => err(
+                                    format!("{at}.send.data.{name}"),
+                                    format!("the step asks for {} recommendations", w.limit),
+                                ),
+                                Some(_) => {}
+                            }
+                        }
                         if let Some(Err(e)) = value.as_str().and_then(reference) {
                             err(format!("{at}.send.data.{name}"), e);
                         } else if let Some(Ok(Reference::Entry(_))) =
@@ -958,6 +991,9 @@ pub struct JourneySend {
     /// The journey's `send_rate`, which the relay keeps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_rate: Option<u32>,
+    /// Recommendations the relay adds to `data` when it sends the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommendations: Option<Wanted>,
 }
 
 impl JourneySend {
@@ -1127,6 +1163,8 @@ fn resolve(text: &str, inst: &Instance, subject: &Subject<'_>) -> Option<Value> 
         Some(Ok(Reference::Entry(name))) => inst.context.get(name).cloned(),
         Some(Ok(Reference::Trait(path))) => lookup(&subject.profile.traits, path).cloned(),
         Some(Ok(Reference::UserId)) => Some(Value::String(subject.profile.user_id.clone())),
+        // The relay fills it in with the recommendations it makes.
+        Some(Ok(Reference::Recommended(_))) => Some(Value::String(text.to_owned())),
         Some(Err(_)) => None,
     }
 }
@@ -1542,6 +1580,7 @@ impl JourneyRecord {
                             marketing: send.is_marketing(),
                             realtime: send.priority.as_deref() == Some("realtime"),
                             send_rate: journey.send_rate,
+                            recommendations: send.recommendations.clone(),
                         });
                         out.count(inst, &here, counter::SENT, 1);
                     }
@@ -1716,6 +1755,55 @@ mod tests {
             .filter(|(k, _)| k.step == step && k.counter == counter)
             .map(|(_, n)| n)
             .sum()
+    }
+
+    #[test]
+    fn a_send_step_asks_for_recommendations_which_the_relay_fills_in() {
+        let with_recs = journey(json!({"id": "recs", "entry": {"event": "product_viewed"},
+            "steps": [{"id": "coupon", "send": {"channel": "alimtalk", "template": "coupon",
+                "recommendations": {"strategy": "viewed_not_purchased", "limit": 2},
+                "data": {"item": "$recommendations.0.name", "other": "$recommendations.1.url",
+                         "viewed": "$entry.item_id"}}}]}));
+        let set = set(vec![with_recs]);
+        let mut p = Person::new();
+        let out = p.did(&set, "product_viewed", json!({"item_id": "sku-1"}), t0());
+        let send = &out.sends[0];
+        // References to the recommendations wait for the relay; the others are read now.
+        assert_eq!(send.data["item"], "$recommendations.0.name");
+        assert_eq!(send.data["other"], "$recommendations.1.url");
+        assert_eq!(send.data["viewed"], "sku-1");
+        let wanted = send.recommendations.as_ref().expect("asked");
+        assert_eq!(
+            (wanted.strategy, wanted.limit),
+            (crate::recommend::Strategy::ViewedNotPurchased, 2)
+        );
+        // A reference without the ask, past the limit, or malformed: named.
+        let refused = |send: Value| {
+            let j: Journey = serde_json::from_value(json!({"id": "x", "entry": {"event": "e"},
+                "steps": [{"id": "a", "send": send}]}))
+            .unwrap();
+            j.validate()
+                .unwrap_err()
+                .into_iter()
+                .map(|e| e.field)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            refused(json!({"channel": "sms", "template": "t",
+                "data": {"x": "$recommendations.0.name"}})),
+            ["steps[0].send.data.x"]
+        );
+        assert_eq!(
+            refused(json!({"channel": "sms", "template": "t",
+                "recommendations": {"strategy": "popular", "limit": 1},
+                "data": {"x": "$recommendations.1.name", "y": "$recommendations.name"}})),
+            ["steps[0].send.data.x", "steps[0].send.data.y"]
+        );
+        assert_eq!(
+            refused(json!({"channel": "sms", "template": "t",
+                "recommendations": {"strategy": "popular", "limit": 51}})),
+            ["steps[0].send.recommendations.limit"]
+        );
     }
 
     #[test]

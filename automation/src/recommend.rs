@@ -974,6 +974,83 @@ pub struct Recommendation {
     pub strategy: Strategy,
 }
 
+/// What a message asks of recommendations: a journey's send step (`recommendations:
+/// {strategy, limit, category}`). The list goes into the message's `data` as `recommendations`
+/// (templates: `{{ recommendations[0].name }}`), and `data` values written
+/// `$recommendations.<i>.<field>` take the field's value (AlimTalk templates, which take only
+/// their approved variables: `item: $recommendations.0.name`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wanted {
+    pub strategy: Strategy,
+    #[serde(default = "default_wanted")]
+    pub limit: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+}
+
+fn default_wanted() -> usize {
+    3
+}
+
+impl Wanted {
+    /// Each field at fault, named under `at` (`steps[2].send.recommendations`).
+    pub fn check(&self, at: &str) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if let Err(e) = check_limit(self.limit) {
+            errors.push(FieldError::new(format!("{at}.{}", e.field), e.detail));
+        }
+        if self.category.as_deref().is_some_and(|c| !valid_item_id(c)) {
+            errors.push(FieldError::new(
+                format!("{at}.category"),
+                format!("1 to {MAX_CATEGORY} characters, no control characters"),
+            ));
+        }
+        errors
+    }
+}
+
+/// A `data` value naming a recommended item's field: `$recommendations.<i>.<path>` (`path`
+/// dotted: `name`, `price`, `attributes.brand`). `None` for any other text; an error for a
+/// malformed reference.
+pub fn data_reference(text: &str) -> Option<Result<(usize, &str), String>> {
+    let rest = text.strip_prefix("$recommendations")?;
+    let parsed = rest.strip_prefix('.').and_then(|rest| {
+        let (index, path) = rest.split_once('.')?;
+        let index: usize = index.parse().ok()?;
+        (!path.is_empty() && !path.split('.').any(str::is_empty)).then_some((index, path))
+    });
+    Some(parsed.ok_or_else(|| {
+        format!("{text:?}: a recommended item's field is $recommendations.<index>.<field>")
+    }))
+}
+
+/// Puts `list` into a message's `data` as `recommendations`, and replaces each value that is a
+/// `data_reference` with what it names. The error names the first value the list cannot give
+/// (too short, or an item without the field): the message is not made.
+pub fn fill_data(data: &mut Map<String, Value>, list: &[Recommendation]) -> Result<(), String> {
+    let items = serde_json::to_value(list).unwrap_or(Value::Array(Vec::new()));
+    for (name, value) in data.iter_mut() {
+        let Some(found) = value.as_str().and_then(data_reference) else {
+            continue;
+        };
+        let (index, path) = found?;
+        let field = items
+            .get(index)
+            .and_then(|item| path.split('.').try_fold(item, |v, key| v.get(key)))
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| {
+                format!(
+                    "data.{name}: {} recommended items, none with {path} at {index}",
+                    list.len()
+                )
+            })?;
+        *value = field.clone();
+    }
+    data.insert("recommendations".into(), items);
+    Ok(())
+}
+
 /// `0.5^(age / RECENCY_HALF_LIFE)`; 1 for a time at or after `now`.
 fn recency(at: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
     let age = (now - at).num_milliseconds().max(0) as f64;
@@ -1825,7 +1902,7 @@ mod tests {
             }
         }
         let mut histories = [ItemHistory::default(), ItemHistory::default()];
-        let mut batches = vec![ItemChanges::default(), ItemChanges::default()];
+        let mut batches = [ItemChanges::default(), ItemChanges::default()];
         for (i, (person, o)) in events.iter().enumerate() {
             batches[i / 4].record(&mut histories[*person], o);
         }
@@ -1891,5 +1968,60 @@ mod tests {
         assert!(rankings(&hourly, category, now + Duration::days(9)).is_empty());
         assert_eq!(counts_kept(), Duration::days(8));
         assert_eq!(hour_of(now), now.timestamp() / 3600);
+    }
+
+    #[test]
+    fn a_message_gets_its_recommendations_and_the_fields_its_data_names() {
+        let list = vec![Recommendation {
+            item: item("sku-1", "shoes"),
+            score: 0.5,
+            strategy: Strategy::ViewedNotPurchased,
+        }];
+        let mut data: Map<String, Value> = serde_json::from_value(json!({
+            "item": "$recommendations.0.name", "link": "$recommendations.0.url",
+            "pct": 10, "note": "$entry-like text stays"}))
+        .unwrap();
+        fill_data(&mut data, &list).unwrap();
+        assert_eq!(data["item"], "Item sku-1");
+        assert_eq!(data["link"], "https://shop.example/sku-1");
+        assert_eq!(data["pct"], 10);
+        assert_eq!(data["recommendations"][0]["id"], "sku-1");
+        assert_eq!(
+            data["recommendations"][0]["strategy"],
+            "viewed_not_purchased"
+        );
+        // The list is too short, or the item lacks the field: named, and no message.
+        let mut data: Map<String, Value> =
+            serde_json::from_value(json!({"second": "$recommendations.1.name"})).unwrap();
+        let e = fill_data(&mut data, &list).unwrap_err();
+        assert!(e.starts_with("data.second: 1 recommended items"), "{e}");
+        let mut data: Map<String, Value> =
+            serde_json::from_value(json!({"img": "$recommendations.0.image"})).unwrap();
+        assert!(fill_data(&mut data, &list).is_err());
+        // References read.
+        assert_eq!(
+            data_reference("$recommendations.2.attributes.brand"),
+            Some(Ok((2, "attributes.brand")))
+        );
+        for bad in [
+            "$recommendations",
+            "$recommendations.x.name",
+            "$recommendations.0",
+            "$recommendations.0..a",
+        ] {
+            assert!(matches!(data_reference(bad), Some(Err(_))), "{bad}");
+        }
+        assert_eq!(data_reference("$entry.item_id"), None);
+        // What a step may ask.
+        let wanted: Wanted = serde_json::from_value(json!({"strategy": "similar_items"})).unwrap();
+        assert_eq!(wanted.limit, 3);
+        assert!(wanted.check("s").is_empty());
+        let wanted = Wanted {
+            strategy: Strategy::Popular,
+            limit: 0,
+            category: Some(String::new()),
+        };
+        let fields: Vec<String> = wanted.check("s").into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["s.limit", "s.category"]);
     }
 }

@@ -113,6 +113,11 @@ pub async fn run(settings: ProcessorSettings, shutdown: CancellationToken) -> an
         Arc::new(audience.clone()),
         shutdown.clone(),
     ));
+    tasks.spawn(crate::items::run(
+        Arc::new(ump_core::recommendations::MySqlItemModel::new(pool.clone())),
+        crate::items::ItemMetrics::new(&metrics.registry)?,
+        shutdown.clone(),
+    ));
     tasks.spawn(watch_lag(
         Arc::clone(&consumer),
         settings.topic.clone(),

@@ -8,6 +8,7 @@
 //! the events topic's lag) and `local` (the all-in-one mode's SQLite file).
 
 pub mod cluster;
+pub mod items;
 pub mod local;
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};

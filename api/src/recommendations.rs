@@ -1,0 +1,159 @@
+//! `GET /v1/users/{user_id}/recommendations`: a person's recommended catalog items by one
+//! strategy (`ump_automation::recommend::recommend`, over the model `ump_core::recommendations`
+//! keeps from the event stream).
+
+use crate::AppState;
+use crate::problem::{FieldError, Problem, respond};
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use ump_automation::recommend::{MAX_LIMIT, Recommendation, Strategy, valid_item_id};
+use ump_core::recommendations::{Ask, recommend_for};
+
+const RETRY_AFTER_SECONDS: u64 = 5;
+/// Items a list has when `limit` is not given.
+pub const DEFAULT_LIMIT: usize = 5;
+
+#[derive(Deserialize)]
+pub struct RecommendQuery {
+    strategy: Option<String>,
+    limit: Option<String>,
+    category: Option<String>,
+}
+
+/// A person's recommendations.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Recommendations {
+    user_id: String,
+    /// The strategy asked for; each item says which strategy produced it (`popular` for the
+    /// cold start's fill).
+    #[schema(value_type = String)]
+    strategy: Strategy,
+    /// Best first: catalog items, each with `score` and `strategy`.
+    #[schema(value_type = Vec<RecommendedItem>)]
+    items: Vec<Recommendation>,
+}
+
+/// A recommended catalog item: the item's fields, its score under the strategy that produced
+/// it (scores of different strategies do not compare) and that strategy.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents `ump_automation::recommend::Recommendation`, which serializes
+pub struct RecommendedItem {
+    id: String,
+    name: String,
+    price: Option<f64>,
+    currency: Option<String>,
+    url: Option<String>,
+    image: Option<String>,
+    category: Option<String>,
+    in_stock: bool,
+    attributes: serde_json::Map<String, serde_json::Value>,
+    score: f64,
+    /// recently_viewed, viewed_not_purchased, similar_items, popular or trending.
+    strategy: String,
+}
+
+fn invalid(field: &str, detail: impl Into<String>) -> Problem {
+    Problem::validation(vec![FieldError::new(field, detail)])
+}
+
+/// The query as asked: a strategy (default `similar_items`), a limit (default
+/// `DEFAULT_LIMIT`), a category.
+pub fn parse_query(query: &RecommendQuery) -> Result<(Strategy, usize, Option<String>), Problem> {
+    let strategy = match query.strategy.as_deref() {
+        None | Some("") => Strategy::SimilarItems,
+        Some(name) => name.parse().map_err(|e: String| invalid("strategy", e))?,
+    };
+    let limit = match query.limit.as_deref() {
+        None | Some("") => DEFAULT_LIMIT,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n @ 1..=MAX_LIMIT) => n,
+            _ => {
+                return Err(invalid(
+                    "limit",
+                    format!("must be an integer from 1 to {MAX_LIMIT}"),
+                ));
+            }
+        },
+    };
+    let category = match query.category.as_deref() {
+        None | Some("") => None,
+        Some(c) if valid_item_id(c) => Some(c.to_owned()),
+        Some(_) => {
+            return Err(invalid(
+                "category",
+                "1 to 128 characters, no control characters",
+            ));
+        }
+    };
+    Ok((strategy, limit, category))
+}
+
+/// A person's recommendations by one strategy.
+#[utoipa::path(get, path = "/v1/users/{user_id}/recommendations", tag = "users",
+    params(("user_id" = String, Path, description = "The application's id for the person (one UMP does not know gets the cold start: popular items)", min_length = 1, max_length = 255, pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"),
+           ("strategy" = Option<String>, Query, description = "recently_viewed, viewed_not_purchased, similar_items (default), popular or trending"),
+           ("limit" = Option<u32>, Query, description = "1 to 50 (default 5)", minimum = 1, maximum = 50),
+           ("category" = Option<String>, Query, description = "Only items of this category")),
+    responses(
+        (status = 200, body = Recommendations),
+        (status = 400, description = "A query parameter given twice", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad user id, strategy, limit or category (named)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
+        (status = 503, body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
+    ),
+    security(("api_key" = [])))]
+pub async fn get_recommendations(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<RecommendQuery>, QueryRejection>,
+) -> Response {
+    respond(
+        async {
+            let tenant = app.keys.authenticate(&headers).await?;
+            let user_id = crate::users::user_id(path)?;
+            let Ok(Query(query)) = query else {
+                return Err(Problem::bad_query(
+                    "strategy",
+                    "give strategy, limit and category once each",
+                ));
+            };
+            let (strategy, limit, category) = parse_query(&query)?;
+            let started = std::time::Instant::now();
+            let items = recommend_for(
+                app.segments.as_ref(),
+                app.items.as_ref(),
+                app.catalog.as_ref(),
+                Ask {
+                    tenant: &tenant.0,
+                    user_id: &user_id,
+                    strategy,
+                    limit,
+                    category: category.as_deref(),
+                    now: Utc::now(),
+                },
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "recommendations failed");
+                Problem::unavailable("recommendations are unavailable", RETRY_AFTER_SECONDS)
+            })?;
+            app.metrics
+                .recommend_seconds
+                .with_label_values(&[strategy.as_str()])
+                .observe(started.elapsed().as_secs_f64());
+            Ok(Json(Recommendations {
+                user_id,
+                strategy,
+                items,
+            }))
+        }
+        .await,
+    )
+}
