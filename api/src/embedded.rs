@@ -320,7 +320,8 @@ fn announce(settings: &EmbeddedSettings, folder: &Path, channels: usize, key: Op
          an example customer: example-kim (the dashboard's Customers tab, GET /v1/users/example-kim)\n  \
          example segments: GET /v1/segments (vip, browsers, sms-marketing, vip-buyers)\n  \
          example journeys: GET /v1/journeys (viewed-not-bought, vip-discount)\n  \
-         an example catalog: GET /v1/catalog/items (sku-1001, sku-2002, ...)\n",
+         an example catalog: GET /v1/catalog/items (sku-1001, sku-2002, ...)\n  \
+         recommendations: GET /v1/users/example-kim/recommendations?strategy=similar_items\n",
         settings.data_dir.display(),
         folder.display()
     );
@@ -443,6 +444,12 @@ async fn example_audience(store: &SqliteStore, log: &SqliteEventLog) -> anyhow::
          "properties": {"item_id": "sku-2002", "name": "Phone case", "price": 15000}},
         {"user_id": "example-kim", "event": "purchase", "timestamp": minutes_ago(10),
          "properties": {"item_id": "sku-2002", "price": 15000}},
+        // Another shopper who viewed the earbuds and headphones: what makes the headphones
+        // similar to the earbuds for example-kim's `similar_items`.
+        {"user_id": "example-lee", "event": "product_viewed", "timestamp": minutes_ago(25),
+         "properties": {"item_id": "sku-1001"}},
+        {"user_id": "example-lee", "event": "product_viewed", "timestamp": minutes_ago(24),
+         "properties": {"item_id": "sku-1002"}},
     ]);
     let queued = serde_json::from_value::<Vec<EventInput>>(events)
         .context("the example events")?

@@ -18,8 +18,10 @@ const TAKE: u32 = 200;
 const REBUILD: u32 = 500;
 /// How often the loop looks for work when there was none.
 const IDLE: Duration = Duration::from_millis(500);
-/// How often popular and trending items are ranked.
+/// How often popular and trending items are ranked when nothing changed (the windows move on).
 pub const RANK_EVERY: Duration = Duration::from_secs(60);
+/// How soon after the last ranking changes taken in are ranked.
+pub const RANK_AFTER_CHANGE: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct ItemMetrics {
@@ -61,16 +63,23 @@ impl ItemMetrics {
 }
 
 /// Runs until `cancel` fires: changes taken as they come, stale lists rebuilt after each take,
-/// rankings every `RANK_EVERY` (and soon after start).
+/// rankings `RANK_AFTER_CHANGE` after changes came in, and at least every `RANK_EVERY`.
 pub async fn run(model: Arc<dyn ItemModel>, metrics: ItemMetrics, cancel: CancellationToken) {
     let mut failures = 0;
-    let mut next_rank = Instant::now() + Duration::from_secs(2);
+    let mut ranked_at: Option<Instant> = None;
+    let mut changed = true;
     loop {
         match round(model.as_ref(), &metrics).await {
-            Ok(busy) => {
+            Ok((busy, took)) => {
                 failures = 0;
-                if Instant::now() >= next_rank {
-                    next_rank = Instant::now() + RANK_EVERY;
+                changed |= took;
+                let since = ranked_at.map(|at| at.elapsed());
+                let due = since.is_none_or(|since| {
+                    since >= RANK_EVERY || (changed && since >= RANK_AFTER_CHANGE)
+                });
+                if due {
+                    ranked_at = Some(Instant::now());
+                    changed = false;
                     if let Err(e) = model.rank(Utc::now()).await {
                         tracing::warn!(error = %e, "ranking popular and trending items failed");
                     }
@@ -98,11 +107,12 @@ pub async fn run(model: Arc<dyn ItemModel>, metrics: ItemMetrics, cancel: Cancel
     }
 }
 
-/// One round: take what is staged, rebuild what went stale. Whether there was work.
+/// One round: take what is staged, rebuild what went stale. Whether there was work, and
+/// whether changes were taken.
 async fn round(
     model: &dyn ItemModel,
     metrics: &ItemMetrics,
-) -> Result<bool, ump_core::history::HistoryError> {
+) -> Result<(bool, bool), ump_core::history::HistoryError> {
     let taken = model.take_changes(TAKE, Utc::now()).await?;
     metrics.taken.inc_by(taken);
     let rebuilt = model.rebuild_neighbours(REBUILD, Utc::now()).await?;
@@ -116,7 +126,7 @@ async fn round(
         .backlog
         .with_label_values(&["stale"])
         .set(i64::try_from(stale).unwrap_or(i64::MAX));
-    Ok(taken > 0 || rebuilt > 0)
+    Ok((taken > 0 || rebuilt > 0, taken > 0))
 }
 
 #[cfg(test)]
