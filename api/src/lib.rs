@@ -128,7 +128,7 @@ impl Default for RequestSettings {
         ump_core::audience::Member, journeys::JourneyRequest, journeys::JourneyView,
         journeys::JourneyList, journeys::CapsDocument, ump_core::journeys::StatRow,
         catalog::CatalogItemSchema, catalog::CatalogItemRequest, catalog::CatalogBatch, catalog::CatalogBatchResult,
-        catalog::CatalogItemPage, recommendations::Recommendations, recommendations::RecommendedItem,
+        catalog::CatalogItemPage, recommendations::Recommendations, recommendations::RecommendedItem, recommendations::StrategyName,
         webhooks::EndpointRequest, webhooks::EndpointCreated,
         webhooks::EndpointList, webhooks::RotateRequest, webhooks::Rotated,
         webhooks::ReplayRequest, webhooks::Replayed, webhooks::TestEventQueued,

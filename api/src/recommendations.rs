@@ -31,11 +31,28 @@ pub struct Recommendations {
     user_id: String,
     /// The strategy asked for; each item says which strategy produced it (`popular` for the
     /// cold start's fill).
-    #[schema(value_type = String)]
+    #[schema(value_type = StrategyName)]
     strategy: Strategy,
     /// Best first: catalog items, each with `score` and `strategy`.
     #[schema(value_type = Vec<RecommendedItem>)]
     items: Vec<Recommendation>,
+}
+
+/// How a list of recommendations is made: `recently_viewed` (newest view first, without what
+/// was bought since), `viewed_not_purchased`, `similar_items` (item-to-item co-occurrence from
+/// the person's latest items), `popular` (people over 7 days), `trending` (the last day against
+/// the week before). Short lists are filled from `popular`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = Strategy)]
+#[allow(dead_code)] // documents `ump_automation::recommend::Strategy`, which parses
+#[allow(clippy::enum_variant_names)]
+pub enum StrategyName {
+    RecentlyViewed,
+    ViewedNotPurchased,
+    SimilarItems,
+    Popular,
+    Trending,
 }
 
 /// A recommended catalog item: the item's fields, its score under the strategy that produced
@@ -53,8 +70,7 @@ pub struct RecommendedItem {
     in_stock: bool,
     attributes: serde_json::Map<String, serde_json::Value>,
     score: f64,
-    /// recently_viewed, viewed_not_purchased, similar_items, popular or trending.
-    strategy: String,
+    strategy: StrategyName,
 }
 
 fn invalid(field: &str, detail: impl Into<String>) -> Problem {
@@ -96,9 +112,9 @@ pub fn parse_query(query: &RecommendQuery) -> Result<(Strategy, usize, Option<St
 /// A person's recommendations by one strategy.
 #[utoipa::path(get, path = "/v1/users/{user_id}/recommendations", tag = "users",
     params(("user_id" = String, Path, description = "The application's id for the person (one UMP does not know gets the cold start: popular items)", min_length = 1, max_length = 255, pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"),
-           ("strategy" = Option<String>, Query, description = "recently_viewed, viewed_not_purchased, similar_items (default), popular or trending"),
+           ("strategy" = Option<StrategyName>, Query, description = "How the list is made (default similar_items)"),
            ("limit" = Option<u32>, Query, description = "1 to 50 (default 5)", minimum = 1, maximum = 50),
-           ("category" = Option<String>, Query, description = "Only items of this category")),
+           ("category" = Option<String>, Query, description = "Only items of this category", pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]{1,128}$")),
     responses(
         (status = 200, body = Recommendations),
         (status = 400, description = "A query parameter given twice", body = Problem, content_type = "application/problem+json"),

@@ -1,4 +1,4 @@
--- Recommendations' model, as in the cluster mode's MySQL (0027_item_counts.sql there).
+-- Recommendations' model, as in the cluster mode's MySQL (0027_item_changes.sql to 0032 there).
 CREATE TABLE item_changes (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant_id   TEXT    NOT NULL,

@@ -2,7 +2,8 @@
 //! journey relay, the event processor, the delivery worker as its own process): people view a
 //! product; those who do not buy it within the wait get one coupon, the buyers none, even though
 //! the delivery worker is killed with SIGKILL while they wait and comes back only after their
-//! coupons were due.
+//! coupons were due. Each coupon names the product the person viewed and did not buy, from
+//! their recommendations (`viewed_not_purchased`) made by the relay when it sends.
 
 mod stack;
 
@@ -93,23 +94,34 @@ async fn the_coupon_goes_out_once_to_each_non_buyer_across_a_killed_delivery_wor
             {"id": "wait-for-purchase", "wait": {"event": "purchase", "match": ["item_id"],
               "timeout": "6s", "on_event": "bought", "on_timeout": "coupon"}},
             {"id": "coupon", "send": {"channel": "sms", "template": "coupon",
-              "data": {"item": "$entry.item_id", "name": "$traits.name"}}},
+              "recommendations": {"strategy": "viewed_not_purchased", "limit": 1},
+              "data": {"item": "$recommendations.0.name", "name": "$traits.name"}}},
             {"id": "bought", "exit": {}}
         ]
     });
     let (status, body) = stack.post("/v1/journeys", &journey).await;
     assert_eq!(status, 201, "{body}");
+    let products = json!({"items": [
+        {"id": "sku-1", "name": "Wireless earbuds", "price": 89000, "currency": "KRW"},
+        {"id": "sku-2", "name": "Phone case", "price": 15000, "currency": "KRW"}]});
+    let (status, body) = stack.post("/v1/catalog/items", &products).await;
+    assert_eq!(status, 200, "{body}");
     let (status, body) = stack
         .post("/v1/journeys/coupon-for-viewers/activate", &json!({}))
         .await;
     assert_eq!(status, 200, "{body}");
     let processor = stack.start_event_processor().await;
 
-    // Everyone views the product; every even-numbered person buys it at once.
+    // Everyone views the product (entering the journey), then views and buys a phone case;
+    // every even-numbered person buys the product too.
     let mut events = Vec::new();
     for p in 0..PEOPLE {
         events.push(json!({"user_id": user(p), "event": "product_viewed",
             "properties": {"item_id": "sku-1"}}));
+        for name in ["product_viewed", "purchase"] {
+            events.push(json!({"user_id": user(p), "event": name,
+                "properties": {"item_id": "sku-2"}}));
+        }
         if p % 2 == 0 {
             events.push(json!({"user_id": user(p), "event": "purchase",
                 "properties": {"item_id": "sku-1"}}));
@@ -155,6 +167,14 @@ async fn the_coupon_goes_out_once_to_each_non_buyer_across_a_killed_delivery_wor
     }
     // Time for a second copy, if one were coming.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let text = std::fs::read_to_string(&stack.outbox).unwrap_or_default();
+    let texts: Vec<&str> = text.lines().filter(|l| l.contains("할인 쿠폰")).collect();
+    assert!(
+        texts
+            .iter()
+            .all(|l| l.contains("Wireless earbuds") && !l.contains("Phone case")),
+        "each coupon names the product viewed and not bought: {texts:?}"
+    );
     let sent = coupons(&stack);
     for p in 0..PEOPLE {
         let ids = sent.get(&phone(p)).cloned().unwrap_or_default();
