@@ -81,11 +81,11 @@ fn invalid(field: &str, detail: impl Into<String>) -> Problem {
 /// `DEFAULT_LIMIT`), a category.
 pub fn parse_query(query: &RecommendQuery) -> Result<(Strategy, usize, Option<String>), Problem> {
     let strategy = match query.strategy.as_deref() {
-        None | Some("") => Strategy::SimilarItems,
+        None => Strategy::SimilarItems,
         Some(name) => name.parse().map_err(|e: String| invalid("strategy", e))?,
     };
     let limit = match query.limit.as_deref() {
-        None | Some("") => DEFAULT_LIMIT,
+        None => DEFAULT_LIMIT,
         Some(text) => match text.parse::<usize>() {
             Ok(n @ 1..=MAX_LIMIT) => n,
             _ => {
@@ -97,7 +97,7 @@ pub fn parse_query(query: &RecommendQuery) -> Result<(Strategy, usize, Option<St
         },
     };
     let category = match query.category.as_deref() {
-        None | Some("") => None,
+        None => None,
         Some(c) if valid_item_id(c) => Some(c.to_owned()),
         Some(_) => {
             return Err(invalid(
