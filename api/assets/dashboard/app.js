@@ -609,6 +609,7 @@
       ? segments.map((segment) => h('li', {}, h('a', { class: 'chip', href: hashOf('segments', segment), dataset: { segment } }, segment)))
       : h('li', { class: 'muted' }, 'In no segment.'));
     showPersonJourneys(person.journeys, person.past_journeys);
+    showRecommendations(id);
     const events = person.recent_events || [];
     fill($('customer-events').tBodies[0], events.length
       ? events.map(eventRow)
@@ -1228,6 +1229,38 @@
         h('td', {}, when(j.left_at)),
         h('td', {}, j.converted ? 'converted (goal reached)' : 'finished')))
       : h('tr', {}, h('td', { colspan: 6, class: 'empty' }, 'Left no journey yet.')));
+  }
+
+  const STRATEGIES = ['viewed_not_purchased', 'recently_viewed', 'similar_items', 'popular', 'trending'];
+
+  /** A person's recommendations per strategy (GET /v1/users/{id}/recommendations); a server
+   *  without them leaves the section out. */
+  async function showRecommendations(id) {
+    let lists;
+    try {
+      lists = await Promise.all(STRATEGIES.map((strategy) =>
+        api(`/v1/users/${encodeURIComponent(id)}/recommendations?${query({ strategy, limit: 5 })}`)));
+    } catch (e) {
+      if (state.customer === id) $('customer-recommendations-part').hidden = true;
+      if (e.status !== 404) throw e;
+      return;
+    }
+    if (state.customer !== id) return;
+    const price = (item) => (typeof item.price === 'number'
+      ? ` · ${item.price.toLocaleString()}${item.currency ? ` ${item.currency}` : ''}` : '');
+    const chip = (item, strategy) => h('li', { dataset: { item: String(item.id) }, title: `score ${Number(item.score).toFixed(3)}` },
+      h('span', {}, String(item.name)), h('span', { class: 'muted' }, ` (${item.id})${price(item)}`),
+      item.strategy !== strategy ? h('i', { class: 'muted' }, ' popular') : null);
+    fill($('customer-recommendations').tBodies[0], lists.map((list, i) => {
+      const strategy = STRATEGIES[i];
+      const items = list.items || [];
+      return h('tr', { dataset: { strategy } },
+        h('td', {}, h('code', {}, strategy)),
+        h('td', {}, items.length
+          ? h('ol', { class: 'items' }, items.map((item) => chip(item, strategy)))
+          : h('span', { class: 'muted' }, 'Nothing to recommend yet (no catalog item fits).')));
+    }));
+    $('customer-recommendations-part').hidden = false;
   }
 
   // ---------------------------------------------------------------- one message

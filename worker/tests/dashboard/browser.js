@@ -325,6 +325,21 @@ async function main() {
     steps.push(`customers: ${audienceCustomer} in ${chips.join(', ')}; events ${recent.join(', ')}`);
     await shot('7c-customer-segments-events');
 
+    // Their recommendations, per strategy: the product they viewed and did not buy (put in the
+    // catalog here, with markup in its name that must stay text).
+    const earbuds = { name: 'Earbuds <img src=x onerror=alert(1)>', price: 89000, currency: 'KRW', category: 'audio' };
+    const put = await call('PUT', '/v1/catalog/items/sku-1001', earbuds);
+    check(put.status === 200 || put.status === 201, `PUT /v1/catalog/items answered ${put.status}`);
+    await page.locator('#customer-form button[type="submit"]').click();
+    const recommended = page.locator('#customer-recommendations tr[data-strategy="viewed_not_purchased"] li[data-item="sku-1001"]');
+    await recommended.waitFor();
+    check((await recommended.innerText()).includes(earbuds.name), 'the recommended item does not show its name as text');
+    const strategies = await page.locator('#customer-recommendations tbody tr').evaluateAll((trs) => trs.map((tr) => tr.dataset.strategy));
+    check(strategies.length === 5, `strategies shown: ${strategies}`);
+    check((await page.locator('#customer-recommendations img').count()) === 0, 'markup in an item name became an element');
+    steps.push(`recommendations: ${strategies.join(', ')}`);
+    await shot('7c2-customer-recommendations');
+
     // Segments: each with its size; names are the application's input too.
     const { body: listedByApi } = await call('GET', '/v1/segments');
     const names = new Map(listedByApi.items.map((g) => [g.id, g.name]));
