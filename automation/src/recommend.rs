@@ -1077,11 +1077,33 @@ pub fn recommend(
     request: &Request<'_>,
     lookup: &dyn Lookup,
 ) -> Vec<Recommendation> {
-    let limit = request.limit.clamp(1, MAX_LIMIT);
+    pick(&candidates(strategy, request, lookup), request, |id| {
+        lookup.item(id)
+    })
+}
+
+/// A possible recommendation before the catalog is asked: the item, its score, and the strategy
+/// that produced it (`popular` for the cold start's fill).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Candidate<'a> {
+    pub id: &'a str,
+    pub score: f64,
+    pub by: Strategy,
+}
+
+/// `recommend`'s first half, which needs no catalog: the strategy's items best first, then
+/// popular's fill, each item once, without what the person bought. `pick` keeps those the
+/// catalog has in stock (and of the category), so a caller can ask the catalog for only as many
+/// as the list needs.
+pub fn candidates<'a>(
+    strategy: Strategy,
+    request: &Request<'a>,
+    lookup: &'a dyn Lookup,
+) -> Vec<Candidate<'a>> {
     let history = request.history;
     let now = request.now;
     let bought: HashSet<&str> = history.purchases.iter().map(|s| s.item.as_str()).collect();
-    let candidates: Vec<(&str, f64)> = match strategy {
+    let own: Vec<(&'a str, f64)> = match strategy {
         Strategy::RecentlyViewed => history
             .views
             .iter()
@@ -1108,28 +1130,39 @@ pub fn recommend(
         .iter()
         .filter(|(id, _)| !bought.contains(id.as_str()))
         .map(|(id, score)| ((id.as_str(), *score), Strategy::Popular));
-    let mut list = Vec::with_capacity(limit);
-    let mut taken = HashSet::new();
-    for ((id, score), by) in candidates.into_iter().map(|c| (c, strategy)).chain(fill) {
-        if list.len() == limit {
-            break;
-        }
-        let Some(item) = lookup.item(id) else {
-            continue;
-        };
-        let fits = item.in_stock
-            && request
-                .category
-                .is_none_or(|c| item.category.as_deref() == Some(c));
-        if fits && taken.insert(id) {
-            list.push(Recommendation {
-                item: item.clone(),
-                score,
-                strategy: by,
-            });
-        }
-    }
-    list
+    let mut seen = HashSet::new();
+    own.into_iter()
+        .map(|c| (c, strategy))
+        .chain(fill)
+        .filter(|((id, _), _)| seen.insert(*id))
+        .map(|((id, score), by)| Candidate { id, score, by })
+        .collect()
+}
+
+/// `recommend`'s second half: up to `request.limit` of `candidates`, in order, that the catalog
+/// (`item`) has, in stock and of `request.category`.
+pub fn pick<'c>(
+    candidates: &[Candidate<'_>],
+    request: &Request<'_>,
+    item: impl Fn(&str) -> Option<&'c CatalogItem>,
+) -> Vec<Recommendation> {
+    let limit = request.limit.clamp(1, MAX_LIMIT);
+    candidates
+        .iter()
+        .filter_map(|c| {
+            let found = item(c.id)?;
+            let fits = found.in_stock
+                && request
+                    .category
+                    .is_none_or(|cat| found.category.as_deref() == Some(cat));
+            fits.then(|| Recommendation {
+                item: found.clone(),
+                score: c.score,
+                strategy: c.by,
+            })
+        })
+        .take(limit)
+        .collect()
 }
 
 fn ranked<'a>(list: &'a [(String, f64)], bought: &HashSet<&str>) -> Vec<(&'a str, f64)> {

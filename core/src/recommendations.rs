@@ -38,9 +38,15 @@ pub trait ItemModel: Send + Sync {
     /// Adds up to `limit` staged batches' changes to the counts, deletes them, and marks the
     /// items they touched stale: all in one transaction. How many batches it took.
     async fn take_changes(&self, limit: u32, now: DateTime<Utc>) -> Result<u64, HistoryError>;
-    /// Rebuilds up to `limit` stale neighbour lists, those stale longest first. How many.
-    async fn rebuild_neighbours(&self, limit: u32, now: DateTime<Utc>)
-    -> Result<u64, HistoryError>;
+    /// Rebuilds up to `limit` neighbour lists stale since `stale_before` or earlier, those stale
+    /// longest first, a batch of items per query. How many. (The upkeep passes a moment a few
+    /// seconds ago: changes to an item within those seconds make one rebuild, not one each.)
+    async fn rebuild_neighbours(
+        &self,
+        limit: u32,
+        stale_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, HistoryError>;
     /// Replaces every tenant's rankings with those their hourly counts give at `now`, and
     /// deletes the hours no ranking looks at any more. How many rankings it stored.
     async fn rank(&self, now: DateTime<Utc>) -> Result<u64, HistoryError>;
@@ -73,8 +79,10 @@ pub struct Ask<'a> {
 }
 
 /// The person's recommendations: their item history (none for a person UMP does not know: the
-/// cold start's popular items), the neighbour lists and rankings the strategy reads, and the
-/// catalog's items among them, each loaded in one query; then the pure ranking.
+/// cold start's popular items), the neighbour lists and rankings the strategy reads, each in one
+/// query; then the candidates in order (`recommend::candidates`), and the catalog asked only for
+/// as many of them as the list needs (`recommend::pick`), a few more than the list's length at a
+/// time.
 pub async fn recommend_for(
     people: &dyn SegmentStore,
     model: &dyn ItemModel,
@@ -92,11 +100,7 @@ pub async fn recommend_for(
             .await?,
         ..Loaded::default()
     };
-    let mut wanted: BTreeSet<String> = loaded.popular.iter().map(|(id, _)| id.clone()).collect();
     match ask.strategy {
-        Strategy::RecentlyViewed | Strategy::ViewedNotPurchased => {
-            wanted.extend(history.views.iter().map(|s| s.item.clone()));
-        }
         Strategy::SimilarItems => {
             let seeds: Vec<String> = history
                 .recent(SEEDS)
@@ -104,36 +108,44 @@ pub async fn recommend_for(
                 .map(|(id, _)| id.to_owned())
                 .collect();
             loaded.neighbours = model.neighbours(ask.tenant, &seeds).await?;
-            wanted.extend(
-                loaded
-                    .neighbours
-                    .values()
-                    .flatten()
-                    .map(|(id, _)| id.clone()),
-            );
         }
-        Strategy::Popular => {}
         Strategy::Trending => {
             loaded.trending = model
                 .ranking(ask.tenant, Ranking::Trending, ask.category)
                 .await?;
-            wanted.extend(loaded.trending.iter().map(|(id, _)| id.clone()));
         }
+        _ => {}
     }
-    let wanted: Vec<String> = wanted.into_iter().collect();
-    loaded.items = catalog.items(ask.tenant, &wanted).await?;
     let request = Request {
         history: &history,
         limit: ask.limit,
         category: ask.category,
         now: ask.now,
     };
-    Ok(recommend::recommend(ask.strategy, &request, &loaded))
+    let candidates = recommend::candidates(ask.strategy, &request, &loaded);
+    let limit = ask.limit.clamp(1, recommend::MAX_LIMIT);
+    let mut list: Vec<Recommendation> = Vec::with_capacity(limit);
+    let mut next = 0;
+    while list.len() < limit && next < candidates.len() {
+        // Out-of-stock and other-category items are the exception: twice what is missing and a
+        // few more usually fill the list in one query.
+        let want = (limit - list.len()) * 2 + 8;
+        let chunk = &candidates[next..(next + want).min(candidates.len())];
+        next += chunk.len();
+        let ids: Vec<String> = chunk.iter().map(|c| c.id.to_owned()).collect();
+        let items = catalog.items(ask.tenant, &ids).await?;
+        let rest = Request {
+            limit: limit - list.len(),
+            ..request
+        };
+        list.extend(recommend::pick(chunk, &rest, |id| items.get(id)));
+    }
+    Ok(list)
 }
 
+/// What the candidates are made from (the catalog is asked afterwards).
 #[derive(Default)]
 struct Loaded {
-    items: BTreeMap<String, CatalogItem>,
     neighbours: HashMap<String, Vec<(String, f64)>>,
     /// Of the asked category (the only one `recommend` asks about).
     popular: Vec<(String, f64)>,
@@ -141,8 +153,8 @@ struct Loaded {
 }
 
 impl Lookup for Loaded {
-    fn item(&self, id: &str) -> Option<&CatalogItem> {
-        self.items.get(id)
+    fn item(&self, _id: &str) -> Option<&CatalogItem> {
+        None
     }
     fn neighbours(&self, id: &str) -> &[(String, f64)] {
         self.neighbours.get(id).map_or(&[], Vec::as_slice)
@@ -378,21 +390,93 @@ struct Stale {
     changed_at: i64,
 }
 
-/// The neighbour list of `stale` from its row `(partner, co, partner's people)`.
-fn rebuilt(stale: &Stale, row: &[(String, i64, i64)]) -> Neighbours {
+/// Stale items per query of their rows.
+const REBUILD_BATCH: usize = 200;
+
+/// The neighbour lists of `stale` (one tenant's) from their rows `(item, partner, co, partner's
+/// people)`.
+fn rebuilt(stale: &[Stale], rows: &[(String, String, i64, i64)]) -> Vec<Neighbours> {
     let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
-    let people_of: HashMap<&str, u32> = row
+    let mut by_item: HashMap<&str, Vec<(&str, u32)>> = HashMap::new();
+    let mut people_of: HashMap<&str, u32> = HashMap::new();
+    for (item, partner, co, people) in rows {
+        by_item
+            .entry(item.as_str())
+            .or_default()
+            .push((partner.as_str(), count(*co)));
+        people_of.insert(partner.as_str(), count(*people));
+    }
+    stale
         .iter()
-        .map(|(partner, _, people)| (partner.as_str(), count(*people)))
-        .collect();
-    Neighbours::from_row(
-        &stale.item,
-        count(stale.people),
-        row.iter()
-            .map(|(partner, co, _)| (partner.as_str(), count(*co))),
-        |p| people_of.get(p).copied().unwrap_or(0),
-        TOP_K,
+        .map(|s| {
+            Neighbours::from_row(
+                &s.item,
+                count(s.people),
+                by_item.get(s.item.as_str()).into_iter().flatten().copied(),
+                |p| people_of.get(p).copied().unwrap_or(0),
+                TOP_K,
+            )
+        })
+        .collect()
+}
+
+/// The stale items to rebuild, oldest first (either backend).
+const STALE_QUERY: &str = "SELECT tenant_id, item_id, people, changed_at FROM item_people \
+     WHERE stale_since IS NOT NULL AND stale_since <= ? ORDER BY stale_since LIMIT ?";
+
+/// The rows of a batch of one tenant's stale items, with each partner's people count.
+fn push_rows_query<DB: sqlx::Database>(q: &mut QueryBuilder<DB>, tenant: &str, items: &[Stale])
+where
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.push(
+        "SELECT p.item_id, p.partner_id, p.co, i.people FROM item_pairs p \
+         JOIN item_people i ON i.tenant_id = p.tenant_id AND i.item_id = p.partner_id \
+         WHERE p.tenant_id = ",
     )
+    .push_bind(tenant)
+    .push(" AND p.item_id IN (");
+    let mut list = q.separated(", ");
+    for s in items {
+        list.push_bind(s.item.as_str());
+    }
+    list.push_unseparated(")");
+}
+
+/// Clears the stale mark of a batch's items unless they changed since they were read.
+fn push_clear<DB: sqlx::Database>(q: &mut QueryBuilder<DB>, tenant: &str, items: &[Stale])
+where
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.push("UPDATE item_people SET stale_since = NULL WHERE tenant_id = ")
+        .push_bind(tenant)
+        .push(" AND (item_id, changed_at) IN (");
+    let mut list = q.separated(", ");
+    for s in items {
+        list.push("(")
+            .push_bind_unseparated(s.item.as_str())
+            .push_unseparated(", ")
+            .push_bind_unseparated(s.changed_at)
+            .push_unseparated(")");
+    }
+    list.push_unseparated(")");
+}
+
+/// Stale items in batches of one tenant each.
+fn batches(stale: Vec<Stale>) -> Vec<(String, Vec<Stale>)> {
+    let mut by_tenant: BTreeMap<String, Vec<Stale>> = BTreeMap::new();
+    for s in stale {
+        by_tenant.entry(s.tenant.clone()).or_default().push(s);
+    }
+    let mut out = Vec::new();
+    for (tenant, mut items) in by_tenant {
+        while !items.is_empty() {
+            let rest = items.split_off(items.len().min(REBUILD_BATCH));
+            out.push((tenant.clone(), std::mem::replace(&mut items, rest)));
+        }
+    }
+    out
 }
 
 /// The rankings of one tenant's hourly rows `(item, hour, n)` and its items' categories.
@@ -533,61 +617,71 @@ impl ItemModel for MySqlItemModel {
     async fn rebuild_neighbours(
         &self,
         limit: u32,
+        stale_before: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<u64, HistoryError> {
-        let rows = sqlx::query(
-            "SELECT tenant_id, item_id, people, changed_at FROM item_people \
-             WHERE stale_since IS NOT NULL ORDER BY stale_since LIMIT ?",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut rebuilt_count = 0;
-        for row in rows {
-            let stale = Stale {
-                tenant: row.try_get(0)?,
-                item: utf8(row.try_get(1)?)?,
-                people: row.try_get(2)?,
-                changed_at: row.try_get(3)?,
-            };
-            let partners = sqlx::query(
-                "SELECT p.partner_id, p.co, i.people FROM item_pairs p \
-                 JOIN item_people i ON i.tenant_id = p.tenant_id AND i.item_id = p.partner_id \
-                 WHERE p.tenant_id = ? AND p.item_id = ?",
-            )
-            .bind(&stale.tenant)
-            .bind(stale.item.as_bytes())
+        let rows = sqlx::query(STALE_QUERY)
+            .bind(micros(stale_before))
+            .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-            let partners = partners
+        let stale = rows
+            .iter()
+            .map(|row| {
+                Ok(Stale {
+                    tenant: row.try_get(0)?,
+                    item: utf8(row.try_get(1)?)?,
+                    people: row.try_get(2)?,
+                    changed_at: row.try_get(3)?,
+                })
+            })
+            .collect::<Result<Vec<_>, HistoryError>>()?;
+        let mut count = 0;
+        for (tenant, items) in batches(stale) {
+            let mut q = QueryBuilder::<MySql>::new("");
+            push_rows_query(&mut q, &tenant, &items);
+            let rows = q
+                .build()
+                .fetch_all(&self.pool)
+                .await?
                 .iter()
-                .map(|r| Ok((utf8(r.try_get(0)?)?, r.try_get(1)?, r.try_get(2)?)))
+                .map(|r| {
+                    Ok((
+                        utf8(r.try_get(0)?)?,
+                        utf8(r.try_get(1)?)?,
+                        r.try_get(2)?,
+                        r.try_get(3)?,
+                    ))
+                })
                 .collect::<Result<Vec<_>, HistoryError>>()?;
-            let list = rebuilt(&stale, &partners);
-            sqlx::query(
-                "INSERT INTO item_neighbours (tenant_id, item_id, neighbours, updated_at) \
-                 VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE neighbours = VALUES(neighbours), \
+            let lists = rebuilt(&items, &rows);
+            let texts = lists
+                .iter()
+                .map(|l| encode_list(&l.list))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut tx = self.pool.begin().await?;
+            let mut q = QueryBuilder::<MySql>::new(
+                "INSERT INTO item_neighbours (tenant_id, item_id, neighbours, updated_at) ",
+            );
+            q.push_values(lists.iter().zip(texts), |mut row, (list, text)| {
+                row.push_bind(&tenant)
+                    .push_bind(list.item.as_bytes().to_vec())
+                    .push_bind(text)
+                    .push_bind(micros(now));
+            });
+            q.push(
+                " ON DUPLICATE KEY UPDATE neighbours = VALUES(neighbours), \
                  updated_at = VALUES(updated_at)",
-            )
-            .bind(&stale.tenant)
-            .bind(stale.item.as_bytes())
-            .bind(encode_list(&list.list)?)
-            .bind(micros(now))
-            .execute(&self.pool)
-            .await?;
-            // Still stale if it changed after the row was read.
-            sqlx::query(
-                "UPDATE item_people SET stale_since = NULL \
-                 WHERE tenant_id = ? AND item_id = ? AND changed_at = ?",
-            )
-            .bind(&stale.tenant)
-            .bind(stale.item.as_bytes())
-            .bind(stale.changed_at)
-            .execute(&self.pool)
-            .await?;
-            rebuilt_count += 1;
+            );
+            q.build().execute(&mut *tx).await?;
+            // Still stale if it changed after its row was read.
+            let mut q = QueryBuilder::<MySql>::new("");
+            push_clear(&mut q, &tenant, &items);
+            q.build().execute(&mut *tx).await?;
+            tx.commit().await?;
+            count += items.len() as u64;
         }
-        Ok(rebuilt_count)
+        Ok(count)
     }
 
     async fn rank(&self, now: DateTime<Utc>) -> Result<u64, HistoryError> {
@@ -763,64 +857,65 @@ impl ItemModel for SqliteItemModel {
     async fn rebuild_neighbours(
         &self,
         limit: u32,
+        stale_before: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<u64, HistoryError> {
         let pool = self.store.pool();
-        let rows = sqlx::query(
-            "SELECT tenant_id, item_id, people, changed_at FROM item_people \
-             WHERE stale_since IS NOT NULL ORDER BY stale_since LIMIT ?",
-        )
-        .bind(limit)
-        .fetch_all(pool)
-        .await?;
-        let mut rebuilt_count = 0;
-        for row in rows {
-            let stale = Stale {
-                tenant: row.try_get(0)?,
-                item: row.try_get(1)?,
-                people: row.try_get(2)?,
-                changed_at: row.try_get(3)?,
-            };
-            let partners = sqlx::query(
-                "SELECT p.partner_id, p.co, i.people FROM item_pairs p \
-                 JOIN item_people i ON i.tenant_id = p.tenant_id AND i.item_id = p.partner_id \
-                 WHERE p.tenant_id = ? AND p.item_id = ?",
-            )
-            .bind(&stale.tenant)
-            .bind(&stale.item)
+        let rows = sqlx::query(STALE_QUERY)
+            .bind(micros(stale_before))
+            .bind(limit)
             .fetch_all(pool)
             .await?;
-            let partners = partners
+        let stale = rows
+            .iter()
+            .map(|row| {
+                Ok(Stale {
+                    tenant: row.try_get(0)?,
+                    item: row.try_get(1)?,
+                    people: row.try_get(2)?,
+                    changed_at: row.try_get(3)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let mut count = 0;
+        for (tenant, items) in batches(stale) {
+            let mut q = QueryBuilder::<Sqlite>::new("");
+            push_rows_query(&mut q, &tenant, &items);
+            let rows = q
+                .build()
+                .fetch_all(pool)
+                .await?
                 .iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;
-            let list = rebuilt(&stale, &partners);
+            let lists = rebuilt(&items, &rows);
+            let texts = lists
+                .iter()
+                .map(|l| encode_list(&l.list))
+                .collect::<Result<Vec<_>, _>>()?;
             let mut tx = pool.begin().await?;
-            sqlx::query(
-                "INSERT INTO item_neighbours (tenant_id, item_id, neighbours, updated_at) \
-                 VALUES (?, ?, ?, ?) ON CONFLICT (tenant_id, item_id) DO UPDATE SET \
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO item_neighbours (tenant_id, item_id, neighbours, updated_at) ",
+            );
+            q.push_values(lists.iter().zip(texts), |mut row, (list, text)| {
+                row.push_bind(&tenant)
+                    .push_bind(list.item.clone())
+                    .push_bind(text)
+                    .push_bind(micros(now));
+            });
+            q.push(
+                " ON CONFLICT (tenant_id, item_id) DO UPDATE SET \
                  neighbours = excluded.neighbours, updated_at = excluded.updated_at",
-            )
-            .bind(&stale.tenant)
-            .bind(&stale.item)
-            .bind(encode_list(&list.list)?)
-            .bind(micros(now))
-            .execute(&mut *tx)
-            .await?;
-            // Still stale if it changed after the row was read.
-            sqlx::query(
-                "UPDATE item_people SET stale_since = NULL \
-                 WHERE tenant_id = ? AND item_id = ? AND changed_at = ?",
-            )
-            .bind(&stale.tenant)
-            .bind(&stale.item)
-            .bind(stale.changed_at)
-            .execute(&mut *tx)
-            .await?;
+            );
+            q.build().execute(&mut *tx).await?;
+            // Still stale if it changed after its row was read.
+            let mut q = QueryBuilder::<Sqlite>::new("");
+            push_clear(&mut q, &tenant, &items);
+            q.build().execute(&mut *tx).await?;
             tx.commit().await?;
-            rebuilt_count += 1;
+            count += items.len() as u64;
         }
-        Ok(rebuilt_count)
+        Ok(count)
     }
 
     async fn rank(&self, now: DateTime<Utc>) -> Result<u64, HistoryError> {

@@ -16,6 +16,10 @@ use ump_core::recommendations::ItemModel;
 const TAKE: u32 = 200;
 /// Neighbour lists rebuilt per round.
 const REBUILD: u32 = 500;
+/// How long an item's list waits after the first change not yet in it: changes to a popular
+/// item within this make one rebuild, so the rebuilds per second are bounded by the items, not
+/// by the events.
+pub const SETTLE: Duration = Duration::from_secs(2);
 /// How often the loop looks for work when there was none.
 const IDLE: Duration = Duration::from_millis(500);
 /// How often popular and trending items are ranked when nothing changed (the windows move on).
@@ -115,7 +119,9 @@ async fn round(
 ) -> Result<(bool, bool), ump_core::history::HistoryError> {
     let taken = model.take_changes(TAKE, Utc::now()).await?;
     metrics.taken.inc_by(taken);
-    let rebuilt = model.rebuild_neighbours(REBUILD, Utc::now()).await?;
+    let now = Utc::now();
+    let settled = now - chrono::Duration::from_std(SETTLE).unwrap_or_default();
+    let rebuilt = model.rebuild_neighbours(REBUILD, settled, now).await?;
     metrics.rebuilt.inc_by(rebuilt);
     let (staged, stale) = model.backlog().await?;
     metrics

@@ -103,7 +103,10 @@ pub async fn the_model_follows_the_events(
     // a, b, c, d in t1; a, b in t2.
     assert_eq!(model.backlog().await.expect("backlog"), (0, 6));
     assert_eq!(
-        model.rebuild_neighbours(1000, now).await.expect("rebuild"),
+        model
+            .rebuild_neighbours(1000, now, now)
+            .await
+            .expect("rebuild"),
         6
     );
     assert_eq!(model.backlog().await.expect("backlog"), (0, 0));
@@ -210,7 +213,10 @@ pub async fn the_model_follows_the_events(
     assert_eq!(model.take_changes(1000, now).await.expect("take"), 1);
     let (_, stale) = model.backlog().await.expect("backlog");
     assert_eq!(stale, 3, "b is new to p3 and pairs with a and c");
-    model.rebuild_neighbours(1000, now).await.expect("rebuild");
+    model
+        .rebuild_neighbours(1000, now, now)
+        .await
+        .expect("rebuild");
     let neighbours = model
         .neighbours("t1", &["a".into()])
         .await
