@@ -20,7 +20,7 @@ use ump_core::config::ResolvedChannel;
 use ump_core::history::{BatchRecord, Deferred, Transition};
 use ump_core::model::{Category, Envelope, Status};
 use ump_core::provider::{Answer, Outcome, Outgoing, Provider};
-use ump_core::resources::DedupeKey;
+use ump_core::resources::{ChannelType, DedupeKey};
 
 /// How long a per-message key (no dedupe) remembers that the message was sent.
 const SENT_MEMORY: Duration = Duration::from_secs(24 * 3600);
@@ -202,6 +202,18 @@ impl DeliveryPipeline {
                 end,
                 now,
                 format!("quiet hours until {}", end.to_rfc3339()),
+            ));
+        }
+        if let Some(end) = ad_ban_ends(&envelope, self.channel.channel_type(), now) {
+            return Ok(self.park(
+                step,
+                envelope,
+                end,
+                now,
+                format!(
+                    "FriendTalk advertising is not sent 20:50–08:00 KST (Kakao's rule): waits until {}",
+                    end.to_rfc3339()
+                ),
             ));
         }
 
@@ -493,6 +505,18 @@ struct Step {
     dead_letter: Option<Envelope>,
 }
 
+/// When `envelope` is FriendTalk advertising inside Kakao's night-time ban at `now`, the moment
+/// the ban ends.
+fn ad_ban_ends(
+    envelope: &Envelope,
+    channel_type: ChannelType,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    (envelope.category == Category::Marketing && channel_type == ChannelType::Friendtalk)
+        .then(|| crate::policy::friendtalk_ad_ban().ends_after(now))
+        .flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,5 +592,29 @@ mod tests {
         let friendtalk = channel("friendtalk", Value::Null);
         let ad = render(&friendtalk, &envelope(Category::Marketing, "세일", 0));
         assert_eq!(ad.map(|o| o.text), Ok("세일".to_owned()));
+    }
+
+    #[test]
+    fn friendtalk_advertising_waits_for_morning_and_information_does_not() {
+        let at = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .expect("time")
+                .with_timezone(&Utc)
+        };
+        let ad = envelope(Category::Marketing, "세일", 0);
+        let info = envelope(Category::Transactional, "주문 확인", 0);
+        // 23:00 KST: FriendTalk advertising waits for 08:00; information and SMS do not.
+        let night = at("2026-11-24T14:00:00Z");
+        assert_eq!(
+            ad_ban_ends(&ad, ChannelType::Friendtalk, night),
+            Some(at("2026-11-24T23:00:00Z"))
+        );
+        assert_eq!(ad_ban_ends(&info, ChannelType::Friendtalk, night), None);
+        assert_eq!(ad_ban_ends(&ad, ChannelType::Sms, night), None);
+        // 12:00 KST: no wait.
+        assert_eq!(
+            ad_ban_ends(&ad, ChannelType::Friendtalk, at("2026-11-24T03:00:00Z")),
+            None
+        );
     }
 }

@@ -63,6 +63,17 @@ impl QuietWindow {
     }
 }
 
+/// Kakao's own rule for FriendTalk: advertising is not sent between 20:50 and 08:00 Korean
+/// time (Kakao refuses it), whatever consent the person gave for the night. A FriendTalk
+/// advertising message that falls in it waits for 08:00.
+pub fn friendtalk_ad_ban() -> QuietWindow {
+    QuietWindow {
+        start: NaiveTime::from_hms_opt(20, 50, 0).expect("a time"),
+        end: NaiveTime::from_hms_opt(8, 0, 0).expect("a time"),
+        zone: chrono_tz::Asia::Seoul,
+    }
+}
+
 /// Backoff before attempt `attempt + 1` after `attempt` failed tries: exponential from the
 /// policy's initial backoff, capped, with jitter (between half and all of it), never shorter than
 /// what the provider asked for.
@@ -127,6 +138,22 @@ mod tests {
         assert_eq!(w.ends_after(utc("2026-11-24T03:00:00Z")), None);
         // 08:00 sharp → over.
         assert_eq!(w.ends_after(utc("2026-11-24T23:00:00Z")), None);
+    }
+
+    #[test]
+    fn friendtalk_advertising_waits_out_kakaos_night_ban() {
+        let ban = friendtalk_ad_ban();
+        // 20:49 KST: still allowed; 20:50: waits for 08:00 the next day; 07:59: for 08:00.
+        assert_eq!(ban.ends_after(utc("2026-11-24T11:49:00Z")), None);
+        assert_eq!(
+            ban.ends_after(utc("2026-11-24T11:50:00Z")),
+            Some(utc("2026-11-24T23:00:00Z"))
+        );
+        assert_eq!(
+            ban.ends_after(utc("2026-11-24T22:59:00Z")),
+            Some(utc("2026-11-24T23:00:00Z"))
+        );
+        assert_eq!(ban.ends_after(utc("2026-11-24T23:00:00Z")), None);
     }
 
     #[test]
