@@ -143,7 +143,8 @@ async fn drain(model: &MySqlItemModel) -> Result<(u64, u64, Duration, Duration),
     let (mut taken, mut rebuilt) = (0, 0);
     let started = Instant::now();
     loop {
-        let n = model.take_changes(20, Utc::now()).await?;
+        // As many staged batches per transaction as the upkeep loop takes (`ump_events::items`).
+        let n = model.take_changes(200, Utc::now()).await?;
         taken += n;
         if n == 0 {
             break;
