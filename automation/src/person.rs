@@ -22,6 +22,8 @@ pub const RECENT_PROPERTIES: usize = 8;
 pub const RECENT_TEXT: usize = 100;
 /// How many client message ids a record remembers to count a repeated event once.
 pub const SEEN_IDS: usize = 100;
+/// Which events view and buy items (`product_viewed`, `purchase`, by `item_id`).
+static ITEM_EVENTS: std::sync::LazyLock<ItemEvents> = std::sync::LazyLock::new(ItemEvents::default);
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PersonRecord {
@@ -88,7 +90,7 @@ impl PersonRecord {
                     properties: summary(&event.properties),
                     timestamp: event.timestamp,
                 });
-                if let Some(observed) = ItemEvents::default().read(event) {
+                if let Some(observed) = ITEM_EVENTS.read(event) {
                     step.items.record(&mut self.items, &observed);
                 }
                 step.counted = true;
@@ -210,6 +212,44 @@ mod tests {
     fn browsers() -> SegmentSet {
         segments(json!([{"id": "browsers", "condition":
             {"performed": {"event": "product_viewed", "at_least": 2, "within": "1h"}}}]))
+    }
+
+    #[test]
+    fn views_go_into_the_item_history_and_the_tenants_counts_once() {
+        let profile = Profile {
+            user_id: "u-1".into(),
+            ..Profile::default()
+        };
+        let none = SegmentSet::default();
+        let journeys = JourneySet::default();
+        let mut record = PersonRecord::default();
+        let first = record.step(
+            &profile,
+            &viewed("a", t0(), Some("m-1")),
+            &none,
+            &journeys,
+            t0(),
+        );
+        assert_eq!(first.items.people.get("a"), Some(&1));
+        let later = t0() + Duration::minutes(1);
+        let second = record.step(&profile, &viewed("b", later, None), &none, &journeys, later);
+        assert_eq!(
+            second.items.pairs.keys().collect::<Vec<_>>(),
+            [&("a".to_owned(), "b".to_owned())]
+        );
+        // The same event again (its message id) changes nothing; nor does a recheck.
+        let again = record.step(
+            &profile,
+            &viewed("a", t0(), Some("m-1")),
+            &none,
+            &journeys,
+            later,
+        );
+        assert!(!again.counted && again.items.is_empty());
+        let recheck = record.step(&profile, &Input::Recheck, &none, &journeys, later);
+        assert!(recheck.items.is_empty());
+        let seen: Vec<&str> = record.items.views.iter().map(|s| s.item.as_str()).collect();
+        assert_eq!(seen, ["b", "a"]);
     }
 
     #[test]
