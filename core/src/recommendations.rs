@@ -194,18 +194,9 @@ pub async fn stage_mysql(
     items: &BTreeMap<String, ItemChanges>,
     now: DateTime<Utc>,
 ) -> Result<(), HistoryError> {
-    let staged = staged_rows(items)?;
-    if staged.is_empty() {
-        return Ok(());
+    if let Some(mut q) = staging_insert::<MySql>(items, now)? {
+        q.build().execute(&mut **tx).await?;
     }
-    let mut q =
-        QueryBuilder::<MySql>::new("INSERT INTO item_changes (tenant_id, changes, created_at) ");
-    q.push_values(&staged, |mut row, (tenant, bytes)| {
-        row.push_bind(*tenant)
-            .push_bind(bytes.as_slice())
-            .push_bind(micros(now));
-    });
-    q.build().execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -215,19 +206,99 @@ pub async fn stage_sqlite(
     items: &BTreeMap<String, ItemChanges>,
     now: DateTime<Utc>,
 ) -> Result<(), HistoryError> {
+    if let Some(mut q) = staging_insert::<Sqlite>(items, now)? {
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// The insert staging each tenant's non-empty changes; `None` when there are none.
+fn staging_insert<DB: sqlx::Database>(
+    items: &BTreeMap<String, ItemChanges>,
+    now: DateTime<Utc>,
+) -> Result<Option<QueryBuilder<DB>>, HistoryError>
+where
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Vec<u8>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
     let staged = staged_rows(items)?;
     if staged.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    let mut q =
-        QueryBuilder::<Sqlite>::new("INSERT INTO item_changes (tenant_id, changes, created_at) ");
-    q.push_values(&staged, |mut row, (tenant, bytes)| {
-        row.push_bind(*tenant)
-            .push_bind(bytes.clone())
+    let mut q = QueryBuilder::new("INSERT INTO item_changes (tenant_id, changes, created_at) ");
+    q.push_values(staged, |mut row, (tenant, bytes)| {
+        row.push_bind(tenant)
+            .push_bind(bytes)
             .push_bind(micros(now));
     });
-    q.build().execute(&mut **tx).await?;
-    Ok(())
+    Ok(Some(q))
+}
+
+/// The upsert of one tenant's rebuilt neighbour lists.
+fn neighbours_upsert<DB: sqlx::Database>(
+    dialect: Dialect,
+    tenant: &str,
+    lists: &[Neighbours],
+    now: DateTime<Utc>,
+) -> Result<QueryBuilder<DB>, HistoryError>
+where
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let texts = lists
+        .iter()
+        .map(|l| encode_list(&l.list))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut q = QueryBuilder::new(
+        "INSERT INTO item_neighbours (tenant_id, item_id, neighbours, updated_at) ",
+    );
+    q.push_values(lists.iter().zip(texts), |mut row, (list, text)| {
+        row.push_bind(tenant)
+            .push_bind(list.item.as_str())
+            .push_bind(text)
+            .push_bind(micros(now));
+    });
+    q.push(dialect.on_conflict(
+        "tenant_id, item_id",
+        &[("neighbours", Set::Replace), ("updated_at", Set::Replace)],
+    ));
+    Ok(q)
+}
+
+/// The inserts of one tenant's rankings (its old ones deleted first), `CHUNK` per statement.
+fn rankings_inserts<DB: sqlx::Database>(
+    tenant: &str,
+    ranked: &[Ranked],
+    now: DateTime<Utc>,
+) -> Result<Vec<QueryBuilder<DB>>, HistoryError>
+where
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let texts = ranked
+        .iter()
+        .map(|r| encode_list(&r.list))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ranked
+        .chunks(CHUNK)
+        .zip(texts.chunks(CHUNK))
+        .map(|(chunk, texts)| {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO item_rankings (tenant_id, kind, category, ranking, updated_at) ",
+            );
+            q.push_values(chunk.iter().zip(texts), |mut row, (r, text)| {
+                row.push_bind(tenant)
+                    .push_bind(r.kind.as_str())
+                    .push_bind(category_key(r.category.as_deref()))
+                    .push_bind(text.clone())
+                    .push_bind(micros(now));
+            });
+            q
+        })
+        .collect())
 }
 
 fn staged_rows(
@@ -655,25 +726,9 @@ impl ItemModel for MySqlItemModel {
                 })
                 .collect::<Result<Vec<_>, HistoryError>>()?;
             let lists = rebuilt(&items, &rows);
-            let texts = lists
-                .iter()
-                .map(|l| encode_list(&l.list))
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut upsert = neighbours_upsert::<MySql>(Dialect::MySql, &tenant, &lists, now)?;
             let mut tx = self.pool.begin().await?;
-            let mut q = QueryBuilder::<MySql>::new(
-                "INSERT INTO item_neighbours (tenant_id, item_id, neighbours, updated_at) ",
-            );
-            q.push_values(lists.iter().zip(texts), |mut row, (list, text)| {
-                row.push_bind(&tenant)
-                    .push_bind(list.item.as_bytes().to_vec())
-                    .push_bind(text)
-                    .push_bind(micros(now));
-            });
-            q.push(
-                " ON DUPLICATE KEY UPDATE neighbours = VALUES(neighbours), \
-                 updated_at = VALUES(updated_at)",
-            );
-            q.build().execute(&mut *tx).await?;
+            upsert.build().execute(&mut *tx).await?;
             // Still stale if it changed after its row was read.
             let mut q = QueryBuilder::<MySql>::new("");
             push_clear(&mut q, &tenant, &items);
@@ -694,26 +749,13 @@ impl ItemModel for MySqlItemModel {
         let mut stored = 0;
         for tenant in tenants {
             let ranked = self.tenant_ranked(&tenant, now).await?;
-            let texts = ranked
-                .iter()
-                .map(|r| encode_list(&r.list))
-                .collect::<Result<Vec<_>, _>>()?;
+            let inserts = rankings_inserts::<MySql>(&tenant, &ranked, now)?;
             let mut tx = self.pool.begin().await?;
             sqlx::query("DELETE FROM item_rankings WHERE tenant_id = ?")
                 .bind(&tenant)
                 .execute(&mut *tx)
                 .await?;
-            for (chunk, texts) in ranked.chunks(CHUNK).zip(texts.chunks(CHUNK)) {
-                let mut q = QueryBuilder::<MySql>::new(
-                    "INSERT INTO item_rankings (tenant_id, kind, category, ranking, updated_at) ",
-                );
-                q.push_values(chunk.iter().zip(texts), |mut row, (r, text)| {
-                    row.push_bind(&tenant)
-                        .push_bind(r.kind.as_str())
-                        .push_bind(category_key(r.category.as_deref()).as_bytes())
-                        .push_bind(text)
-                        .push_bind(micros(now));
-                });
+            for mut q in inserts {
                 q.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
@@ -889,25 +931,9 @@ impl ItemModel for SqliteItemModel {
                 .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;
             let lists = rebuilt(&items, &rows);
-            let texts = lists
-                .iter()
-                .map(|l| encode_list(&l.list))
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut upsert = neighbours_upsert::<Sqlite>(Dialect::Sqlite, &tenant, &lists, now)?;
             let mut tx = pool.begin().await?;
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO item_neighbours (tenant_id, item_id, neighbours, updated_at) ",
-            );
-            q.push_values(lists.iter().zip(texts), |mut row, (list, text)| {
-                row.push_bind(&tenant)
-                    .push_bind(list.item.clone())
-                    .push_bind(text)
-                    .push_bind(micros(now));
-            });
-            q.push(
-                " ON CONFLICT (tenant_id, item_id) DO UPDATE SET \
-                 neighbours = excluded.neighbours, updated_at = excluded.updated_at",
-            );
-            q.build().execute(&mut *tx).await?;
+            upsert.build().execute(&mut *tx).await?;
             // Still stale if it changed after its row was read.
             let mut q = QueryBuilder::<Sqlite>::new("");
             push_clear(&mut q, &tenant, &items);
@@ -928,26 +954,13 @@ impl ItemModel for SqliteItemModel {
         let mut stored = 0;
         for tenant in tenants {
             let ranked = self.tenant_ranked(&tenant, now).await?;
-            let texts = ranked
-                .iter()
-                .map(|r| encode_list(&r.list))
-                .collect::<Result<Vec<_>, _>>()?;
+            let inserts = rankings_inserts::<Sqlite>(&tenant, &ranked, now)?;
             let mut tx = self.store.pool().begin().await?;
             sqlx::query("DELETE FROM item_rankings WHERE tenant_id = ?")
                 .bind(&tenant)
                 .execute(&mut *tx)
                 .await?;
-            for (chunk, texts) in ranked.chunks(CHUNK).zip(texts.chunks(CHUNK)) {
-                let mut q = QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO item_rankings (tenant_id, kind, category, ranking, updated_at) ",
-                );
-                q.push_values(chunk.iter().zip(texts), |mut row, (r, text)| {
-                    row.push_bind(&tenant)
-                        .push_bind(r.kind.as_str())
-                        .push_bind(category_key(r.category.as_deref()))
-                        .push_bind(text)
-                        .push_bind(micros(now));
-                });
+            for mut q in inserts {
                 q.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
