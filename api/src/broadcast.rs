@@ -7,7 +7,10 @@
 
 use crate::AppState;
 use crate::auth::Tenant;
-use crate::messages::{SINGLE_LIMIT, apply_person, envelope, read_json, resolve_person};
+use crate::messages::{
+    SINGLE_LIMIT, apply_person, envelope, put_recommendations, read_json, resolve_person,
+    take_wanted,
+};
 use crate::problem::{FieldError, Problem};
 use crate::request::validate;
 use axum::Json;
@@ -20,8 +23,10 @@ use chrono::Utc;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use ump_automation::recommend::Recommendation;
 use ump_core::broadcast::{Broadcast, BroadcastStatus, Progress};
 use ump_core::model::MessageId;
 
@@ -30,6 +35,8 @@ const RETRY_AFTER_SECONDS: u64 = 5;
 pub const PAGE: u32 = 1000;
 /// Messages of a page enqueued at once.
 const CONCURRENCY: usize = 1000;
+/// Members' recommendations made at once (each a few reads of the history database).
+const RECOMMEND_CONCURRENCY: usize = 16;
 /// How long a sender holds a broadcast without progress before another takes it over.
 pub const LEASE: Duration = Duration::from_secs(30);
 /// How often an idle sender looks for a broadcast to send.
@@ -50,6 +57,9 @@ pub struct BroadcastRequest {
     body: Option<String>,
     subject: Option<String>,
     data: Option<serde_json::Map<String, Value>>,
+    /// Each member's recommended items, as in `POST /v1/messages`; a member without the items
+    /// the message needs is skipped.
+    recommendations: Option<crate::recommendations::WantedSchema>,
     tags: Option<Vec<String>>,
 }
 
@@ -84,9 +94,21 @@ fn member_send(request: &Value, user: &str) -> Value {
     value
 }
 
-/// Fields whose problems are the member's (no consent, no contact point), not the request's.
+/// What the broadcast's message asks for of each member's recommendations (the request was
+/// checked when the broadcast started).
+fn wanted_of(request: &Value) -> Option<ump_automation::recommend::Wanted> {
+    take_wanted(&mut member_send(request, "member"), "")
+        .ok()
+        .flatten()
+}
+
+/// Fields whose problems are the member's (no consent, no contact point, no recommended items),
+/// not the request's.
 fn about_the_member(error: &FieldError) -> bool {
-    matches!(error.field.as_str(), "user" | "to" | "locale")
+    matches!(
+        error.field.as_str(),
+        "user" | "to" | "locale" | "recommendations"
+    )
 }
 
 /// What became of one member.
@@ -99,11 +121,13 @@ enum Outcome {
     Unavailable(Problem),
 }
 
-/// The message of `broadcast` for one member (whose profile is `profile`), or why not.
+/// The message of `broadcast` for one member (whose profile is `profile`, and recommended
+/// items `recommended` when the message asks for them), or why not.
 fn member_message(
     broadcast: &Broadcast,
     user: &str,
     profile: Option<&ump_automation::profile::Profile>,
+    recommended: Option<&[Recommendation]>,
     registry: &ump_core::config::ChannelRegistry,
     now: chrono::DateTime<Utc>,
 ) -> Result<
@@ -114,7 +138,11 @@ fn member_message(
     Outcome,
 > {
     let mut value = member_send(&broadcast.request, user);
-    let refused = apply_person(&mut value, profile, registry, "", now);
+    let wanted = take_wanted(&mut value, "").map_err(Outcome::Invalid)?;
+    let mut refused = apply_person(&mut value, profile, registry, "", now);
+    if let (true, Some(wanted)) = (refused.is_empty(), &wanted) {
+        refused = put_recommendations(&mut value, wanted, recommended.unwrap_or_default(), "");
+    }
     if !refused.is_empty() {
         return Err(if refused.iter().all(about_the_member) {
             Outcome::Skipped
@@ -141,8 +169,9 @@ fn member_message(
     ))
 }
 
-/// Sends one page of members: their profiles in one read, their messages built, then all
-/// enqueued at once (the producer packs them into few requests).
+/// Sends one page of members: their profiles in one read, their recommended items when the
+/// message asks for them, their messages built, then all enqueued at once (the producer packs
+/// them into few requests).
 async fn send_page(app: &AppState, broadcast: &Broadcast, users: Vec<String>) -> Vec<Outcome> {
     let profiles = match app.profiles.profiles(&broadcast.tenant, &users).await {
         Ok(profiles) => profiles,
@@ -155,11 +184,46 @@ async fn send_page(app: &AppState, broadcast: &Broadcast, users: Vec<String>) ->
         }
     };
     let now = Utc::now();
+    let wanted = wanted_of(&broadcast.request);
+    let mut recommended: HashMap<String, Vec<Recommendation>> = HashMap::new();
+    if let Some(wanted) = &wanted {
+        let known: Vec<String> = users
+            .iter()
+            .filter(|user| profiles.contains_key(*user))
+            .cloned()
+            .collect();
+        let lists: Vec<Result<(String, Vec<Recommendation>), Problem>> =
+            futures::stream::iter(known)
+                .map(|user| async move {
+                    crate::recommendations::list_for(app, &broadcast.tenant, &user, wanted, now)
+                        .await
+                        .map(|list| (user, list))
+                        .map_err(|e| {
+                            tracing::warn!(error = %e, "recommendations failed");
+                            Problem::unavailable(
+                                "recommendations are unavailable",
+                                RETRY_AFTER_SECONDS,
+                            )
+                        })
+                })
+                .buffer_unordered(RECOMMEND_CONCURRENCY)
+                .collect()
+                .await;
+        for list in lists {
+            match list {
+                Ok((user, list)) => {
+                    recommended.insert(user, list);
+                }
+                Err(problem) => return vec![Outcome::Unavailable(problem)],
+            }
+        }
+    }
     let registry = app.registry.load();
     let mut outcomes = Vec::with_capacity(users.len());
     let mut messages = Vec::with_capacity(users.len());
     for user in &users {
-        match member_message(broadcast, user, profiles.get(user), &registry, now) {
+        let found = recommended.get(user).map(Vec::as_slice);
+        match member_message(broadcast, user, profiles.get(user), found, &registry, now) {
             Ok(message) => messages.push(message),
             Err(outcome) => outcomes.push(outcome),
         }
@@ -295,6 +359,14 @@ async fn check_request(app: &AppState, tenant: &Tenant, request: &Value) -> Resu
             });
         if let Some(to) = stand_in {
             object.insert("to".into(), Value::String(to.into()));
+        }
+        // A sample list stands in for the member's recommended items.
+        if let Some(wanted) = wanted_of(request)
+            && let Value::Object(data) = object
+                .entry("data")
+                .or_insert_with(|| Value::Object(Default::default()))
+        {
+            crate::recommendations::fill_sample(data, &wanted);
         }
         if let Err(invalid) = validate(&value, &registry, "", now) {
             errors.extend(invalid.into_iter().filter(|e| !about_the_member(e)));

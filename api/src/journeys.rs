@@ -23,9 +23,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use ump_automation::journey::{Cap, Journey, JourneySend, Status, validate_caps};
-use ump_automation::recommend::{
-    CatalogItem, Recommendation, Strategy, Wanted, data_reference, fill_data,
-};
+use ump_automation::recommend::{Wanted, fill_data};
 use ump_core::config::ChannelRegistry;
 use ump_core::journeys::{JourneyError, QueuedSend, StatRow, StoredJourney};
 use ump_core::model::MessageId;
@@ -186,28 +184,6 @@ fn sample_contact(kind: ChannelType) -> &'static str {
     }
 }
 
-/// A list of `n` recommended items with every field set, to check a send step's template and
-/// data against.
-fn sample_recommendations(n: usize) -> Vec<Recommendation> {
-    (0..n)
-        .map(|i| Recommendation {
-            item: CatalogItem {
-                id: format!("sample-{i}"),
-                name: format!("Sample item {i}"),
-                price: Some(10_000.0),
-                currency: Some("KRW".into()),
-                url: Some(format!("https://shop.example/p/sample-{i}")),
-                image: Some(format!("https://shop.example/i/sample-{i}.jpg")),
-                category: Some("sample".into()),
-                in_stock: true,
-                attributes: serde_json::Map::new(),
-            },
-            score: 1.0,
-            strategy: Strategy::Popular,
-        })
-        .collect()
-}
-
 /// Each send step as the message it would make: the channel exists, may carry the category,
 /// and its template gets every variable it needs. Fields are named at the step.
 fn check_sends(journey: &Journey, registry: &ChannelRegistry) -> Vec<FieldError> {
@@ -237,13 +213,7 @@ fn check_sends(journey: &Journey, registry: &ChannelRegistry) -> Vec<FieldError>
         }
         let mut data = send.data.clone();
         if let Some(wanted) = &send.recommendations {
-            // The sample has every item field; an attribute it cannot know reads as text.
-            let _ = fill_data(&mut data, &sample_recommendations(wanted.limit));
-            for value in data.values_mut() {
-                if value.as_str().and_then(data_reference).is_some() {
-                    *value = Value::String("sample".into());
-                }
-            }
+            crate::recommendations::fill_sample(&mut data, wanted);
         }
         let message = json!({
             "channel": send.channel,
@@ -649,29 +619,12 @@ async fn recommended(
     message: &mut Value,
     now: chrono::DateTime<Utc>,
 ) -> Result<(), Relayed> {
-    let started = std::time::Instant::now();
-    let list = ump_core::recommendations::recommend_for(
-        app.segments.as_ref(),
-        app.items.as_ref(),
-        app.catalog.as_ref(),
-        ump_core::recommendations::Ask {
-            tenant,
-            user_id,
-            strategy: wanted.strategy,
-            limit: wanted.limit,
-            category: wanted.category.as_deref(),
-            now,
-        },
-    )
-    .await
-    .map_err(|e| {
-        tracing::warn!(error = %e, "recommendations unavailable; the journey message waits");
-        Relayed::Later
-    })?;
-    app.metrics
-        .recommend_seconds
-        .with_label_values(&[wanted.strategy.as_str()])
-        .observe(started.elapsed().as_secs_f64());
+    let list = crate::recommendations::list_for(app, tenant, user_id, wanted, now)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "recommendations unavailable; the journey message waits");
+            Relayed::Later
+        })?;
     let Some(data) = message.get_mut("data").and_then(Value::as_object_mut) else {
         return Err(Relayed::Dropped);
     };

@@ -312,9 +312,9 @@ impl AppState {
 }
 
 /// Replaces a send's `user` by the person's contact point for the channel (and their locale,
-/// when the send gives none), and applies the consent rules of `category: marketing`, in place,
-/// before `validate`. Returns the fields at fault (names under `prefix`); a store that cannot be
-/// read is a 503.
+/// when the send gives none), applies the consent rules of `category: marketing`, and puts the
+/// person's `recommendations`, when asked for, into `data`; in place, before `validate`. Returns
+/// the fields at fault (names under `prefix`); a store that cannot be read is a 503.
 pub(crate) async fn resolve_person(
     app: &AppState,
     tenant: &Tenant,
@@ -323,18 +323,116 @@ pub(crate) async fn resolve_person(
     prefix: &str,
     now: DateTime<Utc>,
 ) -> Result<Vec<FieldError>, Problem> {
+    let wanted = match take_wanted(value, prefix) {
+        Ok(wanted) => wanted,
+        Err(errors) => return Ok(errors),
+    };
     let user = value
         .get("user")
         .and_then(Value::as_str)
-        .filter(|u| !u.is_empty() && u.len() <= 4 * crate::users::MAX_USER_ID);
-    let profile = match user {
+        .filter(|u| !u.is_empty() && u.len() <= 4 * crate::users::MAX_USER_ID)
+        .map(str::to_owned);
+    let profile = match &user {
         Some(user) => app.profiles.profile(&tenant.0, user).await.map_err(|e| {
             tracing::warn!(error = %e, "profile store failed");
             Problem::unavailable("the profile store is unavailable", RETRY_AFTER_SECONDS)
         })?,
         None => None,
     };
-    Ok(apply_person(value, profile.as_ref(), registry, prefix, now))
+    let refused = apply_person(value, profile.as_ref(), registry, prefix, now);
+    let (true, Some(wanted), Some(user)) = (refused.is_empty(), wanted, user) else {
+        return Ok(refused);
+    };
+    let list = crate::recommendations::list_for(app, &tenant.0, &user, &wanted, now)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "recommendations failed");
+            Problem::unavailable("recommendations are unavailable", RETRY_AFTER_SECONDS)
+        })?;
+    Ok(put_recommendations(value, &wanted, &list, prefix))
+}
+
+/// Takes a send's `recommendations` ask out of it (`None`: none), with its `data` references
+/// checked against it. The errors name the request's fields: they are no person's fault.
+pub(crate) fn take_wanted(
+    value: &mut Value,
+    prefix: &str,
+) -> Result<Option<ump_automation::recommend::Wanted>, Vec<FieldError>> {
+    use ump_automation::recommend::{Wanted, check_references, data_reference};
+    let Some(object) = value.as_object_mut() else {
+        return Ok(None); // `validate` says what is wrong
+    };
+    let field = format!("{prefix}recommendations");
+    let wanted = match object.remove("recommendations") {
+        None | Some(Value::Null) => None,
+        Some(ask) => {
+            let wanted: Wanted = serde_json::from_value(ask)
+                .map_err(|e| vec![FieldError::new(&field, e.to_string())])?;
+            let errors: Vec<FieldError> = wanted
+                .check(&field)
+                .into_iter()
+                .map(|e| FieldError::new(e.field, e.detail))
+                .collect();
+            if !errors.is_empty() {
+                return Err(errors);
+            }
+            if !matches!(object.get("user"), Some(Value::String(_))) {
+                return Err(vec![FieldError::new(
+                    &field,
+                    "recommendations are a person's: give user instead of to",
+                )]);
+            }
+            Some(wanted)
+        }
+    };
+    let Some(Value::Object(data)) = object.get("data") else {
+        return Ok(wanted);
+    };
+    let at = format!("{prefix}data");
+    let mut errors: Vec<FieldError> = check_references(data, wanted.as_ref(), &at)
+        .into_iter()
+        .map(|e| FieldError::new(e.field, e.detail))
+        .collect();
+    for (name, value) in data {
+        if let Some(Err(why)) = value.as_str().and_then(data_reference) {
+            errors.push(FieldError::new(format!("{at}.{name}"), why));
+        }
+    }
+    if errors.is_empty() {
+        Ok(wanted)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Puts the person's `list` into the send's `data` (`fill_data`). A list that cannot give what
+/// the send needs is the person's: `recommendations` is named, with why nothing is sent.
+pub(crate) fn put_recommendations(
+    value: &mut Value,
+    wanted: &ump_automation::recommend::Wanted,
+    list: &[ump_automation::recommend::Recommendation],
+    prefix: &str,
+) -> Vec<FieldError> {
+    let field = format!("{prefix}recommendations");
+    if list.is_empty() {
+        return vec![FieldError::new(
+            field,
+            format!("not sent: the person has no {} items", wanted.strategy),
+        )];
+    }
+    let Some(object) = value.as_object_mut() else {
+        return Vec::new();
+    };
+    let data = object
+        .entry("data")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    let Some(data) = data.as_object_mut() else {
+        return Vec::new(); // `validate` names `data`
+    };
+    match ump_automation::recommend::fill_data(data, list) {
+        Ok(()) => Vec::new(),
+        Err(why) => vec![FieldError::new(field, format!("not sent: {why}"))],
+    }
 }
 
 /// Why `channel` may not carry advertising, and the field at fault: AlimTalk is wrong for the

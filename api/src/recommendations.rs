@@ -11,7 +11,12 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use ump_automation::recommend::{MAX_LIMIT, Recommendation, Strategy, valid_item_id};
+use serde_json::{Map, Value};
+use ump_automation::recommend::{
+    CatalogItem, MAX_LIMIT, Recommendation, Strategy, Wanted, data_reference, fill_data,
+    valid_item_id,
+};
+use ump_core::history::HistoryError;
 use ump_core::recommendations::{Ask, recommend_for};
 
 const RETRY_AFTER_SECONDS: u64 = 5;
@@ -71,6 +76,85 @@ pub struct RecommendedItem {
     attributes: serde_json::Map<String, serde_json::Value>,
     score: f64,
     strategy: StrategyName,
+}
+
+/// What a message or a journey's send step asks for: the person's list by `strategy`, put in
+/// the message's `data` as `recommendations` (`{{ recommendations[0].name }}`); `data` values
+/// written `$recommendations.<i>.<field>` are replaced by that item's field (AlimTalk's approved
+/// variables).
+#[derive(utoipa::ToSchema)]
+#[schema(as = RecommendationsAsk)]
+#[allow(dead_code)] // documents `ump_automation::recommend::Wanted`, which parses
+pub struct WantedSchema {
+    strategy: StrategyName,
+    /// Items in the list, 1 to 50 (default 3).
+    #[schema(minimum = 1, maximum = 50)]
+    limit: Option<u32>,
+    /// Only items of this category.
+    #[schema(pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]{1,128}$")]
+    category: Option<String>,
+    /// Whether a short list is filled from `popular` (default true). `false` for words about
+    /// the strategy ("the product you viewed"): only its own items, and a person without
+    /// them gets no message.
+    fallback: Option<bool>,
+}
+
+/// The person's list as `wanted` says (timed in `ump_recommend_duration_seconds`).
+pub(crate) async fn list_for(
+    app: &AppState,
+    tenant: &str,
+    user_id: &str,
+    wanted: &Wanted,
+    now: chrono::DateTime<Utc>,
+) -> Result<Vec<Recommendation>, HistoryError> {
+    let started = std::time::Instant::now();
+    let items = recommend_for(
+        app.segments.as_ref(),
+        app.items.as_ref(),
+        app.catalog.as_ref(),
+        Ask {
+            tenant,
+            user_id,
+            strategy: wanted.strategy,
+            limit: wanted.limit,
+            category: wanted.category.as_deref(),
+            now,
+        },
+    )
+    .await?;
+    app.metrics
+        .recommend_seconds
+        .with_label_values(&[wanted.strategy.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(wanted.keep(items))
+}
+
+/// `data` as a check sees it before any person's list exists: a sample list of `wanted.limit`
+/// items with every field set; a reference the sample cannot give (an attribute) reads as text.
+pub(crate) fn fill_sample(data: &mut Map<String, Value>, wanted: &Wanted) {
+    let sample: Vec<Recommendation> = (0..wanted.limit)
+        .map(|i| Recommendation {
+            item: CatalogItem {
+                id: format!("sample-{i}"),
+                name: format!("Sample item {i}"),
+                price: Some(10_000.0),
+                currency: Some("KRW".into()),
+                url: Some(format!("https://shop.example/p/sample-{i}")),
+                image: Some(format!("https://shop.example/i/sample-{i}.jpg")),
+                category: Some("sample".into()),
+                in_stock: true,
+                attributes: Map::new(),
+            },
+            score: 1.0,
+            strategy: Strategy::Popular,
+        })
+        .collect();
+    let _ = fill_data(data, &sample);
+    for value in data.values_mut() {
+        if value.as_str().and_then(data_reference).is_some() {
+            *value = Value::String("sample".into());
+        }
+    }
 }
 
 fn invalid(field: &str, detail: impl Into<String>) -> Problem {
@@ -141,29 +225,18 @@ pub async fn get_recommendations(
                 ));
             };
             let (strategy, limit, category) = parse_query(&query)?;
-            let started = std::time::Instant::now();
-            let items = recommend_for(
-                app.segments.as_ref(),
-                app.items.as_ref(),
-                app.catalog.as_ref(),
-                Ask {
-                    tenant: &tenant.0,
-                    user_id: &user_id,
-                    strategy,
-                    limit,
-                    category: category.as_deref(),
-                    now: Utc::now(),
-                },
-            )
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "recommendations failed");
-                Problem::unavailable("recommendations are unavailable", RETRY_AFTER_SECONDS)
-            })?;
-            app.metrics
-                .recommend_seconds
-                .with_label_values(&[strategy.as_str()])
-                .observe(started.elapsed().as_secs_f64());
+            let wanted = Wanted {
+                strategy,
+                limit,
+                category,
+                fallback: true,
+            };
+            let items = list_for(&app, &tenant.0, &user_id, &wanted, Utc::now())
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "recommendations failed");
+                    Problem::unavailable("recommendations are unavailable", RETRY_AFTER_SECONDS)
+                })?;
             Ok(Json(Recommendations {
                 user_id,
                 strategy,

@@ -46,6 +46,12 @@ pub struct SendMessageRequest {
     pub body: Option<String>,
     /// A stored template of the channel.
     pub template: Option<String>,
+    /// With `user`: the person's recommended catalog items, put in `data` as
+    /// `recommendations` for the template (`{{ recommendations[0].name }}`); `data` values
+    /// written `$recommendations.<i>.<field>` become that item's field. A person without the
+    /// items the message needs is refused (422, `recommendations`).
+    #[schema(value_type = Option<crate::recommendations::WantedSchema>)]
+    pub recommendations: Option<Value>,
     /// The template's variables. Their values are inserted as text, never run as template code.
     #[schema(value_type = Option<Object>)]
     pub data: Option<Map<String, Value>>,
@@ -79,8 +85,20 @@ pub struct Tag(String);
 pub use ump_core::model::Category;
 
 const FIELDS: &[&str] = &[
-    "channel", "to", "user", "category", "subject", "body", "template", "data", "locale",
-    "priority", "send_at", "tags", "metadata",
+    "channel",
+    "to",
+    "user",
+    "category",
+    "subject",
+    "body",
+    "template",
+    "data",
+    "locale",
+    "priority",
+    "send_at",
+    "tags",
+    "metadata",
+    "recommendations",
 ];
 const MAX_BODY_CHARS: usize = 65_536;
 const MAX_SUBJECT_CHARS: usize = 998;
@@ -142,6 +160,13 @@ pub fn validate(
         }
     };
     let channel_name = string("channel", true, &mut errors);
+    // An ask for recommendations is taken out with `user` (`messages::resolve_person`).
+    if object.get("recommendations").is_some_and(|v| !v.is_null()) {
+        errors.push(FieldError::new(
+            field("recommendations"),
+            "recommendations are a person's: give user instead of to",
+        ));
+    }
     // A `user` is replaced by their contact point before validation (`messages::resolve_person`).
     let to = string("to", true, &mut errors);
     let category = match string("category", false, &mut errors).as_deref() {

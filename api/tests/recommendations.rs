@@ -256,3 +256,213 @@ async fn a_journey_coupon_names_the_product_viewed_and_not_bought() {
         .count();
     assert_eq!(again, 1);
 }
+
+/// Sends `message`, expecting 202.
+async fn send(ump: &AllInOne, message: &Value) {
+    let (status, body) = ump.post(KEY, "/v1/messages", message).await;
+    assert_eq!(status, 202, "{message}: {body}");
+}
+
+/// The texts sent to `phone` once `count` have come (within 40 s).
+async fn texts_to(ump: &AllInOne, phone: &str, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let texts: Vec<String> = ump
+            .outbox()
+            .into_iter()
+            .filter(|r| r["to"] == phone)
+            .filter_map(|r| r["text"].as_str().map(str::to_owned))
+            .collect();
+        if texts.len() >= count {
+            return texts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {count} to {phone}",
+            texts.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_and_a_broadcast_carry_each_persons_recommendations() {
+    let ump = AllInOne::start("warn", &[]).await;
+    catalog(&ump, KEY).await;
+    let consents = json!([
+        {"purpose": "marketing", "channel": "sms", "granted": true, "source": "signup-form"},
+        {"purpose": "marketing_night", "channel": "sms", "granted": true, "source": "signup-form"}]);
+    // Hana viewed the trail runner; Jun viewed nothing.
+    for (user, phone) in [("hana", "+821055550051"), ("jun", "+821055550052")] {
+        let profile = json!({"traits": {"name": user, "club": "runners"},
+            "contacts": {"phone": phone}, "consents": consents});
+        let (status, body) = ump.put(KEY, &format!("/v1/users/{user}"), &profile).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    event(&ump, "hana", "product_viewed", "r-a").await;
+    wait_first(
+        &ump,
+        "/v1/users/hana/recommendations?strategy=viewed_not_purchased",
+        ("r-a", "viewed_not_purchased"),
+    )
+    .await;
+    // Words about what the person viewed: no popular items in their place.
+    let ask = json!({"strategy": "viewed_not_purchased", "limit": 1, "fallback": false});
+
+    // In the template's text, and as an approved variable's value.
+    send(
+        &ump,
+        &json!({"channel": "sms", "user": "hana", "template": "picks",
+                "data": {"name": "Hana"}, "recommendations": ask}),
+    )
+    .await;
+    send(
+        &ump,
+        &json!({"channel": "sms", "user": "hana", "template": "coupon", "recommendations": ask,
+                "data": {"name": "Hana", "item": "$recommendations.0.name", "pct": 10}}),
+    )
+    .await;
+    let mut texts = texts_to(&ump, "+821055550051", 2).await;
+    texts.sort();
+    assert_eq!(
+        texts,
+        [
+            "Hana님, 보셨던 Trail runner 아직 고민 중이세요? https://shop.example/p/r-a",
+            "Hana님, 보신 상품 Trail runner 10% 할인 쿠폰이 도착했어요",
+        ],
+    );
+
+    // Refused, naming the field: each is the request's fault but the last, which is the person's.
+    let base = json!({"channel": "sms", "user": "hana", "template": "picks",
+        "data": {"name": "Hana"}, "recommendations": ask});
+    let with = |patch: &dyn Fn(&mut Value)| {
+        let mut message = base.clone();
+        patch(&mut message);
+        message
+    };
+    for (message, field) in [
+        (
+            with(&|m| {
+                m.as_object_mut().unwrap().remove("user");
+                m["to"] = json!("+821055550051");
+            }),
+            "recommendations",
+        ),
+        (
+            with(&|m| m["recommendations"]["strategy"] = json!("best")),
+            "recommendations",
+        ),
+        (
+            with(&|m| m["recommendations"]["limit"] = json!(0)),
+            "recommendations.limit",
+        ),
+        (
+            with(&|m| m["data"]["second"] = json!("$recommendations.1.name")),
+            "data.second",
+        ),
+        (
+            with(&|m| m["data"]["odd"] = json!("$recommendations.first")),
+            "data.odd",
+        ),
+        (with(&|m| m["user"] = json!("jun")), "recommendations"),
+    ] {
+        let (status, problem) = ump.post(KEY, "/v1/messages", &message).await;
+        assert_eq!(status, 422, "{message}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], field, "{message}: {problem}");
+    }
+    // By default a short list is filled from popular items (the cold start), each saying so.
+    let filled = wait_first(
+        &ump,
+        "/v1/users/jun/recommendations?strategy=viewed_not_purchased&category=shoes",
+        ("r-a", "popular"),
+    )
+    .await;
+    send(
+        &ump,
+        &json!({"channel": "sms", "user": "jun", "template": "coupon",
+                "recommendations": {"strategy": "viewed_not_purchased", "category": "shoes"},
+                "data": {"name": "Jun", "item": "$recommendations.0.name", "pct": 5}}),
+    )
+    .await;
+    assert_eq!(
+        texts_to(&ump, "+821055550052", 1).await,
+        ["Jun님, 보신 상품 Trail runner 5% 할인 쿠폰이 도착했어요"],
+        "{filled}"
+    );
+    // In a batch, each item's own.
+    let (status, answer) = ump
+        .post(
+            KEY,
+            "/v1/messages/batch",
+            &json!({"messages": [base, with(&|m| m["user"] = json!("jun"))]}),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["results"][0]["status"], "accepted", "{answer}");
+    assert_eq!(
+        answer["results"][1]["error"]["errors"][0]["field"], "messages[1].recommendations",
+        "{answer}"
+    );
+    texts_to(&ump, "+821055550051", 3).await;
+
+    // A broadcast: each member their own list; a member without one is skipped.
+    let (status, body) = ump
+        .post(
+            KEY,
+            "/v1/segments",
+            &json!({"id": "runners", "condition": {"trait": {"path": "club", "equals": "runners"}}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while ump.get(KEY, "/v1/segments/runners").await.1["size"] != 2 {
+        assert!(Instant::now() < deadline, "the segment never filled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, bad) = ump
+        .post(
+            KEY,
+            "/v1/segments/runners/broadcast",
+            &json!({"channel": "sms", "template": "picks", "data": {"name": "Runner"},
+                    "recommendations": {"strategy": "viewed_not_purchased", "limit": 0}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{bad}");
+    assert_eq!(bad["errors"][0]["field"], "recommendations.limit", "{bad}");
+    let (status, started) = ump
+        .post(
+            KEY,
+            "/v1/segments/runners/broadcast",
+            &json!({"id": "runners-picks", "channel": "sms", "template": "picks",
+                    "data": {"name": "Runner"}, "recommendations": ask}),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let done = loop {
+        let (_, state) = ump.get(KEY, "/v1/broadcasts/runners-picks").await;
+        if state["status"] == "done" {
+            break state;
+        }
+        assert!(Instant::now() < deadline, "{state}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        (done["enqueued"].as_u64(), done["skipped"].as_u64()),
+        (Some(1), Some(1)),
+        "{done}"
+    );
+    let texts = texts_to(&ump, "+821055550051", 4).await;
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("(광고)") && t.contains("Runner님, 보셨던 Trail runner")),
+        "{texts:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        texts_to(&ump, "+821055550052", 1).await.len(),
+        1,
+        "Jun viewed nothing: no broadcast message"
+    );
+}

@@ -23,7 +23,7 @@
 //! message, which the delivery dedupe drops.
 
 use crate::profile::Profile;
-use crate::recommend::{Wanted, data_reference};
+use crate::recommend::{Wanted, check_references, data_reference};
 use crate::segment::{Condition, Person, lookup, valid_id};
 use crate::state::{Event, EventPattern, PersonState};
 use crate::{FieldError, Window};
@@ -409,12 +409,12 @@ enum Reference<'a> {
     Trait(&'a str),
     UserId,
     /// `$recommendations.<i>.<field>`: filled in when the message is sent.
-    Recommended(usize),
+    Recommended,
 }
 
 fn reference(text: &str) -> Option<Result<Reference<'_>, String>> {
     if let Some(recommended) = data_reference(text) {
-        return Some(recommended.map(|(index, _)| Reference::Recommended(index)));
+        return Some(recommended.map(|_| Reference::Recommended));
     }
     let rest = text.strip_prefix('$')?;
     Some(if rest == "user_id" {
@@ -636,24 +636,14 @@ impl Journey {
                             err(e.field, e.detail);
                         }
                     }
+                    for e in check_references(
+                        &send.data,
+                        send.recommendations.as_ref(),
+                        &format!("{at}.send.data"),
+                    ) {
+                        err(e.field, e.detail);
+                    }
                     for (name, value) in &send.data {
-                        if let Some(Ok(Reference::Recommended(index))) =
-                            value.as_str().and_then(reference)
-                        {
-                            match &send.recommendations {
-                                None => err(
-                                    format!("{at}.send.data.{name}"),
-                                    "ask for recommendations in the step (recommendations: \
-                                     {strategy, limit}) to use them"
-                                        .into(),
-                                ),
-                                Some(w) if index >= w.limit => err(
-                                    format!("{at}.send.data.{name}"),
-                                    format!("the step asks for {} recommendations", w.limit),
-                                ),
-                                Some(_) => {}
-                            }
-                        }
                         if let Some(Err(e)) = value.as_str().and_then(reference) {
                             err(format!("{at}.send.data.{name}"), e);
                         } else if let Some(Ok(Reference::Entry(_))) =
@@ -1164,7 +1154,7 @@ fn resolve(text: &str, inst: &Instance, subject: &Subject<'_>) -> Option<Value> 
         Some(Ok(Reference::Trait(path))) => lookup(&subject.profile.traits, path).cloned(),
         Some(Ok(Reference::UserId)) => Some(Value::String(subject.profile.user_id.clone())),
         // The relay fills it in with the recommendations it makes.
-        Some(Ok(Reference::Recommended(_))) => Some(Value::String(text.to_owned())),
+        Some(Ok(Reference::Recommended)) => Some(Value::String(text.to_owned())),
         Some(Err(_)) => None,
     }
 }

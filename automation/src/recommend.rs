@@ -987,13 +987,33 @@ pub struct Wanted {
     pub limit: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
+    /// Whether a short list is filled from `popular` (the cold start). `false` for a message
+    /// whose words are about the strategy ("the product you viewed"): only its own items.
+    #[serde(default = "filled", skip_serializing_if = "is_filled")]
+    pub fallback: bool,
 }
 
 fn default_wanted() -> usize {
     3
 }
 
+fn filled() -> bool {
+    true
+}
+
+fn is_filled(fallback: &bool) -> bool {
+    *fallback
+}
+
 impl Wanted {
+    /// `list` as the ask takes it: without the cold start's fill unless `fallback`.
+    pub fn keep(&self, mut list: Vec<Recommendation>) -> Vec<Recommendation> {
+        if !self.fallback {
+            list.retain(|r| r.strategy == self.strategy);
+        }
+        list
+    }
+
     /// Each field at fault, named under `at` (`steps[2].send.recommendations`).
     pub fn check(&self, at: &str) -> Vec<FieldError> {
         let mut errors = Vec::new();
@@ -1023,6 +1043,34 @@ pub fn data_reference(text: &str) -> Option<Result<(usize, &str), String>> {
     Some(parsed.ok_or_else(|| {
         format!("{text:?}: a recommended item's field is $recommendations.<index>.<field>")
     }))
+}
+
+/// The `$recommendations.<i>.<field>` values of a message's `data` against what it asks for:
+/// each needs an ask (`wanted`) with more than `i` items. Named `<at>.<name>` (`at`: where the
+/// data is, `steps[2].send.data`); malformed references are `data_reference`'s to report.
+pub fn check_references(
+    data: &Map<String, Value>,
+    wanted: Option<&Wanted>,
+    at: &str,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (name, value) in data {
+        let Some(Ok((index, _))) = value.as_str().and_then(data_reference) else {
+            continue;
+        };
+        match wanted {
+            None => errors.push(FieldError::new(
+                format!("{at}.{name}"),
+                "ask for recommendations (recommendations: {strategy, limit}) to use them",
+            )),
+            Some(w) if index >= w.limit => errors.push(FieldError::new(
+                format!("{at}.{name}"),
+                format!("{} recommendations are asked for", w.limit),
+            )),
+            Some(_) => {}
+        }
+    }
+    errors
 }
 
 /// Puts `list` into a message's `data` as `recommendations`, and replaces each value that is a
@@ -2049,12 +2097,49 @@ mod tests {
         let wanted: Wanted = serde_json::from_value(json!({"strategy": "similar_items"})).unwrap();
         assert_eq!(wanted.limit, 3);
         assert!(wanted.check("s").is_empty());
+        assert!(wanted.fallback, "filled from popular unless asked not to");
         let wanted = Wanted {
             strategy: Strategy::Popular,
             limit: 0,
             category: Some(String::new()),
+            fallback: true,
         };
         let fields: Vec<String> = wanted.check("s").into_iter().map(|e| e.field).collect();
         assert_eq!(fields, ["s.limit", "s.category"]);
+    }
+
+    #[test]
+    fn an_ask_without_fallback_keeps_only_the_strategys_own_items() {
+        let item = |id: &str, strategy| Recommendation {
+            item: CatalogItem {
+                id: id.into(),
+                name: id.into(),
+                price: None,
+                currency: None,
+                url: None,
+                image: None,
+                category: None,
+                in_stock: true,
+                attributes: Map::new(),
+            },
+            score: 1.0,
+            strategy,
+        };
+        let list = vec![
+            item("a", Strategy::ViewedNotPurchased),
+            item("b", Strategy::Popular),
+        ];
+        let mut wanted: Wanted =
+            serde_json::from_value(json!({"strategy": "viewed_not_purchased"})).unwrap();
+        assert_eq!(wanted.keep(list.clone()), list);
+        wanted.fallback = false;
+        assert_eq!(wanted.keep(list.clone()), list[..1]);
+        // Written back as given: the default left out.
+        assert_eq!(
+            serde_json::to_value(&wanted).unwrap()["fallback"],
+            json!(false)
+        );
+        wanted.fallback = true;
+        assert_eq!(serde_json::to_value(&wanted).unwrap().get("fallback"), None);
     }
 }
