@@ -44,6 +44,9 @@ pub const PAIR_PARTNERS: usize = 20;
 pub const SHRINKAGE: f64 = 5.0;
 /// How many neighbours an item keeps: memory is at most `TOP_K` entries per item.
 pub const TOP_K: usize = 50;
+/// How many partners an item keeps with their co-occurrence counts (`Partners`), among which
+/// its `TOP_K` neighbours are chosen: the stored counts are at most this many per item.
+pub const KEEP_PARTNERS: usize = 200;
 
 /// How far back `popular` counts.
 pub const POPULAR_WINDOW: Duration = Duration::days(7);
@@ -516,6 +519,121 @@ impl ItemChanges {
             .flat_map(|(a, b)| [a.as_str(), b.as_str()])
             .chain(self.people.keys().map(String::as_str))
             .collect()
+    }
+}
+
+impl ItemChanges {
+    /// Each pair as both of its items count it: item → (partner, people added), in key order.
+    pub fn partners_added(&self) -> BTreeMap<&str, Vec<(&str, u32)>> {
+        let mut added: BTreeMap<&str, Vec<(&str, u32)>> = BTreeMap::new();
+        for ((a, b), n) in &self.pairs {
+            if a == b {
+                continue;
+            }
+            added.entry(a).or_default().push((b, *n));
+            added.entry(b).or_default().push((a, *n));
+        }
+        added
+    }
+}
+
+/// An item's partners: the items seen with it and by how many people, at most `KEEP_PARTNERS`,
+/// most first (ties by id). Kept as the Space-Saving algorithm keeps heavy hitters (Metwally,
+/// Agrawal and El Abbadi, 2005): when the list is full a new partner takes the place of the
+/// least counted one, with that count added to its own, so a partner that comes often enough
+/// gets in, and a kept count is over its true count by at most the count it displaced. While
+/// an item has fewer partners than that, every count is exact.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Partners(Vec<(String, u32)>);
+
+impl Partners {
+    /// Reads the stored form: one `partner<TAB>count` a line. (Item ids have no control
+    /// characters, so neither separator can be part of one.)
+    pub fn decode(text: &str) -> Result<Self, String> {
+        let list = text
+            .split('\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| {
+                let (id, n) = line
+                    .split_once('\t')
+                    .ok_or_else(|| format!("partners: {line:?} has no count"))?;
+                let n = n
+                    .parse::<u32>()
+                    .map_err(|e| format!("partners: {line:?}: {e}"))?;
+                Ok((id.to_owned(), n))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let mut partners = Self(list);
+        partners.sort();
+        Ok(partners)
+    }
+
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(self.0.iter().map(|(id, _)| id.len() + 8).sum());
+        for (id, n) in &self.0 {
+            text.push_str(id);
+            text.push('\t');
+            text.push_str(&n.to_string());
+            text.push('\n');
+        }
+        text
+    }
+
+    /// Adds people seen with each partner (`added`, each partner once), keeping at most `keep`.
+    pub fn add(&mut self, added: &[(&str, u32)], keep: usize) {
+        let mut index: HashMap<String, usize> = self
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (id.clone(), i))
+            .collect();
+        let mut newcomers: Vec<(&str, u32)> = Vec::new();
+        for (id, n) in added {
+            match index.get(*id) {
+                Some(&i) => self.0[i].1 = self.0[i].1.saturating_add(*n),
+                None => newcomers.push((id, *n)),
+            }
+        }
+        // The strongest newcomers first, so that they are the ones a full list takes in.
+        newcomers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        for (id, n) in newcomers {
+            if self.0.len() < keep {
+                index.insert(id.to_owned(), self.0.len());
+                self.0.push((id.to_owned(), n));
+                continue;
+            }
+            // The least counted (the last id of those) gives its place and its count.
+            let Some((i, _)) = self
+                .0
+                .iter()
+                .enumerate()
+                .min_by(|(_, a), (_, b)| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+            else {
+                break; // `keep` is 0
+            };
+            let floor = self.0[i].1;
+            index.remove(&self.0[i].0);
+            index.insert(id.to_owned(), i);
+            self.0[i] = (id.to_owned(), floor.saturating_add(n));
+        }
+        self.sort();
+    }
+
+    fn sort(&mut self) {
+        self.0.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    }
+
+    /// (partner, people seen with it), most first.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.0.iter().map(|(id, n)| (id.as_str(), *n))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -2106,6 +2224,55 @@ mod tests {
         };
         let fields: Vec<String> = wanted.check("s").into_iter().map(|e| e.field).collect();
         assert_eq!(fields, ["s.limit", "s.category"]);
+    }
+
+    #[test]
+    fn partners_sum_exactly_until_full_then_keep_the_heavy_hitters() {
+        let mut p = Partners::default();
+        p.add(&[("b", 2), ("c", 1)], 3);
+        p.add(&[("c", 2), ("d", 1)], 3);
+        let list: Vec<(&str, u32)> = p.iter().collect();
+        assert_eq!(list, [("c", 3), ("b", 2), ("d", 1)], "sums, most first");
+        // Full: a newcomer takes the least counted place (of equals, the last id), with its
+        // count on top, so one seen often enough gets in; the total is kept.
+        p.add(&[("e", 1)], 3);
+        assert_eq!(p.iter().collect::<Vec<_>>(), [("c", 3), ("b", 2), ("e", 2)]);
+        p.add(&[("f", 5), ("g", 1)], 3);
+        assert_eq!(p.iter().collect::<Vec<_>>(), [("f", 7), ("c", 3), ("g", 3)]);
+        assert_eq!(p.len(), 3);
+        // Stored and read back as it was; ids with spaces and non-ASCII letters too.
+        let mut q = Partners::default();
+        q.add(&[("운동화 1", 4), ("sku-2", 4), ("a b", 1)], KEEP_PARTNERS);
+        let text = q.encode();
+        assert_eq!(text, "sku-2\t4\n운동화 1\t4\na b\t1\n");
+        assert_eq!(Partners::decode(&text), Ok(q));
+        assert_eq!(Partners::decode(""), Ok(Partners::default()));
+        assert!(Partners::decode("x\n").is_err());
+        assert!(Partners::decode("x\tmany\n").is_err());
+    }
+
+    #[test]
+    fn partners_added_counts_each_pair_in_both_items() {
+        let mut changes = ItemChanges::default();
+        changes.pairs.insert(("a".into(), "b".into()), 2);
+        changes.pairs.insert(("a".into(), "c".into()), 1);
+        let added = changes.partners_added();
+        assert_eq!(added["a"], [("b", 2), ("c", 1)]);
+        assert_eq!(added["b"], [("a", 2)]);
+        assert_eq!(added["c"], [("a", 1)]);
+        // Taken into partner lists, they give the exact counts a reference keeps.
+        let mut reference = ItemCounts::default();
+        for _ in 0..2 {
+            reference.add_pair("a", "b");
+        }
+        reference.add_pair("a", "c");
+        for (item, added) in &added {
+            let mut p = Partners::default();
+            p.add(added, KEEP_PARTNERS);
+            for (partner, n) in p.iter() {
+                assert_eq!(n, reference.co(item, partner));
+            }
+        }
     }
 
     #[test]

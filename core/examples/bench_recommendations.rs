@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use ump_automation::person::PersonRecord;
 use ump_automation::recommend::{
-    CatalogItem, Interaction, ItemChanges, ItemHistory, Observed, Strategy, TOP_K,
+    CatalogItem, Interaction, ItemChanges, ItemHistory, KEEP_PARTNERS, Observed, Strategy, TOP_K,
 };
 use ump_core::audience_mysql::MySqlAudience;
 use ump_core::catalog::{CatalogStore, MySqlCatalog};
@@ -288,7 +288,14 @@ async fn main() -> Result<(), Error> {
     let started = Instant::now();
     let rankings = model.rank(Utc::now()).await?;
     let rank_time = started.elapsed();
-    let (pairs_mib, pair_rows) = table_mib(&pool, "item_pairs").await?;
+    let (counts_mib, item_rows) = table_mib(&pool, "item_people").await?;
+    let (partners, partner_max): (i64, i64) = sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(LENGTH(partners) - LENGTH(REPLACE(partners, '\\n', ''))), 0) AS SIGNED), \
+                CAST(COALESCE(MAX(LENGTH(partners) - LENGTH(REPLACE(partners, '\\n', ''))), 0) AS SIGNED) \
+         FROM item_people",
+    )
+    .fetch_one(&pool)
+    .await?;
     let (lists_mib, _) = table_mib(&pool, "item_neighbours").await?;
     let (people_mib, _) = table_mib(&pool, "person_state").await?;
 
@@ -391,7 +398,7 @@ async fn main() -> Result<(), Error> {
         secs(records_time)
     );
     println!(
-        "| changes taken into the counts | {} ({pair_rows} pair rows ≈ {pairs_mib:.0} MiB) |",
+        "| changes taken into the counts | {} ({item_rows} item rows with {partners} partners, at most {partner_max} an item (of {KEEP_PARTNERS} kept) ≈ {counts_mib:.0} MiB) |",
         secs(taking)
     );
     println!(

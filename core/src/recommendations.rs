@@ -1,6 +1,6 @@
 //! Recommendations as stored and served: the model the event stream keeps (item people counts,
-//! co-occurrence pairs, hourly popularity, each item's neighbour list, popular and trending
-//! rankings) behind the `ItemModel` port, with MySQL and SQLite implementations, and
+//! each item's partners with their co-occurrence counts, hourly popularity, each item's
+//! neighbour list, popular and trending rankings) behind the `ItemModel` port, with MySQL and SQLite implementations, and
 //! `recommend_for`, which loads what a person's list needs and ranks it with the pure
 //! `ump_automation::recommend::recommend`.
 //!
@@ -25,8 +25,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{MySql, QueryBuilder, Row, Sqlite, Transaction};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use ump_automation::recommend::{
-    self, CatalogItem, Hourly, ItemChanges, Lookup, Neighbours, Ranked, Ranking, Recommendation,
-    Request, SEEDS, Strategy, TOP_K,
+    self, CatalogItem, Hourly, ItemChanges, KEEP_PARTNERS, Lookup, Neighbours, Partners, Ranked,
+    Ranking, Recommendation, Request, SEEDS, Strategy, TOP_K,
 };
 
 /// Rows per statement: well under either backend's limit of bound values.
@@ -352,40 +352,66 @@ impl Dialect {
     }
 }
 
-/// The rows the counts take from merged changes, each table's rows in key order (so concurrent
-/// takers lock rows in the same order).
+/// A touched item's row as a take writes it: people added, and its partner list with the
+/// changes' pairs taken in (`Partners::add`).
+struct ItemRow<'a> {
+    tenant: &'a str,
+    item: &'a str,
+    people: i64,
+    partners: String,
+}
+
+/// The rows a take writes from merged changes and the touched items' stored partner lists
+/// (`kept`, read locked; an item missing from it has no row yet), each table's rows in key
+/// order (so concurrent takers lock rows in the same order).
 #[derive(Default)]
 struct CountRows<'a> {
-    /// (tenant, item, people added)
-    people: Vec<(&'a str, &'a str, i64)>,
-    /// (tenant, item, partner, co added): each pair in both rows.
-    pairs: Vec<(&'a str, &'a str, &'a str, i64)>,
+    /// Items with a row.
+    update: Vec<ItemRow<'a>>,
+    /// Items without one: inserted, so that a taker that raced to create the same row fails
+    /// (and takes again) instead of overwriting the other's partners.
+    insert: Vec<ItemRow<'a>>,
     /// (tenant, hour, item, n added)
     hourly: Vec<(&'a str, i64, &'a str, i64)>,
 }
 
+/// Each touched item's stored partners, by (tenant, item); `None` for a row without any.
+type Kept = HashMap<(String, String), Option<String>>;
+
 impl<'a> CountRows<'a> {
-    fn of(merged: &'a BTreeMap<String, ItemChanges>) -> Self {
+    fn of(merged: &'a BTreeMap<String, ItemChanges>, kept: &Kept) -> Result<Self, HistoryError> {
         let mut rows = CountRows::default();
         for (tenant, changes) in merged {
+            let added = changes.partners_added();
             for item in changes.touched() {
-                let added = changes.people.get(item).copied().unwrap_or(0);
-                rows.people.push((tenant, item, i64::from(added)));
-            }
-            for ((a, b), n) in &changes.pairs {
-                rows.pairs.push((tenant, a, b, i64::from(*n)));
-                rows.pairs.push((tenant, b, a, i64::from(*n)));
+                let stored = kept.get(&(tenant.clone(), item.to_owned()));
+                let mut partners = match stored {
+                    Some(Some(text)) => Partners::decode(text).map_err(HistoryError::Corrupt)?,
+                    _ => Partners::default(),
+                };
+                if let Some(added) = added.get(item) {
+                    partners.add(added, KEEP_PARTNERS);
+                }
+                let row = ItemRow {
+                    tenant,
+                    item,
+                    people: i64::from(changes.people.get(item).copied().unwrap_or(0)),
+                    partners: partners.encode(),
+                };
+                match stored {
+                    Some(_) => rows.update.push(row),
+                    None => rows.insert.push(row),
+                }
             }
             for ((item, hour), n) in &changes.hourly {
                 rows.hourly.push((tenant, *hour, item, i64::from(*n)));
             }
         }
-        rows.pairs.sort_unstable();
         rows.hourly.sort_unstable();
-        rows
+        Ok(rows)
     }
 
-    /// The upserts, `CHUNK` rows each: people (marking the items stale), pairs, hours.
+    /// The writes, `CHUNK` rows each: items (marking them stale), new items, hours.
     fn statements<DB: sqlx::Database>(&self, dialect: Dialect, now: i64) -> Vec<QueryBuilder<DB>>
     where
         for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
@@ -398,35 +424,26 @@ impl<'a> CountRows<'a> {
                 ("people", Set::Add),
                 ("stale_since", Set::KeepFirst),
                 ("changed_at", Set::Replace),
+                ("partners", Set::Replace),
             ],
         );
-        for chunk in self.people.chunks(CHUNK) {
-            let mut q = QueryBuilder::new(
-                "INSERT INTO item_people (tenant_id, item_id, people, stale_since, changed_at) ",
-            );
-            q.push_values(chunk, |mut row, (tenant, item, added)| {
-                row.push_bind(*tenant)
-                    .push_bind(*item)
-                    .push_bind(*added)
-                    .push_bind(now)
-                    .push_bind(now);
-            });
-            q.push(people_clause.as_str());
-            out.push(q);
-        }
-        let pairs_clause =
-            dialect.on_conflict("tenant_id, item_id, partner_id", &[("co", Set::Add)]);
-        for chunk in self.pairs.chunks(CHUNK) {
-            let mut q =
-                QueryBuilder::new("INSERT INTO item_pairs (tenant_id, item_id, partner_id, co) ");
-            q.push_values(chunk, |mut row, (tenant, item, partner, co)| {
-                row.push_bind(*tenant)
-                    .push_bind(*item)
-                    .push_bind(*partner)
-                    .push_bind(*co);
-            });
-            q.push(pairs_clause.as_str());
-            out.push(q);
+        for (rows, clause) in [(&self.update, people_clause.as_str()), (&self.insert, "")] {
+            for chunk in rows.chunks(CHUNK) {
+                let mut q = QueryBuilder::new(
+                    "INSERT INTO item_people \
+                     (tenant_id, item_id, people, stale_since, changed_at, partners) ",
+                );
+                q.push_values(chunk, |mut row, r| {
+                    row.push_bind(r.tenant)
+                        .push_bind(r.item)
+                        .push_bind(r.people)
+                        .push_bind(now)
+                        .push_bind(now)
+                        .push_bind(r.partners.as_str());
+                });
+                q.push(clause);
+                out.push(q);
+            }
         }
         let hourly_clause = dialect.on_conflict("tenant_id, hour, item_id", &[("n", Set::Add)]);
         for chunk in self.hourly.chunks(CHUNK) {
@@ -444,6 +461,37 @@ impl<'a> CountRows<'a> {
     }
 }
 
+/// The queries reading the stored partners of the items `merged` touches, `CHUNK` items each,
+/// with the tenant each is for; `lock` adds `FOR UPDATE` (MySQL: the rows stay the taker's
+/// until it commits).
+fn kept_queries<'a, DB: sqlx::Database>(
+    merged: &'a BTreeMap<String, ItemChanges>,
+    lock: bool,
+) -> Vec<(&'a str, QueryBuilder<DB>)>
+where
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut out = Vec::new();
+    for (tenant, changes) in merged {
+        let touched: Vec<&str> = changes.touched().into_iter().collect();
+        for chunk in touched.chunks(CHUNK) {
+            let mut q =
+                QueryBuilder::new("SELECT item_id, partners FROM item_people WHERE tenant_id = ");
+            q.push_bind(tenant.as_str()).push(" AND item_id IN (");
+            let mut list = q.separated(", ");
+            for item in chunk {
+                list.push_bind(*item);
+            }
+            list.push_unseparated(")");
+            if lock {
+                q.push(" FOR UPDATE");
+            }
+            out.push((tenant.as_str(), q));
+        }
+    }
+    out
+}
+
 /// `staged` merged by tenant.
 fn merge_staged(staged: Vec<(String, ItemChanges)>) -> BTreeMap<String, ItemChanges> {
     let mut merged: BTreeMap<String, ItemChanges> = BTreeMap::new();
@@ -459,59 +507,66 @@ struct Stale {
     item: String,
     people: i64,
     changed_at: i64,
+    partners: Partners,
 }
 
-/// Stale items per query of their rows.
+/// Stale items per query of their partners' people counts.
 const REBUILD_BATCH: usize = 200;
 
-/// The neighbour lists of `stale` (one tenant's) from their rows `(item, partner, co, partner's
-/// people)`.
-fn rebuilt(stale: &[Stale], rows: &[(String, String, i64, i64)]) -> Vec<Neighbours> {
+/// The neighbour lists of `stale` (one tenant's) from their partners and each partner's
+/// people count (`people_of`).
+fn rebuilt(stale: &[Stale], people_of: &HashMap<String, i64>) -> Vec<Neighbours> {
     let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
-    let mut by_item: HashMap<&str, Vec<(&str, u32)>> = HashMap::new();
-    let mut people_of: HashMap<&str, u32> = HashMap::new();
-    for (item, partner, co, people) in rows {
-        by_item
-            .entry(item.as_str())
-            .or_default()
-            .push((partner.as_str(), count(*co)));
-        people_of.insert(partner.as_str(), count(*people));
-    }
     stale
         .iter()
         .map(|s| {
             Neighbours::from_row(
                 &s.item,
                 count(s.people),
-                by_item.get(s.item.as_str()).into_iter().flatten().copied(),
-                |p| people_of.get(p).copied().unwrap_or(0),
+                s.partners.iter(),
+                |p| people_of.get(p).copied().map_or(0, count),
                 TOP_K,
             )
         })
         .collect()
 }
 
-/// The stale items to rebuild, oldest first (either backend).
-const STALE_QUERY: &str = "SELECT tenant_id, item_id, people, changed_at FROM item_people \
-     WHERE stale_since IS NOT NULL AND stale_since <= ? ORDER BY stale_since LIMIT ?";
+/// The stale items to rebuild, oldest first, with their partners (either backend).
+const STALE_QUERY: &str = "SELECT tenant_id, item_id, people, changed_at, partners \
+     FROM item_people WHERE stale_since IS NOT NULL AND stale_since <= ? \
+     ORDER BY stale_since LIMIT ?";
 
-/// The rows of a batch of one tenant's stale items, with each partner's people count.
-fn push_rows_query<DB: sqlx::Database>(q: &mut QueryBuilder<DB>, tenant: &str, items: &[Stale])
+/// The queries reading the people counts of a batch's partners, `CHUNK` ids each.
+fn partner_people_queries<DB: sqlx::Database>(
+    tenant: &str,
+    items: &[Stale],
+) -> Vec<QueryBuilder<DB>>
 where
     for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
-    q.push(
-        "SELECT p.item_id, p.partner_id, p.co, i.people FROM item_pairs p \
-         JOIN item_people i ON i.tenant_id = p.tenant_id AND i.item_id = p.partner_id \
-         WHERE p.tenant_id = ",
-    )
-    .push_bind(tenant)
-    .push(" AND p.item_id IN (");
-    let mut list = q.separated(", ");
-    for s in items {
-        list.push_bind(s.item.as_str());
-    }
-    list.push_unseparated(")");
+    let partners: Vec<String> = items
+        .iter()
+        .flat_map(|s| s.partners.iter().map(|(p, _)| p.to_owned()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    partners
+        .chunks(CHUNK)
+        .map(|chunk| {
+            let mut q =
+                QueryBuilder::new("SELECT item_id, people FROM item_people WHERE tenant_id = ");
+            q.push_bind(tenant).push(" AND item_id IN");
+            push_ids(&mut q, chunk);
+            q
+        })
+        .collect()
+}
+
+/// A stored partner list (NULL: none yet).
+fn partners_of(text: Option<&str>) -> Result<Partners, HistoryError> {
+    text.map_or(Ok(Partners::default()), |t| {
+        Partners::decode(t).map_err(HistoryError::Corrupt)
+    })
 }
 
 /// Clears the stale mark of a batch's items unless they changed since they were read.
@@ -584,6 +639,16 @@ where
     separated.push_unseparated(")");
 }
 
+/// MySQL refused an insert for a key another transaction wrote (ER_DUP_ENTRY).
+fn is_duplicate_key(e: &HistoryError) -> bool {
+    match e {
+        HistoryError::Database(sqlx::Error::Database(e)) => e
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|e| e.number() == 1062),
+        _ => false,
+    }
+}
+
 /// MySQL's VARBINARY ids as text.
 fn utf8(bytes: Vec<u8>) -> Result<String, HistoryError> {
     String::from_utf8(bytes).map_err(|e| HistoryError::Corrupt(format!("item id: {e}")))
@@ -624,7 +689,17 @@ impl MySqlItemModel {
             staged.push((row.try_get::<String, _>(1)?, decode_changes(&bytes)?));
         }
         let merged = merge_staged(staged);
-        let counts = CountRows::of(&merged);
+        let mut kept = Kept::new();
+        for (tenant, mut q) in kept_queries::<MySql>(&merged, true) {
+            for row in q.build().fetch_all(&mut *tx).await? {
+                let partners: Option<Vec<u8>> = row.try_get(1)?;
+                kept.insert(
+                    (tenant.to_owned(), utf8(row.try_get(0)?)?),
+                    partners.map(utf8).transpose()?,
+                );
+            }
+        }
+        let counts = CountRows::of(&merged, &kept)?;
         for mut q in counts.statements::<MySql>(Dialect::MySql, micros(now)) {
             q.build().execute(&mut *tx).await?;
         }
@@ -682,7 +757,15 @@ impl MySqlItemModel {
 #[async_trait::async_trait]
 impl ItemModel for MySqlItemModel {
     async fn take_changes(&self, limit: u32, now: DateTime<Utc>) -> Result<u64, HistoryError> {
-        again_on_deadlock(|| self.take_once(limit, now)).await
+        // Another taker may create an item's row between this one's read and its insert: the
+        // insert fails, nothing is written, and the next try reads the row.
+        let mut tries = 1;
+        loop {
+            match again_on_deadlock(|| self.take_once(limit, now)).await {
+                Err(e) if is_duplicate_key(&e) && tries < 3 => tries += 1,
+                result => return result,
+            }
+        }
     }
 
     async fn rebuild_neighbours(
@@ -699,33 +782,25 @@ impl ItemModel for MySqlItemModel {
         let stale = rows
             .iter()
             .map(|row| {
+                let partners: Option<Vec<u8>> = row.try_get(4)?;
                 Ok(Stale {
                     tenant: row.try_get(0)?,
                     item: utf8(row.try_get(1)?)?,
                     people: row.try_get(2)?,
                     changed_at: row.try_get(3)?,
+                    partners: partners_of(partners.map(utf8).transpose()?.as_deref())?,
                 })
             })
             .collect::<Result<Vec<_>, HistoryError>>()?;
         let mut count = 0;
         for (tenant, items) in batches(stale) {
-            let mut q = QueryBuilder::<MySql>::new("");
-            push_rows_query(&mut q, &tenant, &items);
-            let rows = q
-                .build()
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok((
-                        utf8(r.try_get(0)?)?,
-                        utf8(r.try_get(1)?)?,
-                        r.try_get(2)?,
-                        r.try_get(3)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>, HistoryError>>()?;
-            let lists = rebuilt(&items, &rows);
+            let mut people_of = HashMap::new();
+            for mut q in partner_people_queries::<MySql>(&tenant, &items) {
+                for r in q.build().fetch_all(&self.pool).await? {
+                    people_of.insert(utf8(r.try_get(0)?)?, r.try_get(1)?);
+                }
+            }
+            let lists = rebuilt(&items, &people_of);
             let mut upsert = neighbours_upsert::<MySql>(Dialect::MySql, &tenant, &lists, now)?;
             let mut tx = self.pool.begin().await?;
             upsert.build().execute(&mut *tx).await?;
@@ -888,7 +963,13 @@ impl ItemModel for SqliteItemModel {
             staged.push((row.try_get::<String, _>(0)?, decode_changes(&bytes)?));
         }
         let merged = merge_staged(staged);
-        let counts = CountRows::of(&merged);
+        let mut kept = Kept::new();
+        for (tenant, mut q) in kept_queries::<Sqlite>(&merged, false) {
+            for row in q.build().fetch_all(&mut *tx).await? {
+                kept.insert((tenant.to_owned(), row.try_get(0)?), row.try_get(1)?);
+            }
+        }
+        let counts = CountRows::of(&merged, &kept)?;
         for mut q in counts.statements::<Sqlite>(Dialect::Sqlite, micros(now)) {
             q.build().execute(&mut *tx).await?;
         }
@@ -911,26 +992,25 @@ impl ItemModel for SqliteItemModel {
         let stale = rows
             .iter()
             .map(|row| {
+                let partners: Option<String> = row.try_get(4)?;
                 Ok(Stale {
                     tenant: row.try_get(0)?,
                     item: row.try_get(1)?,
                     people: row.try_get(2)?,
                     changed_at: row.try_get(3)?,
+                    partners: partners_of(partners.as_deref())?,
                 })
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            .collect::<Result<Vec<_>, HistoryError>>()?;
         let mut count = 0;
         for (tenant, items) in batches(stale) {
-            let mut q = QueryBuilder::<Sqlite>::new("");
-            push_rows_query(&mut q, &tenant, &items);
-            let rows = q
-                .build()
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-                .collect::<Result<Vec<_>, sqlx::Error>>()?;
-            let lists = rebuilt(&items, &rows);
+            let mut people_of = HashMap::new();
+            for mut q in partner_people_queries::<Sqlite>(&tenant, &items) {
+                for r in q.build().fetch_all(pool).await? {
+                    people_of.insert(r.try_get(0)?, r.try_get(1)?);
+                }
+            }
+            let lists = rebuilt(&items, &people_of);
             let mut upsert = neighbours_upsert::<Sqlite>(Dialect::Sqlite, &tenant, &lists, now)?;
             let mut tx = pool.begin().await?;
             upsert.build().execute(&mut *tx).await?;

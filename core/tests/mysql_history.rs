@@ -701,3 +701,71 @@ async fn losing_a_lock_is_retried_at_once_and_other_errors_are_not() {
     assert_eq!(tries.load(Ordering::SeqCst), 1);
     db.drop_database().await;
 }
+
+/// Takers racing for new items: four upkeep loops take staged batches side by side, each
+/// creating the same items' rows; whichever inserts second takes again, so every pair and
+/// person is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn takers_racing_to_create_an_items_row_count_everything_once() {
+    use std::collections::BTreeMap;
+    use ump_automation::recommend::{ItemChanges, Partners};
+    use ump_core::recommendations::{ItemModel, MySqlItemModel, stage_mysql};
+    let db = TestDatabase::create().await;
+    let now = Utc::now();
+    const BATCHES: u32 = 24;
+    for i in 0..BATCHES {
+        let mut changes = ItemChanges::default();
+        changes.pairs.insert(("x".into(), "y".into()), 1);
+        changes.pairs.insert(("y".into(), format!("z{}", i % 3)), 2);
+        changes.people.insert("x".into(), 1);
+        let mut tx = db.pool.begin().await.expect("begin");
+        stage_mysql(&mut tx, &BTreeMap::from([("t".to_owned(), changes)]), now)
+            .await
+            .expect("stage");
+        tx.commit().await.expect("commit");
+    }
+    let takers: Vec<_> = (0..4)
+        .map(|_| {
+            let model = MySqlItemModel::new(db.pool.clone());
+            tokio::spawn(async move {
+                let mut taken = 0;
+                loop {
+                    match model.take_changes(2, now).await.expect("take") {
+                        0 => return taken,
+                        n => taken += n,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut taken = 0;
+    for taker in takers {
+        taken += taker.await.expect("taker");
+    }
+    assert_eq!(taken, u64::from(BATCHES));
+    let partners = |item: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            let (people, text): (i64, Vec<u8>) = sqlx::query_as(
+                "SELECT people, partners FROM item_people WHERE tenant_id = 't' AND item_id = ?",
+            )
+            .bind(item)
+            .fetch_one(&pool)
+            .await
+            .expect("row");
+            let list = Partners::decode(std::str::from_utf8(&text).expect("utf-8")).expect("list");
+            let list: Vec<(String, u32)> = list.iter().map(|(p, n)| (p.to_owned(), n)).collect();
+            (people, list)
+        }
+    };
+    let pairs = |list: &[(&str, u32)]| -> Vec<(String, u32)> {
+        list.iter().map(|(p, n)| ((*p).to_owned(), *n)).collect()
+    };
+    assert_eq!(partners("x").await, (24, pairs(&[("y", 24)])));
+    assert_eq!(
+        partners("y").await,
+        (0, pairs(&[("x", 24), ("z0", 16), ("z1", 16), ("z2", 16)]))
+    );
+    assert_eq!(partners("z1").await, (0, pairs(&[("y", 16)])));
+    db.drop_database().await;
+}

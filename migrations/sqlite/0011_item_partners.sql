@@ -1,0 +1,15 @@
+-- Each item's partners in its own row instead of a row per pair, as in the cluster mode's MySQL
+-- (0033_item_partners.sql to 0035 there): one `partner<TAB>count` a line, the 200 largest.
+ALTER TABLE item_people ADD COLUMN partners TEXT NULL;
+
+UPDATE item_people SET partners = (
+    SELECT group_concat(t.partner_id || char(9) || t.co, char(10))
+    FROM (
+        SELECT tenant_id, item_id, partner_id, co,
+               row_number() OVER (PARTITION BY tenant_id, item_id ORDER BY co DESC, partner_id) AS r
+        FROM item_pairs
+    ) t
+    WHERE t.tenant_id = item_people.tenant_id AND t.item_id = item_people.item_id AND t.r <= 200
+);
+
+DROP TABLE item_pairs;
