@@ -13,9 +13,9 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::time::Instant;
 use ump_automation::recommend::{
-    CatalogItem, Hourly, ItemChanges, ItemCounts, ItemEvents, ItemHistory, Lookup, Neighbours,
-    POPULAR_WINDOW, Request, Strategy, TOP_K, TRENDING_BASELINE, TRENDING_RECENT, popular,
-    recommend, trending,
+    CatalogItem, Hourly, ItemChanges, ItemCounts, ItemEvents, ItemHistory, KEEP_PARTNERS, Lookup,
+    Neighbours, POPULAR_WINDOW, Partners, Request, Strategy, TOP_K, TRENDING_BASELINE,
+    TRENDING_RECENT, popular, recommend, trending,
 };
 use ump_automation::state::Event;
 
@@ -336,6 +336,7 @@ fn main() {
     let mut counts = ItemCounts::default();
     let mut hourly: HashMap<String, Hourly> = HashMap::new();
     let mut pair_total = 0usize;
+    let mut kept: HashMap<String, Partners> = HashMap::new();
     let folding = Instant::now();
     for event in &training {
         let person = event.properties["user_id"].as_u64().unwrap_or(0) as usize;
@@ -346,6 +347,12 @@ fn main() {
         changes.record(&mut histories[person], &seen);
         pair_total += changes.pairs.values().sum::<u32>() as usize;
         counts.apply(&changes);
+        // The stores keep each item's partners as this does (at most KEEP_PARTNERS).
+        for (item, added) in changes.partners_added() {
+            kept.entry(item.to_owned())
+                .or_default()
+                .add(&added, KEEP_PARTNERS);
+        }
         for ((item, hour), n) in changes.hourly {
             hourly.entry(item).or_default().add_hour(hour, n);
         }
@@ -358,12 +365,28 @@ fn main() {
     let neighbours: HashMap<String, Vec<(String, f64)>> = item_ids
         .iter()
         .map(|item| {
-            let Neighbours { item, list } = counts.neighbours(item, TOP_K);
+            let partners: Vec<(&str, u32)> = kept
+                .get(*item)
+                .map(|p| p.iter().collect())
+                .unwrap_or_default();
+            let Neighbours { item, list } = Neighbours::from_row(
+                item,
+                counts.people(item),
+                partners,
+                |p: &str| counts.people(p),
+                TOP_K,
+            );
             (item, list)
         })
         .collect();
     let rebuild_time = rebuilding.elapsed();
     let row_lengths: usize = item_ids.iter().map(|i| counts.row(i).count()).sum();
+    let longest_row = item_ids
+        .iter()
+        .map(|i| counts.row(i).count())
+        .max()
+        .unwrap_or(0);
+    let full = kept.values().filter(|p| p.len() == KEEP_PARTNERS).count();
 
     let catalog: HashMap<String, CatalogItem> = (0..ITEMS)
         .map(|i| {
@@ -538,7 +561,9 @@ fn main() {
     println!(
         "Neighbour lists: {} items, K = {TOP_K}, {lists} entries ({:.1} per item, about {:.1} MB \
          at {entry_bytes} bytes an entry); rebuilding all from their rows took {:.0} ms ({:.1} µs \
-         an item, rows of {:.0} partners on average).",
+         an item, rows of {:.0} partners on average). Lists are made as the stores make them, \
+         from each item's kept partners (at most {KEEP_PARTNERS}, Space-Saving): {full} of the \
+         items filled theirs (the longest exact row has {longest_row} partners).",
         neighbours.len(),
         lists as f64 / neighbours.len().max(1) as f64,
         (lists * entry_bytes) as f64 / 1e6,

@@ -581,16 +581,11 @@ impl Partners {
 
     /// Adds people seen with each partner (`added`, each partner once), keeping at most `keep`.
     pub fn add(&mut self, added: &[(&str, u32)], keep: usize) {
-        let mut index: HashMap<String, usize> = self
-            .0
-            .iter()
-            .enumerate()
-            .map(|(i, (id, _))| (id.clone(), i))
-            .collect();
+        // A list is short (`KEEP_PARTNERS`): looking each partner up in it beats an index.
         let mut newcomers: Vec<(&str, u32)> = Vec::new();
         for (id, n) in added {
-            match index.get(*id) {
-                Some(&i) => self.0[i].1 = self.0[i].1.saturating_add(*n),
+            match self.0.iter_mut().find(|(kept, _)| kept == id) {
+                Some(kept) => kept.1 = kept.1.saturating_add(*n),
                 None => newcomers.push((id, *n)),
             }
         }
@@ -598,7 +593,6 @@ impl Partners {
         newcomers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         for (id, n) in newcomers {
             if self.0.len() < keep {
-                index.insert(id.to_owned(), self.0.len());
                 self.0.push((id.to_owned(), n));
                 continue;
             }
@@ -612,8 +606,6 @@ impl Partners {
                 break; // `keep` is 0
             };
             let floor = self.0[i].1;
-            index.remove(&self.0[i].0);
-            index.insert(id.to_owned(), i);
             self.0[i] = (id.to_owned(), floor.saturating_add(n));
         }
         self.sort();

@@ -1,16 +1,21 @@
 //! Recommendations as stored and served: the model the event stream keeps (item people counts,
 //! each item's partners with their co-occurrence counts, hourly popularity, each item's
-//! neighbour list, popular and trending rankings) behind the `ItemModel` port, with MySQL and SQLite implementations, and
-//! `recommend_for`, which loads what a person's list needs and ranks it with the pure
-//! `ump_automation::recommend::recommend`.
+//! neighbour list, popular and trending rankings) behind the `ItemModel` port, with MySQL and
+//! SQLite implementations, and `recommend_for`, which loads what a person's list needs and ranks
+//! it with the pure `ump_automation::recommend::recommend`.
 //!
 //! How the model stays current, exactly once, without the processor's lanes waiting on each
-//! other for a popular item's row:
+//! other for a popular item's row, and with the cost of an event independent of how many
+//! partners its item has:
 //! 1. the processor stages each batch's `ItemChanges` (one row per tenant, an insert) in the
 //!    batch's own transaction (`stage_mysql`, `stage_sqlite`);
-//! 2. `take_changes` adds staged changes to the counts and deletes them in one transaction, and
-//!    marks the items they touched stale;
-//! 3. `rebuild_neighbours` rebuilds stale items' neighbour lists from their rows, oldest first;
+//! 2. `take_changes` adds staged changes to the people counts, inserts each touched item's
+//!    partner counts as a delta row, marks the items stale and deletes what it took, in one
+//!    transaction;
+//! 3. `rebuild_neighbours` rebuilds stale items' neighbour lists, oldest first, each batch with
+//!    its items' rows locked: their deltas folded into their partner lists (at most
+//!    `KEEP_PARTNERS`), the deltas deleted, the lists made, in one transaction; so an item's
+//!    partner list is rewritten once per rebuild, however many takes touched it;
 //! 4. `rank` ranks each tenant's popular and trending items from the hourly counts, and forgets
 //!    hours no ranking looks at any more.
 //!
@@ -352,66 +357,42 @@ impl Dialect {
     }
 }
 
-/// A touched item's row as a take writes it: people added, and its partner list with the
-/// changes' pairs taken in (`Partners::add`).
-struct ItemRow<'a> {
-    tenant: &'a str,
-    item: &'a str,
-    people: i64,
-    partners: String,
-}
-
-/// The rows a take writes from merged changes and the touched items' stored partner lists
-/// (`kept`, read locked; an item missing from it has no row yet), each table's rows in key
-/// order (so concurrent takers lock rows in the same order).
+/// The rows a take writes from merged changes, each table's rows in key order (so concurrent
+/// takers lock rows in the same order): every touched item's people added (and its stale
+/// mark), the partner counts each item gained (a delta row, folded into its list by the next
+/// rebuild), the hours' popularity.
 #[derive(Default)]
 struct CountRows<'a> {
-    /// Items with a row.
-    update: Vec<ItemRow<'a>>,
-    /// Items without one: inserted, so that a taker that raced to create the same row fails
-    /// (and takes again) instead of overwriting the other's partners.
-    insert: Vec<ItemRow<'a>>,
+    /// (tenant, item, people added)
+    people: Vec<(&'a str, &'a str, i64)>,
+    /// (tenant, item, partners added: `Partners`' stored form)
+    deltas: Vec<(&'a str, &'a str, String)>,
     /// (tenant, hour, item, n added)
     hourly: Vec<(&'a str, i64, &'a str, i64)>,
 }
 
-/// Each touched item's stored partners, by (tenant, item); `None` for a row without any.
-type Kept = HashMap<(String, String), Option<String>>;
-
 impl<'a> CountRows<'a> {
-    fn of(merged: &'a BTreeMap<String, ItemChanges>, kept: &Kept) -> Result<Self, HistoryError> {
+    fn of(merged: &'a BTreeMap<String, ItemChanges>) -> Self {
         let mut rows = CountRows::default();
         for (tenant, changes) in merged {
-            let added = changes.partners_added();
             for item in changes.touched() {
-                let stored = kept.get(&(tenant.clone(), item.to_owned()));
-                let mut partners = match stored {
-                    Some(Some(text)) => Partners::decode(text).map_err(HistoryError::Corrupt)?,
-                    _ => Partners::default(),
-                };
-                if let Some(added) = added.get(item) {
-                    partners.add(added, KEEP_PARTNERS);
-                }
-                let row = ItemRow {
-                    tenant,
-                    item,
-                    people: i64::from(changes.people.get(item).copied().unwrap_or(0)),
-                    partners: partners.encode(),
-                };
-                match stored {
-                    Some(_) => rows.update.push(row),
-                    None => rows.insert.push(row),
-                }
+                let added = changes.people.get(item).copied().unwrap_or(0);
+                rows.people.push((tenant, item, i64::from(added)));
+            }
+            for (item, added) in changes.partners_added() {
+                let mut delta = Partners::default();
+                delta.add(&added, usize::MAX);
+                rows.deltas.push((tenant, item, delta.encode()));
             }
             for ((item, hour), n) in &changes.hourly {
                 rows.hourly.push((tenant, *hour, item, i64::from(*n)));
             }
         }
         rows.hourly.sort_unstable();
-        Ok(rows)
+        rows
     }
 
-    /// The writes, `CHUNK` rows each: items (marking them stale), new items, hours.
+    /// The writes, `CHUNK` rows each: people (marking the items stale), deltas, hours.
     fn statements<DB: sqlx::Database>(&self, dialect: Dialect, now: i64) -> Vec<QueryBuilder<DB>>
     where
         for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
@@ -424,26 +405,31 @@ impl<'a> CountRows<'a> {
                 ("people", Set::Add),
                 ("stale_since", Set::KeepFirst),
                 ("changed_at", Set::Replace),
-                ("partners", Set::Replace),
             ],
         );
-        for (rows, clause) in [(&self.update, people_clause.as_str()), (&self.insert, "")] {
-            for chunk in rows.chunks(CHUNK) {
-                let mut q = QueryBuilder::new(
-                    "INSERT INTO item_people \
-                     (tenant_id, item_id, people, stale_since, changed_at, partners) ",
-                );
-                q.push_values(chunk, |mut row, r| {
-                    row.push_bind(r.tenant)
-                        .push_bind(r.item)
-                        .push_bind(r.people)
-                        .push_bind(now)
-                        .push_bind(now)
-                        .push_bind(r.partners.as_str());
-                });
-                q.push(clause);
-                out.push(q);
-            }
+        for chunk in self.people.chunks(CHUNK) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO item_people (tenant_id, item_id, people, stale_since, changed_at) ",
+            );
+            q.push_values(chunk, |mut row, (tenant, item, added)| {
+                row.push_bind(*tenant)
+                    .push_bind(*item)
+                    .push_bind(*added)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            q.push(people_clause.as_str());
+            out.push(q);
+        }
+        for chunk in self.deltas.chunks(CHUNK) {
+            let mut q =
+                QueryBuilder::new("INSERT INTO item_partner_deltas (tenant_id, item_id, added) ");
+            q.push_values(chunk, |mut row, (tenant, item, added)| {
+                row.push_bind(*tenant)
+                    .push_bind(*item)
+                    .push_bind(added.as_str());
+            });
+            out.push(q);
         }
         let hourly_clause = dialect.on_conflict("tenant_id, hour, item_id", &[("n", Set::Add)]);
         for chunk in self.hourly.chunks(CHUNK) {
@@ -461,37 +447,6 @@ impl<'a> CountRows<'a> {
     }
 }
 
-/// The queries reading the stored partners of the items `merged` touches, `CHUNK` items each,
-/// with the tenant each is for; `lock` adds `FOR UPDATE` (MySQL: the rows stay the taker's
-/// until it commits).
-fn kept_queries<'a, DB: sqlx::Database>(
-    merged: &'a BTreeMap<String, ItemChanges>,
-    lock: bool,
-) -> Vec<(&'a str, QueryBuilder<DB>)>
-where
-    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    let mut out = Vec::new();
-    for (tenant, changes) in merged {
-        let touched: Vec<&str> = changes.touched().into_iter().collect();
-        for chunk in touched.chunks(CHUNK) {
-            let mut q =
-                QueryBuilder::new("SELECT item_id, partners FROM item_people WHERE tenant_id = ");
-            q.push_bind(tenant.as_str()).push(" AND item_id IN (");
-            let mut list = q.separated(", ");
-            for item in chunk {
-                list.push_bind(*item);
-            }
-            list.push_unseparated(")");
-            if lock {
-                q.push(" FOR UPDATE");
-            }
-            out.push((tenant.as_str(), q));
-        }
-    }
-    out
-}
-
 /// `staged` merged by tenant.
 fn merge_staged(staged: Vec<(String, ItemChanges)>) -> BTreeMap<String, ItemChanges> {
     let mut merged: BTreeMap<String, ItemChanges> = BTreeMap::new();
@@ -501,16 +456,16 @@ fn merge_staged(staged: Vec<(String, ItemChanges)>) -> BTreeMap<String, ItemChan
     merged
 }
 
-/// A stale item as the rebuild reads it.
+/// A stale item as its rebuild reads it (its row locked): its people, its latest change, and
+/// its partners with its deltas folded in.
 struct Stale {
-    tenant: String,
     item: String,
     people: i64,
     changed_at: i64,
     partners: Partners,
 }
 
-/// Stale items per query of their partners' people counts.
+/// Stale items per rebuild transaction.
 const REBUILD_BATCH: usize = 200;
 
 /// The neighbour lists of `stale` (one tenant's) from their partners and each partner's
@@ -531,10 +486,103 @@ fn rebuilt(stale: &[Stale], people_of: &HashMap<String, i64>) -> Vec<Neighbours>
         .collect()
 }
 
-/// The stale items to rebuild, oldest first, with their partners (either backend).
-const STALE_QUERY: &str = "SELECT tenant_id, item_id, people, changed_at, partners \
-     FROM item_people WHERE stale_since IS NOT NULL AND stale_since <= ? \
-     ORDER BY stale_since LIMIT ?";
+/// The stale items to rebuild, oldest first (either backend).
+const STALE_QUERY: &str = "SELECT tenant_id, item_id FROM item_people \
+     WHERE stale_since IS NOT NULL AND stale_since <= ? ORDER BY stale_since LIMIT ?";
+
+/// Reads a batch's item rows (`FOR UPDATE` with `lock`: one rebuild of an item at a time).
+fn push_items_query<DB: sqlx::Database>(
+    q: &mut QueryBuilder<DB>,
+    tenant: &str,
+    items: &[String],
+    lock: bool,
+) where
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.push("SELECT item_id, people, changed_at, partners FROM item_people WHERE tenant_id = ")
+        .push_bind(tenant)
+        .push(" AND item_id IN");
+    push_ids(q, items);
+    if lock {
+        q.push(" ORDER BY item_id FOR UPDATE");
+    }
+}
+
+/// Reads a batch's deltas, oldest first.
+fn push_deltas_query<DB: sqlx::Database>(q: &mut QueryBuilder<DB>, tenant: &str, items: &[String])
+where
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.push("SELECT id, item_id, added FROM item_partner_deltas WHERE tenant_id = ")
+        .push_bind(tenant)
+        .push(" AND item_id IN");
+    push_ids(q, items);
+    q.push(" ORDER BY id");
+}
+
+/// Folds deltas `(id, item, added)`, oldest first, into the items' partners; the ids folded.
+fn fold_deltas(
+    items: &mut [Stale],
+    deltas: Vec<(i64, String, String)>,
+) -> Result<Vec<i64>, HistoryError> {
+    let mut at: HashMap<String, usize> = HashMap::new();
+    for (i, s) in items.iter().enumerate() {
+        at.insert(s.item.clone(), i);
+    }
+    let mut ids = Vec::with_capacity(deltas.len());
+    for (id, item, added) in deltas {
+        ids.push(id);
+        let Some(&i) = at.get(&item) else { continue };
+        let added = Partners::decode(&added).map_err(HistoryError::Corrupt)?;
+        let added: Vec<(&str, u32)> = added.iter().collect();
+        items[i].partners.add(&added, KEEP_PARTNERS);
+    }
+    Ok(ids)
+}
+
+/// The writes after a batch's lists are made: the lists, the folded partners, the folded
+/// deltas gone, and the stale mark cleared of items that did not change since they were read.
+fn rebuild_writes<DB: sqlx::Database>(
+    dialect: Dialect,
+    tenant: &str,
+    items: &[Stale],
+    folded: &[i64],
+    lists: &[Neighbours],
+    now: DateTime<Utc>,
+) -> Result<Vec<QueryBuilder<DB>>, HistoryError>
+where
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut out = vec![neighbours_upsert::<DB>(dialect, tenant, lists, now)?];
+    // Every row exists (it was read locked): the insert only ever updates `partners`.
+    let mut q = QueryBuilder::new(
+        "INSERT INTO item_people (tenant_id, item_id, people, changed_at, partners) ",
+    );
+    q.push_values(items, |mut row, s| {
+        row.push_bind(tenant)
+            .push_bind(s.item.as_str())
+            .push_bind(s.people)
+            .push_bind(s.changed_at)
+            .push_bind(s.partners.encode());
+    });
+    q.push(dialect.on_conflict("tenant_id, item_id", &[("partners", Set::Replace)]));
+    out.push(q);
+    for chunk in folded.chunks(CHUNK) {
+        let mut q = QueryBuilder::new("DELETE FROM item_partner_deltas WHERE id IN (");
+        let mut list = q.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        list.push_unseparated(")");
+        out.push(q);
+    }
+    let mut q = QueryBuilder::new("");
+    push_clear(&mut q, tenant, items);
+    out.push(q);
+    Ok(out)
+}
 
 /// The queries reading the people counts of a batch's partners, `CHUNK` ids each.
 fn partner_people_queries<DB: sqlx::Database>(
@@ -589,17 +637,19 @@ where
     list.push_unseparated(")");
 }
 
-/// Stale items in batches of one tenant each.
-fn batches(stale: Vec<Stale>) -> Vec<(String, Vec<Stale>)> {
-    let mut by_tenant: BTreeMap<String, Vec<Stale>> = BTreeMap::new();
-    for s in stale {
-        by_tenant.entry(s.tenant.clone()).or_default().push(s);
+/// Stale items in batches of one tenant each, each batch in key order (so that rebuilds and
+/// takes lock an item's row in the same order).
+fn batches(stale: Vec<(String, String)>) -> Vec<(String, Vec<String>)> {
+    let mut by_tenant: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (tenant, item) in stale {
+        by_tenant.entry(tenant).or_default().push(item);
     }
     let mut out = Vec::new();
-    for (tenant, mut items) in by_tenant {
-        while !items.is_empty() {
-            let rest = items.split_off(items.len().min(REBUILD_BATCH));
-            out.push((tenant.clone(), std::mem::replace(&mut items, rest)));
+    for (tenant, items) in by_tenant {
+        for chunk in items.chunks(REBUILD_BATCH) {
+            let mut chunk = chunk.to_vec();
+            chunk.sort_unstable();
+            out.push((tenant.clone(), chunk));
         }
     }
     out
@@ -637,16 +687,6 @@ where
         separated.push_bind(id.as_str());
     }
     separated.push_unseparated(")");
-}
-
-/// MySQL refused an insert for a key another transaction wrote (ER_DUP_ENTRY).
-fn is_duplicate_key(e: &HistoryError) -> bool {
-    match e {
-        HistoryError::Database(sqlx::Error::Database(e)) => e
-            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-            .is_some_and(|e| e.number() == 1062),
-        _ => false,
-    }
 }
 
 /// MySQL's VARBINARY ids as text.
@@ -689,17 +729,7 @@ impl MySqlItemModel {
             staged.push((row.try_get::<String, _>(1)?, decode_changes(&bytes)?));
         }
         let merged = merge_staged(staged);
-        let mut kept = Kept::new();
-        for (tenant, mut q) in kept_queries::<MySql>(&merged, true) {
-            for row in q.build().fetch_all(&mut *tx).await? {
-                let partners: Option<Vec<u8>> = row.try_get(1)?;
-                kept.insert(
-                    (tenant.to_owned(), utf8(row.try_get(0)?)?),
-                    partners.map(utf8).transpose()?,
-                );
-            }
-        }
-        let counts = CountRows::of(&merged, &kept)?;
+        let counts = CountRows::of(&merged);
         for mut q in counts.statements::<MySql>(Dialect::MySql, micros(now)) {
             q.build().execute(&mut *tx).await?;
         }
@@ -712,6 +742,53 @@ impl MySqlItemModel {
         q.build().execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(ids.len() as u64)
+    }
+
+    /// Rebuilds one batch of a tenant's stale items, their rows locked: their deltas folded
+    /// into their partners, their lists made, all written in one transaction.
+    async fn rebuild_batch(
+        &self,
+        tenant: &str,
+        items: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<u64, HistoryError> {
+        let mut conn = crate::store::read_committed(&self.pool).await?;
+        let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+        let mut q = QueryBuilder::<MySql>::new("");
+        push_items_query(&mut q, tenant, items, true);
+        let mut stale = Vec::with_capacity(items.len());
+        for row in q.build().fetch_all(&mut *tx).await? {
+            let partners: Option<Vec<u8>> = row.try_get(3)?;
+            stale.push(Stale {
+                item: utf8(row.try_get(0)?)?,
+                people: row.try_get(1)?,
+                changed_at: row.try_get(2)?,
+                partners: partners_of(partners.map(utf8).transpose()?.as_deref())?,
+            });
+        }
+        let mut q = QueryBuilder::<MySql>::new("");
+        push_deltas_query(&mut q, tenant, items);
+        let deltas = q
+            .build()
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, utf8(r.try_get(1)?)?, utf8(r.try_get(2)?)?)))
+            .collect::<Result<Vec<_>, HistoryError>>()?;
+        let folded = fold_deltas(&mut stale, deltas)?;
+        let mut people_of = HashMap::new();
+        for mut q in partner_people_queries::<MySql>(tenant, &stale) {
+            for r in q.build().fetch_all(&mut *tx).await? {
+                people_of.insert(utf8(r.try_get(0)?)?, r.try_get(1)?);
+            }
+        }
+        let lists = rebuilt(&stale, &people_of);
+        for mut q in rebuild_writes::<MySql>(Dialect::MySql, tenant, &stale, &folded, &lists, now)?
+        {
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(stale.len() as u64)
     }
 
     async fn tenant_ranked(
@@ -757,15 +834,7 @@ impl MySqlItemModel {
 #[async_trait::async_trait]
 impl ItemModel for MySqlItemModel {
     async fn take_changes(&self, limit: u32, now: DateTime<Utc>) -> Result<u64, HistoryError> {
-        // Another taker may create an item's row between this one's read and its insert: the
-        // insert fails, nothing is written, and the next try reads the row.
-        let mut tries = 1;
-        loop {
-            match again_on_deadlock(|| self.take_once(limit, now)).await {
-                Err(e) if is_duplicate_key(&e) && tries < 3 => tries += 1,
-                result => return result,
-            }
-        }
+        again_on_deadlock(|| self.take_once(limit, now)).await
     }
 
     async fn rebuild_neighbours(
@@ -781,35 +850,11 @@ impl ItemModel for MySqlItemModel {
             .await?;
         let stale = rows
             .iter()
-            .map(|row| {
-                let partners: Option<Vec<u8>> = row.try_get(4)?;
-                Ok(Stale {
-                    tenant: row.try_get(0)?,
-                    item: utf8(row.try_get(1)?)?,
-                    people: row.try_get(2)?,
-                    changed_at: row.try_get(3)?,
-                    partners: partners_of(partners.map(utf8).transpose()?.as_deref())?,
-                })
-            })
+            .map(|row| Ok((row.try_get(0)?, utf8(row.try_get(1)?)?)))
             .collect::<Result<Vec<_>, HistoryError>>()?;
         let mut count = 0;
         for (tenant, items) in batches(stale) {
-            let mut people_of = HashMap::new();
-            for mut q in partner_people_queries::<MySql>(&tenant, &items) {
-                for r in q.build().fetch_all(&self.pool).await? {
-                    people_of.insert(utf8(r.try_get(0)?)?, r.try_get(1)?);
-                }
-            }
-            let lists = rebuilt(&items, &people_of);
-            let mut upsert = neighbours_upsert::<MySql>(Dialect::MySql, &tenant, &lists, now)?;
-            let mut tx = self.pool.begin().await?;
-            upsert.build().execute(&mut *tx).await?;
-            // Still stale if it changed after its row was read.
-            let mut q = QueryBuilder::<MySql>::new("");
-            push_clear(&mut q, &tenant, &items);
-            q.build().execute(&mut *tx).await?;
-            tx.commit().await?;
-            count += items.len() as u64;
+            count += again_on_deadlock(|| self.rebuild_batch(&tenant, &items, now)).await?;
         }
         Ok(count)
     }
@@ -963,13 +1008,7 @@ impl ItemModel for SqliteItemModel {
             staged.push((row.try_get::<String, _>(0)?, decode_changes(&bytes)?));
         }
         let merged = merge_staged(staged);
-        let mut kept = Kept::new();
-        for (tenant, mut q) in kept_queries::<Sqlite>(&merged, false) {
-            for row in q.build().fetch_all(&mut *tx).await? {
-                kept.insert((tenant.to_owned(), row.try_get(0)?), row.try_get(1)?);
-            }
-        }
-        let counts = CountRows::of(&merged, &kept)?;
+        let counts = CountRows::of(&merged);
         for mut q in counts.statements::<Sqlite>(Dialect::Sqlite, micros(now)) {
             q.build().execute(&mut *tx).await?;
         }
@@ -984,42 +1023,61 @@ impl ItemModel for SqliteItemModel {
         now: DateTime<Utc>,
     ) -> Result<u64, HistoryError> {
         let pool = self.store.pool();
-        let rows = sqlx::query(STALE_QUERY)
+        let stale = sqlx::query(STALE_QUERY)
             .bind(micros(stale_before))
             .bind(limit)
             .fetch_all(pool)
-            .await?;
-        let stale = rows
+            .await?
             .iter()
-            .map(|row| {
-                let partners: Option<String> = row.try_get(4)?;
-                Ok(Stale {
-                    tenant: row.try_get(0)?,
-                    item: row.try_get(1)?,
-                    people: row.try_get(2)?,
-                    changed_at: row.try_get(3)?,
-                    partners: partners_of(partners.as_deref())?,
-                })
-            })
-            .collect::<Result<Vec<_>, HistoryError>>()?;
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
         let mut count = 0;
         for (tenant, items) in batches(stale) {
+            let mut tx = pool.begin().await?;
+            // A write first: the transaction holds the file's write lock from here on, so the
+            // partners and deltas it reads are the ones it replaces.
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "UPDATE item_people SET people = people WHERE tenant_id = ",
+            );
+            q.push_bind(tenant.as_str()).push(" AND item_id IN");
+            push_ids(&mut q, &items);
+            q.build().execute(&mut *tx).await?;
+            let mut q = QueryBuilder::<Sqlite>::new("");
+            push_items_query(&mut q, &tenant, &items, false);
+            let mut stale = Vec::with_capacity(items.len());
+            for row in q.build().fetch_all(&mut *tx).await? {
+                let partners: Option<String> = row.try_get(3)?;
+                stale.push(Stale {
+                    item: row.try_get(0)?,
+                    people: row.try_get(1)?,
+                    changed_at: row.try_get(2)?,
+                    partners: partners_of(partners.as_deref())?,
+                });
+            }
+            let mut q = QueryBuilder::<Sqlite>::new("");
+            push_deltas_query(&mut q, &tenant, &items);
+            let deltas = q
+                .build()
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            let folded = fold_deltas(&mut stale, deltas)?;
             let mut people_of = HashMap::new();
-            for mut q in partner_people_queries::<Sqlite>(&tenant, &items) {
-                for r in q.build().fetch_all(pool).await? {
+            for mut q in partner_people_queries::<Sqlite>(&tenant, &stale) {
+                for r in q.build().fetch_all(&mut *tx).await? {
                     people_of.insert(r.try_get(0)?, r.try_get(1)?);
                 }
             }
-            let lists = rebuilt(&items, &people_of);
-            let mut upsert = neighbours_upsert::<Sqlite>(Dialect::Sqlite, &tenant, &lists, now)?;
-            let mut tx = pool.begin().await?;
-            upsert.build().execute(&mut *tx).await?;
-            // Still stale if it changed after its row was read.
-            let mut q = QueryBuilder::<Sqlite>::new("");
-            push_clear(&mut q, &tenant, &items);
-            q.build().execute(&mut *tx).await?;
+            let lists = rebuilt(&stale, &people_of);
+            let writes =
+                rebuild_writes::<Sqlite>(Dialect::Sqlite, &tenant, &stale, &folded, &lists, now)?;
+            for mut q in writes {
+                q.build().execute(&mut *tx).await?;
+            }
             tx.commit().await?;
-            count += items.len() as u64;
+            count += stale.len() as u64;
         }
         Ok(count)
     }

@@ -702,16 +702,17 @@ async fn losing_a_lock_is_retried_at_once_and_other_errors_are_not() {
     db.drop_database().await;
 }
 
-/// Takers racing for new items: four upkeep loops take staged batches side by side, each
-/// creating the same items' rows; whichever inserts second takes again, so every pair and
-/// person is counted once.
+/// Takers and rebuilds racing: four upkeep loops take staged batches side by side while two
+/// rebuild the items' lists (folding the takes' partner deltas into the items' rows): every
+/// pair and person is counted once, and no delta is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn takers_racing_to_create_an_items_row_count_everything_once() {
+async fn takers_and_rebuilds_racing_count_everything_once() {
     use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use ump_automation::recommend::{ItemChanges, Partners};
     use ump_core::recommendations::{ItemModel, MySqlItemModel, stage_mysql};
     let db = TestDatabase::create().await;
-    let now = Utc::now();
     const BATCHES: u32 = 24;
     for i in 0..BATCHES {
         let mut changes = ItemChanges::default();
@@ -719,18 +720,38 @@ async fn takers_racing_to_create_an_items_row_count_everything_once() {
         changes.pairs.insert(("y".into(), format!("z{}", i % 3)), 2);
         changes.people.insert("x".into(), 1);
         let mut tx = db.pool.begin().await.expect("begin");
-        stage_mysql(&mut tx, &BTreeMap::from([("t".to_owned(), changes)]), now)
-            .await
-            .expect("stage");
+        stage_mysql(
+            &mut tx,
+            &BTreeMap::from([("t".to_owned(), changes)]),
+            Utc::now(),
+        )
+        .await
+        .expect("stage");
         tx.commit().await.expect("commit");
     }
+    let later = || Utc::now() + ChronoDuration::hours(1);
+    let taking = Arc::new(AtomicBool::new(true));
+    let rebuilders: Vec<_> = (0..2)
+        .map(|_| {
+            let model = MySqlItemModel::new(db.pool.clone());
+            let taking = taking.clone();
+            tokio::spawn(async move {
+                while taking.load(Ordering::SeqCst) {
+                    model
+                        .rebuild_neighbours(500, later(), Utc::now())
+                        .await
+                        .expect("rebuild");
+                }
+            })
+        })
+        .collect();
     let takers: Vec<_> = (0..4)
         .map(|_| {
             let model = MySqlItemModel::new(db.pool.clone());
             tokio::spawn(async move {
                 let mut taken = 0;
                 loop {
-                    match model.take_changes(2, now).await.expect("take") {
+                    match model.take_changes(2, Utc::now()).await.expect("take") {
                         0 => return taken,
                         n => taken += n,
                     }
@@ -742,7 +763,23 @@ async fn takers_racing_to_create_an_items_row_count_everything_once() {
     for taker in takers {
         taken += taker.await.expect("taker");
     }
+    taking.store(false, Ordering::SeqCst);
+    for rebuilder in rebuilders {
+        rebuilder.await.expect("rebuilder");
+    }
     assert_eq!(taken, u64::from(BATCHES));
+    let model = MySqlItemModel::new(db.pool.clone());
+    while model
+        .rebuild_neighbours(500, later(), Utc::now())
+        .await
+        .expect("rebuild")
+        > 0
+    {}
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM item_partner_deltas")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "every delta folded");
     let partners = |item: &'static str| {
         let pool = db.pool.clone();
         async move {

@@ -13,3 +13,12 @@ UPDATE item_people SET partners = (
 );
 
 DROP TABLE item_pairs;
+
+-- Partner counts a take added to an item, folded into its list by the next rebuild (0036 in MySQL).
+CREATE TABLE item_partner_deltas (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant_id  TEXT    NOT NULL,
+    item_id    TEXT    NOT NULL,
+    added      TEXT    NOT NULL
+);
+CREATE INDEX item_partner_deltas_item ON item_partner_deltas (tenant_id, item_id, id);
