@@ -568,13 +568,28 @@ impl Partners {
         Ok(partners)
     }
 
+    /// The list of counts `(partner, people)`, a partner given more than once counted once with
+    /// their sum; nothing dropped.
+    pub fn from_counts(mut counts: Vec<(&str, u32)>) -> Self {
+        counts.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut list: Vec<(String, u32)> = Vec::with_capacity(counts.len());
+        for (id, n) in counts {
+            match list.last_mut() {
+                Some(last) if last.0 == id => last.1 = last.1.saturating_add(n),
+                _ => list.push((id.to_owned(), n)),
+            }
+        }
+        let mut partners = Self(list);
+        partners.sort();
+        partners
+    }
+
     pub fn encode(&self) -> String {
+        use std::fmt::Write;
         let mut text = String::with_capacity(self.0.iter().map(|(id, _)| id.len() + 8).sum());
         for (id, n) in &self.0 {
-            text.push_str(id);
-            text.push('\t');
-            text.push_str(&n.to_string());
-            text.push('\n');
+            // Writing into a String cannot fail.
+            let _ = writeln!(text, "{id}\t{n}");
         }
         text
     }
@@ -2239,6 +2254,10 @@ mod tests {
         assert_eq!(text, "sku-2\t4\n운동화 1\t4\na b\t1\n");
         assert_eq!(Partners::decode(&text), Ok(q));
         assert_eq!(Partners::decode(""), Ok(Partners::default()));
+        assert_eq!(
+            Partners::from_counts(vec![("b", 1), ("a", 2), ("b", 2)]),
+            Partners::decode("b\t3\na\t2\n").unwrap()
+        );
         assert!(Partners::decode("x\n").is_err());
         assert!(Partners::decode("x\tmany\n").is_err());
     }

@@ -176,8 +176,51 @@ fn encode_changes(changes: &ItemChanges) -> Result<Vec<u8>, HistoryError> {
     postcard::to_allocvec(changes).map_err(|e| HistoryError::Corrupt(format!("item changes: {e}")))
 }
 
-fn decode_changes(bytes: &[u8]) -> Result<ItemChanges, HistoryError> {
+/// A staged batch's changes as a take reads them, borrowing from the stored bytes: postcard
+/// writes a map as the list of its entries, so an `ItemChanges` reads back as these lists
+/// without a string copied.
+#[derive(Debug, PartialEq, serde::Deserialize)]
+struct StagedRef<'a> {
+    #[serde(borrow)]
+    people: Vec<(&'a str, u32)>,
+    #[serde(borrow)]
+    pairs: Vec<((&'a str, &'a str), u32)>,
+    #[serde(borrow)]
+    hourly: Vec<((&'a str, i64), u32)>,
+}
+
+fn decode_staged(bytes: &[u8]) -> Result<StagedRef<'_>, HistoryError> {
     postcard::from_bytes(bytes).map_err(|e| HistoryError::Corrupt(format!("item changes: {e}")))
+}
+
+/// One tenant's staged changes summed (order-free, as `ItemChanges::merge`).
+#[derive(Default)]
+struct Sums<'a> {
+    people: HashMap<&'a str, u32>,
+    pairs: HashMap<(&'a str, &'a str), u32>,
+    hourly: HashMap<(&'a str, i64), u32>,
+}
+
+/// Staged rows `(tenant, bytes)` summed per tenant.
+fn sum_staged(staged: &[(String, Vec<u8>)]) -> Result<BTreeMap<&str, Sums<'_>>, HistoryError> {
+    let mut sums: BTreeMap<&str, Sums<'_>> = BTreeMap::new();
+    for (tenant, bytes) in staged {
+        let batch = decode_staged(bytes)?;
+        let sum = sums.entry(tenant.as_str()).or_default();
+        for (item, n) in batch.people {
+            let count = sum.people.entry(item).or_insert(0);
+            *count = count.saturating_add(n);
+        }
+        for (pair, n) in batch.pairs {
+            let count = sum.pairs.entry(pair).or_insert(0);
+            *count = count.saturating_add(n);
+        }
+        for (hour, n) in batch.hourly {
+            let count = sum.hourly.entry(hour).or_insert(0);
+            *count = count.saturating_add(n);
+        }
+    }
+    Ok(sums)
 }
 
 fn encode_list(list: &[(String, f64)]) -> Result<String, HistoryError> {
@@ -363,7 +406,7 @@ impl Dialect {
 /// rebuild), the hours' popularity.
 #[derive(Default)]
 struct CountRows<'a> {
-    /// (tenant, item, people added)
+    /// (tenant, item, people added), in key order
     people: Vec<(&'a str, &'a str, i64)>,
     /// (tenant, item, partners added: `Partners`' stored form)
     deltas: Vec<(&'a str, &'a str, String)>,
@@ -372,19 +415,35 @@ struct CountRows<'a> {
 }
 
 impl<'a> CountRows<'a> {
-    fn of(merged: &'a BTreeMap<String, ItemChanges>) -> Self {
+    /// The rows of summed changes: every item of a pair or with people added is touched (its
+    /// list goes stale), as `ItemChanges::touched` says.
+    fn of(sums: &BTreeMap<&'a str, Sums<'a>>) -> Self {
         let mut rows = CountRows::default();
-        for (tenant, changes) in merged {
-            for item in changes.touched() {
-                let added = changes.people.get(item).copied().unwrap_or(0);
+        for (tenant, sum) in sums {
+            let mut partners: HashMap<&str, Vec<(&str, u32)>> = HashMap::new();
+            for ((a, b), n) in &sum.pairs {
+                if a != b {
+                    partners.entry(a).or_default().push((b, *n));
+                    partners.entry(b).or_default().push((a, *n));
+                }
+            }
+            let mut touched: Vec<&str> = sum
+                .people
+                .keys()
+                .chain(sum.pairs.keys().flat_map(|(a, b)| [a, b]))
+                .copied()
+                .collect();
+            touched.sort_unstable();
+            touched.dedup();
+            for item in touched {
+                let added = sum.people.get(item).copied().unwrap_or(0);
                 rows.people.push((tenant, item, i64::from(added)));
+                if let Some(added) = partners.remove(item) {
+                    rows.deltas
+                        .push((tenant, item, Partners::from_counts(added).encode()));
+                }
             }
-            for (item, added) in changes.partners_added() {
-                let mut delta = Partners::default();
-                delta.add(&added, usize::MAX);
-                rows.deltas.push((tenant, item, delta.encode()));
-            }
-            for ((item, hour), n) in &changes.hourly {
+            for ((item, hour), n) in &sum.hourly {
                 rows.hourly.push((tenant, *hour, item, i64::from(*n)));
             }
         }
@@ -445,15 +504,6 @@ impl<'a> CountRows<'a> {
         }
         out
     }
-}
-
-/// `staged` merged by tenant.
-fn merge_staged(staged: Vec<(String, ItemChanges)>) -> BTreeMap<String, ItemChanges> {
-    let mut merged: BTreeMap<String, ItemChanges> = BTreeMap::new();
-    for (tenant, changes) in staged {
-        merged.entry(tenant).or_default().merge(changes);
-    }
-    merged
 }
 
 /// A stale item as its rebuild reads it (its row locked): its people, its latest change, and
@@ -725,11 +775,10 @@ impl MySqlItemModel {
         let mut staged = Vec::with_capacity(rows.len());
         for row in &rows {
             ids.push(row.try_get::<i64, _>(0)?);
-            let bytes: Vec<u8> = row.try_get(2)?;
-            staged.push((row.try_get::<String, _>(1)?, decode_changes(&bytes)?));
+            staged.push((row.try_get::<String, _>(1)?, row.try_get::<Vec<u8>, _>(2)?));
         }
-        let merged = merge_staged(staged);
-        let counts = CountRows::of(&merged);
+        let sums = sum_staged(&staged)?;
+        let counts = CountRows::of(&sums);
         for mut q in counts.statements::<MySql>(Dialect::MySql, micros(now)) {
             q.build().execute(&mut *tx).await?;
         }
@@ -1004,11 +1053,10 @@ impl ItemModel for SqliteItemModel {
         }
         let mut staged = Vec::with_capacity(rows.len());
         for row in &rows {
-            let bytes: Vec<u8> = row.try_get(1)?;
-            staged.push((row.try_get::<String, _>(0)?, decode_changes(&bytes)?));
+            staged.push((row.try_get::<String, _>(0)?, row.try_get::<Vec<u8>, _>(1)?));
         }
-        let merged = merge_staged(staged);
-        let counts = CountRows::of(&merged);
+        let sums = sum_staged(&staged)?;
+        let counts = CountRows::of(&sums);
         for mut q in counts.statements::<Sqlite>(Dialect::Sqlite, micros(now)) {
             q.build().execute(&mut *tx).await?;
         }
@@ -1181,6 +1229,51 @@ mod tests {
              stale_since = COALESCE(stale_since, excluded.stale_since), \
              changed_at = excluded.changed_at"
         );
+    }
+
+    #[test]
+    fn staged_changes_read_back_without_copies_and_sum_as_merged() {
+        let mut one = ItemChanges::default();
+        one.people.insert("a".into(), 2);
+        one.pairs.insert(("a".into(), "b".into()), 3);
+        one.pairs.insert(("b".into(), "c".into()), 1);
+        one.hourly.insert(("a".into(), 490_000), 4);
+        let mut two = ItemChanges::default();
+        two.pairs.insert(("a".into(), "b".into()), 1);
+        two.people.insert("c".into(), 1);
+        let bytes = encode_changes(&one).unwrap();
+        assert_eq!(
+            decode_staged(&bytes).unwrap(),
+            StagedRef {
+                people: vec![("a", 2)],
+                pairs: vec![(("a", "b"), 3), (("b", "c"), 1)],
+                hourly: vec![(("a", 490_000), 4)],
+            }
+        );
+        let staged = vec![
+            ("t".to_owned(), bytes),
+            ("t".to_owned(), encode_changes(&two).unwrap()),
+        ];
+        let sums = sum_staged(&staged).unwrap();
+        let rows = CountRows::of(&sums);
+        // As the changes merged would have it: every touched item in key order, each item's
+        // partners once with their sums.
+        let mut merged = one.clone();
+        merged.merge(two);
+        let touched: Vec<&str> = merged.touched().into_iter().collect();
+        let people: Vec<(&str, i64)> = rows.people.iter().map(|(_, i, n)| (*i, *n)).collect();
+        assert_eq!(people, [("a", 2), ("b", 0), ("c", 1)]);
+        assert_eq!(people.iter().map(|(i, _)| *i).collect::<Vec<_>>(), touched);
+        let deltas: Vec<(&str, &str)> = rows
+            .deltas
+            .iter()
+            .map(|(_, i, d)| (*i, d.as_str()))
+            .collect();
+        assert_eq!(
+            deltas,
+            [("a", "b\t4\n"), ("b", "a\t4\nc\t1\n"), ("c", "b\t1\n")]
+        );
+        assert_eq!(rows.hourly, [("t", 490_000, "a", 4)]);
     }
 
     #[tokio::test]
