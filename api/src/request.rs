@@ -206,6 +206,20 @@ pub fn validate(
         }
     };
     let data = object_field("data", &mut errors);
+    // A send that asks for recommendations has its references filled before this
+    // (`messages::resolve_person`); one left is in a send that did not ask.
+    for (name, value) in &data {
+        if value
+            .as_str()
+            .and_then(ump_automation::recommend::data_reference)
+            .is_some()
+        {
+            errors.push(FieldError::new(
+                field(&format!("data.{name}")),
+                "a recommended item's field: ask for recommendations (with user) to use it",
+            ));
+        }
+    }
     let metadata = object_field("metadata", &mut errors);
     for (name, map, max_bytes) in [
         ("data", &data, MAX_DATA_BYTES),

@@ -394,7 +394,9 @@ async fn a_message_and_a_broadcast_carry_each_persons_recommendations() {
         .post(
             KEY,
             "/v1/messages/batch",
-            &json!({"messages": [base, with(&|m| m["user"] = json!("jun"))]}),
+            &json!({"messages": [base, with(&|m| m["user"] = json!("jun")),
+                {"channel": "sms", "to": "+821055550051", "template": "coupon",
+                 "data": {"name": "Hana", "item": "$recommendations.0.name", "pct": 1}}]}),
         )
         .await;
     assert_eq!(status, 202, "{answer}");
@@ -402,6 +404,10 @@ async fn a_message_and_a_broadcast_carry_each_persons_recommendations() {
     assert_eq!(
         answer["results"][1]["error"]["errors"][0]["field"], "messages[1].recommendations",
         "{answer}"
+    );
+    assert_eq!(
+        answer["results"][2]["error"]["errors"][0]["field"], "messages[2].data.item",
+        "a reference without the ask is never sent as text: {answer}"
     );
     texts_to(&ump, "+821055550051", 3).await;
 
