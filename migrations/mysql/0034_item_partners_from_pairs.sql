@@ -1,10 +1,18 @@
--- The pair counts so far, each item's 200 largest, into its partner list.
-UPDATE item_people i SET partners = (
-    SELECT GROUP_CONCAT(CONCAT(t.partner_id, CHAR(9), t.co) ORDER BY t.co DESC SEPARATOR '\n')
+-- The pair counts so far into each item's partner list: its largest (at most 200, and as many as
+-- fit in 1,000 bytes, under MySQL 8's default group_concat_max_len of 1,024).
+UPDATE item_people i
+JOIN (
+    SELECT tenant_id, item_id,
+           GROUP_CONCAT(CONCAT(partner_id, CHAR(9), co) ORDER BY co DESC, partner_id SEPARATOR '\n')
+               AS partners
     FROM (
         SELECT tenant_id, item_id, partner_id, co,
-               ROW_NUMBER() OVER (PARTITION BY tenant_id, item_id ORDER BY co DESC, partner_id) AS r
+               ROW_NUMBER() OVER (PARTITION BY tenant_id, item_id ORDER BY co DESC, partner_id) AS r,
+               SUM(LENGTH(partner_id) + 22)
+                   OVER (PARTITION BY tenant_id, item_id ORDER BY co DESC, partner_id) AS bytes
         FROM item_pairs
     ) t
-    WHERE t.tenant_id = i.tenant_id AND t.item_id = i.item_id AND t.r <= 200
-);
+    WHERE t.r <= 200 AND t.bytes <= 1000
+    GROUP BY tenant_id, item_id
+) g ON g.tenant_id = i.tenant_id AND g.item_id = i.item_id
+SET i.partners = g.partners;

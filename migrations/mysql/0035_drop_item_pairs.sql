@@ -1,2 +1,2 @@
 -- Pair rows are kept in item_people.partners since 0033.
-DROP TABLE item_pairs;
+DROP TABLE IF EXISTS item_pairs;

@@ -12,7 +12,7 @@ UPDATE item_people SET partners = (
     WHERE t.tenant_id = item_people.tenant_id AND t.item_id = item_people.item_id AND t.r <= 200
 );
 
-DROP TABLE item_pairs;
+DROP TABLE IF EXISTS item_pairs;
 
 -- Partner counts a take added to an item, folded into its list by the next rebuild (0036 in MySQL).
 CREATE TABLE item_partner_deltas (
