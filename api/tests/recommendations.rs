@@ -225,20 +225,7 @@ async fn a_journey_coupon_names_the_product_viewed_and_not_bought() {
     event(&ump, "minji", "product_viewed", "r-a").await;
     event(&ump, "minji", "product_viewed", "r-b").await;
     event(&ump, "minji", "purchase", "r-b").await;
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let texts = loop {
-        let texts: Vec<String> = ump
-            .outbox()
-            .into_iter()
-            .filter(|r| r["to"] == phone)
-            .filter_map(|r| r["text"].as_str().map(str::to_owned))
-            .collect();
-        if !texts.is_empty() {
-            break texts;
-        }
-        assert!(Instant::now() < deadline, "no message to {phone}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let texts = texts_to(&ump, phone, 1).await;
     assert_eq!(texts.len(), 1, "{texts:?}");
     assert!(
         texts[0].contains(
