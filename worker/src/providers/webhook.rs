@@ -20,11 +20,8 @@ use super::limits::CallLimits;
 use super::secret::{Secret, SecretFiles, redact_outcome};
 use super::settings::Settings;
 use super::{BuildError, ProviderContext};
-use hmac::{Hmac, KeyInit, Mac};
 use reqwest::StatusCode;
 use serde_json::json;
-use sha2::Sha256;
-use std::fmt::Write;
 use ump_core::provider::{Outcome, Outgoing, Provider};
 use ump_core::resources::ProviderSpec;
 
@@ -39,21 +36,9 @@ pub struct WebhookProvider {
     signing_secret: Secret,
 }
 
-/// `sha256=<hex>`: the value of `X-UMP-Signature` for `body`.
-pub fn signature(secret: &[u8], body: &[u8]) -> String {
-    // HMAC takes keys of any length; this cannot fail.
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let mut text = String::with_capacity(7 + 2 * digest.len());
-    text.push_str("sha256=");
-    for byte in digest.iter() {
-        // Writing to a String cannot fail.
-        let _ = write!(text, "{byte:02x}");
-    }
-    text
-}
+/// `sha256=<hex>`: the value of `X-UMP-Signature` for `body` (one definition, which the API's
+/// receipt check shares).
+pub use ump_core::webhooks::receipt_signature as signature;
 
 impl WebhookProvider {
     pub fn build(spec: &ProviderSpec, ctx: &ProviderContext<'_>) -> Result<Self, BuildError> {
