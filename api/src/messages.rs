@@ -353,7 +353,8 @@ pub(crate) async fn resolve_person(
 }
 
 /// Takes a send's `recommendations` ask out of it (`None`: none), with its `data` references
-/// checked against it. The errors name the request's fields: they are no person's fault.
+/// checked against it (without an ask, `validate` refuses any). The errors name the request's
+/// fields: they are no person's fault.
 pub(crate) fn take_wanted(
     value: &mut Value,
     prefix: &str,
@@ -385,11 +386,11 @@ pub(crate) fn take_wanted(
             Some(wanted)
         }
     };
-    let Some(Value::Object(data)) = object.get("data") else {
+    let (Some(wanted), Some(Value::Object(data))) = (&wanted, object.get("data")) else {
         return Ok(wanted);
     };
     let at = format!("{prefix}data");
-    let mut errors: Vec<FieldError> = check_references(data, wanted.as_ref(), &at)
+    let mut errors: Vec<FieldError> = check_references(data, Some(wanted), &at)
         .into_iter()
         .map(|e| FieldError::new(e.field, e.detail))
         .collect();
@@ -399,7 +400,7 @@ pub(crate) fn take_wanted(
         }
     }
     if errors.is_empty() {
-        Ok(wanted)
+        Ok(Some(wanted.clone()))
     } else {
         Err(errors)
     }

@@ -167,14 +167,12 @@ struct Drained {
 
 /// Takes everything staged in and rebuilds every stale list.
 async fn drain(model: &MySqlItemModel) -> Result<Drained, Error> {
-    let (mut taken, mut rebuilt) = (0, 0);
+    let mut rebuilt = 0;
     let cpu = process_cpu();
     let started = Instant::now();
     loop {
         // As many staged batches per transaction as the upkeep loop takes (`ump_events::items`).
-        let n = model.take_changes(200, Utc::now()).await?;
-        taken += n;
-        if n == 0 {
+        if model.take_changes(200, Utc::now()).await? == 0 {
             break;
         }
     }
@@ -191,7 +189,6 @@ async fn drain(model: &MySqlItemModel) -> Result<Drained, Error> {
         }
         eprintln!("  rebuilt {rebuilt} lists");
     }
-    let _ = taken;
     Ok(Drained {
         lists: rebuilt,
         taking,
