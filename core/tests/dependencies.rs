@@ -1,0 +1,40 @@
+//! Dependency versions UMP must not go back to, read from the workspace's Cargo.lock.
+//!
+//! sqlx 0.9.0 opened its TCP connections without `TCP_NODELAY` (transact-rs/sqlx#4335, fixed in
+//! 0.9.1). With Nagle's algorithm on, a statement bigger than one TCP segment (a batch's insert)
+//! waits for the server's delayed ACK: 40–200 ms stalls of a whole transaction, invisible in CPU
+//! or lock figures. Journey entry → send p99 went from 145–802 ms to 56–64 ms with 0.9.1.
+
+use std::path::Path;
+
+/// `(name, version)` of every package in Cargo.lock.
+fn locked() -> Vec<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock");
+    let text = std::fs::read_to_string(&path).expect("Cargo.lock at the workspace root");
+    let mut out = Vec::new();
+    let mut name = None;
+    for line in text.lines() {
+        if let Some(value) = line.strip_prefix("name = ") {
+            name = Some(value.trim_matches('"').to_owned());
+        } else if let Some(value) = line.strip_prefix("version = ")
+            && let Some(name) = name.take()
+        {
+            out.push((name, value.trim_matches('"').to_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn sqlx_sets_tcp_nodelay_on_its_connections() {
+    let packages = locked();
+    let sqlx: Vec<&(String, String)> = packages.iter().filter(|(n, _)| n == "sqlx-core").collect();
+    assert!(!sqlx.is_empty(), "sqlx-core is not in Cargo.lock");
+    for (_, version) in sqlx {
+        assert_ne!(
+            version, "0.9.0",
+            "sqlx-core 0.9.0 leaves Nagle's algorithm on for MySQL connections (40–200 ms stalls); \
+             use 0.9.1 or later"
+        );
+    }
+}
