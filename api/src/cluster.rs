@@ -179,11 +179,7 @@ pub async fn state(
     key_cache.refresh().await.context("loading API keys")?;
     key_cache.spawn_refresh(crate::auth::REFRESH_EVERY);
 
-    let redis_client =
-        redis::Client::open(settings.redis_url.as_str()).context("invalid UMP_REDIS_URL")?;
-    let redis = redis::aio::ConnectionManager::new(redis_client)
-        .await
-        .context("connecting to Redis")?;
+    let redis = ump_worker::dedupe::connect_redis(&settings.redis_url).await?;
     let kafka = Arc::new(
         KafkaQueue::new(
             &KafkaSettings::from_env(settings.kafka_bootstrap.clone()),

@@ -73,7 +73,6 @@ impl KafkaEventLog {
                 // requests without delaying a lone event noticeably.
                 ("linger.ms", "2"),
                 ("compression.type", "lz4"),
-                ("socket.nagle.disable", "true"),
             ])
             .set("enable.idempotence", "true")
             .set("acks", "all")

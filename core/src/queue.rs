@@ -71,9 +71,12 @@ impl KafkaSettings {
     }
 
     /// A client config with UMP's `defaults` for this client, then the connection settings and
-    /// the operator's properties, which win over the defaults.
+    /// the operator's properties, which win over the defaults. Every client has Nagle's
+    /// algorithm off: a request bigger than one TCP segment would otherwise wait for the
+    /// broker's delayed ACK (40–200 ms) before its last bytes leave.
     pub fn client_config_with(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
+        config.set("socket.nagle.disable", "true");
         for (key, value) in defaults {
             config.set(*key, *value);
         }
@@ -101,7 +104,6 @@ impl KafkaQueue {
                 // No linger: an accept waits for its ack, so lingering is pure latency. Under load
                 // messages still batch while earlier requests are in flight.
                 ("linger.ms", "0"),
-                ("socket.nagle.disable", "true"),
             ])
             // The durability `202` promises is not a setting.
             .set("enable.idempotence", "true")
@@ -166,4 +168,31 @@ pub async fn kafka_ready(producer: &FutureProducer) -> Result<(), String> {
     })
     .await
     .map_err(|e| format!("Kafka: {e}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(properties: &[(&str, &str)]) -> KafkaSettings {
+        KafkaSettings {
+            bootstrap: "127.0.0.1:9092".to_owned(),
+            properties: properties
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn every_client_has_nagle_off_unless_the_operator_says_otherwise() {
+        let config = settings(&[]).client_config_with(&[("linger.ms", "5")]);
+        assert_eq!(config.get("socket.nagle.disable"), Some("true"));
+        assert_eq!(config.get("linger.ms"), Some("5"));
+        assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+        let config = settings(&[("socket.nagle.disable", "false"), ("linger.ms", "50")])
+            .client_config_with(&[("linger.ms", "5")]);
+        assert_eq!(config.get("socket.nagle.disable"), Some("false"));
+        assert_eq!(config.get("linger.ms"), Some("50"));
+    }
 }

@@ -86,7 +86,6 @@ impl ChannelConsumer {
                 // latency — cores the realtime path, sharing the machine, gets instead.
                 ("fetch.wait.max.ms", "10"),
                 ("fetch.min.bytes", "65536"),
-                ("socket.nagle.disable", "true"),
             ])
             // Offsets are committed by hand, after the outcome is recorded.
             .set("group.id", resource.consumer_group())

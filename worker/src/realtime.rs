@@ -166,11 +166,7 @@ async fn consumers(
 ) -> anyhow::Result<Vec<RealtimeConsumer>> {
     let pool = connect_mysql(&settings.mysql_url, Recorder::WRITERS as u32).await?;
     let recorder = Recorder::start(Arc::new(MySqlHistory::new(pool)), metrics.clone(), cancel);
-    let redis_client =
-        redis::Client::open(settings.redis_url.as_str()).context("invalid UMP_REDIS_URL")?;
-    let redis = redis::aio::ConnectionManager::new(redis_client)
-        .await
-        .context("connecting to Redis")?;
+    let redis = crate::dedupe::connect_redis(&settings.redis_url).await?;
     let instance = uuid::Uuid::new_v4().simple().to_string();
     let limiter = Arc::new(RedisRateLimiter::new(redis.clone()));
     let context = ProviderContext {

@@ -128,11 +128,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
     let pool = connect_mysql(&settings.mysql_url, 8).await?;
     migrate_mysql(&pool).await?;
     let history: Arc<dyn HistoryStore> = Arc::new(MySqlHistory::new(pool.clone()));
-    let redis_client =
-        redis::Client::open(settings.redis_url.as_str()).context("invalid UMP_REDIS_URL")?;
-    let redis = redis::aio::ConnectionManager::new(redis_client)
-        .await
-        .context("connecting to Redis")?;
+    let redis = crate::dedupe::connect_redis(&settings.redis_url).await?;
     let kafka = KafkaSettings::from_env(settings.kafka_bootstrap.clone());
     let producer: FutureProducer = kafka
         .client_config_with(&[("linger.ms", "5")])
