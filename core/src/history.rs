@@ -159,6 +159,23 @@ pub enum ReceiptFor {
     Message(MessageId),
 }
 
+/// The most of an event's `detail` a history keeps, in bytes (a provider's error can be a whole
+/// HTML page).
+pub const DETAIL_MAX_BYTES: usize = 1024;
+
+/// What a history stores of an event's `detail`: its first [`DETAIL_MAX_BYTES`] bytes, cut at
+/// a character boundary. Every backend stores this and nothing else.
+pub fn stored_detail(detail: &str) -> &str {
+    if detail.len() <= DETAIL_MAX_BYTES {
+        return detail;
+    }
+    let mut end = DETAIL_MAX_BYTES;
+    while !detail.is_char_boundary(end) {
+        end -= 1;
+    }
+    &detail[..end]
+}
+
 /// A provider's word on a message it took: delivered after all, or failed after all.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Receipt {

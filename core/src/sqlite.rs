@@ -11,7 +11,7 @@
 use crate::history::{
     BatchRecord, Claim, Claimed, Deferred, HistoryError, HistoryStore, MessageFilter, MessagePage,
     MessageView, OVERDUE_AFTER, ParkingHealth, Receipt, ReceiptFor, ReceiptOutcome, Transition,
-    encode_cursor, latest_per_message,
+    encode_cursor, latest_per_message, stored_detail,
 };
 use crate::keys::{ApiKeyStore, KeyError, StoredKey, hash_key};
 use crate::model::{Envelope, Event, MessageId, Priority, Status};
@@ -509,7 +509,7 @@ async fn write_transitions(
                 .push_bind(t.attempt)
                 .push_bind(t.status.as_str())
                 .push_bind(micros(t.at))
-                .push_bind(t.detail.clone());
+                .push_bind(t.detail.as_deref().map(stored_detail));
         });
         q.build().execute(&mut **tx).await?;
     }
@@ -818,7 +818,7 @@ impl HistoryStore for SqliteStore {
         .bind(attempt)
         .bind(receipt.status.as_str())
         .bind(micros(receipt.at))
-        .bind(receipt.detail.clone())
+        .bind(receipt.detail.as_deref().map(stored_detail))
         .execute(&mut *tx)
         .await?;
         crate::webhooks_store::sqlite_receipt_outbox(
@@ -1112,6 +1112,12 @@ mod tests {
         parking::a_release_never_removes_a_newer_parking(&two).await;
         let (_c, three) = store().await;
         parking::overdue_parkings_are_counted(&three).await;
+    }
+
+    #[tokio::test]
+    async fn event_details_keep_the_contract() {
+        let (_dir, store) = store().await;
+        crate::testing::history::details_are_kept_to_their_first_bytes(&store).await;
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 use crate::history::{
     BatchRecord, Claim, Claimed, Deferred, HistoryError, HistoryStore, MessageFilter, MessagePage,
     MessageView, OVERDUE_AFTER, ParkingHealth, Receipt, ReceiptFor, ReceiptOutcome, Transition,
-    encode_cursor, latest_per_message,
+    encode_cursor, latest_per_message, stored_detail,
 };
 use crate::model::{Event, MessageId, Priority, Status};
 use crate::stats::{Stats, StatsCount, bucket_millis};
@@ -355,7 +355,7 @@ impl HistoryStore for MySqlHistory {
                     .push_bind(t.attempt)
                     .push_bind(t.status.as_str())
                     .push_bind(naive(t.at))
-                    .push_bind(t.detail.as_deref().map(|d| truncate(d, 1024)));
+                    .push_bind(t.detail.as_deref().map(stored_detail));
             });
             q.build().execute(&mut *tx).await?;
         }
@@ -699,7 +699,7 @@ impl HistoryStore for MySqlHistory {
         .bind(attempt)
         .bind(receipt.status.as_str())
         .bind(naive(receipt.at))
-        .bind(receipt.detail.as_deref().map(|d| truncate(d, 1024)))
+        .bind(receipt.detail.as_deref().map(stored_detail))
         .execute(&mut *tx)
         .await?;
         crate::webhooks_store::mysql_receipt_outbox(
@@ -748,17 +748,6 @@ impl HistoryStore for MySqlHistory {
 
 fn overdue_after() -> chrono::Duration {
     chrono::Duration::from_std(OVERDUE_AFTER).unwrap_or(chrono::Duration::minutes(1))
-}
-
-fn truncate(text: &str, max_bytes: usize) -> &str {
-    if text.len() <= max_bytes {
-        return text;
-    }
-    let mut end = max_bytes;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[async_trait::async_trait]
@@ -923,11 +912,5 @@ mod tests {
             statements("-- a; comment\nCREATE TABLE a (x INT);\nDROP TABLE b;"),
             2
         );
-    }
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("안녕하세요", 4), "안");
-        assert_eq!(truncate("abc", 10), "abc");
     }
 }

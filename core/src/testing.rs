@@ -527,6 +527,7 @@ pub fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
 pub mod audience;
 pub mod broadcast;
 pub mod catalog;
+pub mod history;
 pub mod journeys;
 pub mod parking;
 pub mod profiles;

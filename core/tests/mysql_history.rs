@@ -62,6 +62,16 @@ async fn batches_are_idempotent_and_the_newest_state_wins() {
 }
 
 #[tokio::test]
+async fn event_details_keep_the_contract() {
+    let db = TestDatabase::create().await;
+    ump_core::testing::history::details_are_kept_to_their_first_bytes(&MySqlHistory::new(
+        db.pool.clone(),
+    ))
+    .await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
 async fn list_pages_by_keyset_newest_first_with_filters() {
     let db = TestDatabase::create().await;
     let history = MySqlHistory::new(db.pool.clone());
