@@ -10,13 +10,16 @@ use std::time::Duration;
 use ump_core::provider::{Outcome, Provider};
 use ump_core::resources::{ChannelType, ProviderType};
 use ump_core::testing::{SmtpServer, infra, unique_name};
-use ump_worker::providers::smtp::SmtpProvider;
 
 fn mailpit() -> SmtpServer {
     infra().smtp()
 }
 
-fn provider(mailpit: &SmtpServer, secrets: &SecretsDir, settings: &[(&str, &str)]) -> SmtpProvider {
+fn provider(
+    mailpit: &SmtpServer,
+    secrets: &SecretsDir,
+    settings: &[(&str, &str)],
+) -> std::sync::Arc<dyn Provider> {
     secrets.secret(
         "smtp",
         &[("username", &mailpit.user), ("password", &mailpit.password)],
@@ -30,7 +33,7 @@ fn provider(mailpit: &SmtpServer, secrets: &SecretsDir, settings: &[(&str, &str)
     ];
     all.extend_from_slice(settings);
     let with_secret = !settings.iter().any(|(k, v)| *k == "tls" && *v == "none");
-    SmtpProvider::build(
+    ump_worker::providers::build(
         &spec(
             "mail",
             ProviderType::Smtp,

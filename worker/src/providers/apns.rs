@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use ump_core::provider::{Outcome, Outgoing, Provider};
+use ump_core::provider::{Outcome, Outgoing};
 use ump_core::resources::ProviderSpec;
 
 const DEFAULT_ENDPOINT: &str = "https://api.push.apple.com";
@@ -264,14 +264,21 @@ fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Outcome {
 }
 
 #[async_trait::async_trait]
-impl Provider for ApnsProvider {
+impl super::Remote for ApnsProvider {
     fn name(&self) -> &str {
         &self.name
     }
 
-    async fn send(&self, message: &Outgoing) -> Outcome {
-        let outcome = self.limits.run(self.deliver(message)).await;
-        redact_outcome(outcome, &[&self.tokens.key_pem])
+    fn limits(&self) -> &CallLimits {
+        &self.limits
+    }
+
+    fn secrets(&self) -> Vec<&Secret> {
+        vec![&self.tokens.key_pem]
+    }
+
+    async fn call(&self, message: &Outgoing) -> Outcome {
+        self.deliver(message).await
     }
 }
 

@@ -33,7 +33,7 @@ use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::time::{Duration, Instant};
-use ump_core::provider::{Outcome, Outgoing, Provider};
+use ump_core::provider::{Outcome, Outgoing};
 use ump_core::resources::ProviderSpec;
 
 const DEFAULT_ENDPOINT: &str = "https://fcm.googleapis.com";
@@ -378,14 +378,21 @@ fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Outcome {
 }
 
 #[async_trait::async_trait]
-impl Provider for FcmProvider {
+impl super::Remote for FcmProvider {
     fn name(&self) -> &str {
         &self.name
     }
 
-    async fn send(&self, message: &Outgoing) -> Outcome {
-        let outcome = self.limits.run(self.deliver(message)).await;
-        redact_outcome(outcome, &[&self.tokens.private_key])
+    fn limits(&self) -> &CallLimits {
+        &self.limits
+    }
+
+    fn secrets(&self) -> Vec<&Secret> {
+        vec![&self.tokens.private_key]
+    }
+
+    async fn call(&self, message: &Outgoing) -> Outcome {
+        self.deliver(message).await
     }
 }
 

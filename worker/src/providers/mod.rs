@@ -18,10 +18,12 @@ pub mod smtp;
 pub mod twilio;
 pub mod webhook;
 
+use limits::CallLimits;
+use secret::{Secret, redact_outcome};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
-use ump_core::provider::Provider;
+use ump_core::provider::{Outcome, Outgoing, Provider};
 use ump_core::resources::{ProviderSpec, ProviderType};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,22 +46,57 @@ pub struct ProviderContext<'a> {
     pub sandbox_outbox: &'a Path,
 }
 
+/// A provider that calls a remote service. Each says how it calls, within which limits, with
+/// which credentials; [`Bounded`] runs every one the same way.
+#[async_trait::async_trait]
+pub(crate) trait Remote: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    /// `timeout` and `maxConcurrency` from its settings.
+    fn limits(&self) -> &CallLimits;
+    /// The credentials no answer may show (a remote server may echo what it was sent).
+    fn secrets(&self) -> Vec<&Secret>;
+    /// One call as the protocol makes it, unbounded and unscrubbed.
+    async fn call(&self, message: &Outgoing) -> Outcome;
+}
+
+/// A remote provider as the pipeline gets it from [`build`]: each call within the provider's
+/// limits (a permit of `maxConcurrency`, an answer within `timeout`), and no credential in the
+/// reason of its outcome.
+pub(crate) struct Bounded<R>(R);
+
+#[async_trait::async_trait]
+impl<R: Remote> Provider for Bounded<R> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    async fn send(&self, message: &Outgoing) -> Outcome {
+        let outcome = self.0.limits().run(self.0.call(message)).await;
+        redact_outcome(outcome, &self.0.secrets())
+    }
+}
+
+fn bounded(remote: impl Remote) -> Arc<dyn Provider> {
+    Arc::new(Bounded(remote))
+}
+
+/// One provider from its spec. Every provider but the in-process sandbox is [`Bounded`].
 pub fn build(
     spec: &ProviderSpec,
     ctx: &ProviderContext<'_>,
 ) -> Result<Arc<dyn Provider>, BuildError> {
     Ok(match spec.provider_type {
         ProviderType::Sandbox => Arc::new(sandbox::SandboxProvider::build(spec, ctx)?),
-        ProviderType::Smtp => Arc::new(smtp::SmtpProvider::build(spec, ctx)?),
-        ProviderType::Twilio => Arc::new(twilio::TwilioProvider::build(spec, ctx)?),
-        ProviderType::NhnSms => Arc::new(nhn_sms::NhnSmsProvider::build(spec, ctx)?),
-        ProviderType::Fcm => Arc::new(fcm::FcmProvider::build(spec, ctx)?),
-        ProviderType::Apns => Arc::new(apns::ApnsProvider::build(spec, ctx)?),
-        ProviderType::NhnAlimtalk => Arc::new(nhn_alimtalk::NhnAlimtalkProvider::build(spec, ctx)?),
+        ProviderType::Smtp => bounded(smtp::SmtpProvider::build(spec, ctx)?),
+        ProviderType::Twilio => bounded(twilio::TwilioProvider::build(spec, ctx)?),
+        ProviderType::NhnSms => bounded(nhn_sms::NhnSmsProvider::build(spec, ctx)?),
+        ProviderType::Fcm => bounded(fcm::FcmProvider::build(spec, ctx)?),
+        ProviderType::Apns => bounded(apns::ApnsProvider::build(spec, ctx)?),
+        ProviderType::NhnAlimtalk => bounded(nhn_alimtalk::NhnAlimtalkProvider::build(spec, ctx)?),
         ProviderType::NhnFriendtalk => {
-            Arc::new(nhn_friendtalk::NhnFriendtalkProvider::build(spec, ctx)?)
+            bounded(nhn_friendtalk::NhnFriendtalkProvider::build(spec, ctx)?)
         }
-        ProviderType::Webhook => Arc::new(webhook::WebhookProvider::build(spec, ctx)?),
+        ProviderType::Webhook => bounded(webhook::WebhookProvider::build(spec, ctx)?),
     })
 }
 
@@ -102,5 +139,93 @@ fn text_of(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use settings::Settings;
+    use std::time::Duration;
+
+    /// Answers with its secret in the reason, after `delay`.
+    struct Echo {
+        limits: CallLimits,
+        token: Secret,
+        delay: Duration,
+    }
+
+    #[async_trait::async_trait]
+    impl Remote for Echo {
+        fn name(&self) -> &str {
+            "echo"
+        }
+
+        fn limits(&self) -> &CallLimits {
+            &self.limits
+        }
+
+        fn secrets(&self) -> Vec<&Secret> {
+            vec![&self.token]
+        }
+
+        async fn call(&self, _: &Outgoing) -> Outcome {
+            tokio::time::sleep(self.delay).await;
+            Outcome::Permanent {
+                reason: format!("401: bad token {}", self.token.expose()),
+            }
+        }
+    }
+
+    fn echo(delay: Duration) -> Bounded<Echo> {
+        let spec = ProviderSpec {
+            name: "echo".into(),
+            provider_type: ProviderType::Webhook,
+            secret_ref: None,
+            settings: [("timeout", "200ms"), ("maxConcurrency", "1")]
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        Bounded(Echo {
+            limits: CallLimits::from_settings(&Settings::of(&spec)).expect("limits"),
+            token: Secret::new("tok-123456"),
+            delay,
+        })
+    }
+
+    fn message() -> Outgoing {
+        Outgoing {
+            id: ump_core::model::MessageId::new(),
+            tenant: "t".into(),
+            channel: "hook".into(),
+            channel_type: ump_core::resources::ChannelType::Webhook,
+            to: "https://example.invalid/hook".into(),
+            subject: None,
+            text: "hi".into(),
+            html: None,
+            template: None,
+            data: Default::default(),
+            metadata: Default::default(),
+            category: Default::default(),
+            attempt: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_remote_provider_answers_within_its_limits_without_its_secrets() {
+        let fast = echo(Duration::from_millis(10));
+        assert_eq!(fast.name(), "echo");
+        assert_eq!(
+            fast.send(&message()).await,
+            Outcome::Permanent {
+                reason: "401: bad token <redacted>".into()
+            }
+        );
+        let slow = echo(Duration::from_secs(5));
+        match slow.send(&message()).await {
+            Outcome::Retryable { reason, .. } => assert!(reason.contains("200ms"), "{reason}"),
+            other => panic!("a call past its timeout is retryable: {other:?}"),
+        }
     }
 }

@@ -25,12 +25,11 @@ use super::BuildError;
 use super::http::{classify_status, client, retry_after, snippet, transport_failure};
 use super::limits::CallLimits;
 use super::nhn_sms::{KoreanNumber, korean_number};
-use super::secret::{Secret, SecretFiles, redact_outcome};
+use super::secret::{Secret, SecretFiles};
 use super::settings::Settings;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
-use std::future::Future;
 use ump_core::provider::Outcome;
 
 /// Public endpoint of NHN Cloud's KakaoTalk BizMessage (AlimTalk and FriendTalk).
@@ -177,13 +176,14 @@ impl BizMessage {
         self.sender_key.expose()
     }
 
-    /// Runs one send within the limits; no credential survives in its reason.
-    pub(super) async fn call(&self, deliver: impl Future<Output = Outcome>) -> Outcome {
-        let outcome = self.limits.run(deliver).await;
-        redact_outcome(
-            outcome,
-            &[&self.secret_key, &self.sender_key, &self.app_key],
-        )
+    /// The limits the product's calls run within.
+    pub(super) fn limits(&self) -> &CallLimits {
+        &self.limits
+    }
+
+    /// The account's credentials, which no answer may show.
+    pub(super) fn secrets(&self) -> Vec<&Secret> {
+        vec![&self.secret_key, &self.sender_key, &self.app_key]
     }
 
     /// POSTs a send request to the product's `messages` and classifies the answer.

@@ -20,13 +20,14 @@
 //! permanent failures an SMS would fix (not a KakaoTalk user, a rejected template) carry a reason
 //! prefix [`wants_sms_fallback`] matches.
 
+use super::limits::CallLimits;
 use super::nhn::BizMessage;
 use super::nhn_sms::resend_type;
-use super::secret::SecretFiles;
+use super::secret::{Secret, SecretFiles};
 use super::settings::Settings;
 use super::{BuildError, ProviderContext, text_of};
 use serde_json::{Map, Value, json};
-use ump_core::provider::{Outcome, Outgoing, Provider};
+use ump_core::provider::{Outcome, Outgoing};
 use ump_core::resources::ProviderSpec;
 
 pub use super::nhn::{
@@ -129,12 +130,20 @@ impl NhnAlimtalkProvider {
 }
 
 #[async_trait::async_trait]
-impl Provider for NhnAlimtalkProvider {
+impl super::Remote for NhnAlimtalkProvider {
     fn name(&self) -> &str {
         &self.name
     }
 
-    async fn send(&self, message: &Outgoing) -> Outcome {
-        self.account.call(self.deliver(message)).await
+    fn limits(&self) -> &CallLimits {
+        self.account.limits()
+    }
+
+    fn secrets(&self) -> Vec<&Secret> {
+        self.account.secrets()
+    }
+
+    async fn call(&self, message: &Outgoing) -> Outcome {
+        self.deliver(message).await
     }
 }

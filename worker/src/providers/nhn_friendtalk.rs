@@ -25,13 +25,14 @@
 //! who is not a friend of the channel (3018) is permanent with the `not_kakao_user` prefix, so
 //! [`super::nhn_alimtalk::wants_sms_fallback`] hands the message to an SMS fallback.
 
+use super::limits::CallLimits;
 use super::nhn::BizMessage;
-use super::secret::SecretFiles;
+use super::secret::{Secret, SecretFiles};
 use super::settings::Settings;
 use super::{BuildError, ProviderContext};
 use serde_json::{Value, json};
 use ump_core::model::Category;
-use ump_core::provider::{Outcome, Outgoing, Provider};
+use ump_core::provider::{Outcome, Outgoing};
 use ump_core::resources::ProviderSpec;
 
 /// Longest `content`, in characters.
@@ -115,13 +116,21 @@ fn recipient(message: &Outgoing, recipient_no: String) -> Result<Value, String> 
 }
 
 #[async_trait::async_trait]
-impl Provider for NhnFriendtalkProvider {
+impl super::Remote for NhnFriendtalkProvider {
     fn name(&self) -> &str {
         &self.name
     }
 
-    async fn send(&self, message: &Outgoing) -> Outcome {
-        self.account.call(self.deliver(message)).await
+    fn limits(&self) -> &CallLimits {
+        self.account.limits()
+    }
+
+    fn secrets(&self) -> Vec<&Secret> {
+        self.account.secrets()
+    }
+
+    async fn call(&self, message: &Outgoing) -> Outcome {
+        self.deliver(message).await
     }
 }
 

@@ -24,14 +24,14 @@
 use super::http::{classify_status, client, retry_after, snippet};
 use super::limits::CallLimits;
 use super::nhn::RecipientResult;
-use super::secret::{Secret, SecretFiles, redact_outcome};
+use super::secret::{Secret, SecretFiles};
 use super::settings::Settings;
 use super::{BuildError, ProviderContext};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::json;
-use ump_core::provider::{Outcome, Outgoing, Provider};
+use ump_core::provider::{Outcome, Outgoing};
 use ump_core::resources::ProviderSpec;
 
 const DEFAULT_ENDPOINT: &str = "https://api-sms.cloud.toast.com";
@@ -261,14 +261,21 @@ fn result_code_outcome(code: i64, message: &str, headers: &HeaderMap) -> Outcome
 }
 
 #[async_trait::async_trait]
-impl Provider for NhnSmsProvider {
+impl super::Remote for NhnSmsProvider {
     fn name(&self) -> &str {
         &self.name
     }
 
-    async fn send(&self, message: &Outgoing) -> Outcome {
-        let outcome = self.limits.run(self.deliver(message)).await;
-        redact_outcome(outcome, &[&self.secret_key, &self.app_key])
+    fn limits(&self) -> &CallLimits {
+        &self.limits
+    }
+
+    fn secrets(&self) -> Vec<&Secret> {
+        vec![&self.secret_key, &self.app_key]
+    }
+
+    async fn call(&self, message: &Outgoing) -> Outcome {
+        self.deliver(message).await
     }
 }
 

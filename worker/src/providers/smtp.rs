@@ -17,7 +17,7 @@
 //! permanent.
 
 use super::limits::CallLimits;
-use super::secret::{Secret, SecretFiles, redact_outcome};
+use super::secret::{Secret, SecretFiles};
 use super::settings::Settings;
 use super::{BuildError, ProviderContext};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
@@ -25,7 +25,7 @@ use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use ump_core::provider::{Outcome, Outgoing, Provider};
+use ump_core::provider::{Outcome, Outgoing};
 use ump_core::resources::ProviderSpec;
 
 /// SMTP replies that mean the server refused our authentication.
@@ -200,17 +200,21 @@ fn classify(error: &lettre::transport::smtp::Error) -> Outcome {
 }
 
 #[async_trait::async_trait]
-impl Provider for SmtpProvider {
+impl super::Remote for SmtpProvider {
     fn name(&self) -> &str {
         &self.name
     }
 
-    async fn send(&self, message: &Outgoing) -> Outcome {
-        let outcome = self.limits.run(self.deliver(message)).await;
-        match &self.password {
-            Some(password) => redact_outcome(outcome, &[password]),
-            None => outcome,
-        }
+    fn limits(&self) -> &CallLimits {
+        &self.limits
+    }
+
+    fn secrets(&self) -> Vec<&Secret> {
+        self.password.iter().collect()
+    }
+
+    async fn call(&self, message: &Outgoing) -> Outcome {
+        self.deliver(message).await
     }
 }
 

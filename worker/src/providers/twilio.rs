@@ -17,12 +17,12 @@
 
 use super::http::{classify_status, client, retry_after, snippet, transport_failure};
 use super::limits::CallLimits;
-use super::secret::{Secret, SecretFiles, redact_outcome};
+use super::secret::{Secret, SecretFiles};
 use super::settings::Settings;
 use super::{BuildError, ProviderContext};
 use reqwest::StatusCode;
 use serde::Deserialize;
-use ump_core::provider::{Outcome, Outgoing, Provider};
+use ump_core::provider::{Outcome, Outgoing};
 use ump_core::resources::ProviderSpec;
 
 const DEFAULT_ENDPOINT: &str = "https://api.twilio.com";
@@ -167,14 +167,21 @@ fn classify(status: StatusCode, headers: &reqwest::header::HeaderMap, body: &str
 }
 
 #[async_trait::async_trait]
-impl Provider for TwilioProvider {
+impl super::Remote for TwilioProvider {
     fn name(&self) -> &str {
         &self.name
     }
 
-    async fn send(&self, message: &Outgoing) -> Outcome {
-        let outcome = self.limits.run(self.deliver(message)).await;
-        redact_outcome(outcome, &[&self.auth_token, &self.account_sid])
+    fn limits(&self) -> &CallLimits {
+        &self.limits
+    }
+
+    fn secrets(&self) -> Vec<&Secret> {
+        vec![&self.auth_token, &self.account_sid]
+    }
+
+    async fn call(&self, message: &Outgoing) -> Outcome {
+        self.deliver(message).await
     }
 }
 

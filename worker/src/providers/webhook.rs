@@ -17,12 +17,12 @@
 
 use super::http::{client, retry_after, snippet, transport_failure};
 use super::limits::CallLimits;
-use super::secret::{Secret, SecretFiles, redact_outcome};
+use super::secret::{Secret, SecretFiles};
 use super::settings::Settings;
 use super::{BuildError, ProviderContext};
 use reqwest::StatusCode;
 use serde_json::json;
-use ump_core::provider::{Outcome, Outgoing, Provider};
+use ump_core::provider::{Outcome, Outgoing};
 use ump_core::resources::ProviderSpec;
 
 pub const SIGNATURE_HEADER: &str = "X-UMP-Signature";
@@ -121,14 +121,21 @@ fn classify(status: StatusCode, headers: &reqwest::header::HeaderMap, body: &str
 }
 
 #[async_trait::async_trait]
-impl Provider for WebhookProvider {
+impl super::Remote for WebhookProvider {
     fn name(&self) -> &str {
         &self.name
     }
 
-    async fn send(&self, message: &Outgoing) -> Outcome {
-        let outcome = self.limits.run(self.deliver(message)).await;
-        redact_outcome(outcome, &[&self.signing_secret])
+    fn limits(&self) -> &CallLimits {
+        &self.limits
+    }
+
+    fn secrets(&self) -> Vec<&Secret> {
+        vec![&self.signing_secret]
+    }
+
+    async fn call(&self, message: &Outgoing) -> Outcome {
+        self.deliver(message).await
     }
 }
 

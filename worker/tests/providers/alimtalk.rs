@@ -6,14 +6,14 @@ use super::{assert_permanent, assert_retryable, reason};
 use serde_json::json;
 use ump_core::provider::{Outcome, Outgoing, Provider};
 use ump_core::resources::{ChannelType, ProviderType};
-use ump_worker::providers::nhn_alimtalk::{NhnAlimtalkProvider, wants_sms_fallback};
+use ump_worker::providers::nhn_alimtalk::wants_sms_fallback;
 
 fn provider(
     secrets: &SecretsDir,
     fake: &FakeAlimtalk,
     sender_key: &str,
     extra: &[(&str, &str)],
-) -> NhnAlimtalkProvider {
+) -> std::sync::Arc<dyn Provider> {
     secrets.secret(
         "alimtalk",
         &[
@@ -25,7 +25,7 @@ fn provider(
     let endpoint = fake.endpoint();
     let mut settings = vec![("endpoint", endpoint.as_str())];
     settings.extend_from_slice(extra);
-    NhnAlimtalkProvider::build(
+    ump_worker::providers::build(
         &spec(
             "alimtalk",
             ProviderType::NhnAlimtalk,

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 use ump_core::provider::{Outcome, Provider};
 use ump_core::resources::{ChannelType, ProviderType};
-use ump_worker::providers::apns::ApnsProvider;
 
 const DEVICE: &str = "7c1f0a8b3e4d5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
 
@@ -31,7 +30,12 @@ async fn setup() -> Setup {
     }
 }
 
-fn provider(setup: &Setup, key_pem: &str, extra: &[(&str, &str)], trust_ca: bool) -> ApnsProvider {
+fn provider(
+    setup: &Setup,
+    key_pem: &str,
+    extra: &[(&str, &str)],
+    trust_ca: bool,
+) -> std::sync::Arc<dyn Provider> {
     setup.secrets.secret("apns", &[("authKey.p8", key_pem)]);
     let endpoint = setup.fake.endpoint();
     let ca = setup.ca_file.to_string_lossy().into_owned();
@@ -45,7 +49,7 @@ fn provider(setup: &Setup, key_pem: &str, extra: &[(&str, &str)], trust_ca: bool
         settings.push(("caFile", ca.as_str()));
     }
     settings.extend_from_slice(extra);
-    ApnsProvider::build(
+    ump_worker::providers::build(
         &spec("apns", ProviderType::Apns, Some("apns"), &settings),
         &setup.secrets.ctx(),
     )

@@ -7,13 +7,12 @@ use serde_json::json;
 use std::time::Duration;
 use ump_core::provider::{Outcome, Provider};
 use ump_core::resources::{ChannelType, ProviderType};
-use ump_worker::providers::fcm::FcmProvider;
 
 const DEVICE: &str = "fcm-registration-token-AAAA:bbbb";
 
-fn provider(secrets: &SecretsDir, fake: &FakeFcm, key_file: &str) -> FcmProvider {
+fn provider(secrets: &SecretsDir, fake: &FakeFcm, key_file: &str) -> std::sync::Arc<dyn Provider> {
     secrets.secret("fcm", &[("service-account.json", key_file)]);
-    FcmProvider::build(
+    ump_worker::providers::build(
         &spec(
             "fcm",
             ProviderType::Fcm,

@@ -9,13 +9,12 @@ use ump_core::model::Category;
 use ump_core::provider::{Outcome, Outgoing, Provider};
 use ump_core::resources::{ChannelType, ProviderType};
 use ump_worker::providers::nhn_alimtalk::wants_sms_fallback;
-use ump_worker::providers::nhn_friendtalk::NhnFriendtalkProvider;
 
 fn provider(
     secrets: &SecretsDir,
     fake: &FakeFriendtalk,
     secret_key: &str,
-) -> NhnFriendtalkProvider {
+) -> std::sync::Arc<dyn Provider> {
     secrets.secret(
         "friendtalk",
         &[
@@ -25,7 +24,7 @@ fn provider(
         ],
     );
     let endpoint = fake.endpoint();
-    NhnFriendtalkProvider::build(
+    ump_worker::providers::build(
         &spec(
             "friendtalk",
             ProviderType::NhnFriendtalk,

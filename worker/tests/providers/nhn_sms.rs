@@ -6,11 +6,14 @@ use super::{assert_permanent, assert_retryable, reason};
 use std::time::Duration;
 use ump_core::provider::{Outcome, Provider};
 use ump_core::resources::{ChannelType, ProviderType};
-use ump_worker::providers::nhn_sms::NhnSmsProvider;
 
-fn provider(secrets: &SecretsDir, endpoint: &str, secret_key: &str) -> NhnSmsProvider {
+fn provider(
+    secrets: &SecretsDir,
+    endpoint: &str,
+    secret_key: &str,
+) -> std::sync::Arc<dyn Provider> {
     secrets.secret("nhn", &[("appKey", APP_KEY), ("secretKey", secret_key)]);
-    NhnSmsProvider::build(
+    ump_worker::providers::build(
         &spec(
             "nhn-sms",
             ProviderType::NhnSms,

@@ -7,14 +7,13 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 use ump_core::provider::{Outcome, Provider};
 use ump_core::resources::{ChannelType, ProviderType};
-use ump_worker::providers::twilio::TwilioProvider;
 
 fn provider(
     secrets: &SecretsDir,
     endpoint: &str,
     token: &str,
     extra: &[(&str, &str)],
-) -> TwilioProvider {
+) -> std::sync::Arc<dyn Provider> {
     secrets.secret(
         "twilio",
         &[
@@ -28,7 +27,7 @@ fn provider(
         ("statusCallback", "https://ump.example/receipts/twilio"),
     ];
     settings.extend_from_slice(extra);
-    TwilioProvider::build(
+    ump_worker::providers::build(
         &spec("twilio", ProviderType::Twilio, Some("twilio"), &settings),
         &secrets.ctx(),
     )

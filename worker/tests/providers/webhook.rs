@@ -7,11 +7,10 @@ use serde_json::json;
 use std::time::Duration;
 use ump_core::provider::{Outcome, Provider};
 use ump_core::resources::{ChannelType, ProviderType};
-use ump_worker::providers::webhook::WebhookProvider;
 
-fn provider(secrets: &SecretsDir, url: &str, secret: &str) -> WebhookProvider {
+fn provider(secrets: &SecretsDir, url: &str, secret: &str) -> std::sync::Arc<dyn Provider> {
     secrets.secret("hook", &[("signingSecret", secret)]);
-    WebhookProvider::build(
+    ump_worker::providers::build(
         &spec(
             "hook",
             ProviderType::Webhook,
