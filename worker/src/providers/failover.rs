@@ -328,23 +328,7 @@ mod tests {
         }
     }
 
-    fn message() -> Outgoing {
-        Outgoing {
-            id: ump_core::model::MessageId::new(),
-            tenant: "t".into(),
-            channel: "sms".into(),
-            channel_type: ump_core::resources::ChannelType::Sms,
-            to: "+821012345678".into(),
-            subject: None,
-            text: "hi".into(),
-            html: None,
-            template: None,
-            data: Default::default(),
-            metadata: Default::default(),
-            category: Default::default(),
-            attempt: 1,
-        }
-    }
+    use super::super::tests::message;
 
     const COOL_DOWN: Duration = Duration::from_secs(30);
 

@@ -194,13 +194,14 @@ mod tests {
         })
     }
 
-    fn message() -> Outgoing {
+    /// A message for the providers' unit tests.
+    pub(super) fn message() -> Outgoing {
         Outgoing {
             id: ump_core::model::MessageId::new(),
             tenant: "t".into(),
-            channel: "hook".into(),
-            channel_type: ump_core::resources::ChannelType::Webhook,
-            to: "https://example.invalid/hook".into(),
+            channel: "sms".into(),
+            channel_type: ump_core::resources::ChannelType::Sms,
+            to: "+821012345678".into(),
             subject: None,
             text: "hi".into(),
             html: None,
