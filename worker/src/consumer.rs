@@ -81,9 +81,9 @@ impl ChannelConsumer {
                 ("session.timeout.ms", "10000"),
                 ("heartbeat.interval.ms", "2000"),
                 // A fetch waits up to 10 ms for 64 KiB rather than returning each message on its
-                // own: at 1,000 messages/s that took Kafka from 0.24 to 0.16 of a core and the
-                // worker from 0.30 to 0.24 (scripts/bench-realtime), for ~10 ms more bulk
-                // latency — cores the realtime path, sharing the machine, gets instead.
+                // own: far fewer fetches for Kafka and the worker at a moderate rate, for ~10 ms
+                // more bulk latency — cores the realtime path, sharing the machine, gets instead
+                // (BENCHMARKS.md, "Realtime path").
                 ("fetch.wait.max.ms", "10"),
                 ("fetch.min.bytes", "65536"),
             ])
