@@ -202,9 +202,7 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
     };
     for channel in channels.channels() {
         let name = channel.name();
-        if let Some(policy) = &channel.missing_policy {
-            tracing::warn!(channel = %name, %policy, "DeliveryPolicy not found; using defaults");
-        }
+        channel.warn_if_policy_missing();
         let provider = build_channel(&name, &channel.resource.spec.providers, &context)
             .with_context(|| format!("channel {name}"))?;
         let pipeline = Arc::new(

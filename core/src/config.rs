@@ -63,6 +63,13 @@ impl ResolvedChannel {
     pub fn channel_type(&self) -> ChannelType {
         self.resource.spec.channel_type
     }
+    /// Says so in the log when the channel's DeliveryPolicy was not found and it runs on the
+    /// defaults: once, where a process starts delivering the channel's messages.
+    pub fn warn_if_policy_missing(&self) {
+        if let Some(policy) = &self.missing_policy {
+            tracing::warn!(channel = %self.name(), %policy, "DeliveryPolicy not found; using defaults");
+        }
+    }
 }
 
 /// Every channel UMP knows, by name.

@@ -120,9 +120,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
             .collect::<anyhow::Result<_>>()?
     };
     for channel in &channels {
-        if let Some(policy) = &channel.missing_policy {
-            tracing::warn!(channel = %channel.name(), %policy, "DeliveryPolicy not found; using defaults");
-        }
+        channel.warn_if_policy_missing();
     }
 
     let pool = connect_mysql(&settings.mysql_url, 8).await?;
