@@ -202,15 +202,21 @@ impl AllInOne {
 
     /// Waits until message `id` (of `key`'s tenant) has status `status`; returns its view.
     pub async fn wait_status(&self, key: &str, id: &str, status: &str) -> Value {
+        self.wait_status_in(key, id, &[status]).await
+    }
+
+    /// Waits until message `id` (of `key`'s tenant) has one of `statuses`; returns its view.
+    pub async fn wait_status_in(&self, key: &str, id: &str, statuses: &[&str]) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let (code, view) = self.get(key, &format!("/v1/messages/{id}")).await;
-            if code == 200 && view["status"] == status {
+            if code == 200 && statuses.iter().any(|s| view["status"] == *s) {
                 return view;
             }
             assert!(
                 Instant::now() < deadline,
-                "message {id} never became {status}: {code} {view}"
+                "message {id} never became {}: {code} {view}",
+                statuses.join(" or ")
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
