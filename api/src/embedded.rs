@@ -38,9 +38,9 @@ use ump_core::sqlite::{EmbeddedLock, SqliteQueue, SqliteStore, Wakers};
 use ump_events::EventMetrics;
 use ump_worker::fallback::FallbackRoute;
 use ump_worker::local::{LocalConsumer, LocalRateLimiter, SqliteDedupe};
-use ump_worker::metrics::WorkerMetrics;
+use ump_worker::metrics::{DeliveryPath, WorkerMetrics};
 use ump_worker::pipeline::DeliveryPipeline;
-use ump_worker::providers::{ProviderContext, build_channel};
+use ump_worker::providers::{self, ProviderContext};
 
 /// The example channels (email, sms, push, alimtalk, friendtalk on the sandbox provider), used when no
 /// channel folder is configured and `examples/channels` is not at hand.
@@ -203,8 +203,9 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
     for channel in channels.channels() {
         let name = channel.name();
         channel.warn_if_policy_missing();
-        let provider = build_channel(&name, &channel.resource.spec.providers, &context)
-            .with_context(|| format!("channel {name}"))?;
+        let provider =
+            providers::for_delivery(channel, &context, &worker_metrics, DeliveryPath::AllInOne)
+                .with_context(|| format!("channel {name}"))?;
         let pipeline = Arc::new(
             DeliveryPipeline::new(
                 Arc::clone(channel),

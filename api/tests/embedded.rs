@@ -543,3 +543,72 @@ spec:
     assert_eq!(sent[0]["provider"], "sms-sandbox");
     assert_eq!(sent[0]["text"], "[UMP] 김민지님, 상품이 출발했습니다");
 }
+
+/// Failover in the all-in-one mode: after two failures the primary's circuit opens, the retry
+/// goes to the secondary, and `/metrics` shows the circuit as the cluster mode's paths do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_takes_the_secondary_and_metrics_show_the_open_circuit() {
+    let dir = tempfile::tempdir().unwrap();
+    let channels = dir.path().join("channels");
+    std::fs::create_dir_all(&channels).unwrap();
+    std::fs::write(
+        channels.join("channels.yaml"),
+        r#"apiVersion: ump.dev/v1alpha1
+kind: DeliveryPolicy
+metadata: {name: quick}
+spec:
+  retry: {maxAttempts: 3, initialBackoff: 100ms, maxBackoff: 200ms}
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: sms}
+spec:
+  type: sms
+  policyRef: quick
+  providers:
+    - name: primary
+      type: sandbox
+      settings: {failAttempts: "100", circuitFailureThreshold: "2", circuitCoolDown: "10m"}
+    - {name: secondary, type: sandbox}
+"#,
+    )
+    .unwrap();
+    let ump = AllInOne::start_with_channels(&channels, "warn", &[]).await;
+    let id = ump
+        .send(
+            KEY,
+            &json!({"channel": "sms", "to": "+821012345678", "body": "hi"}),
+        )
+        .await;
+    let view = ump.wait_status(KEY, &id, "sent").await;
+    assert_eq!(
+        (&view["provider"], &view["attempts"]),
+        (&json!("secondary"), &json!(3)),
+        "{view}"
+    );
+    let metrics = ump
+        .http
+        .get(format!("{}/metrics", ump.url))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let open = |provider: &str| {
+        ump_core::testing::metric_value(
+            &metrics,
+            "ump_provider_circuit_open",
+            &[
+                ("channel", "sms"),
+                ("provider", provider),
+                ("path", "all-in-one"),
+            ],
+        )
+    };
+    assert_eq!(
+        (open("primary"), open("secondary")),
+        (Some(1.0), Some(0.0)),
+        "{metrics}"
+    );
+}

@@ -240,9 +240,49 @@ impl TestDatabase {
     }
 }
 
+/// The value of the first series `name` carrying (at least) `labels` in a Prometheus text
+/// exposition (`/metrics`), if there is one. Label values with commas are not supported.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, pairs) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            let carries = |(label, wanted): &(&str, &str)| {
+                pairs
+                    .split(',')
+                    .any(|pair| pair == format!("{label}=\"{wanted}\""))
+            };
+            (metric == name && labels.iter().all(carries))
+                .then(|| value.parse().ok())
+                .flatten()
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_values_are_found_by_name_and_labels() {
+        let text = "# HELP up it\n# TYPE up gauge\nup 1\n\
+                    open{channel=\"sms\",provider=\"nhn\"} 0\n\
+                    open{channel=\"sms\",provider=\"twilio\"} 1\n";
+        assert_eq!(metric_value(text, "up", &[]), Some(1.0));
+        assert_eq!(
+            metric_value(text, "open", &[("provider", "twilio")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            metric_value(text, "open", &[("channel", "sms"), ("provider", "nhn")]),
+            Some(0.0)
+        );
+        assert_eq!(metric_value(text, "open", &[("provider", "fcm")]), None);
+        assert_eq!(metric_value(text, "ope", &[]), None);
+    }
 
     #[test]
     fn settings_skip_comments_and_blank_lines() {

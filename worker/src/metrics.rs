@@ -1,10 +1,79 @@
 //! The worker's Prometheus metrics. Names are part of the operations contract (dashboards, alerts).
 
 use crate::providers::failover::CircuitState;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+use std::sync::{Arc, Mutex};
+
+/// The delivery path a provider serves. Each path builds its own providers (their connection
+/// pools live on its runtime), so each has circuit breakers of its own: the `path` label of
+/// `ump_provider_circuit_open` tells them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryPath {
+    /// Kafka topics (cluster mode).
+    Bulk,
+    /// ActiveMQ queues (cluster mode).
+    Realtime,
+    /// The SQLite queue of the all-in-one mode.
+    AllInOne,
+}
+
+impl DeliveryPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bulk => "bulk",
+            Self::Realtime => "realtime",
+            Self::AllInOne => "all-in-one",
+        }
+    }
+}
+
+/// Whatever keeps circuit breakers (a failover provider): their states, primary first.
+pub trait CircuitSource: Send + Sync {
+    fn circuits(&self) -> Vec<(String, CircuitState)>;
+}
+
+/// `ump_provider_circuit_open`, read from the breakers themselves at each scrape: no path has to
+/// remember to publish it.
+#[derive(Clone)]
+struct CircuitGauge {
+    gauge: IntGaugeVec,
+    watched: Arc<Mutex<Vec<Watched>>>,
+}
+
+/// A failover channel whose circuits are published.
+struct Watched {
+    path: DeliveryPath,
+    channel: String,
+    source: Arc<dyn CircuitSource>,
+}
+
+impl Collector for CircuitGauge {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        // Held through the collection: two scrapes at once never interleave reset and set.
+        let watched = self
+            .watched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.gauge.reset();
+        for w in watched.iter() {
+            for (provider, state) in w.source.circuits() {
+                self.gauge
+                    .with_label_values(&[w.channel.as_str(), &provider, w.path.as_str()])
+                    .set(i64::from(state != CircuitState::Closed));
+            }
+        }
+        self.gauge.collect()
+    }
+}
 
 #[derive(Clone)]
 pub struct WorkerMetrics {
@@ -23,8 +92,8 @@ pub struct WorkerMetrics {
     /// Time spent waiting on a dependency that is down (redis, mysql, kafka), by dependency.
     pub paused_seconds: IntCounterVec,
     /// 1 while a provider's circuit keeps traffic away (open, or half-open awaiting its probe), by
-    /// channel and provider; channels with failover only.
-    pub circuit_open: IntGaugeVec,
+    /// channel, provider and delivery path; channels with failover only.
+    circuits: CircuitGauge,
     /// Parked messages of this worker's queues due more than a minute ago and still waiting.
     pub parked_overdue: IntGauge,
     /// Messages the last parking sweep found with no outcome and no live parking (their
@@ -84,13 +153,16 @@ impl WorkerMetrics {
             ),
             &["dependency"],
         )?;
-        let circuit_open = IntGaugeVec::new(
-            Opts::new(
-                "ump_provider_circuit_open",
-                "1 while the provider's circuit breaker keeps traffic away from it",
-            ),
-            &["channel", "provider"],
-        )?;
+        let circuits = CircuitGauge {
+            gauge: IntGaugeVec::new(
+                Opts::new(
+                    "ump_provider_circuit_open",
+                    "1 while the provider's circuit breaker keeps traffic away from it",
+                ),
+                &["channel", "provider", "path"],
+            )?,
+            watched: Arc::default(),
+        };
         let parked_overdue = IntGauge::new(
             "ump_parked_overdue_messages",
             "Parked messages due more than a minute ago and still waiting to be published",
@@ -115,7 +187,7 @@ impl WorkerMetrics {
             Box::new(history_write_seconds.clone()),
             Box::new(consumer_lag.clone()),
             Box::new(paused_seconds.clone()),
-            Box::new(circuit_open.clone()),
+            Box::new(circuits.clone()),
             Box::new(parked_overdue.clone()),
             Box::new(scheduled_unparked.clone()),
             Box::new(parking_repairs.clone()),
@@ -131,21 +203,30 @@ impl WorkerMetrics {
             history_write_seconds,
             consumer_lag,
             paused_seconds,
-            circuit_open,
+            circuits,
             parked_overdue,
             scheduled_unparked,
             parking_repairs,
         })
     }
 
-    /// Publishes a failover channel's circuits (primary first), as `FailoverProvider::circuits`
-    /// reports them.
-    pub fn circuits(&self, channel: &str, circuits: &[(String, CircuitState)]) {
-        for (provider, state) in circuits {
-            self.circuit_open
-                .with_label_values(&[channel, provider])
-                .set(i64::from(*state != CircuitState::Closed));
-        }
+    /// Publishes the circuits of `channel`'s failover provider on `path`, as they are at each
+    /// scrape.
+    pub fn watch_circuits(
+        &self,
+        path: DeliveryPath,
+        channel: &str,
+        source: Arc<dyn CircuitSource>,
+    ) {
+        self.circuits
+            .watched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Watched {
+                path,
+                channel: channel.to_owned(),
+                source,
+            });
     }
 
     pub fn outcome(&self, channel: &str, provider: &str, outcome: &str) {
@@ -159,26 +240,84 @@ impl WorkerMetrics {
 mod tests {
     use super::*;
 
+    struct Breakers(Mutex<Vec<(String, CircuitState)>>);
+
+    impl CircuitSource for Breakers {
+        fn circuits(&self) -> Vec<(String, CircuitState)> {
+            self.0.lock().expect("lock").clone()
+        }
+    }
+
+    /// `ump_provider_circuit_open` samples as `(channel, provider, path) → value`.
+    fn scraped(registry: &Registry) -> Vec<(String, String, String, f64)> {
+        let mut samples = Vec::new();
+        for family in registry.gather() {
+            if family.name() != "ump_provider_circuit_open" {
+                continue;
+            }
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                        .unwrap_or_default()
+                };
+                samples.push((
+                    label("channel"),
+                    label("provider"),
+                    label("path"),
+                    metric.get_gauge().get_value(),
+                ));
+            }
+        }
+        samples.sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
+        samples
+    }
+
     #[test]
-    fn circuits_show_as_open_until_closed() {
-        let metrics = WorkerMetrics::new(Registry::new()).expect("metrics");
-        metrics.circuits(
-            "sms",
-            &[
-                ("nhn".to_owned(), CircuitState::Open),
-                ("twilio".to_owned(), CircuitState::Closed),
-            ],
-        );
-        let open = |provider: &str| {
-            metrics
-                .circuit_open
-                .with_label_values(&["sms", provider])
-                .get()
+    fn circuits_show_as_open_until_closed_on_each_path_at_each_scrape() {
+        let registry = Registry::new();
+        let metrics = WorkerMetrics::new(registry.clone()).expect("metrics");
+        let sample = |provider: &str, path: &str, value: f64| {
+            (
+                "sms".to_owned(),
+                provider.to_owned(),
+                path.to_owned(),
+                value,
+            )
         };
-        assert_eq!((open("nhn"), open("twilio")), (1, 0));
-        metrics.circuits("sms", &[("nhn".to_owned(), CircuitState::HalfOpen)]);
-        assert_eq!(open("nhn"), 1, "half-open still keeps traffic away");
-        metrics.circuits("sms", &[("nhn".to_owned(), CircuitState::Closed)]);
-        assert_eq!(open("nhn"), 0);
+        assert!(
+            scraped(&registry).is_empty(),
+            "no failover channel, no series"
+        );
+        let bulk = Arc::new(Breakers(Mutex::new(vec![
+            ("twilio".to_owned(), CircuitState::Open),
+            ("nhn".to_owned(), CircuitState::Closed),
+        ])));
+        let realtime = Arc::new(Breakers(Mutex::new(vec![
+            ("twilio".to_owned(), CircuitState::Closed),
+            ("nhn".to_owned(), CircuitState::Closed),
+        ])));
+        metrics.watch_circuits(DeliveryPath::Bulk, "sms", bulk.clone());
+        metrics.watch_circuits(DeliveryPath::Realtime, "sms", realtime);
+        assert_eq!(
+            scraped(&registry),
+            [
+                sample("nhn", "bulk", 0.0),
+                sample("nhn", "realtime", 0.0),
+                sample("twilio", "bulk", 1.0),
+                sample("twilio", "realtime", 0.0),
+            ]
+        );
+        bulk.0.lock().expect("lock")[0].1 = CircuitState::HalfOpen;
+        assert_eq!(
+            scraped(&registry)[2],
+            sample("twilio", "bulk", 1.0),
+            "half-open still keeps traffic away"
+        );
+        bulk.0.lock().expect("lock")[0].1 = CircuitState::Closed;
+        assert_eq!(scraped(&registry)[2], sample("twilio", "bulk", 0.0));
     }
 }

@@ -28,10 +28,10 @@
 //! included, and a message still gets a provider call on its last delivery.
 
 use crate::dedupe::RedisDedupe;
-use crate::metrics::WorkerMetrics;
+use crate::metrics::{DeliveryPath, WorkerMetrics};
 use crate::pause::until_available;
 use crate::pipeline::{BatchOutcome, DeliveryPipeline};
-use crate::providers::{ProviderContext, build_channel};
+use crate::providers::{self, ProviderContext};
 use crate::ratelimit::{LimiterUnavailable, RateLimiter, RedisRateLimiter};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -177,7 +177,8 @@ async fn consumers(
     for channel in channels {
         // Providers of its own: their connection pools live on this runtime. A failover
         // provider's circuit breakers are therefore separate from the bulk path's.
-        let provider = build_channel(&channel.name(), &channel.resource.spec.providers, &context)?;
+        let provider =
+            providers::for_delivery(&channel, &context, &metrics, DeliveryPath::Realtime)?;
         let queue = channel.resource.realtime_queue();
         let topic = channel.resource.topic_name();
         for link in 0..LINKS {

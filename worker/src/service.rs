@@ -4,10 +4,9 @@
 use crate::consumer::{BatchSettings, ChannelConsumer, Scheduler};
 use crate::dedupe::RedisDedupe;
 use crate::fallback::FallbackRoute;
-use crate::metrics::WorkerMetrics;
+use crate::metrics::{DeliveryPath, WorkerMetrics};
 use crate::pipeline::DeliveryPipeline;
-use crate::providers::failover::FailoverProvider;
-use crate::providers::{ProviderContext, build_channel, build_failover};
+use crate::providers::{self, ProviderContext};
 use crate::ratelimit::RedisRateLimiter;
 use anyhow::Context;
 use axum::extract::State;
@@ -26,7 +25,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use ump_core::config::{ChannelRegistry, ResolvedChannel};
 use ump_core::history::HistoryStore;
-use ump_core::provider::Provider;
 use ump_core::queue::KafkaSettings;
 use ump_core::store::{MySqlHistory, connect_mysql, migrate_mysql};
 
@@ -94,7 +92,6 @@ impl std::fmt::Debug for WorkerSettings {
 #[derive(Clone)]
 struct Probes {
     metrics: WorkerMetrics,
-    circuits: Vec<(String, Arc<FailoverProvider>)>,
     redis: redis::aio::ConnectionManager,
     mysql: sqlx::MySqlPool,
     producer: FutureProducer,
@@ -155,20 +152,9 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
     };
 
     let mut tasks = tokio::task::JoinSet::new();
-    let mut circuits = Vec::new();
     let mut fallback_queues = Vec::new();
     for channel in &channels {
-        // Its only provider, or failover across its providers (primary first), whose circuits
-        // `/metrics` reports.
-        let specs = &channel.resource.spec.providers;
-        let provider: Arc<dyn Provider> = if specs.len() > 1 {
-            let failover = Arc::new(build_failover(&channel.name(), specs, &context)?);
-            metrics.circuits(&channel.name(), &failover.circuits());
-            circuits.push((channel.name(), Arc::clone(&failover)));
-            failover
-        } else {
-            build_channel(&channel.name(), specs, &context)?
-        };
+        let provider = providers::for_delivery(channel, &context, &metrics, DeliveryPath::Bulk)?;
         let route = FallbackRoute::of(channel, &registry);
         fallback_queues.extend(route.as_ref().map(|r| r.queue.clone()));
         let pipeline = DeliveryPipeline::new(
@@ -231,7 +217,6 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
 
     let probes = Probes {
         metrics,
-        circuits,
         redis,
         mysql: pool,
         producer,
@@ -244,7 +229,9 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    tracing::info!(listen = %settings.listen, channels = channels.len(), "worker running");
+    // The bound address: with port 0 (as in tests) the one the system chose.
+    let listen = listener.local_addr().unwrap_or(settings.listen);
+    tracing::info!(%listen, channels = channels.len(), "worker running");
     let server_shutdown = shutdown.clone();
     tasks.spawn(async move {
         if let Err(e) = axum::serve(listener, app)
@@ -345,9 +332,6 @@ async fn readyz(State(probes): State<Probes>) -> Response {
 }
 
 async fn metrics_text(State(probes): State<Probes>) -> Response {
-    for (channel, failover) in &probes.circuits {
-        probes.metrics.circuits(channel, &failover.circuits());
-    }
     let mut body = Vec::new();
     match TextEncoder::new().encode(&probes.metrics.registry.gather(), &mut body) {
         Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),

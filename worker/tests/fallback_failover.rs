@@ -13,6 +13,7 @@ use fakes::{Canned, SecretsDir};
 use serde_json::{Value, json};
 use stack::{Stack, StackOptions};
 use std::time::Duration;
+use ump_core::testing::metric_value;
 
 const CALLBACK: &str = "https://ump.example.com/v1/receipts/sms/twilio";
 const NHN_WEBHOOK_SIGNATURE: &str = "nhn-console-webhook-signature";
@@ -252,6 +253,20 @@ async fn refused_alimtalk_goes_out_as_sms_with_both_attempts_in_one_timeline() {
     stack.finish().await;
 }
 
+/// `ump_provider_circuit_open` of the `sms` channel's bulk path, from the worker's `/metrics`:
+/// (twilio, nhn).
+async fn circuit_open(stack: &Stack) -> (Option<f64>, Option<f64>) {
+    let metrics = stack.worker_metrics().await;
+    let open = |provider: &str| {
+        metric_value(
+            &metrics,
+            "ump_provider_circuit_open",
+            &[("channel", "sms"), ("provider", provider), ("path", "bulk")],
+        )
+    };
+    (open("twilio"), open("nhn"))
+}
+
 const FAILOVER_CHANNELS: &str = r#"
 apiVersion: ump.dev/v1alpha1
 kind: DeliveryPolicy
@@ -327,6 +342,9 @@ async fn traffic_fails_over_to_the_secondary_and_returns_to_the_primary() {
     let during_view = wait_status(&stack, &during, "sent").await;
     assert_eq!(during_view["provider"], "nhn");
     assert_eq!(timeline(&during_view).len(), 2, "no failed attempt first");
+    // `/metrics` shows the open circuit.
+    let open = circuit_open(&stack).await;
+    assert_eq!(open, (Some(1.0), Some(0.0)), "twilio, nhn");
 
     // After the cool-down the primary gets a probe, succeeds, and takes the traffic back.
     tokio::time::sleep(Duration::from_millis(4500)).await;
@@ -341,6 +359,7 @@ async fn traffic_fails_over_to_the_secondary_and_returns_to_the_primary() {
         "twilio"
     );
     assert_eq!(twilio.sent().len(), 3, "first, back, after");
+    assert_eq!(circuit_open(&stack).await, (Some(0.0), Some(0.0)));
     assert_eq!(nhn.accepted().len(), 2, "failed over, during");
 
     // NHN Cloud's result webhook reaches the message its member sent, by its request id.

@@ -18,10 +18,12 @@ use stack::Stack;
 use std::collections::HashMap;
 use std::time::Duration;
 use ump_core::model::{Content, Envelope, MessageId, Priority};
+use ump_core::testing::metric_value;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// `sms` (sandbox), `flaky` (its first two attempts fail), `broken` (every attempt fails), all
+/// `sms` (sandbox), `flaky` (its first two attempts fail), `broken` (every attempt fails),
+/// `standby` (failover from a primary that always fails to a secondary after two failures), all
 /// with realtime delivery on; three attempts with short backoffs.
 const CHANNELS: &str = r#"
 apiVersion: ump.dev/v1alpha1
@@ -59,6 +61,20 @@ spec:
   topic: {partitions: 1}
   realtime: {enabled: true}
   providers: [{name: sandbox, type: sandbox, settings: {failAttempts: "100"}}]
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: standby, namespace: NAMESPACE}
+spec:
+  type: sms
+  policyRef: otp
+  topic: {partitions: 1}
+  realtime: {enabled: true}
+  providers:
+    - name: primary
+      type: sandbox
+      settings: {failAttempts: "100", circuitFailureThreshold: "2", circuitCoolDown: "10m"}
+    - {name: secondary, type: sandbox}
 "#;
 
 /// Sends `count` realtime messages on `channel` in batches of 100, four requests at a time;
@@ -166,11 +182,36 @@ async fn retries_are_redelivered_by_the_broker_and_dead_lettered_after_max_attem
     let stack = Stack::start(CHANNELS).await;
     let flaky = send_realtime(&stack, "flaky", 5, |i| format!("flaky {i}")).await;
     let broken = send_realtime(&stack, "broken", 5, |i| format!("broken {i}")).await;
+    let standby = send_realtime(&stack, "standby", 1, |i| format!("standby {i}")).await;
     stack
         .wait_for("retried and dead-lettered", Duration::from_secs(60), |c| {
-            count(c, "sent") == 5 && count(c, "dead_lettered") == 5
+            count(c, "sent") == 6 && count(c, "dead_lettered") == 5
         })
         .await;
+
+    // Failover on the realtime path: two failures open the primary's circuit, the third
+    // attempt goes to the secondary, and `/metrics` shows the circuit of each path apart.
+    let (_, view) = stack.get(&format!("/v1/messages/{}", standby[0])).await;
+    assert_eq!(
+        (&view["status"], &view["provider"], &view["attempts"]),
+        (&json!("sent"), &json!("secondary"), &json!(3)),
+        "{view}"
+    );
+    let metrics = stack.worker_metrics().await;
+    let open = |provider: &str, path: &str| {
+        metric_value(
+            &metrics,
+            "ump_provider_circuit_open",
+            &[
+                ("channel", "standby"),
+                ("provider", provider),
+                ("path", path),
+            ],
+        )
+    };
+    assert_eq!(open("primary", "realtime"), Some(1.0), "{metrics}");
+    assert_eq!(open("secondary", "realtime"), Some(0.0), "{metrics}");
+    assert_eq!(open("primary", "bulk"), Some(0.0), "{metrics}");
 
     // Third time lucky: two failed deliveries, each redelivered by the broker after a backoff.
     let outbox = std::fs::read_to_string(&stack.outbox).expect("outbox");

@@ -196,6 +196,12 @@ impl FailoverProvider {
     }
 }
 
+impl crate::metrics::CircuitSource for FailoverProvider {
+    fn circuits(&self) -> Vec<(String, CircuitState)> {
+        FailoverProvider::circuits(self)
+    }
+}
+
 /// The breaker even if a panicking thread poisoned its lock: its state is always consistent
 /// (every update is a single assignment).
 fn lock(circuit: &Mutex<CircuitBreaker>) -> std::sync::MutexGuard<'_, CircuitBreaker> {

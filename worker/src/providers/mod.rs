@@ -18,11 +18,13 @@ pub mod smtp;
 pub mod twilio;
 pub mod webhook;
 
+use crate::metrics::{DeliveryPath, WorkerMetrics};
 use limits::CallLimits;
 use secret::{Secret, redact_outcome};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
+use ump_core::config::ResolvedChannel;
 use ump_core::provider::{Outcome, Outgoing, Provider};
 use ump_core::resources::{ProviderSpec, ProviderType};
 
@@ -111,6 +113,24 @@ pub fn build_channel(
         [only] => build(only, ctx),
         _ => Ok(Arc::new(build_failover(channel, specs, ctx)?)),
     }
+}
+
+/// The provider a delivery path uses for `channel`, as every path builds it: its only provider,
+/// or failover across its providers (primary first) whose circuits `metrics` publishes, labelled
+/// with `path` (`ump_provider_circuit_open`).
+pub fn for_delivery(
+    channel: &ResolvedChannel,
+    ctx: &ProviderContext<'_>,
+    metrics: &WorkerMetrics,
+    path: DeliveryPath,
+) -> Result<Arc<dyn Provider>, BuildError> {
+    let (name, specs) = (channel.name(), &channel.resource.spec.providers);
+    if let [only] = &specs[..] {
+        return build(only, ctx);
+    }
+    let failover = Arc::new(build_failover(&name, specs, ctx)?);
+    metrics.watch_circuits(path, &name, failover.clone());
+    Ok(failover)
 }
 
 /// Failover across `specs` (primary first), as a concrete type for whoever reports its circuits

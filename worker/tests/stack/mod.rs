@@ -253,6 +253,39 @@ impl Stack {
         EventProcessor { shutdown, task }
     }
 
+    /// The `/metrics` text of the running worker, at the address it logged when it started.
+    pub async fn worker_metrics(&self) -> String {
+        let log = self.dir.join(format!("worker-{}.log", self.worker_runs));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let address = loop {
+            let text = strip_ansi(&std::fs::read_to_string(&log).unwrap_or_default());
+            let logged = text
+                .lines()
+                .filter(|line| line.contains("worker running"))
+                .find_map(|line| {
+                    line.split_whitespace()
+                        .find_map(|word| word.strip_prefix("listen="))
+                        .map(str::to_owned)
+                });
+            if let Some(address) = logged {
+                break address;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the worker never logged its address:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let response = self
+            .http
+            .get(format!("http://{address}/metrics"))
+            .send()
+            .await
+            .expect("GET the worker's /metrics");
+        assert_eq!(response.status().as_u16(), 200);
+        response.text().await.expect("metrics text")
+    }
+
     pub fn worker_log(&self) -> String {
         (1..=self.worker_runs)
             .map(|run| {
@@ -665,4 +698,22 @@ impl Drop for Outage {
             infra_script("up", self.component);
         }
     }
+}
+
+/// `text` without its terminal colour sequences (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
