@@ -7,7 +7,7 @@ use crate::resources::MessageChannel;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -170,9 +170,46 @@ pub async fn kafka_ready(producer: &FutureProducer) -> Result<(), String> {
     .map_err(|e| format!("Kafka: {e}"))?
 }
 
+/// Lag of a consumer group, by partition offsets: for each partition, the end offset minus the
+/// committed offset, or minus the start offset when the group never committed (its first
+/// consumer will read from the start) or committed before what retention kept. The worker's
+/// `ump_consumer_lag` and the operator's scaling both count it so.
+pub fn total_lag(
+    low: &HashMap<i32, i64>,
+    high: &HashMap<i32, i64>,
+    committed: &HashMap<i32, i64>,
+) -> i64 {
+    high.iter()
+        .map(|(partition, end)| {
+            let start = low.get(partition).copied().unwrap_or(0);
+            let from = committed
+                .get(partition)
+                .copied()
+                .unwrap_or(start)
+                .max(start);
+            (end - from).max(0)
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn map(pairs: &[(i32, i64)]) -> HashMap<i32, i64> {
+        pairs.iter().copied().collect()
+    }
+
+    #[test]
+    fn lag_counts_from_the_commit_or_the_start() {
+        let low = map(&[(0, 0), (1, 10)]);
+        let high = map(&[(0, 100), (1, 50)]);
+        assert_eq!(total_lag(&low, &high, &map(&[])), 100 + 40);
+        assert_eq!(total_lag(&low, &high, &map(&[(0, 90)])), 10 + 40);
+        // A commit older than retention counts from the start; one past the end is no lag.
+        assert_eq!(total_lag(&low, &high, &map(&[(0, 100), (1, 5)])), 40);
+        assert_eq!(total_lag(&low, &high, &map(&[(0, 200), (1, 50)])), 0);
+    }
 
     fn settings(properties: &[(&str, &str)]) -> KafkaSettings {
         KafkaSettings {

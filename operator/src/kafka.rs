@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use ump_core::queue::KafkaSettings;
+use ump_core::queue::{KafkaSettings, total_lag};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -322,26 +322,6 @@ fn offsets_by_partition(tpl: &TopicPartitionList) -> HashMap<i32, i64> {
         .collect()
 }
 
-/// Lag of a group: for each partition, the end offset minus the committed offset, or minus the
-/// start offset when the group never committed (its first consumer will read from the start).
-pub fn total_lag(
-    low: &HashMap<i32, i64>,
-    high: &HashMap<i32, i64>,
-    committed: &HashMap<i32, i64>,
-) -> i64 {
-    high.iter()
-        .map(|(partition, end)| {
-            let start = low.get(partition).copied().unwrap_or(0);
-            let from = committed
-                .get(partition)
-                .copied()
-                .unwrap_or(start)
-                .max(start);
-            (end - from).max(0)
-        })
-        .sum()
-}
-
 /// Whether a Kafka failure is the broker refusing the request (bad config, too many replicas) as
 /// opposed to Kafka being unreachable: the first is the user's to fix, the second is retried.
 pub fn is_rejection(error: &Error) -> bool {
@@ -370,21 +350,6 @@ pub fn is_rejection(error: &Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(pairs: &[(i32, i64)]) -> HashMap<i32, i64> {
-        pairs.iter().copied().collect()
-    }
-
-    #[test]
-    fn lag_counts_from_the_commit_or_the_start() {
-        let low = map(&[(0, 0), (1, 10)]);
-        let high = map(&[(0, 100), (1, 50)]);
-        assert_eq!(total_lag(&low, &high, &map(&[])), 100 + 40);
-        assert_eq!(total_lag(&low, &high, &map(&[(0, 90)])), 10 + 40);
-        // A commit older than retention counts from the start; one past the end is no lag.
-        assert_eq!(total_lag(&low, &high, &map(&[(0, 100), (1, 5)])), 40);
-        assert_eq!(total_lag(&low, &high, &map(&[(0, 200), (1, 50)])), 0);
-    }
 
     #[test]
     fn rejections_are_told_from_outages() {

@@ -15,7 +15,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::{JoinError, JoinHandle};
@@ -336,7 +336,7 @@ impl Persister {
     }
 }
 
-/// Publishes consumer lag (high watermark minus committed offset, over assigned partitions).
+/// Publishes consumer lag over the assigned partitions (`ump_core::queue::total_lag`).
 async fn report_lag(
     consumer: Arc<StreamConsumer>,
     metrics: WorkerMetrics,
@@ -354,18 +354,20 @@ async fn report_lag(
             let committed = consumer
                 .committed_offsets(assignment, Duration::from_secs(5))
                 .ok()?;
-            let mut total = 0;
+            // One topic: partitions are the keys.
+            let (mut low, mut high, mut done) = (HashMap::new(), HashMap::new(), HashMap::new());
             for element in committed.elements() {
-                let (low, high) = consumer
-                    .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(5))
+                let partition = element.partition();
+                let (start, end) = consumer
+                    .fetch_watermarks(element.topic(), partition, Duration::from_secs(5))
                     .ok()?;
-                let position = match element.offset() {
-                    Offset::Offset(offset) => offset,
-                    _ => low,
-                };
-                total += (high - position).max(0);
+                low.insert(partition, start);
+                high.insert(partition, end);
+                if let Offset::Offset(offset) = element.offset() {
+                    done.insert(partition, offset);
+                }
             }
-            Some(total)
+            Some(ump_core::queue::total_lag(&low, &high, &done))
         })
         .await
         .ok()
