@@ -47,9 +47,14 @@ pub async fn keep_registry_in_step(
         let (Some(()), Some(())) = (ready(&channels), ready(&policies)) else {
             continue;
         };
-        let (fresh, errors) = ChannelRegistry::resolve_valid(cloned(&channels), cloned(&policies));
+        let (mut fresh, errors) =
+            ChannelRegistry::resolve_valid(cloned(&channels), cloned(&policies));
+        let kept = fresh.keep_last_valid(&registry.load(), &errors);
         for error in &errors {
-            tracing::warn!(%error, "channel left out");
+            match error.channel().filter(|c| kept.iter().any(|k| k == c)) {
+                Some(_) => tracing::warn!(%error, "channel keeps its last valid configuration"),
+                None => tracing::warn!(%error, "channel left out"),
+            }
         }
         let names: Vec<String> = fresh.names().map(str::to_owned).collect();
         let changed = names

@@ -1,6 +1,8 @@
 //! The cluster-mode API follows the cluster, on the real kube-apiserver: a `MessageChannel`
 //! created with the API running becomes usable without a restart, and a change to it (a new
-//! template) takes effect at once. The CRDs applied are the checked-in `crds/` files.
+//! template) takes effect at once; a channel with problems is left out, and one whose policy
+//! turns invalid keeps its last valid configuration. The CRDs applied are the checked-in `crds/`
+//! files.
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -14,7 +16,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use ump_api::cluster::{ChannelSource, ClusterSettings};
 use ump_core::keys::{ApiKeyStore, MySqlKeys, PresentedKey};
-use ump_core::resources::MessageChannel;
+use ump_core::resources::{DeliveryPolicy, MessageChannel};
 use ump_core::testing::{TestDatabase, infra, unique_name};
 
 async fn kube_client() -> kube::Client {
@@ -97,15 +99,21 @@ async fn a_channel_created_in_the_cluster_is_usable_without_a_restart() {
         .await
         .expect("Kubernetes: namespace");
 
-    // The topic the operator would make.
-    let topic = format!("ump.{namespace}.sms");
+    // The topics the operator would make.
+    let topics = [
+        format!("ump.{namespace}.sms"),
+        format!("ump.{namespace}.marker"),
+    ];
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &kafka)
         .create()
         .expect("Kafka: admin");
     let created = admin
         .create_topics(
-            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &topics
+                .iter()
+                .map(|topic| NewTopic::new(topic, 1, TopicReplication::Fixed(1)))
+                .collect::<Vec<_>>(),
             &AdminOptions::new(),
         )
         .await
@@ -200,6 +208,97 @@ async fn a_channel_created_in_the_cluster_is_usable_without_a_restart() {
         .await
         .expect("patch MessageChannel");
     accepted_eventually(&http, &base, &key, "the new template", &otp).await;
+
+    // The operator's checks hold here too. A channel with problems (two providers named alike)
+    // is never usable; a channel whose policy turns invalid keeps its last valid configuration,
+    // as its workers do, and a change made meanwhile waits for the fix.
+    let policies: Api<DeliveryPolicy> = Api::namespaced(client.clone(), &namespace);
+    let policy = |initial: &str| -> DeliveryPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "ump.dev/v1alpha1", "kind": "DeliveryPolicy",
+            "metadata": {"name": "otp", "namespace": namespace},
+            "spec": {"retry": {"initialBackoff": initial, "maxBackoff": "1m"}}
+        }))
+        .expect("policy")
+    };
+    let channel_named = |name: &str, providers: Value| -> MessageChannel {
+        serde_json::from_value(json!({
+            "apiVersion": "ump.dev/v1alpha1", "kind": "MessageChannel",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"type": "sms", "topic": {"partitions": 1}, "providers": providers}
+        }))
+        .expect("channel")
+    };
+    let sandbox = json!([{"name": "sandbox", "type": "sandbox"}]);
+    policies
+        .create(&PostParams::default(), &policy("1s"))
+        .await
+        .expect("create DeliveryPolicy");
+    let patch = json!({"spec": {"policyRef": "otp"}});
+    channels
+        .patch("sms", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch MessageChannel");
+    let twice = json!([{"name": "a", "type": "sandbox"}, {"name": "a", "type": "sandbox"}]);
+    channels
+        .create(&PostParams::default(), &channel_named("twice", twice))
+        .await
+        .expect("create MessageChannel twice");
+    let mut backwards = policy("10m");
+    backwards.metadata.resource_version = policies
+        .get("otp")
+        .await
+        .expect("get DeliveryPolicy")
+        .metadata
+        .resource_version;
+    policies
+        .replace("otp", &PostParams::default(), &backwards)
+        .await
+        .expect("replace DeliveryPolicy");
+    let later = json!({"spec": {"templates": [{"name": "otp", "text": "인증번호 {{ code }}"},
+                                              {"name": "later", "text": "나중에"}]}});
+    channels
+        .patch("sms", &PatchParams::default(), &Patch::Merge(&later))
+        .await
+        .expect("patch MessageChannel");
+    // A channel created after all of that: once it is usable, the API has seen everything above.
+    channels
+        .create(&PostParams::default(), &channel_named("marker", sandbox))
+        .await
+        .expect("create MessageChannel marker");
+    let marker = json!({"channel": "marker", "to": "+821012345678", "body": "표시"});
+    accepted_eventually(&http, &base, &key, "the marker channel", &marker).await;
+    let twice_send = json!({"channel": "twice", "to": "+821012345678", "body": "x"});
+    let (status, problem) = send(&http, &base, &key, &twice_send).await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (422, Some("channel")),
+        "{problem}"
+    );
+    let (status, answer) = send(&http, &base, &key, &otp).await;
+    assert_eq!(
+        status, 202,
+        "sms keeps its last valid configuration: {answer}"
+    );
+    let later_send = json!({"channel": "sms", "to": "+821012345678", "template": "later"});
+    let (status, problem) = send(&http, &base, &key, &later_send).await;
+    assert_eq!(
+        status, 422,
+        "the change waits for the policy's fix: {problem}"
+    );
+    // Fixed: the change applies.
+    let mut fixed = policy("2s");
+    fixed.metadata.resource_version = policies
+        .get("otp")
+        .await
+        .expect("get DeliveryPolicy")
+        .metadata
+        .resource_version;
+    policies
+        .replace("otp", &PostParams::default(), &fixed)
+        .await
+        .expect("replace DeliveryPolicy");
+    accepted_eventually(&http, &base, &key, "the fixed policy", &later_send).await;
 
     db.drop_database().await;
 }

@@ -319,7 +319,7 @@ async fn advertising_goes_by_friendtalk_or_marked_sms() {
     // Kakao's night ban (20:50–08:00 KST) is the wall clock's: by night the message waits for
     // 08:00 KST instead of going (the window's edges are tested with a fixed `now` in the
     // worker's policy tests).
-    let ban = ump_worker::policy::friendtalk_ad_ban();
+    let ban = ump_core::policy::friendtalk_ad_ban();
     let before = chrono::Utc::now();
     let ad = ump
         .send(

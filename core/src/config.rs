@@ -33,10 +33,29 @@ pub enum ConfigError {
         #[source]
         source: TemplateError,
     },
-    #[error("channel {0} has no providers")]
-    NoProvider(String),
+    #[error("channel {channel} is invalid: {problems}")]
+    Invalid { channel: String, problems: String },
+    #[error("channel {channel}: DeliveryPolicy {policy} is invalid: {problems}")]
+    InvalidPolicy {
+        channel: String,
+        policy: String,
+        problems: String,
+    },
     #[error("channel {0} is defined twice")]
     DuplicateChannel(String),
+}
+
+impl ConfigError {
+    /// The channel the error leaves out, when it is about one.
+    pub fn channel(&self) -> Option<&str> {
+        match self {
+            Self::Template { channel, .. }
+            | Self::Invalid { channel, .. }
+            | Self::InvalidPolicy { channel, .. } => Some(channel),
+            Self::DuplicateChannel(channel) => Some(channel),
+            Self::Read { .. } | Self::Parse { .. } => None,
+        }
+    }
 }
 
 /// A channel ready for use.
@@ -93,7 +112,10 @@ impl ChannelRegistry {
     }
 
     /// Resolves the valid channels and reports the others: one broken object in a cluster must
-    /// not take the other channels away.
+    /// not take the other channels away. A channel is left out when its spec has problems
+    /// (`validate::channel_problems`), its templates do not compile, or the policy it names has
+    /// problems (`validate::policy_problems`); a policy that does not exist leaves the defaults
+    /// in force (`missing_policy`).
     pub fn resolve_valid(
         channels: Vec<MessageChannel>,
         policies: Vec<DeliveryPolicy>,
@@ -106,8 +128,12 @@ impl ChannelRegistry {
         let mut errors = Vec::new();
         for channel in channels {
             let name = channel.name_any();
-            if channel.spec.providers.is_empty() {
-                errors.push(ConfigError::NoProvider(name));
+            let problems = crate::validate::channel_problems(&channel);
+            if !problems.is_empty() {
+                errors.push(ConfigError::Invalid {
+                    channel: name,
+                    problems: problems.join("; "),
+                });
                 continue;
             }
             let templates = match TemplateSet::compile(
@@ -128,7 +154,18 @@ impl ChannelRegistry {
                 Some(policy_name) => {
                     let key = (channel.namespace().unwrap_or_default(), policy_name.clone());
                     match policies.get(&key) {
-                        Some(spec) => (spec.clone(), None),
+                        Some(spec) => {
+                            let problems = crate::validate::policy_problems(spec);
+                            if !problems.is_empty() {
+                                errors.push(ConfigError::InvalidPolicy {
+                                    channel: name,
+                                    policy: policy_name.clone(),
+                                    problems: problems.join("; "),
+                                });
+                                continue;
+                            }
+                            (spec.clone(), None)
+                        }
                         None => (DeliveryPolicySpec::default(), Some(policy_name.clone())),
                     }
                 }
@@ -165,6 +202,28 @@ impl ChannelRegistry {
             }
         }
         (Self { channels: resolved }, errors)
+    }
+
+    /// `self`, with the channels of `previous` that `errors` left out kept as they were: a
+    /// channel whose spec or policy turned invalid keeps its last valid configuration, as its
+    /// workers do (the operator does not hand them an invalid one), until it is fixed. A channel
+    /// that was never valid stays out. Returns the names kept.
+    pub fn keep_last_valid(
+        &mut self,
+        previous: &ChannelRegistry,
+        errors: &[ConfigError],
+    ) -> Vec<String> {
+        let mut kept = Vec::new();
+        for name in errors.iter().filter_map(ConfigError::channel) {
+            if self.channels.contains_key(name) {
+                continue;
+            }
+            if let Some(last) = previous.channels.get(name) {
+                self.channels.insert(name.to_owned(), Arc::clone(last));
+                kept.push(name.to_owned());
+            }
+        }
+        kept
     }
 
     /// Reads every `*.yaml` / `*.yml` file of `dir` (multi-document files allowed); documents of
@@ -355,6 +414,83 @@ spec:
                 .text,
             "Kim님, 알림톡 대신 문자로 보냅니다"
         );
+    }
+
+    /// The all-in-one mode and a worker's folder get the operator's checks: a channel with
+    /// problems, or naming a policy with problems, is refused with them; the others resolve.
+    #[test]
+    fn channels_and_policies_with_problems_are_left_out_naming_them() {
+        let yaml = r#"
+kind: DeliveryPolicy
+metadata: {name: backwards}
+spec:
+  retry: {initialBackoff: 10m, maxBackoff: 1m}
+  rateLimit: {perSecond: 5, burst: 0}
+---
+kind: MessageChannel
+metadata: {name: uses-backwards}
+spec: {type: sms, policyRef: backwards, providers: [{name: a, type: sandbox}]}
+---
+kind: MessageChannel
+metadata: {name: twice}
+spec: {type: sms, providers: [{name: a, type: sandbox}, {name: a, type: sandbox}]}
+---
+kind: MessageChannel
+metadata: {name: none}
+spec: {type: sms, providers: []}
+---
+kind: MessageChannel
+metadata: {name: good}
+spec: {type: sms, providers: [{name: a, type: sandbox}]}
+"#;
+        let (mut channels, mut policies) = (Vec::new(), Vec::new());
+        parse_documents(Path::new("t.yaml"), yaml, &mut channels, &mut policies).expect("parse");
+        let (registry, errors) = ChannelRegistry::resolve_valid(channels.clone(), policies.clone());
+        assert_eq!(registry.names().collect::<Vec<_>>(), ["good"]);
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            [
+                "channel uses-backwards: DeliveryPolicy backwards is invalid: retry.initialBackoff \
+                 (10m) is longer than retry.maxBackoff (1m); rateLimit.burst must be at least 1",
+                "channel twice is invalid: provider name \"a\" is used twice; names identify \
+                 providers in metrics and history",
+                "channel none is invalid: the channel has no providers",
+            ]
+        );
+        let refused = ChannelRegistry::resolve(channels, policies).expect_err("refused");
+        assert_eq!(refused.to_string(), errors[0]);
+        assert_eq!(refused.channel(), Some("uses-backwards"));
+    }
+
+    #[test]
+    fn a_channel_that_turns_invalid_keeps_its_last_valid_configuration() {
+        let parse = |yaml: &str| {
+            let (mut channels, mut policies) = (Vec::new(), Vec::new());
+            parse_documents(Path::new("t.yaml"), yaml, &mut channels, &mut policies)
+                .expect("parse");
+            ChannelRegistry::resolve_valid(channels, policies)
+        };
+        let channel = "kind: MessageChannel\nmetadata: {name: sms}\n\
+                       spec: {type: sms, policyRef: p, providers: [{name: a, type: sandbox}]}\n";
+        let policy = |backoff: &str| {
+            format!(
+                "kind: DeliveryPolicy\nmetadata: {{name: p}}\n\
+                 spec: {{retry: {{initialBackoff: {backoff}, maxBackoff: 1m}}}}\n---\n{channel}"
+            )
+        };
+        let (good, errors) = parse(&policy("1s"));
+        assert!(errors.is_empty(), "{errors:?}");
+        let (mut fresh, errors) = parse(&policy("2m"));
+        assert_eq!(fresh.names().count(), 0);
+        assert_eq!(fresh.keep_last_valid(&good, &errors), ["sms"]);
+        let kept = fresh.get("sms").expect("kept");
+        assert_eq!(kept.policy.retry.initial_backoff.as_std().as_secs(), 1);
+        // Never valid: nothing to keep.
+        let (mut fresh, errors) = parse(&policy("2m"));
+        let empty = ChannelRegistry::resolve_valid(Vec::new(), Vec::new()).0;
+        assert!(fresh.keep_last_valid(&empty, &errors).is_empty());
+        assert_eq!(fresh.names().count(), 0);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod model;
 pub mod person_codec;
 pub mod pii;
+pub mod policy;
 pub mod profiles;
 pub mod provider;
 pub mod queue;
@@ -26,6 +27,7 @@ pub mod stats;
 pub mod store;
 pub mod template;
 pub mod tls;
+pub mod validate;
 pub mod webhooks;
 pub mod webhooks_store;
 

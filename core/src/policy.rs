@@ -1,9 +1,9 @@
 //! The pure parts of a `DeliveryPolicy`: quiet hours, message TTL, retry backoff.
 
+use crate::resources::{QuietHours, RetryPolicy};
 use chrono::{DateTime, Duration, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use std::time::Duration as StdDuration;
-use ump_core::resources::{QuietHours, RetryPolicy};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("quiet hours: {0}")]
@@ -18,11 +18,18 @@ pub struct QuietWindow {
 }
 
 impl QuietWindow {
+    /// Whether `text` is a time of day as quiet hours write it (`HH:MM`, 24-hour).
+    pub fn is_time(text: &str) -> bool {
+        Self::time(text).is_ok()
+    }
+
+    fn time(text: &str) -> Result<NaiveTime, QuietHoursError> {
+        NaiveTime::parse_from_str(text, "%H:%M")
+            .map_err(|_| QuietHoursError(format!("{text:?} is not HH:MM")))
+    }
+
     pub fn parse(spec: &QuietHours) -> Result<Self, QuietHoursError> {
-        let time = |text: &str| {
-            NaiveTime::parse_from_str(text, "%H:%M")
-                .map_err(|_| QuietHoursError(format!("{text:?} is not HH:MM")))
-        };
+        let time = Self::time;
         let zone: Tz = spec
             .timezone
             .parse()
@@ -104,7 +111,7 @@ pub fn jitter() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ump_core::resources::Duration as SpecDuration;
+    use crate::resources::Duration as SpecDuration;
 
     fn window(start: &str, end: &str) -> QuietWindow {
         QuietWindow::parse(&QuietHours {

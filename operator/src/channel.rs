@@ -12,7 +12,6 @@ use crate::scaling::{Stabilizer, recommended_replicas};
 use crate::settings::{FIELD_MANAGER, Settings};
 use crate::status;
 use crate::topic::{self, DesiredTopic, ObservedTopic, TopicAction};
-use crate::validate;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
@@ -27,6 +26,7 @@ use serde::de::DeserializeOwned;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use ump_core::resources::{DeliveryPolicy, MessageChannel, MessageChannelStatus};
+use ump_core::validate;
 
 /// Finalizer guarding the topic: the channel goes only after `deletionPolicy` has been honoured.
 pub const FINALIZER: &str = "ump.dev/topic";

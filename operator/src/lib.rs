@@ -17,4 +17,3 @@ pub mod scaling;
 pub mod settings;
 pub mod status;
 pub mod topic;
-pub mod validate;

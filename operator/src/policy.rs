@@ -7,7 +7,6 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::settings::FIELD_MANAGER;
 use crate::status;
-use crate::validate;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
@@ -16,6 +15,7 @@ use kube::{Client, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
 use ump_core::resources::{DeliveryPolicy, DeliveryPolicyStatus};
+use ump_core::validate;
 
 const CONTROLLER: &str = "policy";
 

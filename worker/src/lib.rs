@@ -8,7 +8,6 @@ pub mod local;
 pub mod metrics;
 pub mod pause;
 pub mod pipeline;
-pub mod policy;
 pub mod providers;
 pub mod ratelimit;
 pub mod realtime;

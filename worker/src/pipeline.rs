@@ -9,7 +9,6 @@ use crate::dedupe::{Claim, DedupeStore};
 use crate::fallback::{FallbackRoute, fallback_envelope};
 use crate::metrics::WorkerMetrics;
 use crate::pause::until_available;
-use crate::policy::{QuietWindow, backoff, jitter};
 use crate::ratelimit::RateLimiter;
 use chrono::{DateTime, Utc};
 use std::hash::{Hash, Hasher};
@@ -19,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use ump_core::config::ResolvedChannel;
 use ump_core::history::{BatchRecord, Deferred, Transition};
 use ump_core::model::{Category, Envelope, Status};
+use ump_core::policy::{QuietWindow, backoff, jitter};
 use ump_core::provider::{Answer, Outcome, Outgoing, Provider};
 use ump_core::resources::{ChannelType, DedupeKey};
 
@@ -65,7 +65,7 @@ impl DeliveryPipeline {
         metrics: WorkerMetrics,
         lanes: usize,
         busy_retry: Duration,
-    ) -> Result<Self, crate::policy::QuietHoursError> {
+    ) -> Result<Self, ump_core::policy::QuietHoursError> {
         let quiet = channel
             .policy
             .quiet_hours
@@ -513,7 +513,7 @@ fn ad_ban_ends(
     now: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
     (envelope.category == Category::Marketing && channel_type == ChannelType::Friendtalk)
-        .then(|| crate::policy::friendtalk_ad_ban().ends_after(now))
+        .then(|| ump_core::policy::friendtalk_ad_ban().ends_after(now))
         .flatten()
 }
 
