@@ -20,11 +20,7 @@ use ump_automation::profile::Profile;
 use ump_automation::recommend::ItemChanges;
 use ump_automation::segment::{Segment, SegmentSet};
 
-/// The events topic when none is configured.
-pub const DEFAULT_EVENTS_TOPIC: &str = "ump.events";
-/// The processors' consumer group when none is configured (the operator scales the processor
-/// from this group's lag).
-pub const DEFAULT_EVENTS_GROUP: &str = "ump-events";
+pub use crate::resources::{DEFAULT_EVENTS_GROUP, DEFAULT_EVENTS_TOPIC};
 
 /// One entry of the event log: a `Queued` input of a person of `tenant`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

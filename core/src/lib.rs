@@ -1,6 +1,9 @@
 //! UMP's shared library: the pieces the api, worker and operator crates all use.
 //! Storage lives here because both the api (reads) and the worker (writes) need it.
 
+// The domain, under the paths it always had here.
+pub use ump_domain::{duration, model, policy, resources, validate};
+
 pub mod advertising;
 pub mod amqp;
 pub mod audience;
@@ -9,25 +12,20 @@ pub mod audience_sqlite;
 pub mod broadcast;
 pub mod catalog;
 pub mod config;
-pub mod duration;
 pub mod history;
 pub mod journeys;
 pub mod keys;
-pub mod model;
 pub mod person_codec;
 pub mod pii;
-pub mod policy;
 pub mod profiles;
 pub mod provider;
 pub mod queue;
 pub mod recommendations;
-pub mod resources;
 pub mod sqlite;
 pub mod stats;
 pub mod store;
 pub mod template;
 pub mod tls;
-pub mod validate;
 pub mod webhooks;
 pub mod webhooks_store;
 

@@ -38,3 +38,42 @@ fn sqlx_sets_tcp_nodelay_on_its_connections() {
         );
     }
 }
+
+/// The operator is built from the domain and the Kafka settings alone: no database client, no
+/// AMQP client, no template engine (its tests still use `ump-core`'s harness).
+#[test]
+fn the_operator_builds_without_the_adapters() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = std::process::Command::new(cargo)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .args([
+            "tree",
+            "-p",
+            "ump-operator",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--locked",
+            "--offline",
+        ])
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        output.status.success(),
+        "cargo tree: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tree = String::from_utf8_lossy(&output.stdout);
+    let names: Vec<&str> = tree
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert!(names.contains(&"ump-domain"), "{tree}");
+    for adapter in ["sqlx-core", "fe2o3-amqp", "minijinja", "ump-core", "redis"] {
+        assert!(
+            !names.contains(&adapter),
+            "the operator depends on {adapter}:\n{tree}"
+        );
+    }
+}

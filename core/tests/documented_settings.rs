@@ -107,7 +107,19 @@ fn every_setting_the_programs_read_is_documented_once() {
     assert!(twice.is_empty(), "documented twice: {twice:?}");
 
     let mut files = Vec::new();
-    for krate in ["api", "worker", "core", "events", "operator", "automation"] {
+    // Every crate of the workspace (its `members` list).
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml");
+    let members = manifest
+        .lines()
+        .find_map(|line| line.strip_prefix("members = "))
+        .expect("the workspace's members");
+    let crates: Vec<&str> = members
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        .map(|name| name.trim().trim_matches('"'))
+        .collect();
+    assert!(crates.contains(&"operator"), "{crates:?}");
+    for krate in crates {
         rust_files(&root().join(krate).join("src"), &mut files);
     }
     let mut read = BTreeSet::new();

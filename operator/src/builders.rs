@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
-use ump_core::resources::{DeliveryPolicy, MessageChannel};
+use ump_domain::resources::{DeliveryPolicy, MessageChannel};
 
 pub const CONFIG_DIR: &str = "/etc/ump/config";
 pub const SECRETS_DIR: &str = "/etc/ump/secrets";

@@ -25,8 +25,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use ump_core::resources::{DeliveryPolicy, MessageChannel, MessageChannelStatus};
-use ump_core::validate;
+use ump_domain::resources::{DeliveryPolicy, MessageChannel, MessageChannelStatus};
+use ump_domain::validate;
 
 /// Finalizer guarding the topic: the channel goes only after `deletionPolicy` has been honoured.
 pub const FINALIZER: &str = "ump.dev/topic";
@@ -609,7 +609,7 @@ async fn write_status(
 async fn cleanup(channel: &MessageChannel, ctx: &Context) -> Result<Action> {
     let topic = channel.topic_name();
     match channel.spec.deletion_policy {
-        ump_core::resources::DeletionPolicy::Delete => {
+        ump_domain::resources::DeletionPolicy::Delete => {
             ctx.kafka.delete(&topic).await?;
             ctx.metrics
                 .kafka_actions
@@ -625,7 +625,7 @@ async fn cleanup(channel: &MessageChannel, ctx: &Context) -> Result<Action> {
             )
             .await;
         }
-        ump_core::resources::DeletionPolicy::Retain => {
+        ump_domain::resources::DeletionPolicy::Retain => {
             publish(
                 ctx,
                 channel,

@@ -25,8 +25,8 @@ use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use ump_core::queue::KafkaSettings;
-use ump_core::resources::{DeliveryPolicy, MessageChannel};
+use ump_domain::resources::{DeliveryPolicy, MessageChannel};
+use ump_kafka::KafkaSettings;
 
 fn api<K>(client: &Client, settings: &Settings) -> Api<K>
 where

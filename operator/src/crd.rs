@@ -4,7 +4,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{CustomResourceExt, ResourceExt};
 use std::path::PathBuf;
-use ump_core::resources::{DeliveryPolicy, MessageChannel};
+use ump_domain::resources::{DeliveryPolicy, MessageChannel};
 
 /// Every CRD the operator serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
@@ -20,7 +20,7 @@ pub fn file_name(crd: &CustomResourceDefinition) -> String {
 pub fn render(crd: &CustomResourceDefinition) -> Result<String, serde_yaml_ng::Error> {
     let body = serde_yaml_ng::to_string(crd)?;
     Ok(format!(
-        "# Generated from the Rust types in core/src/resources.rs: do not edit.\n\
+        "# Generated from the Rust types in domain/src/resources.rs: do not edit.\n\
          # Regenerate with `cargo run -p ump-operator --bin crdgen`.\n{body}"
     ))
 }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use ump_core::queue::{KafkaSettings, total_lag};
+use ump_kafka::{KafkaSettings, total_lag};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 

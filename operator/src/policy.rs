@@ -14,8 +14,8 @@ use kube::runtime::events::Recorder;
 use kube::{Client, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
-use ump_core::resources::{DeliveryPolicy, DeliveryPolicyStatus};
-use ump_core::validate;
+use ump_domain::resources::{DeliveryPolicy, DeliveryPolicyStatus};
+use ump_domain::validate;
 
 const CONTROLLER: &str = "policy";
 

@@ -11,7 +11,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use std::future::Future;
 use std::time::{Duration, Instant};
-use ump_core::resources::ScalingSpec;
+use ump_domain::resources::ScalingSpec;
 
 /// The labels the chart gives the processor's Deployment.
 pub const PROCESSOR_LABELS: [(&str, &str); 2] = [
@@ -244,7 +244,7 @@ mod tests {
             min_replicas: min,
             max_replicas: max,
             lag_per_replica,
-            scale_down_stabilization: ump_core::duration::Duration::from_secs(window),
+            scale_down_stabilization: ump_domain::duration::Duration::from_secs(window),
         }
     }
 

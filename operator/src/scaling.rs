@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
-use ump_core::resources::ScalingSpec;
+use ump_domain::resources::ScalingSpec;
 
 /// The replica count the lag asks for, before stabilization.
 ///

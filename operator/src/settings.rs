@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::EnvVar;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
-use ump_core::resources::ScalingSpec;
+use ump_domain::resources::ScalingSpec;
 
 /// Name of the field manager of every server-side apply, and of the event reporter.
 pub const FIELD_MANAGER: &str = "ump-operator";
@@ -246,9 +246,9 @@ fn processor_scaling(
         namespace,
         deployment,
         topic: get("UMP_EVENTS_TOPIC")
-            .unwrap_or_else(|| ump_core::audience::DEFAULT_EVENTS_TOPIC.to_owned()),
+            .unwrap_or_else(|| ump_domain::resources::DEFAULT_EVENTS_TOPIC.to_owned()),
         group: get("UMP_EVENTS_GROUP")
-            .unwrap_or_else(|| ump_core::audience::DEFAULT_EVENTS_GROUP.to_owned()),
+            .unwrap_or_else(|| ump_domain::resources::DEFAULT_EVENTS_GROUP.to_owned()),
         scaling,
     })
 }
@@ -284,7 +284,7 @@ fn duration(
 ) -> Result<Duration, SettingsError> {
     match get(key) {
         Some(text) => text
-            .parse::<ump_core::duration::Duration>()
+            .parse::<ump_domain::duration::Duration>()
             .map(|d| d.as_std())
             .map_err(|detail| SettingsError::Invalid { key, detail }),
         None => Ok(default),

@@ -3,7 +3,7 @@
 //! a shrink or a replication-factor change is reported as not supported instead of retried.
 
 use std::collections::BTreeMap;
-use ump_core::resources::MessageChannel;
+use ump_domain::resources::MessageChannel;
 
 /// The topic a channel asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]

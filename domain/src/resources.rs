@@ -10,6 +10,12 @@ use std::collections::BTreeMap;
 
 pub use crate::duration::Duration;
 
+/// The events topic when none is configured.
+pub const DEFAULT_EVENTS_TOPIC: &str = "ump.events";
+/// The processors' consumer group when none is configured (the operator scales the processor
+/// from this group's lag).
+pub const DEFAULT_EVENTS_GROUP: &str = "ump-events";
+
 /// API group of UMP's resources.
 pub const GROUP: &str = "ump.dev";
 
