@@ -201,7 +201,10 @@ impl ChannelConsumer {
                 }
             }
         }
-        let outcome = self.pipeline.process(envelopes, cancel).await?;
+        let outcome = self
+            .pipeline
+            .process(envelopes, &self.topic, cancel)
+            .await?;
         Ok(Delivered {
             outcome,
             next_offsets,

@@ -218,18 +218,12 @@ impl LocalConsumer {
             self.metrics.batch_size.observe(due.len() as f64);
             let seqs: Vec<i64> = due.iter().map(|q| q.seq).collect();
             let envelopes = due.into_iter().map(|q| q.envelope).collect();
-            let Ok(mut outcome) = self.pipeline.process(envelopes, &cancel).await else {
+            // Parked retries and schedules come back to this queue; fallback copies go to
+            // their channel's.
+            let Ok(outcome) = self.pipeline.process(envelopes, &self.queue, &cancel).await else {
                 // Shutting down mid-batch: nothing recorded, the messages stay queued.
                 return;
             };
-            // Parked retries and schedules come back to the queue they came from (the pipeline
-            // names the channel's topic, which is the bulk queue); fallback copies keep theirs.
-            let topic = self.pipeline.channel.resource.topic_name();
-            for deferred in &mut outcome.record.deferred {
-                if deferred.queue == topic {
-                    deferred.queue.clone_from(&self.queue);
-                }
-            }
             let dead: Vec<(String, _)> = outcome
                 .dead_letters
                 .into_iter()

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use ump_core::config::ResolvedChannel;
 use ump_core::history::{BatchRecord, Deferred, Transition};
-use ump_core::model::{Category, Envelope, Status};
+use ump_core::model::{Category, Envelope, MessageId, Status};
 use ump_core::policy::{QuietWindow, backoff, jitter};
 use ump_core::provider::{Answer, Outcome, Outgoing, Provider};
 use ump_core::resources::{ChannelType, DedupeKey};
@@ -28,9 +28,34 @@ const SENT_MEMORY: Duration = Duration::from_secs(24 * 3600);
 /// Everything a batch leaves behind.
 #[derive(Debug, Default)]
 pub struct BatchOutcome {
+    /// What to record: the transitions, and the messages to park (`deferred`, each naming the
+    /// queue it goes back to).
     pub record: BatchRecord,
     /// Messages that exhausted their attempts, for the dead-letter topic.
     pub dead_letters: Vec<Envelope>,
+    /// The decision for each message of the batch, in batch order: how its transport settles it.
+    pub verdicts: Vec<(MessageId, Verdict)>,
+}
+
+/// What the pipeline decided for one message. The transports settle it their own way: the bulk
+/// path records the batch and commits its offsets whatever the verdicts; the realtime path keeps
+/// `Retry` and `Busy` with the broker (modified / released) and dead-letters there; the
+/// all-in-one queue settles each in the recording transaction.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Verdict {
+    /// The outcome is final: sent (also "sent before a restart"), failed, duplicate, expired.
+    #[default]
+    Final,
+    /// Parked until `at` on its home queue: `send_at`, quiet hours, Kakao's night ban.
+    Parked { at: DateTime<Utc> },
+    /// A retryable failure: the next attempt at `at` (on its home queue when parked).
+    Retry { at: DateTime<Utc> },
+    /// Another worker holds its claim: look again at `at`; not an attempt.
+    Busy { at: DateTime<Utc> },
+    /// Out of attempts: dead-lettered (`reason` is the recorded detail).
+    DeadLetter { reason: String },
+    /// Failed for good here and handed on to the policy's fallback channel's queue.
+    FellBack,
 }
 
 /// The batch was abandoned (shutdown while a dependency was down): record and commit nothing, the
@@ -95,9 +120,12 @@ impl DeliveryPipeline {
         self
     }
 
+    /// Delivers `batch`; what it parks (schedules, retries, busy messages) goes back to `home`,
+    /// the queue the batch came from (fallback copies go to their channel's queue).
     pub async fn process(
         &self,
         batch: Vec<Envelope>,
+        home: &str,
         cancel: &CancellationToken,
     ) -> Result<BatchOutcome, Aborted> {
         let mut lanes: Vec<Vec<Envelope>> = vec![Vec::new(); self.lanes.min(batch.len().max(1))];
@@ -110,17 +138,19 @@ impl DeliveryPipeline {
         let results = futures::future::join_all(lanes.into_iter().map(|lane| async move {
             let mut steps = Vec::with_capacity(lane.len());
             for envelope in lane {
-                steps.push(self.deliver(envelope, cancel).await?);
+                let id = envelope.id;
+                steps.push((id, self.deliver(envelope, home, cancel).await?));
             }
             Ok::<_, Aborted>(steps)
         }))
         .await;
         let mut outcome = BatchOutcome::default();
         for lane in results {
-            for step in lane? {
+            for (id, step) in lane? {
                 outcome.record.transitions.extend(step.transitions);
                 outcome.record.deferred.extend(step.deferred);
                 outcome.dead_letters.extend(step.dead_letter);
+                outcome.verdicts.push((id, step.verdict));
             }
         }
         Ok(outcome)
@@ -156,6 +186,7 @@ impl DeliveryPipeline {
     async fn deliver(
         &self,
         mut envelope: Envelope,
+        home: &str,
         cancel: &CancellationToken,
     ) -> Result<Step, Aborted> {
         let now = Utc::now();
@@ -190,6 +221,7 @@ impl DeliveryPipeline {
             return Ok(self.park(
                 step,
                 envelope,
+                home,
                 send_at,
                 now,
                 format!("send_at {}", send_at.to_rfc3339()),
@@ -199,6 +231,7 @@ impl DeliveryPipeline {
             return Ok(self.park(
                 step,
                 envelope,
+                home,
                 end,
                 now,
                 format!("quiet hours until {}", end.to_rfc3339()),
@@ -208,6 +241,7 @@ impl DeliveryPipeline {
             return Ok(self.park(
                 step,
                 envelope,
+                home,
                 end,
                 now,
                 format!(
@@ -240,9 +274,10 @@ impl DeliveryPipeline {
                 let due = now + chrono::Duration::from_std(self.busy_retry).unwrap_or_default();
                 step.deferred = Some(Deferred {
                     envelope,
-                    queue: self.queue.clone(),
+                    queue: home.to_owned(),
                     due_at: due,
                 });
+                step.verdict = Verdict::Busy { at: due };
                 return Ok(step);
             }
             Claim::Duplicate { of } => {
@@ -338,15 +373,14 @@ impl DeliveryPipeline {
                 if made >= policy.max_attempts {
                     self.release(&key, &id).await;
                     self.metrics.outcome(&channel, &provider, "dead_lettered");
+                    let why = format!("gave up after {} attempts: {reason}", envelope.attempts);
                     step.transitions.push(
                         Transition::of(&envelope, Status::DeadLettered, done)
                             .provider(&provider, None)
-                            .detail(format!(
-                                "gave up after {} attempts: {reason}",
-                                envelope.attempts
-                            )),
+                            .detail(why.clone()),
                     );
                     step.dead_letter = Some(envelope);
+                    step.verdict = Verdict::DeadLetter { reason: why };
                 } else {
                     let wait = backoff(policy, made, retry_after, jitter());
                     let due = done + chrono::Duration::from_std(wait).unwrap_or_default();
@@ -362,9 +396,10 @@ impl DeliveryPipeline {
                     );
                     step.deferred = Some(Deferred {
                         envelope,
-                        queue: self.queue.clone(),
+                        queue: home.to_owned(),
                         due_at: due,
                     });
+                    step.verdict = Verdict::Retry { at: due };
                 }
             }
             Outcome::Permanent { reason } => {
@@ -394,6 +429,7 @@ impl DeliveryPipeline {
                             queue: route.queue.clone(),
                             due_at: done,
                         });
+                        step.verdict = Verdict::FellBack;
                     }
                     other => {
                         self.release(&key, &id).await;
@@ -418,6 +454,7 @@ impl DeliveryPipeline {
         &self,
         mut step: Step,
         envelope: Envelope,
+        home: &str,
         due_at: DateTime<Utc>,
         now: DateTime<Utc>,
         why: String,
@@ -428,9 +465,10 @@ impl DeliveryPipeline {
             .push(Transition::of(&envelope, Status::Scheduled, now).detail(why));
         step.deferred = Some(Deferred {
             envelope,
-            queue: self.queue.clone(),
+            queue: home.to_owned(),
             due_at,
         });
+        step.verdict = Verdict::Parked { at: due_at };
         step
     }
 
@@ -503,6 +541,7 @@ struct Step {
     transitions: Vec<Transition>,
     deferred: Option<Deferred>,
     dead_letter: Option<Envelope>,
+    verdict: Verdict,
 }
 
 /// When `envelope` is FriendTalk advertising inside Kakao's night-time ban at `now`, the moment
@@ -561,6 +600,137 @@ mod tests {
             attempts,
             fallback: None,
         }
+    }
+
+    /// A pipeline on the sandbox (every attempt fails, retryably), with three attempts at most,
+    /// dedupe in a SQLite file of its own.
+    async fn sandbox_pipeline(
+        dir: &std::path::Path,
+    ) -> (DeliveryPipeline, ump_core::sqlite::SqliteStore) {
+        let yaml = r#"
+kind: DeliveryPolicy
+metadata: {name: p}
+spec: {retry: {maxAttempts: 3, initialBackoff: 1s, maxBackoff: 1s}, dedupe: {key: None}}
+---
+kind: MessageChannel
+metadata: {name: c}
+spec:
+  type: sms
+  policyRef: p
+  providers: [{name: sandbox, type: sandbox, settings: {failAttempts: "100"}}]
+"#;
+        std::fs::write(dir.join("c.yaml"), yaml).expect("write");
+        let registry = ChannelRegistry::load_dir(dir).expect("registry");
+        let channel = registry.get("c").cloned().expect("c");
+        let outbox = dir.join("outbox.jsonl");
+        let context = crate::providers::ProviderContext {
+            secrets_dir: dir,
+            sandbox_outbox: &outbox,
+        };
+        let metrics = WorkerMetrics::new(prometheus::Registry::new()).expect("metrics");
+        let provider = crate::providers::for_delivery(
+            &channel,
+            &context,
+            &metrics,
+            crate::metrics::DeliveryPath::AllInOne,
+        )
+        .expect("provider");
+        let store = ump_core::sqlite::SqliteStore::open(&dir.join("ump.db"))
+            .await
+            .expect("store");
+        let dedupe = Arc::new(crate::local::SqliteDedupe::new(
+            store.clone(),
+            "me".into(),
+            Duration::from_secs(60),
+        ));
+        let pipeline = DeliveryPipeline::new(
+            channel,
+            provider,
+            dedupe,
+            Arc::new(crate::local::LocalRateLimiter::new()),
+            metrics,
+            4,
+            Duration::from_secs(1),
+        )
+        .expect("pipeline");
+        (pipeline, store)
+    }
+
+    #[tokio::test]
+    async fn every_message_gets_the_verdict_its_transport_settles() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (pipeline, store) = sandbox_pipeline(dir.path()).await;
+        let message = |body: &str, attempts: u32| {
+            let mut e = envelope(Category::Transactional, body, attempts);
+            e.channel = "c".into();
+            e
+        };
+        let first = message("first attempt fails", 0);
+        let second = message("sent before a restart", 1);
+        let last = message("out of attempts", 3);
+        let mut later = message("later", 0);
+        let at = Utc::now() + chrono::Duration::hours(1);
+        later.send_at = Some(at);
+        let busy = message("another worker's", 1);
+        // Another worker (a live lease) is sending `busy`; `second` was sent before a restart.
+        let ttl = Duration::from_secs(60);
+        crate::local::SqliteDedupe::new(store.clone(), "other".into(), ttl)
+            .claim(&format!("ump:sent:{}", busy.id), &busy.id.to_string(), ttl)
+            .await
+            .expect("claim");
+        crate::local::SqliteDedupe::new(store.clone(), "me".into(), ttl)
+            .mark_sent(
+                &format!("ump:sent:{}", second.id),
+                &second.id.to_string(),
+                ttl,
+            )
+            .await
+            .expect("mark sent");
+        let batch = vec![
+            first.clone(),
+            second.clone(),
+            last.clone(),
+            later.clone(),
+            busy.clone(),
+        ];
+        let outcome = pipeline
+            .process(batch, "home-queue", &CancellationToken::new())
+            .await
+            .expect("processed");
+        let verdict = |id: MessageId| {
+            outcome
+                .verdicts
+                .iter()
+                .find(|(v, _)| *v == id)
+                .map(|(_, verdict)| verdict.clone())
+                .expect("a verdict")
+        };
+        assert_eq!(outcome.verdicts.len(), 5);
+        assert!(matches!(verdict(first.id), Verdict::Retry { .. }));
+        assert_eq!(verdict(second.id), Verdict::Final);
+        assert!(
+            matches!(verdict(last.id), Verdict::DeadLetter { reason } if reason.starts_with("gave up after")),
+            "{:?}",
+            verdict(last.id)
+        );
+        assert_eq!(verdict(later.id), Verdict::Parked { at });
+        assert!(matches!(verdict(busy.id), Verdict::Busy { .. }));
+        // What is parked goes back to the queue the batch came from.
+        let mut parked: Vec<(MessageId, &str)> = outcome
+            .record
+            .deferred
+            .iter()
+            .map(|d| (d.envelope.id, d.queue.as_str()))
+            .collect();
+        parked.sort();
+        let mut expected = vec![
+            (first.id, "home-queue"),
+            (later.id, "home-queue"),
+            (busy.id, "home-queue"),
+        ];
+        expected.sort();
+        assert_eq!(parked, expected);
+        assert_eq!(outcome.dead_letters.len(), 1);
     }
 
     #[test]

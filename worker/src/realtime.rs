@@ -30,7 +30,7 @@
 use crate::dedupe::RedisDedupe;
 use crate::metrics::{DeliveryPath, WorkerMetrics};
 use crate::pause::until_available;
-use crate::pipeline::{BatchOutcome, DeliveryPipeline};
+use crate::pipeline::{BatchOutcome, DeliveryPipeline, Verdict};
 use crate::providers::{self, ProviderContext};
 use crate::ratelimit::{LimiterUnavailable, RateLimiter, RedisRateLimiter};
 use anyhow::Context;
@@ -378,70 +378,36 @@ enum Disposal {
     Release { at: DateTime<Utc> },
 }
 
-/// Splits a batch's outcome into what to record and how to settle each message.
-///
-/// The pipeline parks a message in three cases; the realtime path takes two of them back:
-/// a retry (the attempt count went up) and a message another worker is sending (parked without a
-/// `scheduled` transition) stay with the broker instead. What is parked for a later time (send_at,
-/// quiet hours) or for another queue stays parked. Were a case ever misread, the message would be
-/// parked in MySQL and delivered through Kafka: later, but never lost.
-fn plan(
-    outcome: BatchOutcome,
-    attempts_before: &HashMap<MessageId, u32>,
-    topic: &str,
-) -> (BatchRecord, HashMap<MessageId, Disposal>) {
+/// Splits a batch's outcome into what to record and how to settle each message, by the
+/// pipeline's verdicts: a retry and a message another worker is sending stay with the broker
+/// (redelivered later) instead of being parked; what is parked for a later time (send_at, quiet
+/// hours) or handed to another channel stays parked, and goes on through the bulk path.
+fn plan(outcome: BatchOutcome, topic: &str) -> (BatchRecord, HashMap<MessageId, Disposal>) {
     let BatchOutcome {
         mut record,
-        dead_letters,
+        verdicts,
+        ..
     } = outcome;
-    let mut disposals: HashMap<MessageId, Disposal> = attempts_before
-        .keys()
-        .map(|id| (*id, Disposal::Accept))
-        .collect();
-    for envelope in dead_letters {
-        let reason = record
-            .transitions
-            .iter()
-            .rev()
-            .find(|t| t.id == envelope.id && t.status == Status::DeadLettered)
-            .and_then(|t| t.detail.clone())
-            .unwrap_or_else(|| "out of attempts".to_owned());
-        disposals.insert(envelope.id, Disposal::DeadLetter(reason));
-    }
-    let scheduled: HashSet<MessageId> = record
-        .transitions
-        .iter()
-        .filter(|t| t.status == Status::Scheduled)
-        .map(|t| t.id)
-        .collect();
-    record.deferred.retain(|deferred| {
-        let id = deferred.envelope.id;
-        let Some(before) = attempts_before.get(&id) else {
-            return true;
+    let mut disposals = HashMap::with_capacity(verdicts.len());
+    let mut with_the_broker = HashSet::new();
+    for (id, verdict) in verdicts {
+        let disposal = match verdict {
+            Verdict::Retry { at } => Disposal::Redeliver { at },
+            Verdict::Busy { at } => Disposal::Release { at },
+            Verdict::DeadLetter { reason } => Disposal::DeadLetter(reason),
+            Verdict::Final | Verdict::Parked { .. } | Verdict::FellBack => Disposal::Accept,
         };
-        if deferred.queue != topic {
-            return true;
+        if matches!(
+            disposal,
+            Disposal::Redeliver { .. } | Disposal::Release { .. }
+        ) {
+            with_the_broker.insert(id);
         }
-        if deferred.envelope.attempts > *before {
-            disposals.insert(
-                id,
-                Disposal::Redeliver {
-                    at: deferred.due_at,
-                },
-            );
-            false
-        } else if !scheduled.contains(&id) {
-            disposals.insert(
-                id,
-                Disposal::Release {
-                    at: deferred.due_at,
-                },
-            );
-            false
-        } else {
-            true
-        }
-    });
+        disposals.insert(id, disposal);
+    }
+    record
+        .deferred
+        .retain(|d| !(d.queue == topic && with_the_broker.contains(&d.envelope.id)));
     (record, disposals)
 }
 
@@ -621,7 +587,6 @@ async fn handle(
     };
     let mut envelopes = Vec::with_capacity(batch.len());
     let mut deliveries: HashMap<MessageId, Vec<DeliveryInfo>> = HashMap::new();
-    let mut attempts_before: HashMap<MessageId, u32> = HashMap::new();
     let mut redelivered = Vec::new();
     for incoming in batch {
         let mut envelope = match incoming.envelope {
@@ -650,7 +615,6 @@ async fn handle(
             // The broker's count is the attempt count: failed attempts and lost deliveries alike.
             envelope.attempts = envelope.attempts.max(incoming.delivery_count);
         }
-        attempts_before.insert(envelope.id, envelope.attempts);
         deliveries.insert(envelope.id, vec![incoming.info]);
         envelopes.push(envelope);
     }
@@ -667,7 +631,13 @@ async fn handle(
         .max()
         .unwrap_or(0) as f64
         / 1000.0;
-    let outcome = match shared.pipeline.process(envelopes, &cancel).await {
+    // What it parks for later goes through the bulk path (the channel's topic); retries and
+    // busy messages stay with the broker (`plan`).
+    let outcome = match shared
+        .pipeline
+        .process(envelopes, &shared.topic, &cancel)
+        .await
+    {
         Ok(outcome) => outcome,
         Err(aborted) => {
             tracing::warn!(%aborted, "realtime batch abandoned; released to the broker");
@@ -678,7 +648,7 @@ async fn handle(
         }
     };
     let delivered = started.elapsed();
-    let (mut record, disposals) = plan(outcome, &attempts_before, &shared.topic);
+    let (mut record, disposals) = plan(outcome, &shared.topic);
     record.transitions.extend(redelivered);
     if !shared.recorder.record(record).await {
         tracing::warn!(
@@ -716,6 +686,12 @@ async fn handle(
             Disposal::Redeliver { at } => held.push((at, infos, redeliver_state())),
             Disposal::Release { at } => held.push((at, infos, release_state())),
         }
+    }
+    // Every delivered message has a verdict; were one ever missing, the broker would get the
+    // message back rather than keep it unsettled.
+    for info in deliveries.into_values().flatten() {
+        tracing::warn!("a realtime message without a verdict; released to the broker");
+        send(info, release_state());
     }
     if held.is_empty() {
         return;
@@ -805,21 +781,11 @@ mod tests {
         let now = Utc::now();
         let later = now + chrono::Duration::seconds(2);
         let sent = envelope(0);
-        let mut retried = envelope(1);
+        let retried = envelope(2);
         let busy = envelope(0);
         let quiet = envelope(0);
         let fallback = envelope(0);
         let dead = envelope(4);
-        let before: HashMap<MessageId, u32> = [
-            (sent.id, 0),
-            (retried.id, 1),
-            (busy.id, 0),
-            (quiet.id, 0),
-            (fallback.id, 0),
-            (dead.id, 4),
-        ]
-        .into();
-        retried.attempts = 2;
         let outcome = BatchOutcome {
             record: BatchRecord {
                 transitions: vec![
@@ -836,8 +802,22 @@ mod tests {
                 ],
             },
             dead_letters: vec![dead.clone()],
+            verdicts: vec![
+                (sent.id, Verdict::Final),
+                (retried.id, Verdict::Retry { at: later }),
+                (busy.id, Verdict::Busy { at: later }),
+                (quiet.id, Verdict::Parked { at: later }),
+                (fallback.id, Verdict::FellBack),
+                (
+                    dead.id,
+                    Verdict::DeadLetter {
+                        reason: "gave up".into(),
+                    },
+                ),
+            ],
         };
-        let (record, disposals) = plan(outcome, &before, "ump.ns.sms");
+        let (record, disposals) = plan(outcome, "ump.ns.sms");
+        assert_eq!(disposals.len(), 6);
         assert_eq!(disposals[&sent.id], Disposal::Accept);
         assert_eq!(disposals[&retried.id], Disposal::Redeliver { at: later });
         assert_eq!(disposals[&busy.id], Disposal::Release { at: later });
