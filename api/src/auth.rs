@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use ump_core::keys::{ApiKeyStore, BOOTSTRAP_KEY_ID, PresentedKey, StoredKey};
-use ump_worker::local::LocalRateLimiter;
-use ump_worker::ratelimit::RateLimiter;
+use ump_core::ratelimit::LocalRateLimiter;
+use ump_core::ratelimit::RateLimiter;
 
 /// How long an unknown key id is answered from memory.
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);

@@ -179,7 +179,7 @@ pub async fn state(
     key_cache.refresh().await.context("loading API keys")?;
     key_cache.spawn_refresh(crate::auth::REFRESH_EVERY);
 
-    let redis = ump_worker::dedupe::connect_redis(&settings.redis_url).await?;
+    let redis = ump_core::redis_conn::connect_redis(&settings.redis_url).await?;
     let kafka = Arc::new(
         KafkaQueue::new(
             &KafkaSettings::from_env(settings.kafka_bootstrap.clone()),
@@ -272,7 +272,7 @@ pub async fn state(
         journeys: Arc::new(ump_core::journeys::MySqlJourneys::new(pool.clone())),
         catalog: Arc::new(ump_core::catalog::MySqlCatalog::new(pool.clone())),
         items: Arc::new(ump_core::recommendations::MySqlItemModel::new(pool.clone())),
-        journey_limiter: Arc::new(ump_worker::ratelimit::RedisRateLimiter::new(redis.clone())),
+        journey_limiter: Arc::new(ump_core::ratelimit::RedisRateLimiter::new(redis.clone())),
         webhooks: Arc::new(ump_core::webhooks_store::MySqlWebhooks::new(pool)),
         // Production's rules; `ump api` sets them from its settings.
         webhook_rules: ump_core::webhooks::UrlRules::default(),

@@ -11,6 +11,7 @@ pub mod broadcast;
 pub mod catalog;
 pub mod cluster;
 pub mod dashboard;
+#[cfg(feature = "all-in-one")]
 pub mod embedded;
 pub mod events;
 pub mod idempotency;
@@ -63,7 +64,7 @@ pub struct AppState {
     pub items: Arc<dyn ump_core::recommendations::ItemModel>,
     /// Keeps journeys' send rates: Redis in the cluster mode (every API process shares it),
     /// in memory all-in-one.
-    pub journey_limiter: Arc<dyn ump_worker::ratelimit::RateLimiter>,
+    pub journey_limiter: Arc<dyn ump_core::ratelimit::RateLimiter>,
     pub keys: Arc<auth::KeyCache>,
     pub idempotency: Arc<dyn idempotency::IdempotencyStore>,
     pub metrics: metrics::ApiMetrics,

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use ump_api::cluster::{self, ClusterSettings};
+#[cfg(feature = "all-in-one")]
 use ump_api::embedded::EmbeddedSettings;
 use ump_core::keys::{ApiKeyStore, MySqlKeys, generate_key};
 
@@ -25,6 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the API, the worker and the dashboard in one process on one SQLite file (the default).
+    #[cfg(feature = "all-in-one")]
     AllInOne(EmbeddedSettings),
     /// Run the API of the cluster mode (Kafka, Redis, MySQL).
     Api {
@@ -38,7 +40,7 @@ enum Command {
         #[command(flatten)]
         requests: ump_api::RequestSettings,
         #[command(flatten)]
-        webhook_urls: ump_worker::webhooks::WebhookUrlSettings,
+        webhook_urls: ump_core::webhooks::WebhookUrlSettings,
     },
     /// Manage API keys: in MySQL with UMP_MYSQL_URL (cluster mode), else in the all-in-one
     /// mode's data folder.
@@ -144,11 +146,15 @@ async fn main() -> anyhow::Result<()> {
 
     let command = match Cli::parse().command {
         Some(command) => command,
+        #[cfg(feature = "all-in-one")]
         None => Cli::parse_from(["ump", "all-in-one"])
             .command
             .context("all-in-one is a command")?,
+        #[cfg(not(feature = "all-in-one"))]
+        None => anyhow::bail!("this ump is built without the all-in-one mode: run `ump api`"),
     };
     match command {
+        #[cfg(feature = "all-in-one")]
         Command::AllInOne(settings) => {
             let shutdown = CancellationToken::new();
             let signal = shutdown.clone();

@@ -39,24 +39,14 @@ fn sqlx_sets_tcp_nodelay_on_its_connections() {
     }
 }
 
-/// The operator is built from the domain and the Kafka settings alone: no database client, no
-/// AMQP client, no template engine (its tests still use `ump-core`'s harness).
-#[test]
-fn the_operator_builds_without_the_adapters() {
+/// The package names of `cargo tree -e normal` with `args` (no dev-dependencies: what ships).
+fn normal_tree(args: &[&str]) -> Vec<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = std::process::Command::new(cargo)
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .args([
-            "tree",
-            "-p",
-            "ump-operator",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-            "--locked",
-            "--offline",
-        ])
+        .arg("tree")
+        .args(args)
+        .args(["-e", "normal", "--prefix", "none", "--locked", "--offline"])
         .output()
         .expect("cargo tree runs");
     assert!(
@@ -64,16 +54,40 @@ fn the_operator_builds_without_the_adapters() {
         "cargo tree: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let tree = String::from_utf8_lossy(&output.stdout);
-    let names: Vec<&str> = tree
+    String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| line.split_whitespace().next())
-        .collect();
-    assert!(names.contains(&"ump-domain"), "{tree}");
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The operator is built from the domain and the Kafka settings alone: no database client, no
+/// AMQP client, no template engine (its tests still use `ump-core`'s harness).
+#[test]
+fn the_operator_builds_without_the_adapters() {
+    let tree = normal_tree(&["-p", "ump-operator"]);
+    assert!(tree.contains(&"ump-domain".to_owned()), "{tree:?}");
     for adapter in ["sqlx-core", "fe2o3-amqp", "minijinja", "ump-core", "redis"] {
         assert!(
-            !names.contains(&adapter),
-            "the operator depends on {adapter}:\n{tree}"
+            !tree.contains(&adapter.to_owned()),
+            "the operator depends on {adapter}: {tree:?}"
         );
     }
+}
+
+/// The cluster-mode API is built without the worker crate when the all-in-one mode is left out;
+/// the all-in-one `ump` is where the API and the worker meet.
+#[test]
+fn the_cluster_api_builds_without_the_worker() {
+    let tree = normal_tree(&["-p", "ump-api", "--no-default-features"]);
+    assert!(tree.contains(&"ump-core".to_owned()), "{tree:?}");
+    assert!(
+        !tree.contains(&"ump-worker".to_owned()),
+        "the cluster API depends on the worker: {tree:?}"
+    );
+    let all_in_one = normal_tree(&["-p", "ump-api"]);
+    assert!(
+        all_in_one.contains(&"ump-worker".to_owned()),
+        "{all_in_one:?}"
+    );
 }

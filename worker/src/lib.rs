@@ -9,7 +9,7 @@ pub mod metrics;
 pub mod pause;
 pub mod pipeline;
 pub mod providers;
-pub mod ratelimit;
+pub use ump_core::ratelimit;
 pub mod realtime;
 pub mod service;
 pub mod webhooks;

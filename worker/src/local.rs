@@ -11,13 +11,12 @@ use crate::dedupe::{Claim, DedupeStore, DedupeUnavailable};
 use crate::metrics::WorkerMetrics;
 use crate::pause::until_available;
 use crate::pipeline::DeliveryPipeline;
-use crate::ratelimit::{LimiterUnavailable, RateLimiter};
 use chrono::Utc;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+pub use ump_core::ratelimit::LocalRateLimiter;
 use ump_core::sqlite::SqliteStore;
 
 /// Dedupe keys in the SQLite file, with the Redis store's semantics (see `dedupe`): the value is
@@ -144,48 +143,6 @@ impl DedupeStore for SqliteDedupe {
     }
 }
 
-/// GCRA in process: the same rule as the Redis limiter, for one process.
-#[derive(Default)]
-pub struct LocalRateLimiter {
-    started: Option<Instant>,
-    /// Theoretical arrival time of the next send, in ms since `started`, by key.
-    tat: Mutex<HashMap<String, f64>>,
-}
-
-impl LocalRateLimiter {
-    pub fn new() -> Self {
-        Self {
-            started: Some(Instant::now()),
-            tat: Mutex::default(),
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl RateLimiter for LocalRateLimiter {
-    async fn try_acquire(
-        &self,
-        key: &str,
-        per_second: u32,
-        burst: u32,
-    ) -> Result<Option<Duration>, LimiterUnavailable> {
-        let interval = 1000.0 / f64::from(per_second.max(1));
-        let tolerance = interval * f64::from(burst.max(1) - 1);
-        let now = self
-            .started
-            .map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0);
-        let mut tat = self.tat.lock().unwrap_or_else(|e| e.into_inner());
-        let current = tat.get(key).copied().unwrap_or(now).max(now);
-        if now < current - tolerance {
-            return Ok(Some(Duration::from_millis(
-                (current - tolerance - now).ceil() as u64,
-            )));
-        }
-        tat.insert(key.to_owned(), current + interval);
-        Ok(None)
-    }
-}
-
 /// Consumes one queue of the SQLite file through a channel's pipeline.
 pub struct LocalConsumer {
     pub pipeline: Arc<DeliveryPipeline>,
@@ -278,21 +235,5 @@ mod tests {
         contract::claims_follow_the_state_machine(&make, "k").await;
         contract::a_lapsed_claim_is_taken_over_and_its_release_changes_nothing(&make, "lapsed")
             .await;
-    }
-
-    #[tokio::test]
-    async fn the_local_limiter_allows_the_burst_then_spaces_sends() {
-        let limiter = LocalRateLimiter::new();
-        for _ in 0..5 {
-            assert_eq!(limiter.try_acquire("k", 10, 5).await.unwrap(), None);
-        }
-        let wait = limiter
-            .try_acquire("k", 10, 5)
-            .await
-            .unwrap()
-            .expect("over the burst");
-        assert!(wait <= Duration::from_millis(100), "{wait:?}");
-        // Other keys have their own budget.
-        assert_eq!(limiter.try_acquire("other", 10, 1).await.unwrap(), None);
     }
 }

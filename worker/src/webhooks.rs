@@ -15,27 +15,7 @@ use ump_core::webhooks::{
     signature_header,
 };
 
-/// Which endpoint URLs are allowed. Both the API (when endpoints are written) and the dispatcher
-/// (at every connection) apply them.
-#[derive(Clone, Copy, Debug, Default, clap::Args)]
-pub struct WebhookUrlSettings {
-    /// Allow plain `http` endpoint URLs. For tests and local development only.
-    #[arg(long = "webhooks-allow-http", env = "UMP_WEBHOOKS_ALLOW_HTTP", default_value_t = false, action = clap::ArgAction::Set)]
-    pub allow_http: bool,
-    /// Allow endpoints on loopback addresses (127.0.0.0/8, ::1). For tests only: every other
-    /// private, link-local or metadata address stays refused.
-    #[arg(long = "webhooks-allow-loopback", env = "UMP_WEBHOOKS_ALLOW_LOOPBACK", default_value_t = false, action = clap::ArgAction::Set)]
-    pub allow_loopback: bool,
-}
-
-impl WebhookUrlSettings {
-    pub fn rules(&self) -> UrlRules {
-        UrlRules {
-            allow_http: self.allow_http,
-            allow_loopback: self.allow_loopback,
-        }
-    }
-}
+pub use ump_core::webhooks::WebhookUrlSettings;
 
 /// How webhooks are dispatched.
 #[derive(Clone, Debug, clap::Args)]
