@@ -1,18 +1,18 @@
 //! UMP's HTTP surface: the REST API (`/v1/messages`), probes, metrics and OpenAPI. The same
-//! router serves the cluster mode (Kafka, Redis, MySQL) and the embedded mode (SQLite): only the
+//! router serves the cluster mode (Kafka, Redis, MySQL) and the all-in-one mode (SQLite): only the
 //! ports in `AppState` differ.
 
 // `Problem` (the error response, ~150 bytes) travels in `Result`s only on the error path, where its
 // size costs nothing worth boxing for.
 #![allow(clippy::result_large_err)]
 
+#[cfg(feature = "all-in-one")]
+pub mod all_in_one;
 pub mod auth;
 pub mod broadcast;
 pub mod catalog;
 pub mod cluster;
 pub mod dashboard;
-#[cfg(feature = "all-in-one")]
-pub mod embedded;
 pub mod events;
 pub mod idempotency;
 pub mod journeys;

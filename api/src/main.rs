@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use ump_api::cluster::{self, ClusterSettings};
 #[cfg(feature = "all-in-one")]
-use ump_api::embedded::EmbeddedSettings;
+use ump_api::all_in_one::AllInOneSettings;
+use ump_api::cluster::{self, ClusterSettings};
 use ump_core::keys::{ApiKeyStore, MySqlKeys, generate_key};
 
 #[derive(Parser)]
@@ -27,7 +27,7 @@ struct Cli {
 enum Command {
     /// Run the API, the worker and the dashboard in one process on one SQLite file (the default).
     #[cfg(feature = "all-in-one")]
-    AllInOne(EmbeddedSettings),
+    AllInOne(AllInOneSettings),
     /// Run the API of the cluster mode (Kafka, Redis, MySQL).
     Api {
         /// Address to listen on.
@@ -162,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
                 shutdown_signal().await;
                 signal.cancel();
             });
-            ump_api::embedded::run(settings, shutdown).await
+            ump_api::all_in_one::run(settings, shutdown).await
         }
         Command::Api {
             listen,

@@ -1,5 +1,5 @@
 //! The channel registry: `MessageChannel` and `DeliveryPolicy` documents (from a folder of YAML in
-//! the embedded mode and for a worker's mounted ConfigMap; from the cluster in cluster mode)
+//! the all-in-one mode and for a worker's mounted ConfigMap; from the cluster in cluster mode)
 //! resolved into what the api and the worker use: each channel with its effective policy and its
 //! compiled templates.
 

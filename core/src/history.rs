@@ -1,5 +1,5 @@
 //! Message history: the port the api (reads) and the worker (writes) use, and its data types. The
-//! cluster mode stores it in MySQL (`store`), the embedded mode in SQLite.
+//! cluster mode stores it in MySQL (`store`), the all-in-one mode in SQLite.
 
 use crate::model::{Envelope, Event, MessageId, Priority, Status};
 use chrono::{DateTime, Utc};

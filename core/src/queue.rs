@@ -1,6 +1,6 @@
 //! The queue port: how an accepted message becomes durable. `202 Accepted` is answered only after
 //! `enqueue` returns `Ok`, i.e. the broker has the message (Kafka: acknowledged by all in-sync
-//! replicas through an idempotent producer). The embedded mode implements it with SQLite.
+//! replicas through an idempotent producer). The all-in-one mode implements it with SQLite.
 
 use crate::model::Envelope;
 use crate::resources::MessageChannel;

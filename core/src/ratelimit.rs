@@ -12,6 +12,9 @@ pub struct LimiterUnavailable(pub String);
 
 #[async_trait::async_trait]
 pub trait RateLimiter: Send + Sync {
+    /// Where the budget is kept (`redis`, `memory`): the label of the pause metric while it is
+    /// unavailable.
+    fn backend(&self) -> &'static str;
     /// Takes one send from `key`'s budget; `Ok(None)` when allowed now, else how long to wait
     /// before asking again.
     async fn try_acquire(
@@ -51,6 +54,10 @@ impl RedisRateLimiter {
 
 #[async_trait::async_trait]
 impl RateLimiter for RedisRateLimiter {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
     async fn try_acquire(
         &self,
         key: &str,
@@ -92,6 +99,10 @@ impl LocalRateLimiter {
 
 #[async_trait::async_trait]
 impl RateLimiter for LocalRateLimiter {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
     async fn try_acquire(
         &self,
         key: &str,

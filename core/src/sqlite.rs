@@ -1,4 +1,4 @@
-//! SQLite storage of the embedded mode: one file holds the message history, the durable queue
+//! SQLite storage of the all-in-one mode: one file holds the message history, the durable queue
 //! (what Kafka holds in the cluster mode), API keys, and the dedupe and Idempotency-Key memory
 //! (what Redis holds). The same ports as MySQL (`HistoryStore`, `ApiKeyStore`) plus the queue.
 //!
@@ -6,7 +6,7 @@
 //! outcome, a key) go through a pool with `synchronous=FULL`, so a `202` survives a power cut; the
 //! short-lived keys go through a second pool with `synchronous=NORMAL`, which survives a process
 //! crash (kill -9) but may lose the last moments on a power cut, like Redis' `appendfsync
-//! everysec`. Only one process may use a file at a time (`EmbeddedLock`).
+//! everysec`. Only one process may use a file at a time (`DataDirLock`).
 
 use crate::history::{
     BatchRecord, Claim, Claimed, Deferred, HistoryError, HistoryStore, MessageFilter, MessagePage,
@@ -49,11 +49,11 @@ pub enum OpenError {
 /// Held for the life of the process: a second process on the same data folder would consume the
 /// same queue and send messages twice.
 #[derive(Debug)]
-pub struct EmbeddedLock {
+pub struct DataDirLock {
     _file: std::fs::File,
 }
 
-impl EmbeddedLock {
+impl DataDirLock {
     pub fn acquire(dir: &Path) -> Result<Self, OpenError> {
         std::fs::create_dir_all(dir).map_err(|source| OpenError::Folder {
             path: dir.to_owned(),
@@ -93,7 +93,7 @@ pub struct Queued {
     pub envelope: Envelope,
 }
 
-/// The embedded store. Cheap to clone (pools are handles).
+/// The all-in-one store. Cheap to clone (pools are handles).
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     durable: SqlitePool,
@@ -339,7 +339,7 @@ impl Wakers {
     }
 }
 
-/// The embedded mode's queue: `202` once the message is in the SQLite file. Bulk and realtime
+/// The all-in-one mode's queue: `202` once the message is in the SQLite file. Bulk and realtime
 /// messages go to separate queues of the channel, so a bulk backlog never delays realtime ones.
 ///
 /// Group commit: one writer task takes every enqueue waiting at that moment (up to
@@ -1369,10 +1369,10 @@ mod tests {
     #[tokio::test]
     async fn a_second_process_cannot_take_the_same_folder() {
         let dir = tempfile::tempdir().unwrap();
-        let _held = EmbeddedLock::acquire(dir.path()).unwrap();
+        let _held = DataDirLock::acquire(dir.path()).unwrap();
         // Another open file description of the same lock file conflicts, as another process would.
         assert!(matches!(
-            EmbeddedLock::acquire(dir.path()),
+            DataDirLock::acquire(dir.path()),
             Err(OpenError::Locked(_))
         ));
     }

@@ -306,7 +306,7 @@ mod tests {
     }
 }
 
-/// One row of the bad-input table both modes must answer alike (cluster and embedded tests run
+/// One row of the bad-input table both modes must answer alike (cluster and all-in-one tests run
 /// the same rows): the body of a `POST /v1/messages`, and the status, problem type and field.
 #[derive(Clone, Debug)]
 pub struct BadInput {

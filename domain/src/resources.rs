@@ -1,5 +1,5 @@
 //! `MessageChannel` and `DeliveryPolicy`: UMP's configuration language. The operator reads them
-//! from the cluster (these types generate the CRDs); the embedded mode reads the same YAML from a
+//! from the cluster (these types generate the CRDs); the all-in-one mode reads the same YAML from a
 //! folder; the worker receives the effective pair as its configuration.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;

@@ -5,11 +5,11 @@
 //! alone could change are looked at again when that moment comes.
 //!
 //! Two runtimes around the same fold: `cluster` (Kafka and MySQL, its own Deployment, scaled by
-//! the events topic's lag) and `local` (the all-in-one mode's SQLite file).
+//! the events topic's lag) and `all_in_one` (the all-in-one mode's SQLite file).
 
+pub mod all_in_one;
 pub mod cluster;
 pub mod items;
-pub mod local;
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use ump_core::audience::BatchReport;

@@ -33,6 +33,9 @@ pub struct DedupeUnavailable(pub String);
 
 #[async_trait::async_trait]
 pub trait DedupeStore: Send + Sync {
+    /// The dependency it lives in (`redis`, `sqlite`): the label of the pause metric while it is
+    /// down.
+    fn backend(&self) -> &'static str;
     /// `ttl`: how long the key lives (the dedupe window, or a day for per-message keys).
     async fn claim(&self, key: &str, id: &str, ttl: Duration) -> Result<Claim, DedupeUnavailable>;
     async fn mark_sent(&self, key: &str, id: &str, ttl: Duration) -> Result<(), DedupeUnavailable>;
@@ -107,6 +110,10 @@ fn unavailable(e: redis::RedisError) -> DedupeUnavailable {
 
 #[async_trait::async_trait]
 impl DedupeStore for RedisDedupe {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
     async fn claim(&self, key: &str, id: &str, ttl: Duration) -> Result<Claim, DedupeUnavailable> {
         let mut conn = self.conn.clone();
         let answer: String = self

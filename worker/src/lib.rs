@@ -1,10 +1,10 @@
 //! UMP's delivery worker: consumers (Kafka for bulk, AMQP 1.0 for realtime), the delivery
 //! pipeline and the providers.
 
+pub mod all_in_one;
 pub mod consumer;
 pub mod dedupe;
 pub mod fallback;
-pub mod local;
 pub mod metrics;
 pub mod pause;
 pub mod pipeline;

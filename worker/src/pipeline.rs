@@ -253,7 +253,7 @@ impl DeliveryPipeline {
 
         let id = envelope.id.to_string();
         let (key, ttl) = self.dedupe_key(&envelope);
-        let claim = until_available("redis", &self.metrics, cancel, || {
+        let claim = until_available(self.dedupe.backend(), &self.metrics, cancel, || {
             self.dedupe.claim(&key, &id, ttl)
         })
         .await?;
@@ -293,7 +293,7 @@ impl DeliveryPipeline {
         if let Some(rate) = &self.channel.policy.rate_limit {
             let burst = rate.burst.unwrap_or(rate.per_second);
             loop {
-                let wait = until_available("redis", &self.metrics, cancel, || {
+                let wait = until_available(self.limiter.backend(), &self.metrics, cancel, || {
                     self.limiter
                         .try_acquire(&self.rate_key, rate.per_second, burst)
                 })
@@ -638,7 +638,7 @@ spec:
         let store = ump_core::sqlite::SqliteStore::open(&dir.join("ump.db"))
             .await
             .expect("store");
-        let dedupe = Arc::new(crate::local::SqliteDedupe::new(
+        let dedupe = Arc::new(crate::all_in_one::SqliteDedupe::new(
             store.clone(),
             "me".into(),
             Duration::from_secs(60),
@@ -647,7 +647,7 @@ spec:
             channel,
             provider,
             dedupe,
-            Arc::new(crate::local::LocalRateLimiter::new()),
+            Arc::new(crate::all_in_one::LocalRateLimiter::new()),
             metrics,
             4,
             Duration::from_secs(1),
@@ -674,11 +674,11 @@ spec:
         let busy = message("another worker's", 1);
         // Another worker (a live lease) is sending `busy`; `second` was sent before a restart.
         let ttl = Duration::from_secs(60);
-        crate::local::SqliteDedupe::new(store.clone(), "other".into(), ttl)
+        crate::all_in_one::SqliteDedupe::new(store.clone(), "other".into(), ttl)
             .claim(&format!("ump:sent:{}", busy.id), &busy.id.to_string(), ttl)
             .await
             .expect("claim");
-        crate::local::SqliteDedupe::new(store.clone(), "me".into(), ttl)
+        crate::all_in_one::SqliteDedupe::new(store.clone(), "me".into(), ttl)
             .mark_sent(
                 &format!("ump:sent:{}", second.id),
                 &second.id.to_string(),

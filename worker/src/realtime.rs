@@ -720,6 +720,10 @@ pub struct BulkShare(pub Arc<dyn RateLimiter>);
 
 #[async_trait::async_trait]
 impl RateLimiter for BulkShare {
+    fn backend(&self) -> &'static str {
+        self.0.backend()
+    }
+
     async fn try_acquire(
         &self,
         key: &str,

@@ -75,7 +75,7 @@ const AUDIENCE_CUSTOMER: &str = "example-kim";
 /// People put in `vip` besides her: more than one page of the Segments view's members (50).
 const MORE_VIPS: usize = 60;
 
-/// The all-in-one's first-start audience (`ump_api::embedded`), made here through the API: its
+/// The all-in-one's first-start audience (`ump_api::all_in_one`), made here through the API: its
 /// four segments, example-kim with two products viewed and one bought, and more VIPs.
 async fn example_audience(stack: &Stack) {
     let segments = json!([

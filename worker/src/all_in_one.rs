@@ -1,4 +1,4 @@
-//! The worker of the embedded mode: the same pipeline as the cluster mode, fed from the SQLite
+//! The worker of the all-in-one mode: the same pipeline as the cluster mode, fed from the SQLite
 //! queue instead of Kafka, with dedupe in the SQLite file and the rate limit in process.
 //!
 //! A consumed message leaves the queue only in the transaction that records its outcome (and
@@ -55,6 +55,10 @@ fn ttl_from(now: chrono::DateTime<Utc>, ttl: Duration) -> chrono::DateTime<Utc> 
 
 #[async_trait::async_trait]
 impl DedupeStore for SqliteDedupe {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
     async fn claim(&self, key: &str, id: &str, ttl: Duration) -> Result<Claim, DedupeUnavailable> {
         let key = Self::key(key);
         let _guard = self.lock.lock().await;

@@ -1,8 +1,8 @@
-//! The embedded (all-in-one) mode: the API and the worker in one process on one SQLite file, no
+//! The all-in-one mode: the API and the worker in one process on one SQLite file, no
 //! Kafka, Redis, MySQL or Kubernetes. The API contract, validation and statuses are the cluster
 //! mode's (the same router and handlers); only the ports differ:
 //!
-//! | port | cluster mode | embedded mode |
+//! | port | cluster mode | all-in-one mode |
 //! |---|---|---|
 //! | queue | Kafka topic / ActiveMQ queue per channel | SQLite `queue` table (bulk and realtime queues per channel) |
 //! | history, keys | MySQL | SQLite |
@@ -34,10 +34,10 @@ use ump_core::audience_sqlite::SqliteEventLog;
 use ump_core::config::ChannelRegistry;
 use ump_core::keys::{ApiKeyStore, DEFAULT_TENANT, generate_key};
 use ump_core::queue::MessageQueue;
-use ump_core::sqlite::{EmbeddedLock, SqliteQueue, SqliteStore, Wakers};
+use ump_core::sqlite::{DataDirLock, SqliteQueue, SqliteStore, Wakers};
 use ump_events::EventMetrics;
+use ump_worker::all_in_one::{LocalConsumer, LocalRateLimiter, SqliteDedupe};
 use ump_worker::fallback::FallbackRoute;
-use ump_worker::local::{LocalConsumer, LocalRateLimiter, SqliteDedupe};
 use ump_worker::metrics::{DeliveryPath, WorkerMetrics};
 use ump_worker::pipeline::DeliveryPipeline;
 use ump_worker::providers::{self, ProviderContext};
@@ -50,7 +50,7 @@ const EXAMPLE_JOURNEYS: &str = include_str!("../../examples/journeys/journeys.ya
 
 /// Settings of the all-in-one mode (environment variables of the same names, upper-cased).
 #[derive(Clone, Debug, clap::Args)]
-pub struct EmbeddedSettings {
+pub struct AllInOneSettings {
     /// Address of the API and dashboard.
     #[arg(long, env = "UMP_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -78,7 +78,7 @@ pub struct EmbeddedSettings {
     pub webhooks: ump_worker::webhooks::WebhookSettings,
 }
 
-impl EmbeddedSettings {
+impl AllInOneSettings {
     pub fn database(&self) -> PathBuf {
         self.data_dir.join("ump.db")
     }
@@ -122,8 +122,8 @@ async fn first_key(store: &SqliteStore) -> anyhow::Result<Option<String>> {
 }
 
 /// Runs UMP all-in-one until `shutdown` fires; the batches in hand are recorded before it returns.
-pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _lock = EmbeddedLock::acquire(&settings.data_dir)?;
+pub async fn run(settings: AllInOneSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let _lock = DataDirLock::acquire(&settings.data_dir)?;
     let fresh = !settings.database().exists();
     let store = SqliteStore::open(&settings.database()).await?;
     let events_wake = Arc::new(tokio::sync::Notify::new());
@@ -177,7 +177,7 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         items: Arc::new(ump_core::recommendations::SqliteItemModel::new(
             store.clone(),
         )),
-        journey_limiter: Arc::new(ump_worker::local::LocalRateLimiter::new()),
+        journey_limiter: Arc::new(ump_worker::all_in_one::LocalRateLimiter::new()),
         keys: Arc::clone(&keys),
         idempotency: Arc::new(SqliteIdempotency::new(store.clone())),
         metrics: ApiMetrics::new(registry.clone())?,
@@ -235,7 +235,7 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
         }
     }
     tasks.spawn(
-        ump_events::local::LocalProcessor {
+        ump_events::all_in_one::LocalProcessor {
             store: store.clone(),
             wake: events_wake,
             metrics: EventMetrics::new(registry.clone())?,
@@ -305,7 +305,7 @@ pub async fn run(settings: EmbeddedSettings, shutdown: CancellationToken) -> any
 
 /// Tells the user where UMP is and, on a first start, the key it generated. The key goes to
 /// stdout once, never into the logs.
-fn announce(settings: &EmbeddedSettings, folder: &Path, channels: usize, key: Option<&str>) {
+fn announce(settings: &AllInOneSettings, folder: &Path, channels: usize, key: Option<&str>) {
     let host = if settings.listen.ip().is_unspecified() || settings.listen.ip().is_loopback() {
         format!("localhost:{}", settings.listen.port())
     } else {
@@ -537,7 +537,7 @@ fn outbox_routes(keys: Arc<KeyCache>, path: PathBuf) -> axum::Router {
 const OUTBOX_TAIL_BYTES: u64 = 8 * 1024 * 1024;
 
 /// `GET /v1/outbox?limit=N`: the newest messages the sandbox provider captured for the caller's
-/// tenant (embedded mode only), rendered as they would have been sent.
+/// tenant (all-in-one mode only), rendered as they would have been sent.
 async fn outbox(
     State(state): State<OutboxState>,
     headers: HeaderMap,
