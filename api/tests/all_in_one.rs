@@ -357,11 +357,7 @@ async fn first_start_prints_a_working_key_and_idempotency_holds_across_restarts(
 async fn the_dashboard_works_in_chromium_with_the_sandbox_outbox() {
     let browser = ump_core::testing::Browser::require();
 
-    let dir = tempfile::tempdir().unwrap();
-    let channels = dir.path().join("channels");
-    std::fs::create_dir_all(&channels).unwrap();
-    std::fs::write(
-        channels.join("channels.yaml"),
+    let (_dir, channels) = channels_folder(
         r#"apiVersion: ump.dev/v1alpha1
 kind: MessageChannel
 metadata: {name: sms}
@@ -379,8 +375,7 @@ spec:
   type: email
   providers: [{name: sandbox, type: sandbox}]
 "#,
-    )
-    .unwrap();
+    );
     let ump = AllInOne::start_with_channels(&channels, "warn", &[]).await;
     let send = |body: Value| {
         let ump = &ump;
@@ -473,15 +468,20 @@ spec:
         .await;
 }
 
+/// A channels folder of its own holding `yaml` (and the temporary folder it lives in).
+fn channels_folder(yaml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let channels = dir.path().join("channels");
+    std::fs::create_dir_all(&channels).expect("channels folder");
+    std::fs::write(channels.join("channels.yaml"), yaml).expect("channels.yaml");
+    (dir, channels)
+}
+
 /// AlimTalk → SMS fallback in the all-in-one mode: the refused message goes out on the SMS
 /// channel's queue with the policy's text, and its timeline shows both attempts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_alimtalk_falls_back_to_sms_with_both_attempts_in_the_timeline() {
-    let dir = tempfile::tempdir().unwrap();
-    let channels = dir.path().join("channels");
-    std::fs::create_dir_all(&channels).unwrap();
-    std::fs::write(
-        channels.join("channels.yaml"),
+    let (_dir, channels) = channels_folder(
         r#"apiVersion: ump.dev/v1alpha1
 kind: DeliveryPolicy
 metadata: {name: kakao}
@@ -505,8 +505,7 @@ spec:
   type: sms
   providers: [{name: sms-sandbox, type: sandbox}]
 "#,
-    )
-    .unwrap();
+    );
     let ump = AllInOne::start_with_channels(&channels, "warn", &[]).await;
     let data = ump.data.clone();
     let (status, answer) = ump
@@ -548,11 +547,7 @@ spec:
 /// goes to the secondary, and `/metrics` shows the circuit as the cluster mode's paths do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_takes_the_secondary_and_metrics_show_the_open_circuit() {
-    let dir = tempfile::tempdir().unwrap();
-    let channels = dir.path().join("channels");
-    std::fs::create_dir_all(&channels).unwrap();
-    std::fs::write(
-        channels.join("channels.yaml"),
+    let (_dir, channels) = channels_folder(
         r#"apiVersion: ump.dev/v1alpha1
 kind: DeliveryPolicy
 metadata: {name: quick}
@@ -571,8 +566,7 @@ spec:
       settings: {failAttempts: "100", circuitFailureThreshold: "2", circuitCoolDown: "10m"}
     - {name: secondary, type: sandbox}
 "#,
-    )
-    .unwrap();
+    );
     let ump = AllInOne::start_with_channels(&channels, "warn", &[]).await;
     let id = ump
         .send(

@@ -244,17 +244,17 @@ async fn a_channel_created_in_the_cluster_is_usable_without_a_restart() {
         .create(&PostParams::default(), &channel_named("twice", twice))
         .await
         .expect("create MessageChannel twice");
-    let mut backwards = policy("10m");
-    backwards.metadata.resource_version = policies
-        .get("otp")
-        .await
-        .expect("get DeliveryPolicy")
-        .metadata
-        .resource_version;
-    policies
-        .replace("otp", &PostParams::default(), &backwards)
-        .await
-        .expect("replace DeliveryPolicy");
+    let set_initial_backoff = |initial: &str| {
+        let patch = json!({"spec": {"retry": {"initialBackoff": initial}}});
+        let policies = &policies;
+        async move {
+            policies
+                .patch("otp", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect("patch DeliveryPolicy");
+        }
+    };
+    set_initial_backoff("10m").await;
     let later = json!({"spec": {"templates": [{"name": "otp", "text": "인증번호 {{ code }}"},
                                               {"name": "later", "text": "나중에"}]}});
     channels
@@ -287,17 +287,7 @@ async fn a_channel_created_in_the_cluster_is_usable_without_a_restart() {
         "the change waits for the policy's fix: {problem}"
     );
     // Fixed: the change applies.
-    let mut fixed = policy("2s");
-    fixed.metadata.resource_version = policies
-        .get("otp")
-        .await
-        .expect("get DeliveryPolicy")
-        .metadata
-        .resource_version;
-    policies
-        .replace("otp", &PostParams::default(), &fixed)
-        .await
-        .expect("replace DeliveryPolicy");
+    set_initial_backoff("2s").await;
     accepted_eventually(&http, &base, &key, "the fixed policy", &later_send).await;
 
     db.drop_database().await;

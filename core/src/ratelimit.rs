@@ -38,6 +38,14 @@ redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil(next_tat - ms + t
 return 0
 "#;
 
+/// GCRA's emission interval and tolerance in milliseconds, for `per_second` sends a second with
+/// a burst of `burst`: a burst of b means b sends may go at once, b-1 intervals of tolerance.
+/// Both limiters take their figures from here.
+fn gcra(per_second: u32, burst: u32) -> (f64, f64) {
+    let interval = 1000.0 / f64::from(per_second.max(1));
+    (interval, interval * f64::from(burst.max(1) - 1))
+}
+
 pub struct RedisRateLimiter {
     conn: redis::aio::ConnectionManager,
     script: redis::Script,
@@ -64,9 +72,7 @@ impl RateLimiter for RedisRateLimiter {
         per_second: u32,
         burst: u32,
     ) -> Result<Option<Duration>, LimiterUnavailable> {
-        let interval = 1000.0 / f64::from(per_second.max(1));
-        // A burst of b means b sends may go at once: b-1 intervals of tolerance.
-        let tolerance = interval * f64::from(burst.max(1) - 1);
+        let (interval, tolerance) = gcra(per_second, burst);
         let mut conn = self.conn.clone();
         let wait: i64 = self
             .script
@@ -109,8 +115,7 @@ impl RateLimiter for LocalRateLimiter {
         per_second: u32,
         burst: u32,
     ) -> Result<Option<Duration>, LimiterUnavailable> {
-        let interval = 1000.0 / f64::from(per_second.max(1));
-        let tolerance = interval * f64::from(burst.max(1) - 1);
+        let (interval, tolerance) = gcra(per_second, burst);
         let now = self
             .started
             .map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0);
