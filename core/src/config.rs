@@ -51,8 +51,8 @@ impl ConfigError {
         match self {
             Self::Template { channel, .. }
             | Self::Invalid { channel, .. }
-            | Self::InvalidPolicy { channel, .. } => Some(channel),
-            Self::DuplicateChannel(channel) => Some(channel),
+            | Self::InvalidPolicy { channel, .. }
+            | Self::DuplicateChannel(channel) => Some(channel),
             Self::Read { .. } | Self::Parse { .. } => None,
         }
     }

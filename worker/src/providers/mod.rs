@@ -1,6 +1,6 @@
 //! Providers: one module per protocol, all behind `ump_core::provider::Provider`. `build` makes
-//! one provider from its spec; `build_channel` makes a channel's providers, behind failover when
-//! there are several.
+//! one provider from its spec; `for_delivery` makes a channel's provider for a delivery path,
+//! behind failover when there are several.
 
 pub mod apns;
 pub mod failover;
@@ -102,22 +102,10 @@ pub fn build(
     })
 }
 
-/// The provider of a channel: its only provider, or failover across `specs` (primary first)
-/// with the circuit settings of the primary. `channel` names the failover provider.
-pub fn build_channel(
-    channel: &str,
-    specs: &[ProviderSpec],
-    ctx: &ProviderContext<'_>,
-) -> Result<Arc<dyn Provider>, BuildError> {
-    match specs {
-        [only] => build(only, ctx),
-        _ => Ok(Arc::new(build_failover(channel, specs, ctx)?)),
-    }
-}
-
 /// The provider a delivery path uses for `channel`, as every path builds it: its only provider,
-/// or failover across its providers (primary first) whose circuits `metrics` publishes, labelled
-/// with `path` (`ump_provider_circuit_open`).
+/// or failover across its providers (primary first, with the primary's circuit settings; named
+/// after the channel) whose circuits `metrics` publishes, labelled with `path`
+/// (`ump_provider_circuit_open`).
 pub fn for_delivery(
     channel: &ResolvedChannel,
     ctx: &ProviderContext<'_>,
