@@ -321,6 +321,33 @@ impl SqliteStore {
             .await?;
         Ok(())
     }
+
+    /// Makes `keys` expire by `until` at the latest (Redis' `PEXPIRE` on a shorter time), or
+    /// deletes them when `until` is `None`.
+    pub async fn shorten_expiring(
+        &self,
+        keys: &[String],
+        until: Option<DateTime<Utc>>,
+    ) -> Result<(), sqlx::Error> {
+        for chunk in keys.chunks(500) {
+            let mut q: QueryBuilder<Sqlite> = match until {
+                None => QueryBuilder::new("DELETE FROM expiring_keys WHERE key IN ("),
+                Some(until) => {
+                    let mut q =
+                        QueryBuilder::new("UPDATE expiring_keys SET expires_at = MIN(expires_at, ");
+                    q.push_bind(micros(until)).push(") WHERE key IN (");
+                    q
+                }
+            };
+            let mut list = q.separated(", ");
+            for key in chunk {
+                list.push_bind(key);
+            }
+            q.push(")");
+            q.build().execute(&self.fast).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Wakes a queue's consumer when a message arrives, so it need not poll for new work.

@@ -145,6 +145,15 @@ impl DedupeStore for SqliteDedupe {
             _ => Ok(()),
         }
     }
+
+    async fn forget(&self, keys: &[String], keep: Duration) -> Result<(), DedupeUnavailable> {
+        let keys: Vec<String> = keys.iter().map(|k| Self::key(k)).collect();
+        let until = (!keep.is_zero()).then(|| ttl_from(Utc::now(), keep));
+        self.store
+            .shorten_expiring(&keys, until)
+            .await
+            .map_err(unavailable)
+    }
 }
 
 /// Consumes one queue of the SQLite file through a channel's pipeline.
@@ -201,6 +210,10 @@ impl LocalConsumer {
             if settled.is_err() {
                 return;
             }
+            // Off the queue, the messages never come back: their own keys can go.
+            self.pipeline
+                .forget(&outcome.settled_keys, Duration::ZERO)
+                .await;
         }
     }
 
@@ -239,5 +252,6 @@ mod tests {
         contract::claims_follow_the_state_machine(&make, "k").await;
         contract::a_lapsed_claim_is_taken_over_and_its_release_changes_nothing(&make, "lapsed")
             .await;
+        contract::a_settled_message_is_forgotten_after_what_is_kept(&make, ["now", "soon"]).await;
     }
 }

@@ -6,6 +6,10 @@
 //! A batch is made durable while the next one is delivered, so the history write overlaps the
 //! provider calls; commits still go in batch order.
 //!
+//! Once the group's committed offsets cover a batch, it is never consumed again, so the
+//! per-message dedupe keys of its sent messages are deleted (`forget_committed`): Redis holds
+//! the messages in flight, not every message of the last day.
+//!
 //! Beside it runs the scheduler: parked messages that are due go back onto the topic.
 
 use crate::metrics::WorkerMetrics;
@@ -15,9 +19,10 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use ump_core::history::{Claim, Claimed, HistoryStore};
@@ -31,13 +36,20 @@ pub struct BatchSettings {
     pub max_wait: Duration,
 }
 
+/// The next offset of each (topic, partition).
+type Offsets = BTreeMap<(String, i32), i64>;
+
+type KafkaConsumer = StreamConsumer;
+
 pub struct ChannelConsumer {
     pipeline: Arc<DeliveryPipeline>,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<KafkaConsumer>,
     persister: Persister,
     metrics: WorkerMetrics,
     batch: BatchSettings,
     topic: String,
+    /// The settled keys of each committed batch, for `forget_committed` (taken by `run`).
+    settled: Option<mpsc::UnboundedReceiver<(Offsets, Vec<String>)>>,
 }
 
 /// What a delivered batch leaves to make durable before its offsets are committed.
@@ -50,7 +62,7 @@ struct Delivered {
 /// Makes a delivered batch durable, then commits its offsets.
 #[derive(Clone)]
 struct Persister {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<KafkaConsumer>,
     /// The next offset of each partition, as last committed (asynchronously): committed once more,
     /// synchronously, when the consumer stops.
     committed: Arc<std::sync::Mutex<BTreeMap<(String, i32), i64>>>,
@@ -58,6 +70,8 @@ struct Persister {
     history: Arc<dyn HistoryStore>,
     metrics: WorkerMetrics,
     dead_letter_topic: String,
+    /// A committed batch's offsets and settled keys, for `forget_committed`.
+    settled: mpsc::UnboundedSender<(Offsets, Vec<String>)>,
 }
 
 /// The longest the consume loop waits for a message before polling the consumer again.
@@ -74,7 +88,7 @@ impl ChannelConsumer {
     ) -> anyhow::Result<Self> {
         let resource = &pipeline.channel.resource;
         let topic = resource.topic_name();
-        let consumer: StreamConsumer = kafka
+        let consumer: KafkaConsumer = kafka
             .client_config_with(&[
                 ("auto.offset.reset", "earliest"),
                 ("partition.assignment.strategy", "cooperative-sticky"),
@@ -93,6 +107,7 @@ impl ChannelConsumer {
             .create()?;
         consumer.subscribe(&[&topic])?;
         let consumer = Arc::new(consumer);
+        let (settle, settled) = mpsc::unbounded_channel();
         let persister = Persister {
             consumer: Arc::clone(&consumer),
             committed: Arc::default(),
@@ -100,6 +115,7 @@ impl ChannelConsumer {
             history,
             metrics: metrics.clone(),
             dead_letter_topic: resource.dead_letter_topic(),
+            settled: settle,
         };
         Ok(Self {
             pipeline,
@@ -108,18 +124,26 @@ impl ChannelConsumer {
             metrics,
             batch,
             topic,
+            settled: Some(settled),
         })
     }
 
     /// Consumes until `cancel` fires; the batches in hand are finished (recorded and committed)
     /// first, unless a dependency they wait for is down.
-    pub async fn run(self, cancel: CancellationToken) {
+    pub async fn run(mut self, cancel: CancellationToken) {
         let lag = tokio::spawn(report_lag(
             Arc::clone(&self.consumer),
             self.metrics.clone(),
             self.pipeline.channel.name(),
             cancel.clone(),
         ));
+        let forgetting = self.settled.take().map(|batches| {
+            tokio::spawn(forget_committed(
+                Arc::clone(&self.pipeline),
+                Arc::clone(&self.consumer),
+                batches,
+            ))
+        });
         tracing::info!(topic = %self.topic, "consuming");
         let mut persisting: Option<JoinHandle<Result<(), Aborted>>> = None;
         loop {
@@ -171,6 +195,15 @@ impl ChannelConsumer {
             finished(previous.await);
         }
         self.persister.flush_commits().await;
+        // The last commits are looked at once the batches stop coming.
+        drop(self.persister);
+        if let Some(forgetting) = forgetting
+            && tokio::time::timeout(Duration::from_secs(2), forgetting)
+                .await
+                .is_err()
+        {
+            tracing::debug!("settled keys of the last batches left to expire");
+        }
         lag.abort();
         tracing::info!(topic = %self.topic, "consumer stopped");
     }
@@ -283,6 +316,11 @@ impl Persister {
         if let Err(e) = self.consumer.commit(&offsets, CommitMode::Async) {
             tracing::warn!(error = %e, "offset commit failed; the batch will be consumed again");
         }
+        if !outcome.settled_keys.is_empty() {
+            let _ = self
+                .settled
+                .send((next_offsets.clone(), outcome.settled_keys));
+        }
         if let Ok(mut committed) = self.committed.lock() {
             committed.extend(next_offsets);
         }
@@ -339,9 +377,108 @@ impl Persister {
     }
 }
 
+/// How long a committed batch's keys wait for the group's committed offsets to cover it. A
+/// commit that never lands failed (its partition moved on): the batch comes back, and its keys
+/// must stay.
+const UNCONFIRMED_FOR: Duration = Duration::from_secs(600);
+/// How often the committed offsets are read while batches wait.
+const CHECK_COMMITS_EVERY: Duration = Duration::from_millis(500);
+
+/// Deletes the settled keys of each batch once the group's committed offsets (read from the
+/// coordinator: commits are asynchronous, and librdkafka reports a manual one to no one) cover
+/// it. A committed offset covers every earlier batch of its partition, whoever committed it.
+async fn forget_committed(
+    pipeline: Arc<DeliveryPipeline>,
+    consumer: Arc<KafkaConsumer>,
+    mut batches: mpsc::UnboundedReceiver<(Offsets, Vec<String>)>,
+) {
+    let mut pending: VecDeque<(Instant, Offsets, Vec<String>)> = VecDeque::new();
+    let mut open = true;
+    while open {
+        if pending.is_empty() {
+            match batches.recv().await {
+                Some((offsets, keys)) => pending.push_back((Instant::now(), offsets, keys)),
+                None => return,
+            }
+        }
+        tokio::time::sleep(CHECK_COMMITS_EVERY).await;
+        loop {
+            match batches.try_recv() {
+                Ok((offsets, keys)) => pending.push_back((Instant::now(), offsets, keys)),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        let Some(committed) = committed_offsets(&consumer, &pending).await else {
+            continue;
+        };
+        let keys = covered_keys(&mut pending, &committed, Instant::now());
+        if !keys.is_empty() {
+            pipeline.forget(&keys, Duration::ZERO).await;
+        }
+    }
+}
+
+/// The group's committed offsets of the partitions `pending` batches came from.
+async fn committed_offsets(
+    consumer: &Arc<KafkaConsumer>,
+    pending: &VecDeque<(Instant, Offsets, Vec<String>)>,
+) -> Option<Offsets> {
+    let partitions: Offsets = pending
+        .iter()
+        .flat_map(|(_, offsets, _)| offsets.keys())
+        .map(|partition| (partition.clone(), 0))
+        .collect();
+    let consumer = Arc::clone(consumer);
+    let read = tokio::task::spawn_blocking(move || {
+        consumer.committed_offsets(offset_list(&partitions), Duration::from_secs(5))
+    });
+    match read.await {
+        Ok(Ok(list)) => Some(
+            list.elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(next) => Some(((e.topic().to_owned(), e.partition()), next)),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "reading the committed offsets failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Takes out the keys of the batches whose every offset `committed` covers, and drops batches
+/// waiting longer than `UNCONFIRMED_FOR` at `now` (their keys then expire on their own).
+fn covered_keys(
+    pending: &mut VecDeque<(Instant, Offsets, Vec<String>)>,
+    committed: &Offsets,
+    now: Instant,
+) -> Vec<String> {
+    let mut keys = Vec::new();
+    pending.retain_mut(|(since, offsets, batch_keys)| {
+        let covered = offsets
+            .iter()
+            .all(|(partition, next)| committed.get(partition).is_some_and(|c| c >= next));
+        if covered {
+            keys.append(batch_keys);
+            false
+        } else {
+            now.saturating_duration_since(*since) < UNCONFIRMED_FOR
+        }
+    });
+    keys
+}
+
 /// Publishes consumer lag over the assigned partitions (`ump_core::queue::total_lag`).
 async fn report_lag(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<KafkaConsumer>,
     metrics: WorkerMetrics,
     channel: String,
     cancel: CancellationToken,
@@ -492,5 +629,45 @@ pub async fn sweep_parking(history: &dyn HistoryStore, queues: &[String], metric
             }
         }
         Err(e) => tracing::warn!(error = %e, "sweeping parked messages failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets(list: &[(i32, i64)]) -> Offsets {
+        list.iter()
+            .map(|(partition, next)| (("t".to_owned(), *partition), *next))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_forgotten_once_every_one_of_its_partitions_is_committed() {
+        let now = Instant::now();
+        let mut pending = VecDeque::from([
+            (now, offsets(&[(0, 10), (1, 5)]), vec!["a".to_owned()]),
+            (now, offsets(&[(0, 20)]), vec!["b".to_owned()]),
+            (now, offsets(&[(1, 9)]), vec!["c".to_owned()]),
+        ]);
+        // Nothing of partition 1 is committed yet: only the batch of partition 0 alone goes.
+        let committed = offsets(&[(0, 20)]);
+        assert_eq!(covered_keys(&mut pending, &committed, now), vec!["b"]);
+        // A commit covers the earlier batches of its partition too.
+        let committed = offsets(&[(0, 20), (1, 9)]);
+        assert_eq!(covered_keys(&mut pending, &committed, now), vec!["a", "c"]);
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn a_batch_never_confirmed_is_dropped_with_its_keys_kept() {
+        let since = Instant::now();
+        let mut pending = VecDeque::from([(since, offsets(&[(0, 10)]), vec!["a".to_owned()])]);
+        let later = since + UNCONFIRMED_FOR - Duration::from_secs(1);
+        assert!(covered_keys(&mut pending, &Offsets::new(), later).is_empty());
+        assert_eq!(pending.len(), 1);
+        let too_late = since + UNCONFIRMED_FOR + Duration::from_secs(1);
+        assert!(covered_keys(&mut pending, &Offsets::new(), too_late).is_empty());
+        assert!(pending.is_empty());
     }
 }

@@ -42,6 +42,11 @@ pub trait DedupeStore: Send + Sync {
     /// Gives the key up (the message failed for good), so a later identical send can go out; only
     /// while this worker's own claim holds it.
     async fn release(&self, key: &str, id: &str) -> Result<(), DedupeUnavailable>;
+    /// The messages holding `keys` (each its own per-message key, shared with no other message)
+    /// are settled with their transport: each key lives at most `keep` longer, and is deleted now
+    /// when `keep` is zero. What is left of a key's life only matters to a redelivery of its
+    /// message, which a settled message no longer gets.
+    async fn forget(&self, keys: &[String], keep: Duration) -> Result<(), DedupeUnavailable>;
 }
 
 /// How long another worker's `sending` mark is trusted to be alive, by default.
@@ -160,6 +165,26 @@ impl DedupeStore for RedisDedupe {
             .map(|_| ())
             .map_err(unavailable)
     }
+
+    async fn forget(&self, keys: &[String], keep: Duration) -> Result<(), DedupeUnavailable> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // One round trip; `UNLINK` frees the memory off Redis's main thread.
+        let mut pipe = redis::pipe();
+        for key in keys {
+            if keep.is_zero() {
+                pipe.cmd("UNLINK").arg(key).ignore();
+            } else {
+                pipe.cmd("PEXPIRE")
+                    .arg(key)
+                    .arg(keep.as_millis() as u64)
+                    .ignore();
+            }
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
 }
 
 /// The behaviour every `DedupeStore` must have, run against each implementation (the in-process
@@ -234,5 +259,36 @@ pub mod contract {
             third.claim(key, "m", ttl).await.unwrap(),
             Claim::AlreadySent
         );
+    }
+
+    /// `keys` must be two fresh keys.
+    pub async fn a_settled_message_is_forgotten_after_what_is_kept<F, S>(store: F, keys: [&str; 2])
+    where
+        F: Fn(&str, Duration) -> S,
+        S: DedupeStore,
+    {
+        let lease = Duration::from_secs(60);
+        let (one, two) = (store("one", lease), store("two", lease));
+        let ttl = Duration::from_secs(600);
+        let [now, soon] = keys;
+        for (key, id) in [(now, "m1"), (soon, "m2")] {
+            assert_eq!(one.claim(key, id, ttl).await.unwrap(), Claim::Claimed);
+            one.mark_sent(key, id, ttl).await.unwrap();
+        }
+        one.forget(&[now.to_owned()], Duration::ZERO).await.unwrap();
+        one.forget(&[soon.to_owned()], Duration::from_secs(1))
+            .await
+            .unwrap();
+        // Gone at once: a redelivery now would be a new claim.
+        assert_eq!(two.claim(now, "m1", ttl).await.unwrap(), Claim::Claimed);
+        // Kept for the time given, then gone.
+        assert_eq!(
+            two.claim(soon, "m2", ttl).await.unwrap(),
+            Claim::AlreadySent
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(two.claim(soon, "m2", ttl).await.unwrap(), Claim::Claimed);
+        // Nothing to forget is not an error.
+        one.forget(&[], Duration::ZERO).await.unwrap();
     }
 }

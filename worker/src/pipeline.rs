@@ -22,7 +22,9 @@ use ump_core::policy::{QuietWindow, backoff, jitter};
 use ump_core::provider::{Answer, Outcome, Outgoing, Provider};
 use ump_core::resources::{ChannelType, DedupeKey};
 
-/// How long a per-message key (no dedupe) remembers that the message was sent.
+/// How long a per-message key (no dedupe) lives while its message is in flight: the transport
+/// that settles the message lets it go sooner (`BatchOutcome::settled_keys`), so this bounds only
+/// the keys of batches that never settle here (a crash, a lost partition), which come back.
 const SENT_MEMORY: Duration = Duration::from_secs(24 * 3600);
 
 /// Everything a batch leaves behind.
@@ -35,6 +37,11 @@ pub struct BatchOutcome {
     pub dead_letters: Vec<Envelope>,
     /// The decision for each message of the batch, in batch order: how its transport settles it.
     pub verdicts: Vec<(MessageId, Verdict)>,
+    /// The per-message dedupe keys (no dedupe window) of the messages this batch found sent.
+    /// Such a key only guards against a redelivery of its message, so the transport lets it go
+    /// once the batch is settled (`DedupeStore::forget`): Redis holds the messages in flight,
+    /// not every message of the last day.
+    pub settled_keys: Vec<String>,
 }
 
 /// What the pipeline decided for one message. The transports settle it their own way: the bulk
@@ -151,12 +158,15 @@ impl DeliveryPipeline {
                 outcome.record.deferred.extend(step.deferred);
                 outcome.dead_letters.extend(step.dead_letter);
                 outcome.verdicts.push((id, step.verdict));
+                outcome.settled_keys.extend(step.settled_key);
             }
         }
         Ok(outcome)
     }
 
-    fn dedupe_key(&self, envelope: &Envelope) -> (String, Duration) {
+    /// The message's dedupe key, how long it lives, and whether it is the message's own key
+    /// (`ump:sent:…`, no dedupe window) rather than one shared by identical sends.
+    fn dedupe_key(&self, envelope: &Envelope) -> (String, Duration, bool) {
         let policy = &self.channel.policy.dedupe;
         let scope = format!(
             "ump:dedupe:{}:{}",
@@ -170,16 +180,19 @@ impl DeliveryPipeline {
             return (
                 format!("ump:sent:{}:{}", self.queue, envelope.id),
                 SENT_MEMORY,
+                true,
             );
         }
         match (policy.key, &envelope.idempotency_key) {
             (DedupeKey::IdempotencyKeyOrContent | DedupeKey::IdempotencyKey, Some(key)) => {
-                (format!("{scope}:key:{key}"), window)
+                (format!("{scope}:key:{key}"), window, false)
             }
-            (DedupeKey::IdempotencyKeyOrContent, None) => {
-                (format!("{scope}:hash:{}", envelope.content_hash()), window)
-            }
-            _ => (format!("ump:sent:{}", envelope.id), SENT_MEMORY),
+            (DedupeKey::IdempotencyKeyOrContent, None) => (
+                format!("{scope}:hash:{}", envelope.content_hash()),
+                window,
+                false,
+            ),
+            _ => (format!("ump:sent:{}", envelope.id), SENT_MEMORY, true),
         }
     }
 
@@ -252,7 +265,7 @@ impl DeliveryPipeline {
         }
 
         let id = envelope.id.to_string();
-        let (key, ttl) = self.dedupe_key(&envelope);
+        let (key, ttl, own_key) = self.dedupe_key(&envelope);
         let claim = until_available(self.dedupe.backend(), &self.metrics, cancel, || {
             self.dedupe.claim(&key, &id, ttl)
         })
@@ -268,6 +281,7 @@ impl DeliveryPipeline {
                     sent = sent.provider(&only.name, None);
                 }
                 step.transitions.push(sent);
+                step.settled_key = own_key.then_some(key);
                 return Ok(step);
             }
             Claim::Busy => {
@@ -345,6 +359,7 @@ impl DeliveryPipeline {
                     // redelivery of this batch, so it must not hold the batch up.
                     tracing::warn!(error = %e, "could not mark a message as sent");
                 }
+                step.settled_key = own_key.then(|| key.clone());
                 self.metrics.outcome(&channel, &provider, "sent");
                 let latency = (done - envelope.accepted_at).to_std().unwrap_or_default();
                 self.metrics
@@ -472,6 +487,14 @@ impl DeliveryPipeline {
         step
     }
 
+    /// Lets the per-message keys of a settled batch go (see `BatchOutcome::settled_keys`). A
+    /// failure only leaves them to expire on their own.
+    pub async fn forget(&self, keys: &[String], keep: Duration) {
+        if let Err(e) = self.dedupe.forget(keys, keep).await {
+            tracing::warn!(error = %e, count = keys.len(), "could not shorten settled dedupe keys");
+        }
+    }
+
     async fn release(&self, key: &str, id: &str) {
         if let Err(e) = self.dedupe.release(key, id).await {
             tracing::warn!(error = %e, "could not release a dedupe key");
@@ -542,6 +565,7 @@ struct Step {
     deferred: Option<Deferred>,
     dead_letter: Option<Envelope>,
     verdict: Verdict,
+    settled_key: Option<String>,
 }
 
 /// When `envelope` is FriendTalk advertising inside Kakao's night-time ban at `now`, the moment
@@ -731,6 +755,8 @@ spec:
         expected.sort();
         assert_eq!(parked, expected);
         assert_eq!(outcome.dead_letters.len(), 1);
+        // Only the message found sent holds an own key its transport may let go once settled.
+        assert_eq!(outcome.settled_keys, [format!("ump:sent:{}", second.id)]);
     }
 
     #[test]

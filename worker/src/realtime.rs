@@ -574,6 +574,12 @@ impl RealtimeConsumer {
 }
 
 /// Delivers one batch, records it, then settles each message (or holds it, then settles it).
+/// How long a sent message's own dedupe key outlives its accept. The broker redelivers an
+/// accepted message only when the accept was lost with its connection, and then as soon as it
+/// sees the connection gone: at once when the worker dies, within two AMQP idle timeouts (2 × 30
+/// s) when its network does. Until then the key turns the redelivery into "already sent".
+pub const ACCEPTED_MEMORY: Duration = Duration::from_secs(120);
+
 async fn handle(
     shared: Arc<Shared>,
     batch: Vec<Incoming>,
@@ -633,7 +639,7 @@ async fn handle(
         / 1000.0;
     // What it parks for later goes through the bulk path (the channel's topic); retries and
     // busy messages stay with the broker (`plan`).
-    let outcome = match shared
+    let mut outcome = match shared
         .pipeline
         .process(envelopes, &shared.topic, &cancel)
         .await
@@ -648,6 +654,7 @@ async fn handle(
         }
     };
     let delivered = started.elapsed();
+    let settled_keys = std::mem::take(&mut outcome.settled_keys);
     let (mut record, disposals) = plan(outcome, &shared.topic);
     record.transitions.extend(redelivered);
     if !shared.recorder.record(record).await {
@@ -693,6 +700,7 @@ async fn handle(
         tracing::warn!("a realtime message without a verdict; released to the broker");
         send(info, release_state());
     }
+    shared.pipeline.forget(&settled_keys, ACCEPTED_MEMORY).await;
     if held.is_empty() {
         return;
     }
@@ -819,6 +827,7 @@ mod tests {
                     },
                 ),
             ],
+            settled_keys: vec![format!("ump:sent:{}", sent.id)],
         };
         let (record, disposals) = plan(outcome, "ump.ns.sms");
         assert_eq!(disposals.len(), 6);

@@ -31,6 +31,9 @@ kind: DeliveryPolicy
 metadata: {name: otp, namespace: NAMESPACE}
 spec:
   retry: {maxAttempts: 3, initialBackoff: 100ms, maxBackoff: 400ms}
+  # A one-time password is not deduplicated by content (a "send the code again" must go out):
+  # each message claims its own key.
+  dedupe: {key: IdempotencyKey}
 ---
 apiVersion: ump.dev/v1alpha1
 kind: MessageChannel
@@ -157,6 +160,15 @@ async fn two_thousand_realtime_messages_are_each_sent_once_and_recorded() {
         );
     }
     assert_eq!(outbox.len(), 2000, "the sandbox saw other messages too");
+    // Accepted by the broker, a message comes back only with a lost connection, at once: its own
+    // dedupe key is kept for that, not for a day.
+    stack
+        .wait_sent_keys_within(
+            &ids,
+            ump_worker::realtime::ACCEPTED_MEMORY,
+            Duration::from_secs(30),
+        )
+        .await;
     assert_eq!(
         count_where(&stack, "priority = 'realtime' AND status = 'sent'").await,
         2000

@@ -18,6 +18,11 @@ async fn the_redis_dedupe_keeps_the_contract() {
         &unique_name("ump-dedupe"),
     )
     .await;
+    contract::a_settled_message_is_forgotten_after_what_is_kept(
+        &make,
+        [&unique_name("ump-dedupe"), &unique_name("ump-dedupe")],
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -46,6 +46,43 @@ async fn ten_thousand_messages_are_each_sent_once_and_recorded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sent_messages_own_key_is_deleted_once_its_batch_is_committed() {
+    let channels = r#"
+apiVersion: ump.dev/v1alpha1
+kind: DeliveryPolicy
+metadata: {name: no-dedupe, namespace: NAMESPACE}
+spec:
+  dedupe: {key: None}
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: sms, namespace: NAMESPACE}
+spec:
+  type: sms
+  policyRef: no-dedupe
+  topic: {partitions: 4}
+  providers: [{name: sandbox, type: sandbox}]
+"#;
+    let stack = Stack::start(channels).await;
+    // Each message claims its own key (`ump:sent:<id>`) before the provider call: the same
+    // bodies are not duplicates under this policy.
+    let ids = stack
+        .send_many(2000, |i| format!("same body {}", i % 10))
+        .await;
+    stack
+        .wait_for("2000 sent", Duration::from_secs(120), |c| {
+            c.get("sent").copied().unwrap_or(0) == 2000
+        })
+        .await;
+    assert_eq!(stack.outbox().len(), 2000, "every message sent");
+    // A committed batch is never consumed again: its keys go rather than live for a day.
+    stack
+        .wait_sent_keys_within(&ids, Duration::ZERO, Duration::from_secs(30))
+        .await;
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_key_replays_conflicts_and_content_duplicates() {
     let channels = DEFAULT_CHANNELS.to_owned()
         + r#"

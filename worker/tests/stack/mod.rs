@@ -357,6 +357,49 @@ impl Stack {
         ids
     }
 
+    /// What is left of each message's own dedupe key (`ump:sent:<id>`) in Redis: `None` once it
+    /// is gone.
+    pub async fn sent_key_ttls(&self, ids: &[String]) -> Vec<Option<Duration>> {
+        let client = redis::Client::open(infra().redis_url().as_str()).expect("Redis: client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("Redis: connect: {e}"));
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("PTTL").arg(format!("ump:sent:{id}"));
+        }
+        let ttls: Vec<i64> = pipe.query_async(&mut conn).await.expect("Redis: PTTL");
+        ttls.into_iter()
+            .map(|ms| match ms {
+                -2 => None,
+                -1 => Some(Duration::MAX),
+                ms => Some(Duration::from_millis(ms.unsigned_abs())),
+            })
+            .collect()
+    }
+
+    /// Waits until every message's own dedupe key has at most `left` to live (zero: is gone).
+    pub async fn wait_sent_keys_within(&self, ids: &[String], left: Duration, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let ttls = self.sent_key_ttls(ids).await;
+            let longer = ttls
+                .iter()
+                .filter(|ttl| ttl.is_some_and(|t| left.is_zero() || t > left))
+                .count();
+            if longer == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{longer} of {} sent messages still hold a dedupe key longer than {left:?} after {within:?}",
+                ids.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Lines of the sandbox outbox, counted per message id.
     pub fn outbox(&self) -> HashMap<String, usize> {
         let text = std::fs::read_to_string(&self.outbox).unwrap_or_default();
