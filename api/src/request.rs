@@ -15,7 +15,9 @@ use utoipa::ToSchema;
 /// `POST /v1/messages` body. Give either `body` (with `subject` for email) or `template` + `data`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // documents the contract (OpenAPI); parsing goes field by field below
+// The contract: the OpenAPI document's schema, and the fields `validate` accepts (`FIELDS`).
+// Values are read field by field in `validate`, so that every fault is named, not the first.
+#[allow(dead_code)]
 pub struct SendMessageRequest {
     /// A `MessageChannel` name.
     #[schema(example = "sms", min_length = 1)]
@@ -84,22 +86,16 @@ pub struct Tag(String);
 
 pub use ump_core::model::Category;
 
-const FIELDS: &[&str] = &[
-    "channel",
-    "to",
-    "user",
-    "category",
-    "subject",
-    "body",
-    "template",
-    "data",
-    "locale",
-    "priority",
-    "send_at",
-    "tags",
-    "metadata",
-    "recommendations",
-];
+/// The fields of a send request: the properties of its documented schema, so the request the
+/// API accepts and the one its OpenAPI document describes cannot differ.
+static FIELDS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    let schema = serde_json::to_value(<SendMessageRequest as utoipa::PartialSchema>::schema())
+        .unwrap_or_default();
+    schema["properties"]
+        .as_object()
+        .map(|properties| properties.keys().cloned().collect())
+        .unwrap_or_default()
+});
 const MAX_BODY_CHARS: usize = 65_536;
 const MAX_SUBJECT_CHARS: usize = 998;
 const MAX_TAGS: usize = 20;
@@ -140,7 +136,7 @@ pub fn validate(
         )]);
     };
     for key in object.keys() {
-        if !FIELDS.contains(&key.as_str()) {
+        if !FIELDS.iter().any(|known| known == key) {
             errors.push(FieldError::new(field(key), "unknown field"));
         }
     }
@@ -546,6 +542,49 @@ mod tests {
         DeliveryPolicy, MessageChannel, MessageChannelSpec, RealtimeSpec, TemplateSpec,
         TemplateVariant,
     };
+
+    #[test]
+    fn the_documented_request_is_the_one_checked() {
+        let schema = serde_json::to_value(<SendMessageRequest as utoipa::PartialSchema>::schema())
+            .expect("schema");
+        let mut fields: Vec<&str> = FIELDS.iter().map(String::as_str).collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            [
+                "body",
+                "category",
+                "channel",
+                "data",
+                "locale",
+                "metadata",
+                "priority",
+                "recommendations",
+                "send_at",
+                "subject",
+                "tags",
+                "template",
+                "to",
+                "user"
+            ]
+        );
+        let properties = &schema["properties"];
+        assert_eq!(properties["subject"]["maxLength"], json!(MAX_SUBJECT_CHARS));
+        assert_eq!(properties["body"]["maxLength"], json!(MAX_BODY_CHARS));
+        assert_eq!(properties["tags"]["maxItems"], json!(MAX_TAGS));
+        let tag = serde_json::to_value(<Tag as utoipa::PartialSchema>::schema()).expect("schema");
+        assert_eq!(tag["maxLength"], json!(MAX_TAG_CHARS));
+        // An unknown field is named, a documented one is not.
+        let errors = validate(
+            &json!({"channel": "sms", "to": "+821012345678", "body": "x", "colour": "red"}),
+            &registry(),
+            "",
+            Utc::now(),
+        )
+        .expect_err("unknown field");
+        let named: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(named, ["colour"]);
+    }
 
     fn registry() -> ChannelRegistry {
         let channel = |name: &str, channel_type, realtime| {

@@ -13,6 +13,15 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 
+/// Why `object` (the raw JSON of the whole object) does not fit `K`, with the path of the field
+/// at fault (`spec.retry.maxAttempts: invalid type …`): the error the watch gave names no field.
+fn located<K: serde::de::DeserializeOwned>(object: &serde_json::Value) -> Option<String> {
+    match serde_path_to_error::deserialize::<_, K>(object) {
+        Ok(_) => None,
+        Err(e) => Some(format!("{}: {}", e.path(), e.inner())),
+    }
+}
+
 /// Reports `error` as `condition_type=False` (reason `InvalidSpec`) on the object. A deleting
 /// object loses `finalizer` (if it carries it): its spec cannot say what cleanup it wanted, so the
 /// safe choice — keeping external state such as a topic — is made and announced in an event.
@@ -25,7 +34,7 @@ pub async fn report_invalid<K>(
     error: &str,
 ) -> Result<Action>
 where
-    K: Resource<DynamicType = ()>,
+    K: Resource<DynamicType = ()> + serde::de::DeserializeOwned,
 {
     let name = object.name_any();
     let namespace = object.namespace().unwrap_or_default();
@@ -81,7 +90,13 @@ where
     let observation = Observation::failure(
         condition_type,
         "InvalidSpec",
-        format!("the spec cannot be read: {error}"),
+        format!(
+            "the spec cannot be read: {}",
+            serde_json::to_value(&raw)
+                .ok()
+                .and_then(|object| located::<K>(&object))
+                .unwrap_or_else(|| error.to_owned())
+        ),
     );
     let generation = object.meta().generation;
     let merged = conditions::merge(
