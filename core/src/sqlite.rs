@@ -1148,6 +1148,12 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn api_keys_keep_the_contract() {
+        let (_dir, store) = store().await;
+        crate::testing::keys::keys_are_hashed_replaced_and_revoked(&store, "t1").await;
+    }
+
+    #[tokio::test]
     async fn profiles_keep_the_contract() {
         let (_dir, store) = store().await;
         crate::testing::profiles::profiles_are_per_tenant_and_erasure_leaves_nothing(&store).await;

@@ -569,6 +569,7 @@ pub mod broadcast;
 pub mod catalog;
 pub mod history;
 pub mod journeys;
+pub mod keys;
 pub mod parking;
 pub mod profiles;
 pub mod recommendations;

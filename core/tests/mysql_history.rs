@@ -816,3 +816,10 @@ async fn takers_and_rebuilds_racing_count_everything_once() {
     assert_eq!(partners("z1").await, (0, pairs(&[("y", 16)])));
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn api_keys_keep_the_contract() {
+    let db = TestDatabase::create().await;
+    let keys = ump_core::keys::MySqlKeys::new(db.pool.clone());
+    ump_core::testing::keys::keys_are_hashed_replaced_and_revoked(&keys, "t1").await;
+}
