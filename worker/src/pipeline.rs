@@ -215,53 +215,17 @@ impl DeliveryPipeline {
             ));
         }
 
-        if let Some(ttl) = self.channel.policy.message_ttl {
-            let start = envelope
-                .send_at
-                .map_or(envelope.accepted_at, |at| at.max(envelope.accepted_at));
-            if now
-                > start + chrono::Duration::from_std(ttl.as_std()).unwrap_or(chrono::Duration::MAX)
-            {
+        match self.held_back(&envelope, now) {
+            None => {}
+            Some(Hold::Expired(reason)) => {
                 self.metrics.outcome(&channel, &provider, "expired");
-                step.transitions.push(
-                    Transition::of(&envelope, Status::Failed, now)
-                        .detail(format!("expired: not sent within {ttl}")),
-                );
+                step.transitions
+                    .push(Transition::of(&envelope, Status::Failed, now).detail(reason));
                 return Ok(step);
             }
-        }
-        if let Some(send_at) = envelope.send_at.filter(|at| *at > now) {
-            return Ok(self.park(
-                step,
-                envelope,
-                home,
-                send_at,
-                now,
-                format!("send_at {}", send_at.to_rfc3339()),
-            ));
-        }
-        if let Some(end) = self.quiet.as_ref().and_then(|q| q.ends_after(now)) {
-            return Ok(self.park(
-                step,
-                envelope,
-                home,
-                end,
-                now,
-                format!("quiet hours until {}", end.to_rfc3339()),
-            ));
-        }
-        if let Some(end) = ad_ban_ends(&envelope, self.channel.channel_type(), now) {
-            return Ok(self.park(
-                step,
-                envelope,
-                home,
-                end,
-                now,
-                format!(
-                    "FriendTalk advertising is not sent 20:50–08:00 KST (Kakao's rule): waits until {}",
-                    end.to_rfc3339()
-                ),
-            ));
+            Some(Hold::Until { at, why }) => {
+                return Ok(self.park(step, envelope, home, at, now, why));
+            }
         }
 
         let id = envelope.id.to_string();
@@ -304,23 +268,7 @@ impl DeliveryPipeline {
             }
         }
 
-        if let Some(rate) = &self.channel.policy.rate_limit {
-            let burst = rate.burst.unwrap_or(rate.per_second);
-            loop {
-                let wait = until_available(self.limiter.backend(), &self.metrics, cancel, || {
-                    self.limiter
-                        .try_acquire(&self.rate_key, rate.per_second, burst)
-                })
-                .await?;
-                match wait {
-                    None => break,
-                    Some(wait) => tokio::select! {
-                        _ = cancel.cancelled() => return Err(Aborted("rate limit")),
-                        _ = tokio::time::sleep(wait) => {}
-                    },
-                }
-            }
-        }
+        self.within_rate_limit(cancel).await?;
 
         let outgoing = match render(&self.channel, &envelope) {
             Ok(outgoing) => outgoing,
@@ -350,6 +298,13 @@ impl DeliveryPipeline {
         };
         tracing::debug!(%id, %channel, %provider, to = %ump_core::pii::Masked(&envelope.to),
             attempt = envelope.attempts, outcome = kind, "provider answered");
+        let call = Call {
+            key: &key,
+            id: &id,
+            provider: &provider,
+            done,
+            home,
+        };
         match outcome {
             Outcome::Sent {
                 provider_message_id,
@@ -380,89 +335,179 @@ impl DeliveryPipeline {
                 reason,
                 retry_after,
             } => {
-                let policy = &self.channel.policy.retry;
-                // A fallback channel's retry budget starts when the message arrives there.
-                let made = envelope
-                    .attempts
-                    .saturating_sub(envelope.fallback.as_ref().map_or(0, |f| f.attempts));
-                if made >= policy.max_attempts {
-                    self.release(&key, &id).await;
-                    self.metrics.outcome(&channel, &provider, "dead_lettered");
-                    let why = format!("gave up after {} attempts: {reason}", envelope.attempts);
-                    step.transitions.push(
-                        Transition::of(&envelope, Status::DeadLettered, done)
-                            .provider(&provider, None)
-                            .detail(why.clone()),
-                    );
-                    step.dead_letter = Some(envelope);
-                    step.verdict = Verdict::DeadLetter { reason: why };
-                } else {
-                    let wait = backoff(policy, made, retry_after, jitter());
-                    let due = done + chrono::Duration::from_std(wait).unwrap_or_default();
-                    self.metrics.outcome(&channel, &provider, "retried");
-                    step.transitions.push(
-                        Transition::of(&envelope, Status::Scheduled, done)
-                            .provider(&provider, None)
-                            .detail(format!(
-                                "attempt {} failed ({reason}); retry at {}",
-                                envelope.attempts,
-                                due.to_rfc3339()
-                            )),
-                    );
-                    step.deferred = Some(Deferred {
-                        envelope,
-                        queue: home.to_owned(),
-                        due_at: due,
-                    });
-                    step.verdict = Verdict::Retry { at: due };
-                }
+                step = self
+                    .after_retryable(step, envelope, &call, reason, retry_after)
+                    .await;
             }
             Outcome::Permanent { reason } => {
-                let handed_on = match (&self.fallback, &envelope.fallback) {
-                    (Some(route), None) => Some(
-                        fallback_envelope(&envelope, &outgoing, &self.channel, route)
-                            .map(|copy| (route, copy)),
-                    ),
-                    // Refused on the fallback channel too, or no fallback: final.
-                    _ => None,
-                };
-                match handed_on {
-                    Some(Ok((route, copy))) => {
-                        // The dedupe key stays claimed by this message: it was delivered (over
-                        // the fallback), so an identical send in the window is a duplicate.
-                        self.metrics.outcome(&channel, &provider, "fallback");
-                        step.transitions.push(
-                            Transition::of(&envelope, Status::Scheduled, done)
-                                .provider(&provider, None)
-                                .detail(format!(
-                                    "attempt {} failed for good ({reason}); falling back to channel {}",
-                                    envelope.attempts, route.channel
-                                )),
-                        );
-                        step.deferred = Some(Deferred {
-                            envelope: copy,
-                            queue: route.queue.clone(),
-                            due_at: done,
-                        });
-                        step.verdict = Verdict::FellBack;
-                    }
-                    other => {
-                        self.release(&key, &id).await;
-                        self.metrics.outcome(&channel, &provider, "failed");
-                        let detail = match other {
-                            Some(Err(why)) => format!("{reason}; no fallback: {why}"),
-                            _ => reason,
-                        };
-                        step.transitions.push(
-                            Transition::of(&envelope, Status::Failed, done)
-                                .provider(&provider, None)
-                                .detail(detail),
-                        );
-                    }
-                }
+                step = self
+                    .after_permanent(step, envelope, &outgoing, &call, reason)
+                    .await;
             }
         }
         Ok(step)
+    }
+
+    /// A retryable failure: the next attempt after the policy's backoff (parked on the home
+    /// queue), or the dead-letter topic once the attempts are used up.
+    async fn after_retryable(
+        &self,
+        mut step: Step,
+        envelope: Envelope,
+        call: &Call<'_>,
+        reason: String,
+        retry_after: Option<Duration>,
+    ) -> Step {
+        let (channel, provider, done) = (envelope.channel.clone(), call.provider, call.done);
+        let policy = &self.channel.policy.retry;
+        // A fallback channel's retry budget starts when the message arrives there.
+        let made = envelope
+            .attempts
+            .saturating_sub(envelope.fallback.as_ref().map_or(0, |f| f.attempts));
+        if made >= policy.max_attempts {
+            self.release(call.key, call.id).await;
+            self.metrics.outcome(&channel, provider, "dead_lettered");
+            let why = format!("gave up after {} attempts: {reason}", envelope.attempts);
+            step.transitions.push(
+                Transition::of(&envelope, Status::DeadLettered, done)
+                    .provider(provider, None)
+                    .detail(why.clone()),
+            );
+            step.dead_letter = Some(envelope);
+            step.verdict = Verdict::DeadLetter { reason: why };
+        } else {
+            let wait = backoff(policy, made, retry_after, jitter());
+            let due = done + chrono::Duration::from_std(wait).unwrap_or_default();
+            self.metrics.outcome(&channel, provider, "retried");
+            step.transitions.push(
+                Transition::of(&envelope, Status::Scheduled, done)
+                    .provider(provider, None)
+                    .detail(format!(
+                        "attempt {} failed ({reason}); retry at {}",
+                        envelope.attempts,
+                        due.to_rfc3339()
+                    )),
+            );
+            step.deferred = Some(Deferred {
+                envelope,
+                queue: call.home.to_owned(),
+                due_at: due,
+            });
+            step.verdict = Verdict::Retry { at: due };
+        }
+        step
+    }
+
+    /// A refusal for good: handed on to the policy's fallback channel when there is one (and
+    /// this is not already the fallback), else failed.
+    async fn after_permanent(
+        &self,
+        mut step: Step,
+        envelope: Envelope,
+        outgoing: &Outgoing,
+        call: &Call<'_>,
+        reason: String,
+    ) -> Step {
+        let (channel, provider, done) = (envelope.channel.clone(), call.provider, call.done);
+        let handed_on = match (&self.fallback, &envelope.fallback) {
+            (Some(route), None) => Some(
+                fallback_envelope(&envelope, outgoing, &self.channel, route)
+                    .map(|copy| (route, copy)),
+            ),
+            // Refused on the fallback channel too, or no fallback: final.
+            _ => None,
+        };
+        match handed_on {
+            Some(Ok((route, copy))) => {
+                // The dedupe key stays claimed by this message: it was delivered (over the
+                // fallback), so an identical send in the window is a duplicate.
+                self.metrics.outcome(&channel, provider, "fallback");
+                step.transitions.push(
+                    Transition::of(&envelope, Status::Scheduled, done)
+                        .provider(provider, None)
+                        .detail(format!(
+                            "attempt {} failed for good ({reason}); falling back to channel {}",
+                            envelope.attempts, route.channel
+                        )),
+                );
+                step.deferred = Some(Deferred {
+                    envelope: copy,
+                    queue: route.queue.clone(),
+                    due_at: done,
+                });
+                step.verdict = Verdict::FellBack;
+            }
+            other => {
+                self.release(call.key, call.id).await;
+                self.metrics.outcome(&channel, provider, "failed");
+                let detail = match other {
+                    Some(Err(why)) => format!("{reason}; no fallback: {why}"),
+                    _ => reason,
+                };
+                step.transitions.push(
+                    Transition::of(&envelope, Status::Failed, done)
+                        .provider(provider, None)
+                        .detail(detail),
+                );
+            }
+        }
+        step
+    }
+
+    /// Whether `envelope` must not be sent at `now`: out of its time to live, or held until its
+    /// `send_at`, the end of the policy's quiet hours or of Kakao's night-time advertising ban.
+    fn held_back(&self, envelope: &Envelope, now: DateTime<Utc>) -> Option<Hold> {
+        if let Some(ttl) = self.channel.policy.message_ttl {
+            let start = envelope
+                .send_at
+                .map_or(envelope.accepted_at, |at| at.max(envelope.accepted_at));
+            if now
+                > start + chrono::Duration::from_std(ttl.as_std()).unwrap_or(chrono::Duration::MAX)
+            {
+                return Some(Hold::Expired(format!("expired: not sent within {ttl}")));
+            }
+        }
+        if let Some(send_at) = envelope.send_at.filter(|at| *at > now) {
+            return Some(Hold::Until {
+                at: send_at,
+                why: format!("send_at {}", send_at.to_rfc3339()),
+            });
+        }
+        if let Some(end) = self.quiet.as_ref().and_then(|q| q.ends_after(now)) {
+            return Some(Hold::Until {
+                at: end,
+                why: format!("quiet hours until {}", end.to_rfc3339()),
+            });
+        }
+        ad_ban_ends(envelope, self.channel.channel_type(), now).map(|end| Hold::Until {
+            at: end,
+            why: format!(
+                "FriendTalk advertising is not sent 20:50–08:00 KST (Kakao's rule): waits until {}",
+                end.to_rfc3339()
+            ),
+        })
+    }
+
+    /// Waits until the channel's rate limit lets one more message through (none: at once).
+    async fn within_rate_limit(&self, cancel: &CancellationToken) -> Result<(), Aborted> {
+        let Some(rate) = &self.channel.policy.rate_limit else {
+            return Ok(());
+        };
+        let burst = rate.burst.unwrap_or(rate.per_second);
+        loop {
+            let wait = until_available(self.limiter.backend(), &self.metrics, cancel, || {
+                self.limiter
+                    .try_acquire(&self.rate_key, rate.per_second, burst)
+            })
+            .await?;
+            match wait {
+                None => return Ok(()),
+                Some(wait) => tokio::select! {
+                    _ = cancel.cancelled() => return Err(Aborted("rate limit")),
+                    _ = tokio::time::sleep(wait) => {}
+                },
+            }
+        }
     }
 
     fn park(
@@ -559,6 +604,28 @@ fn render(channel: &ResolvedChannel, envelope: &Envelope) -> Result<Outgoing, St
     })
 }
 
+/// What an outcome handler needs of the call that produced it.
+struct Call<'a> {
+    /// The message's dedupe key and id (to release the key).
+    key: &'a str,
+    id: &'a str,
+    /// The provider that answered (on a failover channel, the member).
+    provider: &'a str,
+    /// When it answered.
+    done: DateTime<Utc>,
+    /// The queue the message came from, where its retry is parked.
+    home: &'a str,
+}
+
+/// Why a message is not sent now (`DeliveryPipeline::held_back`).
+#[derive(Debug, PartialEq)]
+enum Hold {
+    /// Past its time to live: failed, with this reason.
+    Expired(String),
+    /// Parked until `at`, for the reason `why`.
+    Until { at: DateTime<Utc>, why: String },
+}
+
 #[derive(Debug, Default)]
 struct Step {
     transitions: Vec<Transition>,
@@ -634,7 +701,7 @@ mod tests {
         let yaml = r#"
 kind: DeliveryPolicy
 metadata: {name: p}
-spec: {retry: {maxAttempts: 3, initialBackoff: 1s, maxBackoff: 1s}, dedupe: {key: None}}
+spec: {retry: {maxAttempts: 3, initialBackoff: 1s, maxBackoff: 1s}, dedupe: {key: None}, messageTtl: 1h}
 ---
 kind: MessageChannel
 metadata: {name: c}
@@ -678,6 +745,33 @@ spec:
         )
         .expect("pipeline");
         (pipeline, store)
+    }
+
+    #[tokio::test]
+    async fn a_message_is_held_back_until_its_time_or_fails_past_its_ttl() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (pipeline, _store) = sandbox_pipeline(dir.path()).await;
+        let now = Utc::now();
+        let hours = chrono::Duration::hours;
+        let message = |accepted: DateTime<Utc>, send_at: Option<DateTime<Utc>>| {
+            let mut e = envelope(Category::Transactional, "hello", 0);
+            e.accepted_at = accepted;
+            e.send_at = send_at;
+            e
+        };
+        assert_eq!(pipeline.held_back(&message(now, None), now), None);
+        let later = now + chrono::Duration::minutes(10);
+        assert!(matches!(
+            pipeline.held_back(&message(now, Some(later)), now),
+            Some(Hold::Until { at, .. }) if at == later
+        ));
+        // The policy's time to live (1 h) counts from acceptance, or from a later send_at.
+        assert_eq!(
+            pipeline.held_back(&message(now - hours(2), None), now),
+            Some(Hold::Expired("expired: not sent within 1h".into()))
+        );
+        let due_lately = message(now - hours(2), Some(now - chrono::Duration::minutes(30)));
+        assert_eq!(pipeline.held_back(&due_lately, now), None);
     }
 
     #[tokio::test]
