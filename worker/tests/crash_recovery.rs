@@ -7,7 +7,7 @@
 
 mod stack;
 
-use stack::Stack;
+use stack::{OWN_KEY_CHANNELS, Stack};
 use std::time::Duration;
 
 const MESSAGES: usize = 20_000;
@@ -22,7 +22,7 @@ async fn kill_9_mid_run_loses_nothing() {
     let _one = ONE_AT_A_TIME.lock().await;
     // Each message claims its own key (no content dedupe), which the worker deletes once Kafka
     // has its batch committed: a kill between the two must still find every sent mark.
-    let mut stack = Stack::start(OWN_KEYS).await;
+    let mut stack = Stack::start(OWN_KEY_CHANNELS).await;
     let ids = stack
         .send_many(MESSAGES, |i| format!("주문 {i} 배송 시작"))
         .await;
@@ -67,23 +67,6 @@ async fn kill_9_mid_run_loses_nothing() {
     );
     stack.finish().await;
 }
-
-const OWN_KEYS: &str = r#"
-apiVersion: ump.dev/v1alpha1
-kind: DeliveryPolicy
-metadata: {name: own-keys, namespace: NAMESPACE}
-spec:
-  dedupe: {key: None}
----
-apiVersion: ump.dev/v1alpha1
-kind: MessageChannel
-metadata: {name: sms, namespace: NAMESPACE}
-spec:
-  type: sms
-  policyRef: own-keys
-  topic: {partitions: 4}
-  providers: [{name: sandbox, type: sandbox}]
-"#;
 
 /// Every message fails its first two attempts, retried after 100–300 ms.
 const STORMY: &str = r#"

@@ -4,7 +4,7 @@
 mod stack;
 
 use serde_json::json;
-use stack::{DEFAULT_CHANNELS, Stack};
+use stack::{DEFAULT_CHANNELS, OWN_KEY_CHANNELS, Stack};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,23 +47,7 @@ async fn ten_thousand_messages_are_each_sent_once_and_recorded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sent_messages_own_key_is_deleted_once_its_batch_is_committed() {
-    let channels = r#"
-apiVersion: ump.dev/v1alpha1
-kind: DeliveryPolicy
-metadata: {name: no-dedupe, namespace: NAMESPACE}
-spec:
-  dedupe: {key: None}
----
-apiVersion: ump.dev/v1alpha1
-kind: MessageChannel
-metadata: {name: sms, namespace: NAMESPACE}
-spec:
-  type: sms
-  policyRef: no-dedupe
-  topic: {partitions: 4}
-  providers: [{name: sandbox, type: sandbox}]
-"#;
-    let stack = Stack::start(channels).await;
+    let stack = Stack::start(OWN_KEY_CHANNELS).await;
     // Each message claims its own key (`ump:sent:<id>`) before the provider call: the same
     // bodies are not duplicates under this policy.
     let ids = stack

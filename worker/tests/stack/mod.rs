@@ -82,6 +82,25 @@ spec:
   providers: [{name: sandbox, type: sandbox}]
 "#;
 
+/// The default channel without content dedupe: each message claims its own key
+/// (`ump:sent:<id>`), which its worker lets go once the message is settled.
+pub const OWN_KEY_CHANNELS: &str = r#"
+apiVersion: ump.dev/v1alpha1
+kind: DeliveryPolicy
+metadata: {name: own-keys, namespace: NAMESPACE}
+spec:
+  dedupe: {key: None}
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: sms, namespace: NAMESPACE}
+spec:
+  type: sms
+  policyRef: own-keys
+  topic: {partitions: 4}
+  providers: [{name: sandbox, type: sandbox}]
+"#;
+
 impl Stack {
     pub async fn start(channels: &str) -> Self {
         Self::start_with(channels, "3s").await
