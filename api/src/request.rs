@@ -202,9 +202,65 @@ pub fn validate(
         }
     };
     let data = object_field("data", &mut errors);
+    check_data_references(&data, &field, &mut errors);
+    let metadata = object_field("metadata", &mut errors);
+    check_sizes(&data, &metadata, &field, &mut errors);
+    let tags = tags_of(object.get("tags"), &field, &mut errors);
+    let channel = channel_name
+        .as_deref()
+        .and_then(|name| channel_of(name, registry, &field, &mut errors));
+    let priority = priority_of(priority.as_deref(), channel.as_deref(), &field, &mut errors);
+    let send_at = send_at.and_then(|text| send_at_of(&text, now, &field, &mut errors));
+    check_text(subject.as_deref(), body.as_deref(), &field, &mut errors);
+
+    if let Some(channel) = &channel {
+        if let Some(to) = &to
+            && let Err(detail) = check_recipient(channel.channel_type(), to)
+        {
+            errors.push(FieldError::new(field("to"), detail));
+        }
+        check_content(
+            channel,
+            &subject,
+            &body,
+            &template,
+            locale.as_deref(),
+            &data,
+            &field,
+            &mut errors,
+        );
+    }
+
+    match (channel, to) {
+        (Some(channel), Some(to)) if errors.is_empty() => Ok(ValidSend {
+            channel,
+            to,
+            content: Content {
+                subject,
+                body,
+                template,
+                data,
+                locale,
+            },
+            priority,
+            category,
+            send_at,
+            tags,
+            metadata,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// No recommended item's field (`$recommendations.<i>.<field>`) left in `data`.
+fn check_data_references(
+    data: &Map<String, Value>,
+    field: &dyn Fn(&str) -> String,
+    errors: &mut Vec<FieldError>,
+) {
     // A send that asks for recommendations has its references filled before this
     // (`messages::resolve_person`); one left is in a send that did not ask.
-    for (name, value) in &data {
+    for (name, value) in data {
         if value
             .as_str()
             .and_then(ump_automation::recommend::data_reference)
@@ -216,10 +272,18 @@ pub fn validate(
             ));
         }
     }
-    let metadata = object_field("metadata", &mut errors);
+}
+
+/// The nesting and size of `data` and `metadata`.
+fn check_sizes(
+    data: &Map<String, Value>,
+    metadata: &Map<String, Value>,
+    field: &dyn Fn(&str) -> String,
+    errors: &mut Vec<FieldError>,
+) {
     for (name, map, max_bytes) in [
-        ("data", &data, MAX_DATA_BYTES),
-        ("metadata", &metadata, MAX_METADATA_BYTES),
+        ("data", data, MAX_DATA_BYTES),
+        ("metadata", metadata, MAX_METADATA_BYTES),
     ] {
         if 1 + map.values().map(depth).max().unwrap_or(0) > MAX_DEPTH {
             errors.push(FieldError::new(
@@ -233,8 +297,15 @@ pub fn validate(
             ));
         }
     }
+}
 
-    let tags = match object.get("tags") {
+/// `tags`: at most `MAX_TAGS` strings of 1 to `MAX_TAG_CHARS` printable characters.
+fn tags_of(
+    value: Option<&Value>,
+    field: &dyn Fn(&str) -> String,
+    errors: &mut Vec<FieldError>,
+) -> Vec<String> {
+    match value {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => {
             if items.len() > MAX_TAGS {
@@ -273,26 +344,38 @@ pub fn validate(
             ));
             Vec::new()
         }
-    };
+    }
+}
 
-    let channel = channel_name
-        .as_deref()
-        .and_then(|name| match registry.get(name) {
-            Some(channel) => Some(channel.clone()),
-            None => {
-                let known: Vec<&str> = registry.names().collect();
-                errors.push(FieldError::new(
-                    field("channel"),
-                    format!("unknown channel {name:?} (known: {})", known.join(", ")),
-                ));
-                None
-            }
-        });
+/// The channel named `name`, or a problem listing the known ones.
+fn channel_of(
+    name: &str,
+    registry: &ChannelRegistry,
+    field: &dyn Fn(&str) -> String,
+    errors: &mut Vec<FieldError>,
+) -> Option<Arc<ResolvedChannel>> {
+    let found = registry.get(name).cloned();
+    if found.is_none() {
+        let known: Vec<&str> = registry.names().collect();
+        errors.push(FieldError::new(
+            field("channel"),
+            format!("unknown channel {name:?} (known: {})", known.join(", ")),
+        ));
+    }
+    found
+}
 
-    let priority = match priority.as_deref() {
+/// `priority`: `bulk` (default) or `realtime`, which the channel must enable.
+fn priority_of(
+    text: Option<&str>,
+    channel: Option<&ResolvedChannel>,
+    field: &dyn Fn(&str) -> String,
+    errors: &mut Vec<FieldError>,
+) -> Priority {
+    match text {
         None | Some("bulk") => Priority::Bulk,
         Some("realtime") => {
-            if let Some(channel) = &channel
+            if let Some(channel) = channel
                 && !channel.resource.spec.realtime.enabled
             {
                 errors.push(FieldError::new(
@@ -312,9 +395,17 @@ pub fn validate(
             ));
             Priority::Bulk
         }
-    };
+    }
+}
 
-    let send_at = send_at.and_then(|text| match DateTime::parse_from_rfc3339(&text) {
+/// `send_at`: an RFC 3339 time with an offset, at most a year after `now`.
+fn send_at_of(
+    text: &str,
+    now: DateTime<Utc>,
+    field: &dyn Fn(&str) -> String,
+    errors: &mut Vec<FieldError>,
+) -> Option<DateTime<Utc>> {
+    match DateTime::parse_from_rfc3339(text) {
         Ok(at) if at.with_timezone(&Utc) > now + chrono::Duration::days(366) => {
             errors.push(FieldError::new(
                 field("send_at"),
@@ -330,9 +421,17 @@ pub fn validate(
             ));
             None
         }
-    });
+    }
+}
 
-    if let Some(subject) = &subject {
+/// `subject` (one line, at most `MAX_SUBJECT_CHARS`) and `body` (at most `MAX_BODY_CHARS`).
+fn check_text(
+    subject: Option<&str>,
+    body: Option<&str>,
+    field: &dyn Fn(&str) -> String,
+    errors: &mut Vec<FieldError>,
+) {
+    if let Some(subject) = subject {
         // A subject becomes a mail header: one line, and no control character a header could
         // be cut or smuggled with.
         if has_line_break(subject) || has_control(subject) {
@@ -347,51 +446,13 @@ pub fn validate(
             ));
         }
     }
-    if let Some(body) = &body
+    if let Some(body) = body
         && body.chars().count() > MAX_BODY_CHARS
     {
         errors.push(FieldError::new(
             field("body"),
             format!("at most {MAX_BODY_CHARS} characters"),
         ));
-    }
-
-    if let Some(channel) = &channel {
-        if let Some(to) = &to
-            && let Err(detail) = check_recipient(channel.channel_type(), to)
-        {
-            errors.push(FieldError::new(field("to"), detail));
-        }
-        check_content(
-            channel,
-            &subject,
-            &body,
-            &template,
-            locale.as_deref(),
-            &data,
-            &field,
-            &mut errors,
-        );
-    }
-
-    match (channel, to) {
-        (Some(channel), Some(to)) if errors.is_empty() => Ok(ValidSend {
-            channel,
-            to,
-            content: Content {
-                subject,
-                body,
-                template,
-                data,
-                locale,
-            },
-            priority,
-            category,
-            send_at,
-            tags,
-            metadata,
-        }),
-        _ => Err(errors),
     }
 }
 

@@ -39,11 +39,9 @@ pub struct BatchSettings {
 /// The next offset of each (topic, partition).
 type Offsets = BTreeMap<(String, i32), i64>;
 
-type KafkaConsumer = StreamConsumer;
-
 pub struct ChannelConsumer {
     pipeline: Arc<DeliveryPipeline>,
-    consumer: Arc<KafkaConsumer>,
+    consumer: Arc<StreamConsumer>,
     persister: Persister,
     metrics: WorkerMetrics,
     batch: BatchSettings,
@@ -62,7 +60,7 @@ struct Delivered {
 /// Makes a delivered batch durable, then commits its offsets.
 #[derive(Clone)]
 struct Persister {
-    consumer: Arc<KafkaConsumer>,
+    consumer: Arc<StreamConsumer>,
     /// The next offset of each partition, as last committed (asynchronously): committed once more,
     /// synchronously, when the consumer stops.
     committed: Arc<std::sync::Mutex<BTreeMap<(String, i32), i64>>>,
@@ -88,7 +86,7 @@ impl ChannelConsumer {
     ) -> anyhow::Result<Self> {
         let resource = &pipeline.channel.resource;
         let topic = resource.topic_name();
-        let consumer: KafkaConsumer = kafka
+        let consumer: StreamConsumer = kafka
             .client_config_with(&[
                 ("auto.offset.reset", "earliest"),
                 ("partition.assignment.strategy", "cooperative-sticky"),
@@ -389,7 +387,7 @@ const CHECK_COMMITS_EVERY: Duration = Duration::from_millis(500);
 /// it. A committed offset covers every earlier batch of its partition, whoever committed it.
 async fn forget_committed(
     pipeline: Arc<DeliveryPipeline>,
-    consumer: Arc<KafkaConsumer>,
+    consumer: Arc<StreamConsumer>,
     mut batches: mpsc::UnboundedReceiver<(Offsets, Vec<String>)>,
 ) {
     let mut pending: VecDeque<(Instant, Offsets, Vec<String>)> = VecDeque::new();
@@ -424,7 +422,7 @@ async fn forget_committed(
 
 /// The group's committed offsets of the partitions `pending` batches came from.
 async fn committed_offsets(
-    consumer: &Arc<KafkaConsumer>,
+    consumer: &Arc<StreamConsumer>,
     pending: &VecDeque<(Instant, Offsets, Vec<String>)>,
 ) -> Option<Offsets> {
     let partitions: Offsets = pending
@@ -478,7 +476,7 @@ fn covered_keys(
 
 /// Publishes consumer lag over the assigned partitions (`ump_core::queue::total_lag`).
 async fn report_lag(
-    consumer: Arc<KafkaConsumer>,
+    consumer: Arc<StreamConsumer>,
     metrics: WorkerMetrics,
     channel: String,
     cancel: CancellationToken,
