@@ -331,8 +331,10 @@ async function main() {
     const put = await call('PUT', '/v1/catalog/items/sku-1001', earbuds);
     check(put.status === 200 || put.status === 201, `PUT /v1/catalog/items answered ${put.status}`);
     await page.locator('#customer-form button[type="submit"]').click();
-    const recommended = page.locator('#customer-recommendations tr[data-strategy="viewed_not_purchased"] li[data-item="sku-1001"]');
-    await recommended.waitFor();
+    // The page already lists the item under its earlier name ("Wireless earbuds", the example
+    // catalog's): wait for the rendering with the new one, not for the item alone.
+    const recommended = page.locator('#customer-recommendations tr[data-strategy="viewed_not_purchased"] li[data-item="sku-1001"]', { hasText: 'onerror=alert(1)' });
+    await recommended.waitFor({ timeout: 30000 });
     check((await recommended.innerText()).includes(earbuds.name), 'the recommended item does not show its name as text');
     const strategies = await page.locator('#customer-recommendations tbody tr').evaluateAll((trs) => trs.map((tr) => tr.dataset.strategy));
     check(strategies.length === 5, `strategies shown: ${strategies}`);
