@@ -58,6 +58,11 @@ pub trait Provider: Send + Sync {
     /// The provider's name from the channel spec (metrics, logs, the message's `provider`).
     fn name(&self) -> &str;
     async fn send(&self, message: &Outgoing) -> Outcome;
+    /// The calls each provider behind this one allows in flight now (by provider name), for
+    /// those that learn it; none for an in-process provider.
+    fn concurrency_limits(&self) -> Vec<(String, usize)> {
+        Vec::new()
+    }
     /// Sends and names who answered: this provider, or for one that routes to others
     /// (failover) the member that took the call. The pipeline records that name as the
     /// message's `provider`, which is also what delivery receipts are matched against.

@@ -8,6 +8,7 @@ use prometheus::{
     Registry,
 };
 use std::sync::{Arc, Mutex};
+use ump_core::provider::Provider;
 
 /// The delivery path a provider serves. Each path builds its own providers (their connection
 /// pools live on its runtime), so each has circuit breakers of its own: the `path` label of
@@ -37,22 +38,54 @@ pub trait CircuitSource: Send + Sync {
     fn circuits(&self) -> Vec<(String, CircuitState)>;
 }
 
-/// `ump_provider_circuit_open`, read from the breakers themselves at each scrape: no path has to
-/// remember to publish it.
-#[derive(Clone)]
-struct CircuitGauge {
+/// A gauge per channel, provider and path, read from what it reports on at each scrape (the
+/// breakers, the concurrency limits): no path has to remember to publish it.
+struct WatchedGauge<S: ?Sized> {
     gauge: IntGaugeVec,
-    watched: Arc<Mutex<Vec<Watched>>>,
+    watched: Arc<Mutex<Vec<Watched<S>>>>,
+    /// The value per provider of one source.
+    read: fn(&S) -> Vec<(String, i64)>,
 }
 
-/// A failover channel whose circuits are published.
-struct Watched {
+/// A channel whose providers are published.
+struct Watched<S: ?Sized> {
     path: DeliveryPath,
     channel: String,
-    source: Arc<dyn CircuitSource>,
+    source: Arc<S>,
 }
 
-impl Collector for CircuitGauge {
+impl<S: ?Sized> Clone for WatchedGauge<S> {
+    fn clone(&self) -> Self {
+        Self {
+            gauge: self.gauge.clone(),
+            watched: Arc::clone(&self.watched),
+            read: self.read,
+        }
+    }
+}
+
+impl<S: ?Sized> WatchedGauge<S> {
+    fn new(name: &str, help: &str, read: fn(&S) -> Vec<(String, i64)>) -> prometheus::Result<Self> {
+        Ok(Self {
+            gauge: IntGaugeVec::new(Opts::new(name, help), &["channel", "provider", "path"])?,
+            watched: Arc::default(),
+            read,
+        })
+    }
+
+    fn watch(&self, path: DeliveryPath, channel: &str, source: Arc<S>) {
+        self.watched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Watched {
+                path,
+                channel: channel.to_owned(),
+                source,
+            });
+    }
+}
+
+impl<S: ?Sized + Send + Sync> Collector for WatchedGauge<S> {
     fn desc(&self) -> Vec<&Desc> {
         self.gauge.desc()
     }
@@ -65,14 +98,30 @@ impl Collector for CircuitGauge {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.gauge.reset();
         for w in watched.iter() {
-            for (provider, state) in w.source.circuits() {
+            for (provider, value) in (self.read)(&w.source) {
                 self.gauge
                     .with_label_values(&[w.channel.as_str(), &provider, w.path.as_str()])
-                    .set(i64::from(state != CircuitState::Closed));
+                    .set(value);
             }
         }
         self.gauge.collect()
     }
+}
+
+fn circuits_open(source: &dyn CircuitSource) -> Vec<(String, i64)> {
+    source
+        .circuits()
+        .into_iter()
+        .map(|(provider, state)| (provider, i64::from(state != CircuitState::Closed)))
+        .collect()
+}
+
+fn concurrency_limits(provider: &dyn Provider) -> Vec<(String, i64)> {
+    provider
+        .concurrency_limits()
+        .into_iter()
+        .map(|(name, limit)| (name, i64::try_from(limit).unwrap_or(i64::MAX)))
+        .collect()
 }
 
 #[derive(Clone)]
@@ -93,7 +142,10 @@ pub struct WorkerMetrics {
     pub paused_seconds: IntCounterVec,
     /// 1 while a provider's circuit keeps traffic away (open, or half-open awaiting its probe), by
     /// channel, provider and delivery path; channels with failover only.
-    circuits: CircuitGauge,
+    circuits: WatchedGauge<dyn CircuitSource>,
+    /// Calls each provider allows in flight now (learnt by AIMD), by channel, provider and
+    /// delivery path.
+    concurrency: WatchedGauge<dyn Provider>,
     /// Parked messages of this worker's queues due more than a minute ago and still waiting.
     pub parked_overdue: IntGauge,
     /// Messages the last parking sweep found with no outcome and no live parking (their
@@ -153,16 +205,16 @@ impl WorkerMetrics {
             ),
             &["dependency"],
         )?;
-        let circuits = CircuitGauge {
-            gauge: IntGaugeVec::new(
-                Opts::new(
-                    "ump_provider_circuit_open",
-                    "1 while the provider's circuit breaker keeps traffic away from it",
-                ),
-                &["channel", "provider", "path"],
-            )?,
-            watched: Arc::default(),
-        };
+        let circuits = WatchedGauge::new(
+            "ump_provider_circuit_open",
+            "1 while the provider's circuit breaker keeps traffic away from it",
+            circuits_open,
+        )?;
+        let concurrency = WatchedGauge::new(
+            "ump_provider_concurrency_limit",
+            "Calls the provider allows in flight now, as learnt from its latency and overload",
+            concurrency_limits,
+        )?;
         let parked_overdue = IntGauge::new(
             "ump_parked_overdue_messages",
             "Parked messages due more than a minute ago and still waiting to be published",
@@ -188,6 +240,7 @@ impl WorkerMetrics {
             Box::new(consumer_lag.clone()),
             Box::new(paused_seconds.clone()),
             Box::new(circuits.clone()),
+            Box::new(concurrency.clone()),
             Box::new(parked_overdue.clone()),
             Box::new(scheduled_unparked.clone()),
             Box::new(parking_repairs.clone()),
@@ -204,6 +257,7 @@ impl WorkerMetrics {
             consumer_lag,
             paused_seconds,
             circuits,
+            concurrency,
             parked_overdue,
             scheduled_unparked,
             parking_repairs,
@@ -218,15 +272,18 @@ impl WorkerMetrics {
         channel: &str,
         source: Arc<dyn CircuitSource>,
     ) {
-        self.circuits
-            .watched
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(Watched {
-                path,
-                channel: channel.to_owned(),
-                source,
-            });
+        self.circuits.watch(path, channel, source);
+    }
+
+    /// Publishes the concurrency limits of `channel`'s providers on `path`, as they are at each
+    /// scrape.
+    pub fn watch_concurrency(
+        &self,
+        path: DeliveryPath,
+        channel: &str,
+        provider: Arc<dyn Provider>,
+    ) {
+        self.concurrency.watch(path, channel, provider);
     }
 
     pub fn outcome(&self, channel: &str, provider: &str, outcome: &str) {

@@ -2,8 +2,9 @@
 //! limit → render → provider → outcome. It turns a batch of envelopes into what must be recorded,
 //! parked and dead-lettered; the consumer makes that durable before it commits its offsets.
 //!
-//! Messages to the same recipient stay in order: a batch is split into lanes by recipient, each
-//! lane delivered one message at a time, the lanes in parallel.
+//! Messages to the same recipient stay in order: a batch is split into lanes, one per recipient,
+//! each lane delivered one message at a time, up to `lanes` lanes at once (the provider's own
+//! concurrency limit then bounds the calls in flight).
 
 use crate::dedupe::{Claim, DedupeStore};
 use crate::fallback::{FallbackRoute, fallback_envelope};
@@ -11,7 +12,7 @@ use crate::metrics::WorkerMetrics;
 use crate::pause::until_available;
 use crate::ratelimit::RateLimiter;
 use chrono::{DateTime, Utc};
-use std::hash::{Hash, Hasher};
+use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -70,6 +71,22 @@ pub enum Verdict {
 #[derive(Debug, thiserror::Error)]
 #[error("batch abandoned: shutting down while waiting for {0}")]
 pub struct Aborted(pub &'static str);
+
+/// The batch in lanes, one per recipient, each in the batch's order.
+fn by_recipient(batch: Vec<Envelope>) -> Vec<Vec<Envelope>> {
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut lanes: Vec<Vec<Envelope>> = Vec::new();
+    for envelope in batch {
+        match index.get(&envelope.to) {
+            Some(&lane) => lanes[lane].push(envelope),
+            None => {
+                index.insert(envelope.to.clone(), lanes.len());
+                lanes.push(vec![envelope]);
+            }
+        }
+    }
+    lanes
+}
 
 pub struct DeliveryPipeline {
     pub channel: Arc<ResolvedChannel>,
@@ -135,22 +152,18 @@ impl DeliveryPipeline {
         home: &str,
         cancel: &CancellationToken,
     ) -> Result<BatchOutcome, Aborted> {
-        let mut lanes: Vec<Vec<Envelope>> = vec![Vec::new(); self.lanes.min(batch.len().max(1))];
-        let count = lanes.len();
-        for envelope in batch {
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            envelope.to.hash(&mut hasher);
-            lanes[(hasher.finish() % count as u64) as usize].push(envelope);
-        }
-        let results = futures::future::join_all(lanes.into_iter().map(|lane| async move {
-            let mut steps = Vec::with_capacity(lane.len());
-            for envelope in lane {
-                let id = envelope.id;
-                steps.push((id, self.deliver(envelope, home, cancel).await?));
-            }
-            Ok::<_, Aborted>(steps)
-        }))
-        .await;
+        let results: Vec<_> = futures::stream::iter(by_recipient(batch))
+            .map(|lane| async move {
+                let mut steps = Vec::with_capacity(lane.len());
+                for envelope in lane {
+                    let id = envelope.id;
+                    steps.push((id, self.deliver(envelope, home, cancel).await?));
+                }
+                Ok::<_, Aborted>(steps)
+            })
+            .buffer_unordered(self.lanes)
+            .collect()
+            .await;
         let mut outcome = BatchOutcome::default();
         for lane in results {
             for (id, step) in lane? {
@@ -669,6 +682,38 @@ mod tests {
         let registry = ChannelRegistry::resolve(vec![resource], Vec::<DeliveryPolicy>::new())
             .expect("registry");
         registry.get("c").cloned().expect("the channel")
+    }
+
+    #[test]
+    fn a_batch_has_one_lane_per_recipient_in_the_batchs_order() {
+        let to = |to: &str, body: &str| Envelope {
+            to: to.into(),
+            ..envelope(Category::Transactional, body, 0)
+        };
+        let batch = vec![
+            to("a", "1"),
+            to("b", "2"),
+            to("a", "3"),
+            to("c", "4"),
+            to("b", "5"),
+        ];
+        let lanes: Vec<Vec<(String, String)>> = by_recipient(batch)
+            .into_iter()
+            .map(|lane| {
+                lane.into_iter()
+                    .map(|e| (e.to, e.content.body.unwrap_or_default()))
+                    .collect()
+            })
+            .collect();
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(
+            lanes,
+            vec![
+                vec![pair("a", "1"), pair("a", "3")],
+                vec![pair("b", "2"), pair("b", "5")],
+                vec![pair("c", "4")],
+            ]
+        );
     }
 
     fn envelope(category: Category, body: &str, attempts: u32) -> Envelope {

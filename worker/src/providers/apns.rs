@@ -26,7 +26,7 @@
 //! | any other 4xx (`PayloadTooLarge`, `BadTopic`, …) | permanent |
 
 use super::http::{classify_status, client, snippet, transport_failure};
-use super::limits::CallLimits;
+use super::limits::{self, CallLimits};
 use super::secret::{Secret, SecretFiles, redact_outcome};
 use super::settings::Settings;
 use super::{BuildError, ProviderContext};
@@ -114,7 +114,7 @@ impl ApnsProvider {
     pub fn build(spec: &ProviderSpec, ctx: &ProviderContext<'_>) -> Result<Self, BuildError> {
         let settings = Settings::of(spec);
         let secrets = SecretFiles::of(spec, ctx);
-        let limits = CallLimits::from_settings(&settings)?;
+        let limits = CallLimits::from_settings(&settings, limits::MULTIPLEXED)?;
         let endpoint = settings.endpoint("endpoint", DEFAULT_ENDPOINT)?;
         let push_type = settings.get("pushType").unwrap_or("alert").to_owned();
         let default_priority = if push_type == "background" { "5" } else { "10" };

@@ -250,6 +250,13 @@ impl Provider for FailoverProvider {
         }
         answer
     }
+
+    fn concurrency_limits(&self) -> Vec<(String, usize)> {
+        self.members
+            .iter()
+            .flat_map(|m| m.provider.concurrency_limits())
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@
 //! | token endpoint unreachable or refusing the service account | retryable |
 
 use super::http::{classify_status, client, retry_after, snippet, transport_failure};
-use super::limits::CallLimits;
+use super::limits::{self, CallLimits};
 use super::secret::{Secret, SecretFiles, redact_outcome};
 use super::settings::Settings;
 use super::{BuildError, ProviderContext, text_of};
@@ -194,7 +194,7 @@ impl FcmProvider {
     pub fn build(spec: &ProviderSpec, ctx: &ProviderContext<'_>) -> Result<Self, BuildError> {
         let settings = Settings::of(spec);
         let secrets = SecretFiles::of(spec, ctx);
-        let limits = CallLimits::from_settings(&settings)?;
+        let limits = CallLimits::from_settings(&settings, limits::MULTIPLEXED)?;
         let endpoint = settings.endpoint("endpoint", DEFAULT_ENDPOINT)?;
         let key_file = secrets.require("service-account.json")?;
         // The parse error could quote the file; say only where it is wrong.

@@ -76,6 +76,10 @@ impl<R: Remote> Provider for Bounded<R> {
         let outcome = self.0.limits().run(self.0.call(message)).await;
         redact_outcome(outcome, &self.0.secrets())
     }
+
+    fn concurrency_limits(&self) -> Vec<(String, usize)> {
+        vec![(self.0.name().to_owned(), self.0.limits().limit())]
+    }
 }
 
 fn bounded(remote: impl Remote) -> Arc<dyn Provider> {
@@ -105,7 +109,8 @@ pub fn build(
 /// The provider a delivery path uses for `channel`, as every path builds it: its only provider,
 /// or failover across its providers (primary first, with the primary's circuit settings; named
 /// after the channel) whose circuits `metrics` publishes, labelled with `path`
-/// (`ump_provider_circuit_open`).
+/// (`ump_provider_circuit_open`); the concurrency limits of its providers too
+/// (`ump_provider_concurrency_limit`).
 pub fn for_delivery(
     channel: &ResolvedChannel,
     ctx: &ProviderContext<'_>,
@@ -113,12 +118,15 @@ pub fn for_delivery(
     path: DeliveryPath,
 ) -> Result<Arc<dyn Provider>, BuildError> {
     let (name, specs) = (channel.name(), &channel.resource.spec.providers);
-    if let [only] = &specs[..] {
-        return build(only, ctx);
-    }
-    let failover = Arc::new(build_failover(&name, specs, ctx)?);
-    metrics.watch_circuits(path, &name, failover.clone());
-    Ok(failover)
+    let provider: Arc<dyn Provider> = if let [only] = &specs[..] {
+        build(only, ctx)?
+    } else {
+        let failover = Arc::new(build_failover(&name, specs, ctx)?);
+        metrics.watch_circuits(path, &name, failover.clone());
+        failover
+    };
+    metrics.watch_concurrency(path, &name, provider.clone());
+    Ok(provider)
 }
 
 /// Failover across `specs` (primary first), as a concrete type for whoever reports its circuits
@@ -196,7 +204,7 @@ mod tests {
                 .collect(),
         };
         Bounded(Echo {
-            limits: CallLimits::from_settings(&Settings::of(&spec)).expect("limits"),
+            limits: CallLimits::from_settings(&Settings::of(&spec), 1).expect("limits"),
             token: Secret::new("tok-123456"),
             delay,
         })

@@ -23,7 +23,7 @@
 
 use super::BuildError;
 use super::http::{classify_status, client, retry_after, snippet, transport_failure};
-use super::limits::CallLimits;
+use super::limits::{self, CallLimits};
 use super::nhn_sms::{KoreanNumber, korean_number};
 use super::secret::{Secret, SecretFiles};
 use super::settings::Settings;
@@ -157,7 +157,7 @@ impl BizMessage {
         secrets: &SecretFiles,
         product: &str,
     ) -> Result<Self, BuildError> {
-        let limits = CallLimits::from_settings(settings)?;
+        let limits = CallLimits::from_settings(settings, limits::PER_CONNECTION)?;
         let endpoint = settings.endpoint("endpoint", BIZMESSAGE_ENDPOINT)?;
         let app_key = app_key(settings, secrets)?;
         let client = client(settings, &limits, None, |b| b)?;

@@ -22,7 +22,7 @@
 //! | any other `resultCode` (e.g. -5000 invalid parameter, a recipient's non-zero code) | permanent |
 
 use super::http::{classify_status, client, retry_after, snippet};
-use super::limits::CallLimits;
+use super::limits::{self, CallLimits};
 use super::nhn::RecipientResult;
 use super::secret::{Secret, SecretFiles};
 use super::settings::Settings;
@@ -153,7 +153,7 @@ impl NhnSmsProvider {
     pub fn build(spec: &ProviderSpec, ctx: &ProviderContext<'_>) -> Result<Self, BuildError> {
         let settings = Settings::of(spec);
         let secrets = SecretFiles::of(spec, ctx);
-        let limits = CallLimits::from_settings(&settings)?;
+        let limits = CallLimits::from_settings(&settings, limits::PER_CONNECTION)?;
         let endpoint = settings.endpoint("endpoint", DEFAULT_ENDPOINT)?;
         let app_key = super::nhn::app_key(&settings, &secrets)?;
         let client = client(&settings, &limits, None, |b| b)?;

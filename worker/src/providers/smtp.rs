@@ -38,6 +38,9 @@ enum TlsMode {
     None,
 }
 
+/// The default ceiling of calls in flight: one pooled connection each.
+const MAX_CONNECTIONS: usize = 32;
+
 pub struct SmtpProvider {
     name: String,
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -52,7 +55,7 @@ impl SmtpProvider {
         ump_core::tls::install_crypto_provider();
         let settings = Settings::of(spec);
         let secrets = SecretFiles::of(spec, ctx);
-        let limits = CallLimits::from_settings(&settings)?;
+        let limits = CallLimits::from_settings(&settings, MAX_CONNECTIONS)?;
         let host = settings.require("host")?;
         let mode = match settings.get("tls").unwrap_or("starttls") {
             "starttls" => TlsMode::StartTls,
@@ -102,7 +105,7 @@ impl SmtpProvider {
 
         let username = secrets.optional("username")?;
         let password = secrets.optional("password")?;
-        let max_connections = settings.number("maxConcurrency", 32u32)?;
+        let max_connections = settings.number("maxConcurrency", MAX_CONNECTIONS as u32)?;
         // `builder_dangerous` only means "no TLS chosen yet": `tls` above always sets it.
         let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
             .port(port)

@@ -16,7 +16,7 @@
 //! | any other 4xx (e.g. 21211 invalid `To`, 21610 unsubscribed, 21408 region not enabled) | permanent |
 
 use super::http::{classify_status, client, retry_after, snippet, transport_failure};
-use super::limits::CallLimits;
+use super::limits::{self, CallLimits};
 use super::secret::{Secret, SecretFiles};
 use super::settings::Settings;
 use super::{BuildError, ProviderContext};
@@ -63,7 +63,7 @@ impl TwilioProvider {
     pub fn build(spec: &ProviderSpec, ctx: &ProviderContext<'_>) -> Result<Self, BuildError> {
         let settings = Settings::of(spec);
         let secrets = SecretFiles::of(spec, ctx);
-        let limits = CallLimits::from_settings(&settings)?;
+        let limits = CallLimits::from_settings(&settings, limits::PER_CONNECTION)?;
         let endpoint = settings.endpoint("endpoint", DEFAULT_ENDPOINT)?;
         let sender = match (settings.get("from"), settings.get("messagingServiceSid")) {
             (Some(from), None) => Sender::From(from.to_owned()),

@@ -16,7 +16,7 @@
 //! signed the same way with the same secret.
 
 use super::http::{client, retry_after, snippet, transport_failure};
-use super::limits::CallLimits;
+use super::limits::{self, CallLimits};
 use super::secret::{Secret, SecretFiles};
 use super::settings::Settings;
 use super::{BuildError, ProviderContext};
@@ -44,7 +44,7 @@ impl WebhookProvider {
     pub fn build(spec: &ProviderSpec, ctx: &ProviderContext<'_>) -> Result<Self, BuildError> {
         let settings = Settings::of(spec);
         let secrets = SecretFiles::of(spec, ctx);
-        let limits = CallLimits::from_settings(&settings)?;
+        let limits = CallLimits::from_settings(&settings, limits::PER_CONNECTION)?;
         let url = settings.url("url")?;
         let ca = settings.pem_file("caFile")?;
         let client = client(&settings, &limits, ca.as_deref(), |b| b)?;
