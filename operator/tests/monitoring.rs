@@ -39,7 +39,8 @@ async fn dashboard_and_alerts_use_only_metrics_the_binaries_export() {
     let namespace = unique_name("ump-metrics");
     let dir = std::env::temp_dir().join(&namespace);
     std::fs::create_dir_all(dir.join("config")).expect("test dir");
-    // Two providers: failover, so the circuit breakers are reported.
+    // Three providers: failover, so the circuit breakers are reported; a remote one (SMTP, never
+    // reached: the sandbox before it takes every message), so its concurrency limit is.
     std::fs::write(
         dir.join("config/channels.yaml"),
         format!(
@@ -47,6 +48,8 @@ async fn dashboard_and_alerts_use_only_metrics_the_binaries_export() {
              metadata: {{name: sms, namespace: {namespace}}}\n\
              spec:\n  type: sms\n  topic: {{partitions: 2}}\n  providers:\n\
              \x20   - {{name: primary, type: sandbox}}\n    - {{name: backup, type: sandbox}}\n\
+             \x20   - {{name: mail, type: smtp, settings: {{host: 127.0.0.1, port: \"9\", tls: none, \
+             from: \"UMP <noreply@example.com>\"}}}}\n\
              \x20 templates:\n    - {{name: hello, text: hello}}\n"
         ),
     )

@@ -3,7 +3,8 @@
 //! key, exchanged at its `token_uri`), cached and refreshed before it expires.
 //!
 //! Settings: `projectId` (default: the service account's `project_id`); `endpoint` (default
-//! `https://fcm.googleapis.com`); `timeout`; `maxConcurrency`. Secret key: `service-account.json`
+//! `https://fcm.googleapis.com`); `caFile` (PEM of the CA to trust instead of the system roots);
+//! `timeout`; `maxConcurrency`; `adaptiveConcurrency`. Secret key: `service-account.json`
 //! (the JSON key file Google issues: `client_email`, `private_key`, `private_key_id`, `token_uri`).
 //!
 //! The message: `to` is the registration token; `subject`/`text` become the notification's
@@ -232,7 +233,10 @@ impl FcmProvider {
         if reqwest::Url::parse(&token_uri).is_err() {
             return Err(settings.invalid("the service account's token_uri is not a URL".into()));
         }
-        let client = client(&settings, &limits, None, |b| b)?;
+        let ca = settings.pem_file("caFile")?;
+        // HTTP/2 where the server offers it in ALPN (FCM does): the calls in flight share one
+        // connection as streams.
+        let client = client(&settings, &limits, ca.as_deref(), |b| b)?;
         Ok(Self {
             name: spec.name.clone(),
             send_url: format!("{endpoint}/v1/projects/{project}/messages:send"),
