@@ -200,26 +200,57 @@ impl CallLimits {
     /// Runs `call` once a slot is free. Waiting for the slot does not count against the
     /// timeout: only the provider's own slowness does.
     pub async fn run(&self, call: impl Future<Output = Outcome>) -> Outcome {
+        self.bounded(call, Signal::of, |timed_out| timed_out).await
+    }
+
+    /// Runs `call`, one request for `count` messages, as [`CallLimits::run`] does a single one:
+    /// it takes one slot. A timeout is every message's outcome; the request says the provider is
+    /// overloaded when every message got the same sign of it (the whole request was refused).
+    pub async fn run_many(
+        &self,
+        count: usize,
+        call: impl Future<Output = Vec<Outcome>>,
+    ) -> Vec<Outcome> {
+        let signal = |outcomes: &Vec<Outcome>| {
+            let signals: Vec<Signal> = outcomes.iter().map(Signal::of).collect();
+            if signals.contains(&Signal::Answered) {
+                Signal::Answered
+            } else if !signals.is_empty() && signals.iter().all(|s| *s == Signal::Overloaded) {
+                Signal::Overloaded
+            } else {
+                Signal::Neutral
+            }
+        };
+        self.bounded(call, signal, |timed_out| vec![timed_out; count])
+            .await
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = T>,
+        signal_of: impl Fn(&T) -> Signal,
+        timed_out: impl FnOnce(Outcome) -> T,
+    ) -> T {
         let slot = self.acquire().await;
         let started = Instant::now();
-        let (outcome, signal) = match tokio::time::timeout(self.timeout, call).await {
-            Ok(outcome) => {
-                let signal = Signal::of(&outcome);
-                (outcome, signal)
+        let (answer, signal) = match tokio::time::timeout(self.timeout, call).await {
+            Ok(answer) => {
+                let signal = signal_of(&answer);
+                (answer, signal)
             }
             Err(_) => (
-                Outcome::Retryable {
+                timed_out(Outcome::Retryable {
                     reason: format!(
                         "no answer within {}",
                         ump_core::resources::Duration::from(self.timeout)
                     ),
                     retry_after: None,
-                },
+                }),
                 Signal::Overloaded,
             ),
         };
         slot.release(started.elapsed(), signal);
-        outcome
+        answer
     }
 
     async fn acquire(&self) -> Slot<'_> {

@@ -3,6 +3,7 @@
 //! behind failover when there are several.
 
 pub mod apns;
+mod batch;
 pub mod failover;
 pub mod fcm;
 mod http;
@@ -57,8 +58,14 @@ pub(crate) trait Remote: Send + Sync + 'static {
     fn limits(&self) -> &CallLimits;
     /// The credentials no answer may show (a remote server may echo what it was sent).
     fn secrets(&self) -> Vec<&Secret>;
-    /// One call as the protocol makes it, unbounded and unscrubbed.
+    /// One call as the protocol makes it, unbounded (unless [`Remote::bounds_its_calls`]) and
+    /// unscrubbed.
     async fn call(&self, message: &Outgoing) -> Outcome;
+    /// Whether `call` runs its requests within `limits` itself: a provider whose messages share
+    /// requests (see `batch`) takes a slot per request, not per message.
+    fn bounds_its_calls(&self) -> bool {
+        false
+    }
 }
 
 /// A remote provider as the pipeline gets it from [`build`]: each call within the provider's
@@ -73,7 +80,11 @@ impl<R: Remote> Provider for Bounded<R> {
     }
 
     async fn send(&self, message: &Outgoing) -> Outcome {
-        let outcome = self.0.limits().run(self.0.call(message)).await;
+        let outcome = if self.0.bounds_its_calls() {
+            self.0.call(message).await
+        } else {
+            self.0.limits().run(self.0.call(message)).await
+        };
         redact_outcome(outcome, &self.0.secrets())
     }
 

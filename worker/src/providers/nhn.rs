@@ -90,6 +90,9 @@ pub fn result_outcome(code: i64, message: &str) -> Outcome {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct RecipientResult {
+    /// The recipient's place in the request, from 1.
+    #[serde(default)]
+    pub(super) recipient_seq: Option<i64>,
     pub(super) result_code: i64,
     #[serde(default)]
     pub(super) result_message: String,
@@ -112,14 +115,16 @@ pub(super) fn app_key(
     Ok(app_key)
 }
 
-/// POSTs `request` to an NHN Cloud API with its `X-Secret-Key` and lets `classify` read the answer.
-pub(super) async fn post(
+/// POSTs `request` to an NHN Cloud API with its `X-Secret-Key` and lets `classify` read the answer;
+/// a request that got no answer is `failed` (its transport failure).
+pub(super) async fn post<T>(
     client: &reqwest::Client,
     url: &str,
     secret_key: &Secret,
     request: &impl Serialize,
-    classify: fn(StatusCode, &HeaderMap, &str) -> Outcome,
-) -> Outcome {
+    classify: impl FnOnce(StatusCode, &HeaderMap, &str) -> T,
+    failed: impl FnOnce(Outcome) -> T,
+) -> T {
     let response = match client
         .post(url)
         .header("X-Secret-Key", secret_key.expose())
@@ -128,13 +133,13 @@ pub(super) async fn post(
         .await
     {
         Ok(response) => response,
-        Err(e) => return transport_failure(e),
+        Err(e) => return failed(transport_failure(e)),
     };
     let status = response.status();
     let headers = response.headers().clone();
     match response.text().await {
         Ok(body) => classify(status, &headers, &body),
-        Err(e) => transport_failure(e),
+        Err(e) => failed(transport_failure(e)),
     }
 }
 
@@ -194,6 +199,20 @@ impl BizMessage {
             &self.secret_key,
             request,
             classify_bizmessage,
+            |failed| failed,
+        )
+        .await
+    }
+
+    /// POSTs a send request for `count` recipients; one outcome per recipient, in their order.
+    pub(super) async fn post_many(&self, request: &impl Serialize, count: usize) -> Vec<Outcome> {
+        post(
+            &self.client,
+            &self.messages_url,
+            &self.secret_key,
+            request,
+            |status, headers, body| classify_bizmessage_many(status, headers, body, count),
+            |failed| vec![failed; count],
         )
         .await
     }
@@ -237,28 +256,56 @@ struct BizMessageResult {
 /// A BizMessage answer `{header: {isSuccessful, resultCode, resultMessage}, message: {requestId,
 /// sendResults: [{resultCode, resultMessage}]}}` as an outcome (the table above).
 pub(super) fn classify_bizmessage(status: StatusCode, headers: &HeaderMap, body: &str) -> Outcome {
+    classify_bizmessage_many(status, headers, body, 1)
+        .pop()
+        .unwrap_or_else(|| classify_status(status, headers, &snippet(body)))
+}
+
+/// The answer to a request for `count` recipients, one outcome each in the request's order: a
+/// refusal of the whole request (HTTP, or NHN's header) is every recipient's outcome; otherwise
+/// each recipient has its own result (matched by `recipientSeq`, 1-based, else by position), and
+/// one refused never fails the others. A recipient the answer leaves out was taken with the
+/// request (as NHN answers a request it accepted).
+pub(super) fn classify_bizmessage_many(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &str,
+    count: usize,
+) -> Vec<Outcome> {
     let answer = match serde_json::from_str::<BizAnswer>(body) {
         Ok(answer) if !status.is_server_error() && status != StatusCode::TOO_MANY_REQUESTS => {
             answer
         }
-        _ => return classify_status(status, headers, &snippet(body)),
+        _ => return vec![classify_status(status, headers, &snippet(body)); count],
     };
     if !answer.header.is_successful {
-        return with_retry_after(
+        let outcome = with_retry_after(
             result_outcome(answer.header.result_code, &answer.header.result_message),
             headers,
         );
+        return vec![outcome; count];
     }
-    let request_id = answer.message.as_ref().and_then(|m| m.request_id.clone());
-    let first = answer
+    let (request_id, results) = answer
         .message
-        .and_then(|m| m.send_results.into_iter().next());
-    match first.map(|r| result_outcome(r.result_code, &r.result_message)) {
-        Some(Outcome::Sent { .. }) | None => Outcome::Sent {
-            provider_message_id: request_id,
-        },
-        Some(other) => with_retry_after(other, headers),
+        .map(|m| (m.request_id, m.send_results))
+        .unwrap_or_default();
+    let sent = Outcome::Sent {
+        provider_message_id: request_id,
+    };
+    let mut outcomes = vec![sent.clone(); count];
+    for (position, result) in results.into_iter().enumerate() {
+        let index = result
+            .recipient_seq
+            .and_then(|seq| usize::try_from(seq).ok()?.checked_sub(1))
+            .unwrap_or(position);
+        if let Some(slot) = outcomes.get_mut(index) {
+            *slot = match result_outcome(result.result_code, &result.result_message) {
+                Outcome::Sent { .. } => sent.clone(),
+                other => with_retry_after(other, headers),
+            };
+        }
     }
+    outcomes
 }
 
 fn with_retry_after(outcome: Outcome, headers: &HeaderMap) -> Outcome {
@@ -336,6 +383,57 @@ mod tests {
             classify_bizmessage(StatusCode::SERVICE_UNAVAILABLE, &h, "{}"),
             Outcome::Retryable { .. }
         ));
+    }
+
+    #[test]
+    fn a_request_for_many_answers_each_recipient_and_one_refused_fails_no_other() {
+        let h = HeaderMap::new();
+        let body = json!({
+            "header": {"resultCode": 0, "resultMessage": "success", "isSuccessful": true},
+            "message": {"requestId": "R7", "sendResults": [
+                {"recipientSeq": 3, "resultCode": 9999, "resultMessage": "system"},
+                {"recipientSeq": 1, "resultCode": 0, "resultMessage": "ok"},
+                {"recipientSeq": 2, "resultCode": 3018, "resultMessage": "NoSendAvailable"}]}
+        })
+        .to_string();
+        let outcomes = classify_bizmessage_many(StatusCode::OK, &h, &body, 4);
+        let sent = Outcome::Sent {
+            provider_message_id: Some("R7".into()),
+        };
+        assert_eq!(outcomes[0], sent);
+        assert!(
+            matches!(&outcomes[1], Outcome::Permanent { reason } if reason.starts_with("not_kakao_user: ")),
+            "{:?}",
+            outcomes[1]
+        );
+        assert!(matches!(&outcomes[2], Outcome::Retryable { .. }));
+        assert_eq!(outcomes[3], sent, "left out of the answer: taken");
+    }
+
+    #[test]
+    fn a_refused_request_is_every_recipients_outcome() {
+        let h = HeaderMap::new();
+        let header = json!({"header": {"resultCode": -1004, "resultMessage": "Invalid secretKey.", "isSuccessful": false}}).to_string();
+        for (status, body) in [
+            (StatusCode::OK, header.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "{}"),
+            (StatusCode::TOO_MANY_REQUESTS, "busy"),
+        ] {
+            let outcomes = classify_bizmessage_many(status, &h, body, 3);
+            assert_eq!(outcomes.len(), 3);
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|o| matches!(o, Outcome::Retryable { .. }) && *o == outcomes[0]),
+                "{outcomes:?}"
+            );
+        }
+        let refused = classify_bizmessage_many(StatusCode::BAD_REQUEST, &h, "nope", 2);
+        assert!(
+            refused
+                .iter()
+                .all(|o| matches!(o, Outcome::Permanent { .. }))
+        );
     }
 
     #[test]

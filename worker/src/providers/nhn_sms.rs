@@ -204,6 +204,7 @@ impl NhnSmsProvider {
             &self.secret_key,
             &request,
             classify,
+            |failed| failed,
         )
         .await
     }

@@ -173,3 +173,89 @@ async fn a_refused_sender_key_is_retryable_and_never_quoted() {
     assert!(text.starts_with("account rejected: kakao 1003"), "{text}");
     assert!(!text.contains(wrong), "the sender key leaked: {text}");
 }
+
+#[tokio::test]
+async fn messages_of_one_template_sent_together_share_requests_and_keep_their_own_outcomes() {
+    let fake = FakeAlimtalk::start().await;
+    fake.template("ORDER_SHIPPED", &["name", "orderNo"]);
+    fake.template("WELCOME", &[]);
+    fake.without_kakao("01000000007");
+    let secrets = SecretsDir::new();
+    let alimtalk = provider(
+        &secrets,
+        &fake,
+        SENDER_KEY,
+        &[("batchSize", "100"), ("batchLinger", "50ms")],
+    );
+    let messages: Vec<Outgoing> = (0..250)
+        .map(|i| {
+            let mut m = order_shipped(&format!("010{i:08}"));
+            if i >= 240 {
+                m.template = Some("WELCOME".into());
+            }
+            m
+        })
+        .collect();
+    let outcomes = futures::future::join_all(messages.iter().map(|m| alimtalk.send(m))).await;
+
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if i == 7 {
+            assert_permanent(outcome, "not_kakao_user: kakao 3018");
+        } else {
+            assert!(matches!(outcome, Outcome::Sent { .. }), "{i}: {outcome:?}");
+        }
+    }
+    let mut requests: Vec<(String, usize)> = fake
+        .accepted()
+        .iter()
+        .map(|r| {
+            (
+                r["templateCode"].as_str().unwrap_or_default().to_owned(),
+                r["recipientList"].as_array().map_or(0, Vec::len),
+            )
+        })
+        .collect();
+    requests.sort();
+    let expected: Vec<(String, usize)> = [
+        ("ORDER_SHIPPED", 40),
+        ("ORDER_SHIPPED", 100),
+        ("ORDER_SHIPPED", 100),
+        ("WELCOME", 10),
+    ]
+    .iter()
+    .map(|(t, n)| ((*t).to_owned(), *n))
+    .collect();
+    assert_eq!(requests, expected);
+    // Each recipient with its own parameters.
+    let recipients: std::collections::HashSet<String> = fake
+        .accepted()
+        .iter()
+        .flat_map(|r| r["recipientList"].as_array().cloned().unwrap_or_default())
+        .map(|r| r["recipientNo"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(recipients.len(), 250);
+}
+
+#[tokio::test]
+async fn a_refused_shared_request_is_every_messages_retryable_outcome() {
+    let fake = FakeAlimtalk::start().await;
+    fake.template("ORDER_SHIPPED", &["name", "orderNo"]);
+    let secrets = SecretsDir::new();
+    let alimtalk = provider(&secrets, &fake, SENDER_KEY, &[("batchLinger", "50ms")]);
+    fake.script.push(Canned::Reply {
+        status: 503,
+        headers: vec![("retry-after", "3".into())],
+        body: "maintenance".into(),
+    });
+    let messages: Vec<Outgoing> = (0..5)
+        .map(|i| order_shipped(&format!("010{i:08}")))
+        .collect();
+    let outcomes = futures::future::join_all(messages.iter().map(|m| alimtalk.send(m))).await;
+    for outcome in &outcomes {
+        assert_retryable(outcome, Some(std::time::Duration::from_secs(3)));
+    }
+    assert!(
+        fake.accepted().is_empty(),
+        "the refused request took nobody"
+    );
+}
