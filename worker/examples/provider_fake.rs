@@ -7,12 +7,16 @@
 //!   UMP, not the token check) and `POST /v1/projects/{project}/messages:send` (the message id is
 //!   the Android `collapse_key`).
 //!
+//! - NHN Cloud AlimTalk v2.3: `POST /alimtalk/v2.3/appkeys/{appKey}/messages` with up to 1,000
+//!   recipients (the UMP message id in each `recipientGroupingKey`), each answered `0`.
+//!
 //! TLS with a certificate made at start (ALPN `h2`, then `http/1.1`). With `BENCH_FAIL_PERCENT`
 //! set, that share of sends answers `500` (retryable, and no sign of overload), spread evenly.
 //! `GET /stats` answers the counts: requests, accepted, distinct accepted ids, failed.
 //!
 //!   provider_fake <dir> [127.0.0.1:port]   # writes <dir>/ca.pem, <dir>/apns/authKey.p8,
-//!                                          # <dir>/fcm/service-account.json, then <dir>/addr
+//!                                          # <dir>/fcm/service-account.json, <dir>/alimtalk/*,
+//!                                          # then <dir>/addr
 //!                                          # once listening (on a free port by default)
 //!
 //! Listens on 127.0.0.1 only; stops when killed.
@@ -118,6 +122,21 @@ async fn handle(
         }
         return Ok(response);
     }
+    if path.starts_with("/alimtalk/v2.3/appkeys/") && path.ends_with("/messages") {
+        let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let recipients = sent["recipientList"].as_array().cloned().unwrap_or_default();
+        let mut results = Vec::with_capacity(recipients.len());
+        for (seq, recipient) in recipients.iter().enumerate() {
+            let id = recipient["recipientGroupingKey"].as_str().unwrap_or_default();
+            fake.accept(id.to_owned());
+            results.push(serde_json::json!({"recipientSeq": seq + 1, "recipientNo": recipient["recipientNo"], "resultCode": 0, "resultMessage": "SUCCESS", "recipientGroupingKey": id}));
+        }
+        let answer_body = serde_json::json!({
+            "header": {"resultCode": 0, "resultMessage": "SUCCESS", "isSuccessful": true},
+            "message": {"requestId": format!("bench-{n}"), "senderGroupingKey": null, "sendResults": results},
+        });
+        return Ok(answer(StatusCode::OK, answer_body.to_string()));
+    }
     if path.starts_with("/v1/projects/") && path.ends_with("/messages:send") {
         let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let id = sent["message"]["android"]["collapse_key"]
@@ -195,6 +214,13 @@ async fn main() {
         "token_uri": format!("https://{addr}/token"),
     });
     write(dir.join("fcm/service-account.json"), &account.to_string());
+    for (key, value) in [
+        ("appKey", "benchAppKey"),
+        ("secretKey", "bench-secret"),
+        ("senderKey", "bench-sender"),
+    ] {
+        write(dir.join("alimtalk").join(key), value);
+    }
     write(dir.join("addr"), &addr.to_string());
 
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(

@@ -55,8 +55,9 @@ pub struct WorkerSettings {
         default_value = "ump-sandbox-outbox.jsonl"
     )]
     pub sandbox_outbox: PathBuf,
-    /// Recipients delivered in parallel per batch.
-    #[arg(long, env = "UMP_WORKER_LANES", default_value_t = 256)]
+    /// Recipients delivered in parallel per batch (as many as a batch holds: with providers
+    /// answering in tens of milliseconds, the calls in flight are what sets the rate).
+    #[arg(long, env = "UMP_WORKER_LANES", default_value_t = 1000)]
     pub lanes: usize,
     /// Largest batch consumed at once.
     #[arg(long, env = "UMP_WORKER_BATCH", default_value_t = 1000)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 const MESSAGES: usize = 20_000;
 const KILLS: usize = 3;
-const LANES: usize = 256; // UMP_WORKER_LANES default
+const LANES: usize = 1000; // UMP_WORKER_LANES default
 
 /// One run at a time: each needs the machine's cores to itself.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

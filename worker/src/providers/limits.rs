@@ -255,7 +255,11 @@ impl CallLimits {
 
     async fn acquire(&self) -> Slot<'_> {
         loop {
+            // Registered as a waiter before the check: a slot freed between the check and the
+            // wait wakes this call instead of being lost.
             let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
             {
                 let mut slots = self.lock();
                 if slots.in_flight < slots.aimd.limit() {

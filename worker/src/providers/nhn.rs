@@ -145,7 +145,8 @@ pub(super) async fn post<T>(
 
 /// One KakaoTalk BizMessage product of an NHN account: where its sends go, with which keys, within
 /// which limits. Secret keys: `appKey`, `secretKey`, `senderKey` (the Kakao channel's sender
-/// key). Settings: `endpoint` (default [`BIZMESSAGE_ENDPOINT`]), `timeout`, `maxConcurrency`.
+/// key). Settings: `endpoint` (default [`BIZMESSAGE_ENDPOINT`]), `caFile` (PEM of the CA to trust
+/// instead of the system roots), `timeout`, `maxConcurrency`, `adaptiveConcurrency`.
 pub(super) struct BizMessage {
     client: reqwest::Client,
     limits: CallLimits,
@@ -165,7 +166,8 @@ impl BizMessage {
         let limits = CallLimits::from_settings(settings, limits::PER_CONNECTION)?;
         let endpoint = settings.endpoint("endpoint", BIZMESSAGE_ENDPOINT)?;
         let app_key = app_key(settings, secrets)?;
-        let client = client(settings, &limits, None, |b| b)?;
+        let ca = settings.pem_file("caFile")?;
+        let client = client(settings, &limits, ca.as_deref(), |b| b)?;
         Ok(Self {
             client,
             messages_url: format!("{endpoint}/{product}/appkeys/{}/messages", app_key.expose()),

@@ -1,6 +1,7 @@
 //! Kakao AlimTalk through NHN Cloud BizMessage v2.3: `POST {endpoint}/alimtalk/v2.3/appkeys/{appKey}/messages`
 //! with the `X-Secret-Key` header and `{senderKey, templateCode, recipientList: [{recipientNo,
-//! templateParameter, buttons?, resendParameter}]}`.
+//! templateParameter, buttons?, resendParameter, recipientGroupingKey}]}` (the grouping key is the
+//! UMP message id).
 //!
 //! The template code is the send's `template` (the stored template it was rendered from), else the
 //! `templateCode` setting. `templateParameter` is the send's `data` (values as text); a `buttons`
@@ -18,8 +19,8 @@
 //!
 //! Settings: `templateCode` (default template); `resend` (default false); `resendSendNo` (the
 //! registered SMS sender number, required with `resend`); `endpoint` (default
-//! `https://api-alimtalk.cloud.toast.com`); `timeout`; `maxConcurrency` (requests in flight);
-//! `adaptiveConcurrency`; `batchSize`; `batchLinger`. Secret keys: `appKey`, `secretKey`,
+//! `https://api-alimtalk.cloud.toast.com`); `caFile`; `timeout`; `maxConcurrency` (requests in
+//! flight); `adaptiveConcurrency`; `batchSize`; `batchLinger`. Secret keys: `appKey`, `secretKey`,
 //! `senderKey` (the Kakao channel's sender key).
 //!
 //! Classification: Kakao's result codes, mapped as for FriendTalk (see `super::nhn`); the two
@@ -140,6 +141,8 @@ impl NhnAlimtalkProvider {
         };
         let mut recipient = json!({
             "recipientNo": recipient_no,
+            // The UMP message id, so that NHN's console and delivery reports name it.
+            "recipientGroupingKey": message.id.to_string(),
             "templateParameter": parameters,
             "resendParameter": resend,
         });
