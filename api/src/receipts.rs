@@ -8,7 +8,7 @@
 //! | provider type | authentication | body | message |
 //! |---|---|---|---|
 //! | `twilio` | `X-Twilio-Signature`: base64 HMAC-SHA1, keyed with the Auth Token, of the `statusCallback` URL followed by every POST parameter's name and value, sorted by name | form: `MessageSid`, `MessageStatus` (`delivered`/`read` → delivered; `failed`/`undelivered` → failed, with `ErrorCode`; others change nothing) | `MessageSid` |
-//! | `nhn-sms`, `nhn-alimtalk`, `nhn-friendtalk` | `X-Toast-Webhook-Signature`: the signature string set in NHN Cloud's webhook settings (secret key `webhookSignature`) | NHN Notification webhook: `{hooksId, webhookConfigId, productName, appKey, event, hooks: [...]}`; event `MESSAGE_RESULT_UPDATE` with hooks `{requestId, recipientSeq, resultCode, resultCodeName, msgStatus?}`: `resultCode` `1000` → delivered, another code → failed (`msgStatus` 1 or 2, still in progress, changes nothing); other events are acknowledged and ignored | `requestId` |
+//! | `nhn-sms`, `nhn-alimtalk`, `nhn-friendtalk` | `X-Toast-Webhook-Signature`: the signature string set in NHN Cloud's webhook settings (secret key `webhookSignature`) | NHN Notification webhook: `{hooksId, webhookConfigId, productName, appKey, event, hooks: [...]}`; event `MESSAGE_RESULT_UPDATE` with hooks `{requestId, recipientSeq, resultCode, resultCodeName, msgStatus?}`: `resultCode` `1000` → delivered, another code → failed (`msgStatus` 1 or 2, still in progress, changes nothing); other events are acknowledged and ignored | `requestId` (SMS); `{requestId}#{recipientSeq}` (AlimTalk, FriendTalk: a request carries many recipients), else `requestId` (recorded before) |
 //! | `webhook` | `X-UMP-Signature: sha256=<hex HMAC-SHA256 of the body>` with the channel's `signingSecret`, as UMP signs what it sends | JSON `{"id": "<UMP message id>", "status": "delivered" \| "failed", "detail"?: "..."}` | `id` |
 //!
 //! Answers: `200 {"applied", "unchanged"}` (a receipt for a message that is no longer `sent`
@@ -61,6 +61,8 @@ pub struct ReceiptReport {
 #[derive(Debug, PartialEq)]
 struct Verdict {
     message: ReceiptFor,
+    /// Where to look when no message has `message`'s id (an id in an older form).
+    or: Option<ReceiptFor>,
     status: Status,
     detail: Option<String>,
 }
@@ -123,7 +125,8 @@ async fn handle(
             .into_iter()
             .collect(),
         ProviderType::NhnSms | ProviderType::NhnAlimtalk | ProviderType::NhnFriendtalk => {
-            nhn(&spec, &app.secrets_dir, headers, &body)?
+            let per_recipient = spec.provider_type != ProviderType::NhnSms;
+            nhn(&spec, &app.secrets_dir, headers, &body, per_recipient)?
         }
         ProviderType::Webhook => vec![webhook(&spec, &app.secrets_dir, headers, &body)?],
         other => {
@@ -135,14 +138,19 @@ async fn handle(
     let mut report = ReceiptReport::default();
     let mut unknown = 0;
     for verdict in verdicts {
-        let receipt = Receipt {
+        let mut receipt = Receipt {
             provider: spec.name.clone(),
             message: verdict.message,
             status: verdict.status,
             at: Utc::now(),
             detail: verdict.detail,
         };
-        match app.history.apply_receipt(&receipt).await {
+        let mut applied = app.history.apply_receipt(&receipt).await;
+        if let (Ok(ReceiptOutcome::Unknown), Some(or)) = (&applied, verdict.or) {
+            receipt.message = or;
+            applied = app.history.apply_receipt(&receipt).await;
+        }
+        match applied {
             Ok(ReceiptOutcome::Applied(id)) => {
                 tracing::debug!(%id, provider = %spec.name, status = %receipt.status, "delivery receipt applied");
                 report.applied += 1;
@@ -286,6 +294,7 @@ fn twilio(
     };
     Ok(Some(Verdict {
         message: ReceiptFor::ProviderMessageId(sid.to_owned()),
+        or: None,
         status,
         detail: Some(detail),
     }))
@@ -302,6 +311,9 @@ struct NhnCallback {
 #[serde(rename_all = "camelCase")]
 struct NhnHook {
     request_id: Option<String>,
+    /// The recipient's place in its request, from 1.
+    #[serde(default)]
+    recipient_seq: Option<serde_json::Value>,
     #[serde(default)]
     result_code: Option<serde_json::Value>,
     #[serde(default)]
@@ -319,11 +331,14 @@ fn code_text(value: &Option<serde_json::Value>) -> Option<String> {
     }
 }
 
+/// With `per_recipient` (KakaoTalk BizMessage, whose requests carry many recipients), a message's
+/// id is `{requestId}#{recipientSeq}`; messages recorded before that, and SMS, by `requestId`.
 fn nhn(
     spec: &ProviderSpec,
     dir: &FsPath,
     headers: &HeaderMap,
     body: &Bytes,
+    per_recipient: bool,
 ) -> Result<Vec<Verdict>, Problem> {
     let expected = secret(spec, dir, "webhookSignature")?;
     let signature = header(headers, NHN_SIGNATURE)?;
@@ -353,8 +368,18 @@ fn nhn(
         } else {
             (Status::Failed, format!("nhn: {code} {name}"))
         };
+        let (message, or) = if per_recipient {
+            let seq = code_text(&hook.recipient_seq).unwrap_or_else(|| "1".to_owned());
+            (
+                ReceiptFor::ProviderMessageId(format!("{request_id}#{seq}")),
+                Some(ReceiptFor::ProviderMessageId(request_id)),
+            )
+        } else {
+            (ReceiptFor::ProviderMessageId(request_id), None)
+        };
         verdicts.push(Verdict {
-            message: ReceiptFor::ProviderMessageId(request_id),
+            message,
+            or,
             status,
             detail: Some(detail.trim_end().to_owned()),
         });
@@ -394,6 +419,7 @@ fn webhook(
     match (id, status) {
         (Some(id), Some(status)) => Ok(Verdict {
             message: ReceiptFor::Message(id),
+            or: None,
             status,
             detail: Some(match ack.detail {
                 Some(detail) => {

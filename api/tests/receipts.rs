@@ -37,6 +37,17 @@ spec:
 ---
 apiVersion: ump.dev/v1alpha1
 kind: MessageChannel
+metadata: {name: kakao}
+spec:
+  type: alimtalk
+  providers:
+    - name: alimtalk
+      type: nhn-alimtalk
+      secretRef: {name: nhn}
+      settings: {templateCode: ORDER_SHIPPED}
+---
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
 metadata: {name: hooks}
 spec:
   type: webhook
@@ -368,6 +379,58 @@ async fn nhn_result_webhooks_carry_the_signature_string() {
         (status, report),
         (StatusCode::OK, json!({"applied": 0, "unchanged": 0}))
     );
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn an_alimtalk_result_reaches_its_recipient_in_a_shared_request() {
+    let api = start().await;
+    // Three recipients of one request, and a message recorded before ids named the recipient.
+    let first = api
+        .sent("alimtalk", Some("20260101-alimtalk-000009#1"))
+        .await;
+    let second = api
+        .sent("alimtalk", Some("20260101-alimtalk-000009#2"))
+        .await;
+    let third = api
+        .sent("alimtalk", Some("20260101-alimtalk-000009#3"))
+        .await;
+    let older = api.sent("alimtalk", Some("20260101-alimtalk-000008")).await;
+    let hook = |request_id: &str, seq: u32, code: &str| {
+        json!({"hookId": format!("h-{request_id}-{seq}"), "requestId": request_id,
+               "recipientSeq": seq, "recipientNo": "01012345678", "msgStatus": "3",
+               "resultCode": code, "resultCodeName": "결과"})
+    };
+    let body = json!({
+        "hooksId": "h", "webhookConfigId": "cfg-1", "productName": "ALIMTALK",
+        "appKey": "nhnAppKey", "event": "MESSAGE_RESULT_UPDATE",
+        "hooks": [
+            hook("20260101-alimtalk-000009", 2, "1000"),
+            hook("20260101-alimtalk-000009", 3, "3018"),
+            hook("20260101-alimtalk-000008", 1, "1000"),
+        ],
+    })
+    .to_string();
+    let (status, report) = api
+        .post(
+            "/v1/receipts/kakao/alimtalk",
+            &[("X-Toast-Webhook-Signature", NHN_SIGNATURE)],
+            "application/json",
+            body,
+        )
+        .await;
+    assert_eq!(
+        (status, report),
+        (StatusCode::OK, json!({"applied": 3, "unchanged": 0}))
+    );
+    assert_eq!(
+        api.status(first).await.0,
+        Status::Sent,
+        "no result for it yet"
+    );
+    assert_eq!(api.status(second).await.0, Status::Delivered);
+    assert_eq!(api.status(third).await.0, Status::Failed);
+    assert_eq!(api.status(older).await.0, Status::Delivered);
     api.finish().await;
 }
 

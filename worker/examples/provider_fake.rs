@@ -124,10 +124,15 @@ async fn handle(
     }
     if path.starts_with("/alimtalk/v2.3/appkeys/") && path.ends_with("/messages") {
         let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let recipients = sent["recipientList"].as_array().cloned().unwrap_or_default();
+        let recipients = sent["recipientList"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let mut results = Vec::with_capacity(recipients.len());
         for (seq, recipient) in recipients.iter().enumerate() {
-            let id = recipient["recipientGroupingKey"].as_str().unwrap_or_default();
+            let id = recipient["recipientGroupingKey"]
+                .as_str()
+                .unwrap_or_default();
             fake.accept(id.to_owned());
             results.push(serde_json::json!({"recipientSeq": seq + 1, "recipientNo": recipient["recipientNo"], "resultCode": 0, "resultMessage": "SUCCESS", "recipientGroupingKey": id}));
         }

@@ -267,7 +267,8 @@ pub(super) fn classify_bizmessage(status: StatusCode, headers: &HeaderMap, body:
 /// refusal of the whole request (HTTP, or NHN's header) is every recipient's outcome; otherwise
 /// each recipient has its own result (matched by `recipientSeq`, 1-based, else by position), and
 /// one refused never fails the others. A recipient the answer leaves out was taken with the
-/// request (as NHN answers a request it accepted).
+/// request (as NHN answers a request it accepted). A sent recipient's id is
+/// `{requestId}#{recipientSeq}`.
 pub(super) fn classify_bizmessage_many(
     status: StatusCode,
     headers: &HeaderMap,
@@ -291,10 +292,11 @@ pub(super) fn classify_bizmessage_many(
         .message
         .map(|m| (m.request_id, m.send_results))
         .unwrap_or_default();
-    let sent = Outcome::Sent {
-        provider_message_id: request_id,
+    // A recipient's id: the request's and its place in it, which NHN's result webhook names.
+    let sent = |index: usize| Outcome::Sent {
+        provider_message_id: request_id.as_ref().map(|id| format!("{id}#{}", index + 1)),
     };
-    let mut outcomes = vec![sent.clone(); count];
+    let mut outcomes: Vec<Outcome> = (0..count).map(sent).collect();
     for (position, result) in results.into_iter().enumerate() {
         let index = result
             .recipient_seq
@@ -302,7 +304,7 @@ pub(super) fn classify_bizmessage_many(
             .unwrap_or(position);
         if let Some(slot) = outcomes.get_mut(index) {
             *slot = match result_outcome(result.result_code, &result.result_message) {
-                Outcome::Sent { .. } => sent.clone(),
+                Outcome::Sent { .. } => sent(index),
                 other => with_retry_after(other, headers),
             };
         }
@@ -374,7 +376,7 @@ mod tests {
         assert_eq!(
             classify_bizmessage(StatusCode::OK, &h, &answer(0)),
             Outcome::Sent {
-                provider_message_id: Some("R1".into())
+                provider_message_id: Some("R1#1".into())
             }
         );
         assert!(
@@ -399,17 +401,17 @@ mod tests {
         })
         .to_string();
         let outcomes = classify_bizmessage_many(StatusCode::OK, &h, &body, 4);
-        let sent = Outcome::Sent {
-            provider_message_id: Some("R7".into()),
+        let sent = |seq: usize| Outcome::Sent {
+            provider_message_id: Some(format!("R7#{seq}")),
         };
-        assert_eq!(outcomes[0], sent);
+        assert_eq!(outcomes[0], sent(1));
         assert!(
             matches!(&outcomes[1], Outcome::Permanent { reason } if reason.starts_with("not_kakao_user: ")),
             "{:?}",
             outcomes[1]
         );
         assert!(matches!(&outcomes[2], Outcome::Retryable { .. }));
-        assert_eq!(outcomes[3], sent, "left out of the answer: taken");
+        assert_eq!(outcomes[3], sent(4), "left out of the answer: taken");
     }
 
     #[test]
