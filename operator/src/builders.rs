@@ -159,20 +159,55 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// The worker Deployment of `channel`: `replicas` pods of the worker container (see
+/// [`worker_container`]) with the channel's ConfigMap and provider Secrets mounted, rolled when
+/// `config_hash` changes.
 pub fn deployment(
     channel: &MessageChannel,
     settings: &Settings,
     replicas: i32,
     config_hash: &str,
 ) -> Result<Deployment> {
-    let name = channel.name_any();
-    let secrets: BTreeSet<&str> = channel
-        .spec
-        .providers
-        .iter()
-        .filter_map(|p| p.secret_ref.as_ref().map(|s| s.name.as_str()))
-        .collect();
+    let (volumes, mounts) = worker_volumes(channel, settings);
+    let container = worker_container(channel, settings, worker_env(settings), mounts);
+    let mut pod_labels = labels(channel);
+    pod_labels.remove(MANAGED_BY.0);
+    Ok(Deployment {
+        metadata: metadata(channel)?,
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(channel)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH.to_owned(),
+                        config_hash.to_owned(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    service_account_name: settings.worker_service_account.clone(),
+                    // Workers need no Kubernetes API access.
+                    automount_service_account_token: Some(false),
+                    security_context: Some(pod_security()),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    })
+}
 
+/// The worker's environment: where Kafka and Redis are, its listen address and pod name, the
+/// MySQL and AMQP URLs from their Secrets, then the operator's extra `worker_env`.
+fn worker_env(settings: &Settings) -> Vec<EnvVar> {
     let mut env_vars = vec![
         env("UMP_KAFKA_BOOTSTRAP", &settings.kafka_bootstrap),
         env("UMP_WORKER_LISTEN", &format!("0.0.0.0:{WORKER_PORT}")),
@@ -209,7 +244,35 @@ pub fn deployment(
         }
     }
     env_vars.extend(settings.worker_env.iter().cloned());
+    env_vars
+}
 
+/// A read-only mount of Secret `secret` at `path`, as a volume and its mount.
+fn secret_mount(volume: String, secret: &str, path: String) -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: volume.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.to_owned()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: volume,
+            mount_path: path,
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    )
+}
+
+/// The worker's volumes and their mounts: its ConfigMap, a `/tmp`, the TLS bundle Secret (when
+/// set), and each provider Secret the channel names (once, however many providers share it).
+fn worker_volumes(
+    channel: &MessageChannel,
+    settings: &Settings,
+) -> (Vec<Volume>, Vec<VolumeMount>) {
     let mut volumes = vec![
         Volume {
             name: "config".to_owned(),
@@ -239,40 +302,39 @@ pub fn deployment(
             ..VolumeMount::default()
         },
     ];
-    if let Some(tls) = &settings.worker_tls_secret {
-        volumes.push(Volume {
-            name: "tls".to_owned(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(tls.clone()),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: "tls".to_owned(),
-            mount_path: TLS_DIR.to_owned(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
+    let secrets: BTreeSet<&str> = channel
+        .spec
+        .providers
+        .iter()
+        .filter_map(|p| p.secret_ref.as_ref().map(|s| s.name.as_str()))
+        .collect();
+    let tls = settings
+        .worker_tls_secret
+        .as_deref()
+        .map(|tls| secret_mount("tls".to_owned(), tls, TLS_DIR.to_owned()));
+    let providers = secrets.into_iter().map(|secret| {
+        secret_mount(
+            secret_volume(secret),
+            secret,
+            format!("{SECRETS_DIR}/{secret}"),
+        )
+    });
+    for (volume, mount) in tls.into_iter().chain(providers) {
+        volumes.push(volume);
+        mounts.push(mount);
     }
-    for secret in &secrets {
-        volumes.push(Volume {
-            name: secret_volume(secret),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some((*secret).to_owned()),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: secret_volume(secret),
-            mount_path: format!("{SECRETS_DIR}/{secret}"),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-    }
+    (volumes, mounts)
+}
 
-    let container = Container {
+/// The worker container: `ump-worker --config-dir … --channel <name>`, probes and metrics on
+/// [`WORKER_PORT`], the channel's resources, no privileges and a read-only root filesystem.
+fn worker_container(
+    channel: &MessageChannel,
+    settings: &Settings,
+    env_vars: Vec<EnvVar>,
+    mounts: Vec<VolumeMount>,
+) -> Container {
+    Container {
         name: "worker".to_owned(),
         image: Some(settings.worker_image.clone()),
         image_pull_policy: settings.worker_image_pull_policy.clone(),
@@ -281,7 +343,7 @@ pub fn deployment(
             "--config-dir".to_owned(),
             CONFIG_DIR.to_owned(),
             "--channel".to_owned(),
-            name.clone(),
+            channel.name_any(),
         ]),
         env: Some(env_vars),
         ports: Some(vec![ContainerPort {
@@ -305,51 +367,22 @@ pub fn deployment(
             ..SecurityContext::default()
         }),
         ..Container::default()
-    };
+    }
+}
 
-    let mut pod_labels = labels(channel);
-    pod_labels.remove(MANAGED_BY.0);
-    Ok(Deployment {
-        metadata: metadata(channel)?,
-        spec: Some(DeploymentSpec {
-            replicas: Some(replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(channel)),
-                ..LabelSelector::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH.to_owned(),
-                        config_hash.to_owned(),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    service_account_name: settings.worker_service_account.clone(),
-                    // Workers need no Kubernetes API access.
-                    automount_service_account_token: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(WORKER_UID),
-                        run_as_group: Some(WORKER_UID),
-                        fs_group: Some(WORKER_UID),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_owned(),
-                            ..SeccompProfile::default()
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
+/// The worker pod's security: the image's non-root user and group, the runtime's seccomp profile.
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(WORKER_UID),
+        run_as_group: Some(WORKER_UID),
+        fs_group: Some(WORKER_UID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
         }),
-        ..Deployment::default()
-    })
+        ..PodSecurityContext::default()
+    }
 }
 
 /// Whether every field of `desired` is present with the same value in `observed` (what the

@@ -180,6 +180,14 @@ pub fn error_policy(
     Action::requeue(Duration::from_secs(10))
 }
 
+/// What one step of a reconcile found: its condition, what it observed, and an error that makes
+/// the reconcile retry once the status (which reports it too) is written.
+struct Converged<T = ()> {
+    observation: Observation,
+    observed: T,
+    retry: Option<Error>,
+}
+
 async fn apply(channel: &MessageChannel, ctx: &Context) -> Result<Action> {
     let name = channel.name_any();
     let namespace = channel.namespace().unwrap_or_default();
@@ -198,76 +206,132 @@ async fn apply(channel: &MessageChannel, ctx: &Context) -> Result<Action> {
         return Ok(Action::await_change());
     }
 
-    // Topic.
     let desired_topic = DesiredTopic::of(channel);
-    let (topic_observation, observed_topic, topic_error) =
-        converge_topic(channel, &desired_topic, &previous, ctx).await;
-
-    // Replicas from lag.
+    let topic = converge_topic(channel, &desired_topic, &previous, ctx).await;
     let key = ObjectRef::<Deployment>::new(&builders::worker_name(channel)).within(&namespace);
     let observed_deployment = ctx.deployments.get(&key);
     let current = observed_deployment
         .as_ref()
         .and_then(|d| d.spec.as_ref())
         .and_then(|s| s.replicas);
-    let scaling = &channel.spec.scaling;
-    let mut lag_unavailable = false;
-    let lag = match &observed_topic {
-        Some(observed) => match ctx
-            .kafka
-            .consumer_lag(
-                &desired_topic.name,
-                &channel.consumer_group(),
-                observed.partitions,
-            )
-            .await
-        {
-            Ok(lag) => Some(lag),
-            Err(e) => {
-                // Not fatal: the workers keep their count and the lag is read again soon.
-                tracing::info!(error = %e, channel = %name, "consumer lag unavailable");
-                lag_unavailable = true;
-                None
-            }
-        },
-        None => None,
-    };
-    let replicas = match (lag, &observed_topic) {
-        (Some(lag), Some(observed)) => {
-            let recommended = recommended_replicas(lag, scaling, observed.partitions);
-            let mut stabilizer = ctx.stabilizer.lock().unwrap_or_else(|p| p.into_inner());
-            stabilizer.stabilize(
-                &format!("{namespace}/{name}"),
-                current,
-                recommended,
-                scaling.scale_down_stabilization.as_std(),
-                Instant::now(),
-            )
-        }
+    let lag = read_lag(channel, &desired_topic, topic.observed.as_ref(), ctx).await;
+    let replicas = match (lag, &topic.observed) {
+        (Lag::Known(lag), Some(observed)) => scale(channel, lag, observed, current, ctx),
         // Lag unknown: hold what runs (or start at the minimum) rather than guess.
-        _ => current.unwrap_or(scaling.min_replicas),
+        _ => current.unwrap_or(channel.spec.scaling.min_replicas),
     };
+    let workers = workers_for_policy(channel, replicas, current, observed_deployment, ctx).await;
 
-    // Workers.
-    let (workers_observation, worker_error) = match resolve_policy(channel, &ctx.policies) {
-        PolicyState::Missing(policy) => (
-            Observation::failure(
-                WORKERS_READY,
-                "PolicyNotFound",
-                format!(
-                    "DeliveryPolicy {policy} does not exist in namespace {namespace}; workers keep \
-                     their last configuration until it does"
-                ),
-            ),
-            None,
+    let ready = conditions::ready(&[&topic.observation, &workers.observation]);
+    let lag_now = match lag {
+        Lag::Known(lag) => Some(lag),
+        Lag::NoTopic | Lag::Unavailable => None,
+    };
+    let outcome = Outcome {
+        observations: vec![topic.observation, workers.observation, ready],
+        topic: Some(desired_topic.name.clone()),
+        replicas: Some(replicas),
+        lag: lag_now.or(previous.consumer_lag),
+    };
+    ctx.metrics
+        .channel_observed(&namespace, &name, replicas, lag_now);
+    write_status(channel, &previous, outcome, ctx).await?;
+
+    if let Some(error) = topic.retry.or(workers.retry) {
+        return Err(error);
+    }
+    if lag == Lag::Unavailable {
+        return Ok(Action::requeue(LAG_RETRY.min(ctx.settings.resync)));
+    }
+    Ok(Action::requeue(resync_of(&ctx.settings, &name)))
+}
+
+/// The consumer lag of a channel's group on its topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lag {
+    /// No topic to read it from.
+    NoTopic,
+    Known(i64),
+    /// Kafka could not say: not fatal, the workers keep their count and it is read again soon.
+    Unavailable,
+}
+
+async fn read_lag(
+    channel: &MessageChannel,
+    desired_topic: &DesiredTopic,
+    observed_topic: Option<&ObservedTopic>,
+    ctx: &Context,
+) -> Lag {
+    let Some(observed) = observed_topic else {
+        return Lag::NoTopic;
+    };
+    match ctx
+        .kafka
+        .consumer_lag(
+            &desired_topic.name,
+            &channel.consumer_group(),
+            observed.partitions,
+        )
+        .await
+    {
+        Ok(lag) => Lag::Known(lag),
+        Err(e) => {
+            tracing::info!(error = %e, channel = %channel.name_any(), "consumer lag unavailable");
+            Lag::Unavailable
+        }
+    }
+}
+
+/// The replicas `lag` calls for, held against flapping by the scale-down stabilization window.
+fn scale(
+    channel: &MessageChannel,
+    lag: i64,
+    observed: &ObservedTopic,
+    current: Option<i32>,
+    ctx: &Context,
+) -> i32 {
+    let scaling = &channel.spec.scaling;
+    let recommended = recommended_replicas(lag, scaling, observed.partitions);
+    let mut stabilizer = ctx.stabilizer.lock().unwrap_or_else(|p| p.into_inner());
+    stabilizer.stabilize(
+        &format!(
+            "{}/{}",
+            channel.namespace().unwrap_or_default(),
+            channel.name_any()
         ),
-        PolicyState::Invalid { name: policy, why } => (
-            Observation::failure(
-                WORKERS_READY,
-                "PolicyInvalid",
-                format!("DeliveryPolicy {policy} is invalid: {why}"),
+        current,
+        recommended,
+        scaling.scale_down_stabilization.as_std(),
+        Instant::now(),
+    )
+}
+
+/// The workers, as far as the channel's policy allows: none applied while the policy is missing
+/// or invalid (the workers keep their last configuration), else the Deployment and ConfigMap.
+async fn workers_for_policy(
+    channel: &MessageChannel,
+    replicas: i32,
+    current: Option<i32>,
+    observed_deployment: Option<Arc<Deployment>>,
+    ctx: &Context,
+) -> Converged {
+    let held = |reason: &'static str, message: String| Converged {
+        observation: Observation::failure(WORKERS_READY, reason, message),
+        observed: (),
+        retry: None,
+    };
+    match resolve_policy(channel, &ctx.policies) {
+        PolicyState::Missing(policy) => held(
+            "PolicyNotFound",
+            format!(
+                "DeliveryPolicy {policy} does not exist in namespace {}; workers keep their last \
+                 configuration until it does",
+                channel.namespace().unwrap_or_default()
             ),
-            None,
+        ),
+        PolicyState::Invalid { name: policy, why } => held(
+            "PolicyInvalid",
+            format!("DeliveryPolicy {policy} is invalid: {why}"),
         ),
         PolicyState::NotReferenced => {
             converge_workers(channel, None, replicas, current, observed_deployment, ctx).await
@@ -283,26 +347,7 @@ async fn apply(channel: &MessageChannel, ctx: &Context) -> Result<Action> {
             )
             .await
         }
-    };
-
-    let ready = conditions::ready(&[&topic_observation, &workers_observation]);
-    let outcome = Outcome {
-        observations: vec![topic_observation, workers_observation, ready],
-        topic: Some(desired_topic.name.clone()),
-        replicas: Some(replicas),
-        lag: lag.or(previous.consumer_lag),
-    };
-    ctx.metrics
-        .channel_observed(&namespace, &name, replicas, lag);
-    write_status(channel, &previous, outcome, ctx).await?;
-
-    if let Some(error) = topic_error.or(worker_error) {
-        return Err(error);
     }
-    if lag_unavailable {
-        return Ok(Action::requeue(LAG_RETRY.min(ctx.settings.resync)));
-    }
-    Ok(Action::requeue(resync_of(&ctx.settings, &name)))
 }
 
 /// Spreads the periodic look at each channel over a fifth of the resync period, so a thousand
@@ -315,7 +360,7 @@ fn resync_of(settings: &Settings, name: &str) -> Duration {
     settings.resync + Duration::from_millis(if spread == 0 { 0 } else { hash % spread })
 }
 
-/// Brings the topic to the spec as far as Kafka allows. Returns `TopicReady`, the topic as it is
+/// Brings the topic to the spec as far as Kafka allows: `TopicReady`, the topic as it is
 /// afterwards, and an error to retry (Kafka unreachable); a shrink or rejected request is a
 /// condition only.
 async fn converge_topic(
@@ -323,7 +368,7 @@ async fn converge_topic(
     desired: &DesiredTopic,
     previous: &MessageChannelStatus,
     ctx: &Context,
-) -> (Observation, Option<ObservedTopic>, Option<Error>) {
+) -> Converged<Option<ObservedTopic>> {
     let observed = match ctx.kafka.observe(&desired.name).await {
         Ok(observed) => observed,
         Err(e) => return kafka_failure(channel, previous, ctx, e).await,
@@ -401,7 +446,11 @@ async fn converge_topic(
         )
         .await;
     }
-    (observation, observed, None)
+    Converged {
+        observation,
+        observed,
+        retry: None,
+    }
 }
 
 async fn kafka_failure(
@@ -409,7 +458,7 @@ async fn kafka_failure(
     previous: &MessageChannelStatus,
     ctx: &Context,
     error: Error,
-) -> (Observation, Option<ObservedTopic>, Option<Error>) {
+) -> Converged<Option<ObservedTopic>> {
     let (reason, message, retry) = if kafka::is_rejection(&error) {
         (
             "KafkaRejected",
@@ -431,7 +480,11 @@ async fn kafka_failure(
         )
         .await;
     }
-    (observation, None, retry)
+    Converged {
+        observation,
+        observed: None,
+        retry,
+    }
 }
 
 /// Whether `observation` is news compared with the status already written (so its event is sent
@@ -448,13 +501,18 @@ async fn converge_workers(
     current: Option<i32>,
     observed_deployment: Option<Arc<Deployment>>,
     ctx: &Context,
-) -> (Observation, Option<Error>) {
+) -> Converged {
     match apply_workers(channel, policy, replicas, current, observed_deployment, ctx).await {
-        Ok(observation) => (observation, None),
-        Err(e) => (
-            Observation::failure(WORKERS_READY, "ApplyFailed", e.to_string()),
-            Some(e),
-        ),
+        Ok(observation) => Converged {
+            observation,
+            observed: (),
+            retry: None,
+        },
+        Err(e) => Converged {
+            observation: Observation::failure(WORKERS_READY, "ApplyFailed", e.to_string()),
+            observed: (),
+            retry: Some(e),
+        },
     }
 }
 
