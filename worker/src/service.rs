@@ -103,23 +103,7 @@ struct Probes {
 pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let registry = ChannelRegistry::load_dir(&settings.config_dir)
         .with_context(|| format!("loading channels from {}", settings.config_dir.display()))?;
-    let channels: Vec<Arc<ResolvedChannel>> = if settings.channels.is_empty() {
-        registry.channels().cloned().collect()
-    } else {
-        settings
-            .channels
-            .iter()
-            .map(|name| {
-                registry
-                    .get(name)
-                    .cloned()
-                    .with_context(|| format!("channel {name} is not in the config folder"))
-            })
-            .collect::<anyhow::Result<_>>()?
-    };
-    for channel in &channels {
-        channel.warn_if_policy_missing();
-    }
+    let channels = channels_to_serve(&settings, &registry)?;
 
     let pool = connect_mysql(&settings.mysql_url, 8).await?;
     migrate_mysql(&pool).await?;
@@ -133,53 +117,25 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         .create()
         .context("creating the Kafka producer")?;
     ensure_topics(&kafka, &channels).await;
-
     let metrics = WorkerMetrics::new(prometheus::Registry::new())?;
-    let instance = uuid::Uuid::new_v4().simple().to_string();
-    let dedupe = Arc::new(RedisDedupe::new(
-        redis.clone(),
-        instance,
-        settings.claim_lease.as_std(),
-    ));
-    let limiter: Arc<dyn crate::ratelimit::RateLimiter> =
-        Arc::new(RedisRateLimiter::new(redis.clone()));
-    let context = ProviderContext {
-        secrets_dir: &settings.secrets_dir,
-        sandbox_outbox: &settings.sandbox_outbox,
-    };
-    let batch = BatchSettings {
-        max_messages: settings.batch.max(1),
-        max_wait: settings.batch_wait.as_std(),
-    };
 
     let mut tasks = tokio::task::JoinSet::new();
+    let ports = BulkPorts {
+        dedupe: Arc::new(RedisDedupe::new(
+            redis.clone(),
+            uuid::Uuid::new_v4().simple().to_string(),
+            settings.claim_lease.as_std(),
+        )),
+        limiter: Arc::new(RedisRateLimiter::new(redis.clone())),
+        history: Arc::clone(&history),
+        producer: producer.clone(),
+        metrics: metrics.clone(),
+    };
     let mut fallback_queues = Vec::new();
     for channel in &channels {
-        let provider = providers::for_delivery(channel, &context, &metrics, DeliveryPath::Bulk)?;
         let route = FallbackRoute::of(channel, &registry);
         fallback_queues.extend(route.as_ref().map(|r| r.queue.clone()));
-        let pipeline = DeliveryPipeline::new(
-            Arc::clone(channel),
-            provider,
-            dedupe.clone(),
-            if channel.resource.spec.realtime.enabled {
-                Arc::new(crate::realtime::BulkShare(limiter.clone()))
-            } else {
-                limiter.clone()
-            },
-            metrics.clone(),
-            settings.lanes,
-            settings.claim_lease.as_std() / 2,
-        )?
-        .with_fallback(route);
-        let consumer = ChannelConsumer::new(
-            Arc::new(pipeline),
-            &kafka,
-            producer.clone(),
-            Arc::clone(&history),
-            metrics.clone(),
-            batch,
-        )?;
+        let consumer = bulk_consumer(&settings, &kafka, channel, route, &ports)?;
         tasks.spawn(consumer.run(shutdown.clone()));
     }
     let realtime: Vec<Arc<ResolvedChannel>> = channels
@@ -203,36 +159,145 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
     };
     tasks.spawn(scheduler.run(shutdown.clone()));
     if settings.webhooks.dispatch {
-        // A pool of its own: however busy the endpoints, the history's writes never wait for
-        // a connection the dispatcher holds.
-        let webhook_pool = connect_mysql(&settings.mysql_url, 4).await?;
-        let store = Arc::new(ump_core::webhooks_store::MySqlWebhooks::new(webhook_pool));
-        let webhook_metrics = crate::webhooks::WebhookMetrics::new(&metrics.registry)?;
-        let (webhooks, shutdown) = (settings.webhooks.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            if let Err(e) = crate::webhooks::run(store, webhooks, webhook_metrics, shutdown).await {
-                tracing::error!(error = %e, "the webhook dispatcher stopped");
-            }
-        });
+        spawn_webhooks(&mut tasks, &settings, &metrics, &shutdown).await?;
     }
-
     let probes = Probes {
         metrics,
         redis,
         mysql: pool,
         producer,
     };
+    spawn_probe_server(
+        &mut tasks,
+        settings.listen,
+        probes,
+        channels.len(),
+        &shutdown,
+    )
+    .await?;
+
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// The channels named by `--channel` (all of the folder's without), each warned about when its
+/// policy is missing.
+fn channels_to_serve(
+    settings: &WorkerSettings,
+    registry: &ChannelRegistry,
+) -> anyhow::Result<Vec<Arc<ResolvedChannel>>> {
+    let channels: Vec<Arc<ResolvedChannel>> = if settings.channels.is_empty() {
+        registry.channels().cloned().collect()
+    } else {
+        settings
+            .channels
+            .iter()
+            .map(|name| {
+                registry
+                    .get(name)
+                    .cloned()
+                    .with_context(|| format!("channel {name} is not in the config folder"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    for channel in &channels {
+        channel.warn_if_policy_missing();
+    }
+    Ok(channels)
+}
+
+/// What every channel's bulk consumer shares.
+struct BulkPorts {
+    dedupe: Arc<RedisDedupe>,
+    limiter: Arc<dyn crate::ratelimit::RateLimiter>,
+    history: Arc<dyn HistoryStore>,
+    producer: FutureProducer,
+    metrics: WorkerMetrics,
+}
+
+/// The Kafka consumer of `channel`: its provider for the bulk path, its pipeline (sharing the
+/// rate limit with the realtime path when that is on), its fallback `route`.
+fn bulk_consumer(
+    settings: &WorkerSettings,
+    kafka: &KafkaSettings,
+    channel: &Arc<ResolvedChannel>,
+    route: Option<FallbackRoute>,
+    ports: &BulkPorts,
+) -> anyhow::Result<ChannelConsumer> {
+    let context = ProviderContext {
+        secrets_dir: &settings.secrets_dir,
+        sandbox_outbox: &settings.sandbox_outbox,
+    };
+    let provider = providers::for_delivery(channel, &context, &ports.metrics, DeliveryPath::Bulk)?;
+    let limiter: Arc<dyn crate::ratelimit::RateLimiter> = if channel.resource.spec.realtime.enabled
+    {
+        Arc::new(crate::realtime::BulkShare(ports.limiter.clone()))
+    } else {
+        ports.limiter.clone()
+    };
+    let pipeline = DeliveryPipeline::new(
+        Arc::clone(channel),
+        provider,
+        ports.dedupe.clone(),
+        limiter,
+        ports.metrics.clone(),
+        settings.lanes,
+        settings.claim_lease.as_std() / 2,
+    )?
+    .with_fallback(route);
+    let batch = BatchSettings {
+        max_messages: settings.batch.max(1),
+        max_wait: settings.batch_wait.as_std(),
+    };
+    ChannelConsumer::new(
+        Arc::new(pipeline),
+        kafka,
+        ports.producer.clone(),
+        Arc::clone(&ports.history),
+        ports.metrics.clone(),
+        batch,
+    )
+}
+
+/// The webhook dispatcher, on a MySQL pool of its own: however busy the endpoints, the history's
+/// writes never wait for a connection the dispatcher holds.
+async fn spawn_webhooks(
+    tasks: &mut tokio::task::JoinSet<()>,
+    settings: &WorkerSettings,
+    metrics: &WorkerMetrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let webhook_pool = connect_mysql(&settings.mysql_url, 4).await?;
+    let store = Arc::new(ump_core::webhooks_store::MySqlWebhooks::new(webhook_pool));
+    let webhook_metrics = crate::webhooks::WebhookMetrics::new(&metrics.registry)?;
+    let (webhooks, shutdown) = (settings.webhooks.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        if let Err(e) = crate::webhooks::run(store, webhooks, webhook_metrics, shutdown).await {
+            tracing::error!(error = %e, "the webhook dispatcher stopped");
+        }
+    });
+    Ok(())
+}
+
+/// `/healthz`, `/readyz` and `/metrics` on `listen`, until `shutdown`.
+async fn spawn_probe_server(
+    tasks: &mut tokio::task::JoinSet<()>,
+    listen: SocketAddr,
+    probes: Probes,
+    channels: usize,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(probes);
-    let listener = tokio::net::TcpListener::bind(settings.listen)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     // The bound address: with port 0 (as in tests) the one the system chose.
-    let listen = listener.local_addr().unwrap_or(settings.listen);
-    tracing::info!(%listen, channels = channels.len(), "worker running");
+    let bound = listener.local_addr().unwrap_or(listen);
+    tracing::info!(listen = %bound, channels, "worker running");
     let server_shutdown = shutdown.clone();
     tasks.spawn(async move {
         if let Err(e) = axum::serve(listener, app)
@@ -242,8 +307,6 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
             tracing::error!(error = %e, "probe server failed");
         }
     });
-
-    while tasks.join_next().await.is_some() {}
     Ok(())
 }
 
