@@ -368,10 +368,17 @@ fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Outcome {
     }
     let reason = format!("fcm {code}: {message}");
     match code.as_str() {
-        "QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL" => Outcome::Retryable {
-            reason,
-            retry_after: retry_after(headers),
-        },
+        // As every HTTP API's 429 and 5xx (so the concurrency limit reads 429 and 503 as
+        // overload), and retryable whatever status came with them.
+        "QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL" => {
+            match classify_status(status, headers, &reason) {
+                retryable @ Outcome::Retryable { .. } => retryable,
+                _ => Outcome::Retryable {
+                    reason,
+                    retry_after: retry_after(headers),
+                },
+            }
+        }
         "THIRD_PARTY_AUTH_ERROR" => Outcome::Retryable {
             reason: format!("credentials rejected: {reason}"),
             retry_after: None,
@@ -426,7 +433,21 @@ mod tests {
             Outcome::Permanent { reason } if reason.starts_with("unregistered device token")));
         let (s, b) = error(400, "INVALID_ARGUMENT", Some("INVALID_ARGUMENT"));
         assert!(matches!(classify(s, &h, &b), Outcome::Permanent { .. }));
+        // Quota and unavailability are overload to the concurrency limit; an internal error is not.
+        use super::super::limits::Signal;
         let (s, b) = error(429, "RESOURCE_EXHAUSTED", Some("QUOTA_EXCEEDED"));
+        let quota = classify(s, &h, &b);
+        assert!(matches!(quota, Outcome::Retryable { .. }));
+        assert_eq!(Signal::of(&quota), Signal::Overloaded);
+        let (s, b) = error(503, "UNAVAILABLE", Some("UNAVAILABLE"));
+        let unavailable = classify(s, &h, &b);
+        assert!(matches!(unavailable, Outcome::Retryable { .. }));
+        assert_eq!(Signal::of(&unavailable), Signal::Overloaded);
+        let (s, b) = error(500, "INTERNAL", Some("INTERNAL"));
+        let internal = classify(s, &h, &b);
+        assert!(matches!(internal, Outcome::Retryable { .. }));
+        assert_eq!(Signal::of(&internal), Signal::Neutral);
+        let (s, b) = error(400, "FAILED_PRECONDITION", Some("QUOTA_EXCEEDED"));
         assert!(matches!(classify(s, &h, &b), Outcome::Retryable { .. }));
         let (s, b) = error(503, "UNAVAILABLE", None);
         assert!(matches!(classify(s, &h, &b), Outcome::Retryable { .. }));
