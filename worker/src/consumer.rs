@@ -3,8 +3,11 @@
 //! Kafka), and only then commit the offsets. A crash anywhere before the commit means the batch is
 //! consumed again, which the pipeline's dedupe keys and the history's idempotent writes absorb.
 //!
-//! A batch is made durable while the next one is delivered, so the history write overlaps the
-//! provider calls; commits still go in batch order.
+//! Up to `BatchSettings::in_flight` batches are delivered at once: the next batch's lanes start as
+//! the previous batch's lanes end, so a batch's slowest calls do not leave the provider idle (the
+//! pipeline's lane limit holds across them, and one recipient's messages still go in order). A
+//! batch is made durable while the next ones are delivered, so the history write overlaps the
+//! provider calls; batches are made durable and committed in the order they were consumed.
 //!
 //! Once the group's committed offsets cover a batch, it is never consumed again, so the
 //! per-message dedupe keys of its sent messages are deleted (`forget_committed`): Redis holds
@@ -34,6 +37,8 @@ use ump_core::queue::KafkaSettings;
 pub struct BatchSettings {
     pub max_messages: usize,
     pub max_wait: Duration,
+    /// Batches delivered at once (at least 1).
+    pub in_flight: usize,
 }
 
 /// The next offset of each (topic, partition).
@@ -143,10 +148,30 @@ impl ChannelConsumer {
             ))
         });
         tracing::info!(topic = %self.topic, "consuming");
+        let mut delivering: VecDeque<JoinHandle<Result<Delivered, Aborted>>> = VecDeque::new();
         let mut persisting: Option<JoinHandle<Result<(), Aborted>>> = None;
-        loop {
+        let in_flight = self.batch.in_flight.max(1);
+        let abandoned = loop {
+            if delivering.len() >= in_flight
+                && let Some(oldest) = delivering.pop_front()
+            {
+                if !self.hand_over(oldest.await, &mut persisting, &cancel).await {
+                    break true;
+                }
+                continue;
+            }
             let first = tokio::select! {
-                _ = cancel.cancelled() => break,
+                _ = cancel.cancelled() => break false,
+                // The oldest delivery ended while no message came: it is made durable now, not
+                // when the next batch comes.
+                done = async { delivering.front_mut().expect("not empty").await },
+                    if !delivering.is_empty() => {
+                    delivering.pop_front();
+                    if !self.hand_over(done, &mut persisting, &cancel).await {
+                        break true;
+                    }
+                    continue;
+                }
                 message = tokio::time::timeout(REPOLL, self.consumer.recv()) => match message {
                     Ok(message) => message,
                     // Nothing for a while: poll again. A waiting `recv` is woken only when the
@@ -172,22 +197,14 @@ impl ChannelConsumer {
                     Err(_) => break,
                 }
             }
-            let delivered = match self.deliver(messages, &cancel).await {
-                Ok(delivered) => delivered,
-                Err(aborted) => {
-                    tracing::warn!(%aborted, "batch left uncommitted; it will be consumed again");
-                    break;
-                }
-            };
-            // The previous batch is durable and committed before this one starts persisting.
-            if let Some(previous) = persisting.take()
-                && !finished(previous.await)
-            {
-                break;
-            }
-            persisting = Some(tokio::spawn(
-                self.persister.clone().persist(delivered, cancel.clone()),
-            ));
+            delivering.push_back(self.deliver(messages, &cancel));
+        };
+        // The batches in hand are finished in order. After an abandoned one none is recorded (its
+        // offsets come first: they are all consumed again); they are only waited for.
+        let mut recording = !abandoned;
+        while let Some(next) = delivering.pop_front() {
+            let done = next.await;
+            recording = recording && self.hand_over(done, &mut persisting, &cancel).await;
         }
         if let Some(previous) = persisting.take() {
             finished(previous.await);
@@ -206,11 +223,45 @@ impl ChannelConsumer {
         tracing::info!(topic = %self.topic, "consumer stopped");
     }
 
-    async fn deliver(
+    /// Hands a delivered batch to the persister once the batch before it is durable and
+    /// committed; false when the consumer must stop (the batch was abandoned, or the one before
+    /// it could not be made durable).
+    async fn hand_over(
+        &self,
+        delivered: Result<Result<Delivered, Aborted>, JoinError>,
+        persisting: &mut Option<JoinHandle<Result<(), Aborted>>>,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let delivered = match delivered {
+            Ok(Ok(delivered)) => delivered,
+            Ok(Err(aborted)) => {
+                tracing::warn!(%aborted, "batch left uncommitted; it will be consumed again");
+                return false;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "delivering a batch failed; it will be consumed again");
+                return false;
+            }
+        };
+        // The previous batch is durable and committed before this one starts persisting.
+        if let Some(previous) = persisting.take()
+            && !finished(previous.await)
+        {
+            return false;
+        }
+        *persisting = Some(tokio::spawn(
+            self.persister.clone().persist(delivered, cancel.clone()),
+        ));
+        true
+    }
+
+    /// Decodes a consumed batch, admits it to the pipeline (in consumption order) and delivers
+    /// it in a task of its own.
+    fn deliver(
         &self,
         messages: Vec<OwnedMessage>,
         cancel: &CancellationToken,
-    ) -> Result<Delivered, Aborted> {
+    ) -> JoinHandle<Result<Delivered, Aborted>> {
         self.metrics.batch_size.observe(messages.len() as f64);
         let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut envelopes = Vec::with_capacity(messages.len());
@@ -232,14 +283,17 @@ impl ChannelConsumer {
                 }
             }
         }
-        let outcome = self
-            .pipeline
-            .process(envelopes, &self.topic, cancel)
-            .await?;
-        Ok(Delivered {
-            outcome,
-            next_offsets,
-            undecodable,
+        let admitted = self.pipeline.admit(envelopes);
+        let pipeline = Arc::clone(&self.pipeline);
+        let topic = self.topic.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let outcome = pipeline.deliver_admitted(admitted, &topic, &cancel).await?;
+            Ok(Delivered {
+                outcome,
+                next_offsets,
+                undecodable,
+            })
         })
     }
 }

@@ -12,4 +12,5 @@ pub mod providers;
 pub use ump_core::ratelimit;
 pub mod realtime;
 pub mod service;
+pub mod turns;
 pub mod webhooks;

@@ -3,18 +3,22 @@
 //! parked and dead-lettered; the consumer makes that durable before it commits its offsets.
 //!
 //! Messages to the same recipient stay in order: a batch is split into lanes, one per recipient,
-//! each lane delivered one message at a time, up to `lanes` lanes at once (the provider's own
-//! concurrency limit then bounds the calls in flight).
+//! each lane delivered one message at a time, up to `lanes` lanes at once across every batch in
+//! delivery (the provider's own concurrency limit then bounds the calls in flight). A transport
+//! may deliver its next batch while the previous one finishes: lanes are admitted in batch order
+//! (`admit`), and a recipient's lane waits for that recipient's lane of the batch before
+//! (`crate::turns`).
 
 use crate::dedupe::{Claim, DedupeStore};
 use crate::fallback::{FallbackRoute, fallback_envelope};
 use crate::metrics::WorkerMetrics;
 use crate::pause::until_available;
 use crate::ratelimit::RateLimiter;
+use crate::turns::{Turn, Turns};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use ump_core::config::ResolvedChannel;
 use ump_core::history::{BatchRecord, Deferred, Transition};
@@ -88,6 +92,11 @@ fn by_recipient(batch: Vec<Envelope>) -> Vec<Vec<Envelope>> {
     lanes
 }
 
+/// A batch in lanes, each with its recipient's turn (`DeliveryPipeline::admit`).
+pub struct Admitted {
+    lanes: Vec<(Vec<Envelope>, Turn)>,
+}
+
 pub struct DeliveryPipeline {
     pub channel: Arc<ResolvedChannel>,
     provider: Arc<dyn Provider>,
@@ -95,7 +104,11 @@ pub struct DeliveryPipeline {
     limiter: Arc<dyn RateLimiter>,
     quiet: Option<QuietWindow>,
     metrics: WorkerMetrics,
-    lanes: usize,
+    /// Lanes running at once, across every batch in delivery: what bounds the calls a crash can
+    /// leave unrecorded.
+    lanes: Semaphore,
+    /// Each recipient's order across batches delivered at once.
+    turns: Turns,
     rate_key: String,
     /// Where parked messages of this channel go back to.
     queue: String,
@@ -130,7 +143,8 @@ impl DeliveryPipeline {
             limiter,
             quiet,
             metrics,
-            lanes: lanes.max(1),
+            lanes: Semaphore::new(lanes.max(1)),
+            turns: Turns::default(),
             rate_key,
             queue,
             busy_retry,
@@ -152,18 +166,44 @@ impl DeliveryPipeline {
         home: &str,
         cancel: &CancellationToken,
     ) -> Result<BatchOutcome, Aborted> {
-        let results: Vec<_> = futures::stream::iter(by_recipient(batch))
-            .map(|lane| async move {
+        self.deliver_admitted(self.admit(batch), home, cancel).await
+    }
+
+    /// Splits `batch` into lanes and gives each its recipient's turn. Synchronous, so that a
+    /// transport delivering several batches at once admits them in the order it consumed them.
+    pub fn admit(&self, batch: Vec<Envelope>) -> Admitted {
+        let lanes = by_recipient(batch);
+        let turns = self
+            .turns
+            .admit(lanes.iter().map(|lane| lane[0].to.as_str()));
+        Admitted {
+            lanes: lanes.into_iter().zip(turns).collect(),
+        }
+    }
+
+    /// Delivers an admitted batch (see `process`).
+    pub async fn deliver_admitted(
+        &self,
+        admitted: Admitted,
+        home: &str,
+        cancel: &CancellationToken,
+    ) -> Result<BatchOutcome, Aborted> {
+        let lanes = admitted
+            .lanes
+            .into_iter()
+            .map(|(lane, mut turn)| async move {
+                turn.wait().await;
+                let _running = self.lanes.acquire().await;
                 let mut steps = Vec::with_capacity(lane.len());
                 for envelope in lane {
                     let id = envelope.id;
                     steps.push((id, self.deliver(envelope, home, cancel).await?));
                 }
+                // The recipient's next lane goes once this one has ended.
+                drop(turn);
                 Ok::<_, Aborted>(steps)
-            })
-            .buffer_unordered(self.lanes)
-            .collect()
-            .await;
+            });
+        let results = futures::future::join_all(lanes).await;
         let mut outcome = BatchOutcome::default();
         for lane in results {
             for (id, step) in lane? {

@@ -69,6 +69,11 @@ pub struct WorkerSettings {
     /// Longest wait to fill a batch.
     #[arg(long, env = "UMP_WORKER_BATCH_WAIT", default_value = "20ms")]
     pub batch_wait: ump_core::duration::Duration,
+    /// Bulk batches of a channel delivered at once: the next starts as the lanes of the one
+    /// before end (`UMP_WORKER_LANES` holds across them), so a batch's slowest provider calls do
+    /// not leave the provider idle. `1` delivers one batch after another.
+    #[arg(long, env = "UMP_WORKER_BATCHES_IN_FLIGHT", default_value_t = 2)]
+    pub batches_in_flight: usize,
     /// ActiveMQ (AMQP 1.0) holding the realtime queues: `amqp[s]://user:password@host:port`.
     /// Required when a channel enables realtime delivery.
     #[arg(long, env = "UMP_AMQP_URL", hide_env_values = true)]
@@ -248,6 +253,7 @@ fn bulk_consumer(
     let batch = BatchSettings {
         max_messages: settings.batch.max(1),
         max_wait: settings.batch_wait.as_std(),
+        in_flight: settings.batches_in_flight.max(1),
     };
     ChannelConsumer::new(
         Arc::new(pipeline),

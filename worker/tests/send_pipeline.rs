@@ -4,7 +4,7 @@
 mod stack;
 
 use serde_json::json;
-use stack::{DEFAULT_CHANNELS, OWN_KEY_CHANNELS, Stack};
+use stack::{DEFAULT_CHANNELS, OWN_KEY_CHANNELS, Stack, StackOptions};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,6 +42,77 @@ async fn ten_thousand_messages_are_each_sent_once_and_recorded() {
         .filter_map(|e| e["status"].as_str())
         .collect();
     assert_eq!(events, ["accepted", "sent"]);
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_recipients_messages_leave_in_order_while_batches_overlap() {
+    // Small batches, three delivered at once, a provider taking 3 ms a call, and 10 recipients
+    // with 5 messages each per batch: a recipient's lane of one batch is still sending when the
+    // next batch's lane for them is admitted, and must wait for it.
+    let channels = r#"
+apiVersion: ump.dev/v1alpha1
+kind: MessageChannel
+metadata: {name: sms, namespace: NAMESPACE}
+spec:
+  type: sms
+  topic: {partitions: 2}
+  providers: [{name: sandbox, type: sandbox, settings: {latency: 3ms}}]
+"#;
+    let stack = Stack::start_opts(
+        channels,
+        StackOptions {
+            worker_env: vec![
+                ("UMP_WORKER_BATCH", "50".to_owned()),
+                ("UMP_WORKER_BATCH_WAIT", "5ms".to_owned()),
+                ("UMP_WORKER_BATCHES_IN_FLIGHT", "3".to_owned()),
+            ],
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    const RECIPIENTS: usize = 10;
+    const MESSAGES: usize = 1500;
+    for start in (0..MESSAGES).step_by(500) {
+        let messages: Vec<_> = (start..start + 500)
+            .map(|i| json!({"channel": "sms", "to": format!("+821055{:06}", i % RECIPIENTS), "body": format!("n {i}")}))
+            .collect();
+        let (status, answer) = stack
+            .post("/v1/messages/batch", &json!({"messages": messages}))
+            .await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    stack
+        .wait_for("all sent", Duration::from_secs(180), |c| {
+            c.get("sent").copied().unwrap_or(0) == MESSAGES as i64
+        })
+        .await;
+
+    let text = std::fs::read_to_string(&stack.outbox).expect("outbox");
+    let mut order: std::collections::HashMap<String, Vec<usize>> = Default::default();
+    for line in ump_core::testing::complete_lines(&text) {
+        let call: serde_json::Value = serde_json::from_str(line).expect("outbox line");
+        let n = call["text"].as_str().expect("text")["n ".len()..]
+            .parse()
+            .expect("sequence");
+        order
+            .entry(call["to"].as_str().expect("to").to_owned())
+            .or_default()
+            .push(n);
+    }
+    assert_eq!(order.len(), RECIPIENTS);
+    for (to, sent) in &order {
+        let expected: Vec<usize> = (0..MESSAGES).filter(|i| sent.contains(i)).collect();
+        assert_eq!(sent.len(), MESSAGES / RECIPIENTS, "{to}: each message once");
+        assert_eq!(sent, &expected, "{to}: the provider got them in accepted order");
+    }
+    let metrics = stack.worker_metrics().await;
+    let batches = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ump_worker_batch_size_count"))
+        .and_then(|v| v.split_whitespace().last()?.parse::<f64>().ok())
+        .unwrap_or_default();
+    assert!(batches >= 10.0, "small batches ({batches}), so that they overlap");
     stack.finish().await;
 }
 
