@@ -104,7 +104,10 @@ spec:
     for (to, sent) in &order {
         let expected: Vec<usize> = (0..MESSAGES).filter(|i| sent.contains(i)).collect();
         assert_eq!(sent.len(), MESSAGES / RECIPIENTS, "{to}: each message once");
-        assert_eq!(sent, &expected, "{to}: the provider got them in accepted order");
+        assert_eq!(
+            sent, &expected,
+            "{to}: the provider got them in accepted order"
+        );
     }
     let metrics = stack.worker_metrics().await;
     let batches = metrics
@@ -112,7 +115,10 @@ spec:
         .find_map(|l| l.strip_prefix("ump_worker_batch_size_count"))
         .and_then(|v| v.split_whitespace().last()?.parse::<f64>().ok())
         .unwrap_or_default();
-    assert!(batches >= 10.0, "small batches ({batches}), so that they overlap");
+    assert!(
+        batches >= 10.0,
+        "small batches ({batches}), so that they overlap"
+    );
     stack.finish().await;
 }
 
