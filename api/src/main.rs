@@ -11,11 +11,6 @@ use ump_api::all_in_one::AllInOneSettings;
 use ump_api::cluster::{self, ClusterSettings};
 use ump_core::keys::{ApiKeyStore, MySqlKeys, generate_key};
 
-/// Each request allocates and frees many small values (JSON, envelopes, Kafka records) from
-/// several threads; mimalloc is far cheaper than glibc's allocator for that (see `ump-worker`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "ump",

@@ -5,8 +5,12 @@ use tokio_util::sync::CancellationToken;
 use ump_worker::service::{WorkerSettings, run};
 
 /// Per message the worker allocates and frees many small values from several threads (envelopes,
-/// JSON, Redis commands, history rows): glibc's allocator took about a quarter of the machine's
-/// CPU in the provider benchmark, twice the worker's own code (`perf`); mimalloc is far cheaper.
+/// JSON, Redis commands, history rows): glibc's `malloc` and `free` took more of the machine than
+/// the worker's own code in the provider benchmark (`perf`); with mimalloc APNs and FCM went 4 to
+/// 20% faster. Its cost is memory: mimalloc keeps freed memory a while before giving it back, and
+/// the worker's peak RSS in the pipeline benchmark went from 139 to 167 MiB with one batch in
+/// flight, and is 173–178 MiB with two (156 with `MIMALLOC_PURGE_DELAY=0`, which gives freed
+/// memory back at once, at the same throughput; BENCHMARKS.md, "Send pipeline").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
