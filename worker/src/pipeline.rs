@@ -7,7 +7,8 @@
 //! delivery (the provider's own concurrency limit then bounds the calls in flight). A transport
 //! may deliver its next batch while the previous one finishes: lanes are admitted in batch order
 //! (`admit`), and a recipient's lane waits for that recipient's lane of the batch before
-//! (`crate::turns`).
+//! (`crate::turns`). `process` admits no turns: for transports that promise no order between
+//! batches delivered at once (realtime).
 
 use crate::dedupe::{Claim, DedupeStore};
 use crate::fallback::{FallbackRoute, fallback_envelope};
@@ -92,9 +93,10 @@ fn by_recipient(batch: Vec<Envelope>) -> Vec<Vec<Envelope>> {
     lanes
 }
 
-/// A batch in lanes, each with its recipient's turn (`DeliveryPipeline::admit`).
+/// A batch in lanes, each with its recipient's turn when the transport keeps their order across
+/// batches (`DeliveryPipeline::admit`).
 pub struct Admitted {
-    lanes: Vec<(Vec<Envelope>, Turn)>,
+    lanes: Vec<(Vec<Envelope>, Option<Turn>)>,
 }
 
 pub struct DeliveryPipeline {
@@ -166,18 +168,25 @@ impl DeliveryPipeline {
         home: &str,
         cancel: &CancellationToken,
     ) -> Result<BatchOutcome, Aborted> {
-        self.deliver_admitted(self.admit(batch), home, cancel).await
+        let lanes = by_recipient(batch)
+            .into_iter()
+            .map(|lane| (lane, None))
+            .collect();
+        self.deliver_admitted(Admitted { lanes }, home, cancel)
+            .await
     }
 
-    /// Splits `batch` into lanes and gives each its recipient's turn. Synchronous, so that a
-    /// transport delivering several batches at once admits them in the order it consumed them.
+    /// Splits `batch` into lanes and gives each its recipient's turn, for a transport that
+    /// delivers several batches at once and keeps a recipient's order across them (the bulk
+    /// consumer; the realtime path promises no order between its batches and uses `process`).
+    /// Synchronous, so that the transport admits batches in the order it consumed them.
     pub fn admit(&self, batch: Vec<Envelope>) -> Admitted {
         let lanes = by_recipient(batch);
         let turns = self
             .turns
             .admit(lanes.iter().map(|lane| lane[0].to.as_str()));
         Admitted {
-            lanes: lanes.into_iter().zip(turns).collect(),
+            lanes: lanes.into_iter().zip(turns.into_iter().map(Some)).collect(),
         }
     }
 
@@ -192,7 +201,9 @@ impl DeliveryPipeline {
             .lanes
             .into_iter()
             .map(|(lane, mut turn)| async move {
-                turn.wait().await;
+                if let Some(turn) = &mut turn {
+                    turn.wait().await;
+                }
                 let _running = self.lanes.acquire().await;
                 let mut steps = Vec::with_capacity(lane.len());
                 for envelope in lane {
