@@ -178,7 +178,13 @@ async fn operator_reconciles_with_the_charts_rbac(
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     let kubeconfig = service_account_kubeconfig(release_ns, "ump-operator");
     let port = free_port();
+    // The operator logs to stdout: kept in a file, shown if it exits.
+    let log_path = std::env::temp_dir().join(format!("{}.log", unique_name("ump-operator")));
+    let log = std::fs::File::create(&log_path).expect("operator log");
     let mut command = Command::new(env!("CARGO_BIN_EXE_ump-operator"));
+    // Only what the pod would have: the chart's environment and what the kubelet sets, not the
+    // test runner's (a UMP_REDIS_URL of its own would clash with the chart's UMP_WORKER_ENV).
+    command.env_clear();
     for var in container["env"].as_sequence().expect("env") {
         let (Some(key), Some(value)) = (var["name"].as_str(), var["value"].as_str()) else {
             continue; // fieldRefs: set below, as the kubelet would
@@ -199,7 +205,7 @@ async fn operator_reconciles_with_the_charts_rbac(
             .env("POD_NAMESPACE", release_ns)
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "ump_operator=info")
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(log))
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start ump-operator"),
@@ -221,7 +227,8 @@ async fn operator_reconciles_with_the_charts_rbac(
         Duration::from_secs(60),
         || {
             if let Ok(Some(status)) = operator.0.try_wait() {
-                panic!("the operator exited: {status}");
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("the operator exited: {status}; its log:\n{log}");
             }
             let channels = channels.clone();
             async move {
