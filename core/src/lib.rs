@@ -29,6 +29,7 @@ pub mod store;
 pub mod template;
 pub mod tls;
 pub mod webhooks;
+mod webhooks_batches;
 pub mod webhooks_store;
 
 #[cfg(feature = "testing")]

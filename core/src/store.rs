@@ -248,6 +248,20 @@ impl MySqlHistory {
                     break;
                 }
             }
+            loop {
+                let done = sqlx::query(
+                    "DELETE FROM webhook_batches WHERE endpoint_id = ? AND last_event < ? \
+                     AND state <> 'pending' LIMIT ?",
+                )
+                .bind(&endpoint)
+                .bind(&before)
+                .bind(chunk)
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() == 0 {
+                    break;
+                }
+            }
         }
         let mut deleted = 0;
         loop {

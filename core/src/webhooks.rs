@@ -389,6 +389,18 @@ pub enum AttemptResult {
     Gone,
     /// Any other answer, a refused or timed-out connection, a forbidden address.
     Failed { status: Option<u16>, error: String },
+    /// Not attempted: the round ended before it (an earlier attempt of the round failed, half its
+    /// lease had gone, or the dispatcher is stopping). Due again at once; no attempt is counted.
+    Skipped,
+}
+
+/// Where a claimed delivery is kept when the store keeps a transaction's events for an endpoint
+/// together (MySQL's batches): the batch, the delivery's place in it and the batch's size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchRef {
+    pub key: String,
+    pub index: u32,
+    pub len: u32,
 }
 
 /// One attempt's outcome, for the store to settle.
@@ -402,6 +414,8 @@ pub struct Attempt {
     pub at: DateTime<Utc>,
     /// For failures: when to try again (`None`: given up).
     pub retry_at: Option<DateTime<Utc>>,
+    /// The claimed delivery's batch, as `ClaimedDelivery::batch`.
+    pub batch: Option<BatchRef>,
 }
 
 /// A delivery handed out by `WebhookStore::claim`, with what the dispatcher needs to make it.
@@ -415,6 +429,8 @@ pub struct ClaimedDelivery {
     pub retry_since: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub claim: uuid::Uuid,
+    /// Set when the delivery is one of a batch (see `BatchRef`); its attempt carries it back.
+    pub batch: Option<BatchRef>,
 }
 
 /// An endpoint as the dispatcher needs it.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 const ROWS_PER_STATEMENT: usize = 500;
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> HistoryError {
+pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> HistoryError {
     HistoryError::Corrupt(format!("{what}: {e}"))
 }
 
@@ -37,7 +37,7 @@ fn truncate(text: &str, max: usize) -> String {
     text[..end].to_owned()
 }
 
-fn later(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+pub(crate) fn later(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
@@ -127,6 +127,7 @@ fn verdicts(attempts: &[Attempt]) -> BTreeMap<&str, Verdict> {
     let mut out: BTreeMap<&str, Verdict> = BTreeMap::new();
     for a in attempts {
         let next = match &a.result {
+            AttemptResult::Skipped => continue,
             AttemptResult::Gone => Verdict::Gone,
             AttemptResult::Delivered { .. } => Verdict::Works,
             AttemptResult::Failed { .. } => Verdict::Failing(a.at),
@@ -142,6 +143,10 @@ fn verdicts(attempts: &[Attempt]) -> BTreeMap<&str, Verdict> {
     out
 }
 
+/// Ends a claim on a delivery that was not attempted: it stays due as it was.
+const RELEASE: &str = "UPDATE webhook_deliveries SET claimed_by = NULL, claimed_until = NULL \
+    WHERE endpoint_id = ? AND event_id = ? AND claimed_by = ?";
+
 const GONE_REASON: &str = "the receiver answered 410 Gone";
 
 fn failing_reason(policy: &RetryPolicy) -> String {
@@ -151,15 +156,15 @@ fn failing_reason(policy: &RetryPolicy) -> String {
     )
 }
 
-struct AttemptRow<'a> {
-    state: &'static str,
-    due_at: Option<DateTime<Utc>>,
-    status: Option<u16>,
-    error: Option<String>,
-    a: &'a Attempt,
+pub(crate) struct AttemptRow<'a> {
+    pub(crate) state: &'static str,
+    pub(crate) due_at: Option<DateTime<Utc>>,
+    pub(crate) status: Option<u16>,
+    pub(crate) error: Option<String>,
+    pub(crate) a: &'a Attempt,
 }
 
-fn attempt_row(a: &Attempt) -> AttemptRow<'_> {
+pub(crate) fn attempt_row(a: &Attempt) -> AttemptRow<'_> {
     let (state, due_at, status, error) = match &a.result {
         AttemptResult::Delivered { status } => (DELIVERED, None, Some(*status), None),
         AttemptResult::Gone => (
@@ -182,6 +187,8 @@ fn attempt_row(a: &Attempt) -> AttemptRow<'_> {
             *status,
             Some(truncate(error, 500)),
         ),
+        // Not attempted: stays due as it was.
+        AttemptResult::Skipped => (PENDING, None, None, None),
     };
     AttemptRow {
         state,
@@ -228,7 +235,7 @@ pub(crate) async fn mysql_outbox(
             })
         })
         .collect::<Result<Vec<_>, HistoryError>>()?;
-    mysql_insert(tx, &deliveries_for(transitions, &subscribers, now)).await?;
+    crate::webhooks_batches::insert(tx, &deliveries_for(transitions, &subscribers, now)).await?;
     let keep = labels_to_keep(transitions, &subscribers);
     for chunk in keep.chunks(ROWS_PER_STATEMENT) {
         let mut q: QueryBuilder<MySql> =
@@ -460,10 +467,14 @@ impl WebhookStore for MySqlWebhooks {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        sqlx::query("DELETE FROM webhook_deliveries WHERE endpoint_id = ?")
+        for table in ["webhook_deliveries", "webhook_batches"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE endpoint_id = ?"
+            )))
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        }
         tx.commit().await?;
         Ok(true)
     }
@@ -515,7 +526,20 @@ impl WebhookStore for MySqlWebhooks {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(mysql_delivery).collect()
+        let mut out = rows
+            .iter()
+            .map(mysql_delivery)
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::webhooks_batches::log(
+            &self.pool,
+            tenant,
+            endpoint_id,
+            before.unwrap_or("~"),
+            limit as usize,
+            &mut out,
+        )
+        .await?;
+        Ok(out)
     }
 
     async fn replay(
@@ -539,7 +563,9 @@ impl WebhookStore for MySqlWebhooks {
         .bind(since.naive_utc())
         .execute(&mut *conn)
         .await?;
-        Ok(done.rows_affected())
+        let batched =
+            crate::webhooks_batches::replay(&self.pool, tenant, endpoint_id, since, now).await?;
+        Ok(done.rows_affected() + batched)
     }
 
     async fn due_targets(
@@ -547,14 +573,17 @@ impl WebhookStore for MySqlWebhooks {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<Target>, HistoryError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT e.endpoint_id, e.url, e.secret, e.previous_secret, e.previous_secret_until \
-             FROM webhook_endpoints e WHERE e.enabled = TRUE AND EXISTS (\
+             FROM webhook_endpoints e WHERE e.enabled = TRUE AND (EXISTS (\
                SELECT 1 FROM webhook_deliveries d WHERE d.endpoint_id = e.endpoint_id \
                AND d.state = 'pending' AND d.due_at <= ? \
-               AND (d.claimed_until IS NULL OR d.claimed_until < ?)) \
+               AND (d.claimed_until IS NULL OR d.claimed_until < ?)) OR {}) \
              LIMIT ?",
-        )
+            crate::webhooks_batches::DUE_BATCH
+        )))
+        .bind(now.naive_utc())
+        .bind(now.naive_utc())
         .bind(now.naive_utc())
         .bind(now.naive_utc())
         .bind(limit)
@@ -605,7 +634,9 @@ impl WebhookStore for MySqlWebhooks {
         .await?;
         if ids.is_empty() {
             tx.commit().await?;
-            return Ok(Vec::new());
+            // No event of its own due: the batches' turn.
+            return crate::webhooks_batches::claim(&self.pool, endpoint_id, now, lease, limit)
+                .await;
         }
         let mut q: QueryBuilder<MySql> =
             QueryBuilder::new("UPDATE webhook_deliveries SET claimed_by = ");
@@ -643,6 +674,7 @@ impl WebhookStore for MySqlWebhooks {
                     retry_since: mysql_time(r, 3)?,
                     created_at: mysql_time(r, 4)?,
                     claim: token,
+                    batch: None,
                 })
             })
             .collect()
@@ -660,6 +692,9 @@ impl WebhookStore for MySqlWebhooks {
         let mut sorted: Vec<&Attempt> = attempts.iter().collect();
         sorted.sort_by(|a, b| (&a.endpoint_id, &a.event_id).cmp(&(&b.endpoint_id, &b.event_id)));
         let mut tx = self.pool.begin().await?;
+        let (batched, sorted): (Vec<&Attempt>, Vec<&Attempt>) =
+            sorted.into_iter().partition(|a| a.batch.is_some());
+        crate::webhooks_batches::settle(&mut tx, &batched, now).await?;
         // Deliveries that went through (most of them): one statement per claim.
         let (delivered, others): (Vec<&Attempt>, Vec<&Attempt>) = sorted
             .into_iter()
@@ -714,6 +749,15 @@ impl WebhookStore for MySqlWebhooks {
             }
         }
         for a in others {
+            if a.result == AttemptResult::Skipped {
+                sqlx::query(RELEASE)
+                    .bind(&a.endpoint_id)
+                    .bind(&a.event_id)
+                    .bind(a.claim.as_bytes().as_slice())
+                    .execute(&mut *tx)
+                    .await?;
+                continue;
+            }
             let row = attempt_row(a);
             sqlx::query(
                 "UPDATE webhook_deliveries SET state = ?, due_at = COALESCE(?, due_at), \
@@ -1164,6 +1208,7 @@ impl WebhookStore for SqliteStore {
                     retry_since: sqlite_time(r.try_get(3)?)?,
                     created_at: sqlite_time(r.try_get(4)?)?,
                     claim: token,
+                    batch: None,
                 })
             })
             .collect()
@@ -1180,6 +1225,15 @@ impl WebhookStore for SqliteStore {
         }
         let mut tx = self.pool().begin().await?;
         for a in attempts {
+            if a.result == AttemptResult::Skipped {
+                sqlx::query(RELEASE)
+                    .bind(&a.endpoint_id)
+                    .bind(&a.event_id)
+                    .bind(a.claim.as_bytes().to_vec())
+                    .execute(&mut *tx)
+                    .await?;
+                continue;
+            }
             let row = attempt_row(a);
             sqlx::query(
                 "UPDATE webhook_deliveries SET state = ?, due_at = COALESCE(?, due_at), \
@@ -1272,6 +1326,12 @@ mod tests {
     async fn deliveries_are_leased_and_settled_by_their_claimer() {
         let (_dir, s) = store().await;
         webhooks::deliveries_are_leased_and_settled_by_their_claimer(&s, &s).await;
+    }
+
+    #[tokio::test]
+    async fn a_round_records_each_delivery_and_the_log_pages_through_them() {
+        let (_dir, s) = store().await;
+        webhooks::a_round_records_each_delivery_and_the_log_pages_through_them(&s, &s).await;
     }
 
     #[tokio::test]

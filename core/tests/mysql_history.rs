@@ -473,19 +473,54 @@ async fn prune_deletes_only_history_older_than_the_cutoff() {
         .create_endpoint(&endpoint, &ump_core::webhooks::new_secret())
         .await
         .expect("endpoint");
-    history
-        .record(&BatchRecord {
-            transitions,
-            deferred: vec![],
+    // The old messages' events are one batch of the outbox, the recent ones' another.
+    for part in [&transitions[..40], &transitions[40..]] {
+        history
+            .record(&BatchRecord {
+                transitions: part.to_vec(),
+                deferred: vec![],
+            })
+            .await
+            .expect("record");
+    }
+    // All delivered but one old message's `sent`, which failed and waits for its retry: it
+    // stays.
+    let later = Utc::now() + ChronoDuration::seconds(1);
+    let claimed = webhooks
+        .claim(
+            &endpoint.id,
+            later,
+            std::time::Duration::from_secs(30),
+            1000,
+        )
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 60);
+    let pending = ump_core::webhooks::event_id(old_ids[3], Status::Sent, 0);
+    let attempts: Vec<ump_core::webhooks::Attempt> = claimed
+        .iter()
+        .map(|d| ump_core::webhooks::Attempt {
+            endpoint_id: d.endpoint_id.clone(),
+            event_id: d.event_id.clone(),
+            claim: d.claim,
+            result: if d.event_id == pending {
+                ump_core::webhooks::AttemptResult::Failed {
+                    status: Some(500),
+                    error: "HTTP 500".into(),
+                }
+            } else {
+                ump_core::webhooks::AttemptResult::Delivered { status: 204 }
+            },
+            latency: std::time::Duration::from_millis(1),
+            at: later,
+            retry_at: (d.event_id == pending).then(|| later + ChronoDuration::hours(1)),
+            batch: d.batch.clone(),
         })
+        .collect();
+    webhooks
+        .settle(&attempts, &Default::default(), later)
         .await
-        .expect("record");
-    // All delivered but one old message's `sent`, still pending: it stays.
-    sqlx::query("UPDATE webhook_deliveries SET state = 'delivered' WHERE NOT (message_id = ? AND event_type = 'message.sent')")
-        .bind(old_ids[3].as_bytes().as_slice())
-        .execute(&db.pool)
-        .await
-        .expect("deliver");
+        .expect("settle");
     let deleted = history
         .prune(Utc::now() - ChronoDuration::days(90), 7)
         .await
@@ -508,14 +543,16 @@ async fn prune_deletes_only_history_older_than_the_cutoff() {
         .await
         .expect("count");
     assert_eq!(events, 20, "the events of the 10 recent messages remain");
-    let deliveries: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries")
-        .fetch_one(&db.pool)
+    let log = webhooks
+        .deliveries("t1", &endpoint.id, None, 1000)
         .await
-        .expect("count");
+        .expect("log");
     assert_eq!(
-        deliveries, 21,
+        log.len(),
+        21,
         "the recent messages' 20 and the one still pending"
     );
+    assert!(log.iter().any(|d| d.id == pending && d.state == "pending"));
     db.drop_database().await;
 }
 
@@ -646,7 +683,7 @@ async fn receipts_move_sent_messages_once_and_only_their_providers() {
 #[tokio::test]
 async fn webhooks_keep_the_contract() {
     use ump_core::testing::webhooks;
-    for run in 0..4 {
+    for run in 0..5 {
         let db = TestDatabase::create().await;
         let history = MySqlHistory::new(db.pool.clone());
         let store = ump_core::webhooks_store::MySqlWebhooks::new(db.pool.clone());
@@ -656,6 +693,12 @@ async fn webhooks_keep_the_contract() {
                 webhooks::deliveries_are_leased_and_settled_by_their_claimer(&history, &store).await
             }
             2 => webhooks::an_endpoint_failing_for_days_is_disabled(&history, &store).await,
+            3 => {
+                webhooks::a_round_records_each_delivery_and_the_log_pages_through_them(
+                    &history, &store,
+                )
+                .await
+            }
             _ => {
                 webhooks::endpoints_are_per_tenant_and_rotation_keeps_the_old_secret_for_a_while(
                     &history, &store,

@@ -3,6 +3,7 @@
 //! retried later with backoff, given up; 410 disables the endpoint). Endpoints never wait on
 //! each other: each has its own task and at most `in_flight` requests open.
 
+use futures::StreamExt;
 use futures::future::join_all;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::collections::HashSet;
@@ -184,6 +185,7 @@ impl WebhookMetrics {
 
     fn count(&self, attempt: &Attempt) {
         let result = match (&attempt.result, attempt.retry_at) {
+            (AttemptResult::Skipped, _) => return,
             (AttemptResult::Delivered { .. }, _) => "delivered",
             (AttemptResult::Gone, _) => "gone",
             (AttemptResult::Failed { .. }, Some(_)) => "failed",
@@ -410,29 +412,53 @@ async fn lane(
                 return;
             }
         };
-        let attempts: Vec<Attempt> = join_all(claimed.iter().map(|d| {
-            async move {
-                let (result, latency) = attempt(client, rules, target, d).await;
-                let at = chrono::Utc::now();
-                let retry_at = match result {
-                    AttemptResult::Delivered { .. } => None,
-                    _ => policy.next_attempt(d.attempts + 1, d.retry_since, at, jitter()),
-                };
-                if let AttemptResult::Failed { status, error } = &result {
-                    tracing::debug!(endpoint = %target.endpoint_id, id = %d.event_id, ?status, %error, "webhook attempt failed");
+        // A round attempts at most `limit` at once. It stops starting attempts at its first
+        // failure (the rest waits in the store, due at once, and is tried one by one from then
+        // on, as retries are) and once half its lease has gone (so it is recorded while the
+        // claim still holds), and when the dispatcher stops.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let deadline = Instant::now() + settings.lease.as_std() / 2;
+        let stop = &stop;
+        let started: Vec<_> = claimed
+            .iter()
+            .map(|d| {
+                async move {
+                    let skip = stop.load(std::sync::atomic::Ordering::Relaxed)
+                        || Instant::now() >= deadline
+                        || shutdown.is_cancelled();
+                    let (result, latency) = if skip {
+                        (AttemptResult::Skipped, Duration::ZERO)
+                    } else {
+                        attempt(client, rules, target, d).await
+                    };
+                    let at = chrono::Utc::now();
+                    let retry_at = match result {
+                        AttemptResult::Delivered { .. } | AttemptResult::Skipped => None,
+                        _ => {
+                            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                            policy.next_attempt(d.attempts + 1, d.retry_since, at, jitter())
+                        }
+                    };
+                    if let AttemptResult::Failed { status, error } = &result {
+                        tracing::debug!(endpoint = %target.endpoint_id, id = %d.event_id, ?status, %error, "webhook attempt failed");
+                    }
+                    Attempt {
+                        endpoint_id: d.endpoint_id.clone(),
+                        event_id: d.event_id.clone(),
+                        claim: d.claim,
+                        result,
+                        latency,
+                        at,
+                        retry_at,
+                        batch: d.batch.clone(),
+                    }
                 }
-                Attempt {
-                    endpoint_id: d.endpoint_id.clone(),
-                    event_id: d.event_id.clone(),
-                    claim: d.claim,
-                    result,
-                    latency,
-                    at,
-                    retry_at,
-                }
-            }
-        }))
-        .await;
+            })
+            .collect();
+        let attempts: Vec<Attempt> = futures::stream::iter(started)
+            .buffer_unordered(limit.max(1) as usize)
+            .collect()
+            .await;
         attempts.iter().for_each(|a| metrics.count(a));
         let gone = attempts.iter().any(|a| a.result == AttemptResult::Gone);
         let mut settled = false;
@@ -551,6 +577,7 @@ mod tests {
             retry_since: chrono::Utc::now(),
             created_at: chrono::Utc::now(),
             claim: uuid::Uuid::new_v4(),
+            batch: None,
         }
     }
 

@@ -234,6 +234,7 @@ pub async fn deliveries_are_leased_and_settled_by_their_claimer(
         latency: std::time::Duration::from_millis(12),
         at,
         retry_at,
+        batch: None,
     };
     // The first claimer's late word counts for nothing.
     store
@@ -401,6 +402,7 @@ pub async fn an_endpoint_failing_for_days_is_disabled(
                 latency: std::time::Duration::from_millis(1),
                 at,
                 retry_at: Some(at + Duration::hours(1)),
+                batch: d.batch.clone(),
             })
             .collect();
         store.settle(&attempts, &policy, at).await.expect("settle");
@@ -521,4 +523,185 @@ pub async fn endpoints_are_per_tenant_and_rotation_keeps_the_old_secret_for_a_wh
             .expect("log")
             .is_empty()
     );
+}
+
+/// A round records what each delivery came to: the ones that went through are done, a failed
+/// one waits for its retry with the attempt counted, and the ones the round did not attempt
+/// (skipped) are due again at once with none counted. A claimer whose lease
+/// ran out records nothing. The log pages through all of it newest first, each delivery once,
+/// and replay makes every one due again.
+pub async fn a_round_records_each_delivery_and_the_log_pages_through_them(
+    history: &dyn HistoryStore,
+    store: &dyn WebhookStore,
+) {
+    let lease = std::time::Duration::from_secs(30);
+    let policy = RetryPolicy::default();
+    let ep = endpoint("t1", all_events(), now());
+    store
+        .create_endpoint(&ep, &new_secret())
+        .await
+        .expect("create");
+    let mut transitions = Vec::new();
+    for i in 0..5 {
+        let e = envelope("t1", &format!("+8210000000{i:02}"));
+        transitions.push(Transition::of(&e, Status::Accepted, e.accepted_at));
+        transitions.push(Transition::of(&e, Status::Sent, e.accepted_at));
+    }
+    history
+        .record(&BatchRecord {
+            transitions,
+            deferred: vec![],
+        })
+        .await
+        .expect("record");
+    let at = now() + Duration::seconds(1);
+
+    // A claimer that outlived its lease: its round counts for nothing.
+    let stale = store.claim(&ep.id, at, lease, 100).await.expect("claim");
+    assert_eq!(stale.len(), 10);
+    let after_lease = at + Duration::seconds(31);
+    let claimed = store
+        .claim(&ep.id, after_lease, lease, 100)
+        .await
+        .expect("claim again");
+    assert_eq!(claimed.len(), 10, "the whole round is claimed again");
+    let attempt = |d: &crate::webhooks::ClaimedDelivery, result, retry_at| Attempt {
+        endpoint_id: d.endpoint_id.clone(),
+        event_id: d.event_id.clone(),
+        claim: d.claim,
+        result,
+        latency: std::time::Duration::from_millis(3),
+        at: after_lease,
+        retry_at,
+        batch: d.batch.clone(),
+    };
+    let delivered = |d| attempt(d, AttemptResult::Delivered { status: 204 }, None);
+    store
+        .settle(
+            &stale.iter().map(delivered).collect::<Vec<_>>(),
+            &policy,
+            after_lease,
+        )
+        .await
+        .expect("stale settle");
+    assert!(
+        store
+            .deliveries("t1", &ep.id, None, 100)
+            .await
+            .expect("log")
+            .iter()
+            .all(|d| d.attempts == 0 && d.state == "pending"),
+        "the stale claimer's word counts for nothing"
+    );
+
+    // Six go through, one fails, three are skipped.
+    let retry_at = after_lease + Duration::seconds(5);
+    let mut round: Vec<Attempt> = claimed[..6].iter().map(delivered).collect();
+    round.push(attempt(
+        &claimed[6],
+        AttemptResult::Failed {
+            status: Some(503),
+            error: "HTTP 503".into(),
+        },
+        Some(retry_at),
+    ));
+    for d in &claimed[7..] {
+        round.push(attempt(d, AttemptResult::Skipped, None));
+    }
+    store
+        .settle(&round, &policy, after_lease)
+        .await
+        .expect("settle");
+    let log = store
+        .deliveries("t1", &ep.id, None, 100)
+        .await
+        .expect("log");
+    assert_eq!(log.len(), 10, "{log:?}");
+    let state_of = |id: &str| {
+        let d = log.iter().find(|d| d.id == id).expect("in the log");
+        (d.state.clone(), d.attempts, d.last_status_code)
+    };
+    for d in &claimed[..6] {
+        assert_eq!(state_of(&d.event_id), ("delivered".into(), 1, Some(204)));
+    }
+    assert_eq!(
+        state_of(&claimed[6].event_id),
+        ("pending".into(), 1, Some(503))
+    );
+    for d in &claimed[7..] {
+        assert_eq!(state_of(&d.event_id), ("pending".into(), 0, None));
+    }
+    assert!(
+        log.windows(2).all(|w| w[0].id > w[1].id),
+        "newest first, each once"
+    );
+
+    // What was not attempted is due at once; the failed one at its retry time.
+    let again = store
+        .claim(&ep.id, after_lease, lease, 100)
+        .await
+        .expect("claim the rest");
+    let mut ids: Vec<&str> = again.iter().map(|d| d.event_id.as_str()).collect();
+    ids.sort();
+    let mut expected: Vec<&str> = claimed[7..].iter().map(|d| d.event_id.as_str()).collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert!(again.iter().all(|d| d.attempts == 0));
+    store
+        .settle(
+            &again.iter().map(delivered).collect::<Vec<_>>(),
+            &policy,
+            after_lease,
+        )
+        .await
+        .expect("settle the rest");
+    let retried = store
+        .claim(&ep.id, retry_at, lease, 100)
+        .await
+        .expect("claim the retry");
+    assert_eq!(retried.len(), 1);
+    assert_eq!(
+        (retried[0].event_id.as_str(), retried[0].attempts),
+        (claimed[6].event_id.as_str(), 1)
+    );
+    store
+        .settle(&[delivered(&retried[0])], &policy, retry_at)
+        .await
+        .expect("settle the retry");
+
+    // Pages of three, newest first: every delivery once, all delivered.
+    let mut seen: Vec<String> = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let page = store
+            .deliveries("t1", &ep.id, before.as_deref(), 3)
+            .await
+            .expect("page");
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 3);
+        assert!(page.iter().all(|d| d.state == "delivered"), "{page:?}");
+        seen.extend(page.iter().map(|d| d.id.clone()));
+        before = page.last().map(|d| d.id.clone());
+    }
+    let mut all: Vec<String> = claimed.iter().map(|d| d.event_id.clone()).collect();
+    all.sort_by(|a, b| b.cmp(a));
+    assert_eq!(seen, all);
+
+    // Replay: each of them due again, once.
+    assert_eq!(
+        store
+            .replay("t1", &ep.id, at - Duration::hours(1), retry_at)
+            .await
+            .expect("replay"),
+        10
+    );
+    let replayed = store
+        .claim(&ep.id, retry_at, lease, 100)
+        .await
+        .expect("claim the replay");
+    let mut ids: Vec<String> = replayed.iter().map(|d| d.event_id.clone()).collect();
+    ids.sort_by(|a, b| b.cmp(a));
+    assert_eq!(ids, all);
 }
