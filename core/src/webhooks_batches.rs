@@ -252,29 +252,51 @@ pub(crate) async fn claim(
     // inserts) and SKIP LOCKED (lanes and dispatchers take different batches).
     let mut conn = crate::store::read_committed(pool).await?;
     let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+    // The candidates are read without locks, and only the batches taken are then locked: a
+    // batch locked but not taken would look held to the other lanes for the moment, and a lane
+    // that finds nothing free ends.
     let due = sqlx::query(
         "SELECT b.batch_key, b.events FROM webhook_batches b \
          WHERE b.endpoint_id = ? AND b.state = 'pending' AND b.due_at <= ? \
          AND (b.claimed_until IS NULL OR b.claimed_until < ?) \
          AND EXISTS (SELECT 1 FROM webhook_endpoints e \
                      WHERE e.endpoint_id = b.endpoint_id AND e.enabled = TRUE) \
-         ORDER BY b.due_at LIMIT 16 FOR UPDATE SKIP LOCKED",
+         ORDER BY b.due_at LIMIT 16",
     )
     .bind(endpoint_id)
     .bind(naive(now))
     .bind(naive(now))
     .fetch_all(&mut *tx)
     .await?;
-    let mut keys: Vec<String> = Vec::new();
+    let mut wanted: Vec<String> = Vec::new();
     let mut taken = 0u32;
     for row in &due {
         let events: u32 = row.try_get(1)?;
-        if !keys.is_empty() && taken + events > limit {
+        if !wanted.is_empty() && taken + events > limit {
             break;
         }
         taken += events;
-        keys.push(row.try_get(0)?);
+        wanted.push(row.try_get(0)?);
     }
+    if wanted.is_empty() {
+        tx.commit().await?;
+        return Ok(Vec::new());
+    }
+    // Another lane or dispatcher may have taken some since: they are skipped.
+    let mut q: QueryBuilder<MySql> = QueryBuilder::new(
+        "SELECT batch_key FROM webhook_batches WHERE state = 'pending' \
+         AND (claimed_until IS NULL OR claimed_until < ",
+    );
+    q.push_bind(naive(now))
+        .push(") AND endpoint_id = ")
+        .push_bind(endpoint_id)
+        .push(" AND batch_key IN (");
+    let mut list = q.separated(", ");
+    for key in &wanted {
+        list.push_bind(key);
+    }
+    q.push(") FOR UPDATE SKIP LOCKED");
+    let keys: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
     if keys.is_empty() {
         tx.commit().await?;
         return Ok(Vec::new());
@@ -303,7 +325,7 @@ pub(crate) async fn claim(
     q.push(") ORDER BY due_at");
     let rows = q.build().fetch_all(&mut *tx).await?;
     tx.commit().await?;
-    let mut out = Vec::with_capacity(taken as usize);
+    let mut out = Vec::new();
     for row in &rows {
         let key: String = row.try_get(0)?;
         let events: Vec<BatchEvent> = decode(BODY_VERSION, &row.try_get::<Vec<u8>, _>(1)?)?;

@@ -1,5 +1,6 @@
 //! The receiver of the webhook benchmark (`scripts/bench-webhooks`): answers every POST 204 and
-//! counts requests and distinct `webhook-id`s; `GET /count` answers `<requests> <distinct>`.
+//! counts requests and distinct `webhook-id`s; `GET /count` answers `<requests> <distinct>
+//! <last>`, `<last>` the Unix time (seconds, to the microsecond) at which the latest new id came.
 //!
 //! cargo run --release -p ump-worker --example webhook_sink -- 127.0.0.1:18095
 
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex};
 struct Seen {
     requests: u64,
     ids: HashSet<String>,
+    last_new: f64,
 }
 
 #[tokio::main]
@@ -34,7 +36,12 @@ async fn main() -> std::io::Result<()> {
                         .to_owned();
                     if let Ok(mut s) = seen.lock() {
                         s.requests += 1;
-                        s.ids.insert(id);
+                        if s.ids.insert(id) {
+                            s.last_new = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.as_secs_f64())
+                                .unwrap_or_default();
+                        }
                     }
                     StatusCode::NO_CONTENT
                 }
@@ -47,7 +54,7 @@ async fn main() -> std::io::Result<()> {
                 async move {
                     counted
                         .lock()
-                        .map(|s| format!("{} {}", s.requests, s.ids.len()))
+                        .map(|s| format!("{} {} {:.6}", s.requests, s.ids.len(), s.last_new))
                         .unwrap_or_default()
                 }
             }),

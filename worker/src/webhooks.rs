@@ -296,15 +296,16 @@ pub async fn attempt(
     };
     // Literal addresses never reach the resolver: checked here (and the scheme, in case the
     // rules changed since the endpoint was written).
-    if let Err(e) = rules.check_url(&target.url) {
-        return (failed(format!("refused: the URL {e}")), started.elapsed());
-    }
+    let url = match rules.check_url(&target.url) {
+        Ok(url) => url,
+        Err(e) => return (failed(format!("refused: the URL {e}")), started.elapsed()),
+    };
     let now = chrono::Utc::now();
     let timestamp = now.timestamp();
     let body = delivery.payload.as_bytes();
     let signature = signature_header(&target.secrets, now, &delivery.event_id, timestamp, body);
     let sent = client
-        .post(&target.url)
+        .post(url)
         .header("webhook-id", &delivery.event_id)
         .header("webhook-timestamp", timestamp.to_string())
         .header("webhook-signature", signature)
