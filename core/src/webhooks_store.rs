@@ -563,6 +563,7 @@ impl WebhookStore for MySqlWebhooks {
         .bind(since.naive_utc())
         .execute(&mut *conn)
         .await?;
+        drop(conn);
         let batched =
             crate::webhooks_batches::replay(&self.pool, tenant, endpoint_id, since, now).await?;
         Ok(done.rows_affected() + batched)
@@ -634,7 +635,9 @@ impl WebhookStore for MySqlWebhooks {
         .await?;
         if ids.is_empty() {
             tx.commit().await?;
-            // No event of its own due: the batches' turn.
+            // No event of its own due: the batches' turn, on a connection of their own once this
+            // one is back in the pool (holding both, lanes would wait on each other's).
+            drop(conn);
             return crate::webhooks_batches::claim(&self.pool, endpoint_id, now, lease, limit)
                 .await;
         }
