@@ -242,23 +242,42 @@ pub fn event_id(message: MessageId, status: Status, attempt: u32) -> String {
 
 /// The JSON body of a message event: `type`, `timestamp` and `data`, the recipient masked.
 pub fn message_payload(t: &Transition) -> Option<String> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        #[serde(rename = "type")]
+        event: &'static str,
+        timestamp: String,
+        data: Data<'a>,
+    }
+    #[derive(Serialize)]
+    struct Data<'a> {
+        id: MessageId,
+        channel: &'a str,
+        status: Status,
+        provider: &'a Option<String>,
+        to: String,
+        attempt: u32,
+        detail: &'a Option<String>,
+        tags: &'a [String],
+        metadata: &'a serde_json::Map<String, serde_json::Value>,
+    }
     let event = EventType::of(t.status)?;
-    let body = serde_json::json!({
-        "type": event.as_str(),
-        "timestamp": t.at.to_rfc3339_opts(SecondsFormat::Millis, true),
-        "data": {
-            "id": t.id,
-            "channel": t.channel,
-            "status": t.status,
-            "provider": t.provider,
-            "to": Masked(&t.to).to_string(),
-            "attempt": t.attempt,
-            "detail": t.detail,
-            "tags": t.tags,
-            "metadata": t.metadata,
-        }
-    });
-    Some(body.to_string())
+    let body = Body {
+        event: event.as_str(),
+        timestamp: t.at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        data: Data {
+            id: t.id,
+            channel: &t.channel,
+            status: t.status,
+            provider: &t.provider,
+            to: Masked(&t.to).to_string(),
+            attempt: t.attempt,
+            detail: &t.detail,
+            tags: &t.tags,
+            metadata: &t.metadata,
+        },
+    };
+    serde_json::to_string(&body).ok()
 }
 
 /// An enabled endpoint as the outbox writer sees it.

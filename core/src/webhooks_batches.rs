@@ -115,13 +115,21 @@ fn batches(deliveries: &[NewDelivery]) -> Vec<NewBatch<'_>> {
 }
 
 fn body(events: &[&NewDelivery]) -> Result<Vec<u8>, HistoryError> {
-    let events: Vec<BatchEvent> = events
+    /// `BatchEvent` as written: borrowed, encoded the same way.
+    #[derive(Serialize)]
+    struct Borrowed<'a> {
+        event_id: &'a str,
+        event_type: &'a str,
+        message_id: Option<[u8; 16]>,
+        payload: &'a str,
+    }
+    let events: Vec<Borrowed> = events
         .iter()
-        .map(|d| BatchEvent {
-            event_id: d.event_id.clone(),
-            event_type: d.event_type.clone(),
+        .map(|d| Borrowed {
+            event_id: &d.event_id,
+            event_type: &d.event_type,
             message_id: d.message_id.map(|id| *id.as_bytes()),
-            payload: d.payload.clone(),
+            payload: &d.payload,
         })
         .collect();
     encode(BODY_VERSION, &events)

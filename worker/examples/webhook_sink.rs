@@ -1,6 +1,7 @@
 //! The receiver of the webhook benchmark (`scripts/bench-webhooks`): answers every POST 204 and
 //! counts requests and distinct `webhook-id`s; `GET /count` answers `<requests> <distinct>
-//! <last>`, `<last>` the Unix time (seconds, to the microsecond) at which the latest new id came.
+//! <first> <last>`, the Unix times (seconds, to the microsecond) at which the first and the latest
+//! new id came; `POST /reset` starts counting afresh.
 //!
 //! cargo run --release -p ump-worker --example webhook_sink -- 127.0.0.1:18095
 
@@ -13,7 +14,15 @@ use std::sync::{Arc, Mutex};
 struct Seen {
     requests: u64,
     ids: HashSet<String>,
+    first_new: f64,
     last_new: f64,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
 }
 
 #[tokio::main]
@@ -23,6 +32,7 @@ async fn main() -> std::io::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:18095".to_owned());
     let seen: Arc<Mutex<Seen>> = Arc::default();
     let counted = Arc::clone(&seen);
+    let reset = Arc::clone(&seen);
     let app = axum::Router::new()
         .route(
             "/hook",
@@ -37,11 +47,23 @@ async fn main() -> std::io::Result<()> {
                     if let Ok(mut s) = seen.lock() {
                         s.requests += 1;
                         if s.ids.insert(id) {
-                            s.last_new = std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map(|d| d.as_secs_f64())
-                                .unwrap_or_default();
+                            s.last_new = unix_now();
+                            if s.ids.len() == 1 {
+                                s.first_new = s.last_new;
+                            }
                         }
+                    }
+                    StatusCode::NO_CONTENT
+                }
+            }),
+        )
+        .route(
+            "/reset",
+            post(move || {
+                let reset = Arc::clone(&reset);
+                async move {
+                    if let Ok(mut s) = reset.lock() {
+                        *s = Seen::default();
                     }
                     StatusCode::NO_CONTENT
                 }
@@ -54,7 +76,15 @@ async fn main() -> std::io::Result<()> {
                 async move {
                     counted
                         .lock()
-                        .map(|s| format!("{} {} {:.6}", s.requests, s.ids.len(), s.last_new))
+                        .map(|s| {
+                            format!(
+                                "{} {} {:.6} {:.6}",
+                                s.requests,
+                                s.ids.len(),
+                                s.first_new,
+                                s.last_new
+                            )
+                        })
                         .unwrap_or_default()
                 }
             }),
