@@ -31,7 +31,9 @@ use std::time::Duration;
 /// lease.
 pub const BATCH_EVENTS: usize = 256;
 
-const BODY_VERSION: u8 = 1;
+/// Batch bodies: the events encoded (postcard), then compressed (LZ4): a batch's events repeat
+/// their keys, channel and types, and the bytes are what the history transaction waits on.
+const BODY_VERSION: u8 = 2;
 const OUTCOME_VERSION: u8 = 1;
 
 /// One event of a batch, as its row keeps it.
@@ -60,6 +62,24 @@ fn encode<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, HistoryError>
     let mut out = vec![version];
     out.extend(postcard::to_allocvec(value).map_err(|e| corrupt("webhook batch", e))?);
     Ok(out)
+}
+
+fn encode_body<T: Serialize>(value: &T) -> Result<Vec<u8>, HistoryError> {
+    let plain = postcard::to_allocvec(value).map_err(|e| corrupt("webhook batch", e))?;
+    let mut out = vec![BODY_VERSION];
+    out.extend(lz4_flex::compress_prepend_size(&plain));
+    Ok(out)
+}
+
+fn decode_body(bytes: &[u8]) -> Result<Vec<BatchEvent>, HistoryError> {
+    match bytes.split_first() {
+        Some((v, rest)) if *v == BODY_VERSION => {
+            let plain = lz4_flex::decompress_size_prepended(rest)
+                .map_err(|e| corrupt("webhook batch", e))?;
+            postcard::from_bytes(&plain).map_err(|e| corrupt("webhook batch", e))
+        }
+        _ => Err(corrupt("webhook batch", "unknown encoding")),
+    }
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(version: u8, bytes: &[u8]) -> Result<T, HistoryError> {
@@ -132,7 +152,7 @@ fn body(events: &[&NewDelivery]) -> Result<Vec<u8>, HistoryError> {
             payload: &d.payload,
         })
         .collect();
-    encode(BODY_VERSION, &events)
+    encode_body(&events)
 }
 
 /// The slots of a batch of `len` events after a round: delivered at the first attempt, or moved
@@ -336,7 +356,7 @@ pub(crate) async fn claim(
     let mut out = Vec::new();
     for row in &rows {
         let key: String = row.try_get(0)?;
-        let events: Vec<BatchEvent> = decode(BODY_VERSION, &row.try_get::<Vec<u8>, _>(1)?)?;
+        let events: Vec<BatchEvent> = decode_body(&row.try_get::<Vec<u8>, _>(1)?)?;
         let created_at = time(row, 2)?;
         let len = events.len() as u32;
         for (index, e) in events.into_iter().enumerate() {
@@ -416,7 +436,7 @@ async fn move_out(
     .fetch_one(&mut **tx)
     .await?;
     let tenant: String = row.try_get(0)?;
-    let events: Vec<BatchEvent> = decode(BODY_VERSION, &row.try_get::<Vec<u8>, _>(1)?)?;
+    let events: Vec<BatchEvent> = decode_body(&row.try_get::<Vec<u8>, _>(1)?)?;
     let created_at = time(&row, 2)?;
     let by_index: BTreeMap<u32, &Attempt> = group
         .iter()
@@ -518,7 +538,7 @@ pub(crate) async fn log(
             .push_bind(PAGE);
         let rows = q.build().fetch_all(pool).await?;
         for row in &rows {
-            let events: Vec<BatchEvent> = decode(BODY_VERSION, &row.try_get::<Vec<u8>, _>(2)?)?;
+            let events: Vec<BatchEvent> = decode_body(&row.try_get::<Vec<u8>, _>(2)?)?;
             let outcome: Option<Vec<u8>> = row.try_get(3)?;
             let slots: Option<Vec<Slot>> =
                 outcome.map(|o| decode(OUTCOME_VERSION, &o)).transpose()?;
@@ -567,7 +587,7 @@ pub(crate) async fn replay(
     .await?;
     let mut again = Vec::new();
     for row in &rows {
-        let events: Vec<BatchEvent> = decode(BODY_VERSION, &row.try_get::<Vec<u8>, _>(0)?)?;
+        let events: Vec<BatchEvent> = decode_body(&row.try_get::<Vec<u8>, _>(0)?)?;
         let outcome: Option<Vec<u8>> = row.try_get(1)?;
         let slots: Option<Vec<Slot>> = outcome.map(|o| decode(OUTCOME_VERSION, &o)).transpose()?;
         let created_at = time(row, 2)?;
@@ -657,7 +677,7 @@ mod tests {
         let all = [delivery("ep_a", "msg_1"), delivery("ep_a", "msg_2")];
         let refs: Vec<&NewDelivery> = all.iter().collect();
         let bytes = body(&refs).unwrap();
-        let events: Vec<BatchEvent> = decode(BODY_VERSION, &bytes).unwrap();
+        let events = decode_body(&bytes).unwrap();
         assert_eq!(events[1].payload, all[1].payload);
         assert_eq!(
             events[0]
@@ -665,7 +685,19 @@ mod tests {
                 .map(|b| MessageId(uuid::Uuid::from_bytes(b))),
             all[0].message_id
         );
-        assert!(decode::<Vec<BatchEvent>>(9, &bytes).is_err());
+        assert!(decode_body(&bytes[1..]).is_err());
+        // A batch's events repeat their keys and most of their values: the body is a fraction
+        // of them.
+        let many: Vec<NewDelivery> = (0..BATCH_EVENTS)
+            .map(|i| delivery("ep_a", &format!("msg_{i:05}")))
+            .collect();
+        let refs: Vec<&NewDelivery> = many.iter().collect();
+        let plain: usize = many
+            .iter()
+            .map(|d| d.payload.len() + d.event_id.len() + d.event_type.len() + 16)
+            .sum();
+        assert!(body(&refs).unwrap().len() < plain / 2);
+        assert!(decode::<Vec<BatchEvent>>(OUTCOME_VERSION, &bytes).is_err());
         assert!(decode::<Vec<Slot>>(OUTCOME_VERSION, &[]).is_err());
     }
 
