@@ -8,6 +8,7 @@ use futures::future::join_all;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -383,6 +384,56 @@ async fn drain(
     .await;
 }
 
+/// One round of an endpoint's deliveries: at most the lane's limit under way at once. It stops
+/// starting attempts at its first failure (what is left waits in the store, due at once, and is
+/// tried one by one from then on, as retries are), once half its lease has gone (so that it is
+/// recorded while its claim still holds), and when the dispatcher stops.
+struct Round<'a> {
+    client: &'a reqwest::Client,
+    rules: UrlRules,
+    policy: RetryPolicy,
+    target: &'a Target,
+    shutdown: &'a CancellationToken,
+    failed: AtomicBool,
+    deadline: Instant,
+}
+
+impl Round<'_> {
+    /// Attempts `d` (or skips it, as above) and says what came of it.
+    async fn make(&self, d: &ClaimedDelivery) -> Attempt {
+        let skip = self.failed.load(Ordering::Relaxed)
+            || Instant::now() >= self.deadline
+            || self.shutdown.is_cancelled();
+        let (result, latency) = if skip {
+            (AttemptResult::Skipped, Duration::ZERO)
+        } else {
+            attempt(self.client, self.rules, self.target, d).await
+        };
+        let at = chrono::Utc::now();
+        let retry_at = match &result {
+            AttemptResult::Delivered { .. } | AttemptResult::Skipped => None,
+            failed => {
+                self.failed.store(true, Ordering::Relaxed);
+                if let AttemptResult::Failed { status, error } = failed {
+                    tracing::debug!(endpoint = %self.target.endpoint_id, id = %d.event_id, ?status, %error, "webhook attempt failed");
+                }
+                self.policy
+                    .next_attempt(d.attempts + 1, d.retry_since, at, jitter())
+            }
+        };
+        Attempt {
+            endpoint_id: d.endpoint_id.clone(),
+            event_id: d.event_id.clone(),
+            claim: d.claim,
+            result,
+            latency,
+            at,
+            retry_at,
+            batch: d.batch.clone(),
+        }
+    }
+}
+
 /// Rounds of up to `limit` deliveries of one endpoint until none is due (or the endpoint went
 /// away).
 async fn lane(
@@ -413,49 +464,18 @@ async fn lane(
                 return;
             }
         };
-        // A round attempts at most `limit` at once. It stops starting attempts at its first
-        // failure (the rest waits in the store, due at once, and is tried one by one from then
-        // on, as retries are) and once half its lease has gone (so it is recorded while the
-        // claim still holds), and when the dispatcher stops.
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        let deadline = Instant::now() + settings.lease.as_std() / 2;
-        let stop = &stop;
-        let started: Vec<_> = claimed
-            .iter()
-            .map(|d| {
-                async move {
-                    let skip = stop.load(std::sync::atomic::Ordering::Relaxed)
-                        || Instant::now() >= deadline
-                        || shutdown.is_cancelled();
-                    let (result, latency) = if skip {
-                        (AttemptResult::Skipped, Duration::ZERO)
-                    } else {
-                        attempt(client, rules, target, d).await
-                    };
-                    let at = chrono::Utc::now();
-                    let retry_at = match result {
-                        AttemptResult::Delivered { .. } | AttemptResult::Skipped => None,
-                        _ => {
-                            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                            policy.next_attempt(d.attempts + 1, d.retry_since, at, jitter())
-                        }
-                    };
-                    if let AttemptResult::Failed { status, error } = &result {
-                        tracing::debug!(endpoint = %target.endpoint_id, id = %d.event_id, ?status, %error, "webhook attempt failed");
-                    }
-                    Attempt {
-                        endpoint_id: d.endpoint_id.clone(),
-                        event_id: d.event_id.clone(),
-                        claim: d.claim,
-                        result,
-                        latency,
-                        at,
-                        retry_at,
-                        batch: d.batch.clone(),
-                    }
-                }
-            })
-            .collect();
+        let round = Round {
+            client,
+            rules,
+            policy,
+            target,
+            shutdown,
+            failed: AtomicBool::new(false),
+            deadline: Instant::now() + settings.lease.as_std() / 2,
+        };
+        // Made up front: a lazily mapped stream here trips the compiler's `Send` inference for
+        // the spawned task.
+        let started: Vec<_> = claimed.iter().map(|d| round.make(d)).collect();
         let attempts: Vec<Attempt> = futures::stream::iter(started)
             .buffer_unordered(limit.max(1) as usize)
             .collect()
