@@ -233,33 +233,25 @@ impl MySqlHistory {
             sqlx::query_scalar("SELECT endpoint_id FROM webhook_endpoints")
                 .fetch_all(&self.pool)
                 .await?;
+        // A batch goes once its newest event does.
+        let finished = [
+            "DELETE FROM webhook_deliveries WHERE endpoint_id = ? AND event_id < ? \
+             AND state <> 'pending' LIMIT ?",
+            "DELETE FROM webhook_batches WHERE endpoint_id = ? AND last_event < ? \
+             AND state <> 'pending' LIMIT ?",
+        ];
         for endpoint in endpoints {
-            loop {
-                let done = sqlx::query(
-                    "DELETE FROM webhook_deliveries WHERE endpoint_id = ? AND event_id < ? \
-                     AND state <> 'pending' LIMIT ?",
-                )
-                .bind(&endpoint)
-                .bind(&before)
-                .bind(chunk)
-                .execute(&self.pool)
-                .await?;
-                if done.rows_affected() == 0 {
-                    break;
-                }
-            }
-            loop {
-                let done = sqlx::query(
-                    "DELETE FROM webhook_batches WHERE endpoint_id = ? AND last_event < ? \
-                     AND state <> 'pending' LIMIT ?",
-                )
-                .bind(&endpoint)
-                .bind(&before)
-                .bind(chunk)
-                .execute(&self.pool)
-                .await?;
-                if done.rows_affected() == 0 {
-                    break;
+            for sql in finished {
+                loop {
+                    let done = sqlx::query(sql)
+                        .bind(&endpoint)
+                        .bind(&before)
+                        .bind(chunk)
+                        .execute(&self.pool)
+                        .await?;
+                    if done.rows_affected() == 0 {
+                        break;
+                    }
                 }
             }
         }

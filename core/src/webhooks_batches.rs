@@ -18,7 +18,7 @@ use crate::model::MessageId;
 use crate::webhooks::{
     Attempt, AttemptResult, BatchRef, ClaimedDelivery, DeliveryView, NewDelivery, PENDING,
 };
-use crate::webhooks_store::{attempt_row, corrupt, later};
+use crate::webhooks_store::{attempt_row, corrupt, later, mysql_lease};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -329,19 +329,17 @@ pub(crate) async fn claim(
         tx.commit().await?;
         return Ok(Vec::new());
     }
-    let mut q: QueryBuilder<MySql> = QueryBuilder::new("UPDATE webhook_batches SET claimed_by = ");
-    q.push_bind(token.as_bytes().to_vec())
-        .push(", claimed_until = ")
-        .push_bind(naive(later(now, lease)))
-        .push(" WHERE endpoint_id = ")
-        .push_bind(endpoint_id)
-        .push(" AND batch_key IN (");
-    let mut list = q.separated(", ");
-    for key in &keys {
-        list.push_bind(key);
-    }
-    q.push(")");
-    q.build().execute(&mut *tx).await?;
+    mysql_lease(
+        "webhook_batches",
+        "batch_key",
+        token,
+        later(now, lease),
+        endpoint_id,
+        &keys,
+    )
+    .build()
+    .execute(&mut *tx)
+    .await?;
     let mut q: QueryBuilder<MySql> = QueryBuilder::new(
         "SELECT batch_key, body, created_at FROM webhook_batches WHERE endpoint_id = ",
     );

@@ -313,6 +313,31 @@ pub(crate) async fn mysql_receipt_outbox(
     mysql_outbox(tx, &[t], Utc::now()).await
 }
 
+/// Leases rows of an outbox table (`key` in `ids`, of the endpoint) to the claim `token` until
+/// `until`.
+pub(crate) fn mysql_lease(
+    table: &str,
+    key: &str,
+    token: uuid::Uuid,
+    until: DateTime<Utc>,
+    endpoint_id: &str,
+    ids: &[String],
+) -> QueryBuilder<MySql> {
+    let mut q: QueryBuilder<MySql> = QueryBuilder::new(format!("UPDATE {table} SET claimed_by = "));
+    q.push_bind(token.as_bytes().to_vec())
+        .push(", claimed_until = ")
+        .push_bind(until.naive_utc())
+        .push(" WHERE endpoint_id = ")
+        .push_bind(endpoint_id)
+        .push(format_args!(" AND {key} IN ("));
+    let mut list = q.separated(", ");
+    for id in ids {
+        list.push_bind(id);
+    }
+    q.push(")");
+    q
+}
+
 fn mysql_time(row: &sqlx::mysql::MySqlRow, i: usize) -> Result<DateTime<Utc>, HistoryError> {
     Ok(row.try_get::<NaiveDateTime, _>(i)?.and_utc())
 }
@@ -641,20 +666,17 @@ impl WebhookStore for MySqlWebhooks {
             return crate::webhooks_batches::claim(&self.pool, endpoint_id, now, lease, limit)
                 .await;
         }
-        let mut q: QueryBuilder<MySql> =
-            QueryBuilder::new("UPDATE webhook_deliveries SET claimed_by = ");
-        q.push_bind(token.as_bytes().to_vec())
-            .push(", claimed_until = ")
-            .push_bind(later(now, lease).naive_utc())
-            .push(" WHERE endpoint_id = ")
-            .push_bind(endpoint_id)
-            .push(" AND event_id IN (");
-        let mut list = q.separated(", ");
-        for id in &ids {
-            list.push_bind(id);
-        }
-        q.push(")");
-        q.build().execute(&mut *tx).await?;
+        mysql_lease(
+            "webhook_deliveries",
+            "event_id",
+            token,
+            later(now, lease),
+            endpoint_id,
+            &ids,
+        )
+        .build()
+        .execute(&mut *tx)
+        .await?;
         let mut q: QueryBuilder<MySql> = QueryBuilder::new(
             "SELECT event_id, payload, attempts, retry_since, created_at FROM webhook_deliveries \
              WHERE endpoint_id = ",
