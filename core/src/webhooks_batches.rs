@@ -505,6 +505,10 @@ pub(crate) async fn log(
     out: &mut Vec<DeliveryView>,
 ) -> Result<(), HistoryError> {
     const PAGE: u32 = 32;
+    if limit == 0 {
+        out.clear();
+        return Ok(());
+    }
     let mut seen: HashSet<String> = out.iter().map(|v| v.id.clone()).collect();
     let mut cursor: Option<(String, String)> = None;
     loop {
