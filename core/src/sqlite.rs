@@ -16,12 +16,14 @@ use crate::history::{
 use crate::keys::{ApiKeyStore, KeyError, StoredKey, hash_key};
 use crate::model::{Envelope, Event, MessageId, Priority, Status};
 use crate::stats::{Stats, StatsCount, bucket_millis};
+use crate::webhooks_store::Outbox;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -213,8 +215,12 @@ impl SqliteStore {
             q.push(")");
             q.build().execute(&mut *tx).await?;
         }
-        write_transitions(&mut tx, &batch.transitions).await?;
-        crate::webhooks_store::sqlite_outbox(&mut tx, &batch.transitions, Utc::now()).await?;
+        let outbox = Outbox::load_sqlite(&mut tx, &batch.transitions).await?;
+        let labels = outbox.labels(&batch.transitions)?;
+        write_transitions(&mut tx, &batch.transitions, &labels).await?;
+        outbox
+            .write_sqlite(&mut tx, &batch.transitions, Utc::now())
+            .await?;
         for chunk in batch.deferred.chunks(ROWS_PER_STATEMENT) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO queue (queue, message_id, envelope, due_at) ");
@@ -486,14 +492,18 @@ impl crate::queue::MessageQueue for SqliteQueue {
     }
 }
 
+/// Writes `transitions` into the history: each message's row (with the `labels` a webhook
+/// receipt event will need, by message) and its events.
 async fn write_transitions(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     transitions: &[Transition],
+    labels: &HashMap<MessageId, String>,
 ) -> Result<(), HistoryError> {
     for chunk in latest_per_message(transitions).chunks(ROWS_PER_STATEMENT) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO messages (id, tenant_id, channel, recipient, status, priority, attempts, \
-             provider, provider_message_id, idempotency_key, send_at, created_at, updated_at) ",
+             provider, provider_message_id, idempotency_key, send_at, created_at, updated_at, \
+             webhook_labels) ",
         );
         q.push_values(chunk, |mut b, t| {
             b.push_bind(t.id.as_bytes().to_vec())
@@ -508,7 +518,8 @@ async fn write_transitions(
                 .push_bind(t.idempotency_key.clone())
                 .push_bind(t.send_at.map(micros))
                 .push_bind(micros(t.accepted_at))
-                .push_bind(micros(t.at));
+                .push_bind(micros(t.at))
+                .push_bind(labels.get(&t.id).cloned());
         });
         // Every expression sees the row as it was: an older transition (a batch recorded again
         // after a crash) never overwrites a newer state, and `delivered` (set by a receipt) is
@@ -523,6 +534,7 @@ async fn write_transitions(
                  THEN COALESCE(excluded.provider_message_id, messages.provider_message_id) \
                  ELSE messages.provider_message_id END, \
              attempts = MAX(messages.attempts, excluded.attempts), \
+             webhook_labels = COALESCE(excluded.webhook_labels, messages.webhook_labels), \
              updated_at = MAX(messages.updated_at, excluded.updated_at)",
         );
         q.build().execute(&mut **tx).await?;

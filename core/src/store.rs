@@ -7,6 +7,7 @@ use crate::history::{
 };
 use crate::model::{Event, MessageId, Priority, Status};
 use crate::stats::{Stats, StatsCount, bucket_millis};
+use crate::webhooks_store::Outbox;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{MySql, QueryBuilder, Row};
@@ -311,11 +312,14 @@ impl HistoryStore for MySqlHistory {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
+        let outbox = Outbox::load_mysql(&mut tx, &batch.transitions).await?;
+        let labels = outbox.labels(&batch.transitions)?;
 
         for chunk in latest_per_message(&batch.transitions).chunks(ROWS_PER_STATEMENT) {
             let mut q: QueryBuilder<MySql> = QueryBuilder::new(
                 "INSERT INTO messages (id, tenant_id, channel, recipient, status, priority, attempts, \
-                 provider, provider_message_id, idempotency_key, send_at, created_at, updated_at) ",
+                 provider, provider_message_id, idempotency_key, send_at, created_at, updated_at, \
+                 webhook_labels) ",
             );
             q.push_values(chunk, |mut b, t| {
                 b.push_bind(t.id.as_bytes().as_slice())
@@ -330,7 +334,8 @@ impl HistoryStore for MySqlHistory {
                     .push_bind(&t.idempotency_key)
                     .push_bind(t.send_at.map(naive))
                     .push_bind(naive(t.accepted_at))
-                    .push_bind(naive(t.at));
+                    .push_bind(naive(t.at))
+                    .push_bind(labels.get(&t.id).map(String::as_str));
             });
             // Assignments run left to right and see earlier ones, so every comparison with the
             // stored updated_at comes before updated_at itself changes. An older transition
@@ -345,6 +350,7 @@ impl HistoryStore for MySqlHistory {
                  provider_message_id = IF(VALUES(updated_at) >= updated_at, \
                      COALESCE(VALUES(provider_message_id), provider_message_id), provider_message_id), \
                  attempts = GREATEST(attempts, VALUES(attempts)), \
+                 webhook_labels = COALESCE(VALUES(webhook_labels), webhook_labels), \
                  updated_at = GREATEST(updated_at, VALUES(updated_at))",
             );
             q.build().execute(&mut *tx).await?;
@@ -393,7 +399,9 @@ impl HistoryStore for MySqlHistory {
             q.build().execute(&mut *tx).await?;
         }
 
-        crate::webhooks_store::mysql_outbox(&mut tx, &batch.transitions, Utc::now()).await?;
+        outbox
+            .write_mysql(&mut tx, &batch.transitions, Utc::now())
+            .await?;
         tx.commit().await?;
         Ok(())
     }

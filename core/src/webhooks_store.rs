@@ -12,7 +12,7 @@ use crate::webhooks::{
 };
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::{MySql, QueryBuilder, Row, Sqlite};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 const ROWS_PER_STATEMENT: usize = 500;
@@ -54,8 +54,9 @@ fn tenants_with_events(transitions: &[Transition]) -> BTreeSet<&str> {
         .collect()
 }
 
-/// `sent` messages of tenants with an endpoint that a receipt's event could reach: their labels
-/// are kept for the receipt.
+/// `sent` messages of tenants with an endpoint that a receipt's event could reach, and with tags
+/// or metadata: their labels are kept for the receipt (a message without any needs nothing kept:
+/// its receipt's event has empty labels either way).
 fn labels_to_keep<'a>(
     transitions: &'a [Transition],
     subscribers: &[Subscriber],
@@ -64,6 +65,7 @@ fn labels_to_keep<'a>(
     let mut keep: Vec<&Transition> = transitions
         .iter()
         .filter(|t| t.status == Status::Sent)
+        .filter(|t| !t.tags.is_empty() || !t.metadata.is_empty())
         .filter(|t| {
             subscribers.iter().any(|s| {
                 s.tenant == t.tenant
@@ -78,24 +80,52 @@ fn labels_to_keep<'a>(
     keep
 }
 
+/// A message's tags and metadata as kept with its history row for its receipt's event.
+#[derive(serde::Serialize)]
+struct LabelsRef<'a> {
+    tags: &'a [String],
+    metadata: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct Labels {
+    tags: Vec<String>,
+    metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Labels {
+    fn parse(json: &str) -> Result<Self, HistoryError> {
+        serde_json::from_str(json).map_err(|e| corrupt("webhook labels", e))
+    }
+
+    /// Labels as `webhook_messages` keeps them: tags and metadata, each a JSON text.
+    fn from_columns(
+        tags: Option<String>,
+        metadata: Option<String>,
+    ) -> Result<Option<Self>, HistoryError> {
+        let (Some(tags), Some(metadata)) = (tags, metadata) else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            tags: serde_json::from_str(&tags).map_err(|e| corrupt("webhook tags", e))?,
+            metadata: serde_json::from_str(&metadata)
+                .map_err(|e| corrupt("webhook metadata", e))?,
+        }))
+    }
+}
+
 /// The transition a receipt made, as far as its event needs one.
 fn receipt_transition(
     id: MessageId,
     row: (String, String, String, Option<String>),
-    labels: Option<(String, String)>,
+    labels: Option<Labels>,
     status: Status,
     attempt: u32,
     at: DateTime<Utc>,
     detail: Option<String>,
 ) -> Result<Transition, HistoryError> {
     let (tenant, channel, to, provider) = row;
-    let (tags, metadata) = match labels {
-        Some((tags, metadata)) => (
-            serde_json::from_str(&tags).map_err(|e| corrupt("webhook tags", e))?,
-            serde_json::from_str(&metadata).map_err(|e| corrupt("webhook metadata", e))?,
-        ),
-        None => Default::default(),
-    };
+    let Labels { tags, metadata } = labels.unwrap_or_default();
     Ok(Transition {
         id,
         tenant,
@@ -202,31 +232,20 @@ pub(crate) fn attempt_row(a: &Attempt) -> AttemptRow<'_> {
 // ---------------------------------------------------------------------------------------------
 // MySQL
 
-/// Writes the deliveries `transitions` produce, and the labels receipts will need, inside `tx`.
-pub(crate) async fn mysql_outbox(
-    tx: &mut sqlx::Transaction<'_, MySql>,
-    transitions: &[Transition],
-    now: DateTime<Utc>,
-) -> Result<(), HistoryError> {
-    let tenants = tenants_with_events(transitions);
-    if tenants.is_empty() {
-        return Ok(());
-    }
-    let mut q: QueryBuilder<MySql> = QueryBuilder::new(
-        "SELECT endpoint_id, tenant_id, filter FROM webhook_endpoints \
-         WHERE enabled = TRUE AND tenant_id IN (",
-    );
-    let mut list = q.separated(", ");
-    for tenant in &tenants {
-        list.push_bind(*tenant);
-    }
-    q.push(")");
-    let rows = q.build().fetch_all(&mut **tx).await?;
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let subscribers = rows
-        .iter()
+/// The webhook side of a history transaction: the enabled endpoints of its tenants, read first,
+/// so that the message rows the transaction writes carry the labels receipts will need (in
+/// `messages.webhook_labels`, not a row of their own), and then the events themselves.
+pub(crate) struct Outbox {
+    subscribers: Vec<Subscriber>,
+}
+
+fn subscribers<R: Row>(rows: &[R]) -> Result<Vec<Subscriber>, HistoryError>
+where
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter()
         .map(|r| {
             Ok(Subscriber {
                 endpoint_id: r.try_get(0)?,
@@ -234,27 +253,104 @@ pub(crate) async fn mysql_outbox(
                 filter: parse_filter(&r.try_get::<String, _>(2)?)?,
             })
         })
-        .collect::<Result<Vec<_>, HistoryError>>()?;
-    crate::webhooks_batches::insert(tx, &deliveries_for(transitions, &subscribers, now)).await?;
-    let keep = labels_to_keep(transitions, &subscribers);
-    for chunk in keep.chunks(ROWS_PER_STATEMENT) {
-        let mut q: QueryBuilder<MySql> =
-            QueryBuilder::new("INSERT IGNORE INTO webhook_messages (message_id, tags, metadata) ");
-        let mut encoded = Vec::with_capacity(chunk.len());
-        for t in chunk {
-            encoded.push((
-                serde_json::to_string(&t.tags).map_err(|e| corrupt("tags", e))?,
-                serde_json::to_string(&t.metadata).map_err(|e| corrupt("metadata", e))?,
-            ));
+        .collect()
+}
+
+impl Outbox {
+    pub(crate) async fn load_mysql(
+        tx: &mut sqlx::Transaction<'_, MySql>,
+        transitions: &[Transition],
+    ) -> Result<Self, HistoryError> {
+        let tenants = tenants_with_events(transitions);
+        if tenants.is_empty() {
+            return Ok(Self {
+                subscribers: Vec::new(),
+            });
         }
-        q.push_values(chunk.iter().zip(encoded), |mut b, (t, (tags, metadata))| {
-            b.push_bind(t.id.as_bytes().to_vec())
-                .push_bind(tags)
-                .push_bind(metadata);
-        });
-        q.build().execute(&mut **tx).await?;
+        let mut q: QueryBuilder<MySql> = QueryBuilder::new(
+            "SELECT endpoint_id, tenant_id, filter FROM webhook_endpoints \
+             WHERE enabled = TRUE AND tenant_id IN (",
+        );
+        let mut list = q.separated(", ");
+        for tenant in &tenants {
+            list.push_bind(*tenant);
+        }
+        q.push(")");
+        let rows = q.build().fetch_all(&mut **tx).await?;
+        Ok(Self {
+            subscribers: subscribers(&rows)?,
+        })
     }
-    Ok(())
+
+    pub(crate) async fn load_sqlite(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        transitions: &[Transition],
+    ) -> Result<Self, HistoryError> {
+        let tenants = tenants_with_events(transitions);
+        if tenants.is_empty() {
+            return Ok(Self {
+                subscribers: Vec::new(),
+            });
+        }
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT endpoint_id, tenant_id, filter FROM webhook_endpoints \
+             WHERE enabled = 1 AND tenant_id IN (",
+        );
+        let mut list = q.separated(", ");
+        for tenant in &tenants {
+            list.push_bind(tenant.to_string());
+        }
+        q.push(")");
+        let rows = q.build().fetch_all(&mut **tx).await?;
+        Ok(Self {
+            subscribers: subscribers(&rows)?,
+        })
+    }
+
+    /// The labels (JSON) to store with the message rows of `transitions`, by message.
+    pub(crate) fn labels(
+        &self,
+        transitions: &[Transition],
+    ) -> Result<HashMap<MessageId, String>, HistoryError> {
+        labels_to_keep(transitions, &self.subscribers)
+            .into_iter()
+            .map(|t| {
+                let labels = LabelsRef {
+                    tags: &t.tags,
+                    metadata: &t.metadata,
+                };
+                let json = serde_json::to_string(&labels).map_err(|e| corrupt("labels", e))?;
+                Ok((t.id, json))
+            })
+            .collect()
+    }
+
+    /// Writes the deliveries `transitions` produce: batches of events in MySQL.
+    pub(crate) async fn write_mysql(
+        &self,
+        tx: &mut sqlx::Transaction<'_, MySql>,
+        transitions: &[Transition],
+        now: DateTime<Utc>,
+    ) -> Result<(), HistoryError> {
+        if self.subscribers.is_empty() {
+            return Ok(());
+        }
+        let deliveries = deliveries_for(transitions, &self.subscribers, now);
+        crate::webhooks_batches::insert(tx, &deliveries).await
+    }
+
+    /// Writes the deliveries `transitions` produce: a row each in SQLite.
+    pub(crate) async fn write_sqlite(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        transitions: &[Transition],
+        now: DateTime<Utc>,
+    ) -> Result<(), HistoryError> {
+        if self.subscribers.is_empty() {
+            return Ok(());
+        }
+        sqlite_insert(tx, &deliveries_for(transitions, &self.subscribers, now)).await
+    }
 }
 
 async fn mysql_insert(
@@ -292,25 +388,28 @@ pub(crate) async fn mysql_receipt_outbox(
     at: DateTime<Utc>,
     detail: Option<String>,
 ) -> Result<(), HistoryError> {
-    let row =
-        sqlx::query("SELECT tenant_id, channel, recipient, provider FROM messages WHERE id = ?")
-            .bind(id.as_bytes().as_slice())
-            .fetch_one(&mut **tx)
-            .await?;
+    // Labels kept before `messages.webhook_labels` existed are in `webhook_messages`.
+    let row = sqlx::query(
+        "SELECT m.tenant_id, m.channel, m.recipient, m.provider, m.webhook_labels, w.tags, \
+         w.metadata FROM messages m LEFT JOIN webhook_messages w ON w.message_id = m.id \
+         WHERE m.id = ?",
+    )
+    .bind(id.as_bytes().as_slice())
+    .fetch_one(&mut **tx)
+    .await?;
+    let labels = match row.try_get::<Option<String>, _>(4)? {
+        Some(json) => Some(Labels::parse(&json)?),
+        None => Labels::from_columns(row.try_get(5)?, row.try_get(6)?)?,
+    };
     let row = (
         row.try_get(0)?,
         row.try_get(1)?,
         row.try_get(2)?,
         row.try_get(3)?,
     );
-    let labels = sqlx::query("SELECT tags, metadata FROM webhook_messages WHERE message_id = ?")
-        .bind(id.as_bytes().as_slice())
-        .fetch_optional(&mut **tx)
-        .await?
-        .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
-        .transpose()?;
     let t = receipt_transition(id, row, labels, status, attempt, at, detail)?;
-    mysql_outbox(tx, &[t], Utc::now()).await
+    let outbox = Outbox::load_mysql(tx, std::slice::from_ref(&t)).await?;
+    outbox.write_mysql(tx, &[t], Utc::now()).await
 }
 
 /// Leases rows of an outbox table (`key` in `ids`, of the endpoint) to the claim `token` until
@@ -847,53 +946,6 @@ impl WebhookStore for MySqlWebhooks {
 // ---------------------------------------------------------------------------------------------
 // SQLite
 
-/// Writes the deliveries `transitions` produce, and the labels receipts will need, inside `tx`.
-pub(crate) async fn sqlite_outbox(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
-    transitions: &[Transition],
-    now: DateTime<Utc>,
-) -> Result<(), HistoryError> {
-    let tenants = tenants_with_events(transitions);
-    if tenants.is_empty() {
-        return Ok(());
-    }
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "SELECT endpoint_id, tenant_id, filter FROM webhook_endpoints \
-         WHERE enabled = 1 AND tenant_id IN (",
-    );
-    let mut list = q.separated(", ");
-    for tenant in &tenants {
-        list.push_bind(tenant.to_string());
-    }
-    q.push(")");
-    let rows = q.build().fetch_all(&mut **tx).await?;
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let subscribers = rows
-        .iter()
-        .map(|r| {
-            Ok(Subscriber {
-                endpoint_id: r.try_get(0)?,
-                tenant: r.try_get(1)?,
-                filter: parse_filter(&r.try_get::<String, _>(2)?)?,
-            })
-        })
-        .collect::<Result<Vec<_>, HistoryError>>()?;
-    sqlite_insert(tx, &deliveries_for(transitions, &subscribers, now)).await?;
-    for t in labels_to_keep(transitions, &subscribers) {
-        sqlx::query(
-            "INSERT OR IGNORE INTO webhook_messages (message_id, tags, metadata) VALUES (?, ?, ?)",
-        )
-        .bind(t.id.as_bytes().to_vec())
-        .bind(serde_json::to_string(&t.tags).map_err(|e| corrupt("tags", e))?)
-        .bind(serde_json::to_string(&t.metadata).map_err(|e| corrupt("metadata", e))?)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
-}
-
 async fn sqlite_insert(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     deliveries: &[NewDelivery],
@@ -929,25 +981,28 @@ pub(crate) async fn sqlite_receipt_outbox(
     at: DateTime<Utc>,
     detail: Option<String>,
 ) -> Result<(), HistoryError> {
-    let row =
-        sqlx::query("SELECT tenant_id, channel, recipient, provider FROM messages WHERE id = ?")
-            .bind(id.as_bytes().to_vec())
-            .fetch_one(&mut **tx)
-            .await?;
+    // Labels kept before `messages.webhook_labels` existed are in `webhook_messages`.
+    let row = sqlx::query(
+        "SELECT m.tenant_id, m.channel, m.recipient, m.provider, m.webhook_labels, w.tags, \
+         w.metadata FROM messages m LEFT JOIN webhook_messages w ON w.message_id = m.id \
+         WHERE m.id = ?",
+    )
+    .bind(id.as_bytes().to_vec())
+    .fetch_one(&mut **tx)
+    .await?;
+    let labels = match row.try_get::<Option<String>, _>(4)? {
+        Some(json) => Some(Labels::parse(&json)?),
+        None => Labels::from_columns(row.try_get(5)?, row.try_get(6)?)?,
+    };
     let row = (
         row.try_get(0)?,
         row.try_get(1)?,
         row.try_get(2)?,
         row.try_get(3)?,
     );
-    let labels = sqlx::query("SELECT tags, metadata FROM webhook_messages WHERE message_id = ?")
-        .bind(id.as_bytes().to_vec())
-        .fetch_optional(&mut **tx)
-        .await?
-        .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
-        .transpose()?;
     let t = receipt_transition(id, row, labels, status, attempt, at, detail)?;
-    sqlite_outbox(tx, &[t], Utc::now()).await
+    let outbox = Outbox::load_sqlite(tx, std::slice::from_ref(&t)).await?;
+    outbox.write_sqlite(tx, &[t], Utc::now()).await
 }
 
 fn sqlite_time(us: i64) -> Result<DateTime<Utc>, HistoryError> {
@@ -1330,8 +1385,69 @@ impl WebhookStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use super::{Subscriber, labels_to_keep};
+    use crate::history::Transition;
+    use crate::model::Status;
     use crate::sqlite::SqliteStore;
+    use crate::testing::parking::envelope;
     use crate::testing::webhooks;
+    use crate::webhooks::{EventFilter, EventType};
+
+    #[test]
+    fn labels_are_kept_for_sent_labelled_messages_of_tenants_that_want_receipts() {
+        let wants = |tenant: &str, types: &[EventType]| Subscriber {
+            endpoint_id: format!("ep_{tenant}"),
+            tenant: tenant.into(),
+            filter: EventFilter {
+                event_types: types.to_vec(),
+                ..Default::default()
+            },
+        };
+        let subscribers = [
+            wants("receipts", &[EventType::MessageDelivered]),
+            wants("failures", &[EventType::MessageFailed]),
+            wants(
+                "sends",
+                &[EventType::MessageSent, EventType::MessageAccepted],
+            ),
+        ];
+        let labelled = |tenant: &str| {
+            let mut e = envelope(tenant, "+821012345678");
+            e.tags = vec!["order".into()];
+            e
+        };
+        let with_metadata = {
+            let mut e = envelope("receipts", "+821012345678");
+            e.metadata.insert("k".into(), "v".into());
+            e
+        };
+        let at = chrono::Utc::now();
+        let sent = |e: &crate::model::Envelope| Transition::of(e, Status::Sent, at);
+        let (a, b, c) = (
+            labelled("receipts"),
+            labelled("failures"),
+            labelled("sends"),
+        );
+        let transitions = [
+            sent(&a),
+            sent(&a), // the same message twice: kept once
+            Transition::of(&a, Status::Accepted, at),
+            sent(&b),
+            sent(&c),                                     // no receipts wanted
+            sent(&labelled("nobody")),                    // no endpoint
+            sent(&envelope("receipts", "+821012345678")), // nothing to keep
+            Transition::of(&labelled("receipts"), Status::Accepted, at), // not sent
+            sent(&with_metadata),
+        ];
+        let mut kept: Vec<_> = labels_to_keep(&transitions, &subscribers)
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        kept.sort();
+        let mut expected = vec![a.id, b.id, with_metadata.id];
+        expected.sort();
+        assert_eq!(kept, expected);
+    }
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -1345,6 +1461,33 @@ mod tests {
     async fn events_are_written_with_their_status_change() {
         let (_dir, s) = store().await;
         webhooks::events_are_written_with_their_status_change(&s, &s).await;
+    }
+
+    #[tokio::test]
+    async fn receipts_find_the_labels_wherever_they_were_kept() {
+        let (_dir, s) = store().await;
+        let pool = s.pool().clone();
+        webhooks::receipts_find_the_labels_wherever_they_were_kept(
+            &s,
+            &s,
+            |id, tags, metadata| async move {
+                sqlx::query("UPDATE messages SET webhook_labels = NULL WHERE id = ?")
+                    .bind(id.as_bytes().to_vec())
+                    .execute(&pool)
+                    .await
+                    .expect("forget");
+                sqlx::query(
+                    "INSERT INTO webhook_messages (message_id, tags, metadata) VALUES (?, ?, ?)",
+                )
+                .bind(id.as_bytes().to_vec())
+                .bind(tags)
+                .bind(metadata)
+                .execute(&pool)
+                .await
+                .expect("keep the old way");
+            },
+        )
+        .await;
     }
 
     #[tokio::test]

@@ -683,7 +683,7 @@ async fn receipts_move_sent_messages_once_and_only_their_providers() {
 #[tokio::test]
 async fn webhooks_keep_the_contract() {
     use ump_core::testing::webhooks;
-    for run in 0..5 {
+    for run in 0..6 {
         let db = TestDatabase::create().await;
         let history = MySqlHistory::new(db.pool.clone());
         let store = ump_core::webhooks_store::MySqlWebhooks::new(db.pool.clone());
@@ -696,6 +696,31 @@ async fn webhooks_keep_the_contract() {
             3 => {
                 webhooks::a_round_records_each_delivery_and_the_log_pages_through_them(
                     &history, &store,
+                )
+                .await
+            }
+            4 => {
+                let pool = db.pool.clone();
+                webhooks::receipts_find_the_labels_wherever_they_were_kept(
+                    &history,
+                    &store,
+                    |id, tags, metadata| async move {
+                        sqlx::query("UPDATE messages SET webhook_labels = NULL WHERE id = ?")
+                            .bind(id.as_bytes().as_slice())
+                            .execute(&pool)
+                            .await
+                            .expect("forget");
+                        sqlx::query(
+                            "INSERT INTO webhook_messages (message_id, tags, metadata) \
+                             VALUES (?, ?, ?)",
+                        )
+                        .bind(id.as_bytes().as_slice())
+                        .bind(tags)
+                        .bind(metadata)
+                        .execute(&pool)
+                        .await
+                        .expect("keep the old way");
+                    },
                 )
                 .await
             }

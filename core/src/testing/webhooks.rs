@@ -171,6 +171,89 @@ pub async fn events_are_written_with_their_status_change(
     assert_eq!(ids.len(), 3, "each event its own id");
 }
 
+/// A receipt's event carries the labels kept with the message's row; a message without labels
+/// gets empty ones; and labels an earlier version kept in `webhook_messages` (which
+/// `keep_the_old_way(message, tags, metadata)` puts there, clearing the row's own) are still
+/// found.
+pub async fn receipts_find_the_labels_wherever_they_were_kept<F, Fut>(
+    history: &dyn HistoryStore,
+    store: &dyn WebhookStore,
+    keep_the_old_way: F,
+) where
+    F: FnOnce(crate::model::MessageId, &'static str, &'static str) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let now = now();
+    let ep = endpoint("t1", all_events(), now);
+    store
+        .create_endpoint(&ep, &new_secret())
+        .await
+        .expect("create");
+    let mut labelled = envelope("t1", "+821011112222");
+    labelled.tags = vec!["order".into()];
+    labelled.metadata.insert("order".into(), "B-1".into());
+    let mut legacy = envelope("t1", "+821033334444");
+    legacy.tags = vec!["legacy".into()];
+    let bare = envelope("t1", "+821055556666");
+    let mut transitions = Vec::new();
+    for (e, provider_id) in [(&labelled, "sb-l"), (&legacy, "sb-o"), (&bare, "sb-b")] {
+        transitions.push(Transition::of(e, Status::Accepted, e.accepted_at));
+        transitions.push(
+            Transition::of(e, Status::Sent, e.accepted_at + Duration::milliseconds(3))
+                .provider("sandbox", Some(provider_id.into())),
+        );
+    }
+    history
+        .record(&BatchRecord {
+            transitions,
+            deferred: vec![],
+        })
+        .await
+        .expect("record");
+    keep_the_old_way(legacy.id, r#"["legacy"]"#, r#"{"kept": "before"}"#).await;
+    for (e, provider_id) in [(&labelled, "sb-l"), (&legacy, "sb-o"), (&bare, "sb-b")] {
+        let receipt = Receipt {
+            provider: "sandbox".into(),
+            message: ReceiptFor::ProviderMessageId(provider_id.into()),
+            status: Status::Delivered,
+            at: e.accepted_at + Duration::seconds(1),
+            detail: None,
+        };
+        assert_eq!(
+            history.apply_receipt(&receipt).await.expect("receipt"),
+            ReceiptOutcome::Applied(e.id)
+        );
+    }
+    let claimed = store
+        .claim(
+            &ep.id,
+            Utc::now() + Duration::seconds(5),
+            std::time::Duration::from_secs(30),
+            100,
+        )
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 9, "accepted, sent and delivered of each");
+    let delivered = |id: crate::model::MessageId| -> serde_json::Value {
+        let d = claimed
+            .iter()
+            .find(|d| {
+                d.payload.contains(&id.to_string()) && d.payload.contains("message.delivered")
+            })
+            .expect("the receipt's event");
+        serde_json::from_str::<serde_json::Value>(&d.payload).expect("JSON")["data"].clone()
+    };
+    let data = delivered(labelled.id);
+    assert_eq!(data["tags"], serde_json::json!(["order"]));
+    assert_eq!(data["metadata"], serde_json::json!({"order": "B-1"}));
+    let data = delivered(legacy.id);
+    assert_eq!(data["tags"], serde_json::json!(["legacy"]));
+    assert_eq!(data["metadata"], serde_json::json!({"kept": "before"}));
+    let data = delivered(bare.id);
+    assert_eq!(data["tags"], serde_json::json!([]));
+    assert_eq!(data["metadata"], serde_json::json!({}));
+}
+
 pub async fn deliveries_are_leased_and_settled_by_their_claimer(
     _history: &dyn HistoryStore,
     store: &dyn WebhookStore,
