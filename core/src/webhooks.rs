@@ -240,44 +240,84 @@ pub fn event_id(message: MessageId, status: Status, attempt: u32) -> String {
     format!("msg_{}", derived.0.simple())
 }
 
-/// The JSON body of a message event: `type`, `timestamp` and `data`, the recipient masked.
-pub fn message_payload(t: &Transition) -> Option<String> {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        #[serde(rename = "type")]
-        event: &'static str,
-        timestamp: String,
-        data: Data<'a>,
-    }
-    #[derive(Serialize)]
-    struct Data<'a> {
-        id: MessageId,
-        channel: &'a str,
-        status: Status,
-        provider: &'a Option<String>,
-        to: String,
-        attempt: u32,
-        detail: &'a Option<String>,
-        tags: &'a [String],
-        metadata: &'a serde_json::Map<String, serde_json::Value>,
-    }
-    let event = EventType::of(t.status)?;
-    let body = Body {
-        event: event.as_str(),
-        timestamp: t.at.to_rfc3339_opts(SecondsFormat::Millis, true),
-        data: Data {
+/// What a message event's body says: a status change of a message, the recipient already
+/// masked. Borrowed, so that the outbox can render it from a transition or from the fields it
+/// stored, with the same result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventBody<'a> {
+    pub id: MessageId,
+    pub status: Status,
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    pub channel: &'a str,
+    pub provider: Option<&'a str>,
+    /// Masked (`pii::Masked`).
+    pub to: std::borrow::Cow<'a, str>,
+    pub detail: Option<&'a str>,
+    pub tags: &'a [String],
+    pub metadata: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+impl<'a> EventBody<'a> {
+    pub fn of(t: &'a Transition) -> Self {
+        Self {
             id: t.id,
-            channel: &t.channel,
             status: t.status,
-            provider: &t.provider,
-            to: Masked(&t.to).to_string(),
             attempt: t.attempt,
-            detail: &t.detail,
+            at: t.at,
+            channel: &t.channel,
+            provider: t.provider.as_deref(),
+            to: std::borrow::Cow::Owned(Masked(&t.to).to_string()),
+            detail: t.detail.as_deref(),
             tags: &t.tags,
             metadata: &t.metadata,
-        },
-    };
-    serde_json::to_string(&body).ok()
+        }
+    }
+
+    /// The JSON body: `type`, `timestamp` and `data`. `None` for a status that makes no event.
+    pub fn payload(&self) -> Option<String> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            #[serde(rename = "type")]
+            event: &'static str,
+            timestamp: String,
+            data: Data<'a>,
+        }
+        #[derive(Serialize)]
+        struct Data<'a> {
+            id: MessageId,
+            channel: &'a str,
+            status: Status,
+            provider: Option<&'a str>,
+            to: &'a str,
+            attempt: u32,
+            detail: Option<&'a str>,
+            tags: &'a [String],
+            metadata: &'a serde_json::Map<String, serde_json::Value>,
+        }
+        let event = EventType::of(self.status)?;
+        let body = Body {
+            event: event.as_str(),
+            timestamp: self.at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            data: Data {
+                id: self.id,
+                channel: self.channel,
+                status: self.status,
+                provider: self.provider,
+                to: &self.to,
+                attempt: self.attempt,
+                detail: self.detail,
+                tags: self.tags,
+                metadata: self.metadata,
+            },
+        };
+        serde_json::to_string(&body).ok()
+    }
+}
+
+/// The JSON body of a message event: `type`, `timestamp` and `data`, the recipient masked.
+pub fn message_payload(t: &Transition) -> Option<String> {
+    EventBody::of(t).payload()
 }
 
 /// An enabled endpoint as the outbox writer sees it.
@@ -288,41 +328,65 @@ pub struct Subscriber {
     pub filter: EventFilter,
 }
 
-/// The deliveries a batch of status changes produces: one per (change, endpoint of its tenant
-/// that wants it). Pure: the stores write exactly these in the transaction of the changes.
-pub fn deliveries_for(
-    transitions: &[Transition],
-    subscribers: &[Subscriber],
-    now: DateTime<Utc>,
-) -> Vec<NewDelivery> {
+/// One event a batch of status changes makes for one endpoint, its body not yet rendered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxEvent<'a> {
+    pub endpoint_id: &'a str,
+    /// The `webhook-id` (`event_id`).
+    pub event_id: String,
+    pub event: EventType,
+    pub transition: &'a Transition,
+}
+
+/// The events a batch of status changes makes: one per (change, endpoint of its tenant that
+/// wants it), ordered by endpoint, then event id, each once. Pure: the stores write exactly these
+/// in the transaction of the changes.
+pub fn events_for<'a>(
+    transitions: &'a [Transition],
+    subscribers: &'a [Subscriber],
+) -> Vec<OutboxEvent<'a>> {
     let mut out = Vec::new();
     for t in transitions {
         let Some(event) = EventType::of(t.status) else {
             continue;
         };
-        let mut payload = None;
         for s in subscribers {
-            if s.tenant != t.tenant || !s.filter.wants(event, &t.channel, &t.tags) {
-                continue;
+            if s.tenant == t.tenant && s.filter.wants(event, &t.channel, &t.tags) {
+                out.push(OutboxEvent {
+                    endpoint_id: &s.endpoint_id,
+                    event_id: event_id(t.id, t.status, t.attempt),
+                    event,
+                    transition: t,
+                });
             }
-            let Some(body) = payload.get_or_insert_with(|| message_payload(t)) else {
-                continue;
-            };
-            out.push(NewDelivery {
-                endpoint_id: s.endpoint_id.clone(),
-                tenant: t.tenant.clone(),
-                event_id: event_id(t.id, t.status, t.attempt),
-                event_type: event.as_str().to_owned(),
-                message_id: Some(t.id),
-                payload: body.clone(),
-                created_at: now,
-            });
         }
     }
     // Always the same row order: concurrent batches never deadlock on each other's rows.
-    out.sort_by(|a, b| (&a.endpoint_id, &a.event_id).cmp(&(&b.endpoint_id, &b.event_id)));
+    out.sort_by(|a, b| (a.endpoint_id, &a.event_id).cmp(&(b.endpoint_id, &b.event_id)));
     out.dedup_by(|a, b| a.endpoint_id == b.endpoint_id && a.event_id == b.event_id);
     out
+}
+
+/// The deliveries a batch of status changes produces (`events_for`), their bodies rendered.
+pub fn deliveries_for(
+    transitions: &[Transition],
+    subscribers: &[Subscriber],
+    now: DateTime<Utc>,
+) -> Vec<NewDelivery> {
+    events_for(transitions, subscribers)
+        .into_iter()
+        .filter_map(|e| {
+            Some(NewDelivery {
+                endpoint_id: e.endpoint_id.to_owned(),
+                tenant: e.transition.tenant.clone(),
+                event_id: e.event_id,
+                event_type: e.event.as_str().to_owned(),
+                message_id: Some(e.transition.id),
+                payload: message_payload(e.transition)?,
+                created_at: now,
+            })
+        })
+        .collect()
 }
 
 /// The body of "send a test event".

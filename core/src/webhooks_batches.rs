@@ -15,8 +15,11 @@
 
 use crate::history::HistoryError;
 use crate::model::MessageId;
+use crate::model::Status;
+use crate::pii::Masked;
 use crate::webhooks::{
-    Attempt, AttemptResult, BatchRef, ClaimedDelivery, DeliveryView, NewDelivery, PENDING,
+    Attempt, AttemptResult, BatchRef, ClaimedDelivery, DeliveryView, EventBody, EventType,
+    OutboxEvent, PENDING, event_id,
 };
 use crate::webhooks_store::{attempt_row, corrupt, later, mysql_lease};
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -31,18 +34,87 @@ use std::time::Duration;
 /// lease.
 pub const BATCH_EVENTS: usize = 256;
 
-/// Batch bodies: the events encoded (postcard), then compressed (LZ4): a batch's events repeat
-/// their keys, channel and types, and the bytes are what the history transaction waits on.
-const BODY_VERSION: u8 = 2;
+/// Batch bodies: the fields each event's JSON body is made of (`StoredEvent`), encoded
+/// (postcard), then compressed (LZ4): a batch's events repeat their channel, provider and
+/// labels, and the bytes are what the history transaction waits on. The JSON itself and the
+/// event ids are made when the batch is read (claimed, logged, replayed), off the send path.
+const BODY_VERSION: u8 = 3;
 const OUTCOME_VERSION: u8 = 1;
 
-/// One event of a batch, as its row keeps it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One event of a batch as the dispatcher, the log and replay see it.
+#[derive(Clone, Debug, PartialEq)]
 struct BatchEvent {
     event_id: String,
     event_type: String,
     message_id: Option<[u8; 16]>,
     payload: String,
+}
+
+/// One event of a batch as its row keeps it: what identifies it (message, status, attempt) and
+/// what its body says.
+#[derive(Debug, Deserialize)]
+struct StoredEvent {
+    message_id: [u8; 16],
+    status: Status,
+    attempt: u32,
+    at_micros: i64,
+    channel: String,
+    provider: Option<String>,
+    /// Masked.
+    to: String,
+    detail: Option<String>,
+    tags: Vec<String>,
+    /// The metadata as JSON text; empty for none.
+    metadata: String,
+}
+
+/// `StoredEvent` as written: borrowed, encoded the same way.
+#[derive(Serialize)]
+struct StoredEventRef<'a> {
+    message_id: [u8; 16],
+    status: Status,
+    attempt: u32,
+    at_micros: i64,
+    channel: &'a str,
+    provider: Option<&'a str>,
+    to: String,
+    detail: Option<&'a str>,
+    tags: &'a [String],
+    metadata: String,
+}
+
+impl StoredEvent {
+    fn read(self) -> Result<BatchEvent, HistoryError> {
+        let id = MessageId(uuid::Uuid::from_bytes(self.message_id));
+        let event = EventType::of(self.status)
+            .ok_or_else(|| corrupt("webhook batch", "a status without an event"))?;
+        let metadata = if self.metadata.is_empty() {
+            serde_json::Map::new()
+        } else {
+            serde_json::from_str(&self.metadata).map_err(|e| corrupt("webhook batch", e))?
+        };
+        let body = EventBody {
+            id,
+            status: self.status,
+            attempt: self.attempt,
+            at: DateTime::from_timestamp_micros(self.at_micros)
+                .ok_or_else(|| corrupt("webhook batch", self.at_micros))?,
+            channel: &self.channel,
+            provider: self.provider.as_deref(),
+            to: std::borrow::Cow::Borrowed(&self.to),
+            detail: self.detail.as_deref(),
+            tags: &self.tags,
+            metadata: &metadata,
+        };
+        Ok(BatchEvent {
+            event_id: event_id(id, self.status, self.attempt),
+            event_type: event.as_str().to_owned(),
+            message_id: Some(self.message_id),
+            payload: body
+                .payload()
+                .ok_or_else(|| corrupt("webhook batch", "an event without a body"))?,
+        })
+    }
 }
 
 /// What became of one event of a batch once its round was recorded.
@@ -76,7 +148,9 @@ fn decode_body(bytes: &[u8]) -> Result<Vec<BatchEvent>, HistoryError> {
         Some((v, rest)) if *v == BODY_VERSION => {
             let plain = lz4_flex::decompress_size_prepended(rest)
                 .map_err(|e| corrupt("webhook batch", e))?;
-            postcard::from_bytes(&plain).map_err(|e| corrupt("webhook batch", e))
+            let stored: Vec<StoredEvent> =
+                postcard::from_bytes(&plain).map_err(|e| corrupt("webhook batch", e))?;
+            stored.into_iter().map(StoredEvent::read).collect()
         }
         _ => Err(corrupt("webhook batch", "unknown encoding")),
     }
@@ -92,7 +166,7 @@ fn decode<T: for<'de> Deserialize<'de>>(version: u8, bytes: &[u8]) -> Result<T, 
 }
 
 /// The row key of a batch: its first event id, then a digest of every id in it.
-fn batch_key(events: &[&NewDelivery]) -> String {
+fn batch_key(events: &[&OutboxEvent]) -> String {
     let mut digest = Sha256::new();
     for d in events {
         digest.update(d.event_id.as_bytes());
@@ -108,17 +182,17 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// A batch to write: one endpoint's events of a transaction, at most `BATCH_EVENTS`.
-struct NewBatch<'a> {
+struct NewBatch<'a, 'b> {
     key: String,
-    events: Vec<&'a NewDelivery>,
+    events: Vec<&'b OutboxEvent<'a>>,
 }
 
-/// Groups deliveries (sorted by endpoint, then event id, as `deliveries_for` returns them) into
-/// batches of one endpoint each.
-fn batches(deliveries: &[NewDelivery]) -> Vec<NewBatch<'_>> {
-    let mut by_endpoint: BTreeMap<&str, Vec<&NewDelivery>> = BTreeMap::new();
-    for d in deliveries {
-        by_endpoint.entry(&d.endpoint_id).or_default().push(d);
+/// Groups events (as `events_for` returns them) into batches of one endpoint each, in event id
+/// order.
+fn batches<'a, 'b>(all: &'b [OutboxEvent<'a>]) -> Vec<NewBatch<'a, 'b>> {
+    let mut by_endpoint: BTreeMap<&str, Vec<&OutboxEvent>> = BTreeMap::new();
+    for e in all {
+        by_endpoint.entry(e.endpoint_id).or_default().push(e);
     }
     let mut out = Vec::new();
     for (_, mut events) in by_endpoint {
@@ -134,25 +208,28 @@ fn batches(deliveries: &[NewDelivery]) -> Vec<NewBatch<'_>> {
     out
 }
 
-fn body(events: &[&NewDelivery]) -> Result<Vec<u8>, HistoryError> {
-    /// `BatchEvent` as written: borrowed, encoded the same way.
-    #[derive(Serialize)]
-    struct Borrowed<'a> {
-        event_id: &'a str,
-        event_type: &'a str,
-        message_id: Option<[u8; 16]>,
-        payload: &'a str,
+fn body(events: &[&OutboxEvent]) -> Result<Vec<u8>, HistoryError> {
+    let mut stored = Vec::with_capacity(events.len());
+    for e in events {
+        let t = e.transition;
+        stored.push(StoredEventRef {
+            message_id: *t.id.as_bytes(),
+            status: t.status,
+            attempt: t.attempt,
+            at_micros: t.at.timestamp_micros(),
+            channel: &t.channel,
+            provider: t.provider.as_deref(),
+            to: Masked(&t.to).to_string(),
+            detail: t.detail.as_deref(),
+            tags: &t.tags,
+            metadata: if t.metadata.is_empty() {
+                String::new()
+            } else {
+                serde_json::to_string(&t.metadata).map_err(|e| corrupt("webhook batch", e))?
+            },
+        });
     }
-    let events: Vec<Borrowed> = events
-        .iter()
-        .map(|d| Borrowed {
-            event_id: &d.event_id,
-            event_type: &d.event_type,
-            message_id: d.message_id.map(|id| *id.as_bytes()),
-            payload: &d.payload,
-        })
-        .collect();
-    encode_body(&events)
+    encode_body(&stored)
 }
 
 /// The slots of a batch of `len` events after a round: delivered at the first attempt, or moved
@@ -227,12 +304,13 @@ fn time(row: &sqlx::mysql::MySqlRow, i: usize) -> Result<DateTime<Utc>, HistoryE
 // ---------------------------------------------------------------------------------------------
 // MySQL
 
-/// Writes `deliveries` (of a status transaction) as batch rows inside its `tx`.
+/// Writes `events` (of a status transaction) as batch rows inside its `tx`.
 pub(crate) async fn insert(
     tx: &mut sqlx::Transaction<'_, MySql>,
-    deliveries: &[NewDelivery],
+    events: &[OutboxEvent<'_>],
+    now: DateTime<Utc>,
 ) -> Result<(), HistoryError> {
-    let batches = batches(deliveries);
+    let batches = batches(events);
     // A few rows of up to a few hundred KiB: a statement for every 8 keeps each packet small.
     for group in batches.chunks(8) {
         let mut rows = Vec::with_capacity(group.len());
@@ -246,15 +324,15 @@ pub(crate) async fn insert(
              events, body, state, created_at, due_at) ",
         );
         q.push_values(rows, |mut r, (b, first, last, body)| {
-            r.push_bind(first.endpoint_id.clone())
+            r.push_bind(first.endpoint_id.to_owned())
                 .push_bind(b.key.clone())
-                .push_bind(first.tenant.clone())
+                .push_bind(first.transition.tenant.clone())
                 .push_bind(last.event_id.clone())
                 .push_bind(b.events.len() as u32)
                 .push_bind(body)
                 .push_bind(PENDING)
-                .push_bind(naive(first.created_at))
-                .push_bind(naive(first.created_at));
+                .push_bind(naive(now))
+                .push_bind(naive(now));
         });
         q.build().execute(&mut **tx).await?;
     }
@@ -632,39 +710,41 @@ pub(crate) async fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::Transition;
     use crate::webhooks::AttemptResult;
 
-    fn delivery(endpoint: &str, event: &str) -> NewDelivery {
-        NewDelivery {
-            endpoint_id: endpoint.into(),
-            tenant: "t1".into(),
+    fn transition(i: usize) -> Transition {
+        let mut e = crate::testing::parking::envelope("t1", &format!("+8210{i:08}"));
+        e.tags = vec!["order".into()];
+        if i % 2 == 0 {
+            e.metadata.insert("n".into(), i.into());
+        }
+        e.attempts = 1;
+        Transition::of(&e, Status::Sent, Utc::now()).provider("sandbox", Some(format!("sb-{i}")))
+    }
+
+    fn event<'a>(endpoint: &'a str, event: &str, t: &'a Transition) -> OutboxEvent<'a> {
+        OutboxEvent {
+            endpoint_id: endpoint,
             event_id: event.into(),
-            event_type: "message.sent".into(),
-            message_id: Some(MessageId(uuid::Uuid::now_v7())),
-            payload: format!("{{\"id\": \"{event}\"}}"),
-            created_at: Utc::now(),
+            event: EventType::MessageSent,
+            transition: t,
         }
     }
 
     #[test]
     fn a_batch_is_one_endpoints_events_and_its_key_names_them_all() {
-        let mut all: Vec<NewDelivery> = (0..BATCH_EVENTS + 3)
-            .map(|i| delivery("ep_a", &format!("msg_{i:05}")))
+        let t = transition(1);
+        let mut all: Vec<OutboxEvent> = (0..BATCH_EVENTS + 3)
+            .map(|i| event("ep_a", &format!("msg_{i:05}"), &t))
             .collect();
-        all.push(delivery("ep_b", "msg_00001"));
+        all.push(event("ep_b", "msg_00001", &t));
         let made = batches(&all);
-        let sizes: Vec<(String, usize)> = made
+        let sizes: Vec<(&str, usize)> = made
             .iter()
-            .map(|b| (b.events[0].endpoint_id.clone(), b.events.len()))
+            .map(|b| (b.events[0].endpoint_id, b.events.len()))
             .collect();
-        assert_eq!(
-            sizes,
-            [
-                ("ep_a".to_owned(), BATCH_EVENTS),
-                ("ep_a".to_owned(), 3),
-                ("ep_b".to_owned(), 1)
-            ]
-        );
+        assert_eq!(sizes, [("ep_a", BATCH_EVENTS), ("ep_a", 3), ("ep_b", 1)]);
         assert!(made[0].key.starts_with("msg_00000."));
         // The same events make the same key (a batch recorded again is one row); other events
         // that start with the same one make another.
@@ -675,31 +755,44 @@ mod tests {
     }
 
     #[test]
-    fn bodies_and_outcomes_read_back_and_refuse_other_encodings() {
-        let all = [delivery("ep_a", "msg_1"), delivery("ep_a", "msg_2")];
-        let refs: Vec<&NewDelivery> = all.iter().collect();
+    fn bodies_read_back_as_the_events_the_transitions_make() {
+        let mut transitions: Vec<Transition> = (0..BATCH_EVENTS).map(transition).collect();
+        transitions[1].detail = Some("a \"quoted\" detail".into());
+        transitions[2].provider = None;
+        let subscribers = [crate::webhooks::Subscriber {
+            endpoint_id: "ep_a".into(),
+            tenant: "t1".into(),
+            filter: crate::webhooks::EventFilter {
+                event_types: EventType::ALL.to_vec(),
+                ..Default::default()
+            },
+        }];
+        let events = crate::webhooks::events_for(&transitions, &subscribers);
+        let refs: Vec<&OutboxEvent> = events.iter().collect();
         let bytes = body(&refs).unwrap();
-        let events = decode_body(&bytes).unwrap();
-        assert_eq!(events[1].payload, all[1].payload);
-        assert_eq!(
-            events[0]
-                .message_id
-                .map(|b| MessageId(uuid::Uuid::from_bytes(b))),
-            all[0].message_id
-        );
+        let read = decode_body(&bytes).unwrap();
+        assert_eq!(read.len(), events.len());
+        for (r, e) in read.iter().zip(&events) {
+            let t = e.transition;
+            // The same body, id and type as a per-event row of the same change would have.
+            assert_eq!(
+                Some(&r.payload),
+                crate::webhooks::message_payload(t).as_ref()
+            );
+            assert_eq!(r.event_id, event_id(t.id, t.status, t.attempt));
+            assert_eq!(r.event_id, e.event_id);
+            assert_eq!(r.event_type, "message.sent");
+            assert_eq!(r.message_id, Some(*t.id.as_bytes()));
+        }
         assert!(decode_body(&bytes[1..]).is_err());
-        // A batch's events repeat their keys and most of their values: the body is a fraction
-        // of them.
-        let many: Vec<NewDelivery> = (0..BATCH_EVENTS)
-            .map(|i| delivery("ep_a", &format!("msg_{i:05}")))
-            .collect();
-        let refs: Vec<&NewDelivery> = many.iter().collect();
-        let plain: usize = many
+        // The body keeps the fields, not the JSON, and a batch's events repeat most of theirs:
+        // a fraction of the bodies it stands for.
+        let plain: usize = read
             .iter()
-            .map(|d| d.payload.len() + d.event_id.len() + d.event_type.len() + 16)
+            .map(|r| r.payload.len() + r.event_id.len())
             .sum();
-        assert!(body(&refs).unwrap().len() < plain / 2);
-        assert!(decode::<Vec<BatchEvent>>(OUTCOME_VERSION, &bytes).is_err());
+        assert!(bytes.len() < plain / 4, "{} of {plain}", bytes.len());
+        assert!(decode::<Vec<Slot>>(OUTCOME_VERSION, &bytes).is_err());
         assert!(decode::<Vec<Slot>>(OUTCOME_VERSION, &[]).is_err());
     }
 

@@ -8,7 +8,7 @@ use crate::sqlite::{SqliteStore, micros};
 use crate::webhooks::{
     Attempt, AttemptResult, ClaimedDelivery, DELIVERED, DeliveryView, Endpoint, EventFilter,
     EventType, GAVE_UP, NewDelivery, PENDING, RetryPolicy, SigningSecrets, Subscriber, Target,
-    WebhookStore, deliveries_for,
+    WebhookStore, deliveries_for, events_for,
 };
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::{MySql, QueryBuilder, Row, Sqlite};
@@ -335,8 +335,8 @@ impl Outbox {
         if self.subscribers.is_empty() {
             return Ok(());
         }
-        let deliveries = deliveries_for(transitions, &self.subscribers, now);
-        crate::webhooks_batches::insert(tx, &deliveries).await
+        let events = events_for(transitions, &self.subscribers);
+        crate::webhooks_batches::insert(tx, &events, now).await
     }
 
     /// Writes the deliveries `transitions` produce: a row each in SQLite.
