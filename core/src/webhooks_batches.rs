@@ -716,7 +716,7 @@ mod tests {
     fn transition(i: usize) -> Transition {
         let mut e = crate::testing::parking::envelope("t1", &format!("+8210{i:08}"));
         e.tags = vec!["order".into()];
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             e.metadata.insert("n".into(), i.into());
         }
         e.attempts = 1;
