@@ -109,7 +109,7 @@ async fn profiles_are_kept_per_tenant_and_erasure_erases() {
     assert_eq!(status, 200, "{erased}");
     assert_eq!(
         erased,
-        json!({"profile": true, "messages_masked": 1, "automation_state": true})
+        json!({"profile": true, "messages_masked": 1, "automation_state": true, "webhook_events_redacted": 0})
     );
     assert_eq!(ump.get(KEY, "/v1/users/kim-1").await.0, 404);
     let (_, view) = ump.get(KEY, &format!("/v1/messages/{id}")).await;

@@ -30,6 +30,7 @@ pub mod template;
 pub mod tls;
 pub mod webhooks;
 mod webhooks_batches;
+mod webhooks_erasure;
 pub mod webhooks_store;
 
 #[cfg(feature = "testing")]

@@ -9,9 +9,29 @@ use std::fmt;
 #[derive(Clone, Copy, Debug)]
 pub struct Masked<'a>(pub &'a str);
 
+/// Whether `to` already has a mask's shape (an erased person's recipient, kept masked): masking
+/// it again shows it as it is, which tells no more than the mask did.
+fn already_masked(to: &str) -> bool {
+    if let Some(rest) = to.strip_prefix('+') {
+        // `+`, digits, stars, digits: no phone number has stars.
+        let head = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+        let stars = head.trim_start_matches('*');
+        return stars.len() < head.len() && stars.bytes().all(|b| b.is_ascii_digit());
+    }
+    if let Some((local, _)) = to.rsplit_once('@') {
+        let mut chars = local.chars();
+        return chars.next().is_some_and(|c| c != '*') && chars.as_str() == "***" || local == "***";
+    }
+    let chars: Vec<char> = to.chars().collect();
+    to == "***" || (chars.len() == 11 && chars[4..7] == ['*', '*', '*'])
+}
+
 impl fmt::Display for Masked<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let to = self.0;
+        if already_masked(to) {
+            return f.write_str(to);
+        }
         if let Some(digits) = to.strip_prefix('+')
             && !digits.is_empty()
             && digits.bytes().all(|b| b.is_ascii_digit())
@@ -71,6 +91,25 @@ mod tests {
         assert_eq!(masked(token), "1111***ffff");
         assert_eq!(masked("customer-42"), "***");
         assert_eq!(masked(""), "***");
+    }
+
+    #[test]
+    fn a_mask_masked_again_stays_as_it_was() {
+        for to in [
+            "+821012345678",
+            "+15005550006",
+            "kim@example.com",
+            "민수@예시.한국",
+            "@example.com",
+            "1111222233334444555566667777888899990000aaaabbbbccccddddeeeeffff",
+            "customer-42",
+        ] {
+            assert_eq!(masked(&masked(to)), masked(to), "{to}");
+        }
+        // Recipients that only look a little like masks are masked as usual.
+        assert_eq!(masked("kim***@example.com"), "k***@example.com");
+        assert_eq!(masked("+8210****5678x"), "***");
+        assert_eq!(masked("ab***cd@example.com"), "a***@example.com");
     }
 
     #[test]

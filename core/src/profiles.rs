@@ -18,6 +18,10 @@ pub struct Erasure {
     /// What the event processor kept of the person (recent events, event counters, segment
     /// memberships) was deleted.
     pub automation_state: bool,
+    /// Webhook events about those messages, waiting or kept in an endpoint's delivery log, that
+    /// now carry no tags or metadata and only the masked recipient (they stay, under their
+    /// `webhook-id`, so the application still learns what became of its message).
+    pub webhook_events_redacted: u64,
 }
 
 #[async_trait::async_trait]

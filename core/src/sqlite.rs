@@ -1059,30 +1059,56 @@ impl crate::profiles::ProfileStore for SqliteStore {
             return Ok(crate::profiles::Erasure::default());
         };
         let profile = crate::profiles::decode(&text)?;
+        let recipients = crate::profiles::recipients(&profile);
+        // The person's messages, found by their recipient before it is masked: the webhook
+        // outbox keys its events by message.
+        let mut messages = crate::webhooks_erasure::Messages::new();
+        for recipient in &recipients {
+            let ids: Vec<Vec<u8>> =
+                sqlx::query_scalar("SELECT id FROM messages WHERE tenant_id = ? AND recipient = ?")
+                    .bind(tenant)
+                    .bind(recipient)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            for id in ids {
+                messages.insert(
+                    id.try_into()
+                        .map_err(|_| HistoryError::Corrupt("message id".into()))?,
+                );
+            }
+        }
         let mut masked = 0;
-        for recipient in crate::profiles::recipients(&profile) {
+        for recipient in &recipients {
             // Providers quote the recipient back in their errors, which the timeline keeps.
             sqlx::query(
                 "UPDATE message_events SET detail = replace(detail, ?, ?) \
                  WHERE message_id IN (SELECT id FROM messages WHERE tenant_id = ? AND recipient = ?) \
                  AND detail IS NOT NULL",
             )
-            .bind(&recipient)
-            .bind(crate::profiles::masked(&recipient))
+            .bind(recipient)
+            .bind(crate::profiles::masked(recipient))
             .bind(tenant)
-            .bind(&recipient)
+            .bind(recipient)
             .execute(&mut *tx)
             .await?;
             masked += sqlx::query(
-                "UPDATE messages SET recipient = ? WHERE tenant_id = ? AND recipient = ?",
+                "UPDATE messages SET recipient = ?, webhook_labels = NULL \
+                 WHERE tenant_id = ? AND recipient = ?",
             )
-            .bind(crate::profiles::masked(&recipient))
+            .bind(crate::profiles::masked(recipient))
             .bind(tenant)
-            .bind(&recipient)
+            .bind(recipient)
             .execute(&mut *tx)
             .await?
             .rows_affected();
         }
+        let webhook_events = crate::webhooks_erasure::sqlite(
+            &mut tx,
+            tenant,
+            &messages,
+            &crate::webhooks_erasure::Redaction::new(&recipients),
+        )
+        .await?;
         let mut automation_state = false;
         for statement in [
             "DELETE FROM segment_members WHERE tenant_id = ? AND user_id = ?",
@@ -1103,6 +1129,7 @@ impl crate::profiles::ProfileStore for SqliteStore {
             profile: true,
             messages_masked: masked,
             automation_state,
+            webhook_events_redacted: webhook_events,
         })
     }
 }

@@ -855,30 +855,65 @@ impl crate::profiles::ProfileStore for MySqlHistory {
             return Ok(crate::profiles::Erasure::default());
         };
         let profile = crate::profiles::decode(&text)?;
+        let recipients = crate::profiles::recipients(&profile);
+        // The person's messages, found by their recipient before it is masked: the webhook
+        // outbox keys its events by message.
+        let mut messages = crate::webhooks_erasure::Messages::new();
+        let mut oldest: Option<chrono::NaiveDateTime> = None;
+        for recipient in &recipients {
+            let rows: Vec<(Vec<u8>, chrono::NaiveDateTime)> = sqlx::query_as(
+                "SELECT id, created_at FROM messages WHERE tenant_id = ? AND recipient = ?",
+            )
+            .bind(tenant)
+            .bind(recipient)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (id, created_at) in rows {
+                let id: [u8; 16] = id
+                    .try_into()
+                    .map_err(|_| HistoryError::Corrupt("message id".into()))?;
+                messages.insert(id);
+                oldest = Some(oldest.map_or(created_at, |o| o.min(created_at)));
+            }
+        }
         let mut masked = 0;
-        for recipient in crate::profiles::recipients(&profile) {
+        for recipient in &recipients {
             // Providers quote the recipient back in their errors, which the timeline keeps.
             sqlx::query(
                 "UPDATE message_events e JOIN messages m ON m.id = e.message_id \
                  SET e.detail = REPLACE(e.detail, ?, ?) \
                  WHERE m.tenant_id = ? AND m.recipient = ? AND e.detail IS NOT NULL",
             )
-            .bind(&recipient)
-            .bind(crate::profiles::masked(&recipient))
+            .bind(recipient)
+            .bind(crate::profiles::masked(recipient))
             .bind(tenant)
-            .bind(&recipient)
+            .bind(recipient)
             .execute(&mut *tx)
             .await?;
             masked += sqlx::query(
-                "UPDATE messages SET recipient = ? WHERE tenant_id = ? AND recipient = ?",
+                "UPDATE messages SET recipient = ?, webhook_labels = NULL \
+                 WHERE tenant_id = ? AND recipient = ?",
             )
-            .bind(crate::profiles::masked(&recipient))
+            .bind(crate::profiles::masked(recipient))
             .bind(tenant)
-            .bind(&recipient)
+            .bind(recipient)
             .execute(&mut *tx)
             .await?
             .rows_affected();
         }
+        let webhook_events = match oldest {
+            Some(oldest) => {
+                crate::webhooks_erasure::mysql(
+                    &mut tx,
+                    tenant,
+                    &messages,
+                    oldest,
+                    &crate::webhooks_erasure::Redaction::new(&recipients),
+                )
+                .await?
+            }
+            None => 0,
+        };
         let mut deleted = [0; 4];
         for (n, statement) in [
             "DELETE FROM profiles WHERE tenant_id = ? AND user_id = ?",
@@ -903,6 +938,7 @@ impl crate::profiles::ProfileStore for MySqlHistory {
             profile: true,
             messages_masked: masked,
             automation_state,
+            webhook_events_redacted: webhook_events,
         })
     }
 }

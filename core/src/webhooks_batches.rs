@@ -21,6 +21,7 @@ use crate::webhooks::{
     Attempt, AttemptResult, BatchRef, ClaimedDelivery, DeliveryView, EventBody, EventType,
     OutboxEvent, PENDING, event_id,
 };
+use crate::webhooks_erasure::{Messages, Redaction};
 use crate::webhooks_store::{attempt_row, corrupt, later, mysql_lease};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -51,8 +52,9 @@ struct BatchEvent {
 }
 
 /// One event of a batch as its row keeps it: what identifies it (message, status, attempt) and
-/// what its body says.
-#[derive(Debug, Deserialize)]
+/// what its body says. (Written as `StoredEventRef`, rewritten by an erasure as itself: the
+/// same fields in the same order.)
+#[derive(Debug, Deserialize, Serialize)]
 struct StoredEvent {
     message_id: [u8; 16],
     status: Status,
@@ -143,17 +145,56 @@ fn encode_body<T: Serialize>(value: &T) -> Result<Vec<u8>, HistoryError> {
     Ok(out)
 }
 
-fn decode_body(bytes: &[u8]) -> Result<Vec<BatchEvent>, HistoryError> {
+fn decode_stored(bytes: &[u8]) -> Result<Vec<StoredEvent>, HistoryError> {
     match bytes.split_first() {
         Some((v, rest)) if *v == BODY_VERSION => {
             let plain = lz4_flex::decompress_size_prepended(rest)
                 .map_err(|e| corrupt("webhook batch", e))?;
-            let stored: Vec<StoredEvent> =
-                postcard::from_bytes(&plain).map_err(|e| corrupt("webhook batch", e))?;
-            stored.into_iter().map(StoredEvent::read).collect()
+            postcard::from_bytes(&plain).map_err(|e| corrupt("webhook batch", e))
         }
         _ => Err(corrupt("webhook batch", "unknown encoding")),
     }
+}
+
+fn decode_body(bytes: &[u8]) -> Result<Vec<BatchEvent>, HistoryError> {
+    decode_stored(bytes)?
+        .into_iter()
+        .map(StoredEvent::read)
+        .collect()
+}
+
+/// Whether a batch body holds an event about one of `messages`.
+pub(crate) fn mentions(body: &[u8], messages: &Messages) -> Result<bool, HistoryError> {
+    Ok(decode_stored(body)?
+        .iter()
+        .any(|e| messages.contains(&e.message_id)))
+}
+
+/// A batch body with the events about `messages` redacted (`Redaction`: no tags, no metadata,
+/// the detail masked); the others, and every event's identity, as they were. Also returns how
+/// the ids of the events that were about `messages`.
+pub(crate) fn redact(
+    body: &[u8],
+    messages: &Messages,
+    redaction: &Redaction,
+) -> Result<(Vec<u8>, Vec<String>), HistoryError> {
+    let mut stored = decode_stored(body)?;
+    let mut found = Vec::new();
+    for e in stored
+        .iter_mut()
+        .filter(|e| messages.contains(&e.message_id))
+    {
+        found.push(event_id(
+            MessageId(uuid::Uuid::from_bytes(e.message_id)),
+            e.status,
+            e.attempt,
+        ));
+        e.tags.clear();
+        e.metadata.clear();
+        e.detail = e.detail.as_deref().map(|d| redaction.detail(d));
+        e.to = redaction.detail(&e.to);
+    }
+    Ok((encode_body(&stored)?, found))
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(version: u8, bytes: &[u8]) -> Result<T, HistoryError> {
@@ -794,6 +835,55 @@ mod tests {
         assert!(bytes.len() < plain / 4, "{} of {plain}", bytes.len());
         assert!(decode::<Vec<Slot>>(OUTCOME_VERSION, &bytes).is_err());
         assert!(decode::<Vec<Slot>>(OUTCOME_VERSION, &[]).is_err());
+    }
+
+    #[test]
+    fn an_erasure_redacts_only_the_events_about_the_persons_messages() {
+        let mut transitions: Vec<Transition> = (0..4).map(transition).collect();
+        transitions[1].detail = Some(format!("{} is unreachable", transitions[1].to));
+        let subscribers = [crate::webhooks::Subscriber {
+            endpoint_id: "ep_a".into(),
+            tenant: "t1".into(),
+            filter: crate::webhooks::EventFilter {
+                event_types: EventType::ALL.to_vec(),
+                ..Default::default()
+            },
+        }];
+        let events = crate::webhooks::events_for(&transitions, &subscribers);
+        let refs: Vec<&OutboxEvent> = events.iter().collect();
+        let bytes = body(&refs).unwrap();
+        let person = transitions[1].to.clone();
+        let theirs: Messages = [*transitions[1].id.as_bytes()].into();
+        assert!(mentions(&bytes, &theirs).unwrap());
+        assert!(!mentions(&bytes, &[[7u8; 16]].into()).unwrap());
+
+        let (redacted, found) =
+            redact(&bytes, &theirs, &Redaction::new(&[person.clone()])).unwrap();
+        let t = &transitions[1];
+        assert_eq!(found, [event_id(t.id, t.status, t.attempt)]);
+        let before = decode_body(&bytes).unwrap();
+        let after = decode_body(&redacted).unwrap();
+        assert_eq!(before.len(), after.len());
+        for (b, a) in before.iter().zip(&after) {
+            // Every event keeps its identity: the receiver still learns what became of it.
+            assert_eq!(
+                (&b.event_id, &b.event_type, b.message_id),
+                (&a.event_id, &a.event_type, a.message_id)
+            );
+            let data = &serde_json::from_str::<serde_json::Value>(&a.payload).unwrap()["data"];
+            if a.message_id == Some(*transitions[1].id.as_bytes()) {
+                assert!(!a.payload.contains(&person), "{}", a.payload);
+                assert_eq!(
+                    data["detail"],
+                    format!("{} is unreachable", Masked(&person))
+                );
+                assert_eq!(data["tags"], serde_json::json!([]));
+                assert_eq!(data["metadata"], serde_json::json!({}));
+            } else {
+                assert_eq!(a.payload, b.payload);
+                assert_eq!(data["tags"], serde_json::json!(["order"]));
+            }
+        }
     }
 
     #[test]

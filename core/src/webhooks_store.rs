@@ -1467,26 +1467,40 @@ mod tests {
     async fn receipts_find_the_labels_wherever_they_were_kept() {
         let (_dir, s) = store().await;
         let pool = s.pool().clone();
-        webhooks::receipts_find_the_labels_wherever_they_were_kept(
-            &s,
-            &s,
-            |id, tags, metadata| async move {
-                sqlx::query("UPDATE messages SET webhook_labels = NULL WHERE id = ?")
-                    .bind(id.as_bytes().to_vec())
-                    .execute(&pool)
-                    .await
-                    .expect("forget");
-                sqlx::query(
-                    "INSERT INTO webhook_messages (message_id, tags, metadata) VALUES (?, ?, ?)",
-                )
-                .bind(id.as_bytes().to_vec())
-                .bind(tags)
-                .bind(metadata)
-                .execute(&pool)
-                .await
-                .expect("keep the old way");
-            },
-        )
+        webhooks::receipts_find_the_labels_wherever_they_were_kept(&s, &s, |id, tags, metadata| {
+            keep_the_old_way(pool, id, tags, metadata)
+        })
+        .await;
+    }
+
+    /// Moves a message's labels to where versions before `messages.webhook_labels` kept them.
+    async fn keep_the_old_way(
+        pool: sqlx::SqlitePool,
+        id: crate::model::MessageId,
+        tags: &str,
+        metadata: &str,
+    ) {
+        sqlx::query("UPDATE messages SET webhook_labels = NULL WHERE id = ?")
+            .bind(id.as_bytes().to_vec())
+            .execute(&pool)
+            .await
+            .expect("forget");
+        sqlx::query("INSERT INTO webhook_messages (message_id, tags, metadata) VALUES (?, ?, ?)")
+            .bind(id.as_bytes().to_vec())
+            .bind(tags)
+            .bind(metadata)
+            .execute(&pool)
+            .await
+            .expect("keep the old way");
+    }
+
+    #[tokio::test]
+    async fn erasure_redacts_the_persons_webhook_events() {
+        let (_dir, s) = store().await;
+        let pool = s.pool().clone();
+        webhooks::erasure_redacts_the_persons_webhook_events(&s, &s, |id, tags, metadata| {
+            keep_the_old_way(pool, id, tags, metadata)
+        })
         .await;
     }
 

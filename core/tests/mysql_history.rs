@@ -683,7 +683,7 @@ async fn receipts_move_sent_messages_once_and_only_their_providers() {
 #[tokio::test]
 async fn webhooks_keep_the_contract() {
     use ump_core::testing::webhooks;
-    for run in 0..6 {
+    for run in 0..7 {
         let db = TestDatabase::create().await;
         let history = MySqlHistory::new(db.pool.clone());
         let store = ump_core::webhooks_store::MySqlWebhooks::new(db.pool.clone());
@@ -704,23 +704,16 @@ async fn webhooks_keep_the_contract() {
                 webhooks::receipts_find_the_labels_wherever_they_were_kept(
                     &history,
                     &store,
-                    |id, tags, metadata| async move {
-                        sqlx::query("UPDATE messages SET webhook_labels = NULL WHERE id = ?")
-                            .bind(id.as_bytes().as_slice())
-                            .execute(&pool)
-                            .await
-                            .expect("forget");
-                        sqlx::query(
-                            "INSERT INTO webhook_messages (message_id, tags, metadata) \
-                             VALUES (?, ?, ?)",
-                        )
-                        .bind(id.as_bytes().as_slice())
-                        .bind(tags)
-                        .bind(metadata)
-                        .execute(&pool)
-                        .await
-                        .expect("keep the old way");
-                    },
+                    |id, tags, metadata| keep_the_old_way(pool, id, tags, metadata),
+                )
+                .await
+            }
+            5 => {
+                let pool = db.pool.clone();
+                webhooks::erasure_redacts_the_persons_webhook_events(
+                    &history,
+                    &store,
+                    |id, tags, metadata| keep_the_old_way(pool, id, tags, metadata),
                 )
                 .await
             }
@@ -733,6 +726,27 @@ async fn webhooks_keep_the_contract() {
         }
         db.drop_database().await;
     }
+}
+
+/// Moves a message's labels to where versions before `messages.webhook_labels` kept them.
+async fn keep_the_old_way(
+    pool: sqlx::MySqlPool,
+    id: ump_core::model::MessageId,
+    tags: &str,
+    metadata: &str,
+) {
+    sqlx::query("UPDATE messages SET webhook_labels = NULL WHERE id = ?")
+        .bind(id.as_bytes().as_slice())
+        .execute(&pool)
+        .await
+        .expect("forget");
+    sqlx::query("INSERT INTO webhook_messages (message_id, tags, metadata) VALUES (?, ?, ?)")
+        .bind(id.as_bytes().as_slice())
+        .bind(tags)
+        .bind(metadata)
+        .execute(&pool)
+        .await
+        .expect("keep the old way");
 }
 
 /// A lock the server gives up on (or a deadlock) is recognised, and `again_on_deadlock` runs the

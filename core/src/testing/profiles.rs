@@ -84,6 +84,7 @@ where
             profile: true,
             messages_masked: 1,
             automation_state: false,
+            webhook_events_redacted: 0,
         }
     );
     assert_eq!(store.profile("t1", "kim").await.expect("get"), None);

@@ -788,3 +788,208 @@ pub async fn a_round_records_each_delivery_and_the_log_pages_through_them(
     ids.sort_by(|a, b| b.cmp(a));
     assert_eq!(ids, all);
 }
+
+/// Erasing a person redacts every webhook event about their messages wherever it is kept
+/// (waiting, moved to a row of its own after a failed attempt, delivered and in the log, a
+/// receipt's event) and the labels kept for their receipts: no tags, no metadata, the recipient
+/// masked in the detail too. The events stay under their ids, and other people's events, and
+/// the same number's in another tenant, are untouched. `keep_the_old_way` is as for
+/// `receipts_find_the_labels_wherever_they_were_kept`.
+pub async fn erasure_redacts_the_persons_webhook_events<S, F, Fut>(
+    store: &S,
+    webhooks: &dyn WebhookStore,
+    keep_the_old_way: F,
+) where
+    S: HistoryStore + crate::profiles::ProfileStore,
+    F: FnOnce(crate::model::MessageId, &'static str, &'static str) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use ump_automation::profile::{Contacts, Profile};
+    let phone = "+821077778888";
+    let lease = std::time::Duration::from_secs(30);
+    let policy = RetryPolicy::default();
+    let start = now();
+    let ep = endpoint("t1", all_events(), start);
+    let elsewhere_ep = endpoint("t2", all_events(), start);
+    for e in [&ep, &elsewhere_ep] {
+        webhooks
+            .create_endpoint(e, &new_secret())
+            .await
+            .expect("create");
+    }
+    let kim = Profile {
+        user_id: "kim".into(),
+        contacts: Contacts {
+            phone: Some(phone.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    store.save_profile("t1", &kim).await.expect("save");
+    let labelled = |tenant: &str, to: &str| {
+        let mut e = envelope(tenant, to);
+        e.tags = vec!["vip".into()];
+        e.metadata.insert("customer".into(), "Kim Minji".into());
+        e
+    };
+    let sent = labelled("t1", phone);
+    let receipt_later = labelled("t1", phone);
+    let failed = labelled("t1", phone);
+    let other = labelled("t1", "+821011110000");
+    let elsewhere = labelled("t2", phone);
+    let all = [&sent, &receipt_later, &failed, &other, &elsewhere];
+    history_record(
+        store,
+        all.iter()
+            .map(|e| Transition::of(e, Status::Accepted, e.accepted_at))
+            .collect(),
+    )
+    .await;
+    // A round: every accepted event delivered but the first, which fails and (in MySQL) moves
+    // out of its batch to a row of its own.
+    let at = now() + Duration::seconds(1);
+    let claimed = webhooks.claim(&ep.id, at, lease, 100).await.expect("claim");
+    assert_eq!(claimed.len(), 4);
+    let round: Vec<Attempt> = claimed
+        .iter()
+        .map(|d| Attempt {
+            endpoint_id: d.endpoint_id.clone(),
+            event_id: d.event_id.clone(),
+            claim: d.claim,
+            result: if d.payload.contains(&sent.id.to_string()) {
+                AttemptResult::Failed {
+                    status: Some(500),
+                    error: "HTTP 500".into(),
+                }
+            } else {
+                AttemptResult::Delivered { status: 204 }
+            },
+            latency: std::time::Duration::from_millis(3),
+            at,
+            retry_at: Some(at + Duration::seconds(5)),
+            batch: d.batch.clone(),
+        })
+        .collect();
+    webhooks.settle(&round, &policy, at).await.expect("settle");
+    let later = |e: &crate::model::Envelope, ms| e.accepted_at + Duration::milliseconds(ms);
+    history_record(
+        store,
+        vec![
+            Transition::of(&sent, Status::Sent, later(&sent, 5))
+                .provider("sandbox", Some("sb-erase-1".into())),
+            Transition::of(&receipt_later, Status::Sent, later(&receipt_later, 5))
+                .provider("sandbox", Some("sb-erase-2".into())),
+            Transition::of(&failed, Status::Failed, later(&failed, 5))
+                .detail(format!("provider: {phone} is not reachable")),
+            Transition::of(&other, Status::Sent, later(&other, 5))
+                .provider("sandbox", Some("sb-erase-3".into())),
+            Transition::of(&elsewhere, Status::Sent, later(&elsewhere, 5))
+                .provider("sandbox", Some("sb-erase-4".into())),
+        ],
+    )
+    .await;
+    // The labels of one of Kim's messages kept as an earlier version did.
+    keep_the_old_way(
+        receipt_later.id,
+        r#"["vip"]"#,
+        r#"{"customer": "Kim Minji"}"#,
+    )
+    .await;
+    let receipt = |id: &str, e: &crate::model::Envelope| Receipt {
+        provider: "sandbox".into(),
+        message: ReceiptFor::ProviderMessageId(id.into()),
+        status: Status::Delivered,
+        at: e.accepted_at + Duration::seconds(1),
+        detail: None,
+    };
+    for (id, e) in [("sb-erase-1", &sent), ("sb-erase-4", &elsewhere)] {
+        assert_eq!(
+            store.apply_receipt(&receipt(id, e)).await.expect("receipt"),
+            ReceiptOutcome::Applied(e.id)
+        );
+    }
+    let ids_before: std::collections::BTreeSet<String> = webhooks
+        .deliveries("t1", &ep.id, None, 100)
+        .await
+        .expect("log")
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids_before.len(), 9);
+
+    let erased = store.erase("t1", "kim", now()).await.expect("erase");
+    // Kim's: three accepted, two sent, one failed, one delivered.
+    assert_eq!(erased.webhook_events_redacted, 7, "{erased:?}");
+    assert_eq!(erased.messages_masked, 3);
+    // The receipt that arrives after the erasure finds no labels.
+    assert_eq!(
+        store
+            .apply_receipt(&receipt("sb-erase-2", &receipt_later))
+            .await
+            .expect("receipt"),
+        ReceiptOutcome::Applied(receipt_later.id)
+    );
+
+    // Every event the endpoint has, sent again and claimed: the log keeps every id.
+    let ids_after: std::collections::BTreeSet<String> = webhooks
+        .deliveries("t1", &ep.id, None, 100)
+        .await
+        .expect("log")
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids_after.len(), 10, "the nine and the late receipt's");
+    assert!(ids_after.is_superset(&ids_before));
+    let bodies = |tenant: &'static str, endpoint: String| async move {
+        let until = now() + Duration::minutes(10);
+        webhooks
+            .replay(tenant, &endpoint, start - Duration::hours(1), until)
+            .await
+            .expect("replay");
+        webhooks
+            .claim(&endpoint, until, lease, 100)
+            .await
+            .expect("claim")
+            .into_iter()
+            .map(|d| serde_json::from_str::<serde_json::Value>(&d.payload).expect("JSON"))
+            .collect::<Vec<_>>()
+    };
+    let replayed = bodies("t1", ep.id.clone()).await;
+    assert_eq!(replayed.len(), 10);
+    let kims = [sent.id, receipt_later.id, failed.id].map(|id| id.to_string());
+    for body in &replayed {
+        let data = &body["data"];
+        let text = body.to_string();
+        if kims.iter().any(|id| data["id"] == *id) {
+            assert!(!text.contains(phone), "{text}");
+            assert!(!text.contains("Kim Minji"), "{text}");
+            assert_eq!(data["tags"], serde_json::json!([]), "{text}");
+            assert_eq!(data["to"], "+8210****8888");
+        } else {
+            assert_eq!(data["tags"], serde_json::json!(["vip"]), "{text}");
+            assert_eq!(data["metadata"]["customer"], "Kim Minji", "{text}");
+        }
+    }
+    let failed_event = replayed
+        .iter()
+        .find(|b| b["type"] == "message.failed")
+        .expect("the failure's event");
+    assert_eq!(
+        failed_event["data"]["detail"],
+        "provider: +8210****8888 is not reachable"
+    );
+    // The same number in another tenant is another person.
+    let theirs = bodies("t2", elsewhere_ep.id.clone()).await;
+    assert_eq!(theirs.len(), 3);
+    assert!(theirs.iter().all(|b| b["data"]["tags"][0] == "vip"));
+}
+
+async fn history_record(history: &dyn HistoryStore, transitions: Vec<Transition>) {
+    history
+        .record(&BatchRecord {
+            transitions,
+            deferred: vec![],
+        })
+        .await
+        .expect("record");
+}
