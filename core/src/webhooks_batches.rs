@@ -415,35 +415,32 @@ pub(crate) async fn claim(
     .bind(naive(now))
     .fetch_all(&mut *tx)
     .await?;
-    let mut wanted: Vec<String> = Vec::new();
+    // Each candidate in turn, oldest first, locked unless another lane or dispatcher holds it
+    // (SKIP LOCKED): lanes that read the same candidates take different batches instead of all
+    // but one finding their first choice taken, and ending.
+    let mut keys: Vec<String> = Vec::new();
     let mut taken = 0u32;
     for row in &due {
         let events: u32 = row.try_get(1)?;
-        if !wanted.is_empty() && taken + events > limit {
+        if !keys.is_empty() && taken + events > limit {
             break;
         }
-        taken += events;
-        wanted.push(row.try_get(0)?);
+        let key: String = row.try_get(0)?;
+        let free: Option<String> = sqlx::query_scalar(
+            "SELECT batch_key FROM webhook_batches WHERE endpoint_id = ? AND batch_key = ? \
+             AND state = 'pending' AND (claimed_until IS NULL OR claimed_until < ?) \
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(endpoint_id)
+        .bind(&key)
+        .bind(naive(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if free.is_some() {
+            taken += events;
+            keys.push(key);
+        }
     }
-    if wanted.is_empty() {
-        tx.commit().await?;
-        return Ok(Vec::new());
-    }
-    // Another lane or dispatcher may have taken some since: they are skipped.
-    let mut q: QueryBuilder<MySql> = QueryBuilder::new(
-        "SELECT batch_key FROM webhook_batches WHERE state = 'pending' \
-         AND (claimed_until IS NULL OR claimed_until < ",
-    );
-    q.push_bind(naive(now))
-        .push(") AND endpoint_id = ")
-        .push_bind(endpoint_id)
-        .push(" AND batch_key IN (");
-    let mut list = q.separated(", ");
-    for key in &wanted {
-        list.push_bind(key);
-    }
-    q.push(") FOR UPDATE SKIP LOCKED");
-    let keys: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
     if keys.is_empty() {
         tx.commit().await?;
         return Ok(Vec::new());

@@ -905,3 +905,96 @@ async fn api_keys_keep_the_contract() {
     let keys = ump_core::keys::MySqlKeys::new(db.pool.clone());
     ump_core::testing::keys::keys_are_hashed_replaced_and_revoked(&keys, "t1").await;
 }
+
+/// Lanes (and dispatchers) that read the same candidate batches take different ones: with the
+/// oldest batch locked by another claim still under way, a claim takes the next one instead of
+/// finding nothing (and ending its lane, which left one lane of four at work).
+#[tokio::test]
+async fn a_claim_takes_the_next_batch_when_another_holds_the_first() {
+    use ump_core::webhooks::{
+        Endpoint, EventFilter, EventType, WebhookStore, new_endpoint_id, new_secret,
+    };
+    let db = TestDatabase::create().await;
+    let history = MySqlHistory::new(db.pool.clone());
+    let store = ump_core::webhooks_store::MySqlWebhooks::new(db.pool.clone());
+    let now = Utc::now();
+    let ep = Endpoint {
+        id: new_endpoint_id(),
+        tenant: "t1".into(),
+        url: "https://hooks.example.com/ump".into(),
+        description: String::new(),
+        filter: EventFilter {
+            event_types: vec![EventType::MessageSent],
+            ..Default::default()
+        },
+        enabled: true,
+        disabled_reason: None,
+        failing_since: None,
+        previous_secret_expires_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    store
+        .create_endpoint(&ep, &new_secret())
+        .await
+        .expect("create");
+    // 300 events of one transaction: a batch of 256 and one of 44.
+    let transitions = (0..300)
+        .map(|i| {
+            let e = envelope("t1", &format!("+8210{i:08}"));
+            Transition::of(&e, Status::Sent, e.accepted_at).provider("sandbox", None)
+        })
+        .collect();
+    history
+        .record(&BatchRecord {
+            transitions,
+            deferred: vec![],
+        })
+        .await
+        .expect("record");
+    let mut sizes: Vec<(String, u32)> = sqlx::query_as(
+        "SELECT batch_key, events FROM webhook_batches WHERE endpoint_id = ? ORDER BY batch_key",
+    )
+    .bind(&ep.id)
+    .fetch_all(&db.pool)
+    .await
+    .expect("batches");
+    sizes.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    assert_eq!(sizes.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [256, 44]);
+    // Another claim holds the big batch locked (due first: both are due at once, and it may be
+    // the one a claim looks at first).
+    for (held, other) in [(0, 1), (1, 0)] {
+        let mut other_claim = db.pool.begin().await.expect("begin");
+        sqlx::query(
+            "SELECT batch_key FROM webhook_batches \
+             WHERE endpoint_id = ? AND batch_key = ? FOR UPDATE",
+        )
+        .bind(&ep.id)
+        .bind(&sizes[held].0)
+        .fetch_one(&mut *other_claim)
+        .await
+        .expect("lock");
+        let later = Utc::now() + ChronoDuration::seconds(1);
+        let claimed = store
+            .claim(&ep.id, later, Duration::from_secs(30), 64)
+            .await
+            .expect("claim");
+        assert_eq!(
+            claimed.len() as u32,
+            sizes[other].1,
+            "the free batch, not nothing"
+        );
+        assert!(
+            claimed
+                .iter()
+                .all(|d| d.batch.as_ref().is_some_and(|b| b.key == sizes[other].0))
+        );
+        other_claim.rollback().await.expect("rollback");
+        // Free again for the next turn.
+        sqlx::query("UPDATE webhook_batches SET claimed_by = NULL, claimed_until = NULL")
+            .execute(&db.pool)
+            .await
+            .expect("unlease");
+    }
+    db.drop_database().await;
+}

@@ -448,6 +448,7 @@ async fn lane(
     let policy = settings.retry();
     let rules = settings.rules();
     while !shutdown.is_cancelled() {
+        let started = Instant::now();
         let claimed = match store
             .claim(
                 &target.endpoint_id,
@@ -475,11 +476,13 @@ async fn lane(
         };
         // Made up front: a lazily mapped stream here trips the compiler's `Send` inference for
         // the spawned task.
-        let started: Vec<_> = claimed.iter().map(|d| round.make(d)).collect();
-        let attempts: Vec<Attempt> = futures::stream::iter(started)
+        let claim_took = started.elapsed();
+        let made: Vec<_> = claimed.iter().map(|d| round.make(d)).collect();
+        let attempts: Vec<Attempt> = futures::stream::iter(made)
             .buffer_unordered(limit.max(1) as usize)
             .collect()
             .await;
+        let attempts_took = started.elapsed() - claim_took;
         attempts.iter().for_each(|a| metrics.count(a));
         let gone = attempts.iter().any(|a| a.result == AttemptResult::Gone);
         let mut settled = false;
@@ -495,6 +498,14 @@ async fn lane(
                 }
             }
         }
+        tracing::debug!(
+            endpoint = %target.endpoint_id,
+            deliveries = attempts.len(),
+            claim_ms = claim_took.as_secs_f64() * 1e3,
+            attempts_ms = attempts_took.as_secs_f64() * 1e3,
+            settle_ms = (started.elapsed() - claim_took - attempts_took).as_secs_f64() * 1e3,
+            "webhook round"
+        );
         // Unsettled attempts are made again when their lease runs out (at least once).
         if !settled {
             metrics.unrecorded.inc();
