@@ -854,8 +854,12 @@ mod tests {
         assert!(mentions(&bytes, &theirs).unwrap());
         assert!(!mentions(&bytes, &[[7u8; 16]].into()).unwrap());
 
-        let (redacted, found) =
-            redact(&bytes, &theirs, &Redaction::new(&[person.clone()])).unwrap();
+        let (redacted, found) = redact(
+            &bytes,
+            &theirs,
+            &Redaction::new(std::slice::from_ref(&person)),
+        )
+        .unwrap();
         let t = &transitions[1];
         assert_eq!(found, [event_id(t.id, t.status, t.attempt)]);
         let before = decode_body(&bytes).unwrap();
