@@ -83,10 +83,14 @@ enum Command {
         #[command(subcommand)]
         action: JourneyAction,
     },
-    /// Delete message history older than a cutoff (run it from a CronJob to keep a retention).
+    /// Delete message history older than a cutoff (run it from a CronJob to keep a retention):
+    /// in MySQL with UMP_MYSQL_URL, else in the all-in-one mode's data folder.
     Prune {
         #[arg(long, env = "UMP_MYSQL_URL", hide_env_values = true)]
-        mysql_url: String,
+        mysql_url: Option<String>,
+        /// The all-in-one mode's data folder (when no MySQL URL is given).
+        #[arg(long, env = "UMP_DATA_DIR", default_value = "ump-data")]
+        data_dir: PathBuf,
         /// Age of the oldest history kept, e.g. 90d.
         #[arg(long)]
         older_than: ump_core::duration::Duration,
@@ -338,13 +342,25 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Prune {
             mysql_url,
+            data_dir,
             older_than,
         } => {
-            let pool = ump_core::store::connect_mysql(&mysql_url, 2).await?;
             let cutoff = chrono::Utc::now() - chrono::Duration::from_std(older_than.as_std())?;
-            let deleted = ump_core::store::MySqlHistory::new(pool)
-                .prune(cutoff, 5000)
-                .await?;
+            let deleted = match mysql_url {
+                Some(url) => {
+                    let pool = ump_core::store::connect_mysql(&url, 2).await?;
+                    ump_core::store::MySqlHistory::new(pool)
+                        .prune(cutoff, 5000)
+                        .await?
+                }
+                // Beside a running all-in-one process: SQLite takes turns between the two.
+                None => {
+                    ump_core::sqlite::SqliteStore::open(&data_dir.join("ump.db"))
+                        .await?
+                        .prune(cutoff, 1000)
+                        .await?
+                }
+            };
             eprintln!(
                 "deleted the history of {deleted} messages accepted before {}",
                 cutoff.to_rfc3339()

@@ -349,6 +349,19 @@ async fn first_start_prints_a_working_key_and_idempotency_holds_across_restarts(
     }
     let (status, _) = ump.get(&acme, &format!("/v1/messages/{id}")).await;
     assert_eq!(status, 404, "another tenant's message is not found");
+
+    // `ump prune` beside the running process: history younger than the cutoff stays.
+    let pruned = Command::new(env!("CARGO_BIN_EXE_ump"))
+        .args(["prune", "--older-than", "1d"])
+        .env_remove("UMP_MYSQL_URL")
+        .env("UMP_DATA_DIR", &data)
+        .output()
+        .expect("ump prune");
+    assert!(pruned.status.success(), "{pruned:?}");
+    let said = String::from_utf8_lossy(&pruned.stderr);
+    assert!(said.contains("deleted the history of 0 messages"), "{said}");
+    let (status, _) = ump.get(&key, &format!("/v1/messages/{id}")).await;
+    assert_eq!(status, 200, "a message of today is kept");
 }
 
 /// The dashboard of the all-in-one mode in real headless Chromium, with the sandbox outbox (the

@@ -138,6 +138,63 @@ impl SqliteStore {
         &self.durable
     }
 
+    /// Deletes the history of messages accepted before `cutoff`, as `MySqlHistory::prune` does
+    /// (ids are time-ordered: a primary-key range), with their finished webhook deliveries and
+    /// the labels kept for their receipts; `chunk` rows per statement, each its own short
+    /// transaction, so the all-in-one process keeps writing meanwhile. Returns the number of
+    /// messages deleted.
+    pub async fn prune(&self, cutoff: DateTime<Utc>, chunk: u32) -> Result<u64, HistoryError> {
+        let lower = MessageId::lower_bound(cutoff.timestamp_millis().max(0) as u64);
+        let bound = lower.as_bytes().to_vec();
+        // Finished deliveries of those messages: event ids carry the message's time.
+        let before = format!("msg_{}", lower.0.simple());
+        let endpoints: Vec<String> =
+            sqlx::query_scalar("SELECT endpoint_id FROM webhook_endpoints")
+                .fetch_all(&self.durable)
+                .await?;
+        for endpoint in &endpoints {
+            while sqlx::query(
+                "DELETE FROM webhook_deliveries WHERE endpoint_id = ? AND event_id IN \
+                 (SELECT event_id FROM webhook_deliveries WHERE endpoint_id = ? \
+                  AND event_id < ? AND state <> 'pending' LIMIT ?)",
+            )
+            .bind(endpoint)
+            .bind(endpoint)
+            .bind(&before)
+            .bind(chunk)
+            .execute(&self.durable)
+            .await?
+            .rows_affected()
+                > 0
+            {}
+        }
+        // Then the rows keyed by message id, the messages themselves last (the count returned).
+        let mut deleted = 0;
+        for sql in [
+            "DELETE FROM webhook_messages WHERE message_id IN \
+             (SELECT message_id FROM webhook_messages WHERE message_id < ? LIMIT ?)",
+            "DELETE FROM message_events WHERE (message_id, attempt, status) IN \
+             (SELECT message_id, attempt, status FROM message_events WHERE message_id < ? \
+              LIMIT ?)",
+            "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id < ? LIMIT ?)",
+        ] {
+            deleted = 0;
+            loop {
+                let done = sqlx::query(sql)
+                    .bind(&bound)
+                    .bind(chunk)
+                    .execute(&self.durable)
+                    .await?
+                    .rows_affected();
+                deleted += done;
+                if done == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Makes `envelope` durable on `queue`, due at `due_at`.
     pub async fn enqueue(
         &self,
@@ -1190,6 +1247,24 @@ mod tests {
     async fn api_keys_keep_the_contract() {
         let (_dir, store) = store().await;
         crate::testing::keys::keys_are_hashed_replaced_and_revoked(&store, "t1").await;
+    }
+
+    #[tokio::test]
+    async fn prune_keeps_the_contract() {
+        let (_dir, store) = store().await;
+        let pool = store.pool().clone();
+        crate::testing::history::prune_deletes_only_history_older_than_the_cutoff(
+            &store,
+            &store,
+            |cutoff, chunk| store.prune(cutoff, chunk),
+            || async move {
+                sqlx::query_scalar("SELECT COUNT(*) FROM message_events")
+                    .fetch_one(&pool)
+                    .await
+                    .expect("count")
+            },
+        )
+        .await;
     }
 
     #[tokio::test]

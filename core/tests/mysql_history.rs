@@ -7,7 +7,7 @@ use ump_core::history::{
     BatchRecord, HistoryStore, MessageFilter, Receipt, ReceiptFor, ReceiptOutcome, Transition,
     decode_cursor,
 };
-use ump_core::model::{MessageId, Status};
+use ump_core::model::Status;
 use ump_core::store::MySqlHistory;
 use ump_core::testing::{TestDatabase, parking};
 
@@ -435,124 +435,19 @@ async fn the_sweep_parks_again_a_message_whose_copy_went_missing_and_collects_th
 async fn prune_deletes_only_history_older_than_the_cutoff() {
     let db = TestDatabase::create().await;
     let history = MySqlHistory::new(db.pool.clone());
-    let old_millis = (Utc::now() - ChronoDuration::days(100)).timestamp_millis() as u64;
-    let mut transitions = Vec::new();
-    let mut old_ids = Vec::new();
-    for i in 0..30u128 {
-        let mut e = envelope("t1", "+821000000000");
-        if i < 20 {
-            // An id minted 100 days ago.
-            e.id = MessageId(uuid::Uuid::from_u128(
-                MessageId::lower_bound(old_millis).0.as_u128() | (i + 1),
-            ));
-            old_ids.push(e.id);
-        }
-        transitions.push(Transition::of(&e, Status::Accepted, e.accepted_at));
-        transitions.push(Transition::of(&e, Status::Sent, e.accepted_at));
-    }
-    // A webhook endpoint gets every event: its finished deliveries go with their messages.
     let webhooks = ump_core::webhooks_store::MySqlWebhooks::new(db.pool.clone());
-    let endpoint = ump_core::webhooks::Endpoint {
-        id: ump_core::webhooks::new_endpoint_id(),
-        tenant: "t1".into(),
-        url: "https://hooks.example.com/".into(),
-        description: String::new(),
-        filter: ump_core::webhooks::EventFilter {
-            event_types: ump_core::webhooks::EventType::ALL.to_vec(),
-            ..Default::default()
+    ump_core::testing::history::prune_deletes_only_history_older_than_the_cutoff(
+        &history,
+        &webhooks,
+        |cutoff, chunk| history.prune(cutoff, chunk),
+        || async {
+            sqlx::query_scalar("SELECT COUNT(*) FROM message_events")
+                .fetch_one(&db.pool)
+                .await
+                .expect("count")
         },
-        enabled: true,
-        disabled_reason: None,
-        failing_since: None,
-        previous_secret_expires_at: None,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-    };
-    use ump_core::webhooks::WebhookStore;
-    webhooks
-        .create_endpoint(&endpoint, &ump_core::webhooks::new_secret())
-        .await
-        .expect("endpoint");
-    // The old messages' events are one batch of the outbox, the recent ones' another.
-    for part in [&transitions[..40], &transitions[40..]] {
-        history
-            .record(&BatchRecord {
-                transitions: part.to_vec(),
-                deferred: vec![],
-            })
-            .await
-            .expect("record");
-    }
-    // All delivered but one old message's `sent`, which failed and waits for its retry: it
-    // stays.
-    let later = Utc::now() + ChronoDuration::seconds(1);
-    let claimed = webhooks
-        .claim(
-            &endpoint.id,
-            later,
-            std::time::Duration::from_secs(30),
-            1000,
-        )
-        .await
-        .expect("claim");
-    assert_eq!(claimed.len(), 60);
-    let pending = ump_core::webhooks::event_id(old_ids[3], Status::Sent, 0);
-    let attempts: Vec<ump_core::webhooks::Attempt> = claimed
-        .iter()
-        .map(|d| ump_core::webhooks::Attempt {
-            endpoint_id: d.endpoint_id.clone(),
-            event_id: d.event_id.clone(),
-            claim: d.claim,
-            result: if d.event_id == pending {
-                ump_core::webhooks::AttemptResult::Failed {
-                    status: Some(500),
-                    error: "HTTP 500".into(),
-                }
-            } else {
-                ump_core::webhooks::AttemptResult::Delivered { status: 204 }
-            },
-            latency: std::time::Duration::from_millis(1),
-            at: later,
-            retry_at: (d.event_id == pending).then(|| later + ChronoDuration::hours(1)),
-            batch: d.batch.clone(),
-        })
-        .collect();
-    webhooks
-        .settle(&attempts, &Default::default(), later)
-        .await
-        .expect("settle");
-    let deleted = history
-        .prune(Utc::now() - ChronoDuration::days(90), 7)
-        .await
-        .expect("prune");
-    assert_eq!(deleted, 20);
-    assert!(history.get("t1", old_ids[0]).await.expect("get").is_none());
-    let left = history
-        .list(
-            "t1",
-            &MessageFilter {
-                limit: 100,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("list");
-    assert_eq!(left.items.len(), 10);
-    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM message_events")
-        .fetch_one(&db.pool)
-        .await
-        .expect("count");
-    assert_eq!(events, 20, "the events of the 10 recent messages remain");
-    let log = webhooks
-        .deliveries("t1", &endpoint.id, None, 1000)
-        .await
-        .expect("log");
-    assert_eq!(
-        log.len(),
-        21,
-        "the recent messages' 20 and the one still pending"
-    );
-    assert!(log.iter().any(|d| d.id == pending && d.state == "pending"));
+    )
+    .await;
     db.drop_database().await;
 }
 
