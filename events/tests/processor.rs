@@ -15,7 +15,7 @@ use rdkafka::client::DefaultClientContext;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 use ump_automation::event::{EventInput, Queued};
 use ump_core::audience::{EventLog, KafkaEventLog, SegmentStore};
@@ -97,7 +97,8 @@ impl Setup {
             .env("UMP_EVENTS_LISTEN", "127.0.0.1:0")
             .env("UMP_EVENTS_BATCH", "500")
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            // Its log lines go to stdout: kept, so that a failure shows what the processor did.
+            .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
             .expect("start ump-events");
