@@ -761,6 +761,15 @@ mod tests {
         Transition::of(&e, Status::Sent, Utc::now()).provider("sandbox", Some(format!("sb-{i}")))
     }
 
+    /// Endpoint `ep_a` of tenant `t1`, subscribed to every event.
+    fn every_event() -> crate::webhooks::Subscriber {
+        crate::webhooks::Subscriber {
+            endpoint_id: "ep_a".into(),
+            tenant: "t1".into(),
+            filter: crate::testing::webhooks::all_events(),
+        }
+    }
+
     fn event<'a>(endpoint: &'a str, event: &str, t: &'a Transition) -> OutboxEvent<'a> {
         OutboxEvent {
             endpoint_id: endpoint,
@@ -797,14 +806,7 @@ mod tests {
         let mut transitions: Vec<Transition> = (0..BATCH_EVENTS).map(transition).collect();
         transitions[1].detail = Some("a \"quoted\" detail".into());
         transitions[2].provider = None;
-        let subscribers = [crate::webhooks::Subscriber {
-            endpoint_id: "ep_a".into(),
-            tenant: "t1".into(),
-            filter: crate::webhooks::EventFilter {
-                event_types: EventType::ALL.to_vec(),
-                ..Default::default()
-            },
-        }];
+        let subscribers = [every_event()];
         let events = crate::webhooks::events_for(&transitions, &subscribers);
         let refs: Vec<&OutboxEvent> = events.iter().collect();
         let bytes = body(&refs).unwrap();
@@ -838,14 +840,7 @@ mod tests {
     fn an_erasure_redacts_only_the_events_about_the_persons_messages() {
         let mut transitions: Vec<Transition> = (0..4).map(transition).collect();
         transitions[1].detail = Some(format!("{} is unreachable", transitions[1].to));
-        let subscribers = [crate::webhooks::Subscriber {
-            endpoint_id: "ep_a".into(),
-            tenant: "t1".into(),
-            filter: crate::webhooks::EventFilter {
-                event_types: EventType::ALL.to_vec(),
-                ..Default::default()
-            },
-        }];
+        let subscribers = [every_event()];
         let events = crate::webhooks::events_for(&transitions, &subscribers);
         let refs: Vec<&OutboxEvent> = events.iter().collect();
         let bytes = body(&refs).unwrap();

@@ -806,29 +806,18 @@ async fn api_keys_keep_the_contract() {
 /// finding nothing (and ending its lane, which left one lane of four at work).
 #[tokio::test]
 async fn a_claim_takes_the_next_batch_when_another_holds_the_first() {
-    use ump_core::webhooks::{
-        Endpoint, EventFilter, EventType, WebhookStore, new_endpoint_id, new_secret,
-    };
+    use ump_core::webhooks::{EventFilter, EventType, WebhookStore, new_secret};
     let db = TestDatabase::create().await;
     let history = MySqlHistory::new(db.pool.clone());
     let store = ump_core::webhooks_store::MySqlWebhooks::new(db.pool.clone());
-    let now = Utc::now();
-    let ep = Endpoint {
-        id: new_endpoint_id(),
-        tenant: "t1".into(),
-        url: "https://hooks.example.com/ump".into(),
-        description: String::new(),
-        filter: EventFilter {
+    let ep = ump_core::testing::webhooks::endpoint(
+        "t1",
+        EventFilter {
             event_types: vec![EventType::MessageSent],
             ..Default::default()
         },
-        enabled: true,
-        disabled_reason: None,
-        failing_since: None,
-        previous_secret_expires_at: None,
-        created_at: now,
-        updated_at: now,
-    };
+        Utc::now(),
+    );
     store
         .create_endpoint(&ep, &new_secret())
         .await

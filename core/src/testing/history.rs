@@ -113,22 +113,11 @@ pub async fn prune_deletes_only_history_older_than_the_cutoff<P, PFut, C, CFut>(
         transitions.push(Transition::of(&e, Status::Sent, e.accepted_at));
     }
     // A webhook endpoint gets every event: its finished deliveries go with their messages.
-    let endpoint = crate::webhooks::Endpoint {
-        id: crate::webhooks::new_endpoint_id(),
-        tenant: "t1".into(),
-        url: "https://hooks.example.com/".into(),
-        description: String::new(),
-        filter: crate::webhooks::EventFilter {
-            event_types: crate::webhooks::EventType::ALL.to_vec(),
-            ..Default::default()
-        },
-        enabled: true,
-        disabled_reason: None,
-        failing_since: None,
-        previous_secret_expires_at: None,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-    };
+    let endpoint = crate::testing::webhooks::endpoint(
+        "t1",
+        crate::testing::webhooks::all_events(),
+        Utc::now(),
+    );
     webhooks
         .create_endpoint(&endpoint, &crate::webhooks::new_secret())
         .await

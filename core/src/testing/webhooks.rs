@@ -18,7 +18,8 @@ fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-fn endpoint(tenant: &str, filter: EventFilter, now: DateTime<Utc>) -> Endpoint {
+/// An enabled endpoint of `tenant` with `filter`, on a public https URL.
+pub fn endpoint(tenant: &str, filter: EventFilter, now: DateTime<Utc>) -> Endpoint {
     Endpoint {
         id: new_endpoint_id(),
         tenant: tenant.into(),
@@ -34,7 +35,8 @@ fn endpoint(tenant: &str, filter: EventFilter, now: DateTime<Utc>) -> Endpoint {
     }
 }
 
-fn all_events() -> EventFilter {
+/// Every event type, every channel and tag.
+pub fn all_events() -> EventFilter {
     EventFilter {
         event_types: EventType::ALL.to_vec(),
         ..Default::default()
@@ -908,13 +910,7 @@ pub async fn erasure_redacts_the_persons_webhook_events<S, F, Fut>(
             ReceiptOutcome::Applied(e.id)
         );
     }
-    let ids_before: std::collections::BTreeSet<String> = webhooks
-        .deliveries("t1", &ep.id, None, 100)
-        .await
-        .expect("log")
-        .into_iter()
-        .map(|d| d.id)
-        .collect();
+    let ids_before = log_ids(webhooks, "t1", &ep.id).await;
     assert_eq!(ids_before.len(), 9);
 
     let erased = store.erase("t1", "kim", now()).await.expect("erase");
@@ -931,13 +927,7 @@ pub async fn erasure_redacts_the_persons_webhook_events<S, F, Fut>(
     );
 
     // Every event the endpoint has, sent again and claimed: the log keeps every id.
-    let ids_after: std::collections::BTreeSet<String> = webhooks
-        .deliveries("t1", &ep.id, None, 100)
-        .await
-        .expect("log")
-        .into_iter()
-        .map(|d| d.id)
-        .collect();
+    let ids_after = log_ids(webhooks, "t1", &ep.id).await;
     assert_eq!(ids_after.len(), 10, "the nine and the late receipt's");
     assert!(ids_after.is_superset(&ids_before));
     let bodies = |tenant: &'static str, endpoint: String| async move {
@@ -982,6 +972,21 @@ pub async fn erasure_redacts_the_persons_webhook_events<S, F, Fut>(
     let theirs = bodies("t2", elsewhere_ep.id.clone()).await;
     assert_eq!(theirs.len(), 3);
     assert!(theirs.iter().all(|b| b["data"]["tags"][0] == "vip"));
+}
+
+/// The ids in the endpoint's delivery log.
+async fn log_ids(
+    store: &dyn WebhookStore,
+    tenant: &str,
+    endpoint: &str,
+) -> std::collections::BTreeSet<String> {
+    store
+        .deliveries(tenant, endpoint, None, 100)
+        .await
+        .expect("log")
+        .into_iter()
+        .map(|d| d.id)
+        .collect()
 }
 
 async fn history_record(history: &dyn HistoryStore, transitions: Vec<Transition>) {
