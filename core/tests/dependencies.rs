@@ -41,12 +41,17 @@ fn sqlx_sets_tcp_nodelay_on_its_connections() {
 
 /// The package names of `cargo tree -e normal` with `args` (no dev-dependencies: what ships).
 fn normal_tree(args: &[&str]) -> Vec<String> {
+    tree(args, "normal")
+}
+
+/// The package names of `cargo tree -e <edges>` with `args`.
+fn tree(args: &[&str], edges: &str) -> Vec<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = std::process::Command::new(cargo)
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
         .arg("tree")
         .args(args)
-        .args(["-e", "normal", "--prefix", "none", "--locked", "--offline"])
+        .args(["-e", edges, "--prefix", "none", "--locked", "--offline"])
         .output()
         .expect("cargo tree runs");
     assert!(
@@ -62,16 +67,18 @@ fn normal_tree(args: &[&str]) -> Vec<String> {
 }
 
 /// The operator is built from the domain and the Kafka settings alone: no database client, no
-/// AMQP client, no template engine (its tests still use `ump-core`'s harness).
+/// AMQP client, no template engine; and its tests (dev-dependencies) need none of them either.
 #[test]
 fn the_operator_builds_without_the_adapters() {
-    let tree = normal_tree(&["-p", "ump-operator"]);
-    assert!(tree.contains(&"ump-domain".to_owned()), "{tree:?}");
-    for adapter in ["sqlx-core", "fe2o3-amqp", "minijinja", "ump-core", "redis"] {
-        assert!(
-            !tree.contains(&adapter.to_owned()),
-            "the operator depends on {adapter}: {tree:?}"
-        );
+    for edges in ["normal", "normal,dev"] {
+        let tree = tree(&["-p", "ump-operator"], edges);
+        assert!(tree.contains(&"ump-domain".to_owned()), "{tree:?}");
+        for adapter in ["sqlx-core", "fe2o3-amqp", "minijinja", "ump-core", "redis"] {
+            assert!(
+                !tree.contains(&adapter.to_owned()),
+                "the operator depends on {adapter} (cargo tree -e {edges}): {tree:?}"
+            );
+        }
     }
 }
 

@@ -10,8 +10,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use ump_core::resources::MessageChannel;
-use ump_core::testing::infra;
+use ump_domain::resources::MessageChannel;
+use ump_testkit::infra;
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;

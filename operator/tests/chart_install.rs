@@ -23,9 +23,9 @@ use serde_yaml_ng::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use ump_core::resources::MessageChannel;
-use ump_core::testing::{infra, unique_name};
+use ump_domain::resources::MessageChannel;
 use ump_operator::builders::is_applied;
+use ump_testkit::{infra, unique_name};
 
 const MANAGER: &str = "ump-chart-tests";
 

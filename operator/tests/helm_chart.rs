@@ -8,9 +8,9 @@ use chart::{REQUIRED, find, kind, name, render, try_helm, values_file};
 use serde_yaml_ng::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
-use ump_core::resources::MessageChannel;
-use ump_core::testing::{infra, unique_name};
+use ump_domain::resources::MessageChannel;
 use ump_operator::settings::Settings;
+use ump_testkit::{infra, unique_name};
 
 #[test]
 fn chart_lints_with_each_values_file() {

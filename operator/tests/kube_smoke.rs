@@ -10,7 +10,7 @@ use kube::{Client, Config, CustomResource, CustomResourceExt, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use ump_core::testing::{infra, unique_name};
+use ump_testkit::{infra, unique_name};
 
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(

@@ -19,8 +19,8 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use ump_core::resources::MessageChannel;
-use ump_core::testing::{TestDatabase, infra, unique_name};
+use ump_domain::resources::MessageChannel;
+use ump_testkit::{infra, unique_name};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_alerts_use_only_metrics_the_binaries_export() {
@@ -35,7 +35,7 @@ async fn dashboard_and_alerts_use_only_metrics_the_binaries_export() {
     let events_binary = sibling_binary("ump-events");
     let kafka = infra().kafka_bootstrap();
     let redis = infra().redis_url();
-    let db = TestDatabase::create().await;
+    let db = Database::create();
     let namespace = unique_name("ump-metrics");
     let dir = std::env::temp_dir().join(&namespace);
     std::fs::create_dir_all(dir.join("config")).expect("test dir");
@@ -268,8 +268,74 @@ async fn dashboard_and_alerts_use_only_metrics_the_binaries_export() {
             &AdminOptions::new(),
         )
         .await;
-    db.drop_database().await;
+    db.drop_database();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A database of its own on the test MariaDB, for the binaries under test (each migrates it when
+/// it starts). Made and dropped with the `mariadb` client `scripts/infra` installs beside the
+/// server: the operator's tests compile no MySQL driver.
+struct Database {
+    name: String,
+    url: String,
+}
+
+impl Database {
+    fn create() -> Self {
+        let admin = infra().mysql_url();
+        // Our own hex name, not input.
+        let name = unique_name("ump_metrics").replace('-', "_");
+        mariadb(&admin, &format!("CREATE DATABASE `{name}`"));
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(base, _)| base);
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    fn drop_database(self) {
+        mariadb(
+            &infra().mysql_url(),
+            &format!("DROP DATABASE `{}`", self.name),
+        );
+    }
+}
+
+/// Runs one statement with the `mariadb` client as the user of `url`
+/// (`mysql://user:password@host:port/...`); the password goes in the environment, not the
+/// command line.
+fn mariadb(url: &str, statement: &str) {
+    let rest = url.strip_prefix("mysql://").unwrap_or(url);
+    let (credentials, address) = rest
+        .split_once('@')
+        .expect("UMP_MYSQL_URL has user:password@");
+    let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
+    let authority = address.split('/').next().unwrap_or(address);
+    let (host, port) = authority.split_once(':').unwrap_or((authority, "3306"));
+    let output = Command::new("mariadb")
+        .args([
+            "--protocol=TCP",
+            "-h",
+            host,
+            "-P",
+            port,
+            "-u",
+            user,
+            "-e",
+            statement,
+        ])
+        .env("MYSQL_PWD", password)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("MariaDB: the `mariadb` client (scripts/infra up mariadb installs it): {e}")
+        });
+    assert!(
+        output.status.success(),
+        "MariaDB: {statement}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// A binary of another crate of the workspace, as built from this checkout. `cargo test

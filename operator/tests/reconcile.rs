@@ -16,8 +16,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 use std::time::{Duration, Instant};
 use support::{KafkaProbe, RunningOperator, eventually};
-use ump_core::resources::{DeliveryPolicy, MessageChannel};
-use ump_core::testing::infra;
+use ump_domain::resources::{DeliveryPolicy, MessageChannel};
+use ump_testkit::infra;
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -6,7 +6,7 @@ use serde_yaml_ng::Value;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
-use ump_core::testing::infra;
+use ump_testkit::infra;
 
 /// The values every install needs (the chart has no defaults for where Kafka, Redis and MySQL
 /// are); with these, the rest of values.yaml is what a `helm install` gets.

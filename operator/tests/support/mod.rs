@@ -16,9 +16,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
-use ump_core::testing::{infra, unique_name};
 use ump_operator::metrics::Metrics;
 use ump_operator::settings::Settings;
+use ump_testkit::{infra, unique_name};
 
 pub async fn client() -> Client {
     let path = infra().kubeconfig();
