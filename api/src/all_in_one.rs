@@ -39,8 +39,8 @@ use ump_events::EventMetrics;
 use ump_worker::all_in_one::{LocalConsumer, LocalRateLimiter, SqliteDedupe};
 use ump_worker::fallback::FallbackRoute;
 use ump_worker::metrics::{DeliveryPath, WorkerMetrics};
-use ump_worker::pipeline::DeliveryPipeline;
-use ump_worker::providers::{self, ProviderContext};
+use ump_worker::pipeline::PipelineBuilder;
+use ump_worker::providers::ProviderContext;
 
 /// The example channels (email, sms, push, alimtalk, friendtalk on the sandbox provider), used when no
 /// channel folder is configured and `examples/channels` is not at hand.
@@ -194,31 +194,30 @@ pub async fn run(settings: AllInOneSettings, shutdown: CancellationToken) -> any
     // from a process that is gone, so it never needs to be waited out.
     let instance = uuid::Uuid::new_v4().simple().to_string();
     let dedupe = Arc::new(SqliteDedupe::new(store.clone(), instance, Duration::ZERO));
-    let limiter = Arc::new(LocalRateLimiter::new());
     let outbox = settings.outbox();
-    let context = ProviderContext {
-        secrets_dir: &settings.secrets_dir,
-        sandbox_outbox: &outbox,
+    let builder = PipelineBuilder {
+        path: DeliveryPath::AllInOne,
+        limiter: Arc::new(LocalRateLimiter::new()),
+        metrics: &worker_metrics,
+        providers: ProviderContext {
+            secrets_dir: &settings.secrets_dir,
+            sandbox_outbox: &outbox,
+        },
+        lanes: settings.lanes,
+        busy_retry: Duration::from_secs(1),
     };
     for channel in channels.channels() {
         let name = channel.name();
         channel.warn_if_policy_missing();
-        let provider =
-            providers::for_delivery(channel, &context, &worker_metrics, DeliveryPath::AllInOne)
-                .with_context(|| format!("channel {name}"))?;
-        let pipeline = Arc::new(
-            DeliveryPipeline::new(
-                Arc::clone(channel),
-                provider,
+        // The fallback channel's bulk queue is its topic name, as in the cluster mode.
+        let pipeline = builder
+            .build(
+                channel,
                 dedupe.clone(),
-                limiter.clone(),
-                worker_metrics.clone(),
-                settings.lanes,
-                Duration::from_secs(1),
-            )?
-            // The fallback channel's bulk queue is its topic name, as in the cluster mode.
-            .with_fallback(FallbackRoute::of(channel, &channels)),
-        );
+                FallbackRoute::of(channel, &channels),
+            )
+            .with_context(|| format!("channel {name}"))?;
+        let pipeline = Arc::new(pipeline);
         for queue in [
             channel.resource.topic_name(),
             channel.resource.realtime_queue(),

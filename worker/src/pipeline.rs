@@ -12,8 +12,9 @@
 
 use crate::dedupe::{Claim, DedupeStore};
 use crate::fallback::{FallbackRoute, fallback_envelope};
-use crate::metrics::WorkerMetrics;
+use crate::metrics::{DeliveryPath, WorkerMetrics};
 use crate::pause::until_available;
+use crate::providers::{self, ProviderContext};
 use crate::ratelimit::RateLimiter;
 use crate::turns::{Turn, Turns};
 use chrono::{DateTime, Utc};
@@ -118,6 +119,72 @@ pub struct DeliveryPipeline {
     busy_retry: Duration,
     /// Where messages the provider refuses for good go (the policy's `fallback`).
     fallback: Option<FallbackRoute>,
+}
+
+/// How every delivery path (the bulk consumer, the realtime consumers, the all-in-one queue)
+/// builds a channel's pipeline, so that the paths cannot drift apart: the provider (its failover
+/// circuits and concurrency limit published for `path`), the rate limit (the bulk path's share
+/// when the channel also sends realtime), the policy's fallback route, the lanes.
+pub struct PipelineBuilder<'a> {
+    pub path: DeliveryPath,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub metrics: &'a WorkerMetrics,
+    pub providers: ProviderContext<'a>,
+    /// Lanes running at once, across every batch of the channel in delivery.
+    pub lanes: usize,
+    /// How long a message waits when another worker is delivering it.
+    pub busy_retry: Duration,
+}
+
+impl PipelineBuilder<'_> {
+    /// The channel's provider for this path. A path that runs several pipelines of one channel
+    /// (the realtime links) shares one: one connection pool, one set of circuits.
+    pub fn provider(&self, channel: &ResolvedChannel) -> anyhow::Result<Arc<dyn Provider>> {
+        Ok(providers::for_delivery(
+            channel,
+            &self.providers,
+            self.metrics,
+            self.path,
+        )?)
+    }
+
+    /// The pipeline of `channel` with its own provider.
+    pub fn build(
+        &self,
+        channel: &Arc<ResolvedChannel>,
+        dedupe: Arc<dyn DedupeStore>,
+        fallback: Option<FallbackRoute>,
+    ) -> anyhow::Result<DeliveryPipeline> {
+        self.with_provider(channel, self.provider(channel)?, dedupe, fallback)
+    }
+
+    /// The pipeline of `channel` calling `provider` and claiming messages in `dedupe`; messages
+    /// its provider refuses for good go on by `fallback` (the policy's route,
+    /// `FallbackRoute::of`).
+    pub fn with_provider(
+        &self,
+        channel: &Arc<ResolvedChannel>,
+        provider: Arc<dyn Provider>,
+        dedupe: Arc<dyn DedupeStore>,
+        fallback: Option<FallbackRoute>,
+    ) -> anyhow::Result<DeliveryPipeline> {
+        let limiter: Arc<dyn RateLimiter> =
+            if self.path == DeliveryPath::Bulk && channel.resource.spec.realtime.enabled {
+                Arc::new(crate::realtime::BulkShare(self.limiter.clone()))
+            } else {
+                self.limiter.clone()
+            };
+        Ok(DeliveryPipeline::new(
+            Arc::clone(channel),
+            provider,
+            dedupe,
+            limiter,
+            self.metrics.clone(),
+            self.lanes,
+            self.busy_retry,
+        )?
+        .with_fallback(fallback))
+    }
 }
 
 impl DeliveryPipeline {

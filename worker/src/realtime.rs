@@ -28,10 +28,11 @@
 //! included, and a message still gets a provider call on its last delivery.
 
 use crate::dedupe::RedisDedupe;
+use crate::fallback::FallbackRoute;
 use crate::metrics::{DeliveryPath, WorkerMetrics};
 use crate::pause::until_available;
-use crate::pipeline::{BatchOutcome, DeliveryPipeline, Verdict};
-use crate::providers::{self, ProviderContext};
+use crate::pipeline::{BatchOutcome, DeliveryPipeline, PipelineBuilder, Verdict};
+use crate::providers::ProviderContext;
 use crate::ratelimit::{LimiterUnavailable, RateLimiter, RedisRateLimiter};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -111,7 +112,7 @@ impl RealtimeHandle {
 /// their connections to Redis and MySQL are up and their providers built.
 pub async fn start(
     settings: RealtimeSettings,
-    channels: Vec<Arc<ResolvedChannel>>,
+    channels: Vec<(Arc<ResolvedChannel>, Option<FallbackRoute>)>,
     metrics: WorkerMetrics,
     cancel: CancellationToken,
 ) -> anyhow::Result<RealtimeHandle> {
@@ -160,7 +161,7 @@ pub async fn start(
 /// Builds, on the realtime runtime, everything the consumers use: their I/O then lives there.
 async fn consumers(
     settings: &RealtimeSettings,
-    channels: Vec<Arc<ResolvedChannel>>,
+    channels: Vec<(Arc<ResolvedChannel>, Option<FallbackRoute>)>,
     metrics: WorkerMetrics,
     cancel: CancellationToken,
 ) -> anyhow::Result<Vec<RealtimeConsumer>> {
@@ -168,17 +169,22 @@ async fn consumers(
     let recorder = Recorder::start(Arc::new(MySqlHistory::new(pool)), metrics.clone(), cancel);
     let redis = crate::dedupe::connect_redis(&settings.redis_url).await?;
     let instance = uuid::Uuid::new_v4().simple().to_string();
-    let limiter = Arc::new(RedisRateLimiter::new(redis.clone()));
-    let context = ProviderContext {
-        secrets_dir: &settings.secrets_dir,
-        sandbox_outbox: &settings.sandbox_outbox,
+    let builder = PipelineBuilder {
+        path: DeliveryPath::Realtime,
+        limiter: Arc::new(RedisRateLimiter::new(redis.clone())),
+        metrics: &metrics,
+        providers: ProviderContext {
+            secrets_dir: &settings.secrets_dir,
+            sandbox_outbox: &settings.sandbox_outbox,
+        },
+        lanes: settings.lanes,
+        busy_retry: settings.claim_lease / 2,
     };
     let mut consumers = Vec::with_capacity(channels.len() * LINKS);
-    for channel in channels {
+    for (channel, fallback) in channels {
         // Providers of its own: their connection pools live on this runtime. A failover
         // provider's circuit breakers are therefore separate from the bulk path's.
-        let provider =
-            providers::for_delivery(&channel, &context, &metrics, DeliveryPath::Realtime)?;
+        let provider = builder.provider(&channel)?;
         let queue = channel.resource.realtime_queue();
         let topic = channel.resource.topic_name();
         for link in 0..LINKS {
@@ -191,15 +197,8 @@ async fn consumers(
                 format!("{instance}-rt{link}"),
                 settings.claim_lease,
             ));
-            let pipeline = DeliveryPipeline::new(
-                Arc::clone(&channel),
-                Arc::clone(&provider),
-                dedupe,
-                limiter.clone(),
-                metrics.clone(),
-                settings.lanes,
-                settings.claim_lease / 2,
-            )?;
+            let pipeline =
+                builder.with_provider(&channel, Arc::clone(&provider), dedupe, fallback.clone())?;
             consumers.push(RealtimeConsumer {
                 shared: Arc::new(Shared {
                     pipeline,

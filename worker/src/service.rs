@@ -5,8 +5,8 @@ use crate::consumer::{BatchSettings, ChannelConsumer, Scheduler};
 use crate::dedupe::RedisDedupe;
 use crate::fallback::FallbackRoute;
 use crate::metrics::{DeliveryPath, WorkerMetrics};
-use crate::pipeline::DeliveryPipeline;
-use crate::providers::{self, ProviderContext};
+use crate::pipeline::PipelineBuilder;
+use crate::providers::ProviderContext;
 use crate::ratelimit::RedisRateLimiter;
 use anyhow::Context;
 use axum::extract::State;
@@ -137,17 +137,17 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         metrics: metrics.clone(),
     };
     let mut fallback_queues = Vec::new();
+    // Each channel's realtime consumers, with the same fallback route as its bulk consumer.
+    let mut realtime = Vec::new();
     for channel in &channels {
         let route = FallbackRoute::of(channel, &registry);
         fallback_queues.extend(route.as_ref().map(|r| r.queue.clone()));
+        if channel.resource.spec.realtime.enabled {
+            realtime.push((Arc::clone(channel), route.clone()));
+        }
         let consumer = bulk_consumer(&settings, &kafka, channel, route, &ports)?;
         tasks.spawn(consumer.run(shutdown.clone()));
     }
-    let realtime: Vec<Arc<ResolvedChannel>> = channels
-        .iter()
-        .filter(|c| c.resource.spec.realtime.enabled)
-        .cloned()
-        .collect();
     if !realtime.is_empty() {
         let settings = crate::realtime::RealtimeSettings::from_worker(&settings)?;
         let handle =
@@ -220,8 +220,7 @@ struct BulkPorts {
     metrics: WorkerMetrics,
 }
 
-/// The Kafka consumer of `channel`: its provider for the bulk path, its pipeline (sharing the
-/// rate limit with the realtime path when that is on), its fallback `route`.
+/// The Kafka consumer of `channel`, its pipeline built for the bulk path with its fallback `route`.
 fn bulk_consumer(
     settings: &WorkerSettings,
     kafka: &KafkaSettings,
@@ -229,27 +228,18 @@ fn bulk_consumer(
     route: Option<FallbackRoute>,
     ports: &BulkPorts,
 ) -> anyhow::Result<ChannelConsumer> {
-    let context = ProviderContext {
-        secrets_dir: &settings.secrets_dir,
-        sandbox_outbox: &settings.sandbox_outbox,
+    let builder = PipelineBuilder {
+        path: DeliveryPath::Bulk,
+        limiter: ports.limiter.clone(),
+        metrics: &ports.metrics,
+        providers: ProviderContext {
+            secrets_dir: &settings.secrets_dir,
+            sandbox_outbox: &settings.sandbox_outbox,
+        },
+        lanes: settings.lanes,
+        busy_retry: settings.claim_lease.as_std() / 2,
     };
-    let provider = providers::for_delivery(channel, &context, &ports.metrics, DeliveryPath::Bulk)?;
-    let limiter: Arc<dyn crate::ratelimit::RateLimiter> = if channel.resource.spec.realtime.enabled
-    {
-        Arc::new(crate::realtime::BulkShare(ports.limiter.clone()))
-    } else {
-        ports.limiter.clone()
-    };
-    let pipeline = DeliveryPipeline::new(
-        Arc::clone(channel),
-        provider,
-        ports.dedupe.clone(),
-        limiter,
-        ports.metrics.clone(),
-        settings.lanes,
-        settings.claim_lease.as_std() / 2,
-    )?
-    .with_fallback(route);
+    let pipeline = builder.build(channel, ports.dedupe.clone(), route)?;
     let batch = BatchSettings {
         max_messages: settings.batch.max(1),
         max_wait: settings.batch_wait.as_std(),

@@ -253,6 +253,65 @@ async fn refused_alimtalk_goes_out_as_sms_with_both_attempts_in_one_timeline() {
     stack.finish().await;
 }
 
+/// The realtime path hands a refused message on like the bulk path: an AlimTalk message sent
+/// with `"priority": "realtime"` to a recipient without KakaoTalk goes out once by SMS, its
+/// timeline and dedupe as in the bulk case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_realtime_alimtalk_refusal_falls_back_to_sms_too() {
+    let kakao = FakeAlimtalk::start().await;
+    kakao.template("SHIPPED_KO", &["name", "order"]);
+    kakao.without_kakao("01099990000");
+    let twilio = FakeTwilio::start().await;
+    let secrets = secrets();
+    let channels = FALLBACK_CHANNELS
+        .replace(
+            "  policyRef: kakao\n",
+            "  policyRef: kakao\n  realtime: {enabled: true}\n",
+        )
+        .replace("ALIMTALK_URL", &kakao.endpoint())
+        .replace("TWILIO_URL", &twilio.endpoint())
+        .replace("CALLBACK", CALLBACK);
+    assert!(channels.contains("realtime: {enabled: true}"));
+    let stack = Stack::start_opts(
+        &channels,
+        StackOptions {
+            secrets_dir: Some(secrets.path().to_owned()),
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let shipped = || {
+        json!({"channel": "alimtalk", "to": "+821099990000", "template": "shipped",
+            "data": {"name": "김민수", "order": 7}, "priority": "realtime"})
+    };
+
+    let refused = send(&stack, shipped()).await;
+    let view = wait_status(&stack, &refused, "sent").await;
+    assert_eq!(view["priority"], "realtime", "{view}");
+    assert_eq!(view["channel"], "alimtalk");
+    assert_eq!(
+        view["provider"], "twilio",
+        "sent by the SMS provider: {view}"
+    );
+    let events = timeline(&view);
+    let statuses: Vec<&str> = events.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(statuses, ["accepted", "scheduled", "sent"], "{events:?}");
+    assert!(
+        events[1].1.ends_with("falling back to channel sms"),
+        "{events:?}"
+    );
+    assert_eq!(events[2].1, "sent on fallback channel sms (from alimtalk)");
+
+    let again = send(&stack, shipped()).await;
+    wait_status(&stack, &again, "duplicate").await;
+    let sms = twilio.sent();
+    assert_eq!(sms.len(), 1, "exactly one SMS: {sms:?}");
+    assert_eq!(sms[0]["Body"], "[UMP] 김민수님, 주문 7번이 출발했습니다");
+    // One AlimTalk call for the recipient (refused for good: never retried), none for the duplicate.
+    assert_eq!(kakao.accepted().len(), 1, "{:?}", kakao.accepted());
+    stack.finish().await;
+}
+
 /// `ump_provider_circuit_open` of the `sms` channel's bulk path, from the worker's `/metrics`:
 /// (twilio, nhn).
 async fn circuit_open(stack: &Stack) -> (Option<f64>, Option<f64>) {
