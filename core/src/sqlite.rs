@@ -1243,6 +1243,64 @@ mod tests {
         crate::testing::history::details_are_kept_to_their_first_bytes(&store).await;
     }
 
+    /// Reads a queue as `LocalConsumer` does: due rows, oldest first (not settled: a cursor
+    /// past the last row read stands in for the settlement).
+    struct SqliteReader {
+        store: SqliteStore,
+        queue: String,
+        after: i64,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::testing::queue::QueueReader for SqliteReader {
+        async fn read(&mut self, count: usize, wait: std::time::Duration) -> Vec<Envelope> {
+            let deadline = tokio::time::Instant::now() + wait;
+            let mut read = Vec::new();
+            while read.len() < count {
+                let due = self
+                    .store
+                    .due(&self.queue, Utc::now(), 10_000)
+                    .await
+                    .expect("due");
+                let after = self.after;
+                for queued in due.into_iter().filter(|q| q.seq > after) {
+                    if read.len() == count {
+                        break;
+                    }
+                    self.after = queued.seq;
+                    read.push(queued.envelope);
+                }
+                if read.len() == count || tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            read
+        }
+    }
+
+    #[tokio::test]
+    async fn both_queues_keep_the_queue_contract() {
+        use crate::testing::queue;
+        let (_dir, store) = store().await;
+        let sqlite = SqliteQueue::new(store.clone(), Wakers::default());
+        let channel = queue::channel("contract");
+        for priority in [Priority::Bulk, Priority::Realtime] {
+            let mut reader = SqliteReader {
+                store: store.clone(),
+                queue: SqliteQueue::queue_name(&channel, priority),
+                after: 0,
+            };
+            queue::accepted_messages_come_back_whole_once_and_in_order(
+                &sqlite,
+                &channel,
+                priority,
+                &mut reader,
+            )
+            .await;
+        }
+    }
+
     #[tokio::test]
     async fn api_keys_keep_the_contract() {
         let (_dir, store) = store().await;

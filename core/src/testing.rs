@@ -337,5 +337,6 @@ pub mod journeys;
 pub mod keys;
 pub mod parking;
 pub mod profiles;
+pub mod queue;
 pub mod recommendations;
 pub mod webhooks;
