@@ -273,6 +273,47 @@ async fn activemq_restart_mid_realtime_run_loses_nothing_and_sends_nothing_twice
     stack.finish().await;
 }
 
+/// The broker killed with SIGKILL mid-run: what it answered `accepted` was in its journal before
+/// it answered (the journal is fsynced once a second, not per message: `scripts/infra`), so a
+/// crashed broker process loses none of it, and what it had dispatched unsettled is redelivered
+/// and recognised as already sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activemq_killed_mid_realtime_run_loses_nothing_and_sends_nothing_twice() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let stack = Stack::start(REALTIME_CHANNELS).await;
+    let client = stack.start_load(Load {
+        priority: "realtime",
+        per_second: 200,
+        ..Load::default()
+    });
+    wait_for_calls(&stack, 300).await;
+
+    let outage = Outage::crash("activemq").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let down = outage.end().await;
+    let sent = client.finish().await;
+    assert!(
+        sent.unavailable > 0,
+        "the crash never made the API answer 503: was the broker really gone?"
+    );
+    let tally = stack
+        .settle(&sent, Duration::from_secs(120), || stack.outbox_texts())
+        .await;
+    tally.record(
+        "activemq-kill",
+        &format!(
+            "ActiveMQ killed with SIGKILL mid-run (realtime sends) and started again ({:.0} s from the kill to ready again)",
+            down.as_secs_f64()
+        ),
+        &format!(
+            "{} answers were 503, each retried with its Idempotency-Key; every message the broker \
+             had accepted was in its journal and was delivered",
+            tally.unavailable
+        ),
+    );
+    stack.finish().await;
+}
+
 const OUTAGE: Duration = Duration::from_secs(60);
 
 const PROVIDER_CHANNELS: &str = r#"

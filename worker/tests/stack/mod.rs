@@ -742,6 +742,39 @@ impl Outage {
         }
     }
 
+    /// Kills the component's daemon with SIGKILL, as a crash or the OOM killer would: no shutdown,
+    /// nothing flushed or synced on the way out.
+    pub async fn crash(component: &'static str) -> Self {
+        let started = std::time::Instant::now();
+        let run = ump_core::testing::settings_path();
+        let pid_file = run
+            .parent()
+            .expect("the run folder")
+            .join(component)
+            .join("pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| panic!("{component}: {}: {e}", pid_file.display()));
+        let pid = pid.trim().to_owned();
+        let killed = Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .expect("kill");
+        assert!(killed.success(), "kill -9 {pid} ({component})");
+        let gone = std::path::Path::new("/proc").join(&pid);
+        for _ in 0..100 {
+            if !gone.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!gone.exists(), "{component} ({pid}) outlived kill -9");
+        Self {
+            component,
+            started,
+            up: false,
+        }
+    }
+
     /// Starts the component again (waiting until it is ready); returns how long it was out, from
     /// the stop command to ready again.
     pub async fn end(mut self) -> Duration {
