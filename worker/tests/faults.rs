@@ -234,8 +234,18 @@ spec:
   providers: [{name: sandbox, type: sandbox}]
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn activemq_restart_mid_realtime_run_loses_nothing_and_sends_nothing_twice() {
+/// How a realtime run loses its broker for a while.
+enum BrokerFault {
+    /// `scripts/infra down`: a clean shutdown.
+    Stop,
+    /// SIGKILL: no shutdown, nothing flushed or synced on the way out.
+    Kill,
+}
+
+/// Realtime sends at 200/s while the broker goes away and comes back: the API answers 503 +
+/// Retry-After meanwhile (the load retries with its Idempotency-Key), the worker reconnects with
+/// backoff, and every accepted message is sent exactly once.
+async fn realtime_run_through_a_broker_fault(fault: BrokerFault) {
     let _one = ONE_AT_A_TIME.lock().await;
     let stack = Stack::start(REALTIME_CHANNELS).await;
     let client = stack.start_load(Load {
@@ -245,73 +255,57 @@ async fn activemq_restart_mid_realtime_run_loses_nothing_and_sends_nothing_twice
     });
     wait_for_calls(&stack, 300).await;
 
-    // The API answers 503 + Retry-After while the broker is away; the worker reconnects with
-    // backoff once it is back.
-    let outage = Outage::begin("activemq").await;
+    let (scenario, what, kept) = match fault {
+        BrokerFault::Stop => (
+            "activemq-restart",
+            "stopped",
+            "messages the broker held unsettled were redelivered and recognised as already sent",
+        ),
+        BrokerFault::Kill => (
+            "activemq-kill",
+            "killed with SIGKILL",
+            "every message the broker had accepted was in its journal and was delivered",
+        ),
+    };
+    let outage = match fault {
+        BrokerFault::Stop => Outage::begin("activemq").await,
+        BrokerFault::Kill => Outage::crash("activemq").await,
+    };
     tokio::time::sleep(Duration::from_secs(5)).await;
     let down = outage.end().await;
     let sent = client.finish().await;
     assert!(
         sent.unavailable > 0,
-        "the restart never made the API answer 503: was the broker really down?"
+        "the broker {what} never made the API answer 503: was it really away?"
     );
     let tally = stack
         .settle(&sent, Duration::from_secs(120), || stack.outbox_texts())
         .await;
     tally.record(
-        "activemq-restart",
+        scenario,
         &format!(
-            "ActiveMQ stopped mid-run (realtime sends) and started again ({:.0} s from the stop to ready again)",
+            "ActiveMQ {what} mid-run (realtime sends) and started again ({:.0} s to ready again)",
             down.as_secs_f64()
         ),
         &format!(
-            "{} answers were 503, each retried with its Idempotency-Key; messages the broker \
-             held unsettled were redelivered and recognised as already sent",
+            "{} answers were 503, each retried with its Idempotency-Key; {kept}",
             tally.unavailable
         ),
     );
     stack.finish().await;
 }
 
-/// The broker killed with SIGKILL mid-run: what it answered `accepted` was in its journal before
-/// it answered (the journal is fsynced once a second, not per message: `scripts/infra`), so a
-/// crashed broker process loses none of it, and what it had dispatched unsettled is redelivered
-/// and recognised as already sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activemq_restart_mid_realtime_run_loses_nothing_and_sends_nothing_twice() {
+    realtime_run_through_a_broker_fault(BrokerFault::Stop).await;
+}
+
+/// What the broker answered `accepted` was in its journal before it answered (the journal is
+/// fsynced once a second, not per message: `scripts/infra`), so a crashed broker process loses
+/// none of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activemq_killed_mid_realtime_run_loses_nothing_and_sends_nothing_twice() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let stack = Stack::start(REALTIME_CHANNELS).await;
-    let client = stack.start_load(Load {
-        priority: "realtime",
-        per_second: 200,
-        ..Load::default()
-    });
-    wait_for_calls(&stack, 300).await;
-
-    let outage = Outage::crash("activemq").await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let down = outage.end().await;
-    let sent = client.finish().await;
-    assert!(
-        sent.unavailable > 0,
-        "the crash never made the API answer 503: was the broker really gone?"
-    );
-    let tally = stack
-        .settle(&sent, Duration::from_secs(120), || stack.outbox_texts())
-        .await;
-    tally.record(
-        "activemq-kill",
-        &format!(
-            "ActiveMQ killed with SIGKILL mid-run (realtime sends) and started again ({:.0} s from the kill to ready again)",
-            down.as_secs_f64()
-        ),
-        &format!(
-            "{} answers were 503, each retried with its Idempotency-Key; every message the broker \
-             had accepted was in its journal and was delivered",
-            tally.unavailable
-        ),
-    );
-    stack.finish().await;
+    realtime_run_through_a_broker_fault(BrokerFault::Kill).await;
 }
 
 const OUTAGE: Duration = Duration::from_secs(60);
