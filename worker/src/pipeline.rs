@@ -222,7 +222,7 @@ impl DeliveryPipeline {
     }
 
     /// Hands messages the provider refuses for good on to `route` (see `crate::fallback`).
-    pub fn with_fallback(mut self, route: Option<FallbackRoute>) -> Self {
+    fn with_fallback(mut self, route: Option<FallbackRoute>) -> Self {
         self.fallback = route;
         self
     }
