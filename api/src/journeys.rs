@@ -57,14 +57,14 @@ pub struct JourneyRequest {
     #[schema(value_type = Object)]
     entry: Value,
     /// `never` (the default), `always`, or `{after: 7d}`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     reentry: Option<Value>,
     max_entries: Option<u32>,
     /// `{event, where, match: [property]}`: ends the journey as a conversion.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     goal: Option<Value>,
     /// `{start: "21:00", end: "08:00"}` (the default for marketing sends), the person's time.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     quiet_hours: Option<Value>,
     /// At most this many of the journey's messages a second, over every API process.
     send_rate: Option<u32>,
@@ -98,8 +98,22 @@ pub struct JourneyList {
 #[derive(Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CapsDocument {
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<CapRequest>)]
     caps: Vec<Cap>,
+}
+
+/// One frequency cap.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents `ump_automation::journey::Cap`, which parses
+pub struct CapRequest {
+    /// At most this many marketing messages per person.
+    max: u32,
+    /// Within this window: a duration longer than 0 (`1d`, `7d`, `12h`).
+    #[schema(min_length = 1)]
+    per: String,
+    /// On this channel only; left out, over all channels.
+    #[schema(min_length = 1)]
+    channel: Option<String>,
 }
 
 fn unavailable(e: ump_core::history::HistoryError) -> Problem {

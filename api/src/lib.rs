@@ -127,7 +127,7 @@ impl Default for RequestSettings {
         broadcast::BroadcastList, ump_core::broadcast::Broadcast,
         ump_core::broadcast::BroadcastStatus,
         ump_core::audience::Member, journeys::JourneyRequest, journeys::JourneyView,
-        journeys::JourneyList, journeys::CapsDocument, ump_core::journeys::StatRow,
+        journeys::JourneyList, journeys::CapsDocument, journeys::CapRequest, ump_core::journeys::StatRow,
         catalog::CatalogItemSchema, catalog::CatalogItemRequest, catalog::CatalogBatch, catalog::CatalogBatchResult,
         catalog::CatalogItemPage, recommendations::Recommendations, recommendations::RecommendedItem, recommendations::StrategyName,
         webhooks::EndpointRequest, webhooks::EndpointCreated,

@@ -23,6 +23,10 @@ fn config(message_id: &str) -> String {
 [auth.openapi.api_key]
 bearer = "{KEY}"
 
+# Each entry below names its operations exactly, by `include-name` ("METHOD /path"): Schemathesis
+# ORs an entry's separate include filters, so `include-path` with `include-method` would apply to
+# every operation of that method, on every path.
+
 # Every check runs (Schemathesis' default; `--checks all` on the command line would override the
 # operations' settings below). A body over the size limit is refused before it is read: 413.
 [checks.negative_data_rejection]
@@ -32,45 +36,53 @@ expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "41
 # recipient format the channel's type needs, a template's variables), which a schema of the
 # request cannot state: only invalid input must be refused, so only that is checked.
 [[operations]]
-include-path = "/v1/messages"
-include-method = "POST"
+include-name = "POST /v1/messages"
 checks.positive_data_acceptance.enabled = false
 
 # The same for a batch; and a batch answers 202 with a problem per invalid message (the contract:
 # one bad message does not fail the other 999), so a batch of invalid messages is rightly no 4xx.
 [[operations]]
-include-path = "/v1/messages/batch"
+include-name = "POST /v1/messages/batch"
 checks.positive_data_acceptance.enabled = false
 checks.negative_data_rejection.enabled = false
 
 # Whether a well-typed profile update is accepted depends on values a schema cannot list (an IANA
 # time zone, an E.164 number): as for sends, only invalid input must be refused.
 [[operations]]
-include-path = "/v1/users/{{user_id}}"
-include-method = "PUT"
+include-name = "PUT /v1/users/{{user_id}}"
 checks.positive_data_acceptance.enabled = false
 
 # Whether a well-typed segment is accepted depends on the tenant's other segments (references,
 # cycles) and values a schema cannot list (durations such as 7d); a broadcast's message depends on
 # the configured channels, as for sends: only invalid input must be refused.
 [[operations]]
-include-path = "/v1/segments"
-include-method = "POST"
+include-name = "POST /v1/segments"
 checks.positive_data_acceptance.enabled = false
 
 [[operations]]
-include-path = "/v1/segments/{{id}}"
-include-method = "PUT"
+include-name = "PUT /v1/segments/{{id}}"
 checks.positive_data_acceptance.enabled = false
 
 [[operations]]
-include-path = "/v1/segments/{{id}}/broadcast"
+include-name = "POST /v1/segments/{{id}}/broadcast"
+checks.positive_data_acceptance.enabled = false
+
+# An event's `timestamp` must lie within an hour ahead and 365 days back of the moment it arrives,
+# which a schema cannot state: only invalid input must be refused.
+[[operations]]
+include-name = "POST /v1/events"
+checks.positive_data_acceptance.enabled = false
+
+# Whether a well-typed journey is accepted depends on its step graph (every `next` names a step, no
+# step unreachable), the configured channels and templates, and durations such as 5m; and a cap's
+# window is such a duration: only invalid input must be refused.
+[[operations]]
+include-name-regex = "^(POST /v1/journeys|PUT /v1/journeys/\\{{id\\}}|PUT /v1/journey-caps)$"
 checks.positive_data_acceptance.enabled = false
 
 # A real segment (the first start's examples), so its reads get past 404.
 [[operations]]
-include-path-regex = "^/v1/segments/\\{{id\\}}(/members|/sizes)?$"
-include-method = "GET"
+include-name-regex = "^GET /v1/segments/\\{{id\\}}(/members|/sizes)?$"
 parameters = {{ id = "vip" }}
 
 # A real message, so the reads of one message return it (and its timeline) and not only 404.
@@ -82,21 +94,18 @@ parameters = {{ id = "{message_id}" }}
 # addresses only), and a rotation's grace on a duration a schema cannot state: only invalid input
 # must be refused.
 [[operations]]
-include-path = "/v1/webhooks"
-include-method = "POST"
+include-name = "POST /v1/webhooks"
 checks.positive_data_acceptance.enabled = false
 
 [[operations]]
-include-path-regex = "^/v1/webhooks/\\{{id\\}}(/rotate-secret)?$"
-include-method-regex = "^(PATCH|POST)$"
+include-name-regex = "^(PATCH /v1/webhooks/\\{{id\\}}|POST /v1/webhooks/\\{{id\\}}/rotate-secret)$"
 checks.positive_data_acceptance.enabled = false
 
 # Whether a well-typed catalog item is accepted depends on what a schema cannot state exactly: a
 # name or category that is not blank, URLs with an http(s) scheme and a host, attributes of at most
 # 8 KiB of JSON, and in `PUT` a body id equal to the path's: only invalid input must be refused.
 [[operations]]
-include-path-regex = "^/v1/catalog/items(/\\{{id\\}})?$"
-include-method-regex = "^(PUT|POST)$"
+include-name-regex = "^(POST /v1/catalog/items|PUT /v1/catalog/items/\\{{id\\}})$"
 checks.positive_data_acceptance.enabled = false
 
 # A provider that takes receipts, so they get past the routing to the signature check.
@@ -226,5 +235,25 @@ async fn the_api_holds_to_its_openapi_document_under_fuzzing() {
     for id in &ids {
         let (status, view) = ump.get(KEY, &format!("/v1/messages/{id}")).await;
         assert_eq!((status, &view["status"]), (200, &json!("sent")), "{view}");
+    }
+}
+
+/// Each operations entry selects by one filter: Schemathesis ORs an entry's filters, so an entry
+/// with two (`include-path` and `include-method`) reaches every operation either names — which
+/// once gave every `GET …/{id}` a segment's id and turned a webhook read into a false failure.
+#[test]
+fn each_operations_entry_of_the_configuration_selects_by_one_filter() {
+    let config = config("01JEXAMPLE");
+    let entries: Vec<&str> = config.split("[[operations]]").skip(1).collect();
+    assert!(entries.len() > 10, "{config}");
+    for entry in entries {
+        let filters = entry
+            .lines()
+            .filter(|line| line.starts_with("include-") || line.starts_with("exclude-"))
+            .count();
+        assert_eq!(
+            filters, 1,
+            "an operations entry with {filters} filters:{entry}"
+        );
     }
 }
