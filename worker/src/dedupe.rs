@@ -2,7 +2,12 @@
 //! (Idempotency-Key or content hash, per the policy) or, when the policy does not dedupe, the
 //! message id. Its value says who owns it and how far it got:
 //!
-//! `<message id>|sending|<worker instance>|<ms>` → `<message id>|sent|...`
+//! `<message id>|sending|<worker instance>|<ms>` → `<message id>|sent||`
+//!
+//! A `sent` mark keeps only what a later claim reads (the id and the state): it stays for the
+//! whole dedupe window, one per message sent in it, so its size is what Redis holds, forks and
+//! rewrites. 43 bytes with a UUID fit Redis's compact string encoding (at most 44 bytes, value and
+//! object in one allocation).
 //!
 //! A message is never a duplicate of itself: a redelivered message (its worker died, its
 //! partition moved) finds its own id. Found `sent`, it is recorded as sent without a second
@@ -70,9 +75,8 @@ const MARK_SENT: &str = r#"
 local v = redis.call('GET', KEYS[1])
 local prefix = ARGV[1] .. '|'
 if v and string.sub(v, 1, string.len(prefix)) ~= prefix then return 0 end
-local now = redis.call('TIME')
-local value = ARGV[1] .. '|sent|' .. ARGV[2] .. '|' .. now[1]
-if v then redis.call('SET', KEYS[1], value, 'KEEPTTL') else redis.call('SET', KEYS[1], value, 'EX', ARGV[3]) end
+local value = ARGV[1] .. '|sent||'
+if v then redis.call('SET', KEYS[1], value, 'KEEPTTL') else redis.call('SET', KEYS[1], value, 'EX', ARGV[2]) end
 return 1
 "#;
 
@@ -146,7 +150,6 @@ impl DedupeStore for RedisDedupe {
         self.mark_sent
             .key(key)
             .arg(id)
-            .arg(&self.instance)
             .arg(ttl.as_secs().max(1))
             .invoke_async::<i64>(&mut conn)
             .await
