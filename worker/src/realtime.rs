@@ -57,6 +57,8 @@ use ump_core::store::{MySqlHistory, connect_mysql};
 
 /// Most deliveries handed to the pipeline at once (whatever has arrived; never waited for).
 const MAX_BATCH: usize = 256;
+/// At most this many acceptances in one `dispose_all` (the link's credit is of this order).
+const MAX_SETTLE: usize = 1024;
 /// Consumer links per queue, each on a connection of its own. ActiveMQ dispatches to and takes
 /// settlements from one connection on one thread, one message after the other; two connections
 /// halve that queue.
@@ -498,7 +500,7 @@ impl RealtimeConsumer {
             tokio::select! {
                 biased;
                 Some(settlement) = settle_rx.recv() => {
-                    if let Err(e) = receiver.dispose(settlement.info, settlement.state).await {
+                    if let Err(e) = settle(receiver, settlement, &mut settle_rx).await {
                         link_ok = false;
                         break Err(anyhow::anyhow!("settling a delivery: {e}"));
                     }
@@ -553,7 +555,7 @@ impl RealtimeConsumer {
             tokio::select! {
                 settlement = settle_rx.recv() => match settlement {
                     Some(settlement) => {
-                        if link_ok && receiver.dispose(settlement.info, settlement.state).await.is_err() {
+                        if link_ok && settle(receiver, settlement, &mut settle_rx).await.is_err() {
                             link_ok = false;
                         }
                     }
@@ -569,6 +571,33 @@ impl RealtimeConsumer {
         }
         while work.join_next().await.is_some() {}
         result
+    }
+}
+
+/// Settles `first` and whatever other settlements are already waiting: the accepted ones together
+/// (`dispose_all`: one disposition frame for each run of consecutive deliveries, where one frame
+/// per message kept the broker and this link's loop waking for every message), the rest (retries,
+/// releases, dead letters) one by one.
+async fn settle(
+    receiver: &Receiver,
+    first: Settlement,
+    waiting: &mut mpsc::UnboundedReceiver<Settlement>,
+) -> Result<(), fe2o3_amqp::link::DispositionError> {
+    let mut accepted = Vec::new();
+    let mut next = Some(first);
+    while let Some(settlement) = next.take() {
+        match settlement.state {
+            TerminalDeliveryState::Accepted(_) => accepted.push(settlement.info),
+            state => receiver.dispose(settlement.info, state).await?,
+        }
+        if accepted.len() < MAX_SETTLE {
+            next = waiting.try_recv().ok();
+        }
+    }
+    match accepted.len() {
+        0 => Ok(()),
+        1 => receiver.accept(accepted.remove(0)).await,
+        _ => receiver.accept_all(accepted).await,
     }
 }
 

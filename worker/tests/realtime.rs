@@ -123,6 +123,32 @@ async fn send_realtime(
     ids
 }
 
+/// How many messages the channel's queue still hands out: attached as a consumer, what arrives
+/// within two seconds (each released again on close).
+async fn left_on_the_broker(stack: &Stack, channel: &str) -> usize {
+    let queue = format!("ump.realtime.{}.{channel}", stack.namespace);
+    let mut connection = ump_core::amqp::AmqpSettings::parse(stack.amqp.as_deref().expect("amqp"))
+        .expect("url")
+        .connect("realtime-test-leftovers")
+        .await
+        .expect("ActiveMQ: connect");
+    let mut session = Session::begin(&mut connection).await.expect("session");
+    let mut receiver = Receiver::attach(&mut session, "realtime-test-leftovers", queue.as_str())
+        .await
+        .expect("attach to the channel's queue");
+    let mut left = 0;
+    while let Ok(delivery) =
+        tokio::time::timeout(Duration::from_secs(2), receiver.recv::<Body<Value>>()).await
+    {
+        let delivery = delivery.expect("receive");
+        receiver.release(&delivery).await.expect("release");
+        left += 1;
+    }
+    receiver.close().await.expect("close");
+    connection.close().await.expect("close connection");
+    left
+}
+
 fn count(counts: &HashMap<String, i64>, status: &str) -> i64 {
     counts.get(status).copied().unwrap_or(0)
 }
@@ -139,7 +165,7 @@ async fn count_where(stack: &Stack, condition: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_realtime_messages_are_each_sent_once_and_recorded() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let stack = Stack::start(CHANNELS).await;
+    let mut stack = Stack::start(CHANNELS).await;
     let ids = send_realtime(&stack, "sms", 2000, |i| format!("[UMP] 인증번호 {i:06}")).await;
     assert_eq!(ids.len(), 2000);
     stack
@@ -174,6 +200,10 @@ async fn two_thousand_realtime_messages_are_each_sent_once_and_recorded() {
         2000
     );
     assert_eq!(stack.enqueued(), 0, "realtime messages went through Kafka");
+    // Each was accepted on the broker (many in one disposition), not merely sent: stopped, the
+    // worker leaves nothing for the broker to hand to the next consumer.
+    stack.stop_worker();
+    assert_eq!(left_on_the_broker(&stack, "sms").await, 0);
 
     let (status, view) = stack.get(&format!("/v1/messages/{}", ids[0])).await;
     assert_eq!(status, 200, "{view}");
