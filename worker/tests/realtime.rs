@@ -123,29 +123,55 @@ async fn send_realtime(
     ids
 }
 
+/// A plain consumer of one of the stack's queues on ActiveMQ.
+struct QueueReader {
+    connection: fe2o3_amqp::connection::ConnectionHandle<()>,
+    _session: fe2o3_amqp::session::SessionHandle<()>,
+    receiver: Receiver,
+}
+
+impl QueueReader {
+    async fn attach(stack: &Stack, name: &str, queue: &str) -> Self {
+        let mut connection =
+            ump_core::amqp::AmqpSettings::parse(stack.amqp.as_deref().expect("amqp"))
+                .expect("url")
+                .connect(name)
+                .await
+                .expect("ActiveMQ: connect");
+        let mut session = Session::begin(&mut connection).await.expect("session");
+        let receiver = Receiver::attach(&mut session, name, queue)
+            .await
+            .unwrap_or_else(|e| panic!("attach to {queue}: {e}"));
+        Self {
+            connection,
+            _session: session,
+            receiver,
+        }
+    }
+
+    async fn close(mut self) {
+        self.receiver.close().await.expect("close");
+        self.connection.close().await.expect("close connection");
+    }
+}
+
 /// How many messages the channel's queue still hands out: attached as a consumer, what arrives
 /// within two seconds (each released again on close).
 async fn left_on_the_broker(stack: &Stack, channel: &str) -> usize {
     let queue = format!("ump.realtime.{}.{channel}", stack.namespace);
-    let mut connection = ump_core::amqp::AmqpSettings::parse(stack.amqp.as_deref().expect("amqp"))
-        .expect("url")
-        .connect("realtime-test-leftovers")
-        .await
-        .expect("ActiveMQ: connect");
-    let mut session = Session::begin(&mut connection).await.expect("session");
-    let mut receiver = Receiver::attach(&mut session, "realtime-test-leftovers", queue.as_str())
-        .await
-        .expect("attach to the channel's queue");
+    let mut reader = QueueReader::attach(stack, "realtime-test-leftovers", &queue).await;
     let mut left = 0;
-    while let Ok(delivery) =
-        tokio::time::timeout(Duration::from_secs(2), receiver.recv::<Body<Value>>()).await
+    while let Ok(delivery) = tokio::time::timeout(
+        Duration::from_secs(2),
+        reader.receiver.recv::<Body<Value>>(),
+    )
+    .await
     {
         let delivery = delivery.expect("receive");
-        receiver.release(&delivery).await.expect("release");
+        reader.receiver.release(&delivery).await.expect("release");
         left += 1;
     }
-    receiver.close().await.expect("close");
-    connection.close().await.expect("close connection");
+    reader.close().await;
     left
 }
 
@@ -284,15 +310,8 @@ async fn retries_are_redelivered_by_the_broker_and_dead_lettered_after_max_attem
 
     // The broker moved the dead letters to its dead-letter queue, envelopes intact.
     let dead_letters = format!("DLQ.ump.realtime.{}.broken", stack.namespace);
-    let mut connection = ump_core::amqp::AmqpSettings::parse(stack.amqp.as_deref().expect("amqp"))
-        .expect("url")
-        .connect("realtime-test-dlq")
-        .await
-        .expect("ActiveMQ: connect");
-    let mut session = Session::begin(&mut connection).await.expect("session");
-    let mut receiver = Receiver::attach(&mut session, "realtime-test-dlq", dead_letters.as_str())
-        .await
-        .expect("attach to the dead-letter queue");
+    let mut reader = QueueReader::attach(&stack, "realtime-test-dlq", &dead_letters).await;
+    let receiver = &mut reader.receiver;
     let mut found = Vec::new();
     for _ in 0..broken.len() {
         let delivery =
@@ -312,8 +331,7 @@ async fn retries_are_redelivered_by_the_broker_and_dead_lettered_after_max_attem
     let mut expected = broken.clone();
     expected.sort();
     assert_eq!(found, expected);
-    receiver.close().await.expect("close");
-    connection.close().await.expect("close connection");
+    reader.close().await;
     stack.finish().await;
 }
 
