@@ -18,11 +18,12 @@
 use crate::metrics::WorkerMetrics;
 use crate::pause::until_available;
 use crate::pipeline::{Aborted, BatchOutcome, DeliveryPipeline};
+use chrono::{DateTime, Utc};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -75,6 +76,8 @@ struct Persister {
     dead_letter_topic: String,
     /// A committed batch's offsets and settled keys, for `forget_committed`.
     settled: mpsc::UnboundedSender<(Offsets, Vec<String>)>,
+    /// Told when what a batch parked falls due.
+    alarm: ParkingAlarm,
 }
 
 /// The longest the consume loop waits for a message before polling the consumer again.
@@ -88,6 +91,7 @@ impl ChannelConsumer {
         history: Arc<dyn HistoryStore>,
         metrics: WorkerMetrics,
         batch: BatchSettings,
+        alarm: ParkingAlarm,
     ) -> anyhow::Result<Self> {
         let resource = &pipeline.channel.resource;
         let topic = resource.topic_name();
@@ -119,6 +123,7 @@ impl ChannelConsumer {
             metrics: metrics.clone(),
             dead_letter_topic: resource.dead_letter_topic(),
             settled: settle,
+            alarm,
         };
         Ok(Self {
             pipeline,
@@ -339,6 +344,9 @@ impl Persister {
         self.metrics
             .history_write_seconds
             .observe(started.elapsed().as_secs_f64());
+        for deferred in &outcome.record.deferred {
+            self.alarm.set(deferred.due_at);
+        }
 
         for envelope in &outcome.dead_letters {
             let payload = serde_json::to_vec(envelope).unwrap_or_default();
@@ -580,6 +588,12 @@ pub struct Scheduler {
     pub producer: FutureProducer,
     pub queues: Vec<String>,
     pub metrics: WorkerMetrics,
+    /// When what this process parked falls due: the scheduler wakes then instead of at its next
+    /// poll.
+    pub alarm: ParkingAlarm,
+    /// How often it looks for due messages it has no alarm for: parked by another process (one
+    /// that stopped, or one whose alarm was full).
+    pub poll: Duration,
 }
 
 /// How long a claim keeps other schedulers off a parked message.
@@ -590,6 +604,8 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// parks it again: well past any consumer lag a healthy channel has, since the copy it publishes
 /// then is a second one whenever the first was only slow (the dedupe absorbs it).
 pub const REPARK_AFTER: Duration = Duration::from_secs(600);
+/// The most messages one claim takes; a full claim is followed by the next at once.
+const CLAIM_LIMIT: u32 = 500;
 
 impl Scheduler {
     pub async fn run(self, cancel: CancellationToken) {
@@ -599,12 +615,22 @@ impl Scheduler {
                 self.sweep().await;
                 next_sweep = tokio::time::Instant::now() + SWEEP_EVERY;
             }
-            if self.publish_due().await >= 500 {
+            // The claim below covers every parking due by now, those the alarm knows of too.
+            self.alarm.clear_through(chrono::Utc::now());
+            if self.publish_due().await >= CLAIM_LIMIT as usize {
                 continue;
             }
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            let poll = tokio::time::Instant::now() + self.poll;
+            // A parking that falls due before the poll moves the wake-up earlier; a later one
+            // waits for the poll that finds it.
+            loop {
+                let wait = wake_in(chrono::Utc::now(), self.alarm.earliest())
+                    .min(poll.saturating_duration_since(tokio::time::Instant::now()));
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => break,
+                    _ = self.alarm.rung() => {}
+                }
             }
         }
     }
@@ -612,9 +638,10 @@ impl Scheduler {
     /// Claims what is due, publishes it, and releases what was published; returns how many
     /// messages it claimed.
     async fn publish_due(&self) -> usize {
+        let now = chrono::Utc::now();
         let claimed = match self
             .history
-            .claim_due(&self.queues, chrono::Utc::now(), LEASE, 500)
+            .claim_due(&self.queues, now, LEASE, CLAIM_LIMIT)
             .await
         {
             Ok(claimed) => claimed,
@@ -625,6 +652,12 @@ impl Scheduler {
         };
         if claimed.is_empty() {
             return 0;
+        }
+        for Claimed { deferred, .. } in &claimed {
+            let late = (now - deferred.due_at).to_std().unwrap_or_default();
+            self.metrics
+                .parked_publish_delay_seconds
+                .observe(late.as_secs_f64());
         }
         let sends = claimed.iter().map(|Claimed { deferred, claim }| {
             let payload = serde_json::to_vec(&deferred.envelope).unwrap_or_default();
@@ -656,6 +689,83 @@ impl Scheduler {
     async fn sweep(&self) {
         sweep_parking(self.history.as_ref(), &self.queues, &self.metrics).await;
     }
+}
+
+/// The due times of the messages this process parked (retries, `send_at`, quiet hours), so that
+/// its scheduler publishes each when it falls due rather than at its next poll: with a 200 ms
+/// backoff and a 250 ms poll, a retry would otherwise go out up to 450 ms after its failure.
+/// Parkings by other processes are found by the poll. Cheap to clone (one shared state).
+#[derive(Clone, Default)]
+pub struct ParkingAlarm(Arc<AlarmState>);
+
+#[derive(Default)]
+struct AlarmState {
+    due: std::sync::Mutex<BTreeSet<DateTime<Utc>>>,
+    rung: tokio::sync::Notify,
+}
+
+/// The most due times an alarm keeps: past it, the latest are dropped and found by the poll.
+const ALARM_CAPACITY: usize = 4096;
+/// Due times closer together than this are one wake-up.
+const ALARM_GRAIN_MICROS: i64 = 5_000;
+
+impl ParkingAlarm {
+    /// A message parked until `at` (recorded and committed).
+    pub fn set(&self, at: DateTime<Utc>) {
+        // Rounded up: woken at or after `at`, the claim finds the message due.
+        let micros = at.timestamp_micros();
+        let at = DateTime::from_timestamp_micros(
+            micros.div_euclid(ALARM_GRAIN_MICROS) * ALARM_GRAIN_MICROS
+                + if micros.rem_euclid(ALARM_GRAIN_MICROS) == 0 {
+                    0
+                } else {
+                    ALARM_GRAIN_MICROS
+                },
+        )
+        .unwrap_or(at);
+        let earlier = {
+            let Ok(mut due) = self.0.due.lock() else {
+                return;
+            };
+            if due.len() >= ALARM_CAPACITY {
+                match due.last() {
+                    Some(&latest) if at < latest => {
+                        due.pop_last();
+                    }
+                    _ => return,
+                }
+            }
+            let earlier = due.first().is_none_or(|&first| at < first);
+            due.insert(at);
+            earlier
+        };
+        if earlier {
+            self.0.rung.notify_one();
+        }
+    }
+
+    /// The earliest due time it knows of.
+    fn earliest(&self) -> Option<DateTime<Utc>> {
+        self.0.due.lock().ok().and_then(|due| due.first().copied())
+    }
+
+    /// Forgets the due times up to `now`: a claim at `now` covers them.
+    fn clear_through(&self, now: DateTime<Utc>) {
+        if let Ok(mut due) = self.0.due.lock() {
+            due.retain(|&at| at > now);
+        }
+    }
+
+    /// Completes when a parking earlier than every known one was set (at once when one was
+    /// set since the last wait).
+    async fn rung(&self) {
+        self.0.rung.notified().await;
+    }
+}
+
+/// How long the scheduler may sleep at `now` when `earliest` is the alarm's earliest due time.
+fn wake_in(now: DateTime<Utc>, earliest: Option<DateTime<Utc>>) -> Duration {
+    earliest.map_or(Duration::MAX, |at| (at - now).to_std().unwrap_or_default())
 }
 
 /// Sweeps the parked messages of `queues` once (`HistoryStore::sweep_parking`) and reports what
@@ -692,6 +802,82 @@ mod tests {
         list.iter()
             .map(|(partition, next)| (("t".to_owned(), *partition), *next))
             .collect()
+    }
+
+    fn at(millis: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_800_000_000_000 + millis).unwrap()
+    }
+
+    #[test]
+    fn the_alarm_wakes_the_scheduler_at_the_earliest_parking_and_no_earlier() {
+        let alarm = ParkingAlarm::default();
+        assert_eq!(alarm.earliest(), None);
+        alarm.set(at(400));
+        alarm.set(at(200));
+        alarm.set(at(900));
+        assert_eq!(alarm.earliest(), Some(at(200)));
+        // Rounded up to the grain: never woken before the message is due.
+        alarm.set(at(101) + chrono::Duration::microseconds(300));
+        assert_eq!(alarm.earliest(), Some(at(105)));
+        assert_eq!(wake_in(at(5), alarm.earliest()), Duration::from_millis(100));
+        // Due already: no sleep. Nothing known: no wake-up of its own.
+        assert_eq!(wake_in(at(300), alarm.earliest()), Duration::ZERO);
+        assert_eq!(wake_in(at(0), None), Duration::MAX);
+    }
+
+    #[test]
+    fn a_claim_clears_what_fell_due_and_the_next_parking_is_kept() {
+        let alarm = ParkingAlarm::default();
+        for millis in [200, 400, 900] {
+            alarm.set(at(millis));
+        }
+        alarm.clear_through(at(400));
+        assert_eq!(alarm.earliest(), Some(at(900)));
+        alarm.clear_through(at(1000));
+        assert_eq!(alarm.earliest(), None);
+    }
+
+    #[test]
+    fn a_full_alarm_keeps_the_earliest_parkings() {
+        let alarm = ParkingAlarm::default();
+        let capacity = i64::try_from(ALARM_CAPACITY).unwrap();
+        for i in 0..capacity {
+            alarm.set(at(100 + 10 * i));
+        }
+        // Later than all it holds: left to the poll.
+        alarm.set(at(100 + 10 * capacity));
+        // Earlier: kept, and the latest goes.
+        alarm.set(at(50));
+        let due = alarm.0.due.lock().unwrap();
+        assert_eq!(due.len(), ALARM_CAPACITY);
+        assert_eq!(due.first(), Some(&at(50)));
+        assert_eq!(due.last(), Some(&at(100 + 10 * (capacity - 2))));
+    }
+
+    #[tokio::test]
+    async fn only_a_parking_earlier_than_every_known_one_rings() {
+        let alarm = ParkingAlarm::default();
+        alarm.set(at(500));
+        // The permit of that first parking.
+        tokio::time::timeout(Duration::from_secs(5), alarm.rung())
+            .await
+            .expect("the first parking rings");
+        alarm.set(at(800));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), alarm.rung())
+                .await
+                .is_err(),
+            "a later parking changes no wake-up"
+        );
+        let waiting = tokio::spawn({
+            let alarm = alarm.clone();
+            async move { alarm.rung().await }
+        });
+        alarm.set(at(300));
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("an earlier parking wakes the waiting scheduler")
+            .unwrap();
     }
 
     #[test]

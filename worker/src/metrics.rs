@@ -153,6 +153,9 @@ pub struct WorkerMetrics {
     pub scheduled_unparked: IntGauge,
     /// Messages the parking sweep parked again, in all.
     pub parking_repairs: IntCounter,
+    /// How long after falling due a parked message was published again (the scheduler's
+    /// lateness; cluster mode).
+    pub parked_publish_delay_seconds: Histogram,
 }
 
 impl WorkerMetrics {
@@ -227,6 +230,15 @@ impl WorkerMetrics {
             "ump_parking_repairs_total",
             "Messages parked again by the sweep because their republished copy went missing",
         )?;
+        let parked_publish_delay_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "ump_parked_publish_delay_seconds",
+                "How long after falling due a parked message was published again",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+            ]),
+        )?;
         // Known from the start, so that rate() over them works before the first pause.
         for dependency in ["redis", "mysql", "kafka"] {
             paused_seconds.with_label_values(&[dependency]);
@@ -244,6 +256,7 @@ impl WorkerMetrics {
             Box::new(parked_overdue.clone()),
             Box::new(scheduled_unparked.clone()),
             Box::new(parking_repairs.clone()),
+            Box::new(parked_publish_delay_seconds.clone()),
         ] {
             registry.register(metric)?;
         }
@@ -261,6 +274,7 @@ impl WorkerMetrics {
             parked_overdue,
             scheduled_unparked,
             parking_repairs,
+            parked_publish_delay_seconds,
         })
     }
 

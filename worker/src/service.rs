@@ -1,7 +1,7 @@
 //! Wiring of a worker process: its channels' consumers, the scheduler, and `/healthz`, `/readyz`,
 //! `/metrics`.
 
-use crate::consumer::{BatchSettings, ChannelConsumer, Scheduler};
+use crate::consumer::{BatchSettings, ChannelConsumer, ParkingAlarm, Scheduler};
 use crate::dedupe::RedisDedupe;
 use crate::fallback::FallbackRoute;
 use crate::metrics::{DeliveryPath, WorkerMetrics};
@@ -69,6 +69,10 @@ pub struct WorkerSettings {
     /// Longest wait to fill a batch.
     #[arg(long, env = "UMP_WORKER_BATCH_WAIT", default_value = "20ms")]
     pub batch_wait: ump_core::duration::Duration,
+    /// How often the scheduler looks for due parked messages it has no alarm for (parked by
+    /// another worker); what this worker parked goes back onto its topic when it falls due.
+    #[arg(long, env = "UMP_WORKER_SCHEDULER_POLL", default_value = "250ms")]
+    pub scheduler_poll: ump_core::duration::Duration,
     /// Bulk batches of a channel delivered at once: the next starts as the lanes of the one
     /// before end (`UMP_WORKER_LANES` holds across them), so a batch's slowest provider calls do
     /// not leave the provider idle. `1` delivers one batch after another.
@@ -135,6 +139,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         history: Arc::clone(&history),
         producer: producer.clone(),
         metrics: metrics.clone(),
+        alarm: ParkingAlarm::default(),
     };
     let mut fallback_queues = Vec::new();
     // Each channel's realtime consumers, with the same fallback route as its bulk consumer.
@@ -161,6 +166,8 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         // runs here.
         queues: scheduled_queues(&channels, fallback_queues),
         metrics: metrics.clone(),
+        alarm: ports.alarm.clone(),
+        poll: settings.scheduler_poll.as_std(),
     };
     tasks.spawn(scheduler.run(shutdown.clone()));
     if settings.webhooks.dispatch {
@@ -218,6 +225,8 @@ struct BulkPorts {
     history: Arc<dyn HistoryStore>,
     producer: FutureProducer,
     metrics: WorkerMetrics,
+    /// Rung by the consumers' parkings, heard by the scheduler.
+    alarm: ParkingAlarm,
 }
 
 /// The Kafka consumer of `channel`, its pipeline built for the bulk path with its fallback `route`.
@@ -252,6 +261,7 @@ fn bulk_consumer(
         Arc::clone(&ports.history),
         ports.metrics.clone(),
         batch,
+        ports.alarm.clone(),
     )
 }
 

@@ -5,7 +5,7 @@ mod stack;
 
 use chrono::{Duration as ChronoDuration, Utc};
 use serde_json::{Value, json};
-use stack::Stack;
+use stack::{Stack, StackOptions};
 use std::time::Duration;
 
 const CHANNELS: &str = r#"
@@ -273,5 +273,43 @@ async fn the_rate_limit_spaces_sends() {
         spread >= ChronoDuration::milliseconds(950),
         "21 sends at 20/s took only {spread}"
     );
+    stack.finish().await;
+}
+
+/// A worker's scheduler publishes what the worker itself parked when it falls due, not at its
+/// next poll: with the poll an hour away, a message retried twice (200 and 400 ms of backoff) and
+/// one scheduled two seconds ahead (then retried twice) are still sent within the test's minute,
+/// and each republication is counted in `ump_parked_publish_delay_seconds`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_publishes_its_own_parkings_when_they_fall_due_without_polling() {
+    let stack = Stack::start_opts(
+        &channels(),
+        StackOptions {
+            worker_env: vec![("UMP_WORKER_SCHEDULER_POLL", "1h".to_owned())],
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let retried = send(&stack, "sms", "+821012340011", json!({})).await;
+    let later = (Utc::now() + ChronoDuration::seconds(2)).to_rfc3339();
+    let scheduled = send(&stack, "sms", "+821012340012", json!({"send_at": later})).await;
+
+    let m = wait_status(&stack, &retried, "sent").await;
+    assert_eq!(m["attempts"], 3, "{m}");
+    let m = wait_status(&stack, &scheduled, "sent").await;
+    assert_eq!(
+        statuses(&m),
+        ["accepted", "scheduled", "scheduled", "scheduled", "sent"],
+        "{m}"
+    );
+
+    // Two parkings of the first message, three of the second: each published once.
+    let metrics = stack.worker_metrics().await;
+    let published: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("ump_parked_publish_delay_seconds_count "))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no publish delay count in\n{metrics}"));
+    assert_eq!(published, 5.0, "{metrics}");
     stack.finish().await;
 }
