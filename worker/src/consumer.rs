@@ -706,8 +706,9 @@ struct AlarmState {
 
 /// The most due times an alarm keeps: past it, the latest are dropped and found by the poll.
 const ALARM_CAPACITY: usize = 4096;
-/// Due times closer together than this are one wake-up.
-const ALARM_GRAIN_MICROS: i64 = 5_000;
+/// Due times within this of each other are one wake-up: one claim takes them all, so however
+/// many retries fall due, the scheduler claims at most 50 times a second.
+const ALARM_GRAIN_MICROS: i64 = 20_000;
 
 impl ParkingAlarm {
     /// A message parked until `at` (recorded and committed).
@@ -727,6 +728,9 @@ impl ParkingAlarm {
             let Ok(mut due) = self.0.due.lock() else {
                 return;
             };
+            if due.contains(&at) {
+                return;
+            }
             if due.len() >= ALARM_CAPACITY {
                 match due.last() {
                     Some(&latest) if at < latest => {
@@ -818,8 +822,11 @@ mod tests {
         assert_eq!(alarm.earliest(), Some(at(200)));
         // Rounded up to the grain: never woken before the message is due.
         alarm.set(at(101) + chrono::Duration::microseconds(300));
-        assert_eq!(alarm.earliest(), Some(at(105)));
-        assert_eq!(wake_in(at(5), alarm.earliest()), Duration::from_millis(100));
+        assert_eq!(alarm.earliest(), Some(at(120)));
+        assert_eq!(
+            wake_in(at(20), alarm.earliest()),
+            Duration::from_millis(100)
+        );
         // Due already: no sleep. Nothing known: no wake-up of its own.
         assert_eq!(wake_in(at(300), alarm.earliest()), Duration::ZERO);
         assert_eq!(wake_in(at(0), None), Duration::MAX);
@@ -842,16 +849,18 @@ mod tests {
         let alarm = ParkingAlarm::default();
         let capacity = i64::try_from(ALARM_CAPACITY).unwrap();
         for i in 0..capacity {
-            alarm.set(at(100 + 10 * i));
+            alarm.set(at(100 + 20 * i));
         }
-        // Later than all it holds: left to the poll.
-        alarm.set(at(100 + 10 * capacity));
+        // Later than all it holds: left to the poll. One it holds already: nothing changes.
+        alarm.set(at(100 + 20 * capacity));
+        alarm.set(at(100));
+        assert_eq!(alarm.0.due.lock().unwrap().len(), ALARM_CAPACITY);
         // Earlier: kept, and the latest goes.
-        alarm.set(at(50));
+        alarm.set(at(40));
         let due = alarm.0.due.lock().unwrap();
         assert_eq!(due.len(), ALARM_CAPACITY);
-        assert_eq!(due.first(), Some(&at(50)));
-        assert_eq!(due.last(), Some(&at(100 + 10 * (capacity - 2))));
+        assert_eq!(due.first(), Some(&at(40)));
+        assert_eq!(due.last(), Some(&at(100 + 20 * (capacity - 2))));
     }
 
     #[tokio::test]
