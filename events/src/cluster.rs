@@ -20,6 +20,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use ump_automation::event::Queued;
@@ -159,6 +160,134 @@ const LANES: usize = 4;
 /// The longest the consume loop waits for an event before polling the consumer again.
 const REPOLL: Duration = Duration::from_secs(1);
 
+/// How long the processor goes without an entry, with none in its lanes, before it looks at the
+/// group's progress; two such looks that find entries waiting and nothing recorded in between
+/// make it rejoin the group.
+const STALL_CHECK_EVERY: Duration = Duration::from_secs(20);
+
+/// The group's progress as MySQL records it, at the processor's quiet moments: a group that
+/// recorded nothing between two of them while entries wait on the topic is stalled. Kafka's own
+/// view can be wrong here: after Kafka came back, a consumer has been seen to sit idle for
+/// minutes, its session expired and no partition taken again, with no error to say so.
+#[derive(Debug, Default)]
+struct StallWatch {
+    /// Entries the group had recorded at the last quiet look.
+    recorded: Option<i64>,
+}
+
+impl StallWatch {
+    /// A quiet look: `recorded` entries in MySQL's positions, `waiting` on the topic beyond them.
+    /// True when the group is stalled (and the watch starts over).
+    fn check(&mut self, recorded: i64, waiting: i64) -> bool {
+        let stalled = waiting > 0 && self.recorded == Some(recorded);
+        self.recorded = (!stalled).then_some(recorded);
+        stalled
+    }
+
+    /// An entry arrived: the processor is not stalled.
+    fn progressed(&mut self) {
+        self.recorded = None;
+    }
+}
+
+/// What a quiet processor sees of its group.
+#[derive(Debug, PartialEq)]
+struct Progress {
+    /// Entries the group has recorded: its positions in MySQL.
+    recorded: i64,
+    /// Entries on the topic beyond those positions, up to the partitions' high watermarks.
+    waiting: i64,
+    /// This processor holds partitions and has read each to its end: what waits is another
+    /// processor's, or unreadable entries it passed over (which no position covers).
+    caught_up: bool,
+}
+
+/// The group's progress; `None` when Kafka or MySQL cannot say.
+async fn group_progress(
+    consumer: &Arc<StreamConsumer>,
+    audience: &MySqlAudience,
+    settings: &ProcessorSettings,
+) -> Option<Progress> {
+    let positions = audience
+        .positions(&settings.group, &settings.topic)
+        .await
+        .ok()?;
+    let consumer = Arc::clone(consumer);
+    let topic = settings.topic.clone();
+    let (highs, read) = tokio::task::spawn_blocking(move || {
+        let timeout = Duration::from_secs(5);
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout).ok()?;
+        let highs = metadata
+            .topics()
+            .first()?
+            .partitions()
+            .iter()
+            .map(|p| {
+                let (_, high) = consumer.fetch_watermarks(&topic, p.id(), timeout).ok()?;
+                Some((p.id(), high))
+            })
+            .collect::<Option<BTreeMap<i32, i64>>>()?;
+        // Where this consumer reads each partition it holds (none read yet: not known).
+        let read: BTreeMap<i32, Option<i64>> = consumer
+            .position()
+            .ok()?
+            .elements_for_topic(&topic)
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(at) => (e.partition(), Some(at)),
+                _ => (e.partition(), None),
+            })
+            .collect();
+        Some((highs, read))
+    })
+    .await
+    .ok()??;
+    Some(progress(&positions, &highs, &read))
+}
+
+/// The progress from each partition's position in MySQL, its high watermark, and where this
+/// consumer reads the partitions it holds.
+fn progress(
+    positions: &BTreeMap<i32, i64>,
+    highs: &BTreeMap<i32, i64>,
+    read: &BTreeMap<i32, Option<i64>>,
+) -> Progress {
+    let recorded = positions.values().sum();
+    let waiting = highs
+        .iter()
+        .map(|(partition, high)| (high - positions.get(partition).copied().unwrap_or(0)).max(0))
+        .sum();
+    let caught_up = !read.is_empty()
+        && read.iter().all(|(partition, at)| {
+            let high = highs.get(partition).copied().unwrap_or(0);
+            at.is_some_and(|at| at >= high)
+        });
+    Progress {
+        recorded,
+        waiting,
+        caught_up,
+    }
+}
+
+/// Leaves the consumer group and joins it again: the group's partitions are dealt anew and read
+/// from the positions committed.
+fn rejoin(
+    consumer: &StreamConsumer,
+    settings: &ProcessorSettings,
+    metrics: &EventMetrics,
+    waiting: i64,
+) {
+    tracing::warn!(
+        waiting,
+        "the group recorded nothing while events wait; rejoining the consumer group"
+    );
+    metrics.rejoins.inc();
+    consumer.unsubscribe();
+    if let Err(e) = consumer.subscribe(&[&settings.topic]) {
+        tracing::error!(error = %e, "subscribing to the events topic again failed");
+    }
+}
+
 /// Reads the topic and deals each entry to its partition's lane until `shutdown`; then the
 /// lanes commit what they were handed and stop.
 async fn consume(
@@ -169,6 +298,8 @@ async fn consume(
     shutdown: &CancellationToken,
 ) {
     let per_lane = settings.batch.div_ceil(LANES).max(1);
+    // Entries dealt to the lanes and not yet committed: a processor with some is not stalled.
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let mut lanes = tokio::task::JoinSet::new();
     let mut senders = Vec::with_capacity(LANES);
     for _ in 0..LANES {
@@ -177,12 +308,15 @@ async fn consume(
         senders.push(sender);
         lanes.spawn(lane(
             receiver,
+            Arc::clone(&in_flight),
             Arc::clone(consumer),
             audience.clone(),
             settings.clone(),
             metrics.clone(),
         ));
     }
+    let mut quiet_since = tokio::time::Instant::now();
+    let mut watch = StallWatch::default();
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -190,13 +324,29 @@ async fn consume(
                 Ok(message) => message,
                 // Nothing for a while: poll again. A waiting `recv` is woken only when the
                 // consumer's queue becomes non-empty, and group events (the rejoin after Kafka
-                // came back) are served only by a poll: the Kafka-restart test once saw the
-                // processor sit waiting, its partitions gone, and never take another event.
-                Err(_) => continue,
+                // came back) are served only by a poll.
+                Err(_) => {
+                    if quiet_since.elapsed() >= STALL_CHECK_EVERY
+                        && in_flight.load(Ordering::Acquire) == 0
+                    {
+                        quiet_since = tokio::time::Instant::now();
+                        if let Some(progress) = group_progress(consumer, audience, settings).await
+                            && watch.check(progress.recorded, progress.waiting)
+                            && !progress.caught_up
+                        {
+                            rejoin(consumer, settings, metrics, progress.waiting);
+                        }
+                    }
+                    continue;
+                }
             },
         };
         let entry = match message {
-            Ok(message) => read(message, metrics),
+            Ok(message) => {
+                quiet_since = tokio::time::Instant::now();
+                watch.progressed();
+                read(message, metrics)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "reading the events topic failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -205,6 +355,7 @@ async fn consume(
         };
         if let Some(entry) = entry {
             let lane = entry.partition.rem_euclid(LANES as i32) as usize;
+            in_flight.fetch_add(1, Ordering::AcqRel);
             if senders[lane].send(entry).await.is_err() {
                 break;
             }
@@ -219,6 +370,7 @@ async fn consume(
 /// committed in order. Partitions never share a person, so lanes never touch the same rows.
 async fn lane(
     mut entries: tokio::sync::mpsc::Receiver<Positioned>,
+    in_flight: Arc<AtomicUsize>,
     consumer: Arc<StreamConsumer>,
     audience: MySqlAudience,
     settings: ProcessorSettings,
@@ -253,6 +405,7 @@ async fn lane(
         if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
             tracing::debug!(error = %e, "committing Kafka offsets failed (MySQL holds the truth)");
         }
+        in_flight.fetch_sub(batch.len(), Ordering::AcqRel);
         batch.clear();
     }
 }
@@ -464,5 +617,66 @@ async fn metrics_text(State(probes): State<Probes>) -> Response {
     match TextEncoder::new().encode(&probes.metrics.registry.gather(), &mut body) {
         Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_quiet_looks_without_progress_while_entries_wait_are_a_stall() {
+        let mut watch = StallWatch::default();
+        assert!(!watch.check(8_000, 8_000), "a first look only notes");
+        assert!(
+            watch.check(8_000, 8_000),
+            "nothing recorded since, entries wait"
+        );
+        // The watch starts over after a stall: the rejoin gets its time.
+        assert!(!watch.check(8_000, 8_000));
+        assert!(watch.check(8_000, 8_000));
+    }
+
+    #[test]
+    fn progress_or_an_empty_topic_is_no_stall() {
+        let mut watch = StallWatch::default();
+        assert!(!watch.check(8_000, 8_000));
+        // Another processor recorded entries meanwhile.
+        assert!(!watch.check(8_500, 7_500));
+        // Nothing waits: an idle group is not a stalled one.
+        assert!(!watch.check(16_000, 0));
+        assert!(!watch.check(16_000, 0));
+        // An entry arrived here between two looks: the watch starts over.
+        watch.progressed();
+        assert!(!watch.check(16_000, 10));
+    }
+
+    #[test]
+    fn the_backlog_counts_each_partition_from_its_position() {
+        let positions = BTreeMap::from([(0, 100), (1, 250)]);
+        // Partition 2 has no position yet: all of it waits. A position past the watermark
+        // (a topic recreated) counts as nothing waiting, not less than nothing.
+        let highs = BTreeMap::from([(0, 120), (1, 240), (2, 5)]);
+        let progress = progress(&positions, &highs, &BTreeMap::new());
+        assert_eq!((progress.recorded, progress.waiting), (350, 25));
+        assert!(
+            !progress.caught_up,
+            "a processor holding nothing has read nothing"
+        );
+    }
+
+    #[test]
+    fn a_processor_that_read_its_partitions_to_the_end_is_caught_up() {
+        let positions = BTreeMap::from([(0, 100), (1, 250)]);
+        let highs = BTreeMap::from([(0, 120), (1, 250)]);
+        // Partition 0's last 20 entries were read and passed over (unreadable): no position
+        // covers them, and no rejoin would.
+        let read = BTreeMap::from([(0, Some(120)), (1, Some(250))]);
+        assert!(progress(&positions, &highs, &read).caught_up);
+        // Behind on a partition it holds, or not reading it at all: not caught up.
+        let behind = BTreeMap::from([(0, Some(110)), (1, Some(250))]);
+        assert!(!progress(&positions, &highs, &behind).caught_up);
+        let idle = BTreeMap::from([(0, None), (1, Some(250))]);
+        assert!(!progress(&positions, &highs, &idle).caught_up);
     }
 }

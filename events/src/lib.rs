@@ -32,6 +32,9 @@ pub struct EventMetrics {
     pub wakeups: IntCounter,
     /// Failed batch commits (retried).
     pub failures: IntCounter,
+    /// Times the processor left and joined its consumer group again because the group recorded
+    /// nothing while events waited (cluster).
+    pub rejoins: IntCounter,
     /// From an event's acceptance (its `202`) to its effect on the person's segments being
     /// committed.
     pub visible_seconds: Histogram,
@@ -80,6 +83,10 @@ impl EventMetrics {
             "ump_event_batch_failures_total",
             "Batches whose commit failed and was retried",
         )?;
+        let rejoins = IntCounter::new(
+            "ump_event_group_rejoins_total",
+            "Times the processor rejoined its consumer group because the group recorded nothing while events waited",
+        )?;
         let visible_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "ump_event_visible_seconds",
@@ -106,6 +113,7 @@ impl EventMetrics {
         registry.register(Box::new(backlog.clone()))?;
         registry.register(Box::new(wakeups.clone()))?;
         registry.register(Box::new(failures.clone()))?;
+        registry.register(Box::new(rejoins.clone()))?;
         Ok(Self {
             registry,
             entries,
@@ -115,6 +123,7 @@ impl EventMetrics {
             backlog,
             wakeups,
             failures,
+            rejoins,
             visible_seconds,
             journey_steps,
         })

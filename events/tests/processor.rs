@@ -342,14 +342,17 @@ async fn mariadb_and_kafka_restarts_mid_run_lose_nothing() {
     setup.check_exactly_once(PEOPLE).await;
 
     // Kafka away while the same people send their events again (a client retrying after a
-    // lost answer, with the same message ids): nothing is counted twice, nothing lost.
+    // lost answer, with the same message ids): nothing is counted twice, nothing lost. Away for
+    // longer than the group session (10 s), so that the processor's assignment is lost and it
+    // must join the group again (a processor once sat idle after that, its partitions gone:
+    // now it rejoins when the group records nothing while events wait).
     let outage = Outage::begin("kafka").await;
     let resend = {
         let log = &setup.log;
         async move { produce(log, 0..PEOPLE, true).await as i64 }
     };
     let back = async {
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(15)).await;
         outage.end().await;
     };
     let (again, ()) = tokio::join!(resend, back);
