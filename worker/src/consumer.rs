@@ -620,7 +620,8 @@ impl Scheduler {
             if self.publish_due().await >= CLAIM_LIMIT as usize {
                 continue;
             }
-            let poll = tokio::time::Instant::now() + self.poll;
+            // A poll of zero would claim in a loop: at least 10 ms between polls.
+            let poll = tokio::time::Instant::now() + self.poll.max(Duration::from_millis(10));
             // A parking that falls due before the poll moves the wake-up earlier; a later one
             // waits for the poll that finds it.
             loop {
