@@ -20,6 +20,17 @@
 #          (full reference: https://mailpit.axllent.org/docs/api-v1/)
 # Messages are kept in a SQLite file in run/smtp across down/up; tests should search for a token
 # of their own rather than assume an empty mailbox.
+#
+# A second server, for what Mailpit does not offer: Postfix's smtp-sink (the test server Postfix's
+# own developers use), which advertises PIPELINING (RFC 2920), so UMP's pipelined transactions are
+# checked against a real SMTP implementation's parser. Plain text, AUTH PLAIN/LOGIN accepted with
+# any credentials. It is taken from Debian's postfix package, extracted into the cache rather than
+# installed, so no mail system is set up on the machine.
+#
+#   SMTP   UMP_SMTP_PIPELINING_PORT=2525 on 127.0.0.1   (EHLO: PIPELINING 8BITMIME AUTH DSN ...)
+#          UMP_SMTP_PIPELINING_DUMP=<dir>               every transaction accepted, one file each
+#                                                       (in hour folders): X-Mail-Args/X-Rcpt-Args
+#                                                       lines, then the message as received
 
 # shellcheck source=../go/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../go/lib.sh"
@@ -30,6 +41,8 @@ SMTP_API_PORT=8025
 SMTP_USER=ump
 SMTP_PASSWORD=ump-test-password
 SMTP_PKI=$UMP_INFRA_CACHE/smtp/pki
+SMTP_SINK_PORT=2525
+SMTP_SINK_ROOT=$UMP_INFRA_CACHE/postfix
 
 SMTP_MAILPIT_PKG=github.com/axllent/mailpit@$MAILPIT_VERSION
 SMTP_MAILPIT_LDFLAGS="-s -w -X github.com/axllent/mailpit/config.Version=$MAILPIT_VERSION"
@@ -62,6 +75,7 @@ smtp_up() {
       --smtp-auth-accept-any --smtp-auth-allow-insecure \
       --smtp-disable-rdns --disable-version-check --max 10000
   fi
+  smtp__sink_up
   wait_port smtp "$SMTP_PORT" 60
   for ((i = 0; i < 300; i++)); do
     curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:$SMTP_API_PORT/readyz" 2>/dev/null && return 0
@@ -71,9 +85,50 @@ smtp_up() {
   die "smtp: the API on 127.0.0.1:$SMTP_API_PORT is not ready after 60 s (log: $dir/log)"
 }
 
-smtp_down() { stop_daemon smtp; }
+# smtp__sink_install: Debian's postfix package, unpacked into the cache (once per version).
+smtp__sink_install() {
+  [ -x "$SMTP_SINK_ROOT/usr/sbin/smtp-sink" ] && return 0
+  command -v dpkg-deb >/dev/null || die "smtp-sink: dpkg-deb (Debian) is needed to unpack postfix"
+  local tmp="$SMTP_SINK_ROOT.tmp.$$" sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  log "smtp-sink: downloading Debian's postfix package"
+  (cd "$tmp" && apt-get download -q postfix >/dev/null 2>&1) \
+    || { $sudo apt-get update -qq && (cd "$tmp" && apt-get download -q postfix >/dev/null 2>&1); } \
+    || die "smtp-sink: apt-get download postfix failed"
+  dpkg-deb -x "$tmp"/postfix_*.deb "$tmp/root"
+  rm -rf "$SMTP_SINK_ROOT"
+  mv "$tmp/root" "$SMTP_SINK_ROOT"
+  rm -rf "$tmp"
+}
 
-smtp_status() { pid_alive smtp && port_open "$SMTP_PORT" && port_open "$SMTP_API_PORT"; }
+smtp__sink_up() {
+  pid_alive smtpsink && return 0
+  smtp__sink_install
+  local dir user=()
+  dir=$(run_dir smtpsink)
+  mkdir -p "$dir/mail"
+  # As root, smtp-sink insists on being told which user to run as after binding: the same one,
+  # so that it can write its dump under this (root-only) home.
+  if [ "$(id -u)" -eq 0 ]; then user=(-u root); fi
+  ensure_port_free smtpsink "$SMTP_SINK_PORT"
+  # -d: one file per transaction under an hour folder; 256: the listen backlog.
+  start_daemon smtpsink "smtp-sink" env LD_LIBRARY_PATH="$SMTP_SINK_ROOT/usr/lib/postfix" \
+    "$SMTP_SINK_ROOT/usr/sbin/smtp-sink" "${user[@]}" -d "$dir/mail/%Y%m%d%H/" \
+    "127.0.0.1:$SMTP_SINK_PORT" 256
+  wait_port smtpsink "$SMTP_SINK_PORT" 30
+}
+
+smtp_down() {
+  stop_daemon smtpsink
+  stop_daemon smtp
+}
+
+smtp_status() {
+  pid_alive smtp && port_open "$SMTP_PORT" && port_open "$SMTP_API_PORT" \
+    && pid_alive smtpsink && port_open "$SMTP_SINK_PORT"
+}
 
 smtp_env() {
   echo "UMP_SMTP_HOST=127.0.0.1"
@@ -82,4 +137,6 @@ smtp_env() {
   echo "UMP_SMTP_USER=$SMTP_USER"
   echo "UMP_SMTP_PASSWORD=$SMTP_PASSWORD"
   echo "UMP_SMTP_TLS_CERT=$SMTP_PKI/ca.crt"
+  echo "UMP_SMTP_PIPELINING_PORT=$SMTP_SINK_PORT"
+  echo "UMP_SMTP_PIPELINING_DUMP=$UMP_INFRA_RUN/smtpsink/mail"
 }

@@ -125,6 +125,21 @@ impl Infra {
         server
     }
 
+    /// The SMTP server that offers PIPELINING (Postfix's smtp-sink): its port and the folder it
+    /// writes each accepted transaction to.
+    pub fn smtp_pipelining(&self) -> PipeliningSmtpServer {
+        let server = PipeliningSmtpServer {
+            host: self.require("SMTP", "UMP_SMTP_HOST"),
+            port: self
+                .require("SMTP", "UMP_SMTP_PIPELINING_PORT")
+                .parse()
+                .expect("SMTP: UMP_SMTP_PIPELINING_PORT is a port number"),
+            dump: self.require("SMTP", "UMP_SMTP_PIPELINING_DUMP").into(),
+        };
+        require_tcp("SMTP (smtp-sink)", &format!("{}:{}", server.host, server.port));
+        server
+    }
+
     pub fn helm(&self) -> PathBuf {
         let path = PathBuf::from(self.require("Helm", "UMP_HELM"));
         assert!(
@@ -147,6 +162,15 @@ pub struct SmtpServer {
     pub password: String,
     /// PEM file of the CA that signed the server's certificate.
     pub tls_cert: String,
+}
+
+/// Postfix's smtp-sink: it offers PIPELINING, accepts everything and writes each transaction
+/// to its own file under `dump` (in hour folders): `X-Mail-Args:` and `X-Rcpt-Args:` lines,
+/// then the message as received.
+pub struct PipeliningSmtpServer {
+    pub host: String,
+    pub port: u16,
+    pub dump: std::path::PathBuf,
 }
 
 /// `scheme://[user:pass@]host:port/...` → `host:port` (default port when absent). Credentials

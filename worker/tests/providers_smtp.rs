@@ -1,6 +1,6 @@
-//! The SMTP provider against the real SMTP server from `scripts/infra up smtp` (Mailpit): what
-//! arrives, read back through the server's API, is what was sent — Korean included — and no
-//! input adds a header.
+//! The SMTP provider against the real SMTP servers from `scripts/infra up smtp`: Mailpit, where
+//! what arrives, read back through the server's API, is what was sent — Korean included — and no
+//! input adds a header; and Postfix's smtp-sink, which offers PIPELINING.
 
 mod fakes;
 
@@ -270,4 +270,100 @@ async fn an_untrusted_server_or_no_server_is_retryable_and_the_password_never_qu
         panic!("expected retryable, got {outcome:?}");
     };
     assert!(!reason.contains(&mailpit.password), "{reason}");
+}
+
+/// Against a real server that offers PIPELINING (Postfix's smtp-sink): 300 messages at once
+/// through a pool of at most 8 connections, each transaction pipelined. Every message is
+/// accepted exactly once and arrives as sent, a line that starts with a dot included.
+#[tokio::test]
+async fn pipelined_transactions_to_a_real_server_each_arrive_once_and_intact() {
+    const MESSAGES: usize = 300;
+    let sink = infra().smtp_pipelining();
+    let secrets = SecretsDir::new();
+    let port = sink.port.to_string();
+    let smtp = ump_worker::providers::build(
+        &spec(
+            "mail",
+            ProviderType::Smtp,
+            None,
+            &[
+                ("host", sink.host.as_str()),
+                ("port", port.as_str()),
+                ("tls", "none"),
+                ("from", "UMP <noreply@ump.test>"),
+                ("maxConcurrency", "8"),
+            ],
+        ),
+        &secrets.ctx(),
+    )
+    .expect("build smtp");
+    let token = unique_name("pipelined");
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..MESSAGES {
+        let smtp = std::sync::Arc::clone(&smtp);
+        let mut mail = message(
+            ChannelType::Email,
+            &format!("user{i}@ump.test"),
+            &format!("Hello {i}\n.a line that starts with a dot\nbye"),
+        );
+        mail.subject = Some(format!("{token} #{i}"));
+        sends.spawn(async move { smtp.send(&mail).await });
+    }
+    while let Some(outcome) = sends.join_next().await {
+        let outcome = outcome.expect("send task");
+        assert!(matches!(outcome, Outcome::Sent { .. }), "{outcome:?}");
+    }
+
+    // What the server wrote, one file per accepted transaction.
+    let mut arrived = vec![0usize; MESSAGES];
+    for _ in 0..50 {
+        arrived.fill(0);
+        for text in dumped(&sink.dump) {
+            let Some(subject) = text.lines().find_map(|l| l.strip_prefix("Subject: ")) else {
+                continue;
+            };
+            let Some(i) = subject.strip_prefix(&format!("{token} #")) else {
+                continue;
+            };
+            let i: usize = i.trim().parse().expect("message number");
+            arrived[i] += 1;
+            assert!(
+                text.contains(&format!("X-Rcpt-Args: <user{i}@ump.test>")),
+                "{text}"
+            );
+            // smtp-sink writes lines with LF ends, dots unstuffed.
+            assert!(
+                text.contains(&format!(
+                    "\n\nHello {i}\n.a line that starts with a dot\nbye"
+                )),
+                "{text}"
+            );
+        }
+        if arrived.iter().all(|n| *n > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let missing: Vec<usize> = (0..MESSAGES).filter(|i| arrived[*i] == 0).collect();
+    let twice: Vec<usize> = (0..MESSAGES).filter(|i| arrived[*i] > 1).collect();
+    assert!(missing.is_empty(), "never arrived: {missing:?}");
+    assert!(twice.is_empty(), "arrived more than once: {twice:?}");
+}
+
+/// Every file under `dir` (smtp-sink's hour folders), as text.
+fn dumped(dir: &std::path::Path) -> Vec<String> {
+    let mut texts = Vec::new();
+    let hours = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("SMTP (smtp-sink) dump {}: {e}", dir.display()));
+    for hour in hours.flatten() {
+        let Ok(files) = std::fs::read_dir(hour.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            if let Ok(bytes) = std::fs::read(file.path()) {
+                texts.push(String::from_utf8_lossy(&bytes).into_owned());
+            }
+        }
+    }
+    texts
 }
