@@ -136,7 +136,10 @@ impl Infra {
                 .expect("SMTP: UMP_SMTP_PIPELINING_PORT is a port number"),
             dump: self.require("SMTP", "UMP_SMTP_PIPELINING_DUMP").into(),
         };
-        require_tcp("SMTP (smtp-sink)", &format!("{}:{}", server.host, server.port));
+        require_tcp(
+            "SMTP (smtp-sink)",
+            &format!("{}:{}", server.host, server.port),
+        );
         server
     }
 

@@ -32,7 +32,7 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 use pool::Pool;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use session::{Error, Target, Tls};
+use session::{Error, Security, Target};
 use std::sync::Arc;
 use ump_core::provider::{Outcome, Outgoing};
 use ump_core::resources::ProviderSpec;
@@ -80,15 +80,15 @@ impl SmtpProvider {
             .get("replyTo")
             .map(|text| mailbox("replyTo", text))
             .transpose()?;
-        let tls = match tls_mode {
-            "none" => Tls::None,
+        let security = match tls_mode {
+            "none" => Security::Plain,
             mode => {
                 let config =
                     tls_config(settings.pem_file("caFile")?).map_err(|e| settings.invalid(e))?;
                 if mode == "tls" {
-                    Tls::Implicit(config)
+                    Security::Implicit(config)
                 } else {
-                    Tls::StartTls(config)
+                    Security::StartTls(config)
                 }
             }
         };
@@ -108,7 +108,7 @@ impl SmtpProvider {
         let target = Target {
             host: host.to_owned(),
             port,
-            tls,
+            security,
             credentials,
         };
         Ok(Self {

@@ -100,7 +100,7 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::session::Tls;
+    use super::super::session::Security;
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -154,7 +154,7 @@ mod tests {
             Target {
                 host: "127.0.0.1".into(),
                 port,
-                tls: Tls::None,
+                security: Security::Plain,
                 credentials: None,
             },
             4,

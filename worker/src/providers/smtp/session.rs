@@ -23,9 +23,9 @@ const MAX_LINES: usize = 100;
 
 /// How the connection is secured.
 #[derive(Clone)]
-pub enum Tls {
+pub enum Security {
     /// Plain text throughout.
-    None,
+    Plain,
     /// Plain until STARTTLS, which must be offered: the session fails rather than send in the
     /// clear.
     StartTls(Arc<rustls::ClientConfig>),
@@ -38,7 +38,7 @@ pub enum Tls {
 pub struct Target {
     pub host: String,
     pub port: u16,
-    pub tls: Tls,
+    pub security: Security,
     /// `(username, password)` for AUTH, or none.
     pub credentials: Option<(String, String)>,
 }
@@ -197,14 +197,14 @@ impl Session {
             Ok(SocketAddr::V6(addr)) => format!("[IPv6:{}]", addr.ip()),
             Err(_) => "localhost".to_owned(),
         };
-        let stream: Box<dyn Io> = match &target.tls {
-            Tls::Implicit(config) => handshake(config, &target.host, tcp).await?,
+        let stream: Box<dyn Io> = match &target.security {
+            Security::Implicit(config) => handshake(config, &target.host, tcp).await?,
             _ => Box::new(tcp),
         };
         let mut session = Self::over(stream);
         session.expect(Stage::Greeting, &[220]).await?;
         session.ehlo(&hello).await?;
-        if let Tls::StartTls(config) = &target.tls {
+        if let Security::StartTls(config) = &target.security {
             session = session.start_tls(config, &target.host, &hello).await?;
         }
         if let Some((user, password)) = &target.credentials {
