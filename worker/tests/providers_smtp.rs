@@ -350,12 +350,17 @@ async fn pipelined_transactions_to_a_real_server_each_arrive_once_and_intact() {
     assert!(twice.is_empty(), "arrived more than once: {twice:?}");
 }
 
-/// Every file under `dir` (smtp-sink's hour folders), as text.
+/// Every file under `dir` in the hour folders written to in the last two hours, as text.
 fn dumped(dir: &std::path::Path) -> Vec<String> {
     let mut texts = Vec::new();
     let hours = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("SMTP (smtp-sink) dump {}: {e}", dir.display()));
-    for hour in hours.flatten() {
+    let recent = |hour: &std::fs::DirEntry| {
+        hour.metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| at.elapsed().unwrap_or_default() < Duration::from_secs(2 * 3600))
+    };
+    for hour in hours.flatten().filter(recent) {
         let Ok(files) = std::fs::read_dir(hour.path()) else {
             continue;
         };
