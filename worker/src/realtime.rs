@@ -11,7 +11,8 @@
 //! messages per queue (split over its [`LINKS`] links), and a message is settled only after its
 //! outcome is recorded in MySQL:
 //! - final (sent, failed, duplicate, expired) or parked in MySQL (send_at, quiet hours: the
-//!   scheduler brings it back through the channel's topic) → `accepted`;
+//!   worker's scheduler, told of the parking, brings it back through the channel's topic when
+//!   it falls due) → `accepted`;
 //! - a retryable provider failure → held for the policy's backoff, then `modified`
 //!   (delivery-failed): the broker redelivers it with its delivery-count raised by one;
 //! - given up after the policy's `maxAttempts` → `rejected`: the broker moves it to its dead-letter
@@ -27,6 +28,7 @@
 //! broker, which redelivers it with a raised count: the attempt budget counts deliveries, crashes
 //! included, and a message still gets a provider call on its last delivery.
 
+use crate::consumer::ParkingAlarm;
 use crate::dedupe::RedisDedupe;
 use crate::fallback::FallbackRoute;
 use crate::metrics::{DeliveryPath, WorkerMetrics};
@@ -112,10 +114,12 @@ impl RealtimeHandle {
 
 /// Starts consuming the realtime queues of `channels` on a thread of their own. Returns once
 /// their connections to Redis and MySQL are up and their providers built.
+/// `alarm` is the worker scheduler's: what the consumers park, it publishes as it falls due.
 pub async fn start(
     settings: RealtimeSettings,
     channels: Vec<(Arc<ResolvedChannel>, Option<FallbackRoute>)>,
     metrics: WorkerMetrics,
+    alarm: ParkingAlarm,
     cancel: CancellationToken,
 ) -> anyhow::Result<RealtimeHandle> {
     let (ready_tx, ready_rx) = oneshot::channel::<anyhow::Result<()>>();
@@ -139,14 +143,14 @@ pub async fn start(
                 }
             };
             runtime.block_on(async move {
-                let consumers = match consumers(&settings, channels, metrics, cancel.clone()).await
-                {
-                    Ok(consumers) => consumers,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
+                let consumers =
+                    match consumers(&settings, channels, metrics, alarm, cancel.clone()).await {
+                        Ok(consumers) => consumers,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
                 let _ = ready_tx.send(Ok(()));
                 futures::future::join_all(consumers.into_iter().map(|c| c.run(cancel.clone())))
                     .await;
@@ -165,10 +169,16 @@ async fn consumers(
     settings: &RealtimeSettings,
     channels: Vec<(Arc<ResolvedChannel>, Option<FallbackRoute>)>,
     metrics: WorkerMetrics,
+    alarm: ParkingAlarm,
     cancel: CancellationToken,
 ) -> anyhow::Result<Vec<RealtimeConsumer>> {
     let pool = connect_mysql(&settings.mysql_url, Recorder::WRITERS as u32).await?;
-    let recorder = Recorder::start(Arc::new(MySqlHistory::new(pool)), metrics.clone(), cancel);
+    let recorder = Recorder::start(
+        Arc::new(MySqlHistory::new(pool)),
+        metrics.clone(),
+        alarm,
+        cancel,
+    );
     let redis = crate::dedupe::connect_redis(&settings.redis_url).await?;
     let instance = uuid::Uuid::new_v4().simple().to_string();
     let builder = PipelineBuilder {
@@ -238,16 +248,18 @@ impl Recorder {
     fn start(
         history: Arc<dyn HistoryStore>,
         metrics: WorkerMetrics,
+        alarm: ParkingAlarm,
         cancel: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel::<(BatchRecord, oneshot::Sender<bool>)>();
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         // Two writers: one gathers the next group while the other commits.
         for _ in 0..Self::WRITERS {
-            let (rx, history, metrics, cancel) = (
+            let (rx, history, metrics, alarm, cancel) = (
                 Arc::clone(&rx),
                 Arc::clone(&history),
                 metrics.clone(),
+                alarm.clone(),
                 cancel.clone(),
             );
             tokio::spawn(async move {
@@ -277,6 +289,13 @@ impl Recorder {
                         until_available("mysql", &metrics, &cancel, || history.record(&merged))
                             .await
                             .is_ok();
+                    if recorded {
+                        // Parked (send_at, quiet hours, a fallback copy): the scheduler wakes
+                        // when it falls due rather than at its next poll.
+                        for deferred in &merged.deferred {
+                            alarm.set(deferred.due_at);
+                        }
+                    }
                     tracing::debug!(
                         batches = done.len(),
                         transitions = merged.transitions.len(),

@@ -155,8 +155,14 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
     }
     if !realtime.is_empty() {
         let settings = crate::realtime::RealtimeSettings::from_worker(&settings)?;
-        let handle =
-            crate::realtime::start(settings, realtime, metrics.clone(), shutdown.clone()).await?;
+        let handle = crate::realtime::start(
+            settings,
+            realtime,
+            metrics.clone(),
+            ports.alarm.clone(),
+            shutdown.clone(),
+        )
+        .await?;
         tasks.spawn(handle.stopped());
     }
     let scheduler = Scheduler {

@@ -1,8 +1,8 @@
 //! The realtime path end to end on the real ActiveMQ, Kafka, Redis and MariaDB: `"priority":
 //! "realtime"` sends go through the channel's AMQP queue (not Kafka), are each sent once and
 //! recorded; retries are redelivered by the broker and dead-lettered after the policy's attempts;
-//! a kill -9 of the worker loses nothing; and a Kafka backlog of 100,000 bulk messages does not
-//! hold realtime messages back.
+//! a kill -9 of the worker loses nothing; what the realtime consumers park goes out when it falls
+//! due; and a Kafka backlog of 100,000 bulk messages does not hold realtime messages back.
 //!
 //! The tests take turns (one stack at a time): they share two cores, and the last one is about
 //! what a busy worker does, not about what four stacks at once do.
@@ -14,7 +14,7 @@ use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::{Receiver, Session};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use serde_json::{Value as Json, json};
-use stack::Stack;
+use stack::{Stack, StackOptions};
 use std::collections::HashMap;
 use std::time::Duration;
 use ump_core::model::{Content, Envelope, MessageId, Priority};
@@ -332,6 +332,61 @@ async fn retries_are_redelivered_by_the_broker_and_dead_lettered_after_max_attem
     expected.sort();
     assert_eq!(found, expected);
     reader.close().await;
+    stack.finish().await;
+}
+
+/// What the realtime consumers park (here a `send_at` two seconds ahead) the worker's scheduler
+/// publishes when it falls due, not at its next poll: with the poll an hour away, the message is
+/// still sent within the test's minute, and its republication is counted in
+/// `ump_parked_publish_delay_seconds`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_realtime_parking_is_published_when_it_falls_due_without_polling() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let stack = Stack::start_opts(
+        CHANNELS,
+        StackOptions {
+            worker_env: vec![("UMP_WORKER_SCHEDULER_POLL", "1h".to_owned())],
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let later = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let (status, answer) = stack
+        .post(
+            "/v1/messages",
+            &json!({"channel": "sms", "to": "+821012340099", "body": "[UMP] 예약 발송",
+                    "priority": "realtime", "send_at": later}),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["id"].as_str().expect("id").to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let view = loop {
+        let (_, view) = stack.get(&format!("/v1/messages/{id}")).await;
+        if view["status"] == "sent" {
+            break view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} not sent within 60 s with the scheduler's poll an hour away: {view}\n{}",
+            stack.worker_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let events: Vec<&str> = view["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["status"].as_str().expect("status"))
+        .collect();
+    assert_eq!(events, ["accepted", "scheduled", "sent"], "{view}");
+    let metrics = stack.worker_metrics().await;
+    let published: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("ump_parked_publish_delay_seconds_count "))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no publish delay count in\n{metrics}"));
+    assert_eq!(published, 1.0, "{metrics}");
     stack.finish().await;
 }
 
