@@ -23,8 +23,8 @@
 #
 # A second server, for what Mailpit does not offer: Postfix's smtp-sink (the test server Postfix's
 # own developers use), which advertises PIPELINING (RFC 2920), so UMP's pipelined transactions are
-# checked against a real SMTP implementation's parser. Plain text, AUTH PLAIN/LOGIN accepted with
-# any credentials. It is taken from Debian's postfix package, extracted into the cache rather than
+# checked against a real SMTP implementation's parser. Plain text (it also offers AUTH PLAIN and
+# LOGIN). It is taken from Debian's postfix package, extracted into the cache rather than
 # installed, so no mail system is set up on the machine.
 #
 #   SMTP   UMP_SMTP_PIPELINING_PORT=2525 on 127.0.0.1   (EHLO: PIPELINING 8BITMIME AUTH DSN ...)
@@ -85,7 +85,7 @@ smtp_up() {
   die "smtp: the API on 127.0.0.1:$SMTP_API_PORT is not ready after 60 s (log: $dir/log)"
 }
 
-# smtp__sink_install: Debian's postfix package, unpacked into the cache (once per version).
+# smtp__sink_install: Debian's postfix package, unpacked into the cache (once).
 smtp__sink_install() {
   [ -x "$SMTP_SINK_ROOT/usr/sbin/smtp-sink" ] && return 0
   command -v dpkg-deb >/dev/null || die "smtp-sink: dpkg-deb (Debian) is needed to unpack postfix"

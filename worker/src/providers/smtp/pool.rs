@@ -5,8 +5,8 @@
 //! at once is bounded by the provider's call limits; the pool keeps at most `max_idle` of them.
 //!
 //! A server closes connections it finds idle (Postfix after 300 s, others sooner), and a
-//! connection found closed when reused has sent nothing of the message: the pool then opens a
-//! fresh one for it, once. A connection lost after the content went out is not retried here;
+//! connection found closed when reused (gone, or a `421` in answer to the envelope) has sent
+//! nothing of the message: the pool then opens a fresh one for it, once. A connection lost after the content went out is not retried here;
 //! the server may have taken the message, and the delivery pipeline decides.
 
 use super::session::{Error, Reply, Session, Target};
@@ -45,10 +45,7 @@ impl Pool {
     ) -> Result<Reply, Error> {
         if let Some(mut session) = self.take(now) {
             match session.send(from, to, content).await {
-                Err(Error::Connection {
-                    content_sent: false,
-                    ..
-                }) => {} // closed while idle: a fresh connection below
+                Err(error) if error.closed_before_content() => {} // a fresh connection below
                 result => {
                     self.give_back(session);
                     return result;
@@ -177,6 +174,59 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_server_closed_while_idle_is_replaced_without_failing_the_message() {
         let (port, connections) = server(1).await;
+        let pool = pool(port);
+        for _ in 0..3 {
+            pool.send("a@example.com", &["b@example.com"], b"x\r\n")
+                .await
+                .expect("sent");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+    }
+
+    /// A server without PIPELINING that takes one message on each connection, then answers the
+    /// next command with `421` and closes, as a server ending an idle connection does.
+    async fn server_saying_421_after_one() -> (u16, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut io = BufReader::new(stream);
+                    let mut line = String::new();
+                    io.get_mut().write_all(b"220 ready\r\n").await?;
+                    io.read_line(&mut line).await?;
+                    io.get_mut().write_all(b"250 hi\r\n").await?;
+                    for reply in ["250 Ok\r\n", "250 Ok\r\n", "354 go\r\n"] {
+                        line.clear();
+                        io.read_line(&mut line).await?;
+                        io.get_mut().write_all(reply.as_bytes()).await?;
+                    }
+                    loop {
+                        line.clear();
+                        io.read_line(&mut line).await?;
+                        if line == ".\r\n" {
+                            break;
+                        }
+                    }
+                    io.get_mut().write_all(b"250 Ok\r\n").await?;
+                    line.clear();
+                    io.read_line(&mut line).await?;
+                    io.get_mut()
+                        .write_all(b"421 4.4.2 idle too long, closing\r\n")
+                        .await?;
+                    Ok::<_, std::io::Error>(())
+                });
+            }
+        });
+        (port, connections)
+    }
+
+    #[tokio::test]
+    async fn a_connection_answering_421_to_the_envelope_is_replaced_without_failing_the_message() {
+        let (port, connections) = server_saying_421_after_one().await;
         let pool = pool(port);
         for _ in 0..3 {
             pool.send("a@example.com", &["b@example.com"], b"x\r\n")

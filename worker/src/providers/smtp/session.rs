@@ -105,6 +105,19 @@ pub enum Error {
     Unsupported(String),
 }
 
+impl Error {
+    /// The connection was found closed before any of the message's content went out: lost, or
+    /// the server answered the envelope with `421` (closing). The message can go on another
+    /// connection at once.
+    pub fn closed_before_content(&self) -> bool {
+        match self {
+            Self::Connection { content_sent, .. } => !content_sent,
+            Self::Refused { stage, reply } => reply.code == 421 && *stage != Stage::Content,
+            Self::Unsupported(_) => false,
+        }
+    }
+}
+
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
