@@ -57,6 +57,11 @@ pub struct ProcessorSettings {
     /// Where `/healthz`, `/readyz` and `/metrics` listen.
     #[arg(long, env = "UMP_EVENTS_LISTEN", default_value = "127.0.0.1:9091")]
     pub listen: SocketAddr,
+    /// How long the processor goes without an event, nothing in hand, before it looks at the
+    /// group's progress; two looks that find events waiting and nothing recorded, or two that
+    /// cannot see the progress, make it replace its Kafka consumer.
+    #[arg(long, env = "UMP_EVENTS_STALL_CHECK", default_value = "20s")]
+    pub stall_check: ump_core::duration::Duration,
 }
 
 impl std::fmt::Debug for ProcessorSettings {
@@ -79,30 +84,6 @@ pub async fn run(settings: ProcessorSettings, shutdown: CancellationToken) -> an
     let metrics = EventMetrics::new(prometheus::Registry::new())?;
     let log = KafkaEventLog::new(&kafka, &settings.topic, Duration::from_secs(10))
         .context("creating the Kafka producer of rechecks")?;
-    let consumer: StreamConsumer = kafka
-        .client_config_with(&[
-            ("auto.offset.reset", "earliest"),
-            ("fetch.wait.max.ms", "10"),
-            // Smaller slices of each partition per fetch: the lanes are fed side by side rather
-            // than one partition's megabyte at a time.
-            ("max.partition.fetch.bytes", "262144"),
-            // What is fetched ahead and waits in librdkafka's queue (64 MiB by default): half a
-            // second of events at 20,000 a second.
-            ("queued.max.messages.kbytes", "8192"),
-            ("partition.assignment.strategy", "cooperative-sticky"),
-            // A processor that dies hands its partitions on after 10 s, not librdkafka's 45.
-            ("session.timeout.ms", "10000"),
-            ("heartbeat.interval.ms", "2000"),
-        ])
-        .set("group.id", &settings.group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .context("creating the Kafka consumer of events")?;
-    consumer
-        .subscribe(&[&settings.topic])
-        .context("subscribing to the events topic")?;
-    let consumer = Arc::new(consumer);
-
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(wake_ups(
         audience.clone(),
@@ -117,12 +98,6 @@ pub async fn run(settings: ProcessorSettings, shutdown: CancellationToken) -> an
     tasks.spawn(crate::items::run(
         Arc::new(ump_core::recommendations::MySqlItemModel::new(pool.clone())),
         crate::items::ItemMetrics::new(&metrics.registry)?,
-        shutdown.clone(),
-    ));
-    tasks.spawn(watch_lag(
-        Arc::clone(&consumer),
-        settings.topic.clone(),
-        metrics.clone(),
         shutdown.clone(),
     ));
     let app = axum::Router::new()
@@ -147,23 +122,74 @@ pub async fn run(settings: ProcessorSettings, shutdown: CancellationToken) -> an
     });
     tracing::info!(listen = %settings.listen, topic = %settings.topic, group = %settings.group,
         "event processor running");
-    consume(&consumer, &audience, &settings, &metrics, &shutdown).await;
+    loop {
+        let consumer = Arc::new(events_consumer(&kafka, &settings)?);
+        let lag_stop = shutdown.child_token();
+        let lag = tokio::spawn(watch_lag(
+            Arc::clone(&consumer),
+            settings.topic.clone(),
+            metrics.clone(),
+            lag_stop.clone(),
+        ));
+        let ended = consume(&consumer, &audience, &settings, &metrics, &shutdown).await;
+        lag_stop.cancel();
+        let _ = lag.await;
+        if ended == Ended::Shutdown {
+            break;
+        }
+        // Stalled: this consumer is closed (it leaves the group; with Kafka away that can take
+        // its request timeout, so not on this task) and a new one joins. Reading restarts from
+        // Kafka's committed offsets; the positions in MySQL skip what was already counted.
+        metrics.rejoins.inc();
+        tokio::task::spawn_blocking(move || drop(consumer));
+    }
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The events topic's consumer, subscribed.
+fn events_consumer(
+    kafka: &KafkaSettings,
+    settings: &ProcessorSettings,
+) -> anyhow::Result<StreamConsumer> {
+    let consumer: StreamConsumer = kafka
+        .client_config_with(&[
+            ("auto.offset.reset", "earliest"),
+            ("fetch.wait.max.ms", "10"),
+            // Smaller slices of each partition per fetch: the lanes are fed side by side rather
+            // than one partition's megabyte at a time.
+            ("max.partition.fetch.bytes", "262144"),
+            // What is fetched ahead and waits in librdkafka's queue (64 MiB by default): half a
+            // second of events at 20,000 a second.
+            ("queued.max.messages.kbytes", "8192"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            // A processor that dies hands its partitions on after 10 s, not librdkafka's 45.
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "2000"),
+        ])
+        .set("group.id", &settings.group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("creating the Kafka consumer of events")?;
+    consumer
+        .subscribe(&[&settings.topic])
+        .context("subscribing to the events topic")?;
+    Ok(consumer)
 }
 
 /// Transactions in flight at once: the topic's partitions are dealt to this many lanes, each
 /// folding and committing its own batches in order while the others do theirs.
 const LANES: usize = 4;
 
+/// How long a new consumer is given to join its group before the stall watch may judge it:
+/// twice the group session, in which the coordinator drops members that went silent (a consumer
+/// replaced while Kafka was away, say). Judged sooner, a consumer still joining would be
+/// replaced again and again.
+const JOIN_GRACE: Duration = Duration::from_secs(20);
+
 /// The longest the consume loop waits for an event before polling the consumer again.
 const REPOLL: Duration = Duration::from_secs(1);
-
-/// How long the processor goes without an entry, with none in its lanes, before it looks at the
-/// group's progress; two such looks that find entries waiting and nothing recorded in between
-/// make it rejoin the group.
-const STALL_CHECK_EVERY: Duration = Duration::from_secs(20);
 
 /// The group's progress as MySQL records it, at the processor's quiet moments: a group that
 /// recorded nothing between two of them while entries wait on the topic is stalled. Kafka's own
@@ -173,20 +199,38 @@ const STALL_CHECK_EVERY: Duration = Duration::from_secs(20);
 struct StallWatch {
     /// Entries the group had recorded at the last quiet look.
     recorded: Option<i64>,
+    /// Quiet looks in a row that could not see the group's progress.
+    blind: u32,
 }
 
 impl StallWatch {
     /// A quiet look: `recorded` entries in MySQL's positions, `waiting` on the topic beyond them.
     /// True when the group is stalled (and the watch starts over).
     fn check(&mut self, recorded: i64, waiting: i64) -> bool {
+        self.blind = 0;
         let stalled = waiting > 0 && self.recorded == Some(recorded);
         self.recorded = (!stalled).then_some(recorded);
+        stalled
+    }
+
+    /// A quiet look that could not see the group's progress: Kafka (or MySQL) did not answer
+    /// this processor's questions. Two in a row, 20 s apart, with nothing received: the consumer
+    /// is renewed too, as one that can ask Kafka nothing for that long is no better kept (and
+    /// while Kafka is really away, a new one waits for it as well as the old).
+    fn blind(&mut self) -> bool {
+        self.recorded = None;
+        self.blind += 1;
+        let stalled = self.blind >= 2;
+        if stalled {
+            self.blind = 0;
+        }
         stalled
     }
 
     /// An entry arrived: the processor is not stalled.
     fn progressed(&mut self) {
         self.recorded = None;
+        self.blind = 0;
     }
 }
 
@@ -202,35 +246,45 @@ struct Progress {
     caught_up: bool,
 }
 
-/// The group's progress; `None` when Kafka or MySQL cannot say.
+/// The group's progress, and how many partitions this processor holds; what failed when Kafka
+/// or MySQL cannot say.
 async fn group_progress(
     consumer: &Arc<StreamConsumer>,
     audience: &MySqlAudience,
     settings: &ProcessorSettings,
-) -> Option<Progress> {
+) -> Result<(Progress, usize), String> {
     let positions = audience
         .positions(&settings.group, &settings.topic)
         .await
-        .ok()?;
+        .map_err(|e| format!("positions in MySQL: {e}"))?;
     let consumer = Arc::clone(consumer);
     let topic = settings.topic.clone();
     let (highs, read) = tokio::task::spawn_blocking(move || {
         let timeout = Duration::from_secs(5);
-        let metadata = consumer.fetch_metadata(Some(&topic), timeout).ok()?;
-        let highs = metadata
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), timeout)
+            .map_err(|e| format!("topic metadata: {e}"))?;
+        let partitions = metadata
             .topics()
-            .first()?
+            .first()
+            .ok_or("topic metadata: no topic")?
             .partitions()
             .iter()
-            .map(|p| {
-                let (_, high) = consumer.fetch_watermarks(&topic, p.id(), timeout).ok()?;
-                Some((p.id(), high))
+            .map(|p| p.id())
+            .collect::<Vec<i32>>();
+        let highs = partitions
+            .iter()
+            .map(|partition| {
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, *partition, timeout)
+                    .map_err(|e| format!("high watermark of partition {partition}: {e}"))?;
+                Ok((*partition, high))
             })
-            .collect::<Option<BTreeMap<i32, i64>>>()?;
+            .collect::<Result<BTreeMap<i32, i64>, String>>()?;
         // Where this consumer reads each partition it holds (none read yet: not known).
         let read: BTreeMap<i32, Option<i64>> = consumer
             .position()
-            .ok()?
+            .map_err(|e| format!("this consumer's positions: {e}"))?
             .elements_for_topic(&topic)
             .iter()
             .map(|e| match e.offset() {
@@ -238,11 +292,11 @@ async fn group_progress(
                 _ => (e.partition(), None),
             })
             .collect();
-        Some((highs, read))
+        Ok::<_, String>((highs, read))
     })
     .await
-    .ok()??;
-    Some(progress(&positions, &highs, &read))
+    .map_err(|e| format!("the look itself: {e}"))??;
+    Ok((progress(&positions, &highs, &read), read.len()))
 }
 
 /// The progress from each partition's position in MySQL, its high watermark, and where this
@@ -269,34 +323,23 @@ fn progress(
     }
 }
 
-/// Leaves the consumer group and joins it again: the group's partitions are dealt anew and read
-/// from the positions committed.
-fn rejoin(
-    consumer: &StreamConsumer,
-    settings: &ProcessorSettings,
-    metrics: &EventMetrics,
-    waiting: i64,
-) {
-    tracing::warn!(
-        waiting,
-        "the group recorded nothing while events wait; rejoining the consumer group"
-    );
-    metrics.rejoins.inc();
-    consumer.unsubscribe();
-    if let Err(e) = consumer.subscribe(&[&settings.topic]) {
-        tracing::error!(error = %e, "subscribing to the events topic again failed");
-    }
+/// How [`consume`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    Shutdown,
+    /// The stall watch found the consumer stalled: it is to be replaced.
+    Stalled,
 }
 
-/// Reads the topic and deals each entry to its partition's lane until `shutdown`; then the
-/// lanes commit what they were handed and stop.
+/// Reads the topic and deals each entry to its partition's lane until `shutdown` or a stall;
+/// then the lanes commit what they were handed and stop.
 async fn consume(
     consumer: &Arc<StreamConsumer>,
     audience: &MySqlAudience,
     settings: &ProcessorSettings,
     metrics: &EventMetrics,
     shutdown: &CancellationToken,
-) {
+) -> Ended {
     let per_lane = settings.batch.div_ceil(LANES).max(1);
     // Entries dealt to the lanes and not yet committed: a processor with some is not stalled.
     let in_flight = Arc::new(AtomicUsize::new(0));
@@ -317,6 +360,8 @@ async fn consume(
     }
     let mut quiet_since = tokio::time::Instant::now();
     let mut watch = StallWatch::default();
+    let born = tokio::time::Instant::now();
+    let mut ended = Ended::Shutdown;
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -326,15 +371,18 @@ async fn consume(
                 // consumer's queue becomes non-empty, and group events (the rejoin after Kafka
                 // came back) are served only by a poll.
                 Err(_) => {
-                    if quiet_since.elapsed() >= STALL_CHECK_EVERY
+                    if quiet_since.elapsed() >= settings.stall_check.as_std()
                         && in_flight.load(Ordering::Acquire) == 0
                     {
                         quiet_since = tokio::time::Instant::now();
-                        if let Some(progress) = group_progress(consumer, audience, settings).await
-                            && watch.check(progress.recorded, progress.waiting)
-                            && !progress.caught_up
+                        if quiet_look(consumer, audience, settings, &mut watch).await
+                            && born.elapsed() >= JOIN_GRACE
                         {
-                            rejoin(consumer, settings, metrics, progress.waiting);
+                            tracing::warn!(
+                                "the consumer of events looks stalled; replacing it (a new one joins the group)"
+                            );
+                            ended = Ended::Stalled;
+                            break;
                         }
                     }
                     continue;
@@ -363,6 +411,36 @@ async fn consume(
     }
     drop(senders);
     while lanes.join_next().await.is_some() {}
+    ended
+}
+
+/// A look at the group's progress after `stall_check` without an entry: true when the
+/// consumer is stalled. What it saw is logged when events wait or when it saw nothing, so that
+/// a stall leaves a trail.
+async fn quiet_look(
+    consumer: &Arc<StreamConsumer>,
+    audience: &MySqlAudience,
+    settings: &ProcessorSettings,
+    watch: &mut StallWatch,
+) -> bool {
+    match group_progress(consumer, audience, settings).await {
+        Ok((progress, held)) => {
+            if progress.waiting > 0 {
+                tracing::info!(
+                    recorded = progress.recorded,
+                    waiting = progress.waiting,
+                    caught_up = progress.caught_up,
+                    partitions_held = held,
+                    "no event for a while, and events wait"
+                );
+            }
+            watch.check(progress.recorded, progress.waiting) && !progress.caught_up
+        }
+        Err(reason) => {
+            tracing::info!(%reason, "no event for a while, and the group's progress is unknown");
+            watch.blind()
+        }
+    }
 }
 
 /// One lane: takes the entries dealt to it in batches of up to `batch / LANES` (waiting at most
@@ -632,9 +710,29 @@ mod tests {
             watch.check(8_000, 8_000),
             "nothing recorded since, entries wait"
         );
-        // The watch starts over after a stall: the rejoin gets its time.
+        // The watch starts over after a stall: the new consumer gets its time.
         assert!(!watch.check(8_000, 8_000));
         assert!(watch.check(8_000, 8_000));
+    }
+
+    #[test]
+    fn two_quiet_looks_in_a_row_that_see_nothing_are_a_stall() {
+        let mut watch = StallWatch::default();
+        assert!(!watch.blind());
+        assert!(watch.blind(), "40 s quiet and unable to ask Kafka anything");
+        // Seeing again in between starts the count over, and so does an entry.
+        assert!(!watch.blind());
+        assert!(!watch.check(8_000, 0));
+        assert!(!watch.blind());
+        watch.progressed();
+        assert!(!watch.blind());
+        // A blind look is no first look at the progress either.
+        assert!(!watch.check(8_000, 8_000));
+        assert!(!watch.blind());
+        assert!(
+            !watch.check(8_000, 8_000),
+            "the blind look in between started it over"
+        );
     }
 
     #[test]
@@ -670,7 +768,7 @@ mod tests {
         let positions = BTreeMap::from([(0, 100), (1, 250)]);
         let highs = BTreeMap::from([(0, 120), (1, 250)]);
         // Partition 0's last 20 entries were read and passed over (unreadable): no position
-        // covers them, and no rejoin would.
+        // covers them, and no new consumer would.
         let read = BTreeMap::from([(0, Some(120)), (1, Some(250))]);
         assert!(progress(&positions, &highs, &read).caught_up);
         // Behind on a partition it holds, or not reading it at all: not caught up.

@@ -85,7 +85,7 @@ impl EventMetrics {
         )?;
         let rejoins = IntCounter::new(
             "ump_event_group_rejoins_total",
-            "Times the processor rejoined its consumer group because the group recorded nothing while events waited",
+            "Times the processor replaced its Kafka consumer (the new one joins the group): the group recorded nothing while events waited, or its progress could not be seen",
         )?;
         let visible_seconds = Histogram::with_opts(
             HistogramOpts::new(

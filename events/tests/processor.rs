@@ -86,6 +86,10 @@ impl Setup {
     }
 
     fn start(&self, run: usize) -> Processor {
+        self.start_with(run, &[])
+    }
+
+    fn start_with(&self, run: usize, env: &[(&str, &str)]) -> Processor {
         let log_path = self.dir.path().join(format!("processor-{run}.log"));
         let log = std::fs::File::create(&log_path).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_ump-events"))
@@ -97,6 +101,7 @@ impl Setup {
             .env("UMP_EVENTS_LISTEN", "127.0.0.1:0")
             .env("UMP_EVENTS_BATCH", "500")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             // Its log lines go to stdout: kept, so that a failure shows what the processor did.
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -363,6 +368,47 @@ async fn mariadb_and_kafka_restarts_mid_run_lose_nothing() {
         .wait_committed(end, Duration::from_secs(180), &processor)
         .await;
     setup.check_exactly_once(PEOPLE).await;
+    drop(processor);
+    setup.finish().await;
+}
+
+/// A processor that can see nothing of its group at two quiet looks in a row (here: Kafka away,
+/// a look after every 2 s without an event, once the consumer is 20 s old) closes its Kafka
+/// consumer and a new one joins the group; the new one takes up where the positions in MySQL are, and every event is counted
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_replaced_while_kafka_is_away_loses_nothing_and_counts_nothing_twice() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let setup = Setup::new().await;
+    const PEOPLE: usize = 500;
+    let processor = setup.start_with(0, &[("UMP_EVENTS_STALL_CHECK", "2s")]);
+    let first = produce(&setup.log, 0..PEOPLE / 2, true).await as i64;
+    setup
+        .wait_committed(first, Duration::from_secs(120), &processor)
+        .await;
+    // Away long enough for the consumer's first 20 s (its time to join, when it is not judged)
+    // and two blind looks after them (each waits up to 5 s for Kafka's answer).
+    let outage = Outage::begin("kafka").await;
+    let second = {
+        let log = &setup.log;
+        async move { produce(log, PEOPLE / 2..PEOPLE, true).await as i64 }
+    };
+    let back = async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        outage.end().await;
+    };
+    let (second, ()) = tokio::join!(second, back);
+    assert!(second >= (PEOPLE / 2) as i64 * EVENTS_EACH as i64);
+    let end = high_watermarks(&setup.topic).await;
+    setup
+        .wait_committed(end, Duration::from_secs(180), &processor)
+        .await;
+    setup.check_exactly_once(PEOPLE).await;
+    let log = processor.log_text();
+    assert!(
+        log.contains("replacing it"),
+        "the consumer was never replaced:\n{log}"
+    );
     drop(processor);
     setup.finish().await;
 }

@@ -260,6 +260,7 @@ impl Stack {
             batch: 500,
             batch_wait: "20ms".parse().expect("duration"),
             listen: "127.0.0.1:0".parse().expect("address"),
+            stall_check: "20s".parse().expect("duration"),
         };
         let shutdown = tokio_util::sync::CancellationToken::new();
         let stop = shutdown.clone();
