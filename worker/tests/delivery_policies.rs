@@ -5,7 +5,7 @@ mod stack;
 
 use chrono::{Duration as ChronoDuration, Utc};
 use serde_json::{Value, json};
-use stack::{Stack, StackOptions};
+use stack::{Stack, StackOptions, statuses};
 use std::time::Duration;
 
 const CHANNELS: &str = r#"
@@ -124,31 +124,8 @@ async fn message(stack: &Stack, id: &Value) -> Value {
         .1
 }
 
-fn statuses(message: &Value) -> Vec<String> {
-    message["events"]
-        .as_array()
-        .map_or_else(Vec::new, |events| {
-            events
-                .iter()
-                .filter_map(|e| e["status"].as_str().map(str::to_owned))
-                .collect()
-        })
-}
-
 async fn wait_status(stack: &Stack, id: &Value, status: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let current = message(stack, id).await;
-        if current["status"] == status {
-            return current;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id} never became {status}: {current}\n{}",
-            stack.worker_log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    stack.wait_status(id.as_str().expect("id"), status).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,19 +53,7 @@ async fn message(stack: &Stack, id: &str) -> Value {
 
 /// Waits until message `id` is `status` (60 s at most), then returns it.
 async fn wait_status(stack: &Stack, id: &str, status: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let current = message(stack, id).await;
-        if current["status"] == status {
-            return current;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id} never became {status}: {current}\n{}",
-            stack.worker_log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stack.wait_status(id, status).await
 }
 
 /// The timeline as (status, detail) pairs.

@@ -339,6 +339,23 @@ impl Stack {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Waits until message `id` is `status` (60 s at most), then returns its view.
+    pub async fn wait_status(&self, id: &str, status: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, current) = self.get(&format!("/v1/messages/{id}")).await;
+            if current["status"] == status {
+                return current;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} never became {status}: {current}\n{}",
+                self.worker_log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let response = self
             .http
@@ -812,4 +829,14 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+/// A message view's statuses, in order.
+pub fn statuses(view: &Value) -> Vec<String> {
+    view["events"].as_array().map_or_else(Vec::new, |events| {
+        events
+            .iter()
+            .filter_map(|e| e["status"].as_str().map(str::to_owned))
+            .collect()
+    })
 }

@@ -104,9 +104,19 @@ mod tests {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::TcpListener;
 
-    /// A server on 127.0.0.1 that takes `per_connection` messages on each connection and then
-    /// closes it without a word. Returns its port and the count of connections accepted.
-    async fn server(per_connection: usize) -> (u16, Arc<AtomicUsize>) {
+    /// How a test server treats each connection.
+    #[derive(Clone, Copy)]
+    struct Script {
+        pipelining: bool,
+        /// Messages it takes on a connection.
+        messages: usize,
+        /// Its answer to the next command, before it closes; none: it closes without a word.
+        farewell: Option<&'static str>,
+    }
+
+    /// A server on 127.0.0.1 that follows `script` on each connection. Returns its port and the
+    /// count of connections accepted.
+    async fn server(script: Script) -> (u16, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -114,37 +124,60 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut io = BufReader::new(stream);
-                    let mut line = String::new();
-                    io.get_mut().write_all(b"220 ready\r\n").await?;
-                    io.read_line(&mut line).await?;
-                    io.get_mut()
-                        .write_all(b"250-hi\r\n250 PIPELINING\r\n")
-                        .await?;
-                    for _ in 0..per_connection {
-                        for _ in 0..3 {
-                            line.clear();
-                            io.read_line(&mut line).await?;
-                        }
-                        io.get_mut()
-                            .write_all(b"250 Ok\r\n250 Ok\r\n354 go\r\n")
-                            .await?;
-                        loop {
-                            line.clear();
-                            io.read_line(&mut line).await?;
-                            if line == ".\r\n" {
-                                break;
-                            }
-                        }
-                        io.get_mut().write_all(b"250 Ok\r\n").await?;
-                    }
-                    Ok::<_, std::io::Error>(())
-                });
+                tokio::spawn(serve(stream, script));
             }
         });
         (port, connections)
     }
+
+    async fn serve(stream: tokio::net::TcpStream, script: Script) -> std::io::Result<()> {
+        let mut io = BufReader::new(stream);
+        let mut line = String::new();
+        io.get_mut().write_all(b"220 ready\r\n").await?;
+        io.read_line(&mut line).await?;
+        let ehlo: &[u8] = if script.pipelining {
+            b"250-hi\r\n250 PIPELINING\r\n"
+        } else {
+            b"250 hi\r\n"
+        };
+        io.get_mut().write_all(ehlo).await?;
+        for _ in 0..script.messages {
+            // MAIL, RCPT, DATA: answered together when pipelined, each in turn otherwise.
+            for reply in ["250 Ok\r\n", "250 Ok\r\n", "354 go\r\n"] {
+                line.clear();
+                io.read_line(&mut line).await?;
+                if !script.pipelining {
+                    io.get_mut().write_all(reply.as_bytes()).await?;
+                }
+            }
+            if script.pipelining {
+                io.get_mut()
+                    .write_all(b"250 Ok\r\n250 Ok\r\n354 go\r\n")
+                    .await?;
+            }
+            loop {
+                line.clear();
+                io.read_line(&mut line).await?;
+                if line == ".\r\n" {
+                    break;
+                }
+            }
+            io.get_mut().write_all(b"250 Ok\r\n").await?;
+        }
+        if let Some(farewell) = script.farewell {
+            line.clear();
+            io.read_line(&mut line).await?;
+            io.get_mut().write_all(farewell.as_bytes()).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes every message on one connection, pipelined.
+    const FOREVER: Script = Script {
+        pipelining: true,
+        messages: usize::MAX,
+        farewell: None,
+    };
 
     fn pool(port: u16) -> Pool {
         Pool::new(
@@ -160,7 +193,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_connection_carries_message_after_message() {
-        let (port, connections) = server(usize::MAX).await;
+        let (port, connections) = server(FOREVER).await;
         let pool = pool(port);
         for _ in 0..20 {
             pool.send("a@example.com", &["b@example.com"], b"x\r\n")
@@ -173,7 +206,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_the_server_closed_while_idle_is_replaced_without_failing_the_message() {
-        let (port, connections) = server(1).await;
+        let (port, connections) = server(Script {
+            messages: 1,
+            ..FOREVER
+        })
+        .await;
         let pool = pool(port);
         for _ in 0..3 {
             pool.send("a@example.com", &["b@example.com"], b"x\r\n")
@@ -183,50 +220,15 @@ mod tests {
         assert_eq!(connections.load(Ordering::SeqCst), 3);
     }
 
-    /// A server without PIPELINING that takes one message on each connection, then answers the
-    /// next command with `421` and closes, as a server ending an idle connection does.
-    async fn server_saying_421_after_one() -> (u16, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let counted = Arc::clone(&connections);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut io = BufReader::new(stream);
-                    let mut line = String::new();
-                    io.get_mut().write_all(b"220 ready\r\n").await?;
-                    io.read_line(&mut line).await?;
-                    io.get_mut().write_all(b"250 hi\r\n").await?;
-                    for reply in ["250 Ok\r\n", "250 Ok\r\n", "354 go\r\n"] {
-                        line.clear();
-                        io.read_line(&mut line).await?;
-                        io.get_mut().write_all(reply.as_bytes()).await?;
-                    }
-                    loop {
-                        line.clear();
-                        io.read_line(&mut line).await?;
-                        if line == ".\r\n" {
-                            break;
-                        }
-                    }
-                    io.get_mut().write_all(b"250 Ok\r\n").await?;
-                    line.clear();
-                    io.read_line(&mut line).await?;
-                    io.get_mut()
-                        .write_all(b"421 4.4.2 idle too long, closing\r\n")
-                        .await?;
-                    Ok::<_, std::io::Error>(())
-                });
-            }
-        });
-        (port, connections)
-    }
-
     #[tokio::test]
     async fn a_connection_answering_421_to_the_envelope_is_replaced_without_failing_the_message() {
-        let (port, connections) = server_saying_421_after_one().await;
+        // Without PIPELINING: the 421 is the answer to MAIL FROM alone.
+        let (port, connections) = server(Script {
+            pipelining: false,
+            messages: 1,
+            farewell: Some("421 4.4.2 idle too long, closing\r\n"),
+        })
+        .await;
         let pool = pool(port);
         for _ in 0..3 {
             pool.send("a@example.com", &["b@example.com"], b"x\r\n")
@@ -238,7 +240,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_idle_too_long_are_not_used() {
-        let (port, connections) = server(usize::MAX).await;
+        let (port, connections) = server(FOREVER).await;
         let pool = pool(port);
         pool.send("a@example.com", &["b@example.com"], b"x\r\n")
             .await
