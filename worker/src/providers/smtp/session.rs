@@ -380,11 +380,11 @@ impl Session {
             None => Ok(()),
             Some((stage, reply)) => {
                 if data.code == 354 {
-                    // The server took DATA although it refused the envelope: send it an empty
-                    // message so it leaves the data state; with no valid recipient it goes
-                    // nowhere.
-                    self.write(b".\r\n").await?;
-                    self.read_reply().await?;
+                    // The server took DATA although it refused part of the envelope. Only the
+                    // end of data leaves the data state, and it would deliver an empty message
+                    // to any recipient it accepted: the connection is given up instead, which
+                    // aborts the transaction.
+                    self.broken = true;
                 }
                 self.check_closing(&reply);
                 Err(Error::Refused { stage, reply })
@@ -734,20 +734,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_server_that_takes_data_despite_a_refused_envelope_gets_an_empty_message() {
+    async fn a_server_that_takes_data_despite_a_refused_envelope_gets_no_message() {
         let (mut session, mut peer) = opened(&["PIPELINING"]).await;
         let server = async {
-            for _ in 0..3 {
+            for _ in 0..4 {
                 peer.line().await;
             }
-            peer.say("250 Ok\r\n550 unknown user\r\n354 go ahead\r\n")
+            peer.say("250 Ok\r\n250 Ok\r\n550 unknown user\r\n354 go ahead\r\n")
                 .await;
-            assert_eq!(peer.content().await, "");
-            peer.say("554 no valid recipients\r\n").await;
-            assert_eq!(peer.line().await, "RSET\r\n");
-            peer.say("250 Ok\r\n").await;
+            // Not even an empty message: the first recipient was accepted and would get it.
+            peer.nothing_more().await;
         };
-        let client = session.send("a@example.com", &["nobody@example.com"], b"x\r\n");
+        let client = session.send(
+            "a@example.com",
+            &["b@example.com", "nobody@example.com"],
+            b"x\r\n",
+        );
         let (_, refused) = tokio::join!(server, client);
         assert!(matches!(
             refused,
@@ -756,7 +758,7 @@ mod tests {
                 ..
             })
         ));
-        assert!(session.reusable());
+        assert!(!session.reusable(), "the connection is given up");
     }
 
     #[tokio::test]
