@@ -137,6 +137,29 @@ apt_install() {
     || die "apt-get install ${missing[*]} failed"
 }
 
+# build_tools: what compiling UMP needs on Debian (librdkafka is built from source with cmake,
+# with TLS and SASL/SCRAM, so it needs these headers).
+build_tools() {
+  apt_install build-essential cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev
+  command -v cargo >/dev/null || die "cargo not found: install Rust with rustup first"
+}
+
+# cargo_build ARGS...: `cargo build ARGS` with the build tools installed first; prints the last
+# line when it works, and the end of the compiler's output when it does not.
+cargo_build() {
+  build_tools
+  local out
+  out=$(mktemp)
+  if cargo build "$@" >"$out" 2>&1; then
+    tail -n 1 "$out"
+    rm -f "$out"
+  else
+    tail -n 40 "$out" >&2
+    rm -f "$out"
+    die "cargo build $* failed (the end of its output is above)"
+  fi
+}
+
 # java17: the JVM every Java component runs on (the machine's Java 17).
 java17() {
   if [ -x /usr/lib/jvm/java-17-openjdk-amd64/bin/java ]; then echo /usr/lib/jvm/java-17-openjdk-amd64/bin/java; else echo java; fi
