@@ -36,7 +36,9 @@ fn utc(at: NaiveDateTime) -> DateTime<Utc> {
 pub struct Positioned {
     pub partition: i32,
     pub offset: i64,
-    pub entry: LogEntry,
+    /// `None`: the record could not be read. It is passed over, and its position committed
+    /// like any other, so that the positions say exactly what is left to read.
+    pub entry: Option<LogEntry>,
 }
 
 #[derive(Clone, Debug)]
@@ -98,7 +100,7 @@ impl MySqlAudience {
             .filter(|p| p.offset >= positions[&p.partition])
             .collect();
         let skipped = (batch.len() - fresh.len()) as u64;
-        let entries: Vec<&LogEntry> = fresh.iter().map(|p| &p.entry).collect();
+        let entries: Vec<&LogEntry> = fresh.iter().filter_map(|p| p.entry.as_ref()).collect();
         let people = load_people(&mut tx, &entries).await?;
         let erased: BTreeMap<(String, String), DateTime<Utc>> = people
             .iter()

@@ -204,7 +204,7 @@ fn processor(
                 .map(|entry| Positioned {
                     partition: 0,
                     offset: offset.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
-                    entry,
+                    entry: Some(entry),
                 })
                 .collect();
             audience
@@ -309,10 +309,10 @@ async fn an_erasure_racing_the_processor_always_wins_over_older_events() {
                     Positioned {
                         partition: lane as i32,
                         offset: offset as i64,
-                        entry: LogEntry {
+                        entry: Some(LogEntry {
                             tenant: "t1".into(),
                             queued,
-                        },
+                        }),
                     }
                 })
                 .collect()

@@ -242,7 +242,7 @@ struct Progress {
     /// Entries on the topic beyond those positions, up to the partitions' high watermarks.
     waiting: i64,
     /// This processor holds partitions and has read each to its end: what waits is another
-    /// processor's, or unreadable entries it passed over (which no position covers).
+    /// processor's, or in a batch still being committed.
     caught_up: bool,
 }
 
@@ -401,12 +401,10 @@ async fn consume(
                 continue;
             }
         };
-        if let Some(entry) = entry {
-            let lane = entry.partition.rem_euclid(LANES as i32) as usize;
-            in_flight.fetch_add(1, Ordering::AcqRel);
-            if senders[lane].send(entry).await.is_err() {
-                break;
-            }
+        let lane = entry.partition.rem_euclid(LANES as i32) as usize;
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        if senders[lane].send(entry).await.is_err() {
+            break;
         }
     }
     drop(senders);
@@ -488,29 +486,25 @@ async fn lane(
     }
 }
 
-/// The entry a message holds; an unreadable one is counted and passed over.
-fn read(
-    message: rdkafka::message::BorrowedMessage<'_>,
-    metrics: &EventMetrics,
-) -> Option<Positioned> {
+/// The entry a message holds. An unreadable one is counted and passed over; its position is
+/// committed all the same, so that what the positions leave on the topic is still to be read
+/// (the stall watch counts it as waiting).
+fn read(message: rdkafka::message::BorrowedMessage<'_>, metrics: &EventMetrics) -> Positioned {
     let entry = message
         .payload()
         .and_then(|p| serde_json::from_slice::<LogEntry>(p).ok());
-    match entry {
-        Some(entry) => Some(Positioned {
-            partition: message.partition(),
-            offset: message.offset(),
-            entry,
-        }),
-        None => {
-            metrics.unreadable.inc();
-            tracing::warn!(
-                partition = message.partition(),
-                offset = message.offset(),
-                "skipping an unreadable event log entry"
-            );
-            None
-        }
+    if entry.is_none() {
+        metrics.unreadable.inc();
+        tracing::warn!(
+            partition = message.partition(),
+            offset = message.offset(),
+            "skipping an unreadable event log entry"
+        );
+    }
+    Positioned {
+        partition: message.partition(),
+        offset: message.offset(),
+        entry,
     }
 }
 
@@ -535,12 +529,12 @@ async fn commit(
                 timer.observe_duration();
                 metrics.record(&report);
                 let now = Utc::now();
-                for p in batch {
+                for entry in batch.iter().filter_map(|p| p.entry.as_ref()) {
                     if matches!(
-                        p.entry.queued.input,
+                        entry.queued.input,
                         ump_automation::event::Input::Event { .. }
                     ) {
-                        let waited = (now - p.entry.queued.received_at)
+                        let waited = (now - entry.queued.received_at)
                             .to_std()
                             .unwrap_or_default();
                         metrics.visible_seconds.observe(waited.as_secs_f64());

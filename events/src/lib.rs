@@ -69,7 +69,7 @@ impl EventMetrics {
         )?;
         let unreadable = IntCounter::new(
             "ump_events_unreadable_total",
-            "Event log entries that could not be read, skipped",
+            "Event log entries that could not be read, passed over (their positions committed)",
         )?;
         let backlog = IntGauge::new(
             "ump_event_backlog",

@@ -413,6 +413,65 @@ async fn a_consumer_replaced_while_kafka_is_away_loses_nothing_and_counts_nothin
     setup.finish().await;
 }
 
+/// Records that are no event log entry (a producer writing something else to the topic) are
+/// passed over, and the positions move past them all the same: the positions reach the end of
+/// every partition, even where such a record is the last one. Before, an unreadable last record
+/// stayed "waiting" for good, and a processor holding no partition of such a topic judged its
+/// group stalled and replaced its consumer every other look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_records_are_passed_over_and_their_positions_committed() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let setup = Setup::new().await;
+    const PEOPLE: usize = 50;
+    let producer: rdkafka::producer::FutureProducer =
+        KafkaSettings::from_env(infra().kafka_bootstrap())
+            .client_config()
+            .create()
+            .expect("producer");
+    let garbage = |partition: i32| {
+        let producer = &producer;
+        let topic = &setup.topic;
+        async move {
+            producer
+                .send(
+                    rdkafka::producer::FutureRecord::<(), _>::to(topic)
+                        .partition(partition)
+                        .payload("not an event log entry"),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("an unreadable record produced");
+        }
+    };
+    for partition in 0..PARTITIONS {
+        garbage(partition).await;
+    }
+    produce(&setup.log, 0..PEOPLE, true).await;
+    for partition in 0..PARTITIONS {
+        garbage(partition).await;
+    }
+    let processor = setup.start(0);
+    let end = high_watermarks(&setup.topic).await;
+    assert_eq!(
+        end,
+        (PEOPLE * EVENTS_EACH) as i64 + 2 * PARTITIONS as i64,
+        "every record is on the topic"
+    );
+    setup
+        .wait_committed(end, Duration::from_secs(120), &processor)
+        .await;
+    setup.check_exactly_once(PEOPLE).await;
+    let log = processor.log_text();
+    assert!(
+        log.matches("skipping an unreadable event log entry")
+            .count()
+            >= 2 * PARTITIONS as usize,
+        "each unreadable record is logged:\n{log}"
+    );
+    drop(processor);
+    setup.finish().await;
+}
+
 /// The sum of the topic's high watermarks: every record ever produced to it.
 async fn high_watermarks(topic: &str) -> i64 {
     let topic = topic.to_owned();
