@@ -615,12 +615,15 @@ pub async fn send_message(State(app): State<AppState>, headers: HeaderMap, body:
         Ok(tenant) => tenant,
         Err(problem) => return rejected(&app, problem),
     };
+    // The message's id once it is enqueued; a replayed answer names it in its stored body.
+    let sent = std::sync::OnceLock::new();
     let result = async {
         let key = idempotency_key(&headers)?;
         let (bytes, mut value) = read_json(&headers, body, SINGLE_LIMIT, app.body_timeout).await?;
         let now = Utc::now();
         let registry = app.registry.load();
         let (app_ref, tenant_ref, key_ref, registry_ref) = (&app, &tenant, &key, &registry);
+        let sent_ref = &sent;
         // Checked under the key: a retry replays the first answer even if the channels or the
         // person's consents changed meanwhile; a refused request gives the key back.
         app.idempotent(&tenant, key.as_deref(), &bytes, 1, |ids| async move {
@@ -633,6 +636,7 @@ pub async fn send_message(State(app): State<AppState>, headers: HeaderMap, body:
             let id = ids.first().copied().unwrap_or_default();
             let (envelope, channel) = envelope(id, tenant, valid, key.clone(), now);
             app.enqueue(&channel, &envelope).await?;
+            let _ = sent_ref.set(envelope.id);
             let accepted = Accepted {
                 id: envelope.id,
                 status: "accepted",
@@ -651,9 +655,13 @@ pub async fn send_message(State(app): State<AppState>, headers: HeaderMap, body:
                 .accept_seconds
                 .with_label_values(&["single"])
                 .observe(started.elapsed().as_secs_f64());
-            let location = serde_json::from_str::<Value>(&body)
-                .ok()
-                .and_then(|v| v["id"].as_str().map(|id| format!("/v1/messages/{id}")));
+            let id = match sent.get() {
+                Some(id) => Some(id.to_string()),
+                None => serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_owned)),
+            };
+            let location = id.map(|id| format!("/v1/messages/{id}"));
             json_response(status, body, location.as_deref())
         }
         Err(problem) => rejected(&app, problem),

@@ -286,14 +286,24 @@ async fn first_start_prints_a_working_key_and_idempotency_holds_across_restarts(
             .json(&body);
         async move {
             let response = request.send().await.expect("POST");
-            (
-                response.status().as_u16(),
-                response.json::<Value>().await.unwrap(),
-            )
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .map(str::to_owned);
+            let status = response.status().as_u16();
+            let mut body = response.json::<Value>().await.unwrap();
+            body["location"] = json!(location);
+            (status, body)
         }
     };
     let (status, first) = send(&ump).await;
     assert_eq!(status, 202, "{first}");
+    assert_eq!(
+        first["location"],
+        json!(format!("/v1/messages/{}", first["id"].as_str().unwrap())),
+        "the Location header names the message"
+    );
 
     // A second process on the same folder is refused: it would deliver the same queue.
     let second = Command::new(env!("CARGO_BIN_EXE_ump"))
@@ -316,6 +326,10 @@ async fn first_start_prints_a_working_key_and_idempotency_holds_across_restarts(
     let (status, replay) = send(&ump).await;
     assert_eq!(status, 202);
     assert_eq!(replay["id"], first["id"], "the replay answers the same id");
+    assert_eq!(
+        replay["location"], first["location"],
+        "and the same Location"
+    );
     let id = first["id"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !outbox_counts(&data).contains_key(&id) {
