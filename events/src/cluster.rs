@@ -487,8 +487,8 @@ async fn lane(
 }
 
 /// The entry a message holds. An unreadable one is counted and passed over; its position is
-/// committed all the same, so that what the positions leave on the topic is still to be read
-/// (the stall watch counts it as waiting).
+/// committed all the same, so that what lies beyond the positions is exactly what is left to
+/// read (what the stall watch counts as waiting).
 fn read(message: rdkafka::message::BorrowedMessage<'_>, metrics: &EventMetrics) -> Positioned {
     let entry = message
         .payload()

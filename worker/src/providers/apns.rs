@@ -103,7 +103,8 @@ pub struct ApnsProvider {
     name: String,
     client: reqwest::Client,
     limits: CallLimits,
-    endpoint: String,
+    /// `{endpoint}/3/device/`, parsed once: each call only adds its device token.
+    devices: reqwest::Url,
     topic: String,
     push_type: String,
     priority: String,
@@ -116,6 +117,8 @@ impl ApnsProvider {
         let secrets = SecretFiles::of(spec, ctx);
         let limits = CallLimits::from_settings(&settings, limits::MULTIPLEXED)?;
         let endpoint = settings.endpoint("endpoint", DEFAULT_ENDPOINT)?;
+        let devices = reqwest::Url::parse(&format!("{endpoint}/3/device/"))
+            .map_err(|e| settings.invalid(format!("setting \"endpoint\": {e}")))?;
         let push_type = settings.get("pushType").unwrap_or("alert").to_owned();
         let default_priority = if push_type == "background" { "5" } else { "10" };
         let priority = settings
@@ -141,7 +144,7 @@ impl ApnsProvider {
             name: spec.name.clone(),
             client,
             limits,
-            endpoint,
+            devices,
             topic: settings.require("topic")?.to_owned(),
             push_type,
             priority,
@@ -186,13 +189,18 @@ impl ApnsProvider {
                 reason: "bad device token (not a hex APNs token)".into(),
             };
         }
+        let Ok(url) = self.devices.join(device) else {
+            return Outcome::Permanent {
+                reason: "bad device token (not a hex APNs token)".into(),
+            };
+        };
         let token = match self.tokens.current() {
             Ok(token) => token,
             Err(outcome) => return outcome,
         };
         let response = match self
             .client
-            .post(format!("{}/3/device/{device}", self.endpoint))
+            .post(url)
             .header(
                 reqwest::header::AUTHORIZATION,
                 format!("bearer {}", token.expose()),

@@ -187,7 +187,8 @@ pub struct FcmProvider {
     name: String,
     client: reqwest::Client,
     limits: CallLimits,
-    send_url: String,
+    /// Parsed once; reqwest would parse a text again for every call.
+    send_url: reqwest::Url,
     tokens: AccessTokens,
 }
 
@@ -233,13 +234,16 @@ impl FcmProvider {
         if reqwest::Url::parse(&token_uri).is_err() {
             return Err(settings.invalid("the service account's token_uri is not a URL".into()));
         }
+        let send_url =
+            reqwest::Url::parse(&format!("{endpoint}/v1/projects/{project}/messages:send"))
+                .map_err(|e| settings.invalid(format!("setting \"endpoint\": {e}")))?;
         let ca = settings.pem_file("caFile")?;
         // HTTP/2 where the server offers it in ALPN (FCM does): the calls in flight share one
         // connection as streams.
         let client = client(&settings, &limits, ca.as_deref(), |b| b)?;
         Ok(Self {
             name: spec.name.clone(),
-            send_url: format!("{endpoint}/v1/projects/{project}/messages:send"),
+            send_url,
             tokens: AccessTokens {
                 client: client.clone(),
                 token_uri,
@@ -266,7 +270,7 @@ impl FcmProvider {
         };
         let response = match self
             .client
-            .post(&self.send_url)
+            .post(self.send_url.clone())
             .bearer_auth(token.expose())
             .json(&request_body(message))
             .send()
