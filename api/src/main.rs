@@ -12,10 +12,12 @@ use ump_api::cluster::{self, ClusterSettings};
 use ump_core::keys::{ApiKeyStore, MySqlKeys, generate_key};
 
 /// Each request allocates and frees many small values (JSON, envelopes, Kafka records) from
-/// several threads. With mimalloc instead of glibc's allocator the API accepted 18% more single
-/// messages a second on the same cores (30,151 against 25,602, medians of three pipeline
-/// benchmark runs), for more memory: peak RSS 106–112 MiB against 79–85 (87 with
-/// `MIMALLOC_PURGE_DELAY=0`; BENCHMARKS.md, "Send pipeline").
+/// several threads. With mimalloc instead of glibc's allocator the cluster API accepted 18% more
+/// single messages a second on the same cores (30,151 against 25,602, medians of three pipeline
+/// benchmark runs), for more memory (BENCHMARKS.md, "Send pipeline"). The image and the cluster
+/// benchmarks build it (feature `mimalloc`); the all-in-one process, which gained nothing from it,
+/// keeps glibc's (`cargo run --release`: 91 MiB at peak against 115 in its benchmark).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
