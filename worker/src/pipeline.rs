@@ -18,6 +18,7 @@ use crate::providers::{self, ProviderContext};
 use crate::ratelimit::RateLimiter;
 use crate::turns::{Turn, Turns};
 use chrono::{DateTime, Utc};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -295,9 +296,8 @@ impl DeliveryPipeline {
         Ok(outcome)
     }
 
-    /// The message's dedupe key, how long it lives, and whether it is the message's own key
-    /// (`ump:sent:…`, no dedupe window) rather than one shared by identical sends.
-    fn dedupe_key(&self, envelope: &Envelope) -> (String, Duration, bool) {
+    /// The message's dedupe key (see [`Keyed`]).
+    fn dedupe_key(&self, envelope: &Envelope) -> Keyed {
         let policy = &self.channel.policy.dedupe;
         let scope = format!(
             "ump:dedupe:{}:{}",
@@ -308,34 +308,28 @@ impl DeliveryPipeline {
         if envelope.fallback.is_some() {
             // Deduplicated on its own channel already; here only its own redelivery must be
             // recognised (see `crate::fallback`).
-            return (
-                format!("ump:sent:{}:{}", self.queue, envelope.id),
-                SENT_MEMORY,
-                true,
-            );
+            return Keyed::own(format!("ump:sent:{}:{}", self.queue, envelope.id));
         }
         match (policy.key, &envelope.idempotency_key) {
             (DedupeKey::IdempotencyKeyOrContent | DedupeKey::IdempotencyKey, Some(key)) => {
-                (format!("{scope}:key:{key}"), window, false)
+                Keyed::shared(format!("{scope}:key:{key}"), window)
             }
-            (DedupeKey::IdempotencyKeyOrContent, None) => (
-                format!("{scope}:hash:{}", envelope.content_hash()),
-                window,
-                false,
-            ),
-            _ => (format!("ump:sent:{}", envelope.id), SENT_MEMORY, true),
+            (DedupeKey::IdempotencyKeyOrContent, None) => {
+                Keyed::shared(format!("{scope}:hash:{}", envelope.content_hash()), window)
+            }
+            _ => Keyed::own(format!("ump:sent:{}", envelope.id)),
         }
     }
 
+    /// One message through the steps: TTL and holds → dedupe claim → rate limit → render →
+    /// provider → what its answer means.
     async fn deliver(
         &self,
-        mut envelope: Envelope,
+        envelope: Envelope,
         home: &str,
         cancel: &CancellationToken,
     ) -> Result<Step, Aborted> {
         let now = Utc::now();
-        let channel = envelope.channel.clone();
-        let provider = self.provider.name().to_owned();
         let mut step = Step::default();
         if envelope.attempts == 0 {
             // Recorded idempotently: a message parked and consumed again adds nothing here.
@@ -345,11 +339,11 @@ impl DeliveryPipeline {
                 envelope.accepted_at,
             ));
         }
-
         match self.held_back(&envelope, now) {
             None => {}
             Some(Hold::Expired(reason)) => {
-                self.metrics.outcome(&channel, &provider, "expired");
+                self.metrics
+                    .outcome(&envelope.channel, self.provider.name(), "expired");
                 step.transitions
                     .push(Transition::of(&envelope, Status::Failed, now).detail(reason));
                 return Ok(step);
@@ -360,13 +354,72 @@ impl DeliveryPipeline {
         }
 
         let id = envelope.id.to_string();
-        let (key, ttl, own_key) = self.dedupe_key(&envelope);
+        let keyed = self.dedupe_key(&envelope);
         let claim = until_available(self.dedupe.backend(), &self.metrics, cancel, || {
-            self.dedupe.claim(&key, &id, ttl)
+            self.dedupe.claim(&keyed.key, &id, keyed.ttl)
         })
         .await?;
+        let (mut step, envelope) =
+            match self.unless_claimed(claim, step, envelope, &keyed, home, now) {
+                ControlFlow::Continue(go) => go,
+                ControlFlow::Break(done) => return Ok(done),
+            };
+
+        self.within_rate_limit(cancel).await?;
+        let outgoing = match render(&self.channel, &envelope) {
+            Ok(outgoing) => outgoing,
+            Err(reason) => {
+                self.release(&keyed.key, &id).await;
+                self.metrics
+                    .outcome(&envelope.channel, self.provider.name(), "failed");
+                step.transitions
+                    .push(Transition::of(&envelope, Status::Failed, now).detail(reason));
+                return Ok(step);
+            }
+        };
+        let (envelope, Answer { provider, outcome }, done) = self.call(envelope, &outgoing).await;
+        let call = Call {
+            key: &keyed.key,
+            id: &id,
+            provider: &provider,
+            done,
+            home,
+        };
+        Ok(match outcome {
+            Outcome::Sent {
+                provider_message_id,
+            } => {
+                self.after_sent(step, &envelope, &call, provider_message_id, &keyed)
+                    .await
+            }
+            Outcome::Retryable {
+                reason,
+                retry_after,
+            } => {
+                self.after_retryable(step, envelope, &call, reason, retry_after)
+                    .await
+            }
+            Outcome::Permanent { reason } => {
+                self.after_permanent(step, envelope, &outgoing, &call, reason)
+                    .await
+            }
+        })
+    }
+
+    /// What the dedupe claim leaves to do: go on to the provider with the claim held, or the
+    /// message's step is already decided (sent before a restart, another worker holds it, a
+    /// duplicate of an earlier send).
+    fn unless_claimed(
+        &self,
+        claim: Claim,
+        mut step: Step,
+        envelope: Envelope,
+        keyed: &Keyed,
+        home: &str,
+        now: DateTime<Utc>,
+    ) -> ControlFlow<Step, (Step, Envelope)> {
         match claim {
-            Claim::Claimed => {}
+            Claim::Claimed => return ControlFlow::Continue((step, envelope)),
             Claim::AlreadySent => {
                 let mut sent =
                     Transition::of(&envelope, Status::Sent, now).detail("sent before a restart");
@@ -376,8 +429,7 @@ impl DeliveryPipeline {
                     sent = sent.provider(&only.name, None);
                 }
                 step.transitions.push(sent);
-                step.settled_key = own_key.then_some(key);
-                return Ok(step);
+                step.settled_key = keyed.settled();
             }
             Claim::Busy => {
                 let due = now + chrono::Duration::from_std(self.busy_retry).unwrap_or_default();
@@ -387,96 +439,81 @@ impl DeliveryPipeline {
                     due_at: due,
                 });
                 step.verdict = Verdict::Busy { at: due };
-                return Ok(step);
             }
             Claim::Duplicate { of } => {
-                self.metrics.outcome(&channel, &provider, "duplicate");
+                self.metrics
+                    .outcome(&envelope.channel, self.provider.name(), "duplicate");
                 step.transitions.push(
                     Transition::of(&envelope, Status::Duplicate, now)
                         .detail(format!("duplicate of {of}")),
                 );
-                return Ok(step);
             }
         }
+        ControlFlow::Break(step)
+    }
 
-        self.within_rate_limit(cancel).await?;
-
-        let outgoing = match render(&self.channel, &envelope) {
-            Ok(outgoing) => outgoing,
-            Err(reason) => {
-                self.release(&key, &id).await;
-                self.metrics.outcome(&channel, &provider, "failed");
-                step.transitions
-                    .push(Transition::of(&envelope, Status::Failed, now).detail(reason));
-                return Ok(step);
-            }
-        };
-
+    /// The provider's call, timed: the envelope comes back with the attempt counted, with the
+    /// answer (on a failover channel, the member that took the call) and when it came.
+    async fn call(
+        &self,
+        mut envelope: Envelope,
+        outgoing: &Outgoing,
+    ) -> (Envelope, Answer, DateTime<Utc>) {
         let started = Instant::now();
-        // On a failover channel, the member that took the call: what the history records.
-        let Answer { provider, outcome } = self.provider.send_named(&outgoing).await;
+        let answer = self.provider.send_named(outgoing).await;
         self.metrics
             .provider_seconds
-            .with_label_values(&[channel.as_str(), provider.as_str()])
+            .with_label_values(&[envelope.channel.as_str(), answer.provider.as_str()])
             .observe(started.elapsed().as_secs_f64());
         let done = Utc::now();
         envelope.attempts += 1;
         // Not the provider's reason: providers quote the recipient back in their errors.
-        let kind = match &outcome {
+        let kind = match &answer.outcome {
             Outcome::Sent { .. } => "sent",
             Outcome::Retryable { .. } => "retryable",
             Outcome::Permanent { .. } => "permanent",
         };
-        tracing::debug!(%id, %channel, %provider, to = %ump_core::pii::Masked(&envelope.to),
-            attempt = envelope.attempts, outcome = kind, "provider answered");
-        let call = Call {
-            key: &key,
-            id: &id,
-            provider: &provider,
-            done,
-            home,
-        };
-        match outcome {
-            Outcome::Sent {
-                provider_message_id,
-            } => {
-                if let Err(e) = self.dedupe.mark_sent(&key, &id, ttl).await {
-                    // The message is out; a missing mark only weakens protection against a
-                    // redelivery of this batch, so it must not hold the batch up.
-                    tracing::warn!(error = %e, "could not mark a message as sent");
-                }
-                step.settled_key = own_key.then(|| key.clone());
-                self.metrics.outcome(&channel, &provider, "sent");
-                let latency = (done - envelope.accepted_at).to_std().unwrap_or_default();
-                self.metrics
-                    .end_to_end_seconds
-                    .with_label_values(&[channel.as_str()])
-                    .observe(latency.as_secs_f64());
-                let mut sent = Transition::of(&envelope, Status::Sent, done)
-                    .provider(&provider, provider_message_id);
-                if let Some(origin) = &envelope.fallback {
-                    sent = sent.detail(format!(
-                        "sent on fallback channel {channel} (from {})",
-                        origin.channel
-                    ));
-                }
-                step.transitions.push(sent);
-            }
-            Outcome::Retryable {
-                reason,
-                retry_after,
-            } => {
-                step = self
-                    .after_retryable(step, envelope, &call, reason, retry_after)
-                    .await;
-            }
-            Outcome::Permanent { reason } => {
-                step = self
-                    .after_permanent(step, envelope, &outgoing, &call, reason)
-                    .await;
-            }
+        tracing::debug!(id = %envelope.id, channel = %envelope.channel, provider = %answer.provider,
+            to = %ump_core::pii::Masked(&envelope.to), attempt = envelope.attempts, outcome = kind,
+            "provider answered");
+        (envelope, answer, done)
+    }
+
+    /// Sent: marked so in the dedupe store (a redelivery is then "sent before a restart"),
+    /// counted, and recorded with the provider's id.
+    async fn after_sent(
+        &self,
+        mut step: Step,
+        envelope: &Envelope,
+        call: &Call<'_>,
+        provider_message_id: Option<String>,
+        keyed: &Keyed,
+    ) -> Step {
+        if let Err(e) = self.dedupe.mark_sent(call.key, call.id, keyed.ttl).await {
+            // The message is out; a missing mark only weakens protection against a redelivery
+            // of this batch, so it must not hold the batch up.
+            tracing::warn!(error = %e, "could not mark a message as sent");
         }
-        Ok(step)
+        step.settled_key = keyed.settled();
+        let channel = envelope.channel.as_str();
+        self.metrics.outcome(channel, call.provider, "sent");
+        let latency = (call.done - envelope.accepted_at)
+            .to_std()
+            .unwrap_or_default();
+        self.metrics
+            .end_to_end_seconds
+            .with_label_values(&[channel])
+            .observe(latency.as_secs_f64());
+        let mut sent = Transition::of(envelope, Status::Sent, call.done)
+            .provider(call.provider, provider_message_id);
+        if let Some(origin) = &envelope.fallback {
+            sent = sent.detail(format!(
+                "sent on fallback channel {channel} (from {})",
+                origin.channel
+            ));
+        }
+        step.transitions.push(sent);
+        step
     }
 
     /// A retryable failure: the next attempt after the policy's backoff (parked on the home
@@ -755,6 +792,37 @@ enum Hold {
     Expired(String),
     /// Parked until `at`, for the reason `why`.
     Until { at: DateTime<Utc>, why: String },
+}
+
+/// A message's dedupe key, how long it lives, and whether it is the message's own key
+/// (`ump:sent:…`, no dedupe window) rather than one shared by identical sends.
+struct Keyed {
+    key: String,
+    ttl: Duration,
+    own: bool,
+}
+
+impl Keyed {
+    fn own(key: String) -> Self {
+        Self {
+            key,
+            ttl: SENT_MEMORY,
+            own: true,
+        }
+    }
+
+    fn shared(key: String, window: Duration) -> Self {
+        Self {
+            key,
+            ttl: window,
+            own: false,
+        }
+    }
+
+    /// The key to let go once the message is settled: only a message's own key.
+    fn settled(&self) -> Option<String> {
+        self.own.then(|| self.key.clone())
+    }
 }
 
 #[derive(Debug, Default)]

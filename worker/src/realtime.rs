@@ -344,9 +344,9 @@ struct Settlement {
     state: TerminalDeliveryState,
 }
 
-/// A received message, decoded.
-struct Incoming {
-    info: DeliveryInfo,
+/// A received message, decoded; `D` is how it is settled (the link's `DeliveryInfo`).
+struct Incoming<D = DeliveryInfo> {
+    info: D,
     /// How often the broker delivered it before (failed attempts, and deliveries lost to a crash).
     delivery_count: u32,
     envelope: Result<Envelope, String>,
@@ -620,13 +620,13 @@ async fn settle(
     }
 }
 
-/// Delivers one batch, records it, then settles each message (or holds it, then settles it).
 /// How long a sent message's own dedupe key outlives its accept. The broker redelivers an
 /// accepted message only when the accept was lost with its connection, and then as soon as it
 /// sees the connection gone: at once when the worker dies, within two AMQP idle timeouts (2 × 30
 /// s) when its network does. Until then the key turns the redelivery into "already sent".
 pub const ACCEPTED_MEMORY: Duration = Duration::from_secs(120);
 
+/// Delivers one batch, records it, then settles each message (or holds it, then settles it).
 async fn handle(
     shared: Arc<Shared>,
     batch: Vec<Incoming>,
@@ -638,39 +638,11 @@ async fn handle(
         // Only fails when the consumer loop is gone, and with it the link: the broker redelivers.
         let _ = settle.send(Settlement { info, state });
     };
-    let mut envelopes = Vec::with_capacity(batch.len());
-    let mut deliveries: HashMap<MessageId, Vec<DeliveryInfo>> = HashMap::new();
-    let mut redelivered = Vec::new();
-    for incoming in batch {
-        let mut envelope = match incoming.envelope {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                tracing::error!(%error, "undecodable realtime message: dead-lettered");
-                send(
-                    incoming.info,
-                    dead_letter_state(&format!("undecodable: {error}")),
-                );
-                continue;
-            }
-        };
-        if let Some(infos) = deliveries.get_mut(&envelope.id) {
-            // The same message twice in one batch: one delivery, settled alike.
-            infos.push(incoming.info);
-            continue;
-        }
-        if incoming.delivery_count > 0 {
-            // The first delivery's outcome may never have been recorded (a crash before it was).
-            redelivered.push(Transition::of(
-                &envelope,
-                Status::Accepted,
-                envelope.accepted_at,
-            ));
-            // The broker's count is the attempt count: failed attempts and lost deliveries alike.
-            envelope.attempts = envelope.attempts.max(incoming.delivery_count);
-        }
-        deliveries.insert(envelope.id, vec![incoming.info]);
-        envelopes.push(envelope);
-    }
+    let Decoded {
+        envelopes,
+        mut deliveries,
+        redelivered,
+    } = decode(batch, &send);
     if envelopes.is_empty() {
         return;
     }
@@ -713,7 +685,6 @@ async fn handle(
         }
         return;
     }
-
     tracing::debug!(
         count,
         waited_ms,
@@ -721,6 +692,79 @@ async fn handle(
         recorded_ms = (started.elapsed() - delivered).as_secs_f64() * 1000.0,
         "realtime batch delivered and recorded"
     );
+
+    let held = settle_now(disposals, &mut deliveries, &send);
+    // Every delivered message has a verdict; were one ever missing, the broker would get the
+    // message back rather than keep it unsettled.
+    for info in deliveries.into_values().flatten() {
+        tracing::warn!("a realtime message without a verdict; released to the broker");
+        send(info, release_state());
+    }
+    shared.pipeline.forget(&settled_keys, ACCEPTED_MEMORY).await;
+    settle_when_due(held, &flush, &send).await;
+}
+
+/// A batch of received messages, decoded.
+struct Decoded<D> {
+    /// The envelopes to deliver, each once.
+    envelopes: Vec<Envelope>,
+    /// Each message's deliveries (the same message twice in one batch is settled alike).
+    deliveries: HashMap<MessageId, Vec<D>>,
+    /// `accepted` again for each redelivered message: its first delivery's outcome may never
+    /// have been recorded.
+    redelivered: Vec<Transition>,
+}
+
+/// Decodes a received batch; an undecodable message is dead-lettered at once.
+fn decode<D>(batch: Vec<Incoming<D>>, send: &impl Fn(D, TerminalDeliveryState)) -> Decoded<D> {
+    let mut decoded = Decoded {
+        envelopes: Vec::with_capacity(batch.len()),
+        deliveries: HashMap::new(),
+        redelivered: Vec::new(),
+    };
+    for incoming in batch {
+        let mut envelope = match incoming.envelope {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                tracing::error!(%error, "undecodable realtime message: dead-lettered");
+                send(
+                    incoming.info,
+                    dead_letter_state(&format!("undecodable: {error}")),
+                );
+                continue;
+            }
+        };
+        if let Some(infos) = decoded.deliveries.get_mut(&envelope.id) {
+            infos.push(incoming.info);
+            continue;
+        }
+        if incoming.delivery_count > 0 {
+            // The first delivery's outcome may never have been recorded (a crash before it was).
+            decoded.redelivered.push(Transition::of(
+                &envelope,
+                Status::Accepted,
+                envelope.accepted_at,
+            ));
+            // The broker's count is the attempt count: failed attempts and lost deliveries alike.
+            envelope.attempts = envelope.attempts.max(incoming.delivery_count);
+        }
+        decoded.deliveries.insert(envelope.id, vec![incoming.info]);
+        decoded.envelopes.push(envelope);
+    }
+    decoded
+}
+
+/// A message settled once its time comes: a retry or a message another worker holds goes back
+/// to the broker at `at`.
+type Held<D> = (DateTime<Utc>, Vec<D>, TerminalDeliveryState);
+
+/// Settles each recorded message by its disposal (taking its deliveries out of `deliveries`):
+/// accepted and dead-lettered at once; what goes back to the broker later is returned.
+fn settle_now<D>(
+    disposals: HashMap<MessageId, Disposal>,
+    deliveries: &mut HashMap<MessageId, Vec<D>>,
+    send: &impl Fn(D, TerminalDeliveryState),
+) -> Vec<Held<D>> {
     let mut held = Vec::new();
     for (id, disposal) in disposals {
         let Some(infos) = deliveries.remove(&id) else {
@@ -741,28 +785,24 @@ async fn handle(
             Disposal::Release { at } => held.push((at, infos, release_state())),
         }
     }
-    // Every delivered message has a verdict; were one ever missing, the broker would get the
-    // message back rather than keep it unsettled.
-    for info in deliveries.into_values().flatten() {
-        tracing::warn!("a realtime message without a verdict; released to the broker");
-        send(info, release_state());
-    }
-    shared.pipeline.forget(&settled_keys, ACCEPTED_MEMORY).await;
-    if held.is_empty() {
-        return;
-    }
-    futures::future::join_all(held.into_iter().map(|(at, infos, state)| {
-        let flush = &flush;
-        let send = &send;
-        async move {
-            let wait = (at - Utc::now()).to_std().unwrap_or_default();
-            tokio::select! {
-                _ = flush.cancelled() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-            for info in infos {
-                send(info, state.clone());
-            }
+    held
+}
+
+/// Settles each held message when its time comes, or at once when `flush` fires (shutdown, or
+/// the link is gone).
+async fn settle_when_due<D>(
+    held: Vec<Held<D>>,
+    flush: &CancellationToken,
+    send: &impl Fn(D, TerminalDeliveryState),
+) {
+    futures::future::join_all(held.into_iter().map(|(at, infos, state)| async move {
+        let wait = (at - Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = flush.cancelled() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+        for info in infos {
+            send(info, state.clone());
         }
     }))
     .await;
@@ -887,6 +927,129 @@ mod tests {
         let parked: Vec<MessageId> = record.deferred.iter().map(|d| d.envelope.id).collect();
         assert_eq!(parked, vec![quiet.id, fallback.id]);
         assert_eq!(record.transitions.len(), 4);
+    }
+
+    /// What a settlement step sent, by delivery: `accepted`, `modified`, `released` or
+    /// `rejected` (the state's kind).
+    type Sent = std::cell::RefCell<Vec<(u32, &'static str)>>;
+
+    fn kind(state: &TerminalDeliveryState) -> &'static str {
+        match state {
+            TerminalDeliveryState::Accepted(_) => "accepted",
+            TerminalDeliveryState::Modified(_) => "modified",
+            TerminalDeliveryState::Released(_) => "released",
+            TerminalDeliveryState::Rejected(_) => "rejected",
+        }
+    }
+
+    fn recording(sent: &Sent) -> impl Fn(u32, TerminalDeliveryState) + '_ {
+        move |delivery, state| sent.borrow_mut().push((delivery, kind(&state)))
+    }
+
+    fn incoming(info: u32, delivery_count: u32, envelope: &Envelope) -> Incoming<u32> {
+        Incoming {
+            info,
+            delivery_count,
+            envelope: Ok(envelope.clone()),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_decoded_once_per_message_and_what_cannot_be_read_is_dead_lettered() {
+        let once = envelope(0);
+        let again = envelope(1);
+        let batch = vec![
+            incoming(1, 0, &once),
+            Incoming {
+                info: 2,
+                delivery_count: 0,
+                envelope: Err("expected JSON".into()),
+            },
+            // The same message twice in one batch: delivered once, settled alike.
+            incoming(3, 0, &once),
+            // Delivered three times before: a crash may have lost its first outcome.
+            incoming(4, 3, &again),
+        ];
+        let sent = Sent::default();
+        let decoded = decode(batch, &recording(&sent));
+        assert_eq!(sent.into_inner(), vec![(2, "rejected")]);
+        let ids: Vec<MessageId> = decoded.envelopes.iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![once.id, again.id]);
+        assert_eq!(decoded.deliveries[&once.id], vec![1, 3]);
+        assert_eq!(decoded.deliveries[&again.id], vec![4]);
+        // The broker's count is the attempt count.
+        assert_eq!(decoded.envelopes[1].attempts, 3);
+        assert_eq!(decoded.envelopes[0].attempts, 0);
+        let accepted: Vec<(MessageId, Status)> = decoded
+            .redelivered
+            .iter()
+            .map(|t| (t.id, t.status))
+            .collect();
+        assert_eq!(accepted, vec![(again.id, Status::Accepted)]);
+    }
+
+    #[test]
+    fn recorded_messages_are_settled_by_their_disposal_and_the_rest_left_alone() {
+        let later = Utc::now() + chrono::Duration::seconds(2);
+        let [sent_twice, dead, retried, busy, unknown] = [(); 5].map(|_| MessageId::new());
+        let disposals = HashMap::from([
+            (sent_twice, Disposal::Accept),
+            (dead, Disposal::DeadLetter("gave up".into())),
+            (retried, Disposal::Redeliver { at: later }),
+            (busy, Disposal::Release { at: later }),
+        ]);
+        let mut deliveries = HashMap::from([
+            (sent_twice, vec![1, 2]),
+            (dead, vec![3]),
+            (retried, vec![4]),
+            (busy, vec![5]),
+            (unknown, vec![6]),
+        ]);
+        let sent = Sent::default();
+        let mut held = settle_now(disposals, &mut deliveries, &recording(&sent));
+        let mut now = sent.into_inner();
+        now.sort();
+        assert_eq!(now, vec![(1, "accepted"), (2, "accepted"), (3, "rejected")]);
+        held.sort_by_key(|(_, infos, _)| infos.clone());
+        let held: Vec<(DateTime<Utc>, Vec<u32>, &str)> = held
+            .iter()
+            .map(|(at, infos, state)| (*at, infos.clone(), kind(state)))
+            .collect();
+        assert_eq!(
+            held,
+            vec![(later, vec![4], "modified"), (later, vec![5], "released")]
+        );
+        // A delivery without a disposal stays for the caller (which releases it).
+        assert_eq!(deliveries, HashMap::from([(unknown, vec![6])]));
+    }
+
+    #[tokio::test]
+    async fn held_messages_are_settled_when_due_or_at_once_on_flush() {
+        let now = Utc::now();
+        let held = |at| vec![(at, vec![7], redeliver_state())];
+        let sent = Sent::default();
+        let flush = CancellationToken::new();
+        // Due: settled without a flush.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            settle_when_due(held(now), &flush, &recording(&sent)),
+        )
+        .await
+        .expect("a due message is settled at once");
+        assert_eq!(sent.take(), vec![(7, "modified")]);
+        // An hour away: settled when the link goes.
+        flush.cancel();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            settle_when_due(
+                held(now + chrono::Duration::hours(1)),
+                &flush,
+                &recording(&sent),
+            ),
+        )
+        .await
+        .expect("a flush settles a held message at once");
+        assert_eq!(sent.take(), vec![(7, "modified")]);
     }
 
     #[test]
