@@ -3,7 +3,7 @@
 use crate::history::{
     BatchRecord, Claim, Claimed, Deferred, HistoryError, HistoryStore, MessageFilter, MessagePage,
     MessageView, OVERDUE_AFTER, ParkingHealth, Receipt, ReceiptFor, ReceiptOutcome, Transition,
-    encode_cursor, latest_per_message, stored_detail,
+    again_on_deadlock, encode_cursor, latest_per_message, stored_detail,
 };
 use crate::model::{Event, MessageId, Priority, Status};
 use crate::stats::{Stats, StatsCount, bucket_millis};
@@ -305,9 +305,12 @@ const MESSAGE_COLUMNS: &str = "id, channel, recipient, status, priority, attempt
                                (SELECT e.detail FROM message_events e WHERE e.message_id = messages.id \
                                 ORDER BY e.at DESC, e.attempt DESC LIMIT 1) AS detail";
 
-#[async_trait::async_trait]
-impl HistoryStore for MySqlHistory {
-    async fn record(&self, batch: &BatchRecord) -> Result<(), HistoryError> {
+/// The history writes that share the parking table, each run again at once when it loses to a
+/// deadlock (`again_on_deadlock`): a deadlock rolls the whole transaction back, and a batch's
+/// write is idempotent, so trying again is safe; before, a batch that lost one paused as if
+/// MySQL were down.
+impl MySqlHistory {
+    async fn record_once(&self, batch: &BatchRecord) -> Result<(), HistoryError> {
         if batch.transitions.is_empty() && batch.deferred.is_empty() {
             return Ok(());
         }
@@ -406,6 +409,120 @@ impl HistoryStore for MySqlHistory {
         Ok(())
     }
 
+    async fn claim_due_once(
+        &self,
+        queues: &[String],
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, HistoryError> {
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let token = uuid::Uuid::new_v4();
+        let until =
+            now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+        // Read committed, and `SKIP LOCKED`: the scan takes no gap locks and passes over the rows
+        // a batch is parking right now (and those another scheduler is claiming). A single
+        // `UPDATE … ORDER BY due_at LIMIT` at the pool's repeatable read took next-key locks on
+        // the due-time index and waited for those rows: a batch parking its retries beside it
+        // deadlocked with it, three times in one provider benchmark phase with a tenth of the
+        // calls failing.
+        let mut conn = read_committed(&self.pool).await?;
+        let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+        let mut q: QueryBuilder<MySql> = QueryBuilder::new(
+            "SELECT id, envelope, queue, due_at FROM deferred_messages WHERE queue IN (",
+        );
+        let mut list = q.separated(", ");
+        for queue in queues {
+            list.push_bind(queue);
+        }
+        q.push(") AND published_at IS NULL AND due_at <= ")
+            .push_bind(naive(now))
+            .push(" AND (claimed_until IS NULL OR claimed_until < ")
+            .push_bind(naive(now))
+            .push(") ORDER BY due_at LIMIT ")
+            .push_bind(limit)
+            .push(" FOR UPDATE SKIP LOCKED");
+        let rows = q.build().fetch_all(&mut *tx).await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        }
+        let mut q: QueryBuilder<MySql> =
+            QueryBuilder::new("UPDATE deferred_messages SET claimed_by = ");
+        q.push_bind(token.as_bytes().as_slice())
+            .push(", claimed_until = ")
+            .push_bind(naive(until))
+            .push(" WHERE id IN (");
+        let mut list = q.separated(", ");
+        for row in &rows {
+            list.push_bind(row.try_get::<Vec<u8>, _>("id")?);
+        }
+        q.push(")");
+        q.build().execute(&mut *tx).await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|row| {
+                let body: Vec<u8> = row.try_get("envelope")?;
+                let envelope: crate::model::Envelope = serde_json::from_slice(&body)
+                    .map_err(|e| HistoryError::Corrupt(format!("deferred envelope: {e}")))?;
+                Ok(Claimed {
+                    claim: Claim {
+                        id: envelope.id,
+                        token: token.as_u128(),
+                    },
+                    deferred: Deferred {
+                        envelope,
+                        queue: row.try_get("queue")?,
+                        due_at: row.try_get::<NaiveDateTime, _>("due_at")?.and_utc(),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn release_once(&self, claims: &[Claim]) -> Result<(), HistoryError> {
+        let now = naive(Utc::now());
+        // One claim_due call hands out one token: group by it, then one statement per chunk.
+        let mut by_token: std::collections::BTreeMap<u128, Vec<MessageId>> = Default::default();
+        for claim in claims {
+            by_token.entry(claim.token).or_default().push(claim.id);
+        }
+        // Read committed, as `claim_due`: no gap locks where batches park messages.
+        let mut conn = read_committed(&self.pool).await?;
+        let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+        for (token, mut ids) in by_token {
+            ids.sort();
+            let token = uuid::Uuid::from_u128(token);
+            for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+                // Kept as a published parking (see sweep_parking), and only where the claim still
+                // holds: a message parked anew since has claimed_by NULL and keeps its parking.
+                let mut q: QueryBuilder<MySql> =
+                    QueryBuilder::new("UPDATE deferred_messages SET published_at = ");
+                q.push_bind(now)
+                    .push(" WHERE claimed_by = ")
+                    .push_bind(token.as_bytes().to_vec())
+                    .push(" AND published_at IS NULL AND id IN (");
+                let mut list = q.separated(", ");
+                for id in chunk {
+                    list.push_bind(id.as_bytes().to_vec());
+                }
+                q.push(")");
+                q.build().execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl HistoryStore for MySqlHistory {
+    async fn record(&self, batch: &BatchRecord) -> Result<(), HistoryError> {
+        again_on_deadlock(|| self.record_once(batch)).await
+    }
+
     async fn get(&self, tenant: &str, id: MessageId) -> Result<Option<MessageView>, HistoryError> {
         let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND tenant_id = ?");
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -487,55 +604,7 @@ impl HistoryStore for MySqlHistory {
         lease: std::time::Duration,
         limit: u32,
     ) -> Result<Vec<Claimed>, HistoryError> {
-        if queues.is_empty() {
-            return Ok(Vec::new());
-        }
-        let token = uuid::Uuid::new_v4();
-        let until =
-            now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
-        let mut q: QueryBuilder<MySql> =
-            QueryBuilder::new("UPDATE deferred_messages SET claimed_by = ");
-        q.push_bind(token.as_bytes().as_slice())
-            .push(", claimed_until = ")
-            .push_bind(naive(until))
-            .push(" WHERE queue IN (");
-        let mut list = q.separated(", ");
-        for queue in queues {
-            list.push_bind(queue);
-        }
-        q.push(") AND published_at IS NULL AND due_at <= ")
-            .push_bind(naive(now))
-            .push(" AND (claimed_until IS NULL OR claimed_until < ")
-            .push_bind(naive(now))
-            .push(") ORDER BY due_at LIMIT ")
-            .push_bind(limit);
-        q.build().execute(&self.pool).await?;
-
-        let rows = sqlx::query(
-            "SELECT envelope, queue, due_at FROM deferred_messages \
-             WHERE claimed_by = ? AND published_at IS NULL",
-        )
-        .bind(token.as_bytes().as_slice())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let body: Vec<u8> = row.try_get("envelope")?;
-                let envelope: crate::model::Envelope = serde_json::from_slice(&body)
-                    .map_err(|e| HistoryError::Corrupt(format!("deferred envelope: {e}")))?;
-                Ok(Claimed {
-                    claim: Claim {
-                        id: envelope.id,
-                        token: token.as_u128(),
-                    },
-                    deferred: Deferred {
-                        envelope,
-                        queue: row.try_get("queue")?,
-                        due_at: row.try_get::<NaiveDateTime, _>("due_at")?.and_utc(),
-                    },
-                })
-            })
-            .collect()
+        again_on_deadlock(|| self.claim_due_once(queues, now, lease, limit)).await
     }
 
     async fn sweep_parking(
@@ -563,7 +632,8 @@ impl HistoryStore for MySqlHistory {
         health.overdue = u64::try_from(overdue).unwrap_or(0);
 
         // A published parking whose message has no outcome long after: the copy went missing.
-        // One statement, so two sweeping workers never park the same message twice.
+        // One statement, so two sweeping workers never park the same message twice; read
+        // committed, so that its scan locks no gaps where batches park messages (`claim_due`).
         let mut q: QueryBuilder<MySql> = QueryBuilder::new(
             "UPDATE deferred_messages d JOIN messages m ON m.id = d.id \
              SET d.published_at = NULL, d.claimed_by = NULL, d.claimed_until = NULL, d.due_at = ",
@@ -576,7 +646,9 @@ impl HistoryStore for MySqlHistory {
         q.push(") AND d.published_at < ")
             .push_bind(ago(grace))
             .push(" AND m.status IN ('accepted', 'scheduled', 'sending')");
-        health.reparked = q.build().execute(&self.pool).await?.rows_affected();
+        let mut conn = read_committed(&self.pool).await?;
+        health.reparked = q.build().execute(&mut *conn).await?.rows_affected();
+        drop(conn);
 
         // Published parkings of messages that reached an outcome (or whose history was pruned)
         // have served their purpose.
@@ -730,33 +802,7 @@ impl HistoryStore for MySqlHistory {
     }
 
     async fn release(&self, claims: &[Claim]) -> Result<(), HistoryError> {
-        let now = naive(Utc::now());
-        // One claim_due call hands out one token: group by it, then one statement per chunk.
-        let mut by_token: std::collections::BTreeMap<u128, Vec<MessageId>> = Default::default();
-        for claim in claims {
-            by_token.entry(claim.token).or_default().push(claim.id);
-        }
-        for (token, mut ids) in by_token {
-            ids.sort();
-            let token = uuid::Uuid::from_u128(token);
-            for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-                // Kept as a published parking (see sweep_parking), and only where the claim still
-                // holds: a message parked anew since has claimed_by NULL and keeps its parking.
-                let mut q: QueryBuilder<MySql> =
-                    QueryBuilder::new("UPDATE deferred_messages SET published_at = ");
-                q.push_bind(now)
-                    .push(" WHERE claimed_by = ")
-                    .push_bind(token.as_bytes().to_vec())
-                    .push(" AND published_at IS NULL AND id IN (");
-                let mut list = q.separated(", ");
-                for id in chunk {
-                    list.push_bind(id.as_bytes().to_vec());
-                }
-                q.push(")");
-                q.build().execute(&self.pool).await?;
-            }
-        }
-        Ok(())
+        again_on_deadlock(|| self.release_once(claims)).await
     }
 }
 

@@ -431,6 +431,55 @@ async fn the_sweep_parks_again_a_message_whose_copy_went_missing_and_collects_th
     db.drop_database().await;
 }
 
+/// A batch parking messages, its transaction still open, never holds up a scheduler's claim of
+/// the parkings due beside it: the claim scans the due-time index at read committed, taking no
+/// gap locks and passing over rows not yet committed. At repeatable read the claim waited for
+/// the batch here, and in the provider benchmark the two deadlocked.
+#[tokio::test]
+async fn a_claim_does_not_wait_for_a_batch_parking_beside_it() {
+    let db = TestDatabase::create().await;
+    let history = MySqlHistory::new(db.pool.clone());
+    let queues = vec!["ump.default.sms".to_owned()];
+    let now = Utc::now();
+    let due = parking::envelope("t1", "+821000000020");
+    parking::park(&history, &due, now - ChronoDuration::seconds(2)).await;
+
+    let mut batch = db.pool.begin().await.expect("begin");
+    let beside = parking::envelope("t1", "+821000000021");
+    sqlx::query("INSERT INTO deferred_messages (id, queue, due_at, envelope) VALUES (?, ?, ?, ?)")
+        .bind(beside.id.as_bytes().as_slice())
+        .bind("ump.default.sms")
+        .bind((now - ChronoDuration::seconds(1)).naive_utc())
+        .bind(serde_json::to_vec(&beside).expect("encode"))
+        .execute(&mut *batch)
+        .await
+        .expect("park beside, uncommitted");
+
+    let claimed = tokio::time::timeout(
+        Duration::from_secs(10),
+        history.claim_due(&queues, now, Duration::from_secs(30), 100),
+    )
+    .await
+    .expect("the claim waited for the open batch")
+    .expect("claim");
+    let ids: Vec<_> = claimed.iter().map(|c| c.deferred.envelope.id).collect();
+    assert_eq!(
+        ids,
+        vec![due.id],
+        "only the committed parking is handed out"
+    );
+
+    // Once the batch commits, its parking is handed out too.
+    batch.commit().await.expect("commit");
+    let claimed = history
+        .claim_due(&queues, now, Duration::from_secs(30), 100)
+        .await
+        .expect("claim");
+    let ids: Vec<_> = claimed.iter().map(|c| c.deferred.envelope.id).collect();
+    assert_eq!(ids, vec![beside.id]);
+    db.drop_database().await;
+}
+
 #[tokio::test]
 async fn prune_deletes_only_history_older_than_the_cutoff() {
     let db = TestDatabase::create().await;
