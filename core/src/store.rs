@@ -306,8 +306,8 @@ const MESSAGE_COLUMNS: &str = "id, channel, recipient, status, priority, attempt
                                 ORDER BY e.at DESC, e.attempt DESC LIMIT 1) AS detail";
 
 /// The history writes that share the parking table, each run again at once when it loses to a
-/// deadlock (`again_on_deadlock`): a deadlock rolls the whole transaction back, and a batch's
-/// write is idempotent, so trying again is safe; before, a batch that lost one paused as if
+/// deadlock (`again_on_deadlock`): a deadlock rolls the whole transaction back and a batch's
+/// write is idempotent, so trying again is safe, where the worker would otherwise pause as if
 /// MySQL were down.
 impl MySqlHistory {
     async fn record_once(&self, batch: &BatchRecord) -> Result<(), HistoryError> {
@@ -425,9 +425,8 @@ impl MySqlHistory {
         // Read committed, and `SKIP LOCKED`: the scan takes no gap locks and passes over the rows
         // a batch is parking right now (and those another scheduler is claiming). A single
         // `UPDATE … ORDER BY due_at LIMIT` at the pool's repeatable read took next-key locks on
-        // the due-time index and waited for those rows: a batch parking its retries beside it
-        // deadlocked with it, three times in one provider benchmark phase with a tenth of the
-        // calls failing.
+        // the due-time index and waited for those rows: it deadlocked with batches parking their
+        // retries beside it (BENCHMARKS.md, "Providers").
         let mut conn = read_committed(&self.pool).await?;
         let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
         let mut q: QueryBuilder<MySql> = QueryBuilder::new(
