@@ -3,11 +3,11 @@
 //! Kafka), and only then commit the offsets. A crash anywhere before the commit means the batch is
 //! consumed again, which the pipeline's dedupe keys and the history's idempotent writes absorb.
 //!
-//! Up to `BatchSettings::in_flight` batches are delivered at once: the next batch's lanes start as
-//! the previous batch's lanes end, so a batch's slowest calls do not leave the provider idle (the
-//! pipeline's lane limit holds across them, and one recipient's messages still go in order). A
-//! batch is made durable while the next ones are delivered, so the history write overlaps the
-//! provider calls; batches are made durable and committed in the order they were consumed.
+//! The topic is a [`Transport`] settled in order (`transport::drive`): up to
+//! `BatchSettings::in_flight` batches are delivered at once, so a batch's slowest calls do not
+//! leave the provider idle, and a batch is made durable while the next ones are delivered, so the
+//! history write overlaps the provider calls; batches are made durable and committed in the order
+//! they were consumed.
 //!
 //! Once the group's committed offsets cover a batch, it is never consumed again, so the
 //! per-message dedupe keys of its sent messages are deleted (`forget_committed`): Redis holds
@@ -18,6 +18,7 @@
 use crate::metrics::WorkerMetrics;
 use crate::pause::until_available;
 use crate::pipeline::{Aborted, BatchOutcome, DeliveryPipeline};
+use crate::transport::{Batch, Shape, Transport, drive};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -27,7 +28,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use ump_core::history::{Claim, Claimed, HistoryStore};
 use ump_core::model::Envelope;
@@ -47,29 +47,24 @@ type Offsets = BTreeMap<(String, i32), i64>;
 
 pub struct ChannelConsumer {
     pipeline: Arc<DeliveryPipeline>,
-    consumer: Arc<StreamConsumer>,
-    persister: Persister,
-    metrics: WorkerMetrics,
-    batch: BatchSettings,
-    topic: String,
+    topics: Arc<KafkaTopic>,
     /// The settled keys of each committed batch, for `forget_committed` (taken by `run`).
     settled: Option<mpsc::UnboundedReceiver<(Offsets, Vec<String>)>>,
 }
 
-/// What a delivered batch leaves to make durable before its offsets are committed.
-struct Delivered {
-    outcome: BatchOutcome,
-    next_offsets: BTreeMap<(String, i32), i64>,
-    undecodable: Vec<OwnedMessage>,
-}
-
-/// Makes a delivered batch durable, then commits its offsets.
-#[derive(Clone)]
-struct Persister {
+/// A channel's topic as a [`Transport`]: batches consumed from it, settled by making their
+/// outcome durable (history and parked messages in one MySQL transaction, dead letters in the
+/// dead-letter topic) and then committing their offsets, in the order they were consumed.
+struct KafkaTopic {
     consumer: Arc<StreamConsumer>,
+    topic: String,
+    batch: BatchSettings,
+    /// The messages of the batch being gathered: kept here, not in `next_batch`'s future, so a
+    /// call dropped mid-batch loses none of them.
+    gathering: tokio::sync::Mutex<Gathering>,
     /// The next offset of each partition, as last committed (asynchronously): committed once more,
     /// synchronously, when the consumer stops.
-    committed: Arc<std::sync::Mutex<BTreeMap<(String, i32), i64>>>,
+    committed: std::sync::Mutex<Offsets>,
     producer: FutureProducer,
     history: Arc<dyn HistoryStore>,
     metrics: WorkerMetrics,
@@ -78,6 +73,20 @@ struct Persister {
     settled: mpsc::UnboundedSender<(Offsets, Vec<String>)>,
     /// Told when what a batch parked falls due.
     alarm: ParkingAlarm,
+}
+
+#[derive(Default)]
+struct Gathering {
+    messages: Vec<OwnedMessage>,
+    /// When the batch is handed over however few messages it has (set by its first message).
+    until: Option<tokio::time::Instant>,
+}
+
+/// What settles a consumed batch: the offsets it covers, and the messages that could not be
+/// decoded (dead-lettered as they are).
+struct Consumed {
+    next_offsets: Offsets,
+    undecodable: Vec<OwnedMessage>,
 }
 
 /// The longest the consume loop waits for a message before polling the consumer again.
@@ -113,25 +122,23 @@ impl ChannelConsumer {
             .set("enable.auto.commit", "false")
             .create()?;
         consumer.subscribe(&[&topic])?;
-        let consumer = Arc::new(consumer);
         let (settle, settled) = mpsc::unbounded_channel();
-        let persister = Persister {
-            consumer: Arc::clone(&consumer),
-            committed: Arc::default(),
+        let topics = Arc::new(KafkaTopic {
+            consumer: Arc::new(consumer),
+            topic,
+            batch,
+            gathering: tokio::sync::Mutex::default(),
+            committed: std::sync::Mutex::default(),
             producer,
             history,
-            metrics: metrics.clone(),
+            metrics,
             dead_letter_topic: resource.dead_letter_topic(),
             settled: settle,
             alarm,
-        };
+        });
         Ok(Self {
             pipeline,
-            consumer,
-            persister,
-            metrics,
-            batch,
-            topic,
+            topics,
             settled: Some(settled),
         })
     }
@@ -139,44 +146,61 @@ impl ChannelConsumer {
     /// Consumes until `cancel` fires; the batches in hand are finished (recorded and committed)
     /// first, unless a dependency they wait for is down.
     pub async fn run(mut self, cancel: CancellationToken) {
+        let consumer = Arc::clone(&self.topics.consumer);
+        let topic = self.topics.topic.clone();
         let lag = tokio::spawn(report_lag(
-            Arc::clone(&self.consumer),
-            self.metrics.clone(),
+            Arc::clone(&consumer),
+            self.topics.metrics.clone(),
             self.pipeline.channel.name(),
             cancel.clone(),
         ));
         let forgetting = self.settled.take().map(|batches| {
             tokio::spawn(forget_committed(
                 Arc::clone(&self.pipeline),
-                Arc::clone(&self.consumer),
+                Arc::clone(&consumer),
                 batches,
             ))
         });
-        tracing::info!(topic = %self.topic, "consuming");
-        let mut delivering: VecDeque<JoinHandle<Result<Delivered, Aborted>>> = VecDeque::new();
-        let mut persisting: Option<JoinHandle<Result<(), Aborted>>> = None;
-        let in_flight = self.batch.in_flight.max(1);
-        let abandoned = loop {
-            if delivering.len() >= in_flight
-                && let Some(oldest) = delivering.pop_front()
-            {
-                if !self.hand_over(oldest.await, &mut persisting, &cancel).await {
-                    break true;
-                }
-                continue;
-            }
+        tracing::info!(%topic, "consuming");
+        // Kafka's `next_batch` never fails: a consume error is retried there.
+        let _ = drive(self.pipeline, self.topics, &cancel).await;
+        // The last commits are looked at once the batches stop coming (the transport, and with
+        // it the sender of the settled batches, is gone with `drive`).
+        if let Some(forgetting) = forgetting
+            && tokio::time::timeout(Duration::from_secs(2), forgetting)
+                .await
+                .is_err()
+        {
+            tracing::debug!("settled keys of the last batches left to expire");
+        }
+        lag.abort();
+        tracing::info!(%topic, "consumer stopped");
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for KafkaTopic {
+    type Receipt = Consumed;
+
+    fn shape(&self) -> Shape {
+        Shape::InOrder {
+            in_flight: self.batch.in_flight,
+        }
+    }
+
+    fn home(&self) -> &str {
+        &self.topic
+    }
+
+    /// Gathers up to `max_messages`, for at most `max_wait` after the first.
+    async fn next_batch(
+        &self,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<Option<Batch<Consumed>>> {
+        let mut gathering = self.gathering.lock().await;
+        while gathering.messages.is_empty() {
             let first = tokio::select! {
-                _ = cancel.cancelled() => break false,
-                // The oldest delivery ended while no message came: it is made durable now, not
-                // when the next batch comes.
-                done = async { delivering.front_mut().expect("not empty").await },
-                    if !delivering.is_empty() => {
-                    delivering.pop_front();
-                    if !self.hand_over(done, &mut persisting, &cancel).await {
-                        break true;
-                    }
-                    continue;
-                }
+                _ = cancel.cancelled() => return Ok(None),
                 message = tokio::time::timeout(REPOLL, self.consumer.recv()) => match message {
                     Ok(message) => message,
                     // Nothing for a while: poll again. A waiting `recv` is woken only when the
@@ -186,156 +210,39 @@ impl ChannelConsumer {
                     Err(_) => continue,
                 },
             };
-            let mut messages = match first {
-                Ok(message) => vec![message.detach()],
+            match first {
+                Ok(message) => {
+                    gathering.messages.push(message.detach());
+                    gathering.until = Some(tokio::time::Instant::now() + self.batch.max_wait);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, topic = %self.topic, "Kafka consume error");
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            let deadline = tokio::time::Instant::now() + self.batch.max_wait;
-            while messages.len() < self.batch.max_messages {
-                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                    Ok(Ok(message)) => messages.push(message.detach()),
-                    Ok(Err(e)) => tracing::warn!(error = %e, "Kafka consume error"),
-                    Err(_) => break,
                 }
             }
-            delivering.push_back(self.deliver(messages, &cancel));
-        };
-        // The batches in hand are finished in order. After an abandoned one none is recorded (its
-        // offsets come first: they are all consumed again); they are only waited for.
-        let mut recording = !abandoned;
-        while let Some(next) = delivering.pop_front() {
-            let done = next.await;
-            recording = recording && self.hand_over(done, &mut persisting, &cancel).await;
         }
-        if let Some(previous) = persisting.take() {
-            finished(previous.await);
+        let until = gathering.until.unwrap_or_else(tokio::time::Instant::now);
+        while gathering.messages.len() < self.batch.max_messages {
+            match tokio::time::timeout_at(until, self.consumer.recv()).await {
+                Ok(Ok(message)) => gathering.messages.push(message.detach()),
+                Ok(Err(e)) => tracing::warn!(error = %e, "Kafka consume error"),
+                Err(_) => break,
+            }
         }
-        self.persister.flush_commits().await;
-        // The last commits are looked at once the batches stop coming.
-        drop(self.persister);
-        if let Some(forgetting) = forgetting
-            && tokio::time::timeout(Duration::from_secs(2), forgetting)
-                .await
-                .is_err()
-        {
-            tracing::debug!("settled keys of the last batches left to expire");
-        }
-        lag.abort();
-        tracing::info!(topic = %self.topic, "consumer stopped");
+        let messages = std::mem::take(&mut gathering.messages);
+        Ok(Some(self.decode(messages)))
     }
 
-    /// Hands a delivered batch to the persister once the batch before it is durable and
-    /// committed; false when the consumer must stop (the batch was abandoned, or the one before
-    /// it could not be made durable).
-    async fn hand_over(
+    async fn settle(
         &self,
-        delivered: Result<Result<Delivered, Aborted>, JoinError>,
-        persisting: &mut Option<JoinHandle<Result<(), Aborted>>>,
+        outcome: BatchOutcome,
+        consumed: Consumed,
         cancel: &CancellationToken,
-    ) -> bool {
-        let delivered = match delivered {
-            Ok(Ok(delivered)) => delivered,
-            Ok(Err(aborted)) => {
-                tracing::warn!(%aborted, "batch left uncommitted; it will be consumed again");
-                return false;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "delivering a batch failed; it will be consumed again");
-                return false;
-            }
-        };
-        // The previous batch is durable and committed before this one starts persisting.
-        if let Some(previous) = persisting.take()
-            && !finished(previous.await)
-        {
-            return false;
-        }
-        *persisting = Some(tokio::spawn(
-            self.persister.clone().persist(delivered, cancel.clone()),
-        ));
-        true
-    }
-
-    /// Decodes a consumed batch, admits it to the pipeline (in consumption order) and delivers
-    /// it in a task of its own.
-    fn deliver(
-        &self,
-        messages: Vec<OwnedMessage>,
-        cancel: &CancellationToken,
-    ) -> JoinHandle<Result<Delivered, Aborted>> {
-        self.metrics.batch_size.observe(messages.len() as f64);
-        let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        let mut envelopes = Vec::with_capacity(messages.len());
-        let mut undecodable = Vec::new();
-        for message in messages {
-            let slot = next_offsets
-                .entry((message.topic().to_owned(), message.partition()))
-                .or_insert(0);
-            *slot = (*slot).max(message.offset() + 1);
-            match message.payload().map(serde_json::from_slice::<Envelope>) {
-                Some(Ok(envelope)) => envelopes.push(envelope),
-                other => {
-                    let error = match other {
-                        Some(Err(e)) => e.to_string(),
-                        _ => "empty payload".to_owned(),
-                    };
-                    tracing::error!(partition = message.partition(), offset = message.offset(), %error, "undecodable message: dead-lettered");
-                    undecodable.push(message);
-                }
-            }
-        }
-        let admitted = self.pipeline.admit(envelopes);
-        let pipeline = Arc::clone(&self.pipeline);
-        let topic = self.topic.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let outcome = pipeline.deliver_admitted(admitted, &topic, &cancel).await?;
-            Ok(Delivered {
-                outcome,
-                next_offsets,
-                undecodable,
-            })
-        })
-    }
-}
-
-fn offset_list(next_offsets: &BTreeMap<(String, i32), i64>) -> TopicPartitionList {
-    let mut offsets = TopicPartitionList::new();
-    for ((topic, partition), offset) in next_offsets {
-        if let Err(e) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
-            tracing::error!(error = %e, "building the offset commit");
-        }
-    }
-    offsets
-}
-
-/// Logs how a persist task ended; true when its batch is durable and committed.
-fn finished(result: Result<Result<(), Aborted>, JoinError>) -> bool {
-    match result {
-        Ok(Ok(())) => true,
-        Ok(Err(aborted)) => {
-            tracing::warn!(%aborted, "batch left uncommitted; it will be consumed again");
-            false
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "persisting a batch failed; it will be consumed again");
-            false
-        }
-    }
-}
-
-impl Persister {
-    async fn persist(self, delivered: Delivered, cancel: CancellationToken) -> Result<(), Aborted> {
-        let Delivered {
-            outcome,
+    ) -> Result<(), Aborted> {
+        let Consumed {
             next_offsets,
             undecodable,
-        } = delivered;
-        let cancel = &cancel;
+        } = consumed;
         let started = Instant::now();
         until_available("mysql", &self.metrics, cancel, || {
             self.history.record(&outcome.record)
@@ -389,8 +296,8 @@ impl Persister {
 
     /// Commits the last offsets of the partitions it still owns again, synchronously (5 s at
     /// most), so a consumer that stops leaves nothing it finished to be consumed again.
-    async fn flush_commits(&self) {
-        let owned: std::collections::BTreeSet<(String, i32)> = match self.consumer.assignment() {
+    async fn finish(&self) {
+        let owned: BTreeSet<(String, i32)> = match self.consumer.assignment() {
             Ok(assignment) => assignment
                 .elements()
                 .iter()
@@ -400,7 +307,7 @@ impl Persister {
         };
         let offsets = match self.committed.lock() {
             Ok(committed) => {
-                let mine: BTreeMap<(String, i32), i64> = committed
+                let mine: Offsets = committed
                     .iter()
                     .filter(|(partition, _)| owned.contains(*partition))
                     .map(|(partition, offset)| (partition.clone(), *offset))
@@ -422,6 +329,41 @@ impl Persister {
             Err(_) => tracing::warn!("final offset commit took over 5 s; left to Kafka"),
         }
     }
+}
+
+impl KafkaTopic {
+    /// Decodes a consumed batch: the envelopes, the offsets it covers, and what could not be
+    /// decoded.
+    fn decode(&self, messages: Vec<OwnedMessage>) -> Batch<Consumed> {
+        self.metrics.batch_size.observe(messages.len() as f64);
+        let mut next_offsets = Offsets::new();
+        let mut envelopes = Vec::with_capacity(messages.len());
+        let mut undecodable = Vec::new();
+        for message in messages {
+            let slot = next_offsets
+                .entry((message.topic().to_owned(), message.partition()))
+                .or_insert(0);
+            *slot = (*slot).max(message.offset() + 1);
+            match message.payload().map(serde_json::from_slice::<Envelope>) {
+                Some(Ok(envelope)) => envelopes.push(envelope),
+                other => {
+                    let error = match other {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "empty payload".to_owned(),
+                    };
+                    tracing::error!(partition = message.partition(), offset = message.offset(), %error, "undecodable message: dead-lettered");
+                    undecodable.push(message);
+                }
+            }
+        }
+        Batch {
+            envelopes,
+            receipt: Consumed {
+                next_offsets,
+                undecodable,
+            },
+        }
+    }
 
     async fn publish(&self, key: &str, payload: &[u8]) -> Result<(), rdkafka::error::KafkaError> {
         self.producer
@@ -435,6 +377,16 @@ impl Persister {
             .map(|_| ())
             .map_err(|(e, _)| e)
     }
+}
+
+fn offset_list(next_offsets: &Offsets) -> TopicPartitionList {
+    let mut offsets = TopicPartitionList::new();
+    for ((topic, partition), offset) in next_offsets {
+        if let Err(e) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+            tracing::error!(error = %e, "building the offset commit");
+        }
+    }
+    offsets
 }
 
 /// How long a committed batch's keys wait for the group's committed offsets to cover it. A

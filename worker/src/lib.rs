@@ -12,5 +12,6 @@ pub mod providers;
 pub use ump_core::ratelimit;
 pub mod realtime;
 pub mod service;
+pub mod transport;
 pub mod turns;
 pub mod webhooks;

@@ -847,7 +847,7 @@ fn ad_ban_ends(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::{Value, json};
     use ump_core::config::ChannelRegistry;
@@ -902,7 +902,7 @@ mod tests {
         );
     }
 
-    fn envelope(category: Category, body: &str, attempts: u32) -> Envelope {
+    pub(crate) fn envelope(category: Category, body: &str, attempts: u32) -> Envelope {
         Envelope {
             id: MessageId::new(),
             tenant: "t".into(),
@@ -926,7 +926,7 @@ mod tests {
 
     /// A pipeline on the sandbox (every attempt fails, retryably), with three attempts at most,
     /// dedupe in a SQLite file of its own.
-    async fn sandbox_pipeline(
+    pub(crate) async fn sandbox_pipeline(
         dir: &std::path::Path,
     ) -> (DeliveryPipeline, ump_core::sqlite::SqliteStore) {
         let yaml = r#"

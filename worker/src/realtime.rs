@@ -33,9 +33,10 @@ use crate::dedupe::RedisDedupe;
 use crate::fallback::FallbackRoute;
 use crate::metrics::{DeliveryPath, WorkerMetrics};
 use crate::pause::until_available;
-use crate::pipeline::{BatchOutcome, DeliveryPipeline, PipelineBuilder, Verdict};
+use crate::pipeline::{Aborted, BatchOutcome, DeliveryPipeline, PipelineBuilder, Verdict};
 use crate::providers::ProviderContext;
 use crate::ratelimit::{LimiterUnavailable, RateLimiter, RedisRateLimiter};
+use crate::transport::{Batch, Shape, Transport, drive};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use fe2o3_amqp::link::delivery::{Delivery, DeliveryInfo};
@@ -47,9 +48,9 @@ use fe2o3_amqp::{Receiver, Session};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use ump_core::amqp::AmqpSettings;
 use ump_core::config::ResolvedChannel;
@@ -213,7 +214,7 @@ async fn consumers(
                 builder.with_provider(&channel, Arc::clone(&provider), dedupe, fallback.clone())?;
             consumers.push(RealtimeConsumer {
                 shared: Arc::new(Shared {
-                    pipeline,
+                    pipeline: Arc::new(pipeline),
                     recorder: recorder.clone(),
                     topic: topic.clone(),
                 }),
@@ -321,9 +322,9 @@ impl Recorder {
     }
 }
 
-/// What a consumer's batch tasks share.
+/// What a consumer's links share.
 struct Shared {
-    pipeline: DeliveryPipeline,
+    pipeline: Arc<DeliveryPipeline>,
     recorder: Recorder,
     /// The channel's Kafka topic: where the pipeline parks messages for later.
     topic: String,
@@ -338,7 +339,7 @@ struct RealtimeConsumer {
     credit: u32,
 }
 
-/// A settlement for the consumer loop to send (only it may use the receiver).
+/// A settlement for the link's receiver to send (only `next_batch` may use the receiver).
 struct Settlement {
     info: DeliveryInfo,
     state: TerminalDeliveryState,
@@ -485,7 +486,7 @@ impl RealtimeConsumer {
         let mut session = Session::begin(&mut connection)
             .await
             .context("beginning a session")?;
-        let mut receiver = Receiver::builder()
+        let receiver = Receiver::builder()
             .name(self.link_name.as_str())
             .source(self.queue.as_str())
             .credit_mode(CreditMode::Auto(self.credit))
@@ -494,102 +495,235 @@ impl RealtimeConsumer {
             .with_context(|| format!("attaching to {}", self.queue))?;
         *failures = 0;
         tracing::info!(queue = %self.queue, credit = self.credit, "consuming realtime queue");
-        let result = self.serve(&mut receiver, cancel).await;
-        // Whatever is still unsettled goes back to the broker with the link.
+        let link = Arc::new(AmqpLink::new(Arc::clone(&self.shared), receiver, cancel));
+        let result = drive(Arc::clone(&self.shared.pipeline), Arc::clone(&link), cancel).await;
+        // Whatever is still unsettled goes back to the broker with the link. (Every batch task
+        // has ended with `drive`: the link is this consumer's alone again.)
         let close = async {
-            let _ = receiver.close().await;
+            if let Ok(link) = Arc::try_unwrap(link) {
+                let _ = link.link.into_inner().receiver.close().await;
+            }
             let _ = session.end().await;
             let _ = connection.close().await;
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
         result
     }
+}
 
-    async fn serve(
+/// One connection's link to a realtime queue as a [`Transport`]: whatever deliveries have
+/// arrived make a batch (nothing is waited for), and each message is settled on its own as soon
+/// as its batch's outcome is recorded, or held until its retry is due (see the module's
+/// documentation for the dispositions).
+struct AmqpLink {
+    shared: Arc<Shared>,
+    /// Only `next_batch` uses the receiver: it receives, and sends the settlements that are
+    /// waiting, in one loop.
+    link: tokio::sync::Mutex<Link>,
+    settlements: mpsc::UnboundedSender<Settlement>,
+    /// Ends the backoff waits of held messages: at shutdown and when the link is gone.
+    flush: CancellationToken,
+    /// False once the link failed: what is left unsettled, the broker has back with the link.
+    alive: AtomicBool,
+}
+
+struct Link {
+    receiver: Receiver,
+    waiting: mpsc::UnboundedReceiver<Settlement>,
+}
+
+/// What settles a received batch: each message's deliveries.
+struct Received {
+    /// Each message's deliveries (the same message twice in one batch is settled alike).
+    deliveries: HashMap<MessageId, Vec<DeliveryInfo>>,
+    /// `accepted` again for each redelivered message (see `Decoded`).
+    redelivered: Vec<Transition>,
+    count: usize,
+    /// When the batch was received, and how long its oldest message had waited by then since
+    /// its acceptance (broker and queue), for the debug log.
+    received: Instant,
+    waited_ms: f64,
+}
+
+impl AmqpLink {
+    fn new(shared: Arc<Shared>, receiver: Receiver, cancel: &CancellationToken) -> Self {
+        let (settlements, waiting) = mpsc::unbounded_channel();
+        Self {
+            shared,
+            link: tokio::sync::Mutex::new(Link { receiver, waiting }),
+            settlements,
+            flush: cancel.child_token(),
+            alive: AtomicBool::new(true),
+        }
+    }
+
+    /// Queues a settlement for the receiver.
+    fn send(&self, info: DeliveryInfo, state: TerminalDeliveryState) {
+        // The receiver of the queue lives as long as the link: this cannot fail.
+        let _ = self.settlements.send(Settlement { info, state });
+    }
+
+    /// The link failed: held messages stop waiting, and nothing more is settled on it.
+    fn broken(&self, error: anyhow::Error) -> anyhow::Error {
+        self.alive.store(false, Ordering::Relaxed);
+        self.flush.cancel();
+        error
+    }
+
+    fn release_all(&self, deliveries: HashMap<MessageId, Vec<DeliveryInfo>>) {
+        for info in deliveries.into_values().flatten() {
+            self.send(info, release_state());
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for AmqpLink {
+    type Receipt = Received;
+
+    fn shape(&self) -> Shape {
+        Shape::Unordered
+    }
+
+    /// What the pipeline parks for later goes through the bulk path (the channel's topic);
+    /// retries and busy messages stay with the broker (`plan`).
+    fn home(&self) -> &str {
+        &self.shared.topic
+    }
+
+    /// Sends the waiting settlements while no delivery comes. (The unordered loop never drops a
+    /// call, so a settlement taken from the queue is always sent.)
+    async fn next_batch(
         &self,
-        receiver: &mut Receiver,
         cancel: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<Settlement>();
-        // Ends the backoff waits of held messages: at shutdown and when the link is gone.
-        let flush = cancel.child_token();
-        let mut work: JoinSet<()> = JoinSet::new();
-        let mut link_ok = true;
-        let result = loop {
-            tokio::select! {
+    ) -> anyhow::Result<Option<Batch<Received>>> {
+        let mut link = self.link.lock().await;
+        let Link { receiver, waiting } = &mut *link;
+        loop {
+            let first = tokio::select! {
                 biased;
-                Some(settlement) = settle_rx.recv() => {
-                    if let Err(e) = settle(receiver, settlement, &mut settle_rx).await {
-                        link_ok = false;
-                        break Err(anyhow::anyhow!("settling a delivery: {e}"));
+                Some(settlement) = waiting.recv() => {
+                    if let Err(e) = settle(receiver, settlement, waiting).await {
+                        return Err(self.broken(anyhow::anyhow!("settling a delivery: {e}")));
                     }
+                    continue;
                 }
-                Some(joined) = work.join_next() => {
-                    if let Err(e) = joined {
-                        tracing::error!(error = %e, "realtime batch task failed; its messages will be redelivered");
-                    }
+                _ = cancel.cancelled() => {
+                    self.flush.cancel();
+                    return Ok(None);
                 }
-                _ = cancel.cancelled() => break Ok(()),
-                delivery = receiver.recv::<Body<Value>>() => {
-                    let first = match delivery {
-                        Ok(delivery) => delivery,
-                        Err(e) => {
-                            link_ok = false;
-                            break Err(anyhow::anyhow!("receiving: {e}"));
-                        }
-                    };
-                    // Whatever else has arrived goes along; nothing is waited for.
-                    let mut batch = vec![Incoming::new(first)];
-                    let mut failed = None;
-                    while batch.len() < MAX_BATCH {
-                        match tokio::time::timeout(Duration::ZERO, receiver.recv::<Body<Value>>()).await {
-                            Ok(Ok(delivery)) => batch.push(Incoming::new(delivery)),
-                            Ok(Err(e)) => {
-                                failed = Some(e);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
+                delivery = receiver.recv::<Body<Value>>() => match delivery {
+                    Ok(delivery) => delivery,
+                    Err(e) => return Err(self.broken(anyhow::anyhow!("receiving: {e}"))),
+                },
+            };
+            // Whatever else has arrived goes along; nothing is waited for.
+            let mut batch = vec![Incoming::new(first)];
+            let mut failed = None;
+            while batch.len() < MAX_BATCH {
+                match tokio::time::timeout(Duration::ZERO, receiver.recv::<Body<Value>>()).await {
+                    Ok(Ok(delivery)) => batch.push(Incoming::new(delivery)),
+                    Ok(Err(e)) => {
+                        failed = Some(e);
+                        break;
                     }
-                    work.spawn(handle(
-                        Arc::clone(&self.shared),
-                        batch,
-                        settle_tx.clone(),
-                        cancel.clone(),
-                        flush.clone(),
-                    ));
-                    if let Some(e) = failed {
-                        link_ok = false;
-                        break Err(anyhow::anyhow!("receiving: {e}"));
-                    }
+                    Err(_) => break,
                 }
             }
-        };
-        // Finish the batches in hand: their outcomes are recorded either way; on a live link they
-        // are settled too, on a dead one the broker redelivers them (found sent, recorded as such,
-        // not sent again). Held messages stop waiting.
-        flush.cancel();
-        drop(settle_tx);
-        loop {
-            tokio::select! {
-                settlement = settle_rx.recv() => match settlement {
-                    Some(settlement) => {
-                        if link_ok && settle(receiver, settlement, &mut settle_rx).await.is_err() {
-                            link_ok = false;
-                        }
-                    }
-                    // Every task has dropped its sender: all are done.
-                    None => break,
-                },
-                Some(joined) = work.join_next() => {
-                    if let Err(e) = joined {
-                        tracing::error!(error = %e, "realtime batch task failed; its messages will be redelivered");
-                    }
-                }
+            if let Some(e) = failed {
+                // The deliveries in hand go back to the broker with the link.
+                return Err(self.broken(anyhow::anyhow!("receiving: {e}")));
+            }
+            let Decoded {
+                envelopes,
+                deliveries,
+                redelivered,
+            } = decode(batch, &|info, state| self.send(info, state));
+            if envelopes.is_empty() {
+                continue;
+            }
+            let waited_ms = envelopes
+                .iter()
+                .map(|e| (Utc::now() - e.accepted_at).num_microseconds().unwrap_or(0))
+                .max()
+                .unwrap_or(0) as f64
+                / 1000.0;
+            let receipt = Received {
+                deliveries,
+                redelivered,
+                count: envelopes.len(),
+                received: Instant::now(),
+                waited_ms,
+            };
+            return Ok(Some(Batch { envelopes, receipt }));
+        }
+    }
+
+    /// Records the batch, then settles each message (or holds it, then settles it).
+    async fn settle(
+        &self,
+        mut outcome: BatchOutcome,
+        received: Received,
+        _cancel: &CancellationToken,
+    ) -> Result<(), Aborted> {
+        let Received {
+            mut deliveries,
+            redelivered,
+            count,
+            received,
+            waited_ms,
+        } = received;
+        let delivered = received.elapsed();
+        let settled_keys = std::mem::take(&mut outcome.settled_keys);
+        let (mut record, disposals) = plan(outcome, &self.shared.topic);
+        record.transitions.extend(redelivered);
+        if !self.shared.recorder.record(record).await {
+            tracing::warn!(
+                "realtime batch not recorded (shutting down while MySQL is away); released to the broker"
+            );
+            self.release_all(deliveries);
+            return Err(Aborted("mysql"));
+        }
+        tracing::debug!(
+            count,
+            waited_ms,
+            delivered_ms = delivered.as_secs_f64() * 1000.0,
+            recorded_ms = (received.elapsed() - delivered).as_secs_f64() * 1000.0,
+            "realtime batch delivered and recorded"
+        );
+        let send = |info, state| self.send(info, state);
+        let held = settle_now(disposals, &mut deliveries, &send);
+        // Every delivered message has a verdict; were one ever missing, the broker would get the
+        // message back rather than keep it unsettled.
+        if !deliveries.is_empty() {
+            tracing::warn!("a realtime message without a verdict; released to the broker");
+            self.release_all(deliveries);
+        }
+        self.shared
+            .pipeline
+            .forget(&settled_keys, ACCEPTED_MEMORY)
+            .await;
+        settle_when_due(held, &self.flush, &send).await;
+        Ok(())
+    }
+
+    async fn give_back(&self, received: Received) {
+        self.release_all(received.deliveries);
+    }
+
+    /// Sends the settlements left (every batch task has ended) while the link is alive; on a
+    /// dead one the broker redelivers their messages (found sent, recorded as such, not sent
+    /// again).
+    async fn finish(&self) {
+        let mut link = self.link.lock().await;
+        let Link { receiver, waiting } = &mut *link;
+        while let Ok(settlement) = waiting.try_recv() {
+            if self.alive.load(Ordering::Relaxed)
+                && let Err(e) = settle(receiver, settlement, waiting).await
+            {
+                self.broken(anyhow::anyhow!("settling a delivery: {e}"));
             }
         }
-        while work.join_next().await.is_some() {}
-        result
     }
 }
 
@@ -625,84 +759,6 @@ async fn settle(
 /// sees the connection gone: at once when the worker dies, within two AMQP idle timeouts (2 × 30
 /// s) when its network does. Until then the key turns the redelivery into "already sent".
 pub const ACCEPTED_MEMORY: Duration = Duration::from_secs(120);
-
-/// Delivers one batch, records it, then settles each message (or holds it, then settles it).
-async fn handle(
-    shared: Arc<Shared>,
-    batch: Vec<Incoming>,
-    settle: mpsc::UnboundedSender<Settlement>,
-    cancel: CancellationToken,
-    flush: CancellationToken,
-) {
-    let send = |info: DeliveryInfo, state: TerminalDeliveryState| {
-        // Only fails when the consumer loop is gone, and with it the link: the broker redelivers.
-        let _ = settle.send(Settlement { info, state });
-    };
-    let Decoded {
-        envelopes,
-        mut deliveries,
-        redelivered,
-    } = decode(batch, &send);
-    if envelopes.is_empty() {
-        return;
-    }
-
-    let count = envelopes.len();
-    let started = std::time::Instant::now();
-    // How long the oldest message of the batch took from acceptance to here (broker and queue).
-    let waited_ms = envelopes
-        .iter()
-        .map(|e| (Utc::now() - e.accepted_at).num_microseconds().unwrap_or(0))
-        .max()
-        .unwrap_or(0) as f64
-        / 1000.0;
-    // What it parks for later goes through the bulk path (the channel's topic); retries and
-    // busy messages stay with the broker (`plan`).
-    let mut outcome = match shared
-        .pipeline
-        .process(envelopes, &shared.topic, &cancel)
-        .await
-    {
-        Ok(outcome) => outcome,
-        Err(aborted) => {
-            tracing::warn!(%aborted, "realtime batch abandoned; released to the broker");
-            for info in deliveries.into_values().flatten() {
-                send(info, release_state());
-            }
-            return;
-        }
-    };
-    let delivered = started.elapsed();
-    let settled_keys = std::mem::take(&mut outcome.settled_keys);
-    let (mut record, disposals) = plan(outcome, &shared.topic);
-    record.transitions.extend(redelivered);
-    if !shared.recorder.record(record).await {
-        tracing::warn!(
-            "realtime batch not recorded (shutting down while MySQL is away); released to the broker"
-        );
-        for info in deliveries.into_values().flatten() {
-            send(info, release_state());
-        }
-        return;
-    }
-    tracing::debug!(
-        count,
-        waited_ms,
-        delivered_ms = delivered.as_secs_f64() * 1000.0,
-        recorded_ms = (started.elapsed() - delivered).as_secs_f64() * 1000.0,
-        "realtime batch delivered and recorded"
-    );
-
-    let held = settle_now(disposals, &mut deliveries, &send);
-    // Every delivered message has a verdict; were one ever missing, the broker would get the
-    // message back rather than keep it unsettled.
-    for info in deliveries.into_values().flatten() {
-        tracing::warn!("a realtime message without a verdict; released to the broker");
-        send(info, release_state());
-    }
-    shared.pipeline.forget(&settled_keys, ACCEPTED_MEMORY).await;
-    settle_when_due(held, &flush, &send).await;
-}
 
 /// A batch of received messages, decoded.
 struct Decoded<D> {
