@@ -47,7 +47,7 @@ type Offsets = BTreeMap<(String, i32), i64>;
 
 pub struct ChannelConsumer {
     pipeline: Arc<DeliveryPipeline>,
-    topics: Arc<KafkaTopic>,
+    source: Arc<KafkaTopic>,
     /// The settled keys of each committed batch, for `forget_committed` (taken by `run`).
     settled: Option<mpsc::UnboundedReceiver<(Offsets, Vec<String>)>>,
 }
@@ -123,7 +123,7 @@ impl ChannelConsumer {
             .create()?;
         consumer.subscribe(&[&topic])?;
         let (settle, settled) = mpsc::unbounded_channel();
-        let topics = Arc::new(KafkaTopic {
+        let source = Arc::new(KafkaTopic {
             consumer: Arc::new(consumer),
             topic,
             batch,
@@ -138,7 +138,7 @@ impl ChannelConsumer {
         });
         Ok(Self {
             pipeline,
-            topics,
+            source,
             settled: Some(settled),
         })
     }
@@ -146,11 +146,11 @@ impl ChannelConsumer {
     /// Consumes until `cancel` fires; the batches in hand are finished (recorded and committed)
     /// first, unless a dependency they wait for is down.
     pub async fn run(mut self, cancel: CancellationToken) {
-        let consumer = Arc::clone(&self.topics.consumer);
-        let topic = self.topics.topic.clone();
+        let consumer = Arc::clone(&self.source.consumer);
+        let topic = self.source.topic.clone();
         let lag = tokio::spawn(report_lag(
             Arc::clone(&consumer),
-            self.topics.metrics.clone(),
+            self.source.metrics.clone(),
             self.pipeline.channel.name(),
             cancel.clone(),
         ));
@@ -163,7 +163,7 @@ impl ChannelConsumer {
         });
         tracing::info!(%topic, "consuming");
         // Kafka's `next_batch` never fails: a consume error is retried there.
-        let _ = drive(self.pipeline, self.topics, &cancel).await;
+        let _ = drive(self.pipeline, self.source, &cancel).await;
         // The last commits are looked at once the batches stop coming (the transport, and with
         // it the sender of the settled batches, is gone with `drive`).
         if let Some(forgetting) = forgetting

@@ -8,11 +8,13 @@
 //! ```
 //!
 //! What differs is the order a source needs its batches settled in, its [`Shape`]:
-//! - **in order** (Kafka, SQLite): up to `in_flight` batches are delivered at once (the next
-//!   batch's lanes start as the previous one's end, and one recipient's messages still go in
-//!   order, by the pipeline's turns), and they are settled one after the other in the order they
-//!   came, each while the next ones are delivered. A Kafka offset commit covers every earlier
-//!   offset of its partition, so a later batch may never be committed before an earlier one.
+//! - **in order** (Kafka): up to `in_flight` batches are delivered at once (the next batch's
+//!   lanes start as the previous one's end, and one recipient's messages still go in order, by
+//!   the pipeline's turns), and they are settled one after the other in the order they came, each
+//!   while the next ones are delivered. A Kafka offset commit covers every earlier offset of its
+//!   partition, so a later batch may never be committed before an earlier one.
+//! - **one at a time** (SQLite): each batch is settled before the next is read; its messages
+//!   stay in the source until its settlement takes them out.
 //! - **unordered** (AMQP): each batch is delivered and settled on its own, message by message,
 //!   as soon as its outcome is recorded; a slow batch never holds up the next.
 //!
@@ -39,6 +41,8 @@ pub struct Batch<R> {
 pub enum Shape {
     /// Settled one after the other in the order they came; up to `in_flight` delivered at once.
     InOrder { in_flight: usize },
+    /// Each settled before the next is read.
+    OneAtATime,
     /// Each settled on its own as soon as it is delivered.
     Unordered,
 }
@@ -100,6 +104,7 @@ pub async fn drive<T: Transport>(
             .run(in_flight.max(1))
             .await
         }
+        Shape::OneAtATime => one_at_a_time(&pipeline, &*transport, cancel).await,
         Shape::Unordered => unordered(pipeline, Arc::clone(&transport), cancel).await,
     };
     transport.finish().await;
@@ -143,7 +148,7 @@ impl<T: Transport> InOrder<T> {
                 next = self.transport.next_batch(&self.cancel) => next,
             };
             match next {
-                Ok(Some(batch)) => delivering.push_back(self.deliver(batch, in_flight)),
+                Ok(Some(batch)) => delivering.push_back(self.deliver(batch)),
                 Ok(None) => break (Ok(()), false),
                 Err(e) => break (Err(e), false),
             }
@@ -167,25 +172,14 @@ impl<T: Transport> InOrder<T> {
 
     /// Admits a batch to the pipeline (in the order batches come: recipients keep their order
     /// across batches) and delivers it in a task of its own.
-    ///
-    /// One batch at a time needs no turns: a batch is admitted once the one before it has been
-    /// delivered. (A pipeline may serve several transports, as the all-in-one mode's bulk and
-    /// realtime queues share their channel's; their batches then never wait on each other.)
-    fn deliver(&self, batch: Batch<T::Receipt>, in_flight: usize) -> Delivering<T::Receipt> {
-        let Batch { envelopes, receipt } = batch;
-        let admitted = if in_flight > 1 {
-            Ok(self.pipeline.admit(envelopes))
-        } else {
-            Err(envelopes)
-        };
+    fn deliver(&self, batch: Batch<T::Receipt>) -> Delivering<T::Receipt> {
+        let admitted = self.pipeline.admit(batch.envelopes);
         let pipeline = Arc::clone(&self.pipeline);
         let home = self.transport.home().to_owned();
         let cancel = self.cancel.clone();
+        let receipt = batch.receipt;
         tokio::spawn(async move {
-            let outcome = match admitted {
-                Ok(admitted) => pipeline.deliver_admitted(admitted, &home, &cancel).await,
-                Err(envelopes) => pipeline.process(envelopes, &home, &cancel).await,
-            };
+            let outcome = pipeline.deliver_admitted(admitted, &home, &cancel).await;
             (outcome, receipt)
         })
     }
@@ -233,6 +227,35 @@ fn settled(result: Result<Result<(), Aborted>, JoinError>) -> bool {
         Err(e) => {
             tracing::error!(error = %e, "settling a batch failed; its source delivers it again");
             false
+        }
+    }
+}
+
+async fn one_at_a_time<T: Transport>(
+    pipeline: &DeliveryPipeline,
+    transport: &T,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let batch = match transport.next_batch(cancel).await? {
+            Some(batch) => batch,
+            None => return Ok(()),
+        };
+        match pipeline
+            .process(batch.envelopes, transport.home(), cancel)
+            .await
+        {
+            Ok(outcome) => {
+                if let Err(aborted) = transport.settle(outcome, batch.receipt, cancel).await {
+                    tracing::warn!(%aborted, "batch left unsettled; its source delivers it again");
+                    return Ok(());
+                }
+            }
+            Err(aborted) => {
+                tracing::warn!(%aborted, "batch given up; its source delivers it again");
+                transport.give_back(batch.receipt).await;
+                return Ok(());
+            }
         }
     }
 }
@@ -296,6 +319,8 @@ mod tests {
     /// What a scripted transport saw, in order.
     #[derive(Debug, PartialEq)]
     enum Seen {
+        /// Batch n was read.
+        Read(usize),
         /// Batch n began settling, with this many verdicts.
         Settling(usize, usize),
         Settled(usize),
@@ -359,6 +384,9 @@ mod tests {
             _cancel: &CancellationToken,
         ) -> anyhow::Result<Option<Batch<usize>>> {
             let next = self.batches.lock().unwrap().pop_front();
+            if let Some((n, _)) = &next {
+                self.seen.lock().unwrap().push(Seen::Read(*n));
+            }
             Ok(next.map(|(receipt, envelopes)| Batch { envelopes, receipt }))
         }
 
@@ -406,6 +434,20 @@ mod tests {
         (script.seen(), finished)
     }
 
+    /// What was settled and given back, in order, without the reads.
+    fn settlements(seen: &[Seen]) -> Vec<&Seen> {
+        seen.iter()
+            .filter(|s| !matches!(s, Seen::Read(_)))
+            .collect()
+    }
+
+    /// Where `event` happened in `seen`.
+    fn at(seen: &[Seen], event: Seen) -> usize {
+        seen.iter()
+            .position(|s| *s == event)
+            .unwrap_or_else(|| panic!("{event:?} in {seen:?}"))
+    }
+
     #[tokio::test]
     async fn in_order_batches_are_settled_one_after_the_other_in_the_order_they_came() {
         // Batch 0 settles slowly while batches 1 and 2 are delivered: they wait for it.
@@ -417,7 +459,12 @@ mod tests {
             .collect();
         // Every batch of the source is settled, each with a verdict per message, although the
         // source ended (`Ok(None)`) while they were in hand.
-        assert_eq!(seen, expected);
+        assert_eq!(settlements(&seen), expected.iter().collect::<Vec<_>>());
+        // Batch 1 was read (and delivered) while batch 0 was settling.
+        assert!(
+            at(&seen, Seen::Read(1)) < at(&seen, Seen::Settled(0)),
+            "{seen:?}"
+        );
         assert!(finished, "the transport is told the loop ended");
     }
 
@@ -427,9 +474,14 @@ mod tests {
         script.fails = Some(1);
         script.slow = Some(1);
         let (seen, finished) = run(script).await;
+        let seen = settlements(&seen);
         assert_eq!(
             seen[..3],
-            [Seen::Settling(0, 2), Seen::Settled(0), Seen::Settling(1, 2)]
+            [
+                &Seen::Settling(0, 2),
+                &Seen::Settled(0),
+                &Seen::Settling(1, 2)
+            ]
         );
         // The loop stops: batch 2 (delivered while batch 1 was settling) and any batch after it
         // are handed back, never settled, so the source delivers them again after batch 1.
@@ -439,7 +491,37 @@ mod tests {
                 .all(|s| matches!(s, Seen::GivenBack(n) if *n >= 2)),
             "{seen:?}"
         );
-        assert!(seen[3..].contains(&Seen::GivenBack(2)), "{seen:?}");
+        assert!(seen[3..].contains(&&Seen::GivenBack(2)), "{seen:?}");
+        assert!(finished);
+    }
+
+    #[tokio::test]
+    async fn one_at_a_time_each_batch_is_settled_before_the_next_is_read() {
+        let mut script = Script::new(Shape::OneAtATime, 3, 2);
+        script.slow = Some(0);
+        let (seen, finished) = run(script).await;
+        let expected: Vec<Seen> = (0..3)
+            .flat_map(|n| [Seen::Read(n), Seen::Settling(n, 2), Seen::Settled(n)])
+            .collect();
+        assert_eq!(seen, expected);
+        assert!(finished);
+    }
+
+    #[tokio::test]
+    async fn one_at_a_time_a_batch_left_unsettled_ends_the_loop() {
+        let mut script = Script::new(Shape::OneAtATime, 3, 2);
+        script.fails = Some(1);
+        let (seen, finished) = run(script).await;
+        assert_eq!(
+            seen,
+            [
+                Seen::Read(0),
+                Seen::Settling(0, 2),
+                Seen::Settled(0),
+                Seen::Read(1),
+                Seen::Settling(1, 2)
+            ]
+        );
         assert!(finished);
     }
 
@@ -449,14 +531,15 @@ mod tests {
         let mut script = Script::new(Shape::Unordered, 3, 2);
         script.slow = Some(0);
         let (seen, finished) = run(script).await;
-        let settled_at = |n| {
-            seen.iter()
-                .position(|s| *s == Seen::Settled(n))
-                .expect("settled")
-        };
-        assert!(settled_at(1) < settled_at(0), "{seen:?}");
-        assert!(settled_at(2) < settled_at(0), "{seen:?}");
-        assert_eq!(seen.len(), 6, "{seen:?}");
+        assert!(
+            at(&seen, Seen::Settled(1)) < at(&seen, Seen::Settled(0)),
+            "{seen:?}"
+        );
+        assert!(
+            at(&seen, Seen::Settled(2)) < at(&seen, Seen::Settled(0)),
+            "{seen:?}"
+        );
+        assert_eq!(settlements(&seen).len(), 6, "{seen:?}");
         assert!(finished);
     }
 }
