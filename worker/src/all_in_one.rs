@@ -180,10 +180,10 @@ impl LocalConsumer {
 /// A queue of the SQLite file as a [`Transport`]: due rows, oldest first, each batch settled
 /// before the next is read, by one transaction that records its outcome and deletes its rows.
 ///
-/// One batch at a time: the rows stay in the queue until that transaction, and every write of
-/// the mode (the API's accepts, the dedupe claims, the settlements) goes through the file's one
-/// writer, so a batch settled while the next is delivered measured no faster end to end, and the
-/// accepts beside it slower (BENCHMARKS.md, "All-in-one").
+/// One batch at a time: every write of the mode (the API's accepts, the dedupe claims, the
+/// settlements) goes through the file's one writer, so settling a batch while the next is
+/// delivered (tried, with the rows in hand leased in memory) measured no faster end to end
+/// (BENCHMARKS.md, "All-in-one"), and it needs the leases.
 struct SqliteQueue {
     pipeline: Arc<DeliveryPipeline>,
     store: SqliteStore,
