@@ -60,9 +60,9 @@ pub trait Transport: Send + Sync + 'static {
     fn home(&self) -> &str;
 
     /// Waits for the next batch; `Ok(None)` once `cancel` fired, `Err` when the source is gone
-    /// (a broken link: the caller reconnects). Must be cancel safe: the in-order loop drops a
-    /// waiting call when a delivery ends first, and calls again, and no message it has taken from
-    /// its source may be lost by that.
+    /// (a broken link: the caller reconnects). An in-order transport's must be cancel safe: that
+    /// loop drops a waiting call when a delivery ends first, and calls again, and no message the
+    /// call has taken from its source may be lost by that. (The other loops never drop a call.)
     async fn next_batch(
         &self,
         cancel: &CancellationToken,
