@@ -603,7 +603,7 @@ impl Transport for AmqpLink {
             let first = tokio::select! {
                 biased;
                 Some(settlement) = waiting.recv() => {
-                    if let Err(e) = settle(receiver, settlement, waiting).await {
+                    if let Err(e) = dispose(receiver, settlement, waiting).await {
                         return Err(self.broken(anyhow::anyhow!("settling a delivery: {e}")));
                     }
                     continue;
@@ -719,7 +719,7 @@ impl Transport for AmqpLink {
         let Link { receiver, waiting } = &mut *link;
         while let Ok(settlement) = waiting.try_recv() {
             if self.alive.load(Ordering::Relaxed)
-                && let Err(e) = settle(receiver, settlement, waiting).await
+                && let Err(e) = dispose(receiver, settlement, waiting).await
             {
                 self.broken(anyhow::anyhow!("settling a delivery: {e}"));
             }
@@ -727,11 +727,11 @@ impl Transport for AmqpLink {
     }
 }
 
-/// Settles `first` and whatever other settlements are already waiting: the accepted ones together
+/// Sends the dispositions of `first` and of whatever other settlements are already waiting: the accepted ones together
 /// (`dispose_all`: one disposition frame for each run of consecutive deliveries, where one frame
 /// per message kept the broker and this link's loop waking for every message), the rest (retries,
 /// releases, dead letters) one by one.
-async fn settle(
+async fn dispose(
     receiver: &Receiver,
     first: Settlement,
     waiting: &mut mpsc::UnboundedReceiver<Settlement>,
