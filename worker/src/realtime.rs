@@ -727,10 +727,10 @@ impl Transport for AmqpLink {
     }
 }
 
-/// Sends the dispositions of `first` and of whatever other settlements are already waiting:
-/// the accepted ones together (`dispose_all`: one disposition frame for each run of consecutive deliveries, where one frame
-/// per message kept the broker and this link's loop waking for every message), the rest (retries,
-/// releases, dead letters) one by one.
+/// Sends the dispositions of `first` and of whatever other settlements are already waiting: the
+/// accepted ones together (`dispose_all`: one disposition frame for each run of consecutive
+/// deliveries, where one frame per message kept the broker and this link's loop waking for every
+/// message), the rest (retries, releases, dead letters) one by one.
 async fn dispose(
     receiver: &Receiver,
     first: Settlement,
