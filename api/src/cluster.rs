@@ -152,6 +152,7 @@ pub async fn state(
     source: ChannelSource,
     registry: prometheus::Registry,
 ) -> anyhow::Result<AppState> {
+    let metrics = ApiMetrics::new(registry)?;
     let channels = Arc::new(ArcSwap::from_pointee(ChannelRegistry::default()));
     let synced = Arc::new(AtomicBool::new(false));
     match source {
@@ -167,6 +168,7 @@ pub async fn state(
                 namespace,
                 Arc::clone(&channels),
                 Arc::clone(&synced),
+                metrics.channels_invalid.clone(),
             ));
         }
     }
@@ -278,7 +280,7 @@ pub async fn state(
         webhook_rules: ump_core::webhooks::UrlRules::default(),
         keys: key_cache,
         idempotency: Arc::new(RedisIdempotency::new(redis)),
-        metrics: ApiMetrics::new(registry)?,
+        metrics,
         readiness,
         secrets_dir: settings.secrets_dir.clone(),
         body_timeout: crate::RequestSettings::default().body_timeout.as_std(),

@@ -1,6 +1,6 @@
 //! The API's Prometheus metrics. Names are part of the operations contract (dashboards, alerts).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct ApiMetrics {
@@ -25,6 +25,11 @@ pub struct ApiMetrics {
     /// Time to make one person's recommendations (`GET …/recommendations`, journey sends), by
     /// strategy.
     pub recommend_seconds: HistogramVec,
+    /// Channels of the watched namespace whose spec or policy is invalid now, as this API sees
+    /// them, by state: `kept` (serving their last valid configuration) or `left_out` (never
+    /// valid, so not usable). Cluster mode with `UMP_WATCH_NAMESPACE` sets it; elsewhere an
+    /// invalid channel stops the start, so it stays 0.
+    pub channels_invalid: IntGaugeVec,
 }
 
 impl ApiMetrics {
@@ -93,6 +98,18 @@ impl ApiMetrics {
             &["strategy"],
         )?;
         registry.register(Box::new(recommend_seconds.clone()))?;
+        let channels_invalid = IntGaugeVec::new(
+            Opts::new(
+                "ump_api_channels_invalid",
+                "Channels whose spec or policy is invalid now, by state: kept (on their last \
+                 valid configuration) or left_out",
+            ),
+            &["state"],
+        )?;
+        for state in ["kept", "left_out"] {
+            channels_invalid.with_label_values(&[state]).set(0);
+        }
+        registry.register(Box::new(channels_invalid.clone()))?;
         Ok(Self {
             registry,
             accepted,
@@ -103,6 +120,7 @@ impl ApiMetrics {
             journey_outbox,
             journey_outbox_wait,
             recommend_seconds,
+            channels_invalid,
         })
     }
 }

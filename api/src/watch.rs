@@ -7,18 +7,26 @@ use futures::StreamExt;
 use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use prometheus::IntGaugeVec;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use ump_core::config::ChannelRegistry;
+use ump_core::config::{ChannelRegistry, ConfigError};
 use ump_core::resources::{DeliveryPolicy, MessageChannel};
 
 /// Watches `namespace` until the process ends, replacing `registry` on every change. `synced`
-/// turns true once both kinds have been listed (the API is ready only then).
+/// turns true once both kinds have been listed (the API is ready only then); `invalid` counts
+/// the channels kept on their last valid configuration and those left out.
+///
+/// Channels and policies come in two watch streams, and nothing orders one kind's changes
+/// against the other's: a channel changed just after its policy turned invalid may be seen
+/// before the policy, and then applied with the policy as it was.
 pub async fn keep_registry_in_step(
     client: kube::Client,
     namespace: String,
     registry: Arc<ArcSwap<ChannelRegistry>>,
     synced: Arc<AtomicBool>,
+    invalid: IntGaugeVec,
 ) {
     let channels_api: Api<MessageChannel> = Api::namespaced(client.clone(), &namespace);
     let policies_api: Api<DeliveryPolicy> = Api::namespaced(client, &namespace);
@@ -50,6 +58,15 @@ pub async fn keep_registry_in_step(
         let (mut fresh, errors) =
             ChannelRegistry::resolve_valid(cloned(&channels), cloned(&policies));
         let kept = fresh.keep_last_valid(&registry.load(), &errors);
+        let left_out: BTreeSet<&str> = errors
+            .iter()
+            .filter_map(ConfigError::channel)
+            .filter(|c| fresh.get(c).is_none())
+            .collect();
+        invalid.with_label_values(&["kept"]).set(gauge(kept.len()));
+        invalid
+            .with_label_values(&["left_out"])
+            .set(gauge(left_out.len()));
         for error in &errors {
             match error.channel().filter(|c| kept.iter().any(|k| k == c)) {
                 Some(_) => tracing::warn!(%error, "channel keeps its last valid configuration"),
@@ -69,6 +86,10 @@ pub async fn keep_registry_in_step(
         }
         synced.store(true, Ordering::Release);
     }
+}
+
+fn gauge(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 fn ready<K: kube::Resource + Clone + 'static>(store: &Store<K>) -> Option<()>

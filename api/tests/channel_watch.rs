@@ -17,7 +17,7 @@ use std::time::Duration;
 use ump_api::cluster::{ChannelSource, ClusterSettings};
 use ump_core::keys::{ApiKeyStore, MySqlKeys, PresentedKey};
 use ump_core::resources::{DeliveryPolicy, MessageChannel};
-use ump_core::testing::{TestDatabase, infra, unique_name};
+use ump_core::testing::{TestDatabase, infra, metric_value, unique_name};
 
 async fn kube_client() -> kube::Client {
     let path = infra().kubeconfig();
@@ -62,6 +62,32 @@ async fn send(http: &reqwest::Client, base: &str, key: &str, body: &Value) -> (u
         response.status().as_u16(),
         response.json().await.unwrap_or_default(),
     )
+}
+
+/// Reads `/metrics` until `ump_api_channels_invalid` shows `kept` and `left_out`, failing after
+/// 20 s: what the API has seen of both kinds (channels, policies), each in its own watch.
+async fn invalid_channels_eventually(http: &reqwest::Client, base: &str, kept: f64, left_out: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let value = |state| metric_value(&text, "ump_api_channels_invalid", &[("state", state)]);
+        let seen = (value("kept"), value("left_out"));
+        if seen == (Some(kept), Some(left_out)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ump_api_channels_invalid (kept, left_out): {seen:?}, expected ({kept}, {left_out})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Repeats the send until it is accepted (the watch takes a moment), failing after 20 s.
@@ -255,13 +281,16 @@ async fn a_channel_created_in_the_cluster_is_usable_without_a_restart() {
         }
     };
     set_initial_backoff("10m").await;
+    // Policies come in a watch of their own, unordered against the channels': the API must have
+    // seen the invalid policy (sms kept) and `twice` (left out) before the channel changes.
+    invalid_channels_eventually(&http, &base, 1.0, 1.0).await;
     let later = json!({"spec": {"templates": [{"name": "otp", "text": "인증번호 {{ code }}"},
                                               {"name": "later", "text": "나중에"}]}});
     channels
         .patch("sms", &PatchParams::default(), &Patch::Merge(&later))
         .await
         .expect("patch MessageChannel");
-    // A channel created after all of that: once it is usable, the API has seen everything above.
+    // A channel created after that change: once it is usable, the API has seen the change.
     channels
         .create(&PostParams::default(), &channel_named("marker", sandbox))
         .await
@@ -289,6 +318,7 @@ async fn a_channel_created_in_the_cluster_is_usable_without_a_restart() {
     // Fixed: the change applies.
     set_initial_backoff("2s").await;
     accepted_eventually(&http, &base, &key, "the fixed policy", &later_send).await;
+    invalid_channels_eventually(&http, &base, 0.0, 1.0).await;
 
     db.drop_database().await;
 }

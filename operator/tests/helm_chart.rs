@@ -468,7 +468,7 @@ fn alerting_rules_pass_promtool_and_fire_when_they_should() {
         text
     };
     let checked = run(&["check", "rules", "rules.yaml"]);
-    assert!(checked.contains("SUCCESS: 13 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 14 rules found"), "{checked}");
 
     // Unit tests of the alerts on synthetic series shaped like the real ones.
     std::fs::write(dir.join("alerts-test.yaml"), ALERT_TESTS).expect("write tests");
@@ -509,6 +509,14 @@ tests:
         values: '0x10 0+60x30'
       - series: 'ump_api_rejected_total{namespace="ump", reason="unavailable"}'
         values: '0x40'
+      # ump: a policy turned invalid at minute 5 under two channels, both API processes see it
+      # (kept: counted once, max); a channel left out for 5 minutes only (quiet).
+      - series: 'ump_api_channels_invalid{namespace="ump", state="kept", pod="a-1"}'
+        values: '0x5 2x35'
+      - series: 'ump_api_channels_invalid{namespace="ump", state="kept", pod="a-2"}'
+        values: '0x5 2x35'
+      - series: 'ump_api_channels_invalid{namespace="ump", state="left_out", pod="a-1"}'
+        values: '0x5 1x5 0x30'
       # Two workers see the same 3 overdue parkings from minute 10 (their scheduler is stuck).
       - series: 'ump_parked_overdue_messages{namespace="messaging", pod="w-1"}'
         values: '0x10 3x30'
@@ -547,6 +555,16 @@ tests:
             exp_annotations:
               summary: "Parked UMP messages are not coming back"
               description: "3 parked messages (retries, send_at, quiet hours) in messaging have been due for over a minute and are still not republished: no worker's scheduler is running for their channels, or it cannot reach Kafka or MySQL."
+      - eval_time: 12m
+        alertname: UMPChannelConfigInvalid
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: UMPChannelConfigInvalid
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: ump, state: kept}
+            exp_annotations:
+              summary: "UMP's API has channels with an invalid configuration"
+              description: "2 channels the API in ump follows have had an invalid MessageChannel or DeliveryPolicy for 10 minutes (state kept). A kept channel runs on its last valid configuration and changes to it wait for the fix; a left_out channel refuses sends. The Ready condition of each MessageChannel names the problems."
       - eval_time: 15m
         alertname: UMPParkedMessagesRepaired
         exp_alerts: []
