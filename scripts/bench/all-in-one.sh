@@ -80,21 +80,3 @@ wrk_run() {
 
 # stop PID: ends a benchmark process and waits for it.
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-
-# write_section NAME TEXT: replaces BENCHMARKS.md's section between NAME's markers (appended the
-# first time).
-write_section() {
-  python3 - "$1" "$2" <<'PY'
-import pathlib, re, sys
-name, section = sys.argv[1], sys.argv[2].strip() + "\n"
-path = pathlib.Path("BENCHMARKS.md")
-text = path.read_text() if path.exists() else "# Benchmarks\n"
-start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
-block = f"{start}\n{section}{end}\n"
-if start in text:
-    text = re.sub(re.escape(start) + ".*?" + re.escape(end) + "\n?", lambda _: block, text, flags=re.S)
-else:
-    text = text.rstrip("\n") + "\n\n" + block
-path.write_text(text)
-PY
-}
