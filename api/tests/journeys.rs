@@ -96,7 +96,9 @@ async fn the_coupon_reaches_the_viewer_who_did_not_buy_once_even_across_a_kill()
     identify(&ump, "buyer", BUYER).await;
     identify(&ump, "browser", BROWSER).await;
 
-    let (status, created) = ump.post(KEY, "/v1/journeys", &coupon_journey("4s")).await;
+    // The wait runs from the view: 12 s covers the events, their checks and the kill below on a
+    // slow machine (a coupon before the kill fails the test as "too early").
+    let (status, created) = ump.post(KEY, "/v1/journeys", &coupon_journey("12s")).await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(
         (&created["status"], &created["version"]),

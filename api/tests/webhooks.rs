@@ -379,6 +379,21 @@ async fn rotation_test_events_and_replay() {
     assert_eq!(sent_events[0].id, sent_events[1].id, "the same webhook-id");
     assert_eq!(sent_events[0].body, sent_events[1].body);
     verify(&received, &[&new]);
+    // The receiver counts a request when it arrives; the dispatcher records the attempt once it
+    // has the answer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = delivery_log(&ump, &endpoint).await;
+        if log.len() == 2
+            && log
+                .iter()
+                .all(|d| d["attempts"] == 2 && d["last_status_code"] == 204)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{log:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let metrics = ump
         .http
         .get(format!("{}/metrics", ump.url))
@@ -393,13 +408,6 @@ async fn rotation_test_events_and_replay() {
             .lines()
             .any(|l| l.starts_with("ump_webhook_attempts_total{result=\"delivered\"} ")),
         "{metrics}"
-    );
-    let log = delivery_log(&ump, &endpoint).await;
-    assert_eq!(log.len(), 2);
-    assert!(
-        log.iter()
-            .all(|d| d["attempts"] == 2 && d["last_status_code"] == 204),
-        "{log:?}"
     );
 }
 

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use ump_testkit::{
-    Infra, PipeliningSmtpServer, SmtpServer, metric_value, require_tcp, settings_path, unique_name,
+    Infra, PipeliningSmtpServer, SmtpServer, free_port, metric_value, require_tcp, settings_path,
+    unique_name,
 };
 
 /// The settings of this test run, read once; the process's TLS crypto provider is installed

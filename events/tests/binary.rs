@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ump_automation::event::EventInput;
 use ump_core::audience::{EventLog, KafkaEventLog};
 use ump_core::queue::KafkaSettings;
-use ump_core::testing::{TestDatabase, infra, unique_name};
+use ump_core::testing::{TestDatabase, free_port, infra, unique_name};
 
 struct Processor(Child);
 
@@ -34,13 +34,6 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let code = response.split_whitespace().nth(1)?.parse().ok()?;
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
     Some((code, body))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// Polls `check` until it returns `Some`, failing with `what` after `timeout`.

@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use ump_domain::resources::MessageChannel;
 use ump_operator::builders::is_applied;
-use ump_testkit::{infra, unique_name};
+use ump_testkit::{free_port, infra, unique_name};
 
 const MANAGER: &str = "ump-chart-tests";
 
@@ -554,13 +554,6 @@ fn decode_base64(text: &str) -> Vec<u8> {
         }
     }
     out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 struct ChildGuard(Child);

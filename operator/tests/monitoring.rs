@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use ump_domain::resources::MessageChannel;
-use ump_testkit::{infra, unique_name};
+use ump_testkit::{free_port, infra, unique_name};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_alerts_use_only_metrics_the_binaries_export() {
@@ -452,13 +452,6 @@ fn http(port: u16, method: &str, path: &str, key: Option<&str>, body: &str) -> (
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn path(p: &Path) -> &str {

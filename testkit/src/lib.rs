@@ -206,6 +206,25 @@ pub fn require_tcp(component: &str, addr: &str) {
     );
 }
 
+/// Where `free_port` looks: below Linux's ephemeral range (32768–60999 by default), so that
+/// neither an outgoing connection nor a bind to port 0 can take the port before the process it
+/// is for binds it; and above the fixed ports `scripts/infra` and the benchmarks use.
+const FREE_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port on 127.0.0.1 that nothing listens on now, for a process (or a listener started later)
+/// to bind. Only another explicit bind to the same port could take it meanwhile.
+pub fn free_port() -> u16 {
+    let span = u128::from(FREE_PORTS.end - FREE_PORTS.start);
+    for _ in 0..1000 {
+        let offset = u16::try_from(uuid::Uuid::new_v4().as_u128() % span).expect("below span");
+        let port = FREE_PORTS.start + offset;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {FREE_PORTS:?}")
+}
+
 /// A name no other test run uses, for topics, queues, databases and namespaces.
 pub fn unique_name(prefix: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();

@@ -139,8 +139,9 @@ async fn policies_shape_delivery() {
     let hopeless = send(&stack, "down", "+821012340002", json!({})).await;
     // Fails, waits 2 s to retry, but its TTL is 1 s: failed as expired.
     let expiring = send(&stack, "otp", "+821012340003", json!({})).await;
-    // send_at 3 s ahead: scheduled, then sent.
-    let later = (Utc::now() + ChronoDuration::seconds(3)).to_rfc3339();
+    // send_at 10 s ahead: scheduled, then sent. (The worker process has just been started: a
+    // send_at it consumes after the time has come is not parked, so leave it room to start.)
+    let later = (Utc::now() + ChronoDuration::seconds(10)).to_rfc3339();
     let scheduled = send(&stack, "sms", "+821012340004", json!({"send_at": later})).await;
     // Quiet hours: waits until the window ends (an hour from now).
     let quiet = send(&stack, "marketing", "+821012340005", json!({})).await;
@@ -232,7 +233,8 @@ async fn the_rate_limit_spaces_sends() {
         })
         .await;
 
-    // 20 per second with no burst: 21 sends span at least one second of provider time.
+    // 20 per second with no burst: 21 sends span one second of provider time (without the limit,
+    // a few milliseconds); 800 ms leaves room for when each call is stamped.
     let text = std::fs::read_to_string(&stack.outbox).expect("outbox");
     let mut times: Vec<chrono::DateTime<Utc>> = text
         .lines()
@@ -247,7 +249,7 @@ async fn the_rate_limit_spaces_sends() {
     times.sort();
     let spread = *times.last().expect("last") - times[0];
     assert!(
-        spread >= ChronoDuration::milliseconds(950),
+        spread >= ChronoDuration::milliseconds(800),
         "21 sends at 20/s took only {spread}"
     );
     stack.finish().await;
@@ -255,7 +257,7 @@ async fn the_rate_limit_spaces_sends() {
 
 /// A worker's scheduler publishes what the worker itself parked when it falls due, not at its
 /// next poll: with the poll an hour away, a message retried twice (200 and 400 ms of backoff) and
-/// one scheduled two seconds ahead (then retried twice) are still sent within the test's minute,
+/// one scheduled ten seconds ahead (then retried twice) are still sent within the test's minute,
 /// and each republication is counted in `ump_parked_publish_delay_seconds`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_publishes_its_own_parkings_when_they_fall_due_without_polling() {
@@ -268,7 +270,8 @@ async fn a_worker_publishes_its_own_parkings_when_they_fall_due_without_polling(
     )
     .await;
     let retried = send(&stack, "sms", "+821012340011", json!({})).await;
-    let later = (Utc::now() + ChronoDuration::seconds(2)).to_rfc3339();
+    // Ten seconds: room for the worker just started to consume it before it falls due.
+    let later = (Utc::now() + ChronoDuration::seconds(10)).to_rfc3339();
     let scheduled = send(&stack, "sms", "+821012340012", json!({"send_at": later})).await;
 
     let m = wait_status(&stack, &retried, "sent").await;

@@ -333,7 +333,7 @@ spec:
     - name: twilio
       type: twilio
       secretRef: {name: twilio}
-      settings: {endpoint: "TWILIO_URL", from: "+15005550006", circuitFailureThreshold: "2", circuitCoolDown: "4s"}
+      settings: {endpoint: "TWILIO_URL", from: "+15005550006", circuitFailureThreshold: "2", circuitCoolDown: "10s"}
     - name: nhn
       type: nhn-sms
       secretRef: {name: nhn-sms}
@@ -375,6 +375,9 @@ async fn traffic_fails_over_to_the_secondary_and_returns_to_the_primary() {
     twilio.script.push(outage);
     let failed_over = send(&stack, sms(2)).await;
     let view = wait_status(&stack, &failed_over, "sent").await;
+    // The circuit opened before this message went to NHN, so its cool-down (10 s: room for the
+    // next message on a slow machine) is over by `opened_by` + 10 s.
+    let opened_by = tokio::time::Instant::now();
     assert_eq!(view["provider"], "nhn", "{view}");
     let events = timeline(&view);
     let statuses: Vec<&str> = events.iter().map(|(s, _)| s.as_str()).collect();
@@ -394,7 +397,7 @@ async fn traffic_fails_over_to_the_secondary_and_returns_to_the_primary() {
     assert_eq!(open, (Some(1.0), Some(0.0)), "twilio, nhn");
 
     // After the cool-down the primary gets a probe, succeeds, and takes the traffic back.
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    tokio::time::sleep_until(opened_by + Duration::from_millis(10_500)).await;
     let back = send(&stack, sms(4)).await;
     assert_eq!(
         wait_status(&stack, &back, "sent").await["provider"],

@@ -85,6 +85,8 @@ async fn the_coupon_goes_out_once_to_each_non_buyer_across_a_killed_delivery_wor
             .expect("PUT profile");
         assert_eq!(response.status(), 200);
     }
+    // The wait runs from each view: 20 s covers the events, their processing and the worker's
+    // kill below on a slow machine (a coupon delivered before the kill fails the test).
     let journey = json!({
         "id": "coupon-for-viewers",
         "entry": {"event": "product_viewed"},
@@ -92,7 +94,7 @@ async fn the_coupon_goes_out_once_to_each_non_buyer_across_a_killed_delivery_wor
         "quiet_hours": {"start": "00:00", "end": "00:00"},
         "steps": [
             {"id": "wait-for-purchase", "wait": {"event": "purchase", "match": ["item_id"],
-              "timeout": "6s", "on_event": "bought", "on_timeout": "coupon"}},
+              "timeout": "20s", "on_event": "bought", "on_timeout": "coupon"}},
             {"id": "coupon", "send": {"channel": "sms", "template": "coupon",
               "recommendations": {"strategy": "viewed_not_purchased", "limit": 1},
               "data": {"item": "$recommendations.0.name", "name": "$traits.name"}}},

@@ -261,9 +261,7 @@ async fn an_untrusted_server_or_no_server_is_retryable_and_the_password_never_qu
     let outcome = untrusted.send(&mail).await;
     assert!(matches!(outcome, Outcome::Retryable { .. }), "{outcome:?}");
 
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let closed = listener.local_addr().expect("addr").port().to_string();
-    drop(listener);
+    let closed = ump_core::testing::free_port().to_string();
     let nowhere = provider(&mailpit, &secrets, &[("port", &closed), ("timeout", "2s")]);
     let outcome = nowhere.send(&mail).await;
     let Outcome::Retryable { reason, .. } = &outcome else {

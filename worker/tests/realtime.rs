@@ -329,7 +329,7 @@ async fn retries_are_redelivered_by_the_broker_and_dead_lettered_after_max_attem
     stack.finish().await;
 }
 
-/// What the realtime consumers park (here a `send_at` two seconds ahead) the worker's scheduler
+/// What the realtime consumers park (here a `send_at` ten seconds ahead) the worker's scheduler
 /// publishes when it falls due, not at its next poll: with the poll an hour away, the message is
 /// still sent within the test's minute, and its republication is counted in
 /// `ump_parked_publish_delay_seconds`.
@@ -344,7 +344,8 @@ async fn a_realtime_parking_is_published_when_it_falls_due_without_polling() {
         },
     )
     .await;
-    let later = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    // Ten seconds: room for the worker just started to attach before it falls due.
+    let later = (chrono::Utc::now() + chrono::Duration::seconds(10)).to_rfc3339();
     let (status, answer) = stack
         .post(
             "/v1/messages",

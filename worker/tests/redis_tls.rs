@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use ump_core::testing::{TestDatabase, infra, unique_name};
+use ump_core::testing::{TestDatabase, free_port, infra, unique_name};
 
 const PASSWORD: &str = "s3cret-elasticache-token";
 
@@ -19,13 +19,6 @@ impl Drop for Process {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn openssl(dir: &Path, args: &[&str]) {

@@ -29,12 +29,7 @@ pub fn bearer(key: &str) -> axum::http::HeaderMap {
     headers
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
-}
+pub use ump_core::testing::free_port;
 
 pub struct AllInOne {
     child: Child,

@@ -13,7 +13,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// When the receiver misbehaves, counted from `Receiver::start`.
+/// When the receiver misbehaves, counted from `Receiver::start`. A phase that answers badly (500,
+/// time-out) lasts until its time is up *and* it has answered at least one request that way, so a
+/// dispatcher that backs off past a phase's window still meets it (the tests assert both).
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
     /// Nobody listens: connections are refused.
@@ -57,6 +59,36 @@ struct Seen {
     refused: HashMap<u16, usize>,
     /// Ids answered 410 (see `Receiver::gone`).
     gone: bool,
+    /// Requests answered 500.
+    failed: usize,
+    /// Requests that came in the time-out phase, and those of them let time out.
+    in_hang_phase: usize,
+    hung: usize,
+}
+
+enum Answer {
+    Fail,
+    Hang,
+    Ok,
+}
+
+impl Seen {
+    /// How the plan answers a request arriving `elapsed` after `Receiver::start`.
+    fn answer(&mut self, plan: &Plan, elapsed: Duration) -> Answer {
+        if plan.fail_until > plan.refuse_for && (elapsed < plan.fail_until || self.failed == 0) {
+            self.failed += 1;
+            return Answer::Fail;
+        }
+        if plan.hang_until > plan.fail_until && (elapsed < plan.hang_until || self.hung == 0) {
+            let k = self.in_hang_phase;
+            self.in_hang_phase += 1;
+            if k.is_multiple_of(plan.hang_every.max(1)) {
+                self.hung += 1;
+                return Answer::Hang;
+            }
+        }
+        Answer::Ok
+    }
 }
 
 pub struct Receiver {
@@ -78,10 +110,8 @@ fn header(headers: &HeaderMap, name: &str) -> String {
 impl Receiver {
     /// A receiver on a free port of 127.0.0.1, not listening until `start`.
     pub fn new(plan: Plan) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port on 127.0.0.1");
+        // Free now, and kept from outgoing connections until `start` binds it.
+        let port = ump_core::testing::free_port();
         Self {
             port,
             url: format!("http://127.0.0.1:{port}/hooks/ump"),
@@ -103,23 +133,26 @@ impl Receiver {
                     let seen = Arc::clone(&seen);
                     async move {
                         let elapsed = started.elapsed();
-                        let (n, gone) = {
+                        let planned = {
                             let mut s = seen.lock().expect("lock");
                             s.requests += 1;
-                            (s.requests, s.gone)
+                            if s.gone {
+                                None
+                            } else {
+                                Some(s.answer(&plan, elapsed))
+                            }
                         };
-                        let answer = if gone {
-                            StatusCode::GONE
-                        } else if elapsed < plan.fail_until {
-                            StatusCode::INTERNAL_SERVER_ERROR
-                        } else if elapsed < plan.hang_until && n % plan.hang_every.max(1) == 0 {
-                            // Counted first: the dispatcher gives up before the answer, and the
-                            // closed connection cancels this handler.
-                            *seen.lock().expect("lock").refused.entry(0).or_insert(0) += 1;
-                            tokio::time::sleep(plan.hang).await;
-                            return StatusCode::NO_CONTENT;
-                        } else {
-                            StatusCode::NO_CONTENT
+                        let answer = match planned {
+                            None => StatusCode::GONE,
+                            Some(Answer::Fail) => StatusCode::INTERNAL_SERVER_ERROR,
+                            Some(Answer::Hang) => {
+                                // Counted first: the dispatcher gives up before the answer, and
+                                // the closed connection cancels this handler.
+                                *seen.lock().expect("lock").refused.entry(0).or_insert(0) += 1;
+                                tokio::time::sleep(plan.hang).await;
+                                return StatusCode::NO_CONTENT;
+                            }
+                            Some(Answer::Ok) => StatusCode::NO_CONTENT,
                         };
                         let mut s = seen.lock().expect("lock");
                         if answer.is_success() {
