@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use ump_core::testing::complete_lines;
+pub use ump_core::testing::free_port;
 
 /// The key of the default tenant (`UMP_BOOTSTRAP_API_KEY`).
 pub const KEY: &str = "all-in-one-security-key";
@@ -28,8 +29,6 @@ pub fn bearer(key: &str) -> axum::http::HeaderMap {
     );
     headers
 }
-
-pub use ump_core::testing::free_port;
 
 pub struct AllInOne {
     child: Child,
