@@ -9,8 +9,8 @@ use crate::resources::MessageChannel;
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
-use fe2o3_amqp::types::messaging::{Header, Message, Outcome, Properties};
-use fe2o3_amqp::types::primitives::Binary;
+use fe2o3_amqp::types::messaging::{AmqpValue, Body, Header, Message, Outcome, Properties};
+use fe2o3_amqp::types::primitives::{Binary, Value};
 use fe2o3_amqp::{Connection, Sender, Session};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -177,6 +177,28 @@ pub fn envelope_message(
         )
         .data(Binary::from(payload))
         .build())
+}
+
+/// The envelope an AMQP message carries (as [`envelope_message`] makes it), or why it carries
+/// none.
+pub fn envelope_of(body: &Body<Value>) -> Result<Envelope, String> {
+    match body {
+        Body::Data(sections) => {
+            let bytes: Vec<u8> = sections
+                .iter()
+                .flat_map(|data| data.0.iter().copied())
+                .collect();
+            serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+        }
+        // A broker that turned a JSON payload into a text message hands it back as a string.
+        Body::Value(AmqpValue(Value::String(text))) => {
+            serde_json::from_str(text).map_err(|e| e.to_string())
+        }
+        Body::Value(AmqpValue(Value::Binary(bytes))) => {
+            serde_json::from_slice(bytes).map_err(|e| e.to_string())
+        }
+        _ => Err("the message body is not an envelope (expected JSON data)".to_owned()),
+    }
 }
 
 /// A live connection with one sender link per queue, attached on first use.
@@ -470,5 +492,40 @@ mod tests {
         ));
         let error = AmqpSettings::parse("amqp://user:pw@[bad").expect_err("invalid");
         assert!(!error.to_string().contains("pw"));
+    }
+
+    #[test]
+    fn the_envelope_comes_back_from_each_body_a_broker_may_hand_over() {
+        let envelope = crate::testing::parking::envelope("t", "+821012345678");
+        let sent = envelope_message(&envelope).expect("message");
+        let json = sent.body.0.to_vec();
+        // Split over two data sections, as a broker may.
+        let (head, tail) = json.split_at(json.len() / 2);
+        let sections = vec![
+            fe2o3_amqp::types::messaging::Data(Binary::from(head.to_vec())),
+            fe2o3_amqp::types::messaging::Data(Binary::from(tail.to_vec())),
+        ];
+        assert_eq!(
+            envelope_of(&Body::Data(sections.into())),
+            Ok(envelope.clone())
+        );
+        let text = String::from_utf8(json.clone()).expect("JSON is text");
+        assert_eq!(
+            envelope_of(&Body::Value(AmqpValue(Value::String(text)))),
+            Ok(envelope.clone())
+        );
+        assert_eq!(
+            envelope_of(&Body::Value(AmqpValue(Value::Binary(Binary::from(json))))),
+            Ok(envelope)
+        );
+        assert!(envelope_of(&Body::Value(AmqpValue(Value::Int(7)))).is_err());
+        assert!(envelope_of(&Body::Empty).is_err());
+        let not_json = Body::Data(
+            vec![fe2o3_amqp::types::messaging::Data(Binary::from(
+                b"{".to_vec(),
+            ))]
+            .into(),
+        );
+        assert!(envelope_of(&not_json).is_err());
     }
 }

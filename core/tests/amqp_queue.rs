@@ -6,7 +6,7 @@ use fe2o3_amqp::types::messaging::{Body, MessageId as AmqpMessageId};
 use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::{Receiver, Session};
 use std::time::{Duration, Instant};
-use ump_core::amqp::{AmqpQueue, AmqpSettings};
+use ump_core::amqp::{AmqpQueue, AmqpSettings, envelope_of};
 use ump_core::model::{Content, Envelope, MessageId, Priority};
 use ump_core::queue::{EnqueueError, MessageQueue};
 use ump_core::resources::MessageChannel;
@@ -90,11 +90,11 @@ async fn an_accepted_enqueue_is_a_durable_envelope_on_the_channels_queue() {
             message.header.as_ref().is_some_and(|h| h.durable),
             "the message must be durable (persistent in ActiveMQ)"
         );
-        let bytes: Vec<u8> = match delivery.body() {
-            Body::Data(sections) => sections.iter().flat_map(|d| d.0.to_vec()).collect(),
-            other => panic!("expected a data section, got {other:?}"),
-        };
-        let envelope: Envelope = serde_json::from_slice(&bytes).expect("envelope JSON");
+        assert!(
+            matches!(delivery.body(), Body::Data(_)),
+            "the envelope travels as a data section"
+        );
+        let envelope = envelope_of(delivery.body()).expect("an envelope");
         let id = message
             .properties
             .as_ref()

@@ -97,11 +97,7 @@ impl QueueReader for AmqpReader {
                 break;
             };
             let delivery = delivery.expect("ActiveMQ: receive");
-            let bytes: Vec<u8> = match delivery.body() {
-                Body::Data(sections) => sections.iter().flat_map(|d| d.0.to_vec()).collect(),
-                other => panic!("expected a data section, got {other:?}"),
-            };
-            read.push(serde_json::from_slice(&bytes).expect("envelope JSON"));
+            read.push(ump_core::amqp::envelope_of(delivery.body()).expect("an envelope"));
             self.receiver.accept(&delivery).await.expect("accept");
         }
         read

@@ -42,7 +42,7 @@ use chrono::{DateTime, Utc};
 use fe2o3_amqp::link::delivery::{Delivery, DeliveryInfo};
 use fe2o3_amqp::link::receiver::{CreditMode, TerminalDeliveryState};
 use fe2o3_amqp::types::definitions::{self, ErrorCondition};
-use fe2o3_amqp::types::messaging::{Accepted, AmqpValue, Body, Modified, Rejected, Released};
+use fe2o3_amqp::types::messaging::{Accepted, Body, Modified, Rejected, Released};
 use fe2o3_amqp::types::primitives::{Symbol, Value};
 use fe2o3_amqp::{Receiver, Session};
 use std::collections::{HashMap, HashSet};
@@ -361,23 +361,7 @@ impl Incoming {
             .header
             .as_ref()
             .map_or(0, |h| h.delivery_count);
-        let envelope = match delivery.body() {
-            Body::Data(sections) => {
-                let bytes: Vec<u8> = sections
-                    .iter()
-                    .flat_map(|data| data.0.iter().copied())
-                    .collect();
-                serde_json::from_slice(&bytes).map_err(|e| e.to_string())
-            }
-            // A broker that turned a JSON payload into a text message hands it back as a string.
-            Body::Value(AmqpValue(Value::String(text))) => {
-                serde_json::from_str(text).map_err(|e| e.to_string())
-            }
-            Body::Value(AmqpValue(Value::Binary(bytes))) => {
-                serde_json::from_slice(bytes).map_err(|e| e.to_string())
-            }
-            _ => Err("the message body is not an envelope (expected JSON data)".to_owned()),
-        };
+        let envelope = ump_core::amqp::envelope_of(delivery.body());
         Self {
             info,
             delivery_count,

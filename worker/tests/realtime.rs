@@ -11,10 +11,9 @@ mod stack;
 
 use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::Value;
-use fe2o3_amqp::{Receiver, Session};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use serde_json::{Value as Json, json};
-use stack::{Stack, StackOptions, statuses};
+use stack::{QueueReader, Stack, StackOptions, statuses};
 use std::collections::HashMap;
 use std::time::Duration;
 use ump_core::model::{Content, Envelope, MessageId, Priority};
@@ -123,43 +122,16 @@ async fn send_realtime(
     ids
 }
 
-/// A plain consumer of one of the stack's queues on ActiveMQ.
-struct QueueReader {
-    connection: fe2o3_amqp::connection::ConnectionHandle<()>,
-    _session: fe2o3_amqp::session::SessionHandle<()>,
-    receiver: Receiver,
-}
-
-impl QueueReader {
-    async fn attach(stack: &Stack, name: &str, queue: &str) -> Self {
-        let mut connection =
-            ump_core::amqp::AmqpSettings::parse(stack.amqp.as_deref().expect("amqp"))
-                .expect("url")
-                .connect(name)
-                .await
-                .expect("ActiveMQ: connect");
-        let mut session = Session::begin(&mut connection).await.expect("session");
-        let receiver = Receiver::attach(&mut session, name, queue)
-            .await
-            .unwrap_or_else(|e| panic!("attach to {queue}: {e}"));
-        Self {
-            connection,
-            _session: session,
-            receiver,
-        }
-    }
-
-    async fn close(mut self) {
-        self.receiver.close().await.expect("close");
-        self.connection.close().await.expect("close connection");
-    }
-}
-
 /// How many messages the channel's queue still hands out: attached as a consumer, what arrives
 /// within two seconds (each released again on close).
 async fn left_on_the_broker(stack: &Stack, channel: &str) -> usize {
     let queue = format!("ump.realtime.{}.{channel}", stack.namespace);
-    let mut reader = QueueReader::attach(stack, "realtime-test-leftovers", &queue).await;
+    let mut reader = QueueReader::attach(
+        stack.amqp.as_deref().expect("amqp"),
+        "realtime-test-leftovers",
+        &queue,
+    )
+    .await;
     let mut left = 0;
     while let Ok(delivery) = tokio::time::timeout(
         Duration::from_secs(2),
@@ -304,22 +276,19 @@ async fn retries_are_redelivered_by_the_broker_and_dead_lettered_after_max_attem
 
     // The broker moved the dead letters to its dead-letter queue, envelopes intact.
     let dead_letters = format!("DLQ.ump.realtime.{}.broken", stack.namespace);
-    let mut reader = QueueReader::attach(&stack, "realtime-test-dlq", &dead_letters).await;
-    let receiver = &mut reader.receiver;
+    let mut reader = QueueReader::attach(
+        stack.amqp.as_deref().expect("amqp"),
+        "realtime-test-dlq",
+        &dead_letters,
+    )
+    .await;
     let mut found = Vec::new();
     for _ in 0..broken.len() {
-        let delivery =
-            tokio::time::timeout(Duration::from_secs(10), receiver.recv::<Body<Value>>())
-                .await
-                .unwrap_or_else(|_| panic!("{dead_letters}: only {} dead letters", found.len()))
-                .expect("receive");
-        let bytes: Vec<u8> = match delivery.body() {
-            Body::Data(sections) => sections.iter().flat_map(|d| d.0.to_vec()).collect(),
-            other => panic!("unexpected body {other:?}"),
-        };
-        let envelope: Envelope = serde_json::from_slice(&bytes).expect("envelope");
+        let envelope = reader
+            .take(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("{dead_letters}: only {} dead letters", found.len()));
         found.push(envelope.id.to_string());
-        receiver.accept(&delivery).await.expect("accept");
     }
     found.sort();
     let mut expected = broken.clone();

@@ -739,6 +739,55 @@ pub fn infra_script(command: &str, component: &str) {
     );
 }
 
+/// A plain consumer of one queue on ActiveMQ.
+pub struct QueueReader {
+    connection: fe2o3_amqp::connection::ConnectionHandle<()>,
+    _session: fe2o3_amqp::session::SessionHandle<()>,
+    pub receiver: fe2o3_amqp::Receiver,
+}
+
+impl QueueReader {
+    pub async fn attach(amqp_url: &str, name: &str, queue: &str) -> Self {
+        let mut connection = ump_core::amqp::AmqpSettings::parse(amqp_url)
+            .expect("url")
+            .connect(name)
+            .await
+            .expect("ActiveMQ: connect");
+        let mut session = fe2o3_amqp::Session::begin(&mut connection)
+            .await
+            .expect("session");
+        let receiver = fe2o3_amqp::Receiver::attach(&mut session, name, queue)
+            .await
+            .unwrap_or_else(|e| panic!("attach to {queue}: {e}"));
+        Self {
+            connection,
+            _session: session,
+            receiver,
+        }
+    }
+
+    /// The next message's envelope, taken off the queue (accepted); `None` when nothing arrives
+    /// within `wait`.
+    pub async fn take(&mut self, wait: Duration) -> Option<ump_core::model::Envelope> {
+        let delivery = tokio::time::timeout(
+            wait,
+            self.receiver
+                .recv::<fe2o3_amqp::types::messaging::Body<fe2o3_amqp::types::primitives::Value>>(),
+        )
+        .await
+        .ok()?
+        .expect("ActiveMQ: receive");
+        let envelope = ump_core::amqp::envelope_of(delivery.body()).expect("an envelope");
+        self.receiver.accept(&delivery).await.expect("accept");
+        Some(envelope)
+    }
+
+    pub async fn close(mut self) {
+        self.receiver.close().await.expect("close");
+        self.connection.close().await.expect("close connection");
+    }
+}
+
 /// A shared component taken down by a test (`scripts/infra down`): `end` brings it back up, and
 /// so does dropping it, so a failing test never leaves the component down for the next one.
 pub struct Outage {
