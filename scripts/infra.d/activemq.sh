@@ -4,7 +4,8 @@
 # Debian's activemq package lacks the AMQP module ("Transport scheme NOT recognized: [amqp]") and
 # upstream no longer publishes its binary tarball on Maven Central, so the broker is assembled from
 # the Central jars (scripts/maven/activemq/pom.xml, which holds the version pin) and configured by
-# our own activemq.xml. KahaDB data (run/activemq/data) survives down/up.
+# our own activemq.xml. KahaDB data (run/activemq/data) survives down/up; "up" restarts a running
+# broker whose configuration differs from the one written here.
 
 ACTIVEMQ_PORT=5672
 ACTIVEMQ_POM=${BASH_SOURCE[0]%/*}/../maven/activemq/pom.xml
@@ -14,7 +15,7 @@ activemq__libs() { echo "$UMP_INFRA_CACHE/activemq/$(activemq__version)/lib"; }
 
 activemq__fetch() { maven_fetch activemq "$ACTIVEMQ_POM" "$(activemq__libs)"; }
 
-# Configs are rewritten on every start (cheap) so edits here apply after a down/up; data is untouched.
+# Configs are rewritten on every "up" (cheap); data is untouched.
 activemq__write_config() {
   local dir=$1
   mkdir -p "$dir/data" "$dir/tmp"
@@ -59,17 +60,16 @@ activemq__write_config() {
       </policyMap>
     </destinationPolicy>
 
-    <!-- journalDiskSyncStrategy="periodic": every accepted message is written to the journal
-         before the producer hears "accepted" (so a broker process that dies, even by kill -9,
-         loses nothing: worker/tests/faults.rs), and the journal is fsynced once a second
-         (journalDiskSyncInterval) instead of once per write. A power loss or kernel crash of the
-         broker's machine can lose what was accepted in the last second: the window Kafka, which
-         never fsyncs per message, has on a single node too. With one fsync per write ("always",
-         ActiveMQ's default) the journal writer woke about 5,000 times a second at 1,000 realtime
-         sends/s and the broker took 0.47 of a core instead of 0.31 (README, "The broker's
-         settings"; BENCHMARKS.md, "Realtime path"). -->
+    <!-- journalDiskSyncStrategy="always", ActiveMQ's default, written out because it is a
+         decision: the broker answers a persistent send "accepted" only after its journal writer
+         has written and fsynced the message, so an accepted message survives the broker's process
+         dying (even by kill -9) and its machine losing power. With "periodic" the broker answers
+         as soon as the message is queued for the journal writer, before anything is written: a
+         broker killed a moment after its answers loses what the writer had not reached yet
+         (worker/tests/faults.rs, activemq_killed_while_accepting_keeps_every_message_it_accepted).
+         Its price is CPU and latency: README, "The broker's settings". -->
     <persistenceAdapter>
-      <kahaDB directory="$dir/data/kahadb" journalDiskSyncStrategy="periodic"/>
+      <kahaDB directory="$dir/data/kahadb" journalDiskSyncStrategy="always"/>
     </persistenceAdapter>
 
     <plugins>
@@ -117,14 +117,22 @@ EOF
 }
 
 activemq_up() {
-  activemq_status && return 0
   local dir libs i
-  activemq__fetch
   dir=$(run_dir activemq)
+  # A broker running with another configuration than the one written now (this file was edited
+  # since it started) is restarted, so that "up" always leaves the broker configured as here.
+  if activemq_status; then
+    activemq__write_config "$dir"
+    cmp -s "$dir/activemq.xml" "$dir/activemq.xml.running" && return 0
+    log "activemq: its configuration changed; restarting it"
+    stop_daemon activemq
+  fi
+  activemq__fetch
   libs=$(activemq__libs)
   if ! pid_alive activemq; then
     ensure_port_free activemq "$ACTIVEMQ_PORT"
     activemq__write_config "$dir"
+    cp "$dir/activemq.xml" "$dir/activemq.xml.running"
     # The marker names our activemq.xml so pid_alive never mistakes another broker for ours.
     # -Xms512m (= -Xmx): with -Xms128m G1 kept the heap at 128 MB, the KahaDB index cache (up to
     #   10,000 pages of 4 KB) holds ~40 MB of it, and at 1,000 msg/s the young collections came
